@@ -1,0 +1,41 @@
+# vbatch build, test and tooling. `make test` is what CI runs.
+GO ?= go
+export CGO_CFLAGS ?= -Wno-deprecated-declarations
+GOBIN ?= $(shell $(GO) env GOPATH)/bin
+VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+LDFLAGS := -X github.com/vbatch/vbatch/internal/version.Version=$(VERSION)
+
+BUF_VERSION := v1.75.0
+PROTOC_GEN_GO_VERSION := v1.36.12
+PROTOC_GEN_CONNECT_GO_VERSION := v1.21.1
+
+.PHONY: build test test-unit test-e2e generate tools lint bench demo clean
+
+build:
+	$(GO) build -ldflags "$(LDFLAGS)" -o bin/vbatch ./cmd/vbatch
+	$(GO) build -ldflags "$(LDFLAGS)" -o bin/vbctl ./cmd/vbctl
+
+test: lint build
+	$(GO) test -count=1 -timeout 15m ./...
+
+test-unit:
+	$(GO) test -count=1 -short ./...
+
+tools:
+	GOBIN=$(GOBIN) $(GO) install google.golang.org/protobuf/cmd/protoc-gen-go@$(PROTOC_GEN_GO_VERSION)
+	GOBIN=$(GOBIN) $(GO) install connectrpc.com/connect/cmd/protoc-gen-connect-go@$(PROTOC_GEN_CONNECT_GO_VERSION)
+	GOBIN=$(GOBIN) $(GO) install github.com/bufbuild/buf/cmd/buf@$(BUF_VERSION)
+
+generate:
+	cd rpc && PATH=$(GOBIN):$$PATH buf generate
+
+lint:
+	@out=$$(gofmt -l $$(git ls-files '*.go' | grep -v '^rpc/gen/')); \
+	if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
+	$(GO) vet ./...
+
+bench:
+	$(GO) test -run '^$$' -bench . -benchtime 1x -timeout 30m ./...
+
+clean:
+	rm -rf bin

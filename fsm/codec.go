@@ -1,0 +1,106 @@
+package fsm
+
+import (
+	"fmt"
+	"time"
+
+	"google.golang.org/protobuf/proto"
+
+	vbatchv1 "github.com/vbatch/vbatch/rpc/gen/vbatch/v1"
+)
+
+// EnvelopeVersion is the envelope encoding this build writes and reads.
+const EnvelopeVersion = 1
+
+// commandTypes maps every command type to a constructor of its message.
+// The list only grows; see CommandType in state.proto.
+var commandTypes = map[vbatchv1.CommandType]func() proto.Message{
+	vbatchv1.CommandType_COMMAND_TYPE_CREATE_API_KEY: func() proto.Message { return &vbatchv1.CreateAPIKey{} },
+	vbatchv1.CommandType_COMMAND_TYPE_REVOKE_API_KEY: func() proto.Message { return &vbatchv1.RevokeAPIKey{} },
+	vbatchv1.CommandType_COMMAND_TYPE_CREATE_FILE:    func() proto.Message { return &vbatchv1.CreateFile{} },
+	vbatchv1.CommandType_COMMAND_TYPE_DELETE_FILE:    func() proto.Message { return &vbatchv1.DeleteFile{} },
+	vbatchv1.CommandType_COMMAND_TYPE_CREATE_BATCH:   func() proto.Message { return &vbatchv1.CreateBatch{} },
+	vbatchv1.CommandType_COMMAND_TYPE_FAIL_BATCH:     func() proto.Message { return &vbatchv1.FailBatch{} },
+	vbatchv1.CommandType_COMMAND_TYPE_START_BATCH:    func() proto.Message { return &vbatchv1.StartBatch{} },
+	vbatchv1.CommandType_COMMAND_TYPE_CANCEL_BATCH:   func() proto.Message { return &vbatchv1.CancelBatch{} },
+	vbatchv1.CommandType_COMMAND_TYPE_REGISTER_AGENT: func() proto.Message { return &vbatchv1.RegisterAgent{} },
+	vbatchv1.CommandType_COMMAND_TYPE_GRANT_LEASE:    func() proto.Message { return &vbatchv1.GrantLease{} },
+	vbatchv1.CommandType_COMMAND_TYPE_RENEW_LEASE:    func() proto.Message { return &vbatchv1.RenewLease{} },
+	vbatchv1.CommandType_COMMAND_TYPE_COMMIT_PART:    func() proto.Message { return &vbatchv1.CommitPart{} },
+	vbatchv1.CommandType_COMMAND_TYPE_COMPLETE_CHUNK: func() proto.Message { return &vbatchv1.CompleteChunk{} },
+	vbatchv1.CommandType_COMMAND_TYPE_RELEASE_LEASE:  func() proto.Message { return &vbatchv1.ReleaseLease{} },
+	vbatchv1.CommandType_COMMAND_TYPE_EXPIRE_LEASES:  func() proto.Message { return &vbatchv1.ExpireLeases{} },
+	vbatchv1.CommandType_COMMAND_TYPE_BEGIN_FINALIZE: func() proto.Message { return &vbatchv1.BeginFinalize{} },
+	vbatchv1.CommandType_COMMAND_TYPE_FINISH_BATCH:   func() proto.Message { return &vbatchv1.FinishBatch{} },
+	vbatchv1.CommandType_COMMAND_TYPE_EXTEND_LEASES:  func() proto.Message { return &vbatchv1.ExtendLeases{} },
+	vbatchv1.CommandType_COMMAND_TYPE_REMOVE_AGENT:   func() proto.Message { return &vbatchv1.RemoveAgent{} },
+	vbatchv1.CommandType_COMMAND_TYPE_DRAIN_AGENT:    func() proto.Message { return &vbatchv1.DrainAgent{} },
+}
+
+// typeByName maps a command message's full name to its type.
+var typeByName = func() map[string]vbatchv1.CommandType {
+	m := map[string]vbatchv1.CommandType{}
+	for t, mk := range commandTypes {
+		m[string(mk().ProtoReflect().Descriptor().FullName())] = t
+	}
+	return m
+}()
+
+// TypeOf returns the command type of a command message.
+func TypeOf(cmd proto.Message) (vbatchv1.CommandType, error) {
+	t, ok := typeByName[string(cmd.ProtoReflect().Descriptor().FullName())]
+	if !ok {
+		return 0, fmt.Errorf("%T is not a command", cmd)
+	}
+	return t, nil
+}
+
+// Encode wraps a command in a versioned envelope stamped with now.
+func Encode(cmd proto.Message, now time.Time) ([]byte, error) {
+	t, err := TypeOf(cmd)
+	if err != nil {
+		return nil, err
+	}
+	payload, err := proto.Marshal(cmd)
+	if err != nil {
+		return nil, fmt.Errorf("encode %T: %w", cmd, err)
+	}
+	return proto.Marshal(&vbatchv1.Envelope{
+		Version:      EnvelopeVersion,
+		Type:         t,
+		TimeUnixNano: now.UnixNano(),
+		Payload:      payload,
+	})
+}
+
+// Decode opens an envelope and its command. An unknown type or version is
+// an error: the caller decides whether that is fatal.
+func Decode(data []byte) (*vbatchv1.Envelope, proto.Message, error) {
+	env := &vbatchv1.Envelope{}
+	if err := proto.Unmarshal(data, env); err != nil {
+		return nil, nil, fmt.Errorf("decode envelope: %w", err)
+	}
+	if env.Version != EnvelopeVersion {
+		return nil, nil, fmt.Errorf("envelope version %d: this build reads version %d", env.Version, EnvelopeVersion)
+	}
+	mk, ok := commandTypes[env.Type]
+	if !ok {
+		return nil, nil, fmt.Errorf("unknown command type %d (written by a newer vbatch?)", env.Type)
+	}
+	cmd := mk()
+	if err := proto.Unmarshal(env.Payload, cmd); err != nil {
+		return nil, nil, fmt.Errorf("decode %s: %w", env.Type, err)
+	}
+	return env, cmd, nil
+}
+
+// Stamp replaces the time of an encoded envelope; the leader stamps every
+// command it proposes, forwarded ones included.
+func Stamp(data []byte, now time.Time) ([]byte, error) {
+	env := &vbatchv1.Envelope{}
+	if err := proto.Unmarshal(data, env); err != nil {
+		return nil, fmt.Errorf("decode envelope: %w", err)
+	}
+	env.TimeUnixNano = now.UnixNano()
+	return proto.Marshal(env)
+}

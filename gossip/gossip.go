@@ -1,0 +1,274 @@
+// Package gossip is vbatch's membership layer: coordinators and agents join
+// one hashicorp/memberlist pool and describe themselves in node metadata.
+// Coordinators use it to find each other for bootstrap and to learn which
+// agents are alive; agents use it to find coordinators.
+package gossip
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"log"
+	"log/slog"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/memberlist"
+
+	"github.com/vbatch/vbatch/internal/netutil"
+)
+
+// Roles a member can have.
+const (
+	RoleCoordinator = "coordinator"
+	RoleAgent       = "agent"
+)
+
+// Meta is what a member tells the pool about itself. memberlist limits it to
+// 512 bytes encoded, so it stays small: details live in raft.
+type Meta struct {
+	Role     string   `json:"r"`
+	RPCAddr  string   `json:"rpc,omitempty"`
+	HTTPAddr string   `json:"http,omitempty"`
+	RaftAddr string   `json:"raft,omitempty"`
+	Expect   int      `json:"exp,omitempty"`
+	Models   []string `json:"m,omitempty"`
+	GPUs     int      `json:"g,omitempty"`
+}
+
+// Member is a live member of the pool.
+type Member struct {
+	Name string
+	Addr string
+	Meta Meta
+}
+
+// Event is a membership change.
+type Event struct {
+	Member Member
+	// Kind is "join", "leave" (left or declared dead) or "update".
+	Kind string
+}
+
+// Config configures a Pool.
+type Config struct {
+	// Name is the member's unique name (the node id).
+	Name string
+	// BindAddr is host:port for memberlist's TCP and UDP listeners.
+	BindAddr string
+	Meta     Meta
+	// ProbeInterval is the failure detector period; 0 means 500ms. A dead
+	// member is declared after a few probe intervals.
+	ProbeInterval time.Duration
+	// OnEvent, if set, is called (from memberlist's goroutine; do not block)
+	// for every membership change.
+	OnEvent func(Event)
+	Logger  *slog.Logger
+}
+
+// Pool is this node's membership in the gossip pool.
+type Pool struct {
+	list *memberlist.Memberlist
+	cfg  Config
+
+	mu   sync.Mutex
+	meta []byte
+}
+
+// Start creates the memberlist and its listeners. It does not join anyone:
+// call Join.
+func Start(cfg Config) (*Pool, error) {
+	host, port, err := netutil.SplitPort(cfg.BindAddr)
+	if err != nil {
+		return nil, fmt.Errorf("gossip: %w", err)
+	}
+	mc := memberlist.DefaultLANConfig()
+	mc.Name = cfg.Name
+	if host == "" {
+		host = "0.0.0.0"
+	}
+	mc.BindAddr = host
+	mc.BindPort = port
+	if host == "0.0.0.0" {
+		adv, err := netutil.PrivateIP()
+		if err != nil {
+			return nil, err
+		}
+		mc.AdvertiseAddr = adv
+	}
+	mc.AdvertisePort = port
+	probe := cfg.ProbeInterval
+	if probe == 0 {
+		probe = 500 * time.Millisecond
+	}
+	mc.ProbeInterval = probe
+	mc.ProbeTimeout = probe / 2
+	mc.GossipInterval = probe / 5
+	mc.PushPullInterval = 10 * probe
+	mc.SuspicionMult = 3
+	mc.TCPTimeout = 2 * time.Second
+	logger := cfg.Logger
+	if logger == nil {
+		logger = slog.New(slog.NewTextHandler(io.Discard, nil))
+	}
+	mc.Logger = log.New(&slogWriter{logger: logger.With("logger", "memberlist")}, "", 0)
+	p := &Pool{cfg: cfg}
+	if p.meta, err = encodeMeta(cfg.Meta); err != nil {
+		return nil, err
+	}
+	mc.Delegate = &delegate{pool: p}
+	mc.Events = &events{pool: p}
+	list, err := memberlist.Create(mc)
+	if err != nil {
+		return nil, fmt.Errorf("gossip: start on %s: %w", cfg.BindAddr, err)
+	}
+	p.list = list
+	// memberlist picked the port when BindAddr asked for port 0.
+	return p, nil
+}
+
+// Join contacts the given gossip addresses; it succeeds if any answered.
+func (p *Pool) Join(addrs []string) (int, error) {
+	n, err := p.list.Join(addrs)
+	if err != nil && n == 0 {
+		return 0, fmt.Errorf("gossip: join %v: %w", addrs, err)
+	}
+	return n, nil
+}
+
+// Members returns the live members, this node included.
+func (p *Pool) Members() []Member {
+	var out []Member
+	for _, n := range p.list.Members() {
+		if m, ok := toMember(n); ok {
+			out = append(out, m)
+		}
+	}
+	return out
+}
+
+// MembersWithRole returns the live members that have role.
+func (p *Pool) MembersWithRole(role string) []Member {
+	var out []Member
+	for _, m := range p.Members() {
+		if m.Meta.Role == role {
+			out = append(out, m)
+		}
+	}
+	return out
+}
+
+// Member returns the live member named name.
+func (p *Pool) Member(name string) (Member, bool) {
+	for _, m := range p.Members() {
+		if m.Name == name {
+			return m, true
+		}
+	}
+	return Member{}, false
+}
+
+// UpdateMeta replaces this node's metadata and gossips it.
+func (p *Pool) UpdateMeta(m Meta) error {
+	b, err := encodeMeta(m)
+	if err != nil {
+		return err
+	}
+	p.mu.Lock()
+	p.meta = b
+	p.mu.Unlock()
+	return p.list.UpdateNode(5 * time.Second)
+}
+
+// Addr is the address other members reach this one at.
+func (p *Pool) Addr() string {
+	n := p.list.LocalNode()
+	return n.Address()
+}
+
+// Leave announces departure and stops the listeners.
+func (p *Pool) Leave(timeout time.Duration) error {
+	err := p.list.Leave(timeout)
+	if serr := p.list.Shutdown(); err == nil {
+		err = serr
+	}
+	return err
+}
+
+func encodeMeta(m Meta) ([]byte, error) {
+	b, err := json.Marshal(m)
+	if err != nil {
+		return nil, fmt.Errorf("gossip: encode meta: %w", err)
+	}
+	for len(b) > memberlist.MetaMaxSize && len(m.Models) > 0 {
+		m.Models = m.Models[:len(m.Models)-1]
+		b, _ = json.Marshal(m)
+	}
+	if len(b) > memberlist.MetaMaxSize {
+		return nil, fmt.Errorf("gossip: meta is %d bytes, limit %d", len(b), memberlist.MetaMaxSize)
+	}
+	return b, nil
+}
+
+func toMember(n *memberlist.Node) (Member, bool) {
+	var m Meta
+	if err := json.Unmarshal(n.Meta, &m); err != nil {
+		return Member{}, false
+	}
+	return Member{Name: n.Name, Addr: n.Address(), Meta: m}, true
+}
+
+type delegate struct{ pool *Pool }
+
+func (d *delegate) NodeMeta(limit int) []byte {
+	d.pool.mu.Lock()
+	defer d.pool.mu.Unlock()
+	return d.pool.meta
+}
+func (d *delegate) NotifyMsg([]byte)                           {}
+func (d *delegate) GetBroadcasts(overhead, limit int) [][]byte { return nil }
+func (d *delegate) LocalState(join bool) []byte                { return nil }
+func (d *delegate) MergeRemoteState(buf []byte, join bool)     {}
+
+type events struct{ pool *Pool }
+
+func (e *events) emit(n *memberlist.Node, kind string) {
+	if e.pool.cfg.OnEvent == nil {
+		return
+	}
+	if m, ok := toMember(n); ok {
+		e.pool.cfg.OnEvent(Event{Member: m, Kind: kind})
+	}
+}
+func (e *events) NotifyJoin(n *memberlist.Node)   { e.emit(n, "join") }
+func (e *events) NotifyLeave(n *memberlist.Node)  { e.emit(n, "leave") }
+func (e *events) NotifyUpdate(n *memberlist.Node) { e.emit(n, "update") }
+
+// slogWriter adapts memberlist's log.Logger output to slog, keeping its
+// [LEVEL] prefix as the level.
+type slogWriter struct{ logger *slog.Logger }
+
+func (w *slogWriter) Write(b []byte) (int, error) {
+	msg := string(b)
+	level := slog.LevelInfo
+	for prefix, l := range map[string]slog.Level{"[DEBUG]": slog.LevelDebug, "[WARN]": slog.LevelWarn, "[ERR]": slog.LevelError, "[INFO]": slog.LevelInfo} {
+		if i := strings.Index(msg, prefix); i >= 0 {
+			level = l
+			msg = msg[i+len(prefix):]
+			break
+		}
+	}
+	w.logger.Log(context.Background(), level, strings.Trim(msg, " :\n"))
+	return len(b), nil
+}
+
+// PortOf returns the port of a host:port string, or 0.
+func PortOf(addr string) int {
+	_, p, err := netutil.SplitPort(addr)
+	if err != nil {
+		return 0
+	}
+	return p
+}

@@ -1,0 +1,25 @@
+package monitoring
+
+import (
+	"io"
+	"log/slog"
+	"strings"
+)
+
+// NewLogger returns the JSON slog logger every vbatch process uses: fields
+// time, level, msg and logger (the component).
+func NewLogger(out io.Writer, level string, component string) *slog.Logger {
+	var lv slog.Level
+	switch strings.ToLower(level) {
+	case "debug":
+		lv = slog.LevelDebug
+	case "warn":
+		lv = slog.LevelWarn
+	case "error":
+		lv = slog.LevelError
+	default:
+		lv = slog.LevelInfo
+	}
+	h := slog.NewJSONHandler(out, &slog.HandlerOptions{Level: lv})
+	return slog.New(h).With("logger", component)
+}
