@@ -1,0 +1,141 @@
+package main
+
+import (
+	"fmt"
+	"log/slog"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
+
+	"github.com/vbatch/vbatch/agent"
+	"github.com/vbatch/vbatch/agent/engine"
+	"github.com/vbatch/vbatch/agent/gpu"
+	"github.com/vbatch/vbatch/internal/cliconfig"
+	"github.com/vbatch/vbatch/monitoring"
+	"github.com/vbatch/vbatch/sim"
+)
+
+// engineFlags are the per-engine flags of `vbatch agent` (and the sim ones
+// of `vbatch dev`).
+type engineFlags struct {
+	kind         string
+	vllmBin      string
+	vllmArgs     string
+	gpus         string
+	engineURL    string
+	engineAPIKey string
+	simLatency   time.Duration
+	simTPS       float64
+	simErrorRate float64
+	simMaxSeqs   int
+}
+
+func (e *engineFlags) addSim(f *pflag.FlagSet) {
+	f.DurationVar(&e.simLatency, "sim-latency", 40*time.Millisecond, "sim engine: base latency per request")
+	f.Float64Var(&e.simTPS, "sim-tokens-per-second", 0, "sim engine: decode speed per sequence (0: instant)")
+	f.Float64Var(&e.simErrorRate, "sim-error-rate", 0, "sim engine: fraction of requests answered 500")
+	f.IntVar(&e.simMaxSeqs, "sim-max-num-seqs", 256, "sim engine: concurrent sequences before requests queue")
+}
+
+func (e *engineFlags) simConfig(models []string) sim.Config {
+	return sim.Config{
+		Models:          models,
+		Latency:         e.simLatency,
+		TokensPerSecond: e.simTPS,
+		ErrorRate:       e.simErrorRate,
+		MaxNumSeqs:      e.simMaxSeqs,
+	}
+}
+
+// build makes the engine the flags ask for.
+func (e *engineFlags) build(models []string, logger *slog.Logger) (engine.Engine, error) {
+	switch e.kind {
+	case "sim":
+		return engine.NewSim(e.simConfig(models)), nil
+	case "openai":
+		if e.engineURL == "" {
+			return nil, fmt.Errorf("--engine openai needs --engine-url")
+		}
+		return engine.NewOpenAI(e.engineURL, e.engineAPIKey, models, nil), nil
+	case "vllm":
+		if len(models) != 1 {
+			return nil, fmt.Errorf("--engine vllm serves exactly one --model, got %d", len(models))
+		}
+		return engine.NewVLLM(engine.VLLMConfig{
+			Bin:    e.vllmBin,
+			Model:  models[0],
+			Args:   strings.Fields(e.vllmArgs),
+			GPUs:   e.gpus,
+			Logger: logger.With("logger", "vllm"),
+		}), nil
+	}
+	return nil, fmt.Errorf("unknown --engine %q (vllm, openai or sim)", e.kind)
+}
+
+func agentCmd() *cobra.Command {
+	cfg := agent.DefaultConfig()
+	var ef engineFlags
+	var configFile, logLevel string
+	var join []string
+	cmd := &cobra.Command{
+		Use:   "agent",
+		Short: "Run an agent on a GPU host: lease chunks and run them on an engine",
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := cliconfig.Apply(cmd.Flags(), configFile); err != nil {
+				return err
+			}
+			cfg.Join = splitList(join)
+			logger := monitoring.NewLogger(os.Stdout, logLevel, "agent")
+			if len(cfg.Models) == 0 && ef.kind == "sim" {
+				cfg.Models = []string{"sim-model"}
+			}
+			eng, err := ef.build(cfg.Models, logger)
+			if err != nil {
+				return err
+			}
+			var disc gpu.Discoverer
+			if ef.kind == "sim" {
+				disc = gpu.NewSimulated(1, int64(len(cfg.NodeID)))
+			} else {
+				disc = gpu.NewNVML(logger.With("logger", "gpu"))
+			}
+			defer disc.Close()
+			return agent.New(cfg, eng, disc, logger).Run(cmd.Context())
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&configFile, "config", "", "JSON config file whose keys are these flag names")
+	f.StringVar(&cfg.NodeID, "node-id", cfg.NodeID, "unique, stable id of this agent")
+	f.StringVar(&cfg.DataDir, "data-dir", cfg.DataDir, "agent state directory")
+	f.StringSliceVar(&join, "join", nil, "coordinators' gossip addresses (host:port[,host:port])")
+	f.StringVar(&cfg.GossipAddr, "gossip-addr", cfg.GossipAddr, "gossip (memberlist) address")
+	f.StringVar(&cfg.MetricsAddr, "metrics-addr", cfg.MetricsAddr, "/metrics, /health and online inference address")
+	f.StringVar(&ef.kind, "engine", "vllm", "engine: vllm, openai or sim")
+	f.StringArrayVar(&cfg.Models, "model", nil, "model served (repeatable)")
+	f.IntVar(&cfg.Concurrency, "concurrency", cfg.Concurrency, "requests in flight to the engine")
+	f.IntVar(&cfg.MaxLeases, "max-leases", cfg.MaxLeases, "chunks held at once")
+	f.StringVar(&ef.vllmBin, "vllm-bin", "vllm", "vllm executable")
+	f.StringVar(&ef.vllmArgs, "vllm-args", "", "extra arguments for vllm serve")
+	f.StringVar(&ef.gpus, "gpus", "", "GPUs for vllm (CUDA_VISIBLE_DEVICES)")
+	f.StringVar(&ef.engineURL, "engine-url", "", "openai engine: base URL of the server")
+	f.StringVar(&ef.engineAPIKey, "engine-api-key", "", "openai engine: API key")
+	ef.addSim(f)
+	f.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
+	return cmd
+}
+
+// splitList flattens repeated and comma-separated flag values.
+func splitList(vals []string) []string {
+	var out []string
+	for _, v := range vals {
+		for _, a := range strings.Split(v, ",") {
+			if a = strings.TrimSpace(a); a != "" {
+				out = append(out, a)
+			}
+		}
+	}
+	return out
+}

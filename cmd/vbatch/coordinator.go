@@ -1,0 +1,50 @@
+package main
+
+import (
+	"os"
+
+	"github.com/spf13/cobra"
+
+	"github.com/vbatch/vbatch/coordinator"
+	"github.com/vbatch/vbatch/internal/cliconfig"
+	"github.com/vbatch/vbatch/monitoring"
+)
+
+func coordinatorCmd() *cobra.Command {
+	cfg := coordinator.DefaultConfig()
+	var configFile, logLevel string
+	var join []string
+	cmd := &cobra.Command{
+		Use:   "coordinator",
+		Short: "Run a coordinator: raft state, the OpenAI API, leases for agents",
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := cliconfig.Apply(cmd.Flags(), configFile); err != nil {
+				return err
+			}
+			cfg.Join = splitList(join)
+			if cfg.RootKey == "" {
+				cfg.RootKey = os.Getenv("VBATCH_ROOT_KEY")
+			}
+			logger := monitoring.NewLogger(os.Stdout, logLevel, "coordinator")
+			return coordinator.Run(cmd.Context(), cfg, logger, os.Stdout)
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&configFile, "config", "", "JSON config file whose keys are these flag names")
+	f.StringVar(&cfg.NodeID, "node-id", "", "unique, stable id of this coordinator")
+	f.StringVar(&cfg.DataDir, "data-dir", "", "directory for the raft log, snapshots and blobs")
+	f.StringVar(&cfg.HTTPAddr, "http-addr", cfg.HTTPAddr, "OpenAI API and /metrics address")
+	f.StringVar(&cfg.RPCAddr, "rpc-addr", cfg.RPCAddr, "connect RPC address (agents, peers)")
+	f.StringVar(&cfg.RaftAddr, "raft-addr", cfg.RaftAddr, "raft transport address")
+	f.StringVar(&cfg.GossipAddr, "gossip-addr", cfg.GossipAddr, "gossip (memberlist) address")
+	f.IntVar(&cfg.BootstrapExpect, "bootstrap-expect", cfg.BootstrapExpect, "coordinators that must see each other before raft bootstraps")
+	f.StringSliceVar(&join, "join", nil, "gossip addresses of members to join (host:port[,host:port])")
+	f.StringVar(&cfg.RootKey, "root-key", "", "admin API key (or VBATCH_ROOT_KEY)")
+	f.BoolVar(&cfg.InsecureNoAuth, "insecure-no-auth", false, "serve a non-loopback address without any API key")
+	f.Int64Var(&cfg.MaxUploadBytes, "max-upload-bytes", cfg.MaxUploadBytes, "largest accepted file upload")
+	f.IntVar(&cfg.MaxRequests, "max-requests", cfg.MaxRequests, "most requests in one batch")
+	f.IntVar(&cfg.ChunkSize, "chunk-size", cfg.ChunkSize, "input lines per chunk")
+	f.DurationVar(&cfg.LeaseTTL, "lease-ttl", cfg.LeaseTTL, "lease time to live without renewal")
+	f.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
+	return cmd
+}

@@ -1,0 +1,401 @@
+package coordinator
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"slices"
+	"sort"
+	"sync"
+	"time"
+
+	"connectrpc.com/connect"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/vbatch/vbatch/fsm"
+	vbatchv1 "github.com/vbatch/vbatch/rpc/gen/vbatch/v1"
+	"github.com/vbatch/vbatch/rpc/gen/vbatch/v1/vbatchv1connect"
+)
+
+// agentService is the lease protocol's server side. Any coordinator serves
+// it: reads come from local state, writes go through Apply.
+type agentService struct {
+	c *Coordinator
+
+	mu        sync.Mutex
+	telemetry map[string]*AgentTelemetry
+}
+
+// AgentTelemetry is the latest telemetry an agent sent (soft state, not
+// replicated through raft).
+type AgentTelemetry struct {
+	Report     *vbatchv1.TelemetryRequest
+	ReceivedAt time.Time
+}
+
+var _ vbatchv1connect.AgentServiceHandler = (*agentService)(nil)
+
+// readBatchLines is how many input lines one ReadInput message carries.
+const readBatchLines = 256
+
+func (s *agentService) ttl() time.Duration { return s.c.cfg.LeaseTTL }
+
+// Register records an agent.
+func (s *agentService) Register(ctx context.Context, req *connect.Request[vbatchv1.RegisterRequest]) (*connect.Response[vbatchv1.RegisterResponse], error) {
+	a := req.Msg.GetAgent()
+	if a == nil || a.Id == "" {
+		return nil, connect.NewError(connect.CodeInvalidArgument, errors.New("agent id required"))
+	}
+	a = proto.Clone(a).(*vbatchv1.Agent)
+	a.RegisteredAt = s.c.Now().Unix()
+	if _, err := s.c.Apply(ctx, &vbatchv1.RegisterAgent{Agent: a}); err != nil {
+		return nil, rpcError(err)
+	}
+	ttl := s.ttl()
+	return connect.NewResponse(&vbatchv1.RegisterResponse{
+		LeaseTtlMs:      ttl.Milliseconds(),
+		RenewIntervalMs: (ttl / 3).Milliseconds(),
+	}), nil
+}
+
+// Lease waits up to wait_ms for a pending chunk of a model the agent
+// serves and grants it. Concurrent agents may race for one chunk: the FSM
+// grants it to one, the others try the next candidate.
+func (s *agentService) Lease(ctx context.Context, req *connect.Request[vbatchv1.LeaseRequest]) (*connect.Response[vbatchv1.LeaseResponse], error) {
+	m := req.Msg
+	wait := time.Duration(m.WaitMs) * time.Millisecond
+	if wait <= 0 || wait > time.Minute {
+		wait = 10 * time.Second
+	}
+	deadline := time.Now().Add(wait)
+	for {
+		watch := s.c.fsm.Watch()
+		cands, registered := s.candidates(m.AgentId, m.Models)
+		if !registered {
+			return nil, connect.NewError(connect.CodeNotFound, fmt.Errorf("agent %s is not registered", m.AgentId))
+		}
+		for _, cand := range cands {
+			expires := s.c.Now().Add(s.ttl())
+			idx, err := s.c.Apply(ctx, &vbatchv1.GrantLease{BatchId: cand.batch.Id, Chunk: cand.chunk.Index, AgentId: m.AgentId, ExpiresAt: expires.UnixMilli()})
+			if err != nil {
+				if errors.Is(err, fsm.ErrConflict) || errors.Is(err, fsm.ErrStaleToken) {
+					continue
+				}
+				return nil, rpcError(err)
+			}
+			return connect.NewResponse(s.leaseResponse(cand.batch.Id, cand.chunk.Index, idx)), nil
+		}
+		remaining := time.Until(deadline)
+		if remaining <= 0 {
+			return connect.NewResponse(&vbatchv1.LeaseResponse{}), nil
+		}
+		select {
+		case <-ctx.Done():
+			return nil, connect.NewError(connect.CodeCanceled, ctx.Err())
+		case <-watch:
+		case <-time.After(min(remaining, time.Second)):
+		}
+	}
+}
+
+type candidate struct {
+	batch *vbatchv1.Batch
+	chunk *vbatchv1.Chunk
+}
+
+// candidates lists grantable chunks for an agent: oldest batch first, and
+// within a batch a random rotation so racing agents rarely collide.
+func (s *agentService) candidates(agentID string, models []string) ([]candidate, bool) {
+	var out []candidate
+	registered := false
+	s.c.fsm.View(func(st *fsm.State) {
+		ag, ok := st.Agents[agentID]
+		if !ok {
+			return
+		}
+		registered = true
+		if ag.Draining {
+			return
+		}
+		if len(models) == 0 {
+			models = ag.Models
+		}
+		var batches []*vbatchv1.Batch
+		for _, b := range st.Batches {
+			if b.Status == vbatchv1.BatchStatus_BATCH_STATUS_IN_PROGRESS && slices.Contains(models, b.Model) {
+				batches = append(batches, b)
+			}
+		}
+		sort.Slice(batches, func(i, j int) bool {
+			if batches[i].CreatedAt != batches[j].CreatedAt {
+				return batches[i].CreatedAt < batches[j].CreatedAt
+			}
+			return batches[i].Id < batches[j].Id
+		})
+		for _, b := range batches {
+			var pending []candidate
+			for _, ch := range b.Chunks {
+				if ch.State == vbatchv1.ChunkState_CHUNK_STATE_PENDING {
+					pending = append(pending, candidate{batch: b, chunk: ch})
+				}
+			}
+			if len(pending) > 1 {
+				k := rand.IntN(min(len(pending), 4))
+				pending = append(pending[k:], pending[:k]...)
+			}
+			out = append(out, pending...)
+			if len(out) >= 8 {
+				break
+			}
+		}
+		// Clone what leaves the lock.
+		for i := range out {
+			out[i] = candidate{batch: &vbatchv1.Batch{Id: out[i].batch.Id}, chunk: &vbatchv1.Chunk{Index: out[i].chunk.Index}}
+		}
+	})
+	return out, registered
+}
+
+func (s *agentService) leaseResponse(batchID string, chunk uint32, token uint64) *vbatchv1.LeaseResponse {
+	resp := &vbatchv1.LeaseResponse{Granted: true, BatchId: batchID, Chunk: chunk, Token: token}
+	s.c.fsm.View(func(st *fsm.State) {
+		b := st.Batches[batchID]
+		if b == nil || int(chunk) >= len(b.Chunks) {
+			return
+		}
+		ch := b.Chunks[chunk]
+		resp.Endpoint, resp.Model = b.Endpoint, b.Model
+		resp.StartLine, resp.EndLine, resp.Progress = ch.StartLine, ch.EndLine, ch.Progress
+		if ch.Lease != nil {
+			resp.ExpiresAtUnixMs = ch.Lease.ExpiresAt
+		}
+	})
+	return resp
+}
+
+// Renew extends a live lease and tells the agent whether to go on.
+func (s *agentService) Renew(ctx context.Context, req *connect.Request[vbatchv1.RenewRequest]) (*connect.Response[vbatchv1.RenewResponse], error) {
+	m := req.Msg
+	expires := s.c.Now().Add(s.ttl()).UnixMilli()
+	_, err := s.c.Apply(ctx, &vbatchv1.RenewLease{BatchId: m.BatchId, Chunk: m.Chunk, Token: m.Token, ExpiresAt: expires})
+	switch {
+	case errors.Is(err, fsm.ErrStaleToken), errors.Is(err, fsm.ErrConflict), errors.Is(err, fsm.ErrNotFound):
+		return connect.NewResponse(&vbatchv1.RenewResponse{Verdict: vbatchv1.LeaseVerdict_LEASE_VERDICT_REVOKED}), nil
+	case err != nil:
+		return nil, rpcError(err)
+	}
+	verdict := vbatchv1.LeaseVerdict_LEASE_VERDICT_OK
+	s.c.fsm.View(func(st *fsm.State) {
+		if b := st.Batches[m.BatchId]; b != nil && b.Status == vbatchv1.BatchStatus_BATCH_STATUS_CANCELLING {
+			verdict = vbatchv1.LeaseVerdict_LEASE_VERDICT_CANCELLED
+		}
+		// A draining agent commits what finished and hands the lease back.
+		if b := st.Batches[m.BatchId]; b != nil && int(m.Chunk) < len(b.Chunks) {
+			if l := b.Chunks[m.Chunk].Lease; l != nil {
+				if ag := st.Agents[l.AgentId]; ag != nil && ag.Draining {
+					verdict = vbatchv1.LeaseVerdict_LEASE_VERDICT_CANCELLED
+				}
+			}
+		}
+	})
+	return connect.NewResponse(&vbatchv1.RenewResponse{Verdict: verdict, ExpiresAtUnixMs: expires}), nil
+}
+
+// ReadInput streams a leased chunk's input lines from from_line on.
+func (s *agentService) ReadInput(ctx context.Context, req *connect.Request[vbatchv1.ReadInputRequest], stream *connect.ServerStream[vbatchv1.ReadInputResponse]) error {
+	m := req.Msg
+	// The token is the raft index that granted the lease: once this node
+	// has applied it, local state knows the lease.
+	if err := s.c.waitApplied(ctx, m.Token); err != nil {
+		return connect.NewError(connect.CodeUnavailable, err)
+	}
+	var ch *vbatchv1.Chunk
+	var input *vbatchv1.File
+	var lerr error
+	s.c.fsm.View(func(st *fsm.State) {
+		b := st.Batches[m.BatchId]
+		if b == nil || int(m.Chunk) >= len(b.Chunks) {
+			lerr = connect.NewError(connect.CodeNotFound, fmt.Errorf("chunk %s/%d not found", m.BatchId, m.Chunk))
+			return
+		}
+		c := b.Chunks[m.Chunk]
+		if c.Lease == nil || c.Lease.Token != m.Token {
+			lerr = connect.NewError(connect.CodeFailedPrecondition, fmt.Errorf("chunk %s/%d: %w", m.BatchId, m.Chunk, fsm.ErrStaleToken))
+			return
+		}
+		ch = proto.Clone(c).(*vbatchv1.Chunk)
+		if f := st.Files[b.InputFileId]; f != nil {
+			input = proto.Clone(f).(*vbatchv1.File)
+		}
+	})
+	if lerr != nil {
+		return lerr
+	}
+	if input == nil || len(input.Parts) != 1 {
+		return connect.NewError(connect.CodeFailedPrecondition, fmt.Errorf("batch %s: input file missing", m.BatchId))
+	}
+	sha := input.Parts[0].Sha256
+	if err := s.c.repl.Ensure(ctx, sha); err != nil {
+		return connect.NewError(connect.CodeUnavailable, err)
+	}
+	rc, err := s.c.blobs.OpenRange(sha, ch.StartOffset, ch.EndOffset-ch.StartOffset)
+	if err != nil {
+		return connect.NewError(connect.CodeInternal, err)
+	}
+	defer rc.Close()
+	br := bufio.NewReaderSize(rc, 1<<20)
+	line := ch.StartLine
+	msg := &vbatchv1.ReadInputResponse{}
+	for line < ch.EndLine {
+		b, err := br.ReadBytes('\n')
+		if len(b) == 0 && err != nil {
+			return connect.NewError(connect.CodeInternal, fmt.Errorf("read input line %d: %w", line, err))
+		}
+		if line >= m.FromLine {
+			if len(msg.Lines) == 0 {
+				msg.FirstLine = line
+			}
+			msg.Lines = append(msg.Lines, bytes.TrimRight(b, "\r\n"))
+			if len(msg.Lines) == readBatchLines {
+				if err := stream.Send(msg); err != nil {
+					return err
+				}
+				msg = &vbatchv1.ReadInputResponse{}
+			}
+		}
+		line++
+	}
+	if len(msg.Lines) > 0 {
+		return stream.Send(msg)
+	}
+	return nil
+}
+
+// PutResults stores a part's bytes on a quorum, then commits the part with
+// the lease's fencing token.
+func (s *agentService) PutResults(ctx context.Context, req *connect.Request[vbatchv1.PutResultsRequest]) (*connect.Response[vbatchv1.PutResultsResponse], error) {
+	m := req.Msg
+	if err := s.c.waitApplied(ctx, m.Token); err != nil {
+		return nil, connect.NewError(connect.CodeUnavailable, err)
+	}
+	if err := s.checkLease(m.BatchId, m.Chunk, m.Token); err != nil {
+		s.c.metrics.StaleResultsRefused.Inc()
+		return nil, err
+	}
+	part := &vbatchv1.Part{FromLine: m.FromLine, ToLine: m.ToLine, Succeeded: m.Succeeded, Failed: m.Failed, Token: m.Token}
+	var err error
+	if part.Output, err = s.storePart(ctx, m.Output); err != nil {
+		return nil, err
+	}
+	if part.Errors, err = s.storePart(ctx, m.Errors); err != nil {
+		return nil, err
+	}
+	_, err = s.c.Apply(ctx, &vbatchv1.CommitPart{BatchId: m.BatchId, Chunk: m.Chunk, Part: part, Usage: m.Usage})
+	if err != nil {
+		if errors.Is(err, fsm.ErrStaleToken) {
+			s.c.metrics.StaleResultsRefused.Inc()
+		}
+		return nil, rpcError(err)
+	}
+	var progress int64
+	s.c.fsm.View(func(st *fsm.State) {
+		if b := st.Batches[m.BatchId]; b != nil && int(m.Chunk) < len(b.Chunks) {
+			progress = b.Chunks[m.Chunk].Progress
+		}
+	})
+	return connect.NewResponse(&vbatchv1.PutResultsResponse{Progress: progress}), nil
+}
+
+// checkLease refuses early, before any bytes are stored, a token that local
+// state already knows is stale. The FSM checks again at commit.
+func (s *agentService) checkLease(batchID string, chunk uint32, token uint64) error {
+	var err error
+	s.c.fsm.View(func(st *fsm.State) {
+		b := st.Batches[batchID]
+		if b == nil || int(chunk) >= len(b.Chunks) {
+			err = connect.NewError(connect.CodeNotFound, fmt.Errorf("chunk %s/%d not found", batchID, chunk))
+			return
+		}
+		ch := b.Chunks[chunk]
+		if ch.Lease == nil || ch.Lease.Token != token || fsm.IsTerminal(b.Status) {
+			err = connect.NewError(connect.CodeFailedPrecondition, fmt.Errorf("chunk %s/%d token %d: %w", batchID, chunk, token, fsm.ErrStaleToken))
+		}
+	})
+	return err
+}
+
+func (s *agentService) storePart(ctx context.Context, data []byte) (*vbatchv1.BlobRef, error) {
+	if len(data) == 0 {
+		return nil, nil
+	}
+	ref, err := s.c.blobs.Ingest(bytes.NewReader(data))
+	if err != nil {
+		return nil, connect.NewError(connect.CodeUnavailable, err)
+	}
+	if _, err := s.c.replicate(ctx, ref.Sha256); err != nil {
+		return nil, connect.NewError(connect.CodeUnavailable, err)
+	}
+	return ref, nil
+}
+
+// Complete marks a fully committed chunk done.
+func (s *agentService) Complete(ctx context.Context, req *connect.Request[vbatchv1.CompleteRequest]) (*connect.Response[vbatchv1.CompleteResponse], error) {
+	m := req.Msg
+	if _, err := s.c.Apply(ctx, &vbatchv1.CompleteChunk{BatchId: m.BatchId, Chunk: m.Chunk, Token: m.Token}); err != nil {
+		return nil, rpcError(err)
+	}
+	return connect.NewResponse(&vbatchv1.CompleteResponse{}), nil
+}
+
+// Release hands a lease back; its chunk keeps its committed progress.
+func (s *agentService) Release(ctx context.Context, req *connect.Request[vbatchv1.ReleaseRequest]) (*connect.Response[vbatchv1.ReleaseResponse], error) {
+	m := req.Msg
+	_, err := s.c.Apply(ctx, &vbatchv1.ReleaseLease{BatchId: m.BatchId, Chunk: m.Chunk, Token: m.Token, Reason: m.Reason})
+	if err != nil && !errors.Is(err, fsm.ErrStaleToken) {
+		return nil, rpcError(err)
+	}
+	return connect.NewResponse(&vbatchv1.ReleaseResponse{}), nil
+}
+
+// Telemetry keeps the agent's latest report in memory.
+func (s *agentService) Telemetry(ctx context.Context, req *connect.Request[vbatchv1.TelemetryRequest]) (*connect.Response[vbatchv1.TelemetryResponse], error) {
+	if req.Msg.AgentId == "" {
+		return nil, connect.NewError(connect.CodeInvalidArgument, errors.New("agent id required"))
+	}
+	s.mu.Lock()
+	s.telemetry[req.Msg.AgentId] = &AgentTelemetry{Report: req.Msg, ReceivedAt: s.c.Now()}
+	s.mu.Unlock()
+	return connect.NewResponse(&vbatchv1.TelemetryResponse{}), nil
+}
+
+// latestTelemetry returns a copy of the telemetry map.
+func (s *agentService) latestTelemetry() map[string]AgentTelemetry {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := make(map[string]AgentTelemetry, len(s.telemetry))
+	for k, v := range s.telemetry {
+		out[k] = *v
+	}
+	return out
+}
+
+// rpcError maps Apply errors to connect codes agents branch on.
+func rpcError(err error) error {
+	switch {
+	case errors.Is(err, fsm.ErrStaleToken):
+		return connect.NewError(connect.CodeFailedPrecondition, err)
+	case errors.Is(err, fsm.ErrNotFound):
+		return connect.NewError(connect.CodeNotFound, err)
+	case errors.Is(err, fsm.ErrConflict):
+		return connect.NewError(connect.CodeAborted, err)
+	case errors.Is(err, fsm.ErrInvalid):
+		return connect.NewError(connect.CodeInvalidArgument, err)
+	case errors.Is(err, context.Canceled):
+		return connect.NewError(connect.CodeCanceled, err)
+	default:
+		return connect.NewError(connect.CodeUnavailable, err)
+	}
+}

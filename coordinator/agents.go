@@ -1,0 +1,62 @@
+package coordinator
+
+import (
+	"context"
+	"sort"
+
+	"github.com/vbatch/vbatch/coordinator/api"
+	"github.com/vbatch/vbatch/fsm"
+	"github.com/vbatch/vbatch/gossip"
+	vbatchv1 "github.com/vbatch/vbatch/rpc/gen/vbatch/v1"
+)
+
+// Agents describes every registered agent: registration from raft,
+// liveness from gossip, figures from the latest telemetry.
+func (c *Coordinator) Agents(ctx context.Context) ([]api.AgentInfo, error) {
+	alive := map[string]bool{}
+	for _, m := range c.pool.MembersWithRole(gossip.RoleAgent) {
+		alive[m.Name] = true
+	}
+	tel := c.agents.latestTelemetry()
+	var out []api.AgentInfo
+	c.fsm.View(func(s *fsm.State) {
+		leases := map[string]int{}
+		for _, b := range s.Batches {
+			for _, ch := range b.Chunks {
+				if fsm.LiveLease(ch, s.Now) {
+					leases[ch.Lease.AgentId]++
+				}
+			}
+		}
+		for _, a := range s.Agents {
+			info := api.AgentInfo{
+				ID: a.Id, RPCAddr: a.RpcAddr, Models: append([]string(nil), a.Models...),
+				LiveLeases: leases[a.Id], RegisteredAt: a.RegisteredAt, GPUs: a.Gpus,
+			}
+			switch {
+			case a.Draining:
+				info.State = "draining"
+			case alive[a.Id]:
+				info.State = "alive"
+			default:
+				info.State = "dead"
+			}
+			if t, ok := tel[a.Id]; ok {
+				info.LastSeen = t.ReceivedAt.Unix()
+				if len(t.Report.Gpus) > 0 {
+					info.GPUs = t.Report.Gpus
+				}
+			}
+			out = append(out, info)
+		}
+	})
+	sort.Slice(out, func(i, j int) bool { return out[i].ID < out[j].ID })
+	return out, nil
+}
+
+// DrainAgent marks an agent draining: it gets no new leases, and its
+// renewals answer "cancelled" so it commits what finished and hands back.
+func (c *Coordinator) DrainAgent(ctx context.Context, id string) error {
+	_, err := c.Apply(ctx, &vbatchv1.DrainAgent{AgentId: id})
+	return err
+}

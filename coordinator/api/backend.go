@@ -1,0 +1,69 @@
+package api
+
+import (
+	"context"
+	"io"
+	"time"
+
+	"google.golang.org/protobuf/proto"
+
+	"github.com/vbatch/vbatch/fsm"
+	vbatchv1 "github.com/vbatch/vbatch/rpc/gen/vbatch/v1"
+)
+
+// Backend is what the HTTP API needs from the coordinator it runs in. The
+// coordinator package implements it; tests may use a fake.
+type Backend interface {
+	// FSM is this node's replicated state, for local (possibly stale) reads.
+	FSM() *fsm.FSM
+	// Apply proposes a command (one of the fsm command messages, such as
+	// *vbatchv1.CreateFile) through the leader, forwarding if this node is a
+	// follower, and returns after it committed and applied locally. A
+	// rejection is an fsm sentinel error (errors.Is(err, fsm.ErrNotFound)...);
+	// ErrNoLeader or a context error when the cluster cannot commit.
+	Apply(ctx context.Context, cmd proto.Message) (index uint64, err error)
+	// ConsistentRead returns once this node's state includes every write the
+	// leader had committed when the call began (leadership verified).
+	ConsistentRead(ctx context.Context) error
+	// StoreUpload streams r into the blob store, replicates it to a majority
+	// of voters and returns its reference and the nodes that hold it.
+	StoreUpload(ctx context.Context, r io.Reader) (ref *vbatchv1.BlobRef, replicas []string, err error)
+	// OpenFile returns the bytes of a file: the concatenation of its parts,
+	// each verified against its hash and fetched from a peer if missing here.
+	OpenFile(ctx context.Context, f *vbatchv1.File) (io.ReadCloser, error)
+	// ClusterStatus describes the raft cluster for vbctl cluster status.
+	ClusterStatus(ctx context.Context) (*ClusterStatus, error)
+	// Now is the clock used to stamp ids and timestamps.
+	Now() time.Time
+}
+
+// ClusterStatus is the body of GET /v1/admin/cluster/status.
+type ClusterStatus struct {
+	Leader  string          `json:"leader"`
+	Servers []ClusterServer `json:"servers"`
+}
+
+// ClusterServer is one raft server as vbctl shows it.
+type ClusterServer struct {
+	ID        string `json:"id"`
+	RaftAddr  string `json:"raft_addr"`
+	HTTPAddr  string `json:"http_addr"`
+	RPCAddr   string `json:"rpc_addr"`
+	Suffrage  string `json:"suffrage"`
+	State     string `json:"state"`
+	LastIndex uint64 `json:"last_index"`
+	Term      uint64 `json:"term"`
+	Reachable bool   `json:"reachable"`
+}
+
+// AgentInfo is one agent as GET /v1/admin/agents shows it.
+type AgentInfo struct {
+	ID           string          `json:"id"`
+	RPCAddr      string          `json:"rpc_addr"`
+	Models       []string        `json:"models"`
+	GPUs         []*vbatchv1.GPU `json:"gpus"`
+	LiveLeases   int             `json:"live_leases"`
+	State        string          `json:"state"`
+	LastSeen     int64           `json:"last_seen"`
+	RegisteredAt int64           `json:"registered_at"`
+}

@@ -1,0 +1,133 @@
+package coordinator
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"sort"
+	"time"
+
+	"connectrpc.com/connect"
+	"github.com/hashicorp/raft"
+
+	"github.com/vbatch/vbatch/coordinator/api"
+	vbatchv1 "github.com/vbatch/vbatch/rpc/gen/vbatch/v1"
+)
+
+// StoreUpload writes r to the local blob store and replicates it to a
+// majority of the voters before returning, so the file's metadata is only
+// committed once a quorum holds its bytes.
+func (c *Coordinator) StoreUpload(ctx context.Context, r io.Reader) (*vbatchv1.BlobRef, []string, error) {
+	ref, err := c.blobs.Ingest(r)
+	if err != nil {
+		return nil, nil, fmt.Errorf("store upload: %w", err)
+	}
+	replicas, err := c.replicate(ctx, ref.Sha256)
+	if err != nil {
+		return nil, nil, err
+	}
+	return ref, replicas, nil
+}
+
+// replicate copies a local blob onto a majority of the voters.
+func (c *Coordinator) replicate(ctx context.Context, sha string) ([]string, error) {
+	need := len(c.voters())/2 + 1
+	if need < 1 {
+		need = 1
+	}
+	replicas, err := c.repl.Replicate(ctx, sha, need)
+	if err != nil {
+		return nil, fmt.Errorf("replicate blob %s to %d nodes: %w", sha[:12], need, err)
+	}
+	return replicas, nil
+}
+
+// OpenFile returns the content of a file: its parts in order, each fetched
+// from a peer if missing here and verified as it is read.
+func (c *Coordinator) OpenFile(ctx context.Context, f *vbatchv1.File) (io.ReadCloser, error) {
+	parts := f.GetParts()
+	for _, p := range parts {
+		if err := c.repl.Ensure(ctx, p.Sha256); err != nil {
+			return nil, fmt.Errorf("file %s: blob %s: %w", f.Id, p.Sha256, err)
+		}
+	}
+	return &multiBlobReader{c: c, parts: parts}, nil
+}
+
+// multiBlobReader reads a sequence of blobs, opening each when reached so
+// only one file is open at a time.
+type multiBlobReader struct {
+	c     *Coordinator
+	parts []*vbatchv1.BlobRef
+	cur   io.ReadCloser
+}
+
+func (m *multiBlobReader) Read(p []byte) (int, error) {
+	for {
+		if m.cur == nil {
+			if len(m.parts) == 0 {
+				return 0, io.EOF
+			}
+			rc, err := m.c.blobs.Open(m.parts[0].Sha256)
+			if err != nil {
+				return 0, fmt.Errorf("open blob %s: %w", m.parts[0].Sha256, err)
+			}
+			m.cur, m.parts = rc, m.parts[1:]
+		}
+		n, err := m.cur.Read(p)
+		if errors.Is(err, io.EOF) {
+			_ = m.cur.Close()
+			m.cur = nil
+			if n > 0 {
+				return n, nil
+			}
+			continue
+		}
+		return n, err
+	}
+}
+
+func (m *multiBlobReader) Close() error {
+	if m.cur != nil {
+		return m.cur.Close()
+	}
+	return nil
+}
+
+// ClusterStatus asks every server of the raft configuration for its view.
+func (c *Coordinator) ClusterStatus(ctx context.Context) (*api.ClusterStatus, error) {
+	f := c.raftNode.raft.GetConfiguration()
+	if err := f.Error(); err != nil {
+		return nil, fmt.Errorf("raft configuration: %w", err)
+	}
+	_, leader := c.raftNode.raft.LeaderWithID()
+	out := &api.ClusterStatus{Leader: string(leader)}
+	for _, s := range f.Configuration().Servers {
+		cs := api.ClusterServer{ID: string(s.ID), RaftAddr: string(s.Address), Suffrage: suffrage(s.Suffrage), State: "unknown"}
+		if addr, ok := c.rpcAddrOf(string(s.ID)); ok {
+			cs.RPCAddr = addr
+			cctx, cancel := context.WithTimeout(ctx, time.Second)
+			resp, err := c.clusterClient(addr).Status(cctx, connect.NewRequest(&vbatchv1.StatusRequest{}))
+			cancel()
+			if err == nil {
+				cs.State, cs.LastIndex, cs.Term = resp.Msg.State, resp.Msg.LastIndex, resp.Msg.Term
+				cs.HTTPAddr, cs.Reachable = resp.Msg.HttpAddr, true
+			}
+		}
+		out.Servers = append(out.Servers, cs)
+	}
+	sort.Slice(out.Servers, func(i, j int) bool { return out.Servers[i].ID < out.Servers[j].ID })
+	return out, nil
+}
+
+func suffrage(s raft.ServerSuffrage) string {
+	switch s {
+	case raft.Voter:
+		return "voter"
+	case raft.Nonvoter:
+		return "nonvoter"
+	default:
+		return "staging"
+	}
+}

@@ -1,0 +1,130 @@
+package coordinator
+
+import (
+	"context"
+	"errors"
+	"sort"
+	"time"
+
+	"connectrpc.com/connect"
+	"github.com/hashicorp/raft"
+
+	"github.com/vbatch/vbatch/gossip"
+	vbatchv1 "github.com/vbatch/vbatch/rpc/gen/vbatch/v1"
+)
+
+// joinLoop keeps trying the --join addresses until one answers, so that
+// coordinators may start in any order.
+func (c *Coordinator) joinLoop(ctx context.Context) {
+	if len(c.cfg.Join) == 0 {
+		return
+	}
+	backoff := 100 * time.Millisecond
+	for {
+		n, err := c.pool.Join(c.cfg.Join)
+		// Joining only ourselves does not count.
+		if err == nil && n > 0 && len(c.pool.Members()) > 1 {
+			c.log.Info("joined gossip pool", "contacted", n, "members", len(c.pool.Members()))
+			return
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(backoff):
+		}
+		if backoff < 2*time.Second {
+			backoff *= 2
+		}
+	}
+}
+
+// bootstrapLoop bootstraps raft once BootstrapExpect coordinators see each
+// other, as Consul and Nomad do. A node with raft state, or one that finds a
+// peer already in a cluster, never bootstraps: the leader adds it instead.
+func (c *Coordinator) bootstrapLoop(ctx context.Context) {
+	if hasState(c.raftNode) {
+		c.log.Info("raft state found; rejoining existing cluster")
+		return
+	}
+	tick := time.NewTicker(200 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+		if hasState(c.raftNode) {
+			return
+		}
+		coords := c.pool.MembersWithRole(gossip.RoleCoordinator)
+		if len(coords) < c.cfg.BootstrapExpect {
+			continue
+		}
+		if c.peerHasCluster(ctx, coords) {
+			c.log.Info("found an existing raft cluster; waiting to be added by its leader")
+			return
+		}
+		sort.Slice(coords, func(i, j int) bool { return coords[i].Name < coords[j].Name })
+		var servers []raft.Server
+		for _, m := range coords {
+			if m.Meta.Expect != 0 && m.Meta.Expect != c.cfg.BootstrapExpect {
+				c.log.Error("coordinators disagree on bootstrap-expect; not bootstrapping", "peer", m.Name, "peer_expect", m.Meta.Expect, "expect", c.cfg.BootstrapExpect)
+				return
+			}
+			servers = append(servers, raft.Server{Suffrage: raft.Voter, ID: raft.ServerID(m.Name), Address: raft.ServerAddress(m.Meta.RaftAddr)})
+		}
+		err := c.raftNode.raft.BootstrapCluster(raft.Configuration{Servers: servers}).Error()
+		if err != nil && !errors.Is(err, raft.ErrCantBootstrap) {
+			c.log.Error("raft bootstrap failed", "err", err)
+			continue
+		}
+		c.log.Info("raft bootstrapped", "servers", len(servers))
+		return
+	}
+}
+
+// peerHasCluster asks the other coordinators whether they already belong to
+// a raft cluster (a term or log entries), in which case this node must wait
+// to be added rather than bootstrap a second cluster.
+func (c *Coordinator) peerHasCluster(ctx context.Context, coords []gossip.Member) bool {
+	for _, m := range coords {
+		if m.Name == c.cfg.NodeID {
+			continue
+		}
+		cctx, cancel := context.WithTimeout(ctx, time.Second)
+		resp, err := c.clusterClient(m.Meta.RPCAddr).Status(cctx, connect.NewRequest(&vbatchv1.StatusRequest{}))
+		cancel()
+		if err == nil && (resp.Msg.LastIndex > 0 || resp.Msg.LeaderId != "") {
+			return true
+		}
+	}
+	return false
+}
+
+// reconcileMembers runs on the leader: every live coordinator that gossip
+// knows but raft does not is added as a voter (a new or replaced node).
+func (c *Coordinator) reconcileMembers() {
+	r := c.raftNode.raft
+	if r.State() != raft.Leader {
+		return
+	}
+	future := r.GetConfiguration()
+	if err := future.Error(); err != nil {
+		return
+	}
+	known := map[raft.ServerID]raft.ServerAddress{}
+	for _, s := range future.Configuration().Servers {
+		known[s.ID] = s.Address
+	}
+	for _, m := range c.pool.MembersWithRole(gossip.RoleCoordinator) {
+		addr, ok := known[raft.ServerID(m.Name)]
+		if ok && addr == raft.ServerAddress(m.Meta.RaftAddr) {
+			continue
+		}
+		c.log.Info("adding coordinator to raft", "node", m.Name, "raft_addr", m.Meta.RaftAddr)
+		if err := r.AddVoter(raft.ServerID(m.Name), raft.ServerAddress(m.Meta.RaftAddr), 0, 5*time.Second).Error(); err != nil {
+			c.log.Warn("add voter failed", "node", m.Name, "err", err)
+		}
+	}
+}

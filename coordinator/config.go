@@ -1,0 +1,135 @@
+package coordinator
+
+import (
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/vbatch/vbatch/coordinator/validate"
+	"github.com/vbatch/vbatch/internal/netutil"
+)
+
+// Config is everything a coordinator needs. Flags and the config file map
+// onto it one to one (see cmd/vbatch).
+type Config struct {
+	// NodeID names this coordinator in raft and gossip. It must be unique
+	// and stable across restarts: raft identifies servers by it.
+	NodeID string `json:"node_id"`
+	// DataDir holds the raft log (raft.db), snapshots and the blob store.
+	// Restarting with the same DataDir rejoins the cluster.
+	DataDir string `json:"data_dir"`
+	// HTTPAddr serves the OpenAI API and /metrics.
+	HTTPAddr string `json:"http_addr"`
+	// RPCAddr serves connect RPC (agents, forwarding) and blob transfer.
+	RPCAddr string `json:"rpc_addr"`
+	// RaftAddr is raft's TCP transport.
+	RaftAddr string `json:"raft_addr"`
+	// GossipAddr is memberlist's TCP and UDP port.
+	GossipAddr string `json:"gossip_addr"`
+	// BootstrapExpect is how many coordinators must see each other over
+	// gossip before raft bootstraps. Every coordinator of a new cluster gets
+	// the same value; a node with existing raft state ignores it.
+	BootstrapExpect int `json:"bootstrap_expect"`
+	// Join lists gossip addresses of existing members; this node's own
+	// address may be among them.
+	Join []string `json:"join"`
+	// RootKey is the admin API key. Once set every request needs a key.
+	RootKey string `json:"root_key"`
+	// InsecureNoAuth allows running without a root key on a non-loopback
+	// HTTP address.
+	InsecureNoAuth bool `json:"insecure_no_auth"`
+	// MaxUploadBytes caps one file upload (default 200 MB).
+	MaxUploadBytes int64 `json:"max_upload_bytes"`
+	// MaxRequests caps the requests of one batch (default 50,000).
+	MaxRequests int `json:"max_requests"`
+	// ChunkSize is how many input lines make one chunk (default 500).
+	ChunkSize int `json:"chunk_size"`
+	// LeaseTTL is how long a lease lives without renewal (default 30s).
+	LeaseTTL time.Duration `json:"lease_ttl"`
+
+	// Timing holds raft and gossip timings; zero values take LAN defaults.
+	Timing Timing `json:"-"`
+}
+
+// Timing holds the cluster's timers. The defaults suit a LAN: a dead
+// leader is replaced within about two seconds.
+type Timing struct {
+	HeartbeatTimeout   time.Duration
+	ElectionTimeout    time.Duration
+	LeaderLeaseTimeout time.Duration
+	CommitTimeout      time.Duration
+	// GossipProbeInterval is memberlist's failure-detector period.
+	GossipProbeInterval time.Duration
+	// RepairInterval is how often blobs are repaired and collected.
+	RepairInterval time.Duration
+	// BlobGCGrace keeps unreferenced blobs this long (uploads in flight).
+	BlobGCGrace time.Duration
+}
+
+// LANTiming returns the default timings.
+func LANTiming() Timing {
+	return Timing{
+		HeartbeatTimeout:    500 * time.Millisecond,
+		ElectionTimeout:     500 * time.Millisecond,
+		LeaderLeaseTimeout:  250 * time.Millisecond,
+		CommitTimeout:       20 * time.Millisecond,
+		GossipProbeInterval: 500 * time.Millisecond,
+		RepairInterval:      30 * time.Second,
+		BlobGCGrace:         10 * time.Minute,
+	}
+}
+
+// DefaultConfig returns a Config with every default filled in.
+func DefaultConfig() Config {
+	return Config{
+		HTTPAddr:        ":8000",
+		RPCAddr:         ":8001",
+		RaftAddr:        ":8002",
+		GossipAddr:      ":8003",
+		BootstrapExpect: 3,
+		MaxUploadBytes:  200 << 20,
+		MaxRequests:     50000,
+		ChunkSize:       500,
+		LeaseTTL:        30 * time.Second,
+		Timing:          LANTiming(),
+	}
+}
+
+func (c *Config) validateOpts() validate.Options {
+	return validate.Options{MaxRequests: c.MaxRequests, ChunkSize: c.ChunkSize}
+}
+
+// Check reports the first configuration error.
+func (c *Config) Check() error {
+	switch {
+	case c.NodeID == "":
+		return errors.New("--node-id is required")
+	case c.DataDir == "":
+		return errors.New("--data-dir is required")
+	case c.BootstrapExpect < 1:
+		return errors.New("--bootstrap-expect must be at least 1")
+	case c.ChunkSize < 1:
+		return errors.New("chunk size must be at least 1")
+	case c.LeaseTTL < time.Second:
+		return errors.New("lease TTL must be at least 1s")
+	}
+	if c.RootKey == "" && !c.InsecureNoAuth && !netutil.IsLoopback(c.HTTPAddr) {
+		return fmt.Errorf("refusing to serve %s without a root key: set --root-key (or VBATCH_ROOT_KEY), or pass --insecure-no-auth", c.HTTPAddr)
+	}
+	def := LANTiming()
+	t := &c.Timing
+	for _, f := range []struct {
+		v *time.Duration
+		d time.Duration
+	}{
+		{&t.HeartbeatTimeout, def.HeartbeatTimeout}, {&t.ElectionTimeout, def.ElectionTimeout},
+		{&t.LeaderLeaseTimeout, def.LeaderLeaseTimeout}, {&t.CommitTimeout, def.CommitTimeout},
+		{&t.GossipProbeInterval, def.GossipProbeInterval}, {&t.RepairInterval, def.RepairInterval},
+		{&t.BlobGCGrace, def.BlobGCGrace},
+	} {
+		if *f.v == 0 {
+			*f.v = f.d
+		}
+	}
+	return nil
+}

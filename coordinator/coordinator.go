@@ -1,0 +1,231 @@
+// Package coordinator runs a vbatch coordinator: raft and its FSM, gossip
+// membership and bootstrap, write forwarding, the blob store, the leader
+// loop, the OpenAI HTTP API and the connect RPC services.
+package coordinator
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/raft"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/vbatch/vbatch/coordinator/api"
+	"github.com/vbatch/vbatch/coordinator/blob"
+	"github.com/vbatch/vbatch/fsm"
+	"github.com/vbatch/vbatch/gossip"
+	"github.com/vbatch/vbatch/internal/netutil"
+	"github.com/vbatch/vbatch/monitoring"
+	"github.com/vbatch/vbatch/rpc/gen/vbatch/v1/vbatchv1connect"
+)
+
+// Coordinator is one running coordinator.
+type Coordinator struct {
+	cfg Config
+	log *slog.Logger
+
+	fsm      *fsm.FSM
+	raftNode *raftNode
+	pool     *gossip.Pool
+	agents   *agentService
+	blobs    *blob.Store
+	repl     *blob.Replicator
+
+	registry *prometheus.Registry
+	metrics  *monitoring.CoordinatorMetrics
+
+	httpClient     *http.Client
+	clientsMu      sync.Mutex
+	clusterClients map[string]vbatchv1connect.ClusterServiceClient
+
+	httpAdvertise string
+	rpcAdvertise  string
+	httpLn, rpcLn net.Listener
+	httpSrv       *http.Server
+	rpcSrv        *http.Server
+
+	// agentGone receives the ids of agents gossip declared dead.
+	agentGone chan string
+	// stop ends the background loops.
+	stop context.CancelFunc
+	wg   sync.WaitGroup
+}
+
+// Run starts a coordinator and blocks until ctx ends, then shuts it down.
+func Run(ctx context.Context, cfg Config, logger *slog.Logger, logOut io.Writer) error {
+	c, err := Start(cfg, logger, logOut)
+	if err != nil {
+		return err
+	}
+	<-ctx.Done()
+	return c.Close()
+}
+
+// Start opens the stores, starts every listener and background loop, and
+// returns the running coordinator.
+func Start(cfg Config, logger *slog.Logger, logOut io.Writer) (c *Coordinator, err error) {
+	if err := cfg.Check(); err != nil {
+		return nil, err
+	}
+	if logOut == nil {
+		logOut = os.Stderr
+	}
+	c = &Coordinator{
+		cfg:            cfg,
+		log:            logger.With("logger", "coordinator", "node_id", cfg.NodeID),
+		fsm:            fsm.New(),
+		registry:       prometheus.NewRegistry(),
+		httpClient:     newHTTPClient(),
+		clusterClients: map[string]vbatchv1connect.ClusterServiceClient{},
+		agentGone:      make(chan string, 64),
+	}
+	c.metrics = monitoring.NewCoordinatorMetrics(c.registry)
+	c.agents = &agentService{c: c, telemetry: map[string]*AgentTelemetry{}}
+	var closers []func() error
+	defer func() {
+		if err != nil {
+			for i := len(closers) - 1; i >= 0; i-- {
+				_ = closers[i]()
+			}
+		}
+	}()
+	if c.blobs, err = blob.Open(filepath.Join(cfg.DataDir, "blobs")); err != nil {
+		return nil, fmt.Errorf("open blob store: %w", err)
+	}
+	if c.httpLn, err = net.Listen("tcp", cfg.HTTPAddr); err != nil {
+		return nil, fmt.Errorf("listen http %s: %w", cfg.HTTPAddr, err)
+	}
+	closers = append(closers, c.httpLn.Close)
+	if c.rpcLn, err = net.Listen("tcp", cfg.RPCAddr); err != nil {
+		return nil, fmt.Errorf("listen rpc %s: %w", cfg.RPCAddr, err)
+	}
+	closers = append(closers, c.rpcLn.Close)
+	if c.httpAdvertise, err = netutil.Advertise(c.httpLn.Addr().String()); err != nil {
+		return nil, err
+	}
+	if c.rpcAdvertise, err = netutil.Advertise(c.rpcLn.Addr().String()); err != nil {
+		return nil, err
+	}
+	if c.raftNode, err = openRaft(&c.cfg, c.fsm, logOut); err != nil {
+		return nil, err
+	}
+	closers = append(closers, c.raftNode.close)
+	c.pool, err = gossip.Start(gossip.Config{
+		Name:     cfg.NodeID,
+		BindAddr: cfg.GossipAddr,
+		Meta: gossip.Meta{
+			Role:     gossip.RoleCoordinator,
+			RPCAddr:  c.rpcAdvertise,
+			HTTPAddr: c.httpAdvertise,
+			RaftAddr: c.raftNode.advertise,
+			Expect:   cfg.BootstrapExpect,
+		},
+		ProbeInterval: cfg.Timing.GossipProbeInterval,
+		OnEvent:       c.onMemberEvent,
+		Logger:        logger,
+	})
+	if err != nil {
+		return nil, err
+	}
+	c.repl = &blob.Replicator{
+		Store:  c.blobs,
+		Self:   cfg.NodeID,
+		Peers:  c.blobPeers,
+		Client: c.httpClient,
+		Logger: c.log.With("logger", "blob"),
+	}
+	c.startServers()
+	c.startLoops()
+	c.log.Info("coordinator started",
+		"http_addr", c.httpAdvertise, "rpc_addr", c.rpcAdvertise,
+		"raft_addr", c.raftNode.advertise, "gossip_addr", c.pool.Addr(),
+		"bootstrap_expect", cfg.BootstrapExpect)
+	return c, nil
+}
+
+// Close stops the servers, leaves gossip and shuts raft down.
+func (c *Coordinator) Close() error {
+	c.stopLoops()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	_ = c.httpSrv.Shutdown(ctx)
+	_ = c.rpcSrv.Shutdown(ctx)
+	_ = c.pool.Leave(time.Second)
+	err := c.raftNode.close()
+	c.wg.Wait()
+	c.log.Info("coordinator stopped")
+	return err
+}
+
+// FSM is the local replicated state.
+func (c *Coordinator) FSM() *fsm.FSM { return c.fsm }
+
+// Now is the coordinator's clock.
+func (c *Coordinator) Now() time.Time { return time.Now() }
+
+// HTTPAddr is the address the API listens on.
+func (c *Coordinator) HTTPAddr() string { return c.httpLn.Addr().String() }
+
+// IsLeader reports whether this node is the raft leader.
+func (c *Coordinator) IsLeader() bool { return c.raftNode.raft.State() == raft.Leader }
+
+// rpcAddrOf maps a coordinator's node id to its RPC address via gossip.
+func (c *Coordinator) rpcAddrOf(id string) (string, bool) {
+	if id == c.cfg.NodeID {
+		return c.rpcAdvertise, true
+	}
+	m, ok := c.pool.Member(id)
+	if !ok || m.Meta.RPCAddr == "" {
+		return "", false
+	}
+	return m.Meta.RPCAddr, true
+}
+
+// blobPeers lists the other raft voters with their RPC addresses.
+func (c *Coordinator) blobPeers() []blob.Peer {
+	var peers []blob.Peer
+	for _, s := range c.voters() {
+		if string(s.ID) == c.cfg.NodeID {
+			continue
+		}
+		if addr, ok := c.rpcAddrOf(string(s.ID)); ok {
+			peers = append(peers, blob.Peer{ID: string(s.ID), Addr: addr})
+		}
+	}
+	return peers
+}
+
+// voters returns the voting servers of the current raft configuration.
+func (c *Coordinator) voters() []raft.Server {
+	f := c.raftNode.raft.GetConfiguration()
+	if f.Error() != nil {
+		return nil
+	}
+	var out []raft.Server
+	for _, s := range f.Configuration().Servers {
+		if s.Suffrage == raft.Voter {
+			out = append(out, s)
+		}
+	}
+	return out
+}
+
+func (c *Coordinator) onMemberEvent(e gossip.Event) {
+	c.log.Debug("gossip event", "kind", e.Kind, "member", e.Member.Name, "role", e.Member.Meta.Role)
+	if e.Member.Meta.Role == gossip.RoleAgent && e.Kind == "leave" {
+		select {
+		case c.agentGone <- e.Member.Name:
+		default:
+		}
+	}
+}
+
+var _ api.Backend = (*Coordinator)(nil)

@@ -1,0 +1,259 @@
+package coordinator
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+	"strconv"
+	"time"
+
+	"connectrpc.com/connect"
+	"github.com/hashicorp/raft"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/vbatch/vbatch/fsm"
+	vbatchv1 "github.com/vbatch/vbatch/rpc/gen/vbatch/v1"
+	"github.com/vbatch/vbatch/rpc/gen/vbatch/v1/vbatchv1connect"
+)
+
+// ErrNoLeader means the cluster has no reachable leader right now; the
+// request may be retried.
+var ErrNoLeader = errors.New("no raft leader")
+
+// applyTimeout bounds one raft Apply on the leader.
+const applyTimeout = 10 * time.Second
+
+// Apply proposes cmd through the leader and waits until this node has
+// applied it, so a client reading from this node sees its own write. A
+// follower forwards to the leader over connect RPC; across a failover it
+// retries until ctx ends (commands carry proposer-made ids, so a retry of a
+// write that did commit is an idempotent no-op).
+func (c *Coordinator) Apply(ctx context.Context, cmd proto.Message) (uint64, error) {
+	data, err := fsm.Encode(cmd, c.Now())
+	if err != nil {
+		return 0, err
+	}
+	if _, ok := ctx.Deadline(); !ok {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, 15*time.Second)
+		defer cancel()
+	}
+	backoff := 20 * time.Millisecond
+	for {
+		res, err := c.applyOnce(ctx, data)
+		if err == nil {
+			if werr := c.waitApplied(ctx, res.Index); werr != nil {
+				return res.Index, werr
+			}
+			return res.Index, fsm.FromResult(res)
+		}
+		if !retryable(err) {
+			return 0, err
+		}
+		select {
+		case <-ctx.Done():
+			return 0, fmt.Errorf("%w: %v", ErrNoLeader, err)
+		case <-time.After(backoff):
+		}
+		if backoff < 500*time.Millisecond {
+			backoff *= 2
+		}
+	}
+}
+
+// applyOnce applies on this node if it leads, else forwards once.
+func (c *Coordinator) applyOnce(ctx context.Context, data []byte) (*vbatchv1.Result, error) {
+	r := c.raftNode.raft
+	if r.State() == raft.Leader {
+		return c.applyLocal(data)
+	}
+	_, leaderID := r.LeaderWithID()
+	if leaderID == "" {
+		return nil, ErrNoLeader
+	}
+	addr, ok := c.rpcAddrOf(string(leaderID))
+	if !ok {
+		return nil, fmt.Errorf("%w: leader %s has no known RPC address", ErrNoLeader, leaderID)
+	}
+	resp, err := c.clusterClient(addr).Apply(ctx, connect.NewRequest(&vbatchv1.ApplyRequest{Envelope: data}))
+	if err != nil {
+		return nil, fmt.Errorf("forward to leader %s: %w", leaderID, err)
+	}
+	return resp.Msg.Result, nil
+}
+
+// applyLocal stamps the leader's time and applies through raft.
+func (c *Coordinator) applyLocal(data []byte) (*vbatchv1.Result, error) {
+	stamped, err := fsm.Stamp(data, c.Now())
+	if err != nil {
+		return nil, err
+	}
+	start := time.Now()
+	f := c.raftNode.raft.Apply(stamped, applyTimeout)
+	if err := f.Error(); err != nil {
+		return nil, fmt.Errorf("raft apply: %w", err)
+	}
+	c.metrics.ObserveApply(time.Since(start))
+	res, ok := f.Response().(*vbatchv1.Result)
+	if !ok {
+		return nil, fmt.Errorf("raft apply: unexpected response %T", f.Response())
+	}
+	return res, nil
+}
+
+// retryable reports whether an apply failure may succeed on a retry: no
+// leader, leadership lost mid-apply, or the leader unreachable.
+func retryable(err error) bool {
+	if errors.Is(err, ErrNoLeader) || errors.Is(err, raft.ErrNotLeader) ||
+		errors.Is(err, raft.ErrLeadershipLost) || errors.Is(err, raft.ErrLeadershipTransferInProgress) ||
+		errors.Is(err, raft.ErrEnqueueTimeout) || errors.Is(err, raft.ErrAbortedByRestore) {
+		return true
+	}
+	var ce *connect.Error
+	if errors.As(err, &ce) {
+		switch ce.Code() {
+		case connect.CodeUnavailable, connect.CodeFailedPrecondition, connect.CodeAborted:
+			return true
+		}
+	}
+	return false
+}
+
+// waitApplied blocks until this node's FSM has applied index.
+func (c *Coordinator) waitApplied(ctx context.Context, index uint64) error {
+	for {
+		watch := c.fsm.Watch()
+		if c.fsm.AppliedIndex() >= index {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("wait for index %d: %w", index, ctx.Err())
+		case <-watch:
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+}
+
+// ConsistentRead verifies leadership (on the leader, or by asking it) and
+// waits until this node has applied everything the leader had committed.
+func (c *Coordinator) ConsistentRead(ctx context.Context) error {
+	for {
+		idx, err := c.leaderIndex(ctx)
+		if err == nil {
+			return c.waitApplied(ctx, idx)
+		}
+		if !retryable(err) {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("%w: %v", ErrNoLeader, err)
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+}
+
+func (c *Coordinator) leaderIndex(ctx context.Context) (uint64, error) {
+	r := c.raftNode.raft
+	if r.State() == raft.Leader {
+		idx := r.CommitIndex()
+		if err := r.VerifyLeader().Error(); err != nil {
+			return 0, fmt.Errorf("verify leader: %w", err)
+		}
+		return idx, nil
+	}
+	_, leaderID := r.LeaderWithID()
+	if leaderID == "" {
+		return 0, ErrNoLeader
+	}
+	addr, ok := c.rpcAddrOf(string(leaderID))
+	if !ok {
+		return 0, ErrNoLeader
+	}
+	resp, err := c.clusterClient(addr).VerifyLeader(ctx, connect.NewRequest(&vbatchv1.VerifyLeaderRequest{}))
+	if err != nil {
+		return 0, fmt.Errorf("verify leader %s: %w", leaderID, err)
+	}
+	return resp.Msg.Index, nil
+}
+
+// clusterClient returns a (cached) ClusterService client for an RPC address.
+func (c *Coordinator) clusterClient(addr string) vbatchv1connect.ClusterServiceClient {
+	c.clientsMu.Lock()
+	defer c.clientsMu.Unlock()
+	if cl, ok := c.clusterClients[addr]; ok {
+		return cl
+	}
+	cl := vbatchv1connect.NewClusterServiceClient(c.httpClient, "http://"+addr)
+	c.clusterClients[addr] = cl
+	return cl
+}
+
+// clusterService is the connect handler of ClusterService.
+type clusterService struct{ c *Coordinator }
+
+var _ vbatchv1connect.ClusterServiceHandler = (*clusterService)(nil)
+
+// Apply commits a forwarded command if this node leads.
+func (s *clusterService) Apply(ctx context.Context, req *connect.Request[vbatchv1.ApplyRequest]) (*connect.Response[vbatchv1.ApplyResponse], error) {
+	if s.c.raftNode.raft.State() != raft.Leader {
+		return nil, connect.NewError(connect.CodeFailedPrecondition, raft.ErrNotLeader)
+	}
+	if _, _, err := fsm.Decode(req.Msg.Envelope); err != nil {
+		return nil, connect.NewError(connect.CodeInvalidArgument, err)
+	}
+	res, err := s.c.applyLocal(req.Msg.Envelope)
+	if err != nil {
+		if retryable(err) {
+			return nil, connect.NewError(connect.CodeUnavailable, err)
+		}
+		return nil, connect.NewError(connect.CodeInternal, err)
+	}
+	return connect.NewResponse(&vbatchv1.ApplyResponse{Result: res}), nil
+}
+
+// Status reports this node's raft view.
+func (s *clusterService) Status(ctx context.Context, _ *connect.Request[vbatchv1.StatusRequest]) (*connect.Response[vbatchv1.StatusResponse], error) {
+	return connect.NewResponse(s.c.localStatus()), nil
+}
+
+// VerifyLeader confirms leadership and returns the commit index.
+func (s *clusterService) VerifyLeader(ctx context.Context, _ *connect.Request[vbatchv1.VerifyLeaderRequest]) (*connect.Response[vbatchv1.VerifyLeaderResponse], error) {
+	r := s.c.raftNode.raft
+	if r.State() != raft.Leader {
+		return nil, connect.NewError(connect.CodeFailedPrecondition, raft.ErrNotLeader)
+	}
+	idx := r.CommitIndex()
+	if err := r.VerifyLeader().Error(); err != nil {
+		return nil, connect.NewError(connect.CodeUnavailable, err)
+	}
+	return connect.NewResponse(&vbatchv1.VerifyLeaderResponse{Index: idx}), nil
+}
+
+func (c *Coordinator) localStatus() *vbatchv1.StatusResponse {
+	r := c.raftNode.raft
+	_, leader := r.LeaderWithID()
+	term, _ := strconv.ParseUint(r.Stats()["term"], 10, 64)
+	return &vbatchv1.StatusResponse{
+		NodeId:       c.cfg.NodeID,
+		State:        r.State().String(),
+		Term:         term,
+		LastIndex:    r.LastIndex(),
+		AppliedIndex: r.AppliedIndex(),
+		CommitIndex:  r.CommitIndex(),
+		LeaderId:     string(leader),
+		HttpAddr:     c.httpAdvertise,
+		RaftAddr:     c.raftNode.advertise,
+		RpcAddr:      c.rpcAdvertise,
+	}
+}
+
+// newHTTPClient is the client for RPC and blob transfer among nodes.
+func newHTTPClient() *http.Client {
+	return &http.Client{Transport: &http.Transport{
+		MaxIdleConnsPerHost: 32,
+		IdleConnTimeout:     90 * time.Second,
+	}}
+}

@@ -1,0 +1,344 @@
+package coordinator
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"sync"
+	"time"
+
+	"google.golang.org/protobuf/proto"
+
+	"github.com/vbatch/vbatch/coordinator/validate"
+	"github.com/vbatch/vbatch/fsm"
+	"github.com/vbatch/vbatch/gossip"
+	"github.com/vbatch/vbatch/internal/ids"
+	vbatchv1 "github.com/vbatch/vbatch/rpc/gen/vbatch/v1"
+)
+
+// leaderTick is how often the leader loop looks for work when nothing
+// wakes it sooner.
+const leaderTick = 200 * time.Millisecond
+
+// agentGrace is how long a new leader waits before treating an agent that
+// gossip does not list as gone: gossip may still be settling.
+const agentGrace = 3 * time.Second
+
+// leaderLoop does the leader-only work until ctx ends: validate new
+// batches, expire leases, finalize, cancel and expire batches, add new
+// coordinators to raft.
+func (c *Coordinator) leaderLoop(ctx context.Context) {
+	// A barrier makes sure the FSM holds every committed entry before the
+	// loop acts on it.
+	for {
+		if err := c.raftNode.raft.Barrier(applyTimeout).Error(); err == nil {
+			break
+		} else if ctx.Err() != nil {
+			return
+		} else {
+			c.log.Warn("leader barrier failed; retrying", "err", err)
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+	// Agents could not renew during the election: give every live lease a
+	// fresh TTL rather than punish them for it.
+	if _, err := c.Apply(ctx, &vbatchv1.ExtendLeases{ExpiresAt: c.Now().Add(c.cfg.LeaseTTL).UnixMilli()}); err != nil {
+		c.log.Warn("extend leases on leadership failed", "err", err)
+	}
+	l := &leader{c: c, started: c.Now(), busy: map[string]bool{}}
+	var members time.Time
+	for {
+		watch := c.fsm.Watch()
+		if c.Now().Sub(members) > time.Second {
+			c.reconcileMembers()
+			members = c.Now()
+		}
+		l.tick(ctx)
+		select {
+		case <-ctx.Done():
+			l.wg.Wait()
+			return
+		case <-watch:
+		case <-time.After(leaderTick):
+		}
+	}
+}
+
+// leader holds the leader loop's soft state; it dies with leadership.
+type leader struct {
+	c       *Coordinator
+	started time.Time
+
+	mu sync.Mutex
+	// busy marks batches with a validation or expiry running.
+	busy map[string]bool
+	wg   sync.WaitGroup
+}
+
+// work is what one look at the state found to do.
+type work struct {
+	validate []*vbatchv1.Batch
+	expire   []*vbatchv1.Batch
+	finalize []string
+	finish   []*vbatchv1.FinishBatch
+	leases   []*vbatchv1.LeaseRef
+	deadAgs  []*vbatchv1.LeaseRef
+}
+
+func (l *leader) tick(ctx context.Context) {
+	c := l.c
+	now := c.Now()
+	alive := map[string]bool{}
+	for _, m := range c.pool.MembersWithRole(gossip.RoleAgent) {
+		alive[m.Name] = true
+	}
+	checkAgents := now.Sub(l.started) > agentGrace
+	var w work
+	c.fsm.View(func(s *fsm.State) {
+		for _, b := range s.Batches {
+			if fsm.IsTerminal(b.Status) {
+				continue
+			}
+			if b.ExpiresAt > 0 && now.Unix() >= b.ExpiresAt {
+				w.expire = append(w.expire, proto.Clone(b).(*vbatchv1.Batch))
+				continue
+			}
+			switch b.Status {
+			case vbatchv1.BatchStatus_BATCH_STATUS_VALIDATING:
+				w.validate = append(w.validate, proto.Clone(b).(*vbatchv1.Batch))
+			case vbatchv1.BatchStatus_BATCH_STATUS_IN_PROGRESS:
+				if allDone(b) {
+					w.finalize = append(w.finalize, b.Id)
+				}
+			case vbatchv1.BatchStatus_BATCH_STATUS_FINALIZING:
+				w.finish = append(w.finish, l.finishCmd(b, vbatchv1.BatchStatus_BATCH_STATUS_COMPLETED))
+			case vbatchv1.BatchStatus_BATCH_STATUS_CANCELLING:
+				if !anyLive(b, now.UnixMilli()) {
+					w.finish = append(w.finish, l.finishCmd(b, vbatchv1.BatchStatus_BATCH_STATUS_CANCELLED))
+				}
+			}
+			for _, ch := range b.Chunks {
+				if ch.State != vbatchv1.ChunkState_CHUNK_STATE_LEASED || ch.Lease == nil {
+					continue
+				}
+				ref := &vbatchv1.LeaseRef{BatchId: b.Id, Chunk: ch.Index, Token: ch.Lease.Token}
+				switch {
+				case ch.Lease.ExpiresAt <= now.UnixMilli():
+					w.leases = append(w.leases, ref)
+				case checkAgents && !alive[ch.Lease.AgentId]:
+					w.deadAgs = append(w.deadAgs, ref)
+				}
+			}
+		}
+	})
+	if len(w.leases) > 0 {
+		l.apply(ctx, &vbatchv1.ExpireLeases{Leases: w.leases, Reason: "lease expired"})
+	}
+	if len(w.deadAgs) > 0 {
+		l.apply(ctx, &vbatchv1.ExpireLeases{Leases: w.deadAgs, Reason: "agent declared dead by gossip"})
+	}
+	for _, id := range w.finalize {
+		l.apply(ctx, &vbatchv1.BeginFinalize{BatchId: id})
+	}
+	for _, cmd := range w.finish {
+		l.apply(ctx, cmd)
+	}
+	for _, b := range w.validate {
+		l.background(ctx, b.Id, func(ctx context.Context) error { return l.validate(ctx, b) })
+	}
+	for _, b := range w.expire {
+		l.background(ctx, b.Id, func(ctx context.Context) error { return l.expire(ctx, b) })
+	}
+}
+
+// apply proposes a leader command; rejections are expected when the state
+// moved on (another tick, an agent's write) and are only logged at debug.
+func (l *leader) apply(ctx context.Context, cmd proto.Message) {
+	_, err := l.c.Apply(ctx, cmd)
+	switch {
+	case err == nil:
+	case errors.Is(err, fsm.ErrConflict), errors.Is(err, fsm.ErrStaleToken), errors.Is(err, fsm.ErrNotFound):
+		l.c.log.Debug("leader command refused", "cmd", fmt.Sprintf("%T", cmd), "err", err)
+	default:
+		l.c.log.Warn("leader command failed", "cmd", fmt.Sprintf("%T", cmd), "err", err)
+	}
+}
+
+// background runs fn for a batch unless one is already running for it.
+func (l *leader) background(ctx context.Context, batchID string, fn func(context.Context) error) {
+	l.mu.Lock()
+	if l.busy[batchID] {
+		l.mu.Unlock()
+		return
+	}
+	l.busy[batchID] = true
+	l.mu.Unlock()
+	l.wg.Add(1)
+	go func() {
+		defer l.wg.Done()
+		defer func() {
+			l.mu.Lock()
+			delete(l.busy, batchID)
+			l.mu.Unlock()
+		}()
+		if err := fn(ctx); err != nil && ctx.Err() == nil {
+			l.c.log.Warn("batch work failed; will retry", "batch_id", batchID, "err", err)
+			select {
+			case <-ctx.Done():
+			case <-time.After(time.Second):
+			}
+		}
+	}()
+}
+
+func (l *leader) finishCmd(b *vbatchv1.Batch, status vbatchv1.BatchStatus) *vbatchv1.FinishBatch {
+	return &vbatchv1.FinishBatch{
+		BatchId:      b.Id,
+		Status:       status,
+		OutputFileId: ids.New("file-"),
+		ErrorFileId:  ids.New("file-"),
+	}
+}
+
+// validate reads a validating batch's input, then starts or fails it.
+func (l *leader) validate(ctx context.Context, b *vbatchv1.Batch) error {
+	c := l.c
+	var input *vbatchv1.File
+	c.fsm.View(func(s *fsm.State) {
+		if f, ok := s.Files[b.InputFileId]; ok {
+			input = proto.Clone(f).(*vbatchv1.File)
+		}
+	})
+	if input == nil {
+		l.apply(ctx, &vbatchv1.FailBatch{BatchId: b.Id, Errors: []*vbatchv1.BatchError{{
+			Code: "invalid_file", Param: "input_file_id", Message: fmt.Sprintf("Input file %s no longer exists.", b.InputFileId),
+		}}})
+		return nil
+	}
+	rc, err := c.OpenFile(ctx, input)
+	if err != nil {
+		return fmt.Errorf("open input %s: %w", input.Id, err)
+	}
+	defer rc.Close()
+	res, err := validate.Validate(rc, b.Endpoint, c.cfg.validateOpts())
+	if err != nil {
+		return fmt.Errorf("validate input %s: %w", input.Id, err)
+	}
+	if len(res.Errors) > 0 {
+		l.apply(ctx, &vbatchv1.FailBatch{BatchId: b.Id, Errors: res.Errors})
+		return nil
+	}
+	chunks := make([]*vbatchv1.Chunk, len(res.Chunks))
+	for i, ch := range res.Chunks {
+		chunks[i] = &vbatchv1.Chunk{
+			Index: uint32(i), StartLine: ch.StartLine, EndLine: ch.EndLine,
+			StartOffset: ch.StartOffset, EndOffset: ch.EndOffset,
+		}
+	}
+	l.apply(ctx, &vbatchv1.StartBatch{BatchId: b.Id, Model: res.Model, Total: res.Total, Chunks: chunks})
+	return nil
+}
+
+// expire writes a batch_expired error line for every request that never
+// ran and ends the batch as expired. The command carries the progress the
+// lines were computed from, so a part committed meanwhile makes the FSM
+// refuse it and the next tick tries again: no line lands twice.
+func (l *leader) expire(ctx context.Context, b *vbatchv1.Batch) error {
+	c := l.c
+	cmd := l.finishCmd(b, vbatchv1.BatchStatus_BATCH_STATUS_EXPIRED)
+	if len(b.Chunks) > 0 {
+		ranges := make([][2]int64, 0, len(b.Chunks))
+		for _, ch := range b.Chunks {
+			cmd.ExpectedProgress = append(cmd.ExpectedProgress, ch.Progress)
+			if ch.State != vbatchv1.ChunkState_CHUNK_STATE_DONE && ch.Progress < ch.EndLine {
+				ranges = append(ranges, [2]int64{ch.Progress, ch.EndLine})
+			}
+		}
+		if len(ranges) > 0 {
+			ref, n, err := l.expiredLines(ctx, b, ranges)
+			if err != nil {
+				return err
+			}
+			cmd.ExtraErrors, cmd.ExtraFailed = ref, n
+		}
+	}
+	l.apply(ctx, cmd)
+	return nil
+}
+
+// expiredLines streams the batch_expired lines of the given input line
+// ranges into a replicated blob.
+func (l *leader) expiredLines(ctx context.Context, b *vbatchv1.Batch, ranges [][2]int64) (*vbatchv1.BlobRef, int64, error) {
+	c := l.c
+	var input *vbatchv1.File
+	c.fsm.View(func(s *fsm.State) {
+		if f, ok := s.Files[b.InputFileId]; ok {
+			input = proto.Clone(f).(*vbatchv1.File)
+		}
+	})
+	if input == nil {
+		return nil, 0, fmt.Errorf("input file %s gone", b.InputFileId)
+	}
+	rc, err := c.OpenFile(ctx, input)
+	if err != nil {
+		return nil, 0, err
+	}
+	defer rc.Close()
+	pr, pw := io.Pipe()
+	var n int64
+	go func() {
+		seq := 0
+		err := validate.ScanCustomIDs(rc, ranges[0][0], ranges[len(ranges)-1][1], func(line int64, customID string) {
+			for _, r := range ranges {
+				if line >= r[0] && line < r[1] {
+					seq++
+					n++
+					if _, err := pw.Write(validate.ExpiredLine(b.Id, customID, seq)); err != nil {
+						return
+					}
+					return
+				}
+			}
+		})
+		pw.CloseWithError(err)
+	}()
+	ref, err := c.blobs.Ingest(pr)
+	if err != nil {
+		pr.CloseWithError(err)
+		return nil, 0, fmt.Errorf("store expired lines: %w", err)
+	}
+	if _, err := c.replicate(ctx, ref.Sha256); err != nil {
+		return nil, 0, err
+	}
+	return ref, n, nil
+}
+
+func allDone(b *vbatchv1.Batch) bool {
+	for _, ch := range b.Chunks {
+		if ch.State != vbatchv1.ChunkState_CHUNK_STATE_DONE {
+			return false
+		}
+	}
+	return true
+}
+
+func anyLive(b *vbatchv1.Batch, nowMs int64) bool {
+	for _, ch := range b.Chunks {
+		if ch.State == vbatchv1.ChunkState_CHUNK_STATE_LEASED && fsm.LiveLease(ch, nowMs) {
+			return true
+		}
+	}
+	return false
+}
+
+// referencedBlobs is every blob the state refers to.
+func (c *Coordinator) referencedBlobs() map[string]struct{} {
+	var refs map[string]struct{}
+	c.fsm.View(func(s *fsm.State) { refs = fsm.ReferencedBlobs(s) })
+	return refs
+}

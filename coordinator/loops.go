@@ -1,0 +1,96 @@
+package coordinator
+
+import (
+	"context"
+	"time"
+
+	"github.com/hashicorp/raft"
+)
+
+// startLoops starts the background loops every coordinator runs.
+func (c *Coordinator) startLoops() {
+	ctx, cancel := context.WithCancel(context.Background())
+	c.stop = cancel
+	c.goLoop(func() { c.joinLoop(ctx) })
+	c.goLoop(func() { c.bootstrapLoop(ctx) })
+	c.goLoop(func() { c.leadershipLoop(ctx) })
+	c.goLoop(func() { c.blobLoop(ctx) })
+}
+
+func (c *Coordinator) stopLoops() {
+	if c.stop != nil {
+		c.stop()
+	}
+}
+
+func (c *Coordinator) goLoop(fn func()) {
+	c.wg.Add(1)
+	go func() {
+		defer c.wg.Done()
+		fn()
+	}()
+}
+
+// leadershipLoop switches the leader-only work on and off with leadership
+// (STYLE: one call from establish/revoke leadership).
+func (c *Coordinator) leadershipLoop(ctx context.Context) {
+	var stopLeader context.CancelFunc
+	var done chan struct{}
+	revoke := func() {
+		if stopLeader != nil {
+			stopLeader()
+			<-done
+			stopLeader = nil
+			c.log.Info("leadership lost; leader loop stopped")
+		}
+	}
+	defer revoke()
+	check := time.NewTicker(250 * time.Millisecond)
+	defer check.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-c.raftNode.raft.LeaderCh():
+		case <-check.C:
+		}
+		isLeader := c.raftNode.raft.State() == raft.Leader
+		switch {
+		case isLeader && stopLeader == nil:
+			var lctx context.Context
+			lctx, stopLeader = context.WithCancel(ctx)
+			done = make(chan struct{})
+			c.log.Info("leadership acquired; starting leader loop")
+			go func() {
+				defer close(done)
+				c.leaderLoop(lctx)
+			}()
+		case !isLeader && stopLeader != nil:
+			revoke()
+		}
+	}
+}
+
+// blobLoop repairs missing blobs and deletes unreferenced ones.
+func (c *Coordinator) blobLoop(ctx context.Context) {
+	t := time.NewTicker(c.cfg.Timing.RepairInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		refs := c.referencedBlobs()
+		if n, err := c.repl.Repair(ctx, refs); err != nil {
+			c.log.Warn("blob repair pass failed", "err", err, "repaired", n)
+		} else if n > 0 {
+			c.log.Info("blobs repaired", "count", n)
+		}
+		if n, err := c.repl.GC(refs, c.cfg.Timing.BlobGCGrace); err != nil {
+			c.log.Warn("blob gc pass failed", "err", err)
+		} else if n > 0 {
+			c.log.Info("unreferenced blobs deleted", "count", n)
+		}
+	}
+}

@@ -1,0 +1,104 @@
+package coordinator
+
+import (
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+	"github.com/hashicorp/raft"
+	raftboltdb "github.com/hashicorp/raft-boltdb/v2"
+
+	"github.com/vbatch/vbatch/fsm"
+	"github.com/vbatch/vbatch/internal/netutil"
+)
+
+// raftNode bundles raft with the stores and transport it owns.
+type raftNode struct {
+	raft      *raft.Raft
+	transport *raft.NetworkTransport
+	store     *raftboltdb.BoltStore
+	// advertise is the raft address peers dial.
+	advertise string
+}
+
+// openRaft opens raft's stores in dataDir/raft and starts the node. It does
+// not bootstrap: see bootstrap.go.
+func openRaft(cfg *Config, f *fsm.FSM, logOut io.Writer) (*raftNode, error) {
+	dir := filepath.Join(cfg.DataDir, "raft")
+	if err := os.MkdirAll(dir, 0o750); err != nil {
+		return nil, fmt.Errorf("raft dir: %w", err)
+	}
+	store, err := raftboltdb.NewBoltStore(filepath.Join(dir, "raft.db"))
+	if err != nil {
+		return nil, fmt.Errorf("open raft log %s: %w", dir, err)
+	}
+	logger := hclog.New(&hclog.LoggerOptions{
+		Name:       "raft",
+		JSONFormat: true,
+		Output:     logOut,
+		Level:      hclog.Info,
+	})
+	snaps, err := raft.NewFileSnapshotStoreWithLogger(dir, 3, logger)
+	if err != nil {
+		store.Close()
+		return nil, fmt.Errorf("open snapshot store: %w", err)
+	}
+	adv, err := netutil.Advertise(cfg.RaftAddr)
+	if err != nil {
+		store.Close()
+		return nil, err
+	}
+	advAddr, err := net.ResolveTCPAddr("tcp", adv)
+	if err != nil {
+		store.Close()
+		return nil, fmt.Errorf("raft advertise address %s: %w", adv, err)
+	}
+	transport, err := raft.NewTCPTransportWithLogger(cfg.RaftAddr, advAddr, 5, 10*time.Second, logger)
+	if err != nil {
+		store.Close()
+		return nil, fmt.Errorf("raft transport on %s: %w", cfg.RaftAddr, err)
+	}
+	rc := raft.DefaultConfig()
+	rc.LocalID = raft.ServerID(cfg.NodeID)
+	rc.Logger = logger
+	rc.HeartbeatTimeout = cfg.Timing.HeartbeatTimeout
+	rc.ElectionTimeout = cfg.Timing.ElectionTimeout
+	rc.LeaderLeaseTimeout = cfg.Timing.LeaderLeaseTimeout
+	rc.CommitTimeout = cfg.Timing.CommitTimeout
+	// Snapshots every 8k entries keep restarts and catch-up fast; the
+	// trailing logs let a briefly absent follower catch up without one.
+	rc.SnapshotThreshold = 8192
+	rc.TrailingLogs = 10240
+	r, err := raft.NewRaft(rc, f, store, store, snaps, transport)
+	if err != nil {
+		transport.Close()
+		store.Close()
+		return nil, fmt.Errorf("start raft: %w", err)
+	}
+	return &raftNode{raft: r, transport: transport, store: store, advertise: string(transport.LocalAddr())}, nil
+}
+
+// hasState reports whether this node has raft state from an earlier run.
+func hasState(n *raftNode) bool {
+	last, err := n.store.LastIndex()
+	if err == nil && last > 0 {
+		return true
+	}
+	cfg := n.raft.GetConfiguration()
+	return cfg.Error() == nil && len(cfg.Configuration().Servers) > 0
+}
+
+func (n *raftNode) close() error {
+	err := n.raft.Shutdown().Error()
+	if cerr := n.transport.Close(); err == nil {
+		err = cerr
+	}
+	if cerr := n.store.Close(); err == nil {
+		err = cerr
+	}
+	return err
+}

@@ -1,0 +1,59 @@
+package coordinator
+
+import (
+	"errors"
+	"net"
+	"net/http"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/vbatch/vbatch/coordinator/api"
+	"github.com/vbatch/vbatch/rpc/gen/vbatch/v1/vbatchv1connect"
+)
+
+// startServers starts the HTTP API server and the RPC server.
+func (c *Coordinator) startServers() {
+	a := api.New(c, api.Config{
+		RootKey:        c.cfg.RootKey,
+		NoAuth:         c.cfg.RootKey == "",
+		MaxUploadBytes: c.cfg.MaxUploadBytes,
+		Validate:       c.cfg.validateOpts(),
+	}, c.log.With("logger", "api"))
+	mux := http.NewServeMux()
+	mux.Handle("/metrics", promhttp.HandlerFor(c.registry, promhttp.HandlerOpts{}))
+	mux.HandleFunc("/health", func(w http.ResponseWriter, r *http.Request) {
+		w.WriteHeader(http.StatusOK)
+		_, _ = w.Write([]byte("ok\n"))
+	})
+	mux.Handle("/", a.Handler())
+	c.httpSrv = &http.Server{
+		Handler:           mux,
+		ReadHeaderTimeout: 10 * time.Second,
+		IdleTimeout:       2 * time.Minute,
+	}
+
+	rpc := http.NewServeMux()
+	path, h := vbatchv1connect.NewClusterServiceHandler(&clusterService{c: c})
+	rpc.Handle(path, h)
+	path, h = vbatchv1connect.NewAgentServiceHandler(c.agents)
+	rpc.Handle(path, h)
+	rpc.Handle("/blobs/", c.blobs.Handler())
+	c.rpcSrv = &http.Server{
+		Handler:           rpc,
+		ReadHeaderTimeout: 10 * time.Second,
+		IdleTimeout:       2 * time.Minute,
+	}
+	c.serve(c.httpSrv, c.httpLn)
+	c.serve(c.rpcSrv, c.rpcLn)
+}
+
+func (c *Coordinator) serve(srv *http.Server, ln net.Listener) {
+	c.wg.Add(1)
+	go func() {
+		defer c.wg.Done()
+		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			c.log.Error("server stopped", "addr", ln.Addr().String(), "err", err)
+		}
+	}()
+}

@@ -1,0 +1,184 @@
+// Package devcluster runs a whole vbatch cluster in one process on
+// loopback: three coordinators and sim agents. It backs `vbatch dev`, the
+// demo and the benchmarks.
+package devcluster
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/vbatch/vbatch/agent"
+	"github.com/vbatch/vbatch/agent/engine"
+	"github.com/vbatch/vbatch/agent/gpu"
+	"github.com/vbatch/vbatch/coordinator"
+	"github.com/vbatch/vbatch/monitoring"
+	"github.com/vbatch/vbatch/sim"
+)
+
+// Model is the model the dev cluster's agents serve.
+const Model = "sim-model"
+
+// StopTimeout bounds a clean stop.
+const StopTimeout = 30 * time.Second
+
+// Config describes a dev cluster.
+type Config struct {
+	// BasePort: coordinator i listens on BasePort+100*i (HTTP), +1 (RPC),
+	// +2 (raft), +3 (gossip); agent j on BasePort+300+10*j (HTTP) and +1
+	// (gossip).
+	BasePort    int
+	DataDir     string
+	Agents      int
+	Concurrency int
+	Sim         sim.Config
+	LogOut      io.Writer
+	LogLevel    string
+	// ChunkSize overrides the coordinators' chunk size when set.
+	ChunkSize int
+}
+
+// Node names one process of the cluster and its addresses.
+type Node struct {
+	ID                      string
+	HTTP, RPC, Raft, Gossip string
+}
+
+// Cluster is a running dev cluster.
+type Cluster struct {
+	Coordinators []Node
+	Agents       []Node
+
+	coords []*coordinator.Coordinator
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+	errs   chan error
+}
+
+// Start starts the coordinators and agents and returns once the cluster has
+// a leader.
+func Start(ctx context.Context, cfg Config) (*Cluster, error) {
+	if cfg.LogOut == nil {
+		cfg.LogOut = io.Discard
+	}
+	if cfg.Agents < 0 {
+		return nil, errors.New("agents must not be negative")
+	}
+	cl := &Cluster{errs: make(chan error, 16)}
+	var join []string
+	for i := 0; i < 3; i++ {
+		p := cfg.BasePort + 100*i
+		n := Node{ID: fmt.Sprintf("c%d", i+1), HTTP: addr(p), RPC: addr(p + 1), Raft: addr(p + 2), Gossip: addr(p + 3)}
+		cl.Coordinators = append(cl.Coordinators, n)
+		join = append(join, n.Gossip)
+	}
+	for i, n := range cl.Coordinators {
+		cc := coordinator.DefaultConfig()
+		cc.NodeID, cc.DataDir = n.ID, filepath.Join(cfg.DataDir, n.ID)
+		cc.HTTPAddr, cc.RPCAddr, cc.RaftAddr, cc.GossipAddr = n.HTTP, n.RPC, n.Raft, n.Gossip
+		cc.Join, cc.BootstrapExpect = join, 3
+		if cfg.ChunkSize > 0 {
+			cc.ChunkSize = cfg.ChunkSize
+		}
+		logger := monitoring.NewLogger(cfg.LogOut, cfg.LogLevel, "coordinator")
+		c, err := coordinator.Start(cc, logger, cfg.LogOut)
+		if err != nil {
+			cl.stopCoordinators()
+			return nil, fmt.Errorf("start coordinator %d: %w", i+1, err)
+		}
+		cl.coords = append(cl.coords, c)
+	}
+	if err := cl.waitLeader(ctx, 30*time.Second); err != nil {
+		cl.stopCoordinators()
+		return nil, err
+	}
+	actx, cancel := context.WithCancel(context.Background())
+	cl.cancel = cancel
+	for j := 0; j < cfg.Agents; j++ {
+		p := cfg.BasePort + 300 + 10*j
+		n := Node{ID: fmt.Sprintf("agent-%d", j+1), HTTP: addr(p), Gossip: addr(p + 1)}
+		cl.Agents = append(cl.Agents, n)
+		ac := agent.DefaultConfig()
+		ac.NodeID, ac.DataDir = n.ID, filepath.Join(cfg.DataDir, n.ID)
+		ac.Join, ac.GossipAddr, ac.MetricsAddr = join, n.Gossip, n.HTTP
+		ac.Models = []string{Model}
+		if cfg.Concurrency > 0 {
+			ac.Concurrency = cfg.Concurrency
+		}
+		sc := cfg.Sim
+		sc.Models = []string{Model}
+		logger := monitoring.NewLogger(cfg.LogOut, cfg.LogLevel, "agent").With("node_id", n.ID)
+		a := agent.New(ac, engine.NewSim(sc), gpu.NewSimulated(1, int64(j+1)), logger)
+		cl.wg.Add(1)
+		go func() {
+			defer cl.wg.Done()
+			if err := a.Run(actx); err != nil {
+				cl.errs <- fmt.Errorf("agent %s: %w", n.ID, err)
+			}
+		}()
+	}
+	return cl, nil
+}
+
+func addr(port int) string { return fmt.Sprintf("127.0.0.1:%d", port) }
+
+// URLs are the coordinators' API base URLs.
+func (cl *Cluster) URLs() []string {
+	var out []string
+	for _, n := range cl.Coordinators {
+		out = append(out, "http://"+n.HTTP)
+	}
+	return out
+}
+
+// Coordinator returns the i-th running coordinator.
+func (cl *Cluster) Coordinator(i int) *coordinator.Coordinator { return cl.coords[i] }
+
+func (cl *Cluster) waitLeader(ctx context.Context, timeout time.Duration) error {
+	deadline := time.Now().Add(timeout)
+	for time.Now().Before(deadline) {
+		for _, c := range cl.coords {
+			if c.IsLeader() {
+				return nil
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+	return fmt.Errorf("no raft leader after %s", timeout)
+}
+
+// Stop stops the agents (releasing their leases), then the coordinators.
+func (cl *Cluster) Stop(ctx context.Context) error {
+	if cl.cancel != nil {
+		cl.cancel()
+	}
+	done := make(chan struct{})
+	go func() { cl.wg.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-ctx.Done():
+	}
+	close(cl.errs)
+	var errs []error
+	for err := range cl.errs {
+		errs = append(errs, err)
+	}
+	errs = append(errs, cl.stopCoordinators())
+	return errors.Join(errs...)
+}
+
+func (cl *Cluster) stopCoordinators() error {
+	var errs []error
+	for _, c := range cl.coords {
+		errs = append(errs, c.Close())
+	}
+	return errors.Join(errs...)
+}
