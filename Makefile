@@ -37,5 +37,8 @@ lint:
 bench:
 	$(GO) test -run '^$$' -bench . -benchtime 1x -timeout 30m ./...
 
+demo: build
+	./scripts/demo.sh
+
 clean:
 	rm -rf bin

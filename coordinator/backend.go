@@ -38,7 +38,7 @@ func (c *Coordinator) replicate(ctx context.Context, sha string) ([]string, erro
 	}
 	replicas, err := c.repl.Replicate(ctx, sha, need)
 	if err != nil {
-		return nil, fmt.Errorf("replicate blob %s to %d nodes: %w", sha[:12], need, err)
+		return nil, fmt.Errorf("replicate blob %s to %d nodes: %w (%w)", sha[:12], need, api.ErrUnavailable, err)
 	}
 	return replicas, nil
 }

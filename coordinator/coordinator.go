@@ -36,6 +36,7 @@ type Coordinator struct {
 	raftNode *raftNode
 	pool     *gossip.Pool
 	agents   *agentService
+	router   *router
 	blobs    *blob.Store
 	repl     *blob.Replicator
 
@@ -89,6 +90,7 @@ func Start(cfg Config, logger *slog.Logger, logOut io.Writer) (c *Coordinator, e
 	}
 	c.metrics = monitoring.NewCoordinatorMetrics(c.registry)
 	c.agents = &agentService{c: c, telemetry: map[string]*AgentTelemetry{}}
+	c.router = newRouter(c)
 	var closers []func() error
 	defer func() {
 		if err != nil {

@@ -12,14 +12,15 @@ import (
 	"github.com/hashicorp/raft"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/vbatch/vbatch/coordinator/api"
 	"github.com/vbatch/vbatch/fsm"
 	vbatchv1 "github.com/vbatch/vbatch/rpc/gen/vbatch/v1"
 	"github.com/vbatch/vbatch/rpc/gen/vbatch/v1/vbatchv1connect"
 )
 
 // ErrNoLeader means the cluster has no reachable leader right now; the
-// request may be retried.
-var ErrNoLeader = errors.New("no raft leader")
+// request may be retried (the API answers 503).
+var ErrNoLeader = fmt.Errorf("no raft leader: %w", api.ErrUnavailable)
 
 // applyTimeout bounds one raft Apply on the leader.
 const applyTimeout = 10 * time.Second

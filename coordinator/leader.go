@@ -104,7 +104,8 @@ func (l *leader) tick(ctx context.Context) {
 			if fsm.IsTerminal(b.Status) {
 				continue
 			}
-			if b.ExpiresAt > 0 && now.Unix() >= b.ExpiresAt {
+			// A finalizing batch has every answer: it completes, late or not.
+			if b.ExpiresAt > 0 && now.Unix() >= b.ExpiresAt && b.Status != vbatchv1.BatchStatus_BATCH_STATUS_FINALIZING {
 				w.expire = append(w.expire, proto.Clone(b).(*vbatchv1.Batch))
 				continue
 			}

@@ -14,14 +14,12 @@ import (
 	"sync"
 	"sync/atomic"
 
+	"github.com/vbatch/vbatch/coordinator/api"
 	"github.com/vbatch/vbatch/gossip"
 )
 
 // maxOnlineBody caps an online inference request body.
 const maxOnlineBody = 32 << 20
-
-// errNoAgent is answered with 503 when no live agent serves a model.
-var errNoAgent = errors.New("no live agent serves this model")
 
 // router sends online inference requests to the least-loaded live agent
 // that serves the requested model. Load is the requests this coordinator
@@ -83,13 +81,13 @@ func (r *router) pick(model string) (gossip.Member, error) {
 		}
 	}
 	if bestLoad < 0 {
-		return gossip.Member{}, fmt.Errorf("model %q: %w", model, errNoAgent)
+		return gossip.Member{}, fmt.Errorf("model %q: %w", model, api.ErrNoAgent)
 	}
 	return best, nil
 }
 
 // ServeInference proxies one online request, streaming SSE through as it
-// arrives. It returns errNoAgent (wrapped) before writing anything when no
+// arrives. It returns api.ErrNoAgent (wrapped) before writing anything when no
 // agent serves the model, and an error for a body it cannot read.
 func (r *router) ServeInference(w http.ResponseWriter, req *http.Request) error {
 	body, err := io.ReadAll(io.LimitReader(req.Body, maxOnlineBody+1))

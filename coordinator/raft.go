@@ -47,20 +47,10 @@ func openRaft(cfg *Config, f *fsm.FSM, logOut io.Writer) (*raftNode, error) {
 		store.Close()
 		return nil, fmt.Errorf("open snapshot store: %w", err)
 	}
-	adv, err := netutil.Advertise(cfg.RaftAddr)
+	transport, err := newTransport(cfg.RaftAddr, logger)
 	if err != nil {
 		store.Close()
 		return nil, err
-	}
-	advAddr, err := net.ResolveTCPAddr("tcp", adv)
-	if err != nil {
-		store.Close()
-		return nil, fmt.Errorf("raft advertise address %s: %w", adv, err)
-	}
-	transport, err := raft.NewTCPTransportWithLogger(cfg.RaftAddr, advAddr, 5, 10*time.Second, logger)
-	if err != nil {
-		store.Close()
-		return nil, fmt.Errorf("raft transport on %s: %w", cfg.RaftAddr, err)
 	}
 	rc := raft.DefaultConfig()
 	rc.LocalID = raft.ServerID(cfg.NodeID)
@@ -102,3 +92,38 @@ func (n *raftNode) close() error {
 	}
 	return err
 }
+
+// newTransport binds raft's TCP transport. An unspecified host advertises
+// this host's private address; port 0 takes a port from the OS.
+func newTransport(bind string, logger hclog.Logger) (*raft.NetworkTransport, error) {
+	ln, err := net.Listen("tcp", bind)
+	if err != nil {
+		return nil, fmt.Errorf("raft transport on %s: %w", bind, err)
+	}
+	adv, err := netutil.Advertise(ln.Addr().String())
+	if err != nil {
+		ln.Close()
+		return nil, err
+	}
+	advAddr, err := net.ResolveTCPAddr("tcp", adv)
+	if err != nil {
+		ln.Close()
+		return nil, fmt.Errorf("raft advertise address %s: %w", adv, err)
+	}
+	stream := &tcpStreamLayer{Listener: ln, advertise: advAddr}
+	return raft.NewNetworkTransportWithLogger(stream, 5, 10*time.Second, logger), nil
+}
+
+// tcpStreamLayer is raft's StreamLayer over a plain TCP listener.
+type tcpStreamLayer struct {
+	net.Listener
+	advertise net.Addr
+}
+
+// Dial connects to a raft peer.
+func (t *tcpStreamLayer) Dial(address raft.ServerAddress, timeout time.Duration) (net.Conn, error) {
+	return net.DialTimeout("tcp", string(address), timeout)
+}
+
+// Addr is the address peers dial.
+func (t *tcpStreamLayer) Addr() net.Addr { return t.advertise }

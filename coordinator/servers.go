@@ -19,6 +19,8 @@ func (c *Coordinator) startServers() {
 		NoAuth:         c.cfg.RootKey == "",
 		MaxUploadBytes: c.cfg.MaxUploadBytes,
 		Validate:       c.cfg.validateOpts(),
+		Models:         c.router.Models,
+		Inference:      c.router.ServeInference,
 	}, c.log.With("logger", "api"))
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", promhttp.HandlerFor(c.registry, promhttp.HandlerOpts{}))

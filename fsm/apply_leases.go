@@ -6,189 +6,204 @@ import (
 	vbatchv1 "github.com/vbatch/vbatch/rpc/gen/vbatch/v1"
 )
 
-// chunkOf returns a copy of the batch and the chunk within it.
-func (a *applyCtx) chunkOf(batchID string, idx uint32) (*vbatchv1.Batch, *vbatchv1.Chunk, error) {
+// Lease commands are fenced by the lease's token, the raft index of the
+// GrantLease entry: a holder whose lease was expired, released or granted
+// to someone else is refused with ErrStaleToken. Part and completion
+// commands are idempotent, because a proposer cannot tell whether a write
+// that lost leadership was committed.
+//
+// Lease times (granted_at, expires_at) are unix milliseconds.
+
+// chunk finds a chunk of a batch; StartBatch numbers chunks by position.
+func (a *applyCtx) chunk(batchID string, index uint32) (*vbatchv1.Batch, *vbatchv1.Chunk, error) {
 	b, err := a.batch(batchID)
 	if err != nil {
 		return nil, nil, err
 	}
-	if int(idx) >= len(b.Chunks) {
-		return nil, nil, Reject(ErrNotFound, "batch %s has no chunk %d", batchID, idx)
+	if int(index) >= len(b.Chunks) {
+		return nil, nil, Reject(ErrNotFound, "batch %s has no chunk %d", batchID, index)
 	}
-	return b, b.Chunks[idx], nil
+	return b, b.Chunks[index], nil
 }
 
-// liveToken checks that token is the chunk's live lease.
-func (a *applyCtx) liveToken(b *vbatchv1.Batch, ch *vbatchv1.Chunk, token uint64) error {
-	if ch.State != chLeased || ch.Lease == nil || ch.Lease.Token != token {
-		return Reject(ErrStaleToken, "batch %s chunk %d: token %d is not the live lease", b.Id, ch.Index, token)
-	}
-	if ch.Lease.ExpiresAt <= a.ms() {
-		return Reject(ErrStaleToken, "batch %s chunk %d: lease %d expired", b.Id, ch.Index, token)
-	}
-	return nil
-}
-
-// endLease returns a leased chunk to pending; its progress stays.
+// endLease hands a leased chunk back: it becomes pending with its
+// committed progress kept.
 func endLease(ch *vbatchv1.Chunk) {
-	if ch.State == chLeased {
-		ch.State = chPending
-	}
 	ch.Lease = nil
+	if ch.State == chunkLeased {
+		ch.State = chunkPending
+	}
+}
+
+// holds reports whether token is the chunk's lease and the lease is live.
+func (a *applyCtx) holds(ch *vbatchv1.Chunk, token uint64) bool {
+	return LiveLease(ch, a.nowMs) && ch.Lease.Token == token
+}
+
+// leaseWritable reports whether the holder of a lease on b may still
+// write: while the batch runs, and while it is being cancelled (parts
+// committed until the agent notices are kept).
+func leaseWritable(b *vbatchv1.Batch) bool {
+	return b.Status == statusInProgress || b.Status == statusCancelling
 }
 
 func (a *applyCtx) grantLease(c *vbatchv1.GrantLease) error {
-	b, ch, err := a.chunkOf(c.BatchId, c.Chunk)
+	b, ch, err := a.chunk(c.BatchId, c.Chunk)
 	if err != nil {
 		return err
 	}
-	if b.Status != stInProgress {
-		return Reject(ErrConflict, "batch %s is %s", b.Id, StatusName(b.Status))
+	if LiveLease(ch, a.nowMs) && ch.Lease.AgentId == c.AgentId && ch.Lease.Token == a.index {
+		return nil // this very entry, applied again
+	}
+	if b.Status != statusInProgress {
+		return Reject(ErrConflict, "batch %s is %s, not in progress", b.Id, b.Status)
+	}
+	switch {
+	case ch.State == chunkDone:
+		return Reject(ErrConflict, "chunk %s/%d is done", b.Id, ch.Index)
+	case LiveLease(ch, a.nowMs):
+		return Reject(ErrConflict, "chunk %s/%d is leased to %s", b.Id, ch.Index, ch.Lease.AgentId)
 	}
 	ag, ok := a.s.Agents[c.AgentId]
 	if !ok {
-		return Reject(ErrNotFound, "agent %s is not registered", c.AgentId)
+		return Reject(ErrNotFound, "agent %s", c.AgentId)
 	}
 	if ag.Draining {
 		return Reject(ErrConflict, "agent %s is draining", c.AgentId)
 	}
-	switch {
-	case ch.State == chPending:
-	case ch.State == chLeased && !LiveLease(ch, a.ms()):
-	default:
-		return Reject(ErrConflict, "batch %s chunk %d is not available", b.Id, ch.Index)
+	if c.ExpiresAt <= a.nowMs {
+		return Reject(ErrInvalid, "lease on %s/%d would expire at %d, before now %d", b.Id, ch.Index, c.ExpiresAt, a.nowMs)
 	}
-	if c.ExpiresAt <= a.ms() {
-		return Reject(ErrInvalid, "lease would expire at once")
-	}
-	ch.State = chLeased
+	ch.Lease = &vbatchv1.Lease{AgentId: c.AgentId, Token: a.index, GrantedAt: a.nowMs, ExpiresAt: c.ExpiresAt}
+	ch.State = chunkLeased
 	ch.Attempts++
-	ch.Lease = &vbatchv1.Lease{AgentId: c.AgentId, Token: a.index, GrantedAt: a.ms(), ExpiresAt: c.ExpiresAt}
-	a.commit(b)
 	return nil
 }
 
 func (a *applyCtx) renewLease(c *vbatchv1.RenewLease) error {
-	b, ch, err := a.chunkOf(c.BatchId, c.Chunk)
+	b, ch, err := a.chunk(c.BatchId, c.Chunk)
 	if err != nil {
 		return err
 	}
-	if b.Status != stInProgress && b.Status != stCancelling {
-		return Reject(ErrStaleToken, "batch %s is %s", b.Id, StatusName(b.Status))
+	if !leaseWritable(b) {
+		return Reject(ErrConflict, "batch %s is %s", b.Id, b.Status)
 	}
-	if err := a.liveToken(b, ch, c.Token); err != nil {
-		return err
+	if !a.holds(ch, c.Token) {
+		return Reject(ErrStaleToken, "chunk %s/%d: token %d holds no live lease", b.Id, ch.Index, c.Token)
 	}
-	if c.ExpiresAt > ch.Lease.ExpiresAt {
-		ch.Lease.ExpiresAt = c.ExpiresAt
-	}
-	a.commit(b)
+	ch.Lease.ExpiresAt = max(ch.Lease.ExpiresAt, c.ExpiresAt)
 	return nil
 }
 
 func (a *applyCtx) commitPart(c *vbatchv1.CommitPart) error {
-	b, ch, err := a.chunkOf(c.BatchId, c.Chunk)
+	b, ch, err := a.chunk(c.BatchId, c.Chunk)
 	if err != nil {
 		return err
 	}
 	p := c.GetPart()
 	if p == nil {
-		return Reject(ErrInvalid, "commit without a part")
+		return Reject(ErrInvalid, "chunk %s/%d: commit without a part", b.Id, ch.Index)
 	}
 	for _, old := range ch.Parts {
-		if old.Token == p.Token && old.FromLine == p.FromLine && old.ToLine == p.ToLine {
-			return nil // a retried commit that already landed
+		if old.FromLine == p.FromLine && old.ToLine == p.ToLine && old.Token == p.Token {
+			return nil // a re-applied commit
 		}
 	}
-	if b.Status != stInProgress && b.Status != stCancelling {
-		return Reject(ErrStaleToken, "batch %s is %s", b.Id, StatusName(b.Status))
+	if !leaseWritable(b) {
+		return Reject(ErrConflict, "batch %s is %s", b.Id, b.Status)
 	}
-	if err := a.liveToken(b, ch, p.Token); err != nil {
-		return err
+	if !a.holds(ch, p.Token) {
+		return Reject(ErrStaleToken, "chunk %s/%d: token %d holds no live lease", b.Id, ch.Index, p.Token)
 	}
-	if p.FromLine != ch.Progress {
-		return Reject(ErrConflict, "batch %s chunk %d: part starts at line %d, progress is %d", b.Id, ch.Index, p.FromLine, ch.Progress)
-	}
-	if p.ToLine <= p.FromLine || p.ToLine > ch.EndLine {
-		return Reject(ErrInvalid, "batch %s chunk %d: part [%d,%d) outside [%d,%d)", b.Id, ch.Index, p.FromLine, p.ToLine, ch.Progress, ch.EndLine)
-	}
-	if p.Succeeded < 0 || p.Failed < 0 || p.Succeeded+p.Failed != p.ToLine-p.FromLine {
-		return Reject(ErrInvalid, "batch %s chunk %d: %d+%d results for %d lines", b.Id, ch.Index, p.Succeeded, p.Failed, p.ToLine-p.FromLine)
+	switch {
+	case p.FromLine != ch.Progress:
+		return Reject(ErrConflict, "chunk %s/%d: part starts at line %d, progress is %d", b.Id, ch.Index, p.FromLine, ch.Progress)
+	case p.ToLine <= p.FromLine || p.ToLine > ch.EndLine:
+		return Reject(ErrInvalid, "chunk %s/%d: part [%d,%d) outside (%d,%d]", b.Id, ch.Index, p.FromLine, p.ToLine, p.FromLine, ch.EndLine)
+	case p.Succeeded < 0 || p.Failed < 0 || p.Succeeded+p.Failed != p.ToLine-p.FromLine:
+		return Reject(ErrInvalid, "chunk %s/%d: part [%d,%d) counts %d succeeded and %d failed", b.Id, ch.Index, p.FromLine, p.ToLine, p.Succeeded, p.Failed)
 	}
 	ch.Parts = append(ch.Parts, proto.Clone(p).(*vbatchv1.Part))
 	ch.Progress = p.ToLine
 	b.RequestCounts.Completed += p.Succeeded
 	b.RequestCounts.Failed += p.Failed
-	if u := c.GetUsage(); u != nil {
-		b.Usage.InputTokens += u.InputTokens
-		b.Usage.OutputTokens += u.OutputTokens
-		b.Usage.TotalTokens += u.TotalTokens
-		b.Usage.CachedTokens += u.CachedTokens
-		b.Usage.ReasoningTokens += u.ReasoningTokens
-	}
-	a.commit(b)
+	addUsage(b.Usage, c.Usage)
 	return nil
 }
 
 func (a *applyCtx) completeChunk(c *vbatchv1.CompleteChunk) error {
-	b, ch, err := a.chunkOf(c.BatchId, c.Chunk)
+	b, ch, err := a.chunk(c.BatchId, c.Chunk)
 	if err != nil {
 		return err
 	}
-	if ch.State == chDone && ch.Lease != nil && ch.Lease.Token == c.Token {
-		return nil
+	if ch.State == chunkDone && ch.Lease != nil && ch.Lease.Token == c.Token {
+		return nil // a re-applied completion
 	}
-	if b.Status != stInProgress && b.Status != stCancelling {
-		return Reject(ErrStaleToken, "batch %s is %s", b.Id, StatusName(b.Status))
+	if !leaseWritable(b) {
+		return Reject(ErrConflict, "batch %s is %s", b.Id, b.Status)
 	}
-	if err := a.liveToken(b, ch, c.Token); err != nil {
-		return err
+	if !a.holds(ch, c.Token) {
+		return Reject(ErrStaleToken, "chunk %s/%d: token %d holds no live lease", b.Id, ch.Index, c.Token)
 	}
 	if ch.Progress != ch.EndLine {
-		return Reject(ErrConflict, "batch %s chunk %d: committed to line %d of %d", b.Id, ch.Index, ch.Progress, ch.EndLine)
+		return Reject(ErrConflict, "chunk %s/%d: progress %d, the chunk ends at %d", b.Id, ch.Index, ch.Progress, ch.EndLine)
 	}
-	ch.State = chDone
-	a.commit(b)
+	// The finished lease stays on the chunk so that a re-applied
+	// completion with its token is recognised.
+	ch.State = chunkDone
 	return nil
 }
 
 func (a *applyCtx) releaseLease(c *vbatchv1.ReleaseLease) error {
-	b, ch, err := a.chunkOf(c.BatchId, c.Chunk)
+	b, ch, err := a.chunk(c.BatchId, c.Chunk)
 	if err != nil {
 		return err
 	}
-	if ch.State != chLeased || ch.Lease == nil || ch.Lease.Token != c.Token {
-		return Reject(ErrStaleToken, "batch %s chunk %d: token %d is not the current lease", b.Id, ch.Index, c.Token)
+	if ch.State != chunkLeased || ch.Lease.GetToken() != c.Token {
+		return Reject(ErrStaleToken, "chunk %s/%d: token %d is not its lease", b.Id, ch.Index, c.Token)
 	}
 	endLease(ch)
-	a.commit(b)
 	return nil
 }
 
+// expireLeases ends the named leases. A ref whose lease already ended or
+// changed hands is skipped: the leader's view was older than the log.
 func (a *applyCtx) expireLeases(c *vbatchv1.ExpireLeases) error {
 	for _, ref := range c.Leases {
-		b, ok := a.s.Batches[ref.BatchId]
-		if !ok || int(ref.Chunk) >= len(b.Chunks) {
+		_, ch, err := a.chunk(ref.BatchId, ref.Chunk)
+		if err != nil {
 			continue
 		}
-		ch := b.Chunks[ref.Chunk]
-		if ch.State == chLeased && ch.Lease != nil && ch.Lease.Token == ref.Token {
+		if ch.State == chunkLeased && ch.Lease.GetToken() == ref.Token {
 			endLease(ch)
 		}
 	}
 	return nil
 }
 
+// extendLeases pushes every lease's expiry to at least c.ExpiresAt. A new
+// leader issues it: agents could not renew during the election.
 func (a *applyCtx) extendLeases(c *vbatchv1.ExtendLeases) error {
 	for _, b := range a.s.Batches {
 		if IsTerminal(b.Status) {
 			continue
 		}
 		for _, ch := range b.Chunks {
-			if ch.State == chLeased && ch.Lease != nil && ch.Lease.ExpiresAt < c.ExpiresAt {
-				ch.Lease.ExpiresAt = c.ExpiresAt
+			if ch.State == chunkLeased && ch.Lease != nil {
+				ch.Lease.ExpiresAt = max(ch.Lease.ExpiresAt, c.ExpiresAt)
 			}
 		}
 	}
 	return nil
+}
+
+func addUsage(sum, u *vbatchv1.Usage) {
+	if u == nil {
+		return
+	}
+	sum.InputTokens += u.InputTokens
+	sum.OutputTokens += u.OutputTokens
+	sum.TotalTokens += u.TotalTokens
+	sum.CachedTokens += u.CachedTokens
+	sum.ReasoningTokens += u.ReasoningTokens
 }

@@ -2,217 +2,390 @@ package fsm
 
 import (
 	"bytes"
+	"errors"
 	"fmt"
+	"maps"
+	"math/rand/v2"
+	"slices"
 	"testing"
 	"time"
 
+	"github.com/hashicorp/raft"
 	"google.golang.org/protobuf/proto"
 	"pgregory.net/rapid"
 
 	vbatchv1 "github.com/vbatch/vbatch/rpc/gen/vbatch/v1"
 )
 
-// TestPropertyInvariants applies random command sequences, built against
-// the current state so that many succeed and many are near misses (stale
-// tokens, wrong ranges, wrong states), and checks the invariants after
-// every step.
+// TestPropertyInvariants applies random command sequences to an FSM and
+// checks the invariants after every step. Commands are drawn against the
+// current state, so that most are plausible (the next part of a leased
+// chunk, the live token) and many are near misses (a stale token, a gap,
+// a batch in the wrong status, a lease that just ran out). At the end the
+// state must survive a snapshot round trip and a replay of the whole log.
 func TestPropertyInvariants(t *testing.T) {
+	cov := coverage{}
 	rapid.Check(t, func(rt *rapid.T) {
-		h := NewHarness()
-		agents := []string{"a1", "a2", "a3"}
-		for _, a := range agents {
-			h.MustApply(rt, &vbatchv1.RegisterAgent{Agent: &vbatchv1.Agent{Id: a, Models: []string{"m"}}})
-		}
-		var tokens []uint64
-		steps := rapid.IntRange(10, 120).Draw(rt, "steps")
-		for i := 0; i < steps; i++ {
-			before := h.State()
-			cmd := genCommand(rt, h, agents, tokens)
-			err := h.Apply(rt, cmd)
-			after := h.State()
-			if _, ok := cmd.(*vbatchv1.GrantLease); ok && err == nil {
-				tokens = append(tokens, h.Index)
+		m := newModel()
+		m.cov = cov
+		for _, id := range agentIDs {
+			if err := m.apply(rt, &vbatchv1.RegisterAgent{Agent: &vbatchv1.Agent{Id: id, Models: []string{"m"}}}); err != nil {
+				rt.Fatal(err)
 			}
-			if err != nil {
-				after.Now = before.Now
-				if !before.Equal(after) {
-					rt.Fatalf("refused %T (%v) changed the state", cmd, err)
-				}
-			}
-			checkInvariants(rt, before, after)
 		}
-		var buf bytes.Buffer
-		if err := WriteSnapshot(&buf, h.State(), h.Index); err != nil {
-			rt.Fatal(err)
+		// rapid leans towards small numbers; a floor keeps runs long
+		// enough to take batches through their whole lifecycle.
+		steps := 100 + rapid.IntRange(0, 300).Draw(rt, "steps")
+		for range steps {
+			m.step(rt)
 		}
-		st, _, err := ReadSnapshot(&buf)
-		if err != nil || !st.Equal(h.State()) {
-			rt.Fatalf("snapshot round trip: %v", err)
-		}
+		m.checkSnapshot(rt)
+		m.checkReplay(rt)
 	})
+	cov.check(t)
 }
 
-func genCommand(rt *rapid.T, h *Harness, agents []string, tokens []uint64) proto.Message {
-	s := h.State()
-	var batches []*vbatchv1.Batch
-	for _, id := range sortedKeys(s.Batches) {
-		batches = append(batches, s.Batches[id])
+// coverage counts what the random runs reached, so that a generator that
+// stops reaching the interesting states fails the test instead of passing
+// vacuously.
+type coverage map[string]int
+
+func (c coverage) check(t *testing.T) {
+	t.Helper()
+	var want []string
+	for _, mk := range commandTypes {
+		name := string(mk().ProtoReflect().Descriptor().Name())
+		switch name {
+		case "CreateAPIKey", "RevokeAPIKey": // no lifecycle; unit-tested
+		case "RegisterAgent", "ExpireLeases", "ExtendLeases": // never refused when well-formed
+			want = append(want, "ok "+name)
+		default:
+			want = append(want, "ok "+name, "refused "+name)
+		}
 	}
-	pickBatch := func() *vbatchv1.Batch {
-		if len(batches) == 0 {
-			return &vbatchv1.Batch{Id: "batch_none"}
+	want = append(want, "reapplied", "stale token refused",
+		"reached "+statusCompleted.String(), "reached "+statusCancelled.String(),
+		"reached "+statusExpired.String(), "reached "+statusFailed.String())
+	for _, k := range want {
+		if c[k] == 0 {
+			t.Errorf("no random run reached %q; coverage: %v", k, c)
 		}
-		return batches[rapid.IntRange(0, len(batches)-1).Draw(rt, "batch")]
 	}
-	pickChunk := func(b *vbatchv1.Batch) (*vbatchv1.Chunk, uint32) {
-		if len(b.Chunks) == 0 {
-			return &vbatchv1.Chunk{}, 0
-		}
-		i := rapid.IntRange(0, len(b.Chunks)-1).Draw(rt, "chunk")
-		return b.Chunks[i], uint32(i)
+}
+
+var (
+	agentIDs = []string{"a1", "a2", "a3"}
+	projects = []string{"p1", "p2"}
+)
+
+// model drives the FSM and remembers what the invariants need.
+type model struct {
+	f     *FSM
+	index uint64
+	now   time.Time
+	// entries is the log applied so far, for the replay check.
+	entries []*raft.Log
+	results []*vbatchv1.Result
+	// tokens is every token ever granted, to draw stale ones from.
+	tokens []uint64
+	// extra is the extra_failed lines each finished batch was given.
+	extra map[string]int64
+	seq   int
+	cov   coverage
+}
+
+func newModel() *model {
+	return &model{f: New(), now: time.Unix(1_700_000_000, 0), extra: map[string]int64{}}
+}
+
+func (m *model) state() *State {
+	var s *State
+	m.f.View(func(st *State) { s = st.Clone() })
+	return s
+}
+
+func (m *model) apply(rt *rapid.T, cmd proto.Message) error {
+	m.index++
+	data, err := Encode(cmd, m.now)
+	if err != nil {
+		rt.Fatalf("encode %T: %v", cmd, err)
 	}
-	pickToken := func(c *vbatchv1.Chunk) uint64 {
-		if c.Lease != nil && rapid.Bool().Draw(rt, "liveToken") {
-			return c.Lease.Token
-		}
-		if len(tokens) == 0 {
-			return 1
-		}
-		return tokens[rapid.IntRange(0, len(tokens)-1).Draw(rt, "token")]
+	l := &raft.Log{Index: m.index, Type: raft.LogCommand, Data: data}
+	res := m.f.Apply(l).(*vbatchv1.Result)
+	m.entries, m.results = append(m.entries, l), append(m.results, res)
+	if res.Code == "internal" || res.Index != m.index {
+		rt.Fatalf("%T: result %v", cmd, res)
 	}
-	ms := func(d time.Duration) int64 { return h.Clock.Add(d).UnixMilli() }
-	switch rapid.IntRange(0, 13).Draw(rt, "kind") {
-	case 0:
-		h.Advance(time.Duration(rapid.IntRange(0, 40).Draw(rt, "secs")) * time.Second)
-		id := fmt.Sprintf("file-%d", h.Index)
-		return &vbatchv1.CreateFile{File: &vbatchv1.File{Id: id, Project: "p", Lines: 10, Parts: []*vbatchv1.BlobRef{{Sha256: id, Bytes: 10}}}}
-	case 1:
-		var files []string
-		for _, id := range sortedKeys(s.Files) {
-			files = append(files, id)
+	return FromResult(res)
+}
+
+// step draws one command, applies it and checks the invariants.
+func (m *model) step(rt *rapid.T) {
+	g := &gen{r: rand.New(rand.NewPCG(rapid.Uint64().Draw(rt, "seed"), 0)), m: m}
+	if g.oneIn(4) {
+		m.now = m.now.Add(g.duration())
+	}
+	before := m.state()
+	cmd := g.command(before)
+	err := m.apply(rt, cmd)
+	rt.Logf("%d @%d: %T %v -> %v", m.index, m.now.UnixMilli(), cmd, cmd, err)
+	after := m.state()
+	m.count(cmd, err, before, after)
+	if err != nil {
+		if !before.Equal(after) {
+			rt.Fatalf("refused %T (%v) changed the state", cmd, err)
 		}
-		in := "file-missing"
-		if len(files) > 0 {
-			in = files[rapid.IntRange(0, len(files)-1).Draw(rt, "file")]
+	} else {
+		m.accepted(rt, before, after, cmd)
+	}
+	checkStep(rt, before, after)
+	m.checkState(rt, after)
+	if err == nil && g.oneIn(5) {
+		m.checkReapply(rt, cmd)
+	}
+}
+
+// count records the outcome of a step in the coverage.
+func (m *model) count(cmd proto.Message, err error, before, after *State) {
+	name := string(cmd.ProtoReflect().Descriptor().Name())
+	if err != nil {
+		m.cov["refused "+name]++
+		if errors.Is(err, ErrStaleToken) {
+			m.cov["stale token refused"]++
 		}
-		window := time.Duration(rapid.IntRange(1, 300).Draw(rt, "window")) * time.Second
-		return &vbatchv1.CreateBatch{Batch: &vbatchv1.Batch{Id: fmt.Sprintf("batch_%d", h.Index), Project: "p", InputFileId: in, Endpoint: "/v1/chat/completions", ExpiresAt: h.Clock.Add(window).Unix()}}
-	case 2:
-		b := pickBatch()
-		total := int64(rapid.IntRange(1, 40).Draw(rt, "total"))
-		size := int64(rapid.IntRange(1, 15).Draw(rt, "size"))
-		var chunks []*vbatchv1.Chunk
-		for st := int64(0); st < total; st += size {
-			chunks = append(chunks, &vbatchv1.Chunk{StartLine: st, EndLine: min(st+size, total)})
+		return
+	}
+	m.cov["ok "+name]++
+	for id, b := range after.Batches {
+		if old, ok := before.Batches[id]; ok && old.Status != b.Status {
+			m.cov["reached "+b.Status.String()]++
 		}
-		return &vbatchv1.StartBatch{BatchId: b.Id, Model: "m", Total: total, Chunks: chunks}
-	case 3:
-		return &vbatchv1.FailBatch{BatchId: pickBatch().Id, Errors: []*vbatchv1.BatchError{{Code: "x", Line: 1}}}
-	case 4:
-		b := pickBatch()
-		_, ci := pickChunk(b)
-		return &vbatchv1.GrantLease{BatchId: b.Id, Chunk: ci, AgentId: rapid.SampledFrom(agents).Draw(rt, "agent"), ExpiresAt: ms(30 * time.Second)}
-	case 5:
-		b := pickBatch()
-		c, ci := pickChunk(b)
-		return &vbatchv1.RenewLease{BatchId: b.Id, Chunk: ci, Token: pickToken(c), ExpiresAt: ms(30 * time.Second)}
-	case 6, 7:
-		b := pickBatch()
-		c, ci := pickChunk(b)
-		from := c.Progress
-		if rapid.IntRange(0, 5).Draw(rt, "offFrom") == 0 {
-			from += int64(rapid.IntRange(-2, 2).Draw(rt, "delta"))
+	}
+}
+
+// accepted records what a successful command means for later checks and
+// checks the rules that only that command's success implies.
+func (m *model) accepted(rt *rapid.T, before, after *State, cmd proto.Message) {
+	switch c := cmd.(type) {
+	case *vbatchv1.GrantLease:
+		m.tokens = append(m.tokens, m.index)
+		if l := after.Batches[c.BatchId].Chunks[c.Chunk].Lease; l.Token != m.index {
+			rt.Fatalf("grant at %d set token %d", m.index, l.Token)
 		}
-		to := from + int64(rapid.IntRange(0, 12).Draw(rt, "len"))
-		n := to - from
-		ok := int64(0)
-		if n > 0 {
-			ok = int64(rapid.IntRange(0, int(n)).Draw(rt, "ok"))
+	case *vbatchv1.CommitPart:
+		ch := before.Batches[c.BatchId].Chunks[c.Chunk]
+		if len(after.Batches[c.BatchId].Chunks[c.Chunk].Parts) != len(ch.Parts) && !(LiveLease(ch, after.Now) && ch.Lease.Token == c.Part.Token) {
+			rt.Fatalf("part with token %d accepted on chunk with lease %v at %d", c.Part.Token, ch.Lease, after.Now)
 		}
-		return &vbatchv1.CommitPart{BatchId: b.Id, Chunk: ci, Part: &vbatchv1.Part{
-			FromLine: from, ToLine: to, Token: pickToken(c), Succeeded: ok, Failed: n - ok,
-			Output: &vbatchv1.BlobRef{Sha256: fmt.Sprintf("o%d", h.Index), Bytes: 1}, Errors: &vbatchv1.BlobRef{Sha256: fmt.Sprintf("e%d", h.Index), Bytes: 1},
-		}, Usage: &vbatchv1.Usage{InputTokens: 1, OutputTokens: 1, TotalTokens: 2}}
-	case 8:
-		b := pickBatch()
-		c, ci := pickChunk(b)
-		return &vbatchv1.CompleteChunk{BatchId: b.Id, Chunk: ci, Token: pickToken(c)}
-	case 9:
-		b := pickBatch()
-		c, ci := pickChunk(b)
-		if rapid.Bool().Draw(rt, "release") {
-			return &vbatchv1.ReleaseLease{BatchId: b.Id, Chunk: ci, Token: pickToken(c)}
+	case *vbatchv1.FinishBatch:
+		b := before.Batches[c.BatchId]
+		if IsTerminal(b.Status) {
+			break
 		}
-		return &vbatchv1.ExpireLeases{Leases: []*vbatchv1.LeaseRef{{BatchId: b.Id, Chunk: ci, Token: pickToken(c)}}}
-	case 10:
-		return &vbatchv1.CancelBatch{BatchId: pickBatch().Id}
-	case 11:
-		return &vbatchv1.BeginFinalize{BatchId: pickBatch().Id}
-	case 12:
-		b := pickBatch()
-		status := rapid.SampledFrom([]vbatchv1.BatchStatus{stCompleted, stCancelled, stExpired}).Draw(rt, "end")
-		cmd := &vbatchv1.FinishBatch{BatchId: b.Id, Status: status, OutputFileId: fmt.Sprintf("out-%d", h.Index), ErrorFileId: fmt.Sprintf("err-%d", h.Index)}
-		if status == stExpired && rapid.Bool().Draw(rt, "withExtra") {
-			var missing int64
-			for _, c := range b.Chunks {
-				cmd.ExpectedProgress = append(cmd.ExpectedProgress, c.Progress)
-				if c.State != chDone {
-					missing += c.EndLine - c.Progress
+		m.extra[c.BatchId] = c.ExtraFailed
+		switch c.Status {
+		case statusCompleted:
+			if b.Status != statusFinalizing {
+				rt.Fatalf("batch %s completed from %s", b.Id, b.Status)
+			}
+		case statusCancelled:
+			for _, ch := range b.Chunks {
+				if LiveLease(ch, after.Now) {
+					rt.Fatalf("batch %s cancelled while chunk %d holds a live lease", b.Id, ch.Index)
 				}
 			}
-			if missing > 0 {
-				cmd.ExtraErrors, cmd.ExtraFailed = &vbatchv1.BlobRef{Sha256: "x", Bytes: 1}, missing
+		case statusExpired:
+			if b.ExpiresAt == 0 || after.Now/1000 < b.ExpiresAt {
+				rt.Fatalf("batch %s expired at %d, before its expiry %d", b.Id, after.Now, b.ExpiresAt)
 			}
 		}
-		return cmd
-	default:
-		return &vbatchv1.DrainAgent{AgentId: rapid.SampledFrom(agents).Draw(rt, "agent")}
+	case *vbatchv1.CompleteChunk:
+		if ch := before.Batches[c.BatchId].Chunks[c.Chunk]; ch.State != chunkDone && !(LiveLease(ch, after.Now) && ch.Lease.Token == c.Token) {
+			rt.Fatalf("chunk %s/%d completed with token %d, lease %v", c.BatchId, c.Chunk, c.Token, ch.Lease)
+		}
+	case *vbatchv1.DeleteFile:
+		if UsedByLiveBatch(before, c.Id) {
+			rt.Fatalf("deleted file %s used by a live batch", c.Id)
+		}
 	}
 }
 
-func checkInvariants(rt *rapid.T, before, after *State) {
-	for id, b := range after.Batches {
-		old, existed := before.Batches[id]
-		if existed {
-			if IsTerminal(old.Status) && !proto.Equal(old, b) {
-				rt.Fatalf("terminal batch %s changed", id)
+// checkReapply applies a command that just succeeded again, at the next
+// index and the same time: a proposer that lost leadership may have it
+// committed twice. The second apply must change no record.
+func (m *model) checkReapply(rt *rapid.T, cmd proto.Message) {
+	if _, ok := cmd.(*vbatchv1.RegisterAgent); ok {
+		return // an upsert: registering again restamps registered_at
+	}
+	m.cov["reapplied"]++
+	before := m.state()
+	err := m.apply(rt, cmd)
+	if after := m.state(); !before.Equal(after) {
+		rt.Fatalf("re-applied %T (result %v) changed the state", cmd, err)
+	}
+}
+
+// checkStep checks what may change between two states.
+func checkStep(rt *rapid.T, before, after *State) {
+	if after.Now < before.Now {
+		rt.Fatalf("time ran backwards: %d -> %d", before.Now, after.Now)
+	}
+	for id, old := range before.Batches {
+		b, ok := after.Batches[id]
+		if !ok {
+			rt.Fatalf("batch %s vanished", id)
+		}
+		if IsTerminal(old.Status) && !proto.Equal(old, b) {
+			rt.Fatalf("terminal batch %s changed", id)
+		}
+		if old.Status != b.Status && !ValidTransition(old.Status, b.Status) {
+			rt.Fatalf("batch %s moved %s -> %s", id, old.Status, b.Status)
+		}
+		if b.Status < old.Status {
+			rt.Fatalf("batch %s moved backwards %s -> %s", id, old.Status, b.Status)
+		}
+		for i, c := range b.Chunks {
+			if i < len(old.Chunks) && c.Progress < old.Chunks[i].Progress {
+				rt.Fatalf("batch %s chunk %d progress went back", id, i)
 			}
-			if old.Status != b.Status && !ValidTransition(old.Status, b.Status) {
-				rt.Fatalf("batch %s moved %s -> %s", id, StatusName(old.Status), StatusName(b.Status))
-			}
+		}
+	}
+}
+
+// checkState checks the invariants of one state.
+func (m *model) checkState(rt *rapid.T, s *State) {
+	granted := map[uint64]bool{}
+	for _, tok := range m.tokens {
+		granted[tok] = true
+	}
+	for id, b := range s.Batches {
+		if b.RequestCounts == nil || b.Usage == nil {
+			rt.Fatalf("batch %s without counts or usage", id)
 		}
 		var completed, failed int64
-		for _, c := range b.Chunks {
-			if (c.State == chLeased) != (c.Lease != nil) && c.State != chDone {
-				rt.Fatalf("batch %s chunk %d: state %v with lease %v", id, c.Index, c.State, c.Lease)
+		next := int64(0)
+		for i, c := range b.Chunks {
+			if c.Index != uint32(i) || c.StartLine != next || c.EndLine <= c.StartLine {
+				rt.Fatalf("batch %s chunk %d: bad range [%d,%d)", id, i, c.StartLine, c.EndLine)
 			}
-			if c.State == chDone && c.Progress != c.EndLine {
-				rt.Fatalf("batch %s chunk %d done at %d of %d", id, c.Index, c.Progress, c.EndLine)
-			}
+			next = c.EndLine
 			line := c.StartLine
 			for _, p := range c.Parts {
-				if p.FromLine != line {
-					rt.Fatalf("batch %s chunk %d: parts not contiguous", id, c.Index)
+				if p.FromLine != line || p.ToLine <= p.FromLine || p.Succeeded+p.Failed != p.ToLine-p.FromLine || !granted[p.Token] {
+					rt.Fatalf("batch %s chunk %d: bad part %v after line %d", id, i, p, line)
 				}
 				line = p.ToLine
 				completed += p.Succeeded
 				failed += p.Failed
 			}
-			if !IsTerminal(b.Status) && line != c.Progress {
-				rt.Fatalf("batch %s chunk %d: parts end at %d, progress %d", id, c.Index, line, c.Progress)
+			if line != c.Progress || c.Progress > c.EndLine {
+				rt.Fatalf("batch %s chunk %d: parts end at %d, progress %d, end %d", id, i, line, c.Progress, c.EndLine)
+			}
+			switch c.State {
+			case chunkPending:
+				if c.Lease != nil {
+					rt.Fatalf("batch %s chunk %d: pending with a lease", id, i)
+				}
+			case chunkLeased:
+				if c.Lease == nil || !granted[c.Lease.Token] || IsTerminal(b.Status) {
+					rt.Fatalf("batch %s (%s) chunk %d: bad lease %v", id, b.Status, i, c.Lease)
+				}
+				if _, ok := s.Agents[c.Lease.AgentId]; !ok {
+					rt.Fatalf("batch %s chunk %d leased to unregistered %s", id, i, c.Lease.AgentId)
+				}
+			case chunkDone:
+				if c.Progress != c.EndLine || c.Lease == nil {
+					rt.Fatalf("batch %s chunk %d: done at %d of %d, lease %v", id, i, c.Progress, c.EndLine, c.Lease)
+				}
+			default:
+				rt.Fatalf("batch %s chunk %d: state %s", id, i, c.State)
+			}
+			if b.Status == statusFinalizing && c.State != chunkDone {
+				rt.Fatalf("finalizing batch %s has chunk %d %s", id, i, c.State)
 			}
 		}
 		rc := b.RequestCounts
-		if !IsTerminal(b.Status) && (rc.Completed != completed || rc.Failed != failed) {
-			rt.Fatalf("batch %s counts %v, parts say %d/%d", id, rc, completed, failed)
+		if len(b.Chunks) > 0 && next != rc.Total {
+			rt.Fatalf("batch %s: chunks cover %d of %d lines", id, next, rc.Total)
 		}
-		if rc.Completed+rc.Failed > rc.Total && b.Status != stValidating {
-			rt.Fatalf("batch %s counts %v exceed total", id, rc)
+		if rc.Completed != completed || rc.Failed != failed+m.extra[id] || rc.Completed+rc.Failed > rc.Total {
+			rt.Fatalf("batch %s counts %v; parts say %d/%d, extra %d", id, rc, completed, failed, m.extra[id])
+		}
+		checkResultFiles(rt, s, b)
+	}
+	for id, f := range s.Files {
+		if f.BatchId != "" && !IsTerminal(s.Batches[f.BatchId].GetStatus()) {
+			rt.Fatalf("file %s of batch %s exists before the batch ended", id, f.BatchId)
 		}
 	}
-	for id := range before.Batches {
-		if _, ok := after.Batches[id]; !ok {
-			rt.Fatalf("batch %s vanished", id)
+}
+
+func checkResultFiles(rt *rapid.T, s *State, b *vbatchv1.Batch) {
+	if !IsTerminal(b.Status) {
+		if b.OutputFileId != "" || b.ErrorFileId != "" {
+			rt.Fatalf("live batch %s has result files", b.Id)
+		}
+		return
+	}
+	if (b.OutputFileId != "") != (b.RequestCounts.Completed > 0) || (b.ErrorFileId != "") != (b.RequestCounts.Failed > 0) {
+		rt.Fatalf("batch %s: files %q %q for counts %v", b.Id, b.OutputFileId, b.ErrorFileId, b.RequestCounts)
+	}
+	if f, ok := s.Files[b.OutputFileId]; ok && f.Lines != b.RequestCounts.Completed {
+		rt.Fatalf("batch %s: output file of %d lines, %d completed", b.Id, f.Lines, b.RequestCounts.Completed)
+	}
+	if f, ok := s.Files[b.ErrorFileId]; ok && f.Lines != b.RequestCounts.Failed {
+		rt.Fatalf("batch %s: error file of %d lines, %d failed", b.Id, f.Lines, b.RequestCounts.Failed)
+	}
+}
+
+// checkSnapshot round-trips the state through a snapshot.
+func (m *model) checkSnapshot(rt *rapid.T) {
+	snap, err := m.f.Snapshot()
+	if err != nil {
+		rt.Fatal(err)
+	}
+	sink := &memSink{}
+	if err := snap.Persist(sink); err != nil {
+		rt.Fatal(err)
+	}
+	f := New()
+	if err := f.Restore(sinkReader(sink)); err != nil {
+		rt.Fatal(err)
+	}
+	var got *State
+	f.View(func(s *State) { got = s.Clone() })
+	want := m.state()
+	if !got.Equal(want) || got.Now != want.Now || f.AppliedIndex() != m.index {
+		rt.Fatal("snapshot round trip changed the state")
+	}
+}
+
+// checkReplay applies the whole log to a fresh FSM: Apply is
+// deterministic, so every result and the final state are the same.
+func (m *model) checkReplay(rt *rapid.T) {
+	f := New()
+	for i, l := range m.entries {
+		res := f.Apply(l).(*vbatchv1.Result)
+		if !proto.Equal(res, m.results[i]) {
+			rt.Fatalf("replayed entry %d: %v, first time %v", l.Index, res, m.results[i])
 		}
 	}
+	var got *State
+	f.View(func(s *State) { got = s.Clone() })
+	if want := m.state(); !got.Equal(want) || got.Now != want.Now {
+		rt.Fatal("replay reached another state")
+	}
+}
+
+func sinkReader(s *memSink) *nopReadCloser { return &nopReadCloser{bytes.NewReader(s.Bytes())} }
+
+type nopReadCloser struct{ *bytes.Reader }
+
+func (nopReadCloser) Close() error { return nil }
+
+func sorted[V any](m map[string]V) []string { return slices.Sorted(maps.Keys(m)) }
+
+func (m *model) newID(prefix string) string {
+	m.seq++
+	return fmt.Sprintf("%s%d", prefix, m.seq)
 }

@@ -6,7 +6,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"sort"
+	"maps"
+	"slices"
 
 	"github.com/hashicorp/raft"
 	"google.golang.org/protobuf/proto"
@@ -14,133 +15,155 @@ import (
 	vbatchv1 "github.com/vbatch/vbatch/rpc/gen/vbatch/v1"
 )
 
-// SnapshotVersion is the snapshot stream format this build writes.
+// A snapshot is a stream of SnapshotRecord messages, each preceded by its
+// length as a uvarint: a header, then API keys, files, batches and agents,
+// each kind in id order so the same state always writes the same bytes.
+
+// SnapshotVersion is the snapshot encoding this build writes and reads.
 const SnapshotVersion = 1
 
-// maxRecord bounds one snapshot record (a batch with all its chunks).
-const maxRecord = 256 << 20
+// maxRecord bounds one record, so a corrupt length cannot make Restore
+// allocate without limit.
+const maxRecord = 1 << 30
 
-// snapshot is a point-in-time copy of the state, written to raft's sink as
-// a stream of length-prefixed SnapshotRecords: a header, then keys, files,
-// batches and agents in id order (so equal states give equal bytes).
+// snapshot is a point-in-time copy of the state, written by Persist
+// without holding the FSM's lock.
 type snapshot struct {
 	state   *State
 	applied uint64
 }
 
-// Persist writes the snapshot to sink.
+// Persist writes the snapshot to the sink and closes it, or cancels the
+// sink on error.
 func (s *snapshot) Persist(sink raft.SnapshotSink) error {
-	if err := WriteSnapshot(sink, s.state, s.applied); err != nil {
-		_ = sink.Cancel()
-		return fmt.Errorf("fsm snapshot: %w", err)
+	w := bufio.NewWriter(sink)
+	err := WriteSnapshot(w, s.state, s.applied)
+	if err == nil {
+		err = w.Flush()
 	}
-	return sink.Close()
+	if err != nil {
+		if cerr := sink.Cancel(); cerr != nil {
+			err = errors.Join(err, fmt.Errorf("cancel sink: %w", cerr))
+		}
+		return fmt.Errorf("persist snapshot: %w", err)
+	}
+	if err := sink.Close(); err != nil {
+		return fmt.Errorf("close snapshot sink: %w", err)
+	}
+	return nil
 }
 
-// Release is a no-op: the snapshot owns its copy.
+// Release does nothing: the snapshot holds only its own copy.
 func (s *snapshot) Release() {}
 
-// WriteSnapshot streams st to w.
-func WriteSnapshot(w io.Writer, st *State, applied uint64) error {
-	bw := bufio.NewWriterSize(w, 1<<20)
-	var lenBuf [binary.MaxVarintLen64]byte
-	write := func(rec *vbatchv1.SnapshotRecord) error {
-		b, err := proto.Marshal(rec)
-		if err != nil {
-			return err
+// WriteSnapshot writes s as a snapshot stream taken at raft index applied.
+func WriteSnapshot(w io.Writer, s *State, applied uint64) error {
+	var buf, size []byte
+	opts := proto.MarshalOptions{Deterministic: true}
+	write := func(r *vbatchv1.SnapshotRecord) error {
+		var err error
+		if buf, err = opts.MarshalAppend(buf[:0], r); err != nil {
+			return fmt.Errorf("encode snapshot record: %w", err)
 		}
-		n := binary.PutUvarint(lenBuf[:], uint64(len(b)))
-		if _, err := bw.Write(lenBuf[:n]); err != nil {
-			return err
+		size = binary.AppendUvarint(size[:0], uint64(len(buf)))
+		if _, err := w.Write(size); err != nil {
+			return fmt.Errorf("write snapshot: %w", err)
 		}
-		_, err = bw.Write(b)
+		if _, err := w.Write(buf); err != nil {
+			return fmt.Errorf("write snapshot: %w", err)
+		}
+		return nil
+	}
+	hdr := &vbatchv1.SnapshotHeader{Version: SnapshotVersion, NowUnixMs: s.Now, AppliedIndex: applied}
+	if err := write(&vbatchv1.SnapshotRecord{Record: &vbatchv1.SnapshotRecord_Header{Header: hdr}}); err != nil {
 		return err
 	}
-	if err := write(&vbatchv1.SnapshotRecord{Record: &vbatchv1.SnapshotRecord_Header{Header: &vbatchv1.SnapshotHeader{
-		Version: SnapshotVersion, NowUnixMs: st.Now, AppliedIndex: applied,
-	}}}); err != nil {
-		return err
-	}
-	for _, id := range sortedKeys(st.APIKeys) {
-		if err := write(&vbatchv1.SnapshotRecord{Record: &vbatchv1.SnapshotRecord_ApiKey{ApiKey: st.APIKeys[id]}}); err != nil {
+	for _, id := range slices.Sorted(maps.Keys(s.APIKeys)) {
+		if err := write(&vbatchv1.SnapshotRecord{Record: &vbatchv1.SnapshotRecord_ApiKey{ApiKey: s.APIKeys[id]}}); err != nil {
 			return err
 		}
 	}
-	for _, id := range sortedKeys(st.Files) {
-		if err := write(&vbatchv1.SnapshotRecord{Record: &vbatchv1.SnapshotRecord_File{File: st.Files[id]}}); err != nil {
+	for _, id := range slices.Sorted(maps.Keys(s.Files)) {
+		if err := write(&vbatchv1.SnapshotRecord{Record: &vbatchv1.SnapshotRecord_File{File: s.Files[id]}}); err != nil {
 			return err
 		}
 	}
-	for _, id := range sortedKeys(st.Batches) {
-		if err := write(&vbatchv1.SnapshotRecord{Record: &vbatchv1.SnapshotRecord_Batch{Batch: st.Batches[id]}}); err != nil {
+	for _, id := range slices.Sorted(maps.Keys(s.Batches)) {
+		if err := write(&vbatchv1.SnapshotRecord{Record: &vbatchv1.SnapshotRecord_Batch{Batch: s.Batches[id]}}); err != nil {
 			return err
 		}
 	}
-	for _, id := range sortedKeys(st.Agents) {
-		if err := write(&vbatchv1.SnapshotRecord{Record: &vbatchv1.SnapshotRecord_Agent{Agent: st.Agents[id]}}); err != nil {
+	for _, id := range slices.Sorted(maps.Keys(s.Agents)) {
+		if err := write(&vbatchv1.SnapshotRecord{Record: &vbatchv1.SnapshotRecord_Agent{Agent: s.Agents[id]}}); err != nil {
 			return err
 		}
 	}
-	return bw.Flush()
+	return nil
 }
 
-// ReadSnapshot builds a fresh state from a snapshot stream, returning it
-// and the raft index it includes.
-func ReadSnapshot(r io.Reader) (*State, uint64, error) {
-	br := bufio.NewReaderSize(r, 1<<20)
-	st := NewState()
-	var applied uint64
-	first := true
-	for {
-		n, err := binary.ReadUvarint(br)
-		if errors.Is(err, io.EOF) && !first {
-			return st, applied, nil
+// ReadSnapshot reads a snapshot stream into a fresh State and returns it
+// with the stream's header.
+func ReadSnapshot(r io.Reader) (*State, *vbatchv1.SnapshotHeader, error) {
+	br := bufio.NewReader(r)
+	s := NewState()
+	var hdr *vbatchv1.SnapshotHeader
+	var buf []byte
+	for n := 0; ; n++ {
+		size, err := binary.ReadUvarint(br)
+		if errors.Is(err, io.EOF) {
+			break
 		}
 		if err != nil {
-			return nil, 0, fmt.Errorf("read record length: %w", err)
+			return nil, nil, fmt.Errorf("snapshot record %d: read length: %w", n, err)
 		}
-		if n > maxRecord {
-			return nil, 0, fmt.Errorf("record of %d bytes exceeds %d", n, maxRecord)
+		if size > maxRecord {
+			return nil, nil, fmt.Errorf("snapshot record %d: length %d exceeds %d", n, size, maxRecord)
 		}
-		buf := make([]byte, n)
+		buf = slices.Grow(buf[:0], int(size))[:size]
 		if _, err := io.ReadFull(br, buf); err != nil {
-			return nil, 0, fmt.Errorf("read record: %w", err)
+			return nil, nil, fmt.Errorf("snapshot record %d: %w", n, err)
 		}
 		rec := &vbatchv1.SnapshotRecord{}
 		if err := proto.Unmarshal(buf, rec); err != nil {
-			return nil, 0, fmt.Errorf("decode record: %w", err)
+			return nil, nil, fmt.Errorf("snapshot record %d: %w", n, err)
 		}
-		if first {
-			h := rec.GetHeader()
-			if h == nil {
-				return nil, 0, errors.New("snapshot does not start with a header")
+		if n == 0 {
+			if hdr = rec.GetHeader(); hdr == nil {
+				return nil, nil, errors.New("snapshot does not start with a header")
 			}
-			if h.Version != SnapshotVersion {
-				return nil, 0, fmt.Errorf("snapshot version %d: this build reads %d", h.Version, SnapshotVersion)
+			if hdr.Version != SnapshotVersion {
+				return nil, nil, fmt.Errorf("snapshot version %d: this build reads version %d", hdr.Version, SnapshotVersion)
 			}
-			st.Now, applied, first = h.NowUnixMs, h.AppliedIndex, false
+			s.Now = hdr.NowUnixMs
 			continue
 		}
-		switch v := rec.Record.(type) {
-		case *vbatchv1.SnapshotRecord_ApiKey:
-			st.APIKeys[v.ApiKey.Id] = v.ApiKey
-		case *vbatchv1.SnapshotRecord_File:
-			st.Files[v.File.Id] = v.File
-		case *vbatchv1.SnapshotRecord_Batch:
-			st.Batches[v.Batch.Id] = v.Batch
-		case *vbatchv1.SnapshotRecord_Agent:
-			st.Agents[v.Agent.Id] = v.Agent
-		default:
-			return nil, 0, fmt.Errorf("unknown snapshot record %T", rec.Record)
+		if err := s.add(rec); err != nil {
+			return nil, nil, fmt.Errorf("snapshot record %d: %w", n, err)
 		}
 	}
+	if hdr == nil {
+		return nil, nil, errors.New("empty snapshot")
+	}
+	return s, hdr, nil
 }
 
-func sortedKeys[V any](m map[string]V) []string {
-	keys := make([]string, 0, len(m))
-	for k := range m {
-		keys = append(keys, k)
+// add stores one snapshot record in s.
+func (s *State) add(rec *vbatchv1.SnapshotRecord) error {
+	switch r := rec.Record.(type) {
+	case *vbatchv1.SnapshotRecord_ApiKey:
+		s.APIKeys[r.ApiKey.GetId()] = r.ApiKey
+	case *vbatchv1.SnapshotRecord_File:
+		s.Files[r.File.GetId()] = r.File
+	case *vbatchv1.SnapshotRecord_Batch:
+		s.Batches[r.Batch.GetId()] = r.Batch
+	case *vbatchv1.SnapshotRecord_Agent:
+		s.Agents[r.Agent.GetId()] = r.Agent
+	case *vbatchv1.SnapshotRecord_Header:
+		return errors.New("a second header")
+	default:
+		// A record kind from a newer version: restoring without it would
+		// silently lose state.
+		return errors.New("unknown record kind (written by a newer vbatch?)")
 	}
-	sort.Strings(keys)
-	return keys
+	return nil
 }

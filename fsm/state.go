@@ -13,9 +13,27 @@ type State struct {
 	Files   map[string]*vbatchv1.File
 	Batches map[string]*vbatchv1.Batch
 	Agents  map[string]*vbatchv1.Agent
-	// Now is the time, in unix milliseconds, of the last applied command.
+	// Now is the FSM's clock in unix milliseconds: the latest envelope
+	// time applied. It never runs backwards, and it is what lease expiry
+	// and batch expiry are judged against.
 	Now int64
 }
+
+// Short names for the statuses, used throughout the package.
+const (
+	statusValidating = vbatchv1.BatchStatus_BATCH_STATUS_VALIDATING
+	statusInProgress = vbatchv1.BatchStatus_BATCH_STATUS_IN_PROGRESS
+	statusFinalizing = vbatchv1.BatchStatus_BATCH_STATUS_FINALIZING
+	statusCancelling = vbatchv1.BatchStatus_BATCH_STATUS_CANCELLING
+	statusCompleted  = vbatchv1.BatchStatus_BATCH_STATUS_COMPLETED
+	statusFailed     = vbatchv1.BatchStatus_BATCH_STATUS_FAILED
+	statusExpired    = vbatchv1.BatchStatus_BATCH_STATUS_EXPIRED
+	statusCancelled  = vbatchv1.BatchStatus_BATCH_STATUS_CANCELLED
+
+	chunkPending = vbatchv1.ChunkState_CHUNK_STATE_PENDING
+	chunkLeased  = vbatchv1.ChunkState_CHUNK_STATE_LEASED
+	chunkDone    = vbatchv1.ChunkState_CHUNK_STATE_DONE
+)
 
 // NewState returns an empty state.
 func NewState() *State {
@@ -46,7 +64,8 @@ func (s *State) Clone() *State {
 	return c
 }
 
-// Equal reports whether two states hold the same records.
+// Equal reports whether two states hold the same records (proto.Equal on
+// each); Now is not compared.
 func (s *State) Equal(o *State) bool {
 	if len(s.APIKeys) != len(o.APIKeys) || len(s.Files) != len(o.Files) ||
 		len(s.Batches) != len(o.Batches) || len(s.Agents) != len(o.Agents) {
@@ -78,8 +97,7 @@ func (s *State) Equal(o *State) bool {
 // IsTerminal reports whether a batch in status s can never change again.
 func IsTerminal(s vbatchv1.BatchStatus) bool {
 	switch s {
-	case vbatchv1.BatchStatus_BATCH_STATUS_COMPLETED, vbatchv1.BatchStatus_BATCH_STATUS_FAILED,
-		vbatchv1.BatchStatus_BATCH_STATUS_EXPIRED, vbatchv1.BatchStatus_BATCH_STATUS_CANCELLED:
+	case statusCompleted, statusFailed, statusExpired, statusCancelled:
 		return true
 	}
 	return false
@@ -91,25 +109,15 @@ func IsTerminal(s vbatchv1.BatchStatus) bool {
 // completed; validating → failed; validating → cancelled (nothing ran yet);
 // in_progress → cancelling → cancelled; and expired from any live status.
 func ValidTransition(from, to vbatchv1.BatchStatus) bool {
-	const (
-		validating = vbatchv1.BatchStatus_BATCH_STATUS_VALIDATING
-		inProgress = vbatchv1.BatchStatus_BATCH_STATUS_IN_PROGRESS
-		finalizing = vbatchv1.BatchStatus_BATCH_STATUS_FINALIZING
-		cancelling = vbatchv1.BatchStatus_BATCH_STATUS_CANCELLING
-		completed  = vbatchv1.BatchStatus_BATCH_STATUS_COMPLETED
-		failed     = vbatchv1.BatchStatus_BATCH_STATUS_FAILED
-		expired    = vbatchv1.BatchStatus_BATCH_STATUS_EXPIRED
-		cancelled  = vbatchv1.BatchStatus_BATCH_STATUS_CANCELLED
-	)
 	switch from {
-	case validating:
-		return to == inProgress || to == failed || to == cancelled || to == expired
-	case inProgress:
-		return to == finalizing || to == cancelling || to == expired
-	case finalizing:
-		return to == completed || to == expired
-	case cancelling:
-		return to == cancelled || to == expired
+	case statusValidating:
+		return to == statusInProgress || to == statusFailed || to == statusCancelled || to == statusExpired
+	case statusInProgress:
+		return to == statusFinalizing || to == statusCancelling || to == statusExpired
+	case statusFinalizing:
+		return to == statusCompleted || to == statusExpired
+	case statusCancelling:
+		return to == statusCancelled || to == statusExpired
 	}
 	return false
 }
@@ -117,7 +125,7 @@ func ValidTransition(from, to vbatchv1.BatchStatus) bool {
 // LiveLease reports whether a chunk holds a lease that has not expired at
 // nowMs (unix milliseconds).
 func LiveLease(c *vbatchv1.Chunk, nowMs int64) bool {
-	return c.State == vbatchv1.ChunkState_CHUNK_STATE_LEASED && c.Lease != nil && c.Lease.ExpiresAt > nowMs
+	return c.State == chunkLeased && c.Lease != nil && c.Lease.ExpiresAt > nowMs
 }
 
 // UsedByLiveBatch reports whether a non-terminal batch reads or writes the

@@ -1,18 +1,13 @@
-// Command vbctl is the vbatch cluster CLI.
+// Command vbctl is the vbatch cluster CLI: files, batches, API keys, agents
+// and the raft cluster, over a coordinator's HTTP API. See package cli.
 package main
 
 import (
-	"context"
 	"os"
-	"os/signal"
-	"syscall"
 
 	"github.com/vbatch/vbatch/cli"
 )
 
 func main() {
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	code := cli.Run(ctx, os.Args[1:], os.Stdout, os.Stderr)
-	stop()
-	os.Exit(code)
+	os.Exit(cli.Execute())
 }

@@ -33,6 +33,11 @@ type Backend interface {
 	OpenFile(ctx context.Context, f *vbatchv1.File) (io.ReadCloser, error)
 	// ClusterStatus describes the raft cluster for vbctl cluster status.
 	ClusterStatus(ctx context.Context) (*ClusterStatus, error)
+	// Agents describes every registered agent.
+	Agents(ctx context.Context) ([]AgentInfo, error)
+	// DrainAgent stops giving an agent leases and asks it to hand back the
+	// ones it holds.
+	DrainAgent(ctx context.Context, id string) error
 	// Now is the clock used to stamp ids and timestamps.
 	Now() time.Time
 }

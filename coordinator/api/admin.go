@@ -1,0 +1,184 @@
+package api
+
+import (
+	"cmp"
+	"fmt"
+	"net/http"
+	"regexp"
+	"slices"
+
+	"google.golang.org/protobuf/proto"
+
+	"github.com/vbatch/vbatch/fsm"
+	vbatchv1 "github.com/vbatch/vbatch/rpc/gen/vbatch/v1"
+)
+
+// projectRE is a project name.
+var projectRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$`)
+
+const maxKeyName = 256
+
+// createKeyRequest is the body of POST /v1/admin/keys.
+type createKeyRequest struct {
+	Project string   `json:"project"`
+	Name    string   `json:"name"`
+	Scopes  []string `json:"scopes"`
+}
+
+// createKey serves POST /v1/admin/keys: the answer shows the secret, the
+// only time it is ever shown.
+func (a *API) createKey(w http.ResponseWriter, r *http.Request, p *principal) error {
+	var req createKeyRequest
+	if err := readJSON(r, &req); err != nil {
+		return err
+	}
+	if req.Project == "" {
+		req.Project = p.project
+	}
+	if !projectRE.MatchString(req.Project) {
+		return invalidValue("project", "Invalid value for 'project': %q. A project name is 1 to 64 letters, digits, '.', '_' or '-'.", req.Project)
+	}
+	if len(req.Name) > maxKeyName {
+		return invalidValue("name", "Invalid value for 'name': longer than %d bytes.", maxKeyName)
+	}
+	if len(req.Scopes) == 0 {
+		return missingParam("scopes")
+	}
+	var scopes []vbatchv1.Scope
+	for _, name := range req.Scopes {
+		s, ok := parseScope(name)
+		if !ok {
+			return invalidValue("scopes", "Invalid scope %q. Supported scopes are: 'admin', 'batch', 'inference' and 'read'.", name)
+		}
+		if !slices.Contains(scopes, s) {
+			scopes = append(scopes, s)
+		}
+	}
+	secret, k, err := newKey(req.Project, req.Name, scopes, a.b.Now().Unix())
+	if err != nil {
+		return err
+	}
+	if _, err := a.b.Apply(r.Context(), &vbatchv1.CreateAPIKey{Key: k}); err != nil {
+		return fmt.Errorf("create api key %s: %w", k.Id, err)
+	}
+	o := toKeyObject(k)
+	o.Key = secret
+	writeJSON(w, http.StatusCreated, o)
+	return nil
+}
+
+// listKeys serves GET /v1/admin/keys: every key of every project, oldest
+// first, without secrets.
+func (a *API) listKeys(w http.ResponseWriter, r *http.Request, _ *principal) error {
+	if err := a.consistent(r); err != nil {
+		return err
+	}
+	var keys []keyObject
+	a.b.FSM().View(func(s *fsm.State) {
+		for _, k := range s.APIKeys {
+			keys = append(keys, toKeyObject(k))
+		}
+	})
+	slices.SortFunc(keys, func(x, y keyObject) int {
+		return cmp.Or(cmp.Compare(x.CreatedAt, y.CreatedAt), cmp.Compare(x.ID, y.ID))
+	})
+	out := listObject[keyObject]{Object: "list", Data: keys}
+	if out.Data == nil {
+		out.Data = []keyObject{}
+	}
+	if len(keys) > 0 {
+		out.FirstID, out.LastID = &keys[0].ID, &keys[len(keys)-1].ID
+	}
+	writeJSON(w, http.StatusOK, out)
+	return nil
+}
+
+// revokeKey serves DELETE /v1/admin/keys/{id}; revoking a revoked key
+// answers it as it is.
+func (a *API) revokeKey(w http.ResponseWriter, r *http.Request, _ *principal) error {
+	id := r.PathValue("id")
+	var k *vbatchv1.APIKey
+	err := a.find(r, func(s *fsm.State) bool {
+		if got, ok := s.APIKeys[id]; ok {
+			k = proto.Clone(got).(*vbatchv1.APIKey)
+		}
+		return k != nil
+	})
+	if err != nil {
+		return err
+	}
+	if k == nil {
+		return notFound("id", "No such API key: %s", id)
+	}
+	if k.RevokedAt == 0 {
+		if _, err := a.b.Apply(r.Context(), &vbatchv1.RevokeAPIKey{Id: id}); err != nil {
+			return fmt.Errorf("revoke api key %s: %w", id, err)
+		}
+		if k = a.findKey(id); k == nil {
+			return notFound("id", "No such API key: %s", id)
+		}
+	}
+	writeJSON(w, http.StatusOK, toKeyObject(k))
+	return nil
+}
+
+func (a *API) findKey(id string) *vbatchv1.APIKey {
+	var k *vbatchv1.APIKey
+	a.b.FSM().View(func(s *fsm.State) {
+		if got, ok := s.APIKeys[id]; ok {
+			k = proto.Clone(got).(*vbatchv1.APIKey)
+		}
+	})
+	return k
+}
+
+// clusterStatus serves GET /v1/admin/cluster/status.
+func (a *API) clusterStatus(w http.ResponseWriter, r *http.Request, _ *principal) error {
+	st, err := a.b.ClusterStatus(r.Context())
+	if err != nil {
+		return fmt.Errorf("cluster status: %w", err)
+	}
+	writeJSON(w, http.StatusOK, st)
+	return nil
+}
+
+// models lists Config.Models, sorted and without duplicates.
+func (a *API) models() []string {
+	if a.cfg.Models == nil {
+		return nil
+	}
+	m := slices.Clone(a.cfg.Models())
+	slices.Sort(m)
+	return slices.Compact(m)
+}
+
+// listModels serves GET /v1/models.
+func (a *API) listModels(w http.ResponseWriter, _ *http.Request, _ *principal) error {
+	m := a.models()
+	out := listObject[modelObject]{Object: "list", Data: make([]modelObject, len(m))}
+	for i, id := range m {
+		out.Data[i] = modelObject{ID: id, Object: "model", OwnedBy: "vbatch"}
+	}
+	if len(m) > 0 {
+		out.FirstID, out.LastID = &out.Data[0].ID, &out.Data[len(m)-1].ID
+	}
+	writeJSON(w, http.StatusOK, out)
+	return nil
+}
+
+// getModel serves GET /v1/models/{id}.
+func (a *API) getModel(w http.ResponseWriter, r *http.Request, _ *principal) error {
+	id := r.PathValue("id")
+	if !slices.Contains(a.models(), id) {
+		return &apiError{status: http.StatusNotFound, typ: typeInvalidRequest, code: "model_not_found", param: "model",
+			message: fmt.Sprintf("The model '%s' does not exist or no agent serves it.", id)}
+	}
+	writeJSON(w, http.StatusOK, modelObject{ID: id, Object: "model", OwnedBy: "vbatch"})
+	return nil
+}
+
+// sortedStrings returns s sorted.
+func sortedStrings(s []string) []string {
+	slices.Sort(s)
+	return s
+}

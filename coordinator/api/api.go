@@ -1,0 +1,323 @@
+// Package api serves vbatch's OpenAI-compatible HTTP API: files, batches,
+// models, and the admin endpoints for keys and the cluster. It reads the
+// replicated state locally and writes by proposing fsm commands through a
+// Backend, answering errors with OpenAI's error object and status codes.
+package api
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"runtime/debug"
+	"strings"
+	"time"
+
+	"github.com/vbatch/vbatch/coordinator/validate"
+	"github.com/vbatch/vbatch/fsm"
+	"github.com/vbatch/vbatch/internal/ids"
+)
+
+// DefaultMaxUploadBytes caps one upload unless Config says otherwise: 200 MB
+// as OpenAI's batch input limit.
+const DefaultMaxUploadBytes = 200 << 20
+
+// maxJSONBody caps a JSON request body.
+const maxJSONBody = 1 << 20
+
+// Config tunes the API.
+type Config struct {
+	// RootKey is the admin key of project "default". Once set, every
+	// request needs the root key or a valid, unrevoked stored key.
+	RootKey string
+	// NoAuth, with no RootKey, serves every request as an admin of project
+	// "default" without asking for a key: for a loopback dev cluster only.
+	// With NoAuth false and no RootKey, only stored keys are accepted.
+	NoAuth bool
+	// MaxUploadBytes caps one uploaded file (default 200 MiB); a larger
+	// upload is refused with 413 before anything is committed.
+	MaxUploadBytes int64
+	// Validate bounds batch input files; uploads with purpose "batch" are
+	// refused at once when they hold more than Validate.MaxRequests lines.
+	Validate validate.Options
+	// Models lists the models the cluster serves for GET /v1/models; nil
+	// lists none.
+	Models func() []string
+	// Inference, if set, serves online POST /v1/chat/completions,
+	// /v1/completions and /v1/embeddings (routing them to an agent). It
+	// returns an error, answered as an OpenAI error object, only before it
+	// has written anything. Nil answers 503.
+	Inference func(w http.ResponseWriter, r *http.Request) error
+}
+
+// API is the HTTP API of one coordinator.
+type API struct {
+	b   Backend
+	cfg Config
+	log *slog.Logger
+}
+
+// New returns the API over b. A nil logger discards logs.
+func New(b Backend, cfg Config, logger *slog.Logger) *API {
+	if cfg.MaxUploadBytes <= 0 {
+		cfg.MaxUploadBytes = DefaultMaxUploadBytes
+	}
+	if cfg.Validate.MaxRequests <= 0 {
+		cfg.Validate.MaxRequests = validate.DefaultMaxRequests
+	}
+	if logger == nil {
+		logger = slog.New(slog.DiscardHandler)
+	}
+	return &API{b: b, cfg: cfg, log: logger}
+}
+
+// handlerFunc is an endpoint: it writes a success itself and returns any
+// failure, which serve answers as an OpenAI error object.
+type handlerFunc func(w http.ResponseWriter, r *http.Request, p *principal) error
+
+// endpoint is one method of one route.
+type endpoint struct {
+	access access
+	fn     handlerFunc
+}
+
+// Handler returns the http.Handler serving every route under /v1.
+func (a *API) Handler() http.Handler {
+	mux := http.NewServeMux()
+	route := func(pattern string, methods map[string]endpoint) {
+		mux.Handle(pattern, a.methods(methods))
+	}
+	route("/v1/files", map[string]endpoint{
+		http.MethodGet:  {accessRead, a.listFiles},
+		http.MethodPost: {accessWrite, a.uploadFile},
+	})
+	route("/v1/files/{id}", map[string]endpoint{
+		http.MethodGet:    {accessRead, a.getFile},
+		http.MethodDelete: {accessWrite, a.deleteFile},
+	})
+	route("/v1/files/{id}/content", map[string]endpoint{
+		http.MethodGet: {accessRead, a.fileContent},
+	})
+	route("/v1/batches", map[string]endpoint{
+		http.MethodGet:  {accessRead, a.listBatches},
+		http.MethodPost: {accessWrite, a.createBatch},
+	})
+	route("/v1/batches/{id}", map[string]endpoint{
+		http.MethodGet: {accessRead, a.getBatch},
+	})
+	route("/v1/batches/{id}/cancel", map[string]endpoint{
+		http.MethodPost: {accessWrite, a.cancelBatch},
+	})
+	route("/v1/models", map[string]endpoint{
+		http.MethodGet: {accessModels, a.listModels},
+	})
+	route("/v1/models/{id...}", map[string]endpoint{
+		http.MethodGet: {accessModels, a.getModel},
+	})
+	route("/v1/admin/keys", map[string]endpoint{
+		http.MethodGet:  {accessAdmin, a.listKeys},
+		http.MethodPost: {accessAdmin, a.createKey},
+	})
+	route("/v1/admin/keys/{id}", map[string]endpoint{
+		http.MethodDelete: {accessAdmin, a.revokeKey},
+	})
+	route("/v1/admin/cluster/status", map[string]endpoint{
+		http.MethodGet: {accessAdmin, a.clusterStatus},
+	})
+	route("/v1/admin/agents", map[string]endpoint{
+		http.MethodGet: {accessAdmin, a.listAgents},
+	})
+	route("/v1/admin/agents/{id}/drain", map[string]endpoint{
+		http.MethodPost: {accessAdmin, a.drainAgent},
+	})
+	for _, path := range []string{"/v1/chat/completions", "/v1/completions", "/v1/embeddings"} {
+		route(path, map[string]endpoint{
+			http.MethodPost: {accessInference, a.inference},
+		})
+	}
+	mux.Handle("/", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		a.writeError(w, r, notFound("", "Invalid URL (%s %s)", r.Method, r.URL.Path))
+	}))
+	return a.requestID(a.recoverer(mux))
+}
+
+// methods dispatches on the method: 405 for one the route lacks, then
+// authentication, then the scope check, then the endpoint.
+func (a *API) methods(m map[string]endpoint) http.Handler {
+	allow := make([]string, 0, len(m))
+	for method := range m {
+		allow = append(allow, method)
+	}
+	allowHeader := strings.Join(sortedStrings(allow), ", ")
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		ep, ok := m[r.Method]
+		if !ok {
+			w.Header().Set("Allow", allowHeader)
+			a.writeError(w, r, &apiError{status: http.StatusMethodNotAllowed, typ: typeInvalidRequest, code: codeMethodNotAllowed,
+				message: fmt.Sprintf("Method %s is not allowed on %s; use %s.", r.Method, r.URL.Path, allowHeader)})
+			return
+		}
+		p, aerr := a.authenticate(r)
+		if aerr != nil {
+			a.writeError(w, r, aerr)
+			return
+		}
+		if !p.allows(ep.access) {
+			a.writeError(w, r, &apiError{status: http.StatusForbidden, typ: typeInvalidRequest, code: codeInsufficientPerms,
+				message: fmt.Sprintf("You have insufficient permissions for this operation: the API key lacks the scope %s needs.", r.Method+" "+r.URL.Path)})
+			return
+		}
+		if err := ep.fn(w, r, p); err != nil {
+			a.writeError(w, r, err)
+		}
+	})
+}
+
+// requestIDHeader carries the id of a request; a client may choose it.
+const requestIDHeader = "X-Request-ID"
+
+type ctxKey struct{}
+
+// requestID gives every request an id, taken from the request when it is
+// a sane token, and echoes it on the response.
+func (a *API) requestID(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		id := r.Header.Get(requestIDHeader)
+		if !saneID(id) {
+			id = "req_" + ids.Random(24)
+		}
+		w.Header().Set(requestIDHeader, id)
+		r.Header.Set(requestIDHeader, id)
+		next.ServeHTTP(w, r)
+	})
+}
+
+func saneID(id string) bool {
+	if id == "" || len(id) > 128 {
+		return false
+	}
+	for i := 0; i < len(id); i++ {
+		if c := id[i]; c <= ' ' || c > '~' {
+			return false
+		}
+	}
+	return true
+}
+
+// statusWriter remembers whether and what a handler answered.
+type statusWriter struct {
+	http.ResponseWriter
+	status int
+}
+
+func (s *statusWriter) WriteHeader(code int) {
+	if s.status == 0 {
+		s.status = code
+	}
+	s.ResponseWriter.WriteHeader(code)
+}
+
+func (s *statusWriter) Write(b []byte) (int, error) {
+	if s.status == 0 {
+		s.status = http.StatusOK
+	}
+	return s.ResponseWriter.Write(b)
+}
+
+// Unwrap lets http.ResponseController reach the underlying writer.
+func (s *statusWriter) Unwrap() http.ResponseWriter { return s.ResponseWriter }
+
+// recoverer turns a panicking handler into a logged 500, and logs every
+// request once it is answered.
+func (a *API) recoverer(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		sw := &statusWriter{ResponseWriter: w}
+		start := time.Now()
+		defer func() {
+			if rec := recover(); rec != nil {
+				if rec == http.ErrAbortHandler {
+					panic(rec)
+				}
+				a.log.Error("handler panicked", "request_id", r.Header.Get(requestIDHeader), "method", r.Method,
+					"path", r.URL.Path, "panic", fmt.Sprint(rec), "stack", string(debug.Stack()))
+				if sw.status == 0 {
+					a.writeError(sw, r, toAPIError(fmt.Errorf("panic: %v", rec)))
+				}
+			}
+			a.log.Debug("request", "request_id", r.Header.Get(requestIDHeader), "method", r.Method, "path", r.URL.Path,
+				"status", sw.status, "duration", time.Since(start))
+		}()
+		next.ServeHTTP(sw, r)
+	})
+}
+
+// writeError answers err as an OpenAI error object; server errors are
+// logged with their cause.
+func (a *API) writeError(w http.ResponseWriter, r *http.Request, err error) {
+	ae := toAPIError(err)
+	if ae.status >= 500 {
+		a.log.Error("request failed", "request_id", r.Header.Get(requestIDHeader), "method", r.Method,
+			"path", r.URL.Path, "status", ae.status, "err", err)
+	}
+	writeJSON(w, ae.status, ae.body())
+}
+
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	body, err := json.Marshal(v)
+	if err != nil {
+		// Every answer is built from plain structs; this is a bug.
+		status = http.StatusInternalServerError
+		body, _ = json.Marshal(toAPIError(err).body())
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	_, _ = w.Write(append(body, '\n'))
+}
+
+// readJSON decodes a JSON object body into v.
+func readJSON(r *http.Request, v any) error {
+	dec := json.NewDecoder(io.LimitReader(r.Body, maxJSONBody))
+	if err := dec.Decode(v); err != nil {
+		msg := "We could not parse the JSON body of your request. The API expects a JSON object; see https://platform.openai.com/docs/api-reference."
+		var typeErr *json.UnmarshalTypeError
+		if errors.As(err, &typeErr) && typeErr.Field != "" {
+			return badRequest(codeInvalidJSON, typeErr.Field, "Invalid type for '%s': expected %s.", typeErr.Field, typeErr.Type)
+		}
+		return badRequest(codeInvalidJSON, "", "%s", msg)
+	}
+	if dec.More() {
+		return badRequest(codeInvalidJSON, "", "The request body holds more than one JSON value.")
+	}
+	return nil
+}
+
+// find runs fn over the state and, when fn reports a miss, once more after
+// a consistent read: an object just created through another coordinator
+// is found even before this one has applied it. A failing consistent read
+// is the error; otherwise the miss stands and the caller answers it.
+func (a *API) find(r *http.Request, fn func(s *fsm.State) bool) error {
+	found := false
+	a.b.FSM().View(func(s *fsm.State) { found = fn(s) })
+	if found {
+		return nil
+	}
+	if err := a.b.ConsistentRead(r.Context()); err != nil {
+		return fmt.Errorf("consistent read: %w", err)
+	}
+	a.b.FSM().View(func(s *fsm.State) { fn(s) })
+	return nil
+}
+
+// consistent makes a read see every committed write when the client asks
+// for it with ?consistent=true or the X-Vbatch-Consistent header.
+func (a *API) consistent(r *http.Request) error {
+	if r.URL.Query().Get("consistent") != "true" && !strings.EqualFold(r.Header.Get("X-Vbatch-Consistent"), "true") {
+		return nil
+	}
+	if err := a.b.ConsistentRead(r.Context()); err != nil {
+		return fmt.Errorf("consistent read: %w", err)
+	}
+	return nil
+}

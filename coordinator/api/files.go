@@ -1,0 +1,190 @@
+package api
+
+import (
+	"cmp"
+	"fmt"
+	"io"
+	"net/http"
+	"slices"
+	"strconv"
+
+	"google.golang.org/protobuf/proto"
+
+	"github.com/vbatch/vbatch/fsm"
+	vbatchv1 "github.com/vbatch/vbatch/rpc/gen/vbatch/v1"
+)
+
+// Page sizes of GET /v1/files, as OpenAI's.
+const (
+	defaultFileLimit = 10000
+	maxFileLimit     = 10000
+)
+
+// listFiles serves GET /v1/files: the project's files ordered by created_at
+// then id (order=desc by default, as OpenAI), optionally of one purpose,
+// after an exclusive cursor.
+func (a *API) listFiles(w http.ResponseWriter, r *http.Request, p *principal) error {
+	q := r.URL.Query()
+	limit, err := parseLimit(q.Get("limit"), defaultFileLimit, maxFileLimit)
+	if err != nil {
+		return err
+	}
+	order := q.Get("order")
+	switch order {
+	case "":
+		order = "desc"
+	case "asc", "desc":
+	default:
+		return invalidValue("order", "Invalid value for 'order': %q; supported: 'asc', 'desc'.", order)
+	}
+	purpose, after := q.Get("purpose"), q.Get("after")
+	if err := a.consistent(r); err != nil {
+		return err
+	}
+	var files []*vbatchv1.File
+	a.b.FSM().View(func(s *fsm.State) {
+		for _, f := range s.Files {
+			if f.Project == p.project && (purpose == "" || f.Purpose == purpose) {
+				files = append(files, proto.Clone(f).(*vbatchv1.File))
+			}
+		}
+	})
+	slices.SortFunc(files, func(x, y *vbatchv1.File) int {
+		c := cmp.Or(cmp.Compare(x.CreatedAt, y.CreatedAt), cmp.Compare(x.Id, y.Id))
+		if order == "desc" {
+			return -c
+		}
+		return c
+	})
+	page, hasMore, err := paginate(files, func(f *vbatchv1.File) string { return f.Id }, after, limit)
+	if err != nil {
+		return err
+	}
+	out := listObject[fileObject]{Object: "list", Data: make([]fileObject, len(page)), HasMore: hasMore}
+	for i, f := range page {
+		out.Data[i] = toFileObject(f)
+	}
+	if len(page) > 0 {
+		out.FirstID, out.LastID = &page[0].Id, &page[len(page)-1].Id
+	}
+	writeJSON(w, http.StatusOK, out)
+	return nil
+}
+
+// lookupFile returns a copy of the file id of p's project; a file of
+// another project is as missing as one that never existed.
+func (a *API) lookupFile(r *http.Request, p *principal, id string) (*vbatchv1.File, error) {
+	if err := a.consistent(r); err != nil {
+		return nil, err
+	}
+	var f *vbatchv1.File
+	err := a.find(r, func(s *fsm.State) bool {
+		if got, ok := s.Files[id]; ok && got.Project == p.project {
+			f = proto.Clone(got).(*vbatchv1.File)
+		}
+		return f != nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	if f == nil {
+		return nil, fileNotFound(id)
+	}
+	return f, nil
+}
+
+// getFile serves GET /v1/files/{id}.
+func (a *API) getFile(w http.ResponseWriter, r *http.Request, p *principal) error {
+	f, err := a.lookupFile(r, p, r.PathValue("id"))
+	if err != nil {
+		return err
+	}
+	writeJSON(w, http.StatusOK, toFileObject(f))
+	return nil
+}
+
+// fileContent serves GET /v1/files/{id}/content, streaming the bytes.
+func (a *API) fileContent(w http.ResponseWriter, r *http.Request, p *principal) error {
+	f, err := a.lookupFile(r, p, r.PathValue("id"))
+	if err != nil {
+		return err
+	}
+	rc, err := a.b.OpenFile(r.Context(), f)
+	if err != nil {
+		return fmt.Errorf("open file %s: %w", f.Id, err)
+	}
+	defer rc.Close()
+	w.Header().Set("Content-Type", "application/octet-stream")
+	w.Header().Set("Content-Length", strconv.FormatInt(f.Bytes, 10))
+	w.WriteHeader(http.StatusOK)
+	if n, err := io.Copy(w, rc); err != nil || n != f.Bytes {
+		// The status is sent: the short body (against Content-Length) is
+		// how the client learns of the failure.
+		a.log.Error("file content cut short", "request_id", r.Header.Get(requestIDHeader), "file", f.Id,
+			"sent", n, "bytes", f.Bytes, "err", err)
+	}
+	return nil
+}
+
+// deleteFile serves DELETE /v1/files/{id}; 409 while a live batch uses it.
+func (a *API) deleteFile(w http.ResponseWriter, r *http.Request, p *principal) error {
+	id := r.PathValue("id")
+	var found, inUse bool
+	err := a.find(r, func(s *fsm.State) bool {
+		if f, ok := s.Files[id]; ok && f.Project == p.project {
+			found, inUse = true, fsm.UsedByLiveBatch(s, id)
+		}
+		return found
+	})
+	if err != nil {
+		return err
+	}
+	if !found {
+		return fileNotFound(id)
+	}
+	if inUse {
+		return conflict("File %s is the input of a batch that has not ended; cancel the batch or wait for it to end.", id)
+	}
+	if _, err := a.b.Apply(r.Context(), &vbatchv1.DeleteFile{Id: id, Project: p.project}); err != nil {
+		ae := toAPIError(err)
+		if ae.status == http.StatusNotFound {
+			return fileNotFound(id)
+		}
+		return fmt.Errorf("delete file %s: %w", id, err)
+	}
+	writeJSON(w, http.StatusOK, fileDeleted{ID: id, Object: "file", Deleted: true})
+	return nil
+}
+
+// parseLimit reads a page size in [1, max].
+func parseLimit(s string, def, max int) (int, error) {
+	if s == "" {
+		return def, nil
+	}
+	n, err := strconv.Atoi(s)
+	if err != nil || n < 1 || n > max {
+		return 0, invalidValue("limit", "Invalid value for 'limit': %q; it must be an integer between 1 and %d.", s, max)
+	}
+	return n, nil
+}
+
+// paginate returns the page of at most limit items after the item with id
+// after (exclusive) and whether more follow. An after that names no listed
+// item is an error: the ids carry no order to resume from.
+func paginate[T any](items []T, id func(T) string, after string, limit int) ([]T, bool, error) {
+	start := 0
+	if after != "" {
+		start = -1
+		for i, it := range items {
+			if id(it) == after {
+				start = i + 1
+				break
+			}
+		}
+		if start < 0 {
+			return nil, false, invalidValue("after", "Invalid value for 'after': %q is not an object of this list.", after)
+		}
+	}
+	end := min(start+limit, len(items))
+	return items[start:end], end < len(items), nil
+}

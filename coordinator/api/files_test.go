@@ -1,0 +1,260 @@
+package api
+
+import (
+	"fmt"
+	"net/http"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/vbatch/vbatch/coordinator/validate"
+	"github.com/vbatch/vbatch/fsm"
+)
+
+func TestUploadPurposeEitherOrder(t *testing.T) {
+	e := rootEnv(t)
+	content := batchLines(3)
+	for name, fields := range map[string][]field{
+		"purpose first": {{name: "purpose", value: "batch"}, {name: "file", filename: "a.jsonl", value: content}},
+		"purpose after": {{name: "file", filename: "a.jsonl", value: content}, {name: "purpose", value: "batch"}},
+	} {
+		t.Run(name, func(t *testing.T) {
+			r := e.upload(testRoot, fields...)
+			if r.status != http.StatusOK {
+				t.Fatalf("%d %s", r.status, r.body)
+			}
+			m := r.json(t)
+			if m["object"] != "file" || m["purpose"] != "batch" || m["filename"] != "a.jsonl" ||
+				m["bytes"] != float64(len(content)) || m["status"] != "processed" || m["created_at"] != float64(1_700_000_000) {
+				t.Fatalf("file object %v", m)
+			}
+			id := m["id"].(string)
+			if !strings.HasPrefix(id, "file-") || len(id) != len("file-")+24 {
+				t.Fatalf("id %q", id)
+			}
+			var lines int64
+			var parts int
+			e.b.f.View(func(s *fsm.State) {
+				f := s.Files[id]
+				lines, parts = f.Lines, len(f.Parts)
+				if f.Project != "default" || f.Sha256 == "" || len(f.Replicas) != 2 {
+					t.Errorf("stored %v", f)
+				}
+			})
+			if lines != 3 || parts != 1 {
+				t.Fatalf("lines %d parts %d", lines, parts)
+			}
+		})
+	}
+}
+
+func TestUploadErrors(t *testing.T) {
+	e := newEnv(t, Config{RootKey: testRoot, MaxUploadBytes: 1000, Validate: validate.Options{MaxRequests: 2}})
+	good := batchLines(1)
+	cases := []struct {
+		name   string
+		fields []field
+		status int
+		code   string
+		param  string
+	}{
+		{"no file", []field{{name: "purpose", value: "batch"}}, 400, codeMissingParam, "file"},
+		{"no purpose", []field{{name: "file", filename: "a", value: good}}, 400, codeMissingParam, "purpose"},
+		{"bad purpose first", []field{{name: "purpose", value: "batch_output"}, {name: "file", filename: "a", value: good}}, 400, codeInvalidValue, "purpose"},
+		{"bad purpose after", []field{{name: "file", filename: "a", value: good}, {name: "purpose", value: "nope"}}, 400, codeInvalidValue, "purpose"},
+		{"two files", []field{{name: "file", filename: "a", value: good}, {name: "file", filename: "b", value: good}}, 400, codeInvalidValue, "file"},
+		{"empty batch file", []field{{name: "purpose", value: "batch"}, {name: "file", filename: "a", value: ""}}, 400, codeInvalidFile, "file"},
+		{"too many requests", []field{{name: "purpose", value: "batch"}, {name: "file", filename: "a", value: batchLines(3)}}, 400, codeInvalidFile, "file"},
+		{"too large", []field{{name: "purpose", value: "batch"}, {name: "file", filename: "a", value: strings.Repeat("x", 1001)}}, 413, codeFileTooLarge, "file"},
+		{"bad expiry anchor", []field{{name: "purpose", value: "batch"}, {name: "expires_after[anchor]", value: "now"}, {name: "expires_after[seconds]", value: "3600"}, {name: "file", filename: "a", value: good}}, 400, codeInvalidValue, "expires_after[anchor]"},
+		{"bad expiry seconds", []field{{name: "purpose", value: "batch"}, {name: "expires_after[anchor]", value: "created_at"}, {name: "expires_after[seconds]", value: "10"}, {name: "file", filename: "a", value: good}}, 400, codeInvalidValue, "expires_after[seconds]"},
+		{"expiry not a number", []field{{name: "expires_after[seconds]", value: "soon"}}, 400, codeInvalidValue, "expires_after[seconds]"},
+		{"oversized field", []field{{name: "purpose", value: strings.Repeat("b", 5000)}}, 400, codeInvalidValue, "purpose"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			before := e.b.snapshot()
+			r := e.upload(testRoot, tc.fields...)
+			er := r.wantError(t, tc.status, typeInvalidRequest, tc.code)
+			if er["param"] != tc.param {
+				t.Fatalf("param %v, want %s", er["param"], tc.param)
+			}
+			if after := e.b.snapshot(); after != before {
+				t.Fatalf("state changed: %s -> %s", before, after)
+			}
+		})
+	}
+	if n := e.b.blobCount(); n > 6 {
+		// Only the cases that were refused after the file part streamed
+		// stored a blob (orphans the blob GC collects); the oversize one,
+		// the refused-purpose-first one and those without a file did not.
+		t.Fatalf("%d blobs stored", n)
+	}
+}
+
+func TestUploadOversizeStoresNothing(t *testing.T) {
+	e := newEnv(t, Config{RootKey: testRoot, MaxUploadBytes: 1 << 10})
+	r := e.upload(testRoot, field{name: "purpose", value: "batch"}, field{name: "file", filename: "a", value: strings.Repeat("y", 1<<12)})
+	r.wantError(t, http.StatusRequestEntityTooLarge, typeInvalidRequest, codeFileTooLarge)
+	if n := e.b.blobCount(); n != 0 {
+		t.Fatalf("%d blobs stored", n)
+	}
+	// Exactly the maximum is fine.
+	r = e.upload(testRoot, field{name: "purpose", value: "user_data"}, field{name: "file", filename: "a", value: strings.Repeat("y", 1<<10)})
+	if r.status != http.StatusOK {
+		t.Fatalf("%d %s", r.status, r.body)
+	}
+	// A declared length far over the cap is refused before reading.
+	body, ct := multipartBody(t, field{name: "file", filename: "a", value: strings.Repeat("z", 1<<16)})
+	r = e.do(http.MethodPost, "/v1/files", testRoot, body, "Content-Type", ct)
+	r.wantError(t, http.StatusRequestEntityTooLarge, typeInvalidRequest, codeFileTooLarge)
+}
+
+func TestUploadNotMultipart(t *testing.T) {
+	e := rootEnv(t)
+	r := e.postJSON("/v1/files", testRoot, map[string]string{"purpose": "batch"})
+	r.wantError(t, http.StatusBadRequest, typeInvalidRequest, codeInvalidValue)
+	r = e.do(http.MethodPost, "/v1/files", testRoot, strings.NewReader("--x\r\nnot a part"), "Content-Type", "multipart/form-data; boundary=x")
+	r.wantError(t, http.StatusBadRequest, typeInvalidRequest, codeInvalidValue)
+}
+
+func TestUploadExpiry(t *testing.T) {
+	e := rootEnv(t)
+	r := e.upload(testRoot, field{name: "purpose", value: "batch"}, field{name: "expires_after[anchor]", value: "created_at"},
+		field{name: "expires_after[seconds]", value: "7200"}, field{name: "file", filename: "a", value: batchLines(1)})
+	if r.status != http.StatusOK {
+		t.Fatalf("%d %s", r.status, r.body)
+	}
+	if got := r.json(t)["expires_at"]; got != float64(1_700_000_000+7200) {
+		t.Fatalf("expires_at %v", got)
+	}
+}
+
+func TestUploadStoreFailure(t *testing.T) {
+	e := rootEnv(t)
+	e.b.storeErr = fmt.Errorf("replicate: %w", ErrUnavailable)
+	r := e.upload(testRoot, field{name: "purpose", value: "batch"}, field{name: "file", filename: "a", value: batchLines(1)})
+	r.wantError(t, http.StatusServiceUnavailable, typeServer, codeUnavailable)
+	e.b.storeErr = nil
+	e.b.applyErr = fmt.Errorf("disk: %w", errTestBoom)
+	r = e.upload(testRoot, field{name: "purpose", value: "batch"}, field{name: "file", filename: "a", value: batchLines(1)})
+	r.wantError(t, http.StatusInternalServerError, typeServer, codeInternal)
+	if strings.Contains(string(r.body), "boom") {
+		t.Fatalf("internal cause leaked: %s", r.body)
+	}
+}
+
+var errTestBoom = fmt.Errorf("boom")
+
+func TestGetFileAndContent(t *testing.T) {
+	e := rootEnv(t)
+	content := batchLines(2)
+	id := e.uploadOK(testRoot, "batch", content)
+	r := e.do(http.MethodGet, "/v1/files/"+id, testRoot, nil)
+	if r.status != 200 || r.json(t)["id"] != id {
+		t.Fatalf("%d %s", r.status, r.body)
+	}
+	r = e.do(http.MethodGet, "/v1/files/"+id+"/content", testRoot, nil)
+	if r.status != 200 || string(r.body) != content {
+		t.Fatalf("%d %q", r.status, r.body)
+	}
+	if r.header.Get("Content-Length") != strconv.Itoa(len(content)) || r.header.Get("Content-Type") != "application/octet-stream" {
+		t.Fatalf("headers %v", r.header)
+	}
+	for _, p := range []string{"/v1/files/file-missing", "/v1/files/file-missing/content"} {
+		er := e.do(http.MethodGet, p, testRoot, nil).wantError(t, 404, typeInvalidRequest, codeNotFound)
+		if er["message"] != "No such File object: file-missing" || er["param"] != "id" {
+			t.Fatalf("error %v", er)
+		}
+	}
+}
+
+func TestDeleteFile(t *testing.T) {
+	e := rootEnv(t)
+	id := e.uploadOK(testRoot, "batch", batchLines(1))
+	bid := e.batchOK(testRoot, id)
+	before := e.b.snapshot()
+	e.do(http.MethodDelete, "/v1/files/"+id, testRoot, nil).wantError(t, http.StatusConflict, typeInvalidRequest, codeConflict)
+	if e.b.snapshot() != before {
+		t.Fatal("refused delete changed state")
+	}
+	startBatch(t, e, bid, 1)
+	if r := e.do(http.MethodPost, "/v1/batches/"+bid+"/cancel", testRoot, nil); r.status != 200 {
+		t.Fatalf("cancel: %d %s", r.status, r.body)
+	}
+	// Still in use while cancelling.
+	e.do(http.MethodDelete, "/v1/files/"+id, testRoot, nil).wantError(t, http.StatusConflict, typeInvalidRequest, codeConflict)
+	finishCancel(t, e, bid)
+	r := e.do(http.MethodDelete, "/v1/files/"+id, testRoot, nil)
+	if r.status != 200 {
+		t.Fatalf("%d %s", r.status, r.body)
+	}
+	m := r.json(t)
+	if m["id"] != id || m["object"] != "file" || m["deleted"] != true {
+		t.Fatalf("%v", m)
+	}
+	e.do(http.MethodGet, "/v1/files/"+id, testRoot, nil).wantError(t, 404, typeInvalidRequest, codeNotFound)
+	e.do(http.MethodDelete, "/v1/files/"+id, testRoot, nil).wantError(t, 404, typeInvalidRequest, codeNotFound)
+}
+
+func TestListFilesPagination(t *testing.T) {
+	e := rootEnv(t)
+	var ids []string
+	for i := range 5 {
+		purpose := "batch"
+		if i == 2 {
+			purpose = "user_data"
+		}
+		ids = append(ids, e.uploadOK(testRoot, purpose, batchLines(1)))
+		e.b.advance(time.Second)
+	}
+	page := func(q string) (got []string, hasMore bool, first, last any) {
+		r := e.do(http.MethodGet, "/v1/files"+q, testRoot, nil)
+		if r.status != 200 {
+			t.Fatalf("%s: %d %s", q, r.status, r.body)
+		}
+		m := r.json(t)
+		if m["object"] != "list" {
+			t.Fatalf("%v", m)
+		}
+		for _, d := range m["data"].([]any) {
+			got = append(got, d.(map[string]any)["id"].(string))
+		}
+		return got, m["has_more"].(bool), m["first_id"], m["last_id"]
+	}
+	// Default order is newest first.
+	got, more, first, last := page("")
+	if fmt.Sprint(got) != fmt.Sprint([]string{ids[4], ids[3], ids[2], ids[1], ids[0]}) || more || first != ids[4] || last != ids[0] {
+		t.Fatalf("desc: %v %v %v %v", got, more, first, last)
+	}
+	// Ascending, two at a time, following the cursor.
+	var all []string
+	cursor := ""
+	for {
+		q := "?order=asc&limit=2"
+		if cursor != "" {
+			q += "&after=" + cursor
+		}
+		got, more, _, last := page(q)
+		all = append(all, got...)
+		if !more {
+			break
+		}
+		cursor = last.(string)
+	}
+	if fmt.Sprint(all) != fmt.Sprint(ids) {
+		t.Fatalf("asc pages %v, want %v", all, ids)
+	}
+	got, _, _, _ = page("?purpose=user_data")
+	if fmt.Sprint(got) != fmt.Sprint([]string{ids[2]}) {
+		t.Fatalf("purpose filter %v", got)
+	}
+	got, more, first, last = page("?purpose=fine-tune")
+	if len(got) != 0 || more || first != nil || last != nil {
+		t.Fatalf("empty page %v %v %v %v", got, more, first, last)
+	}
+	for _, q := range []string{"?limit=0", "?limit=10001", "?limit=x", "?order=up", "?after=file-nope"} {
+		e.do(http.MethodGet, "/v1/files"+q, testRoot, nil).wantError(t, 400, typeInvalidRequest, codeInvalidValue)
+	}
+}

@@ -1,0 +1,157 @@
+package coordinator
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/vbatch/vbatch/fsm"
+	"github.com/vbatch/vbatch/internal/ids"
+	vbatchv1 "github.com/vbatch/vbatch/rpc/gen/vbatch/v1"
+)
+
+// testTiming is fast enough for tests on a loaded 2-core machine.
+func testTiming() Timing {
+	return Timing{
+		HeartbeatTimeout:    300 * time.Millisecond,
+		ElectionTimeout:     300 * time.Millisecond,
+		LeaderLeaseTimeout:  150 * time.Millisecond,
+		CommitTimeout:       5 * time.Millisecond,
+		GossipProbeInterval: 200 * time.Millisecond,
+		RepairInterval:      200 * time.Millisecond,
+		BlobGCGrace:         time.Hour,
+	}
+}
+
+// startCluster starts n in-process coordinators on loopback ports chosen
+// by the OS and waits for a leader.
+func startCluster(t testing.TB, n int) []*Coordinator {
+	t.Helper()
+	var nodes []*Coordinator
+	var join []string
+	for i := 0; i < n; i++ {
+		cfg := DefaultConfig()
+		cfg.NodeID = fmt.Sprintf("c%d", i+1)
+		cfg.DataDir = t.TempDir()
+		cfg.HTTPAddr, cfg.RPCAddr, cfg.RaftAddr, cfg.GossipAddr = "127.0.0.1:0", "127.0.0.1:0", "127.0.0.1:0", "127.0.0.1:0"
+		cfg.BootstrapExpect = n
+		cfg.Join = join
+		cfg.Timing = testTiming()
+		logger := slog.New(slog.NewTextHandler(io.Discard, nil))
+		c, err := Start(cfg, logger, io.Discard)
+		if err != nil {
+			t.Fatalf("start %s: %v", cfg.NodeID, err)
+		}
+		t.Cleanup(func() { _ = c.Close() })
+		if i == 0 {
+			join = []string{c.pool.Addr()}
+		}
+		nodes = append(nodes, c)
+	}
+	waitLeader(t, nodes)
+	return nodes
+}
+
+func waitLeader(t testing.TB, nodes []*Coordinator) *Coordinator {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for time.Now().Before(deadline) {
+		for _, c := range nodes {
+			if c.IsLeader() {
+				return c
+			}
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	t.Fatal("no leader elected")
+	return nil
+}
+
+func follower(nodes []*Coordinator) *Coordinator {
+	for _, c := range nodes {
+		if !c.IsLeader() {
+			return c
+		}
+	}
+	return nil
+}
+
+func TestForwardedWriteIsReadableEverywhere(t *testing.T) {
+	nodes := startCluster(t, 3)
+	f := follower(nodes)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	data := []byte(strings.Repeat("line of input\n", 1000))
+	ref, replicas, err := f.StoreUpload(ctx, bytes.NewReader(data))
+	if err != nil {
+		t.Fatalf("upload through follower: %v", err)
+	}
+	if len(replicas) < 2 {
+		t.Fatalf("blob on %v, want a majority", replicas)
+	}
+	id := ids.New("file-")
+	if _, err := f.Apply(ctx, &vbatchv1.CreateFile{File: &vbatchv1.File{Id: id, Project: "p", Bytes: ref.Bytes, Sha256: ref.Sha256, CreatedAt: 1, Parts: []*vbatchv1.BlobRef{ref}}}); err != nil {
+		t.Fatalf("forwarded apply: %v", err)
+	}
+	// The proposer reads its own write at once; the others after a
+	// consistent read.
+	for _, c := range nodes {
+		if err := c.ConsistentRead(ctx); err != nil {
+			t.Fatalf("%s consistent read: %v", c.cfg.NodeID, err)
+		}
+		var file *vbatchv1.File
+		c.fsm.View(func(s *fsm.State) { file = s.Files[id] })
+		if file == nil {
+			t.Fatalf("%s does not see the file", c.cfg.NodeID)
+		}
+		rc, err := c.OpenFile(ctx, file)
+		if err != nil {
+			t.Fatalf("%s open file: %v", c.cfg.NodeID, err)
+		}
+		got, err := io.ReadAll(rc)
+		rc.Close()
+		if err != nil || !bytes.Equal(got, data) {
+			t.Fatalf("%s read %d bytes (err %v), want %d", c.cfg.NodeID, len(got), err, len(data))
+		}
+	}
+	// A rejected command comes back as its sentinel through forwarding.
+	_, err = f.Apply(ctx, &vbatchv1.DeleteFile{Id: "file-missing"})
+	if !errors.Is(err, fsm.ErrNotFound) {
+		t.Fatalf("forwarded rejection = %v, want not found", err)
+	}
+}
+
+func TestLeaderFailover(t *testing.T) {
+	nodes := startCluster(t, 3)
+	old := waitLeader(t, nodes)
+	start := time.Now()
+	if err := old.Close(); err != nil {
+		t.Logf("close old leader: %v", err)
+	}
+	var rest []*Coordinator
+	for _, c := range nodes {
+		if c != old {
+			rest = append(rest, c)
+		}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+	defer cancel()
+	// A write through a survivor succeeds once the new leader is in place.
+	if _, err := rest[0].Apply(ctx, &vbatchv1.RegisterAgent{Agent: &vbatchv1.Agent{Id: "a1"}}); err != nil {
+		t.Fatalf("write after failover: %v", err)
+	}
+	t.Logf("first write committed %s after the leader stopped", time.Since(start))
+	status, err := rest[1].ClusterStatus(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if status.Leader == "" || status.Leader == old.cfg.NodeID {
+		t.Fatalf("leader after failover = %q", status.Leader)
+	}
+}
