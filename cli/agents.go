@@ -1,91 +1,182 @@
 package cli
 
 import (
+	"context"
 	"fmt"
 	"net/http"
 	"net/url"
+	"strconv"
 	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
 )
 
+// agentObject is one agent as GET /v1/admin/agents describes it.
 type agentObject struct {
-	ID         string   `json:"id"`
-	RPCAddr    string   `json:"rpc_addr"`
-	Models     []string `json:"models"`
-	State      string   `json:"state"`
-	LiveLeases int      `json:"live_leases"`
-	LastSeen   int64    `json:"last_seen"`
-	GPUs       []struct {
-		Name             string `json:"name"`
-		MemoryTotalBytes uint64 `json:"memory_total_bytes"`
-	} `json:"gpus"`
+	ID         string     `json:"id"`
+	RPCAddr    string     `json:"rpc_addr"`
+	Models     []string   `json:"models"`
+	GPUs       []agentGPU `json:"gpus"`
+	LiveLeases int        `json:"live_leases"`
+	LastSeen   int64      `json:"last_seen"`
+	State      string     `json:"state"`
+}
+
+type agentGPU struct {
+	Name             string `json:"name"`
+	MemoryTotalBytes int64  `json:"memory_total_bytes"`
+}
+
+// agentList is the answer of GET /v1/admin/agents.
+type agentList struct {
+	Data []agentObject `json:"data"`
 }
 
 func agentsCmd(e *env) *cobra.Command {
-	cmd := &cobra.Command{Use: "agents", Short: "List and drain agents"}
-	list := &cobra.Command{
+	cmd := groupCmd("agents", "List and drain agents (admin scope)")
+	cmd.AddCommand(agentsListCmd(e), agentsDrainCmd(e))
+	return cmd
+}
+
+func agentsListCmd(e *env) *cobra.Command {
+	return &cobra.Command{
 		Use:   "list",
-		Short: "List agents with their models, GPUs and leases",
-		Args:  cobra.NoArgs,
+		Short: "List agents: address, models, GPUs, live leases, last seen",
+		Args:  noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			var l struct {
-				Data []agentObject `json:"data"`
-			}
-			if ok, err := e.get(cmd, http.MethodGet, "/v1/admin/agents", nil, &l); !ok || err != nil {
+			var l agentList
+			raw, err := e.call(cmd.Context(), http.MethodGet, "/v1/admin/agents", nil, &l)
+			if err != nil {
 				return err
 			}
-			var rows [][]string
-			for _, a := range l.Data {
-				gpus := "0"
-				if len(a.GPUs) > 0 {
-					gpus = fmt.Sprintf("%d× %s", len(a.GPUs), a.GPUs[0].Name)
-				}
-				rows = append(rows, []string{a.ID, a.State, a.RPCAddr, strings.Join(a.Models, ","), gpus, fmt.Sprint(a.LiveLeases), unixTime(a.LastSeen)})
+			if e.jsonOut() {
+				return e.printRaw(raw)
 			}
-			e.table([]string{"ID", "STATE", "ADDRESS", "MODELS", "GPUS", "LEASES", "LAST SEEN"}, rows)
-			return nil
+			now := e.now()
+			rows := make([][]string, 0, len(l.Data))
+			for _, a := range l.Data {
+				rows = append(rows, []string{a.ID, orDash(a.State), orDash(a.RPCAddr), orDash(strings.Join(a.Models, ",")),
+					fmtGPUs(a.GPUs), strconv.Itoa(a.LiveLeases), fmtAge(now, a.LastSeen)})
+			}
+			return e.table([]string{"ID", "STATE", "ADDRESS", "MODELS", "GPUS", "LEASES", "LAST SEEN"}, rows)
 		},
 	}
+}
+
+func agentsDrainCmd(e *env) *cobra.Command {
 	var wait bool
-	drain := &cobra.Command{
+	var poll time.Duration
+	cmd := &cobra.Command{
 		Use:   "drain ID",
-		Short: "Stop giving an agent work and hand its leases back",
-		Args:  cobra.ExactArgs(1),
+		Short: "Stop giving an agent work and have it hand its leases back",
+		Long: "Stop giving an agent work and have it hand its leases back. With --wait, return once\n" +
+			"the agent holds no live lease (or is gone), so it can be stopped without losing work.",
+		Args: exactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			path := "/v1/admin/agents/" + url.PathEscape(args[0]) + "/drain"
-			if err := e.client.Do(cmd.Context(), http.MethodPost, path, nil, nil); err != nil {
+			if wait && poll <= 0 {
+				return &usageError{cmd: cmd.CommandPath(), err: fmt.Errorf("--poll must be positive, not %s", poll)}
+			}
+			id := args[0]
+			raw, err := e.call(cmd.Context(), http.MethodPost, "/v1/admin/agents/"+url.PathEscape(id)+"/drain", nil, nil)
+			if err != nil {
 				return err
 			}
-			fmt.Fprintf(e.stdout, "draining %s\n", args[0])
-			for wait {
-				var l struct {
-					Data []agentObject `json:"data"`
-				}
-				if err := e.client.Do(cmd.Context(), http.MethodGet, "/v1/admin/agents", nil, &l); err != nil {
+			if e.jsonOut() {
+				if err := e.printRaw(raw); err != nil {
 					return err
 				}
-				busy := false
-				for _, a := range l.Data {
-					if a.ID == args[0] && a.LiveLeases > 0 {
-						busy = true
-					}
-				}
-				if !busy {
-					fmt.Fprintf(e.stdout, "%s holds no leases\n", args[0])
-					return nil
-				}
-				select {
-				case <-cmd.Context().Done():
-					return cmd.Context().Err()
-				case <-time.After(time.Second):
-				}
+			} else {
+				fmt.Fprintf(e.stdout, "Draining %s\n", id)
 			}
-			return nil
+			if !wait {
+				return nil
+			}
+			return e.waitDrained(cmd.Context(), id, poll)
 		},
 	}
-	drain.Flags().BoolVar(&wait, "wait", false, "wait until the agent holds no leases")
-	cmd.AddCommand(list, drain)
+	cmd.Flags().BoolVar(&wait, "wait", false, "wait until the agent holds no live lease")
+	cmd.Flags().DurationVar(&poll, "poll", time.Second, "how often --wait asks for the agent's leases")
 	return cmd
+}
+
+// waitDrained polls the agent list until agent id holds no live lease or
+// is no longer listed. Temporary failures are retried for followGiveUp.
+func (e *env) waitDrained(ctx context.Context, id string, poll time.Duration) error {
+	var failingSince time.Time
+	last := -1
+	timer := time.NewTimer(0)
+	defer timer.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-timer.C:
+		}
+		var l agentList
+		_, err := e.call(ctx, http.MethodGet, "/v1/admin/agents", nil, &l)
+		switch {
+		case err != nil && (ctx.Err() != nil || !temporary(err)):
+			return err
+		case err != nil:
+			if failingSince.IsZero() {
+				failingSince = e.now()
+				fmt.Fprintf(e.stderr, "Warning: %v (retrying)\n", err)
+			}
+			if e.now().Sub(failingSince) > followGiveUp {
+				return fmt.Errorf("wait for agent %s to drain: gave up after %s: %w", id, followGiveUp, err)
+			}
+		default:
+			failingSince = time.Time{}
+			leases := 0
+			for _, a := range l.Data {
+				if a.ID == id {
+					leases = a.LiveLeases
+				}
+			}
+			if leases == 0 {
+				fmt.Fprintf(e.stderr, "%s holds no live lease\n", id)
+				return nil
+			}
+			if leases != last {
+				fmt.Fprintf(e.stderr, "%s holds %d live lease(s)\n", id, leases)
+				last = leases
+			}
+		}
+		timer.Reset(poll)
+	}
+}
+
+// fmtGPUs summarizes GPUs by model in the order first seen:
+// "2x NVIDIA H100 80GB HBM3 (79.6 GiB)"; none is "0".
+func fmtGPUs(gpus []agentGPU) string {
+	if len(gpus) == 0 {
+		return "0"
+	}
+	type group struct {
+		name  string
+		n     int
+		bytes int64
+	}
+	var groups []*group
+	byName := map[string]*group{}
+	for _, g := range gpus {
+		name := orDash(g.Name)
+		grp, ok := byName[name]
+		if !ok {
+			grp = &group{name: name, bytes: g.MemoryTotalBytes}
+			byName[name] = grp
+			groups = append(groups, grp)
+		}
+		grp.n++
+	}
+	parts := make([]string, 0, len(groups))
+	for _, g := range groups {
+		s := fmt.Sprintf("%dx %s", g.n, g.name)
+		if g.bytes > 0 {
+			s += " (" + fmtBytes(g.bytes) + ")"
+		}
+		parts = append(parts, s)
+	}
+	return strings.Join(parts, ", ")
 }

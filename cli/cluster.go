@@ -3,49 +3,73 @@ package cli
 import (
 	"fmt"
 	"net/http"
+	"strconv"
 
 	"github.com/spf13/cobra"
 )
 
+// clusterStatus is the answer of GET /v1/admin/cluster/status.
 type clusterStatus struct {
-	Leader  string `json:"leader"`
-	Servers []struct {
-		ID        string `json:"id"`
-		RaftAddr  string `json:"raft_addr"`
-		HTTPAddr  string `json:"http_addr"`
-		Suffrage  string `json:"suffrage"`
-		State     string `json:"state"`
-		LastIndex uint64 `json:"last_index"`
-		Reachable bool   `json:"reachable"`
-	} `json:"servers"`
+	Leader  string          `json:"leader"`
+	Servers []clusterServer `json:"servers"`
+}
+
+// clusterServer is one raft server of clusterStatus.
+type clusterServer struct {
+	ID        string `json:"id"`
+	RaftAddr  string `json:"raft_addr"`
+	HTTPAddr  string `json:"http_addr"`
+	RPCAddr   string `json:"rpc_addr"`
+	Suffrage  string `json:"suffrage"`
+	State     string `json:"state"`
+	LastIndex uint64 `json:"last_index"`
+	Term      uint64 `json:"term"`
+	Reachable bool   `json:"reachable"`
 }
 
 func clusterCmd(e *env) *cobra.Command {
-	cmd := &cobra.Command{Use: "cluster", Short: "Raft cluster operations"}
+	cmd := groupCmd("cluster", "Inspect the raft cluster of coordinators")
 	cmd.AddCommand(&cobra.Command{
 		Use:   "status",
-		Short: "Show the leader and every server's raft state",
-		Args:  cobra.NoArgs,
+		Short: "Show the leader and every coordinator's raft state",
+		Long: "Show the leader and, for every raft server, its id, state, suffrage, raft and HTTP\n" +
+			"addresses and last log index. A server the answering coordinator cannot reach is\n" +
+			"shown as unreachable. -o json prints {\"leader\": ID, \"servers\": [...]}.",
+		Args: noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			var st clusterStatus
-			if ok, err := e.get(cmd, http.MethodGet, "/v1/admin/cluster/status", nil, &st); !ok || err != nil {
+			raw, err := e.call(cmd.Context(), http.MethodGet, "/v1/admin/cluster/status", nil, &st)
+			if err != nil {
 				return err
 			}
-			var rows [][]string
-			for _, s := range st.Servers {
-				leader := ""
-				if s.ID == st.Leader {
-					leader = "*"
-				}
-				state := s.State
-				if !s.Reachable {
-					state = "unreachable"
-				}
-				rows = append(rows, []string{s.ID, state, s.Suffrage, s.RaftAddr, orDash(s.HTTPAddr), fmt.Sprint(s.LastIndex), leader})
+			if e.jsonOut() {
+				return e.printRaw(raw)
 			}
-			e.table([]string{"ID", "STATE", "SUFFRAGE", "RAFT ADDR", "HTTP ADDR", "LAST INDEX", "LEADER"}, rows)
-			return nil
+			return e.showCluster(&st)
 		},
 	})
 	return cmd
+}
+
+func (e *env) showCluster(st *clusterStatus) error {
+	rows := make([][]string, 0, len(st.Servers))
+	for _, s := range st.Servers {
+		leader := ""
+		if s.ID == st.Leader && st.Leader != "" {
+			leader = "*"
+		}
+		state := orDash(s.State)
+		if !s.Reachable {
+			state = "unreachable"
+		}
+		rows = append(rows, []string{s.ID, state, orDash(s.Suffrage), orDash(s.RaftAddr), orDash(s.HTTPAddr),
+			strconv.FormatUint(s.LastIndex, 10), leader})
+	}
+	if err := e.table([]string{"ID", "STATE", "SUFFRAGE", "RAFT ADDR", "HTTP ADDR", "LAST INDEX", "LEADER"}, rows); err != nil {
+		return err
+	}
+	if st.Leader == "" {
+		fmt.Fprintln(e.stderr, "Warning: the cluster has no leader; writes fail until one is elected.")
+	}
+	return nil
 }

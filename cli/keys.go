@@ -9,9 +9,15 @@ import (
 	"github.com/spf13/cobra"
 )
 
+// defaultScopes are the scopes of a key created without --scope: enough to
+// run batches and online inference, not to administer the cluster.
+var defaultScopes = []string{"batch", "inference"}
+
+// keyObject is an API key as the admin API describes it; Key, the secret,
+// is set only in the answer to its creation.
 type keyObject struct {
 	ID        string   `json:"id"`
-	Key       string   `json:"key,omitempty"`
+	Key       string   `json:"key"`
 	Project   string   `json:"project"`
 	Name      string   `json:"name"`
 	Prefix    string   `json:"prefix"`
@@ -21,64 +27,95 @@ type keyObject struct {
 }
 
 func keysCmd(e *env) *cobra.Command {
-	cmd := &cobra.Command{Use: "keys", Short: "Manage API keys (admin)"}
+	cmd := groupCmd("keys", "Create, list and revoke API keys (admin scope)")
+	cmd.AddCommand(keysCreateCmd(e), keysListCmd(e), keysRevokeCmd(e))
+	return cmd
+}
+
+func keysCreateCmd(e *env) *cobra.Command {
 	var project, name string
 	var scopes []string
-	create := &cobra.Command{
-		Use:   "create",
-		Short: "Create an API key for a project; the key is shown once",
-		Args:  cobra.NoArgs,
+	cmd := &cobra.Command{
+		Use:   "create --project NAME",
+		Short: "Create an API key for a project; its secret is shown once",
+		Long: "Create an API key for a project. The secret is shown only in this answer: store it\n" +
+			"now. -o json prints {\"id\", \"key\", \"project\", \"name\", \"scopes\", \"created_at\", ...}.",
+		Args: noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			var k keyObject
+			if len(scopes) == 0 {
+				scopes = defaultScopes
+			}
 			body := map[string]any{"project": project, "name": name, "scopes": scopes}
-			if ok, err := e.get(cmd, http.MethodPost, "/v1/admin/keys", body, &k); !ok || err != nil {
+			var k keyObject
+			raw, err := e.call(cmd.Context(), http.MethodPost, "/v1/admin/keys", body, &k)
+			if err != nil {
 				return err
 			}
-			fmt.Fprintf(e.stdout, "key:     %s\nid:      %s\nproject: %s\nscopes:  %s\n", k.Key, k.ID, k.Project, strings.Join(k.Scopes, ","))
-			fmt.Fprintln(e.stderr, "Store this key now: it is not shown again.")
+			if e.jsonOut() {
+				return e.printRaw(raw)
+			}
+			if err := e.fields([][2]string{
+				{"ID", k.ID},
+				{"PROJECT", k.Project},
+				{"NAME", orDash(k.Name)},
+				{"SCOPES", strings.Join(k.Scopes, ",")},
+				{"KEY", k.Key},
+			}); err != nil {
+				return err
+			}
+			fmt.Fprintln(e.stderr, "Warning: store this key now; it cannot be shown again.")
 			return nil
 		},
 	}
-	create.Flags().StringVar(&project, "project", "", "project the key belongs to")
-	create.Flags().StringVar(&name, "name", "", "a name for the key")
-	create.Flags().StringArrayVar(&scopes, "scope", nil, "scope: admin, batch, inference or read (repeatable; default batch+inference)")
-	_ = create.MarkFlagRequired("project")
+	cmd.Flags().StringVar(&project, "project", "", "project the key belongs to (required)")
+	cmd.Flags().StringVar(&name, "name", "", "a name to recognize the key by")
+	cmd.Flags().StringArrayVar(&scopes, "scope", nil, "admin, batch, inference or read (repeatable; default batch and inference)")
+	_ = cmd.MarkFlagRequired("project")
+	return cmd
+}
 
-	list := &cobra.Command{
+func keysListCmd(e *env) *cobra.Command {
+	return &cobra.Command{
 		Use:   "list",
-		Short: "List API keys",
-		Args:  cobra.NoArgs,
+		Short: "List API keys of every project, without their secrets",
+		Args:  noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			var l struct {
 				Data []keyObject `json:"data"`
 			}
-			if ok, err := e.get(cmd, http.MethodGet, "/v1/admin/keys", nil, &l); !ok || err != nil {
+			raw, err := e.call(cmd.Context(), http.MethodGet, "/v1/admin/keys", nil, &l)
+			if err != nil {
 				return err
 			}
-			var rows [][]string
+			if e.jsonOut() {
+				return e.printRaw(raw)
+			}
+			rows := make([][]string, 0, len(l.Data))
 			for _, k := range l.Data {
-				state := "active"
-				if k.RevokedAt != 0 {
-					state = "revoked " + unixTime(k.RevokedAt)
-				}
-				rows = append(rows, []string{k.ID, k.Project, orDash(k.Name), k.Prefix + "…", strings.Join(k.Scopes, ","), unixTime(k.CreatedAt), state})
+				rows = append(rows, []string{k.ID, k.Project, orDash(k.Name), orDash(k.Prefix),
+					strings.Join(k.Scopes, ","), fmtTime(k.CreatedAt), fmtTime(k.RevokedAt)})
 			}
-			e.table([]string{"ID", "PROJECT", "NAME", "PREFIX", "SCOPES", "CREATED", "STATE"}, rows)
-			return nil
+			return e.table([]string{"ID", "PROJECT", "NAME", "PREFIX", "SCOPES", "CREATED", "REVOKED"}, rows)
 		},
 	}
-	revoke := &cobra.Command{
+}
+
+func keysRevokeCmd(e *env) *cobra.Command {
+	return &cobra.Command{
 		Use:   "revoke ID",
-		Short: "Revoke an API key",
-		Args:  cobra.ExactArgs(1),
+		Short: "Revoke an API key; requests with it are refused from then on",
+		Args:  exactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			if ok, err := e.get(cmd, http.MethodDelete, "/v1/admin/keys/"+url.PathEscape(args[0]), nil, nil); !ok || err != nil {
+			var k keyObject
+			raw, err := e.call(cmd.Context(), http.MethodDelete, "/v1/admin/keys/"+url.PathEscape(args[0]), nil, &k)
+			if err != nil {
 				return err
 			}
-			fmt.Fprintf(e.stdout, "revoked %s\n", args[0])
+			if e.jsonOut() {
+				return e.printRaw(raw)
+			}
+			fmt.Fprintf(e.stdout, "Revoked %s\n", args[0])
 			return nil
 		},
 	}
-	cmd.AddCommand(create, list, revoke)
-	return cmd
 }

@@ -2,68 +2,202 @@ package cli
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
-	"net/http"
 	"os"
-	"text/tabwriter"
+	"os/signal"
+	"syscall"
 	"time"
 
 	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
+
+	"github.com/vbatch/vbatch/internal/version"
 )
 
-// env is what every command shares: the client and the output streams.
+// Exit codes of vbctl.
+const (
+	// ExitOK: the command did what was asked; for batches submit --wait and
+	// batches watch, the batch completed.
+	ExitOK = 0
+	// ExitError: the command failed (the server answered an error, the
+	// server could not be reached, a flag was wrong), or the batch that
+	// submit --wait or watch followed ended other than completed (failed,
+	// expired or cancelled).
+	ExitError = 1
+	// ExitInterrupted: vbctl was interrupted (SIGINT or SIGTERM); a batch it
+	// was following carries on in the cluster.
+	ExitInterrupted = 130
+)
+
+// env is what every command shares: the global flags, the client built from
+// them and the output streams.
 type env struct {
 	addr, apiKey, output string
 	timeout              time.Duration
-	stdout, stderr       io.Writer
-	client               *Client
+	consistent           bool
+
+	stdout, stderr io.Writer
+	// tty is whether stderr is a terminal: progress lines are redrawn in
+	// place there, printed every few seconds elsewhere.
+	tty bool
+	// now is the clock for ages ("5s ago") and rates.
+	now    func() time.Time
+	client *Client
 }
 
-// Run executes vbctl with args and returns the process exit code.
+// Execute runs vbctl with the process's arguments and standard streams,
+// stopping on SIGINT or SIGTERM, and returns the exit code for os.Exit.
+func Execute() int {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	return Run(ctx, os.Args[1:], os.Stdout, os.Stderr)
+}
+
+// Run executes vbctl with args (without the program name), writing results
+// to stdout and errors and progress to stderr, and returns the exit code:
+// ExitOK, ExitError or ExitInterrupted. Errors are printed as
+// "Error: <message>"; an error answered by the server as
+// "Error: <message> (HTTP <status>, <code>)".
 func Run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
-	e := &env{stdout: stdout, stderr: stderr}
+	e := &env{stdout: stdout, stderr: stderr, tty: isTerminal(stderr), now: time.Now}
+	return e.run(ctx, args)
+}
+
+// run executes the command line args with e's streams and clock.
+func (e *env) run(ctx context.Context, args []string) int {
+	root := newRootCmd(e)
+	root.SetArgs(args)
+	root.SetOut(e.stdout)
+	root.SetErr(e.stderr)
+	return e.exitCode(ctx, root.ExecuteContext(ctx))
+}
+
+func newRootCmd(e *env) *cobra.Command {
 	root := &cobra.Command{
-		Use:           "vbctl",
-		Short:         "vbctl manages a vbatch cluster over its HTTP API",
+		Use:   "vbctl",
+		Short: "vbctl manages a vbatch cluster over its HTTP API",
+		Long: "vbctl manages a vbatch cluster over its OpenAI-compatible HTTP API: files, batches,\n" +
+			"API keys, agents and the raft cluster. Any coordinator serves every command.\n\n" +
+			"Environment: VBATCH_ADDR (else OPENAI_BASE_URL, whose /v1 suffix is dropped) sets --addr;\n" +
+			"VBATCH_API_KEY (else OPENAI_API_KEY) sets --api-key.\n\n" +
+			"Exit status: 0 on success; 1 on any error, and when a batch followed by\n" +
+			"'batches submit --wait' or 'batches watch' ends other than completed; 130 when interrupted.",
+		Version:       version.Version,
 		SilenceUsage:  true,
 		SilenceErrors: true,
+		// Runnable, so that an unknown command is an error, not help.
+		RunE: func(cmd *cobra.Command, _ []string) error { return cmd.Help() },
 		PersistentPreRunE: func(cmd *cobra.Command, _ []string) error {
-			if e.output != "table" && e.output != "json" {
-				return fmt.Errorf("-o must be table or json, not %q", e.output)
-			}
-			e.client = &Client{BaseURL: NormalizeBase(e.addr), APIKey: e.apiKey, HTTP: &http.Client{Timeout: e.timeout}}
-			return nil
+			return e.setup(cmd.Root().PersistentFlags())
 		},
 	}
-	root.SetArgs(args)
-	root.SetOut(stdout)
-	root.SetErr(stderr)
 	pf := root.PersistentFlags()
-	pf.StringVar(&e.addr, "addr", firstEnv("http://127.0.0.1:8000", "VBATCH_ADDR", "OPENAI_BASE_URL"), "coordinator address (VBATCH_ADDR, OPENAI_BASE_URL)")
-	pf.StringVar(&e.apiKey, "api-key", firstEnv("", "VBATCH_API_KEY", "OPENAI_API_KEY"), "API key (VBATCH_API_KEY, OPENAI_API_KEY)")
+	pf.StringVar(&e.addr, "addr", "", "coordinator address (default $VBATCH_ADDR, $OPENAI_BASE_URL or "+DefaultAddr+")")
+	pf.StringVar(&e.apiKey, "api-key", "", "API key (default $VBATCH_API_KEY or $OPENAI_API_KEY)")
 	pf.StringVarP(&e.output, "output", "o", "table", "output format: table or json")
-	pf.DurationVar(&e.timeout, "timeout", 0, "HTTP timeout per request (0: none)")
+	pf.DurationVar(&e.timeout, "timeout", 30*time.Second, "limit on each API call; for uploads and downloads, on the wait for the answer (0: none)")
+	pf.BoolVar(&e.consistent, "consistent", false, "read from the raft leader instead of the nearest coordinator's copy")
+	root.SetFlagErrorFunc(func(cmd *cobra.Command, err error) error {
+		return &usageError{cmd: cmd.CommandPath(), err: err}
+	})
 	root.AddCommand(clusterCmd(e), filesCmd(e), batchesCmd(e), keysCmd(e), agentsCmd(e))
-	err := root.ExecuteContext(ctx)
-	if err == nil {
-		return 0
-	}
-	var exit *exitError
-	if errors.As(err, &exit) {
-		return exit.code
-	}
-	fmt.Fprintln(stderr, "Error:", err)
-	return 1
+	return root
 }
 
-// exitError ends vbctl with a code after output was already printed.
+// setup checks the global flags, fills the unset ones from the environment
+// and builds the client.
+func (e *env) setup(fs *pflag.FlagSet) error {
+	if e.output != "table" && e.output != "json" {
+		return &usageError{cmd: "vbctl", err: fmt.Errorf("-o must be table or json, not %q", e.output)}
+	}
+	if e.timeout < 0 {
+		return &usageError{cmd: "vbctl", err: fmt.Errorf("--timeout must not be negative, not %s", e.timeout)}
+	}
+	if !fs.Changed("addr") {
+		e.addr = firstEnv(DefaultAddr, "VBATCH_ADDR", "OPENAI_BASE_URL")
+	}
+	if !fs.Changed("api-key") {
+		e.apiKey = firstEnv("", "VBATCH_API_KEY", "OPENAI_API_KEY")
+	}
+	e.client = NewClient(e.addr, e.apiKey, e.timeout)
+	e.client.Consistent = e.consistent
+	return nil
+}
+
+// exitCode prints err as vbctl reports errors and maps it to an exit code.
+func (e *env) exitCode(ctx context.Context, err error) int {
+	var exit *exitError
+	var usage *usageError
+	switch {
+	case err == nil:
+		return ExitOK
+	case errors.As(err, &exit):
+		return exit.code
+	case ctx.Err() != nil:
+		fmt.Fprintln(e.stderr, "Error: interrupted")
+		return ExitInterrupted
+	case errors.As(err, &usage):
+		fmt.Fprintf(e.stderr, "Error: %v\nRun '%s --help' for usage.\n", usage.err, usage.cmd)
+		return ExitError
+	default:
+		fmt.Fprintln(e.stderr, "Error:", err)
+		return ExitError
+	}
+}
+
+// exitError ends vbctl with a code after the command printed its result,
+// as when a followed batch failed.
 type exitError struct{ code int }
 
-func (e *exitError) Error() string { return fmt.Sprintf("exit %d", e.code) }
+func (e *exitError) Error() string { return fmt.Sprintf("exit status %d", e.code) }
 
+// usageError is a command line vbctl cannot run: a wrong flag or argument.
+type usageError struct {
+	cmd string
+	err error
+}
+
+func (e *usageError) Error() string { return e.err.Error() }
+
+func (e *usageError) Unwrap() error { return e.err }
+
+// exactArgs is cobra.ExactArgs reported as a usage error.
+func exactArgs(n int) cobra.PositionalArgs {
+	return func(cmd *cobra.Command, args []string) error {
+		if err := cobra.ExactArgs(n)(cmd, args); err != nil {
+			return &usageError{cmd: cmd.CommandPath(), err: err}
+		}
+		return nil
+	}
+}
+
+// noArgs is cobra.NoArgs reported as a usage error.
+func noArgs(cmd *cobra.Command, args []string) error {
+	if err := cobra.NoArgs(cmd, args); err != nil {
+		return &usageError{cmd: cmd.CommandPath(), err: err}
+	}
+	return nil
+}
+
+// groupCmd is a command that only holds subcommands: alone it prints its
+// help, and an unknown subcommand is a usage error rather than help.
+func groupCmd(use, short string) *cobra.Command {
+	return &cobra.Command{
+		Use:   use,
+		Short: short,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if len(args) > 0 {
+				return &usageError{cmd: cmd.CommandPath(), err: fmt.Errorf("unknown command %q for %q", args[0], cmd.CommandPath())}
+			}
+			return cmd.Help()
+		},
+	}
+}
+
+// firstEnv returns the first non-empty environment variable of names, or
+// def.
 func firstEnv(def string, names ...string) string {
 	for _, n := range names {
 		if v := os.Getenv(n); v != "" {
@@ -73,65 +207,12 @@ func firstEnv(def string, names ...string) string {
 	return def
 }
 
-// printJSON pretty-prints v (raw JSON or any value).
-func (e *env) printJSON(v any) error {
-	if raw, ok := v.(json.RawMessage); ok {
-		var anyv any
-		if err := json.Unmarshal(raw, &anyv); err != nil {
-			return err
-		}
-		v = anyv
+// isTerminal reports whether w is a terminal (a character device).
+func isTerminal(w io.Writer) bool {
+	f, ok := w.(*os.File)
+	if !ok {
+		return false
 	}
-	enc := json.NewEncoder(e.stdout)
-	enc.SetIndent("", "  ")
-	return enc.Encode(v)
-}
-
-// table writes rows with aligned columns.
-func (e *env) table(header []string, rows [][]string) {
-	tw := tabwriter.NewWriter(e.stdout, 0, 4, 2, ' ', 0)
-	for i, h := range header {
-		if i > 0 {
-			fmt.Fprint(tw, "\t")
-		}
-		fmt.Fprint(tw, h)
-	}
-	fmt.Fprintln(tw)
-	for _, r := range rows {
-		for i, c := range r {
-			if i > 0 {
-				fmt.Fprint(tw, "\t")
-			}
-			fmt.Fprint(tw, c)
-		}
-		fmt.Fprintln(tw)
-	}
-	tw.Flush()
-}
-
-// get fetches path; with -o json it prints the raw answer and returns
-// false, else decodes into out and returns true.
-func (e *env) get(cmd *cobra.Command, method, path string, in, out any) (bool, error) {
-	if e.output == "json" {
-		var raw json.RawMessage
-		if err := e.client.Do(cmd.Context(), method, path, in, &raw); err != nil {
-			return false, err
-		}
-		return false, e.printJSON(raw)
-	}
-	return true, e.client.Do(cmd.Context(), method, path, in, out)
-}
-
-func unixTime(sec int64) string {
-	if sec == 0 {
-		return "-"
-	}
-	return time.Unix(sec, 0).UTC().Format(time.RFC3339)
-}
-
-func orDash(s string) string {
-	if s == "" {
-		return "-"
-	}
-	return s
+	st, err := f.Stat()
+	return err == nil && st.Mode()&os.ModeCharDevice != 0
 }

@@ -1,6 +1,8 @@
 package cli
 
 import (
+	"context"
+	"encoding/json"
 	"fmt"
 	"net/http"
 	"net/url"
@@ -12,164 +14,295 @@ import (
 	"github.com/spf13/cobra"
 )
 
-func submitCmd(e *env) *cobra.Command {
+const (
+	// progressEvery is how often a progress line is printed when stderr is
+	// not a terminal (besides every status change).
+	progressEvery = 5 * time.Second
+	// rateWindow is the span the request rate is averaged over.
+	rateWindow = 10 * time.Second
+	// followGiveUp is how long following a batch tolerates failing polls:
+	// long enough to ride out a leader election or a coordinator restart.
+	followGiveUp = 2 * time.Minute
+	// barWidth is the number of cells in the progress bar.
+	barWidth = 20
+)
+
+const endedHelp = "\n\nExit status: 0 when the batch completed; 1 when it failed, expired or was cancelled\n" +
+	"(or on any error); 130 when interrupted, and the batch carries on in the cluster."
+
+func batchesSubmitCmd(e *env) *cobra.Command {
 	var cp createParams
 	var wait bool
 	var outDir string
 	var poll time.Duration
 	cmd := &cobra.Command{
 		Use:   "submit FILE",
-		Short: "Upload FILE, create a batch, and with --wait follow it and download the results",
-		Long: "Upload FILE, create a batch, and with --wait show progress until the batch ends, then\n" +
-			"download <batch_id>_output.jsonl and <batch_id>_error.jsonl into --output-dir.\n" +
-			"Exit status: 0 when the batch completed, 1 for any other end (failed, expired, cancelled).",
-		Args: cobra.ExactArgs(1),
+		Short: "Upload FILE and create a batch from it; with --wait, follow it and download its results",
+		Long: "Upload FILE (purpose batch) and create a batch from it. With --wait, show its progress\n" +
+			"on stderr until it ends, then download its output and error files into --output-dir as\n" +
+			"<batch_id>_output.jsonl and <batch_id>_error.jsonl and print a summary; -o json prints\n" +
+			"{\"batch\": {...}, \"output_path\", \"error_path\", \"duration_seconds\"}." + endedHelp,
+		Args: exactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			f, err := e.uploadFile(cmd, args[0], "batch")
+			if poll <= 0 {
+				return &usageError{cmd: cmd.CommandPath(), err: fmt.Errorf("--poll must be positive, not %s", poll)}
+			}
+			start := e.now()
+			f, _, err := e.uploadFile(cmd.Context(), args[0], "batch")
 			if err != nil {
 				return err
 			}
-			fmt.Fprintf(e.stderr, "uploaded %s (%d bytes) as %s\n", args[0], f.Bytes, f.ID)
+			fmt.Fprintf(e.stderr, "Uploaded %s (%s) as %s\n", args[0], fmtBytes(f.Bytes), f.ID)
 			body, err := cp.body(f.ID)
 			if err != nil {
-				return err
+				return &usageError{cmd: cmd.CommandPath(), err: err}
 			}
 			var b batchObject
-			if err := e.client.Do(cmd.Context(), http.MethodPost, "/v1/batches", body, &b); err != nil {
-				return err
-			}
-			fmt.Fprintf(e.stderr, "created batch %s\n", b.ID)
-			if !wait {
-				return e.showBatch(&b)
-			}
-			final, err := e.follow(cmd, b.ID, poll)
+			raw, err := e.call(cmd.Context(), http.MethodPost, "/v1/batches", body, &b)
 			if err != nil {
 				return err
 			}
-			return e.finish(cmd, final, outDir)
+			fmt.Fprintf(e.stderr, "Created batch %s\n", b.ID)
+			if !wait {
+				fmt.Fprintf(e.stderr, "Follow it with: vbctl batches watch %s\n", b.ID)
+				if e.jsonOut() {
+					return e.printRaw(raw)
+				}
+				return e.showBatch(&b)
+			}
+			final, raw, err := e.follow(cmd.Context(), b.ID, poll)
+			if err != nil {
+				return err
+			}
+			return e.finish(cmd.Context(), final, raw, outDir, start)
 		},
 	}
-	cp.flags(cmd)
-	cmd.Flags().BoolVar(&wait, "wait", false, "wait for the batch to end and download its files")
-	cmd.Flags().StringVar(&outDir, "output-dir", ".", "where --wait writes the output and error files")
-	cmd.Flags().DurationVar(&poll, "poll", time.Second, "progress poll interval")
+	cp.addFlags(cmd)
+	cmd.Flags().BoolVar(&wait, "wait", false, "follow the batch until it ends and download its files")
+	cmd.Flags().StringVar(&outDir, "output-dir", ".", "directory --wait writes the output and error files to")
+	cmd.Flags().DurationVar(&poll, "poll", time.Second, "how often --wait asks for the batch's progress")
 	return cmd
 }
 
-func watchCmd(e *env) *cobra.Command {
+func batchesWatchCmd(e *env) *cobra.Command {
 	var poll time.Duration
 	cmd := &cobra.Command{
 		Use:   "watch ID",
 		Short: "Show a batch's progress until it ends",
-		Args:  cobra.ExactArgs(1),
+		Long:  "Show a batch's progress on stderr until it ends, then print the batch." + endedHelp,
+		Args:  exactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			b, err := e.follow(cmd, args[0], poll)
+			if poll <= 0 {
+				return &usageError{cmd: cmd.CommandPath(), err: fmt.Errorf("--poll must be positive, not %s", poll)}
+			}
+			b, raw, err := e.follow(cmd.Context(), args[0], poll)
 			if err != nil {
 				return err
 			}
-			if err := e.showBatch(b); err != nil {
+			if e.jsonOut() {
+				err = e.printRaw(raw)
+			} else {
+				err = e.showBatch(b)
+			}
+			if err != nil {
 				return err
 			}
-			if b.Status != "completed" {
-				return &exitError{code: 1}
-			}
-			return nil
+			return endedExit(b)
 		},
 	}
-	cmd.Flags().DurationVar(&poll, "poll", time.Second, "progress poll interval")
+	cmd.Flags().DurationVar(&poll, "poll", time.Second, "how often to ask for the batch's progress")
 	return cmd
 }
 
-// follow polls a batch until it is terminal, drawing a progress line on
-// stderr: redrawn in place on a terminal, one line every few seconds
-// otherwise.
-func (e *env) follow(cmd *cobra.Command, id string, poll time.Duration) (*batchObject, error) {
-	tty := isTerminal(e.stderr)
-	start := time.Now()
-	var lastPrint time.Time
-	var prevDone int64
-	prevAt := start
-	rate := 0.0
-	misses := 0
+// endedExit is the exit of a followed batch: nil when it completed.
+func endedExit(b *batchObject) error {
+	if b.Status == "completed" {
+		return nil
+	}
+	return &exitError{code: ExitError}
+}
+
+// follow polls batch id every poll until it reaches a terminal status,
+// drawing a progress line on stderr, and returns the final batch decoded
+// and as the server wrote it. Failing polls are retried for followGiveUp
+// unless the server answered a permanent error (such as 404).
+func (e *env) follow(ctx context.Context, id string, poll time.Duration) (*batchObject, json.RawMessage, error) {
+	p := &progress{e: e}
+	path := "/v1/batches/" + url.PathEscape(id)
+	var failingSince time.Time
+	timer := time.NewTimer(0)
+	defer timer.Stop()
 	for {
-		var b batchObject
-		err := e.client.Do(cmd.Context(), http.MethodGet, "/v1/batches/"+url.PathEscape(id), nil, &b)
-		if err != nil {
-			// A coordinator restarting is not the batch failing: retry a while.
-			if misses++; misses > 30 || cmd.Context().Err() != nil {
-				return nil, err
-			}
-		} else {
-			misses = 0
-			done := b.RequestCounts.Completed + b.RequestCounts.Failed
-			if now := time.Now(); now.Sub(prevAt) >= time.Second {
-				rate = float64(done-prevDone) / now.Sub(prevAt).Seconds()
-				prevDone, prevAt = done, now
-			}
-			line := progressLine(&b, rate)
-			if tty {
-				fmt.Fprintf(e.stderr, "\r%s\033[K", line)
-			} else if time.Since(lastPrint) >= 5*time.Second || b.terminal() {
-				fmt.Fprintln(e.stderr, line)
-				lastPrint = time.Now()
-			}
-			if b.terminal() {
-				if tty {
-					fmt.Fprintln(e.stderr)
-				}
-				return &b, nil
-			}
-		}
 		select {
-		case <-cmd.Context().Done():
-			return nil, cmd.Context().Err()
-		case <-time.After(poll):
+		case <-ctx.Done():
+			p.interrupted(id)
+			return nil, nil, ctx.Err()
+		case <-timer.C:
 		}
+		var b batchObject
+		raw, err := e.call(ctx, http.MethodGet, path, nil, &b)
+		switch {
+		case err != nil && ctx.Err() != nil:
+			p.interrupted(id)
+			return nil, nil, ctx.Err()
+		case err != nil && temporary(err):
+			if failingSince.IsZero() {
+				failingSince = e.now()
+				p.note(fmt.Sprintf("Warning: %v (retrying)", err))
+			}
+			if e.now().Sub(failingSince) > followGiveUp {
+				p.done()
+				return nil, nil, fmt.Errorf("follow batch %s: gave up after %s: %w", id, followGiveUp, err)
+			}
+		case err != nil:
+			p.done()
+			return nil, nil, err
+		default:
+			failingSince = time.Time{}
+			p.update(&b)
+			if b.terminal() {
+				p.done()
+				return &b, raw, nil
+			}
+		}
+		timer.Reset(poll)
 	}
 }
 
-func progressLine(b *batchObject, rate float64) string {
-	const width = 30
+// progress draws a batch's progress on stderr: redrawn in place on a
+// terminal, a line every progressEvery (and on each status change)
+// elsewhere.
+type progress struct {
+	e          *env
+	samples    []sample
+	lastPrint  time.Time
+	lastStatus string
+	drawn      bool // a line is on screen without its newline (terminal)
+}
+
+// sample is the number of finished requests at a time.
+type sample struct {
+	at   time.Time
+	done int64
+}
+
+func (p *progress) update(b *batchObject) {
+	now := p.e.now()
 	done := b.RequestCounts.Completed + b.RequestCounts.Failed
-	filled := 0
-	if b.RequestCounts.Total > 0 {
-		filled = int(done * width / b.RequestCounts.Total)
+	p.samples = append(p.samples, sample{at: now, done: done})
+	for len(p.samples) > 2 && now.Sub(p.samples[1].at) >= rateWindow {
+		p.samples = p.samples[1:]
 	}
-	bar := strings.Repeat("#", filled) + strings.Repeat(".", width-filled)
-	return fmt.Sprintf("[%s] %d/%d done %d failed %6.0f req/s  status %s",
-		bar, done, b.RequestCounts.Total, b.RequestCounts.Failed, rate, b.Status)
+	line := progressLine(b, p.rate())
+	switch {
+	case p.e.tty:
+		fmt.Fprintf(p.e.stderr, "\r%s\033[K", line)
+		p.drawn = true
+	case b.Status != p.lastStatus || now.Sub(p.lastPrint) >= progressEvery || b.terminal():
+		fmt.Fprintln(p.e.stderr, line)
+		p.lastPrint = now
+	}
+	p.lastStatus = b.Status
 }
 
-// finish downloads a finished batch's files and prints the summary.
-func (e *env) finish(cmd *cobra.Command, b *batchObject, outDir string) error {
-	if err := os.MkdirAll(outDir, 0o755); err != nil {
-		return err
+// rate is finished requests per second over the samples kept.
+func (p *progress) rate() float64 {
+	if len(p.samples) < 2 {
+		return 0
 	}
-	for _, f := range []struct{ id, suffix string }{{b.OutputFileID, "output"}, {b.ErrorFileID, "error"}} {
+	first, last := p.samples[0], p.samples[len(p.samples)-1]
+	span := last.at.Sub(first.at).Seconds()
+	if span <= 0 || last.done < first.done {
+		return 0
+	}
+	return float64(last.done-first.done) / span
+}
+
+// note prints a message on its own line.
+func (p *progress) note(msg string) {
+	p.done()
+	fmt.Fprintln(p.e.stderr, msg)
+}
+
+// done ends the line being redrawn, if any.
+func (p *progress) done() {
+	if p.drawn {
+		fmt.Fprintln(p.e.stderr)
+		p.drawn = false
+	}
+}
+
+func (p *progress) interrupted(id string) {
+	p.note(fmt.Sprintf("Batch %s carries on in the cluster; follow it with: vbctl batches watch %s", id, id))
+}
+
+// progressLine renders "[#####.....] 5230/10000 done 12 failed  870 req/s
+// status in_progress"; done counts completed and failed requests.
+func progressLine(b *batchObject, rate float64) string {
+	rc := b.RequestCounts
+	done := rc.Completed + rc.Failed
+	filled := 0
+	if rc.Total > 0 {
+		filled = int(min(done, rc.Total) * barWidth / rc.Total)
+	}
+	bar := strings.Repeat("#", filled) + strings.Repeat(".", barWidth-filled)
+	return fmt.Sprintf("[%s] %d/%d done %d failed %5.0f req/s  status %s", bar, done, rc.Total, rc.Failed, rate, b.Status)
+}
+
+// submitSummary is what submit --wait prints with -o json.
+type submitSummary struct {
+	Batch           json.RawMessage `json:"batch"`
+	OutputPath      string          `json:"output_path,omitempty"`
+	ErrorPath       string          `json:"error_path,omitempty"`
+	DurationSeconds int64           `json:"duration_seconds"`
+}
+
+// finish downloads an ended batch's output and error files into outDir,
+// prints the summary and returns the exit for the batch's status.
+func (e *env) finish(ctx context.Context, b *batchObject, raw json.RawMessage, outDir string, start time.Time) error {
+	if err := os.MkdirAll(outDir, 0o755); err != nil {
+		return fmt.Errorf("output dir: %w", err)
+	}
+	sum := submitSummary{Batch: raw}
+	for _, f := range []struct {
+		id, suffix string
+		path       *string
+	}{{b.OutputFileID, "output", &sum.OutputPath}, {b.ErrorFileID, "error", &sum.ErrorPath}} {
 		if f.id == "" {
 			continue
 		}
 		path := filepath.Join(outDir, fmt.Sprintf("%s_%s.jsonl", b.ID, f.suffix))
-		if err := e.download(cmd, f.id, path); err != nil {
+		n, err := e.download(ctx, f.id, path)
+		if err != nil {
 			return err
 		}
-		fmt.Fprintf(e.stderr, "wrote %s\n", path)
+		fmt.Fprintf(e.stderr, "Wrote %s (%s)\n", path, fmtBytes(n))
+		*f.path = path
 	}
-	if err := e.showBatch(b); err != nil {
+	dur := e.now().Sub(start)
+	if end := b.endedAt(); end > 0 && b.CreatedAt > 0 && end >= b.CreatedAt {
+		dur = time.Duration(end-b.CreatedAt) * time.Second
+	}
+	sum.DurationSeconds = int64(dur.Round(time.Second) / time.Second)
+	if e.jsonOut() {
+		if err := e.printJSON(sum); err != nil {
+			return err
+		}
+		return endedExit(b)
+	}
+	pairs := [][2]string{
+		{"BATCH", b.ID},
+		{"STATUS", b.Status},
+		{"REQUESTS", fmt.Sprintf("%d total, %d completed, %d failed", b.RequestCounts.Total, b.RequestCounts.Completed, b.RequestCounts.Failed)},
+		{"DURATION", fmtDuration(dur)},
+	}
+	if b.Usage != nil {
+		pairs = append(pairs, [2]string{"TOKENS", fmtUsage(b.Usage)})
+	}
+	pairs = append(pairs, [2]string{"OUTPUT FILE", orDash(sum.OutputPath)}, [2]string{"ERROR FILE", orDash(sum.ErrorPath)})
+	if err := e.fields(pairs); err != nil {
 		return err
 	}
-	if b.Status != "completed" {
-		return &exitError{code: 1}
-	}
-	return nil
-}
-
-// isTerminal reports whether w is a character device (a terminal).
-func isTerminal(w any) bool {
-	f, ok := w.(*os.File)
-	if !ok {
-		return false
-	}
-	st, err := f.Stat()
-	return err == nil && st.Mode()&os.ModeCharDevice != 0
+	e.showBatchErrors(b)
+	return endedExit(b)
 }

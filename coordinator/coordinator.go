@@ -56,8 +56,10 @@ type Coordinator struct {
 	// agentGone receives the ids of agents gossip declared dead.
 	agentGone chan string
 	// stop ends the background loops.
-	stop context.CancelFunc
-	wg   sync.WaitGroup
+	stop      context.CancelFunc
+	wg        sync.WaitGroup
+	closeOnce sync.Once
+	closeErr  error
 }
 
 // Run starts a coordinator and blocks until ctx ends, then shuts it down.
@@ -153,8 +155,14 @@ func Start(cfg Config, logger *slog.Logger, logOut io.Writer) (c *Coordinator, e
 	return c, nil
 }
 
-// Close stops the servers, leaves gossip and shuts raft down.
+// Close stops the servers, leaves gossip and shuts raft down. Calls after
+// the first return the first call's result.
 func (c *Coordinator) Close() error {
+	c.closeOnce.Do(func() { c.closeErr = c.close() })
+	return c.closeErr
+}
+
+func (c *Coordinator) close() error {
 	c.stopLoops()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()

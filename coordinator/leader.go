@@ -250,7 +250,6 @@ func (l *leader) validate(ctx context.Context, b *vbatchv1.Batch) error {
 // lines were computed from, so a part committed meanwhile makes the FSM
 // refuse it and the next tick tries again: no line lands twice.
 func (l *leader) expire(ctx context.Context, b *vbatchv1.Batch) error {
-	c := l.c
 	cmd := l.finishCmd(b, vbatchv1.BatchStatus_BATCH_STATUS_EXPIRED)
 	if len(b.Chunks) > 0 {
 		ranges := make([][2]int64, 0, len(b.Chunks))

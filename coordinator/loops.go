@@ -34,17 +34,8 @@ func (c *Coordinator) goLoop(fn func()) {
 // leadershipLoop switches the leader-only work on and off with leadership
 // (STYLE: one call from establish/revoke leadership).
 func (c *Coordinator) leadershipLoop(ctx context.Context) {
-	var stopLeader context.CancelFunc
-	var done chan struct{}
-	revoke := func() {
-		if stopLeader != nil {
-			stopLeader()
-			<-done
-			stopLeader = nil
-			c.log.Info("leadership lost; leader loop stopped")
-		}
-	}
-	defer revoke()
+	var run *leaderRun
+	defer func() { run.stop() }()
 	check := time.NewTicker(250 * time.Millisecond)
 	defer check.Stop()
 	for {
@@ -56,19 +47,40 @@ func (c *Coordinator) leadershipLoop(ctx context.Context) {
 		}
 		isLeader := c.raftNode.raft.State() == raft.Leader
 		switch {
-		case isLeader && stopLeader == nil:
-			var lctx context.Context
-			lctx, stopLeader = context.WithCancel(ctx)
-			done = make(chan struct{})
+		case isLeader && run == nil:
 			c.log.Info("leadership acquired; starting leader loop")
-			go func() {
-				defer close(done)
-				c.leaderLoop(lctx)
-			}()
-		case !isLeader && stopLeader != nil:
-			revoke()
+			run = c.startLeaderRun(ctx)
+		case !isLeader && run != nil:
+			run.stop()
+			run = nil
+			c.log.Info("leadership lost; leader loop stopped")
 		}
 	}
+}
+
+// leaderRun is one term of leadership's leader loop.
+type leaderRun struct {
+	cancel context.CancelFunc
+	done   chan struct{}
+}
+
+func (c *Coordinator) startLeaderRun(ctx context.Context) *leaderRun {
+	lctx, cancel := context.WithCancel(ctx)
+	r := &leaderRun{cancel: cancel, done: make(chan struct{})}
+	go func() {
+		defer close(r.done)
+		c.leaderLoop(lctx)
+	}()
+	return r
+}
+
+// stop ends the run and waits for it; a nil run is a no-op.
+func (r *leaderRun) stop() {
+	if r == nil {
+		return
+	}
+	r.cancel()
+	<-r.done
 }
 
 // blobLoop repairs missing blobs and deletes unreferenced ones.

@@ -1,0 +1,354 @@
+package blob
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"math/rand/v2"
+	"net/http"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+)
+
+// ErrNotReplicated means fewer nodes than required hold a blob.
+var ErrNotReplicated = errors.New("blob not replicated to enough nodes")
+
+// DefaultStragglerTimeout bounds the pushes Replicate leaves running once
+// enough nodes hold the blob, when Replicator.StragglerTimeout is zero.
+const DefaultStragglerTimeout = 10 * time.Minute
+
+// Peer is another coordinator that holds blobs.
+type Peer struct {
+	// ID is the peer's node id, as reported in replica lists.
+	ID string
+	// Addr is host:port of the peer's RPC listener, where its Handler is
+	// mounted (http://Addr/blobs/...).
+	Addr string
+}
+
+// Replicator copies blobs between this node's Store and its peers. Set the
+// exported fields before use; the zero values of Client and Logger mean
+// http.DefaultClient and no logging.
+type Replicator struct {
+	// Store is this node's blob store.
+	Store *Store
+	// Self is this node's id, counted as a holder by Replicate.
+	Self string
+	// Peers lists the other nodes, asked afresh on every call.
+	Peers func() []Peer
+	// Client makes the transfers. It should not have an overall Timeout
+	// shorter than a large blob's transfer; contexts bound each call.
+	Client *http.Client
+	// Logger receives transfer failures and repairs.
+	Logger *slog.Logger
+	// StragglerTimeout bounds the pushes that Replicate leaves running in
+	// the background once enough nodes hold the blob (zero: 10 minutes).
+	// Too short and the remaining peers get their copy from Repair instead.
+	StragglerTimeout time.Duration
+
+	mu      sync.Mutex
+	fetches map[string]*fetchCall // in-flight Fetch per sha
+}
+
+type fetchCall struct {
+	done chan struct{}
+	err  error
+}
+
+func (r *Replicator) client() *http.Client {
+	if r.Client != nil {
+		return r.Client
+	}
+	return http.DefaultClient
+}
+
+func (r *Replicator) log() *slog.Logger {
+	if r.Logger != nil {
+		return r.Logger
+	}
+	return slog.New(slog.DiscardHandler)
+}
+
+// peers returns the peers other than self.
+func (r *Replicator) peers() []Peer {
+	if r.Peers == nil {
+		return nil
+	}
+	var out []Peer
+	for _, p := range r.Peers() {
+		if p.ID != r.Self {
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
+func blobURL(p Peer, sha string) string { return "http://" + p.Addr + PathPrefix + sha }
+
+// Replicate pushes a local blob to all peers in parallel and returns once
+// need nodes, this one included, hold it: the ids holding it, this node
+// first. Pushes still running then go on in the background (bounded by
+// StragglerTimeout). If need cannot be reached, or ctx ends first, the
+// error wraps ErrNotReplicated and the ids that did succeed are returned.
+func (r *Replicator) Replicate(ctx context.Context, sha string, need int) ([]string, error) {
+	size, ok := r.Store.Stat(sha)
+	if !ok {
+		return nil, fmt.Errorf("replicate blob %s: %w", sha, ErrNotFound)
+	}
+	holders := []string{r.Self}
+	if need <= 1 {
+		return holders, nil
+	}
+	timeout := r.StragglerTimeout
+	if timeout <= 0 {
+		timeout = DefaultStragglerTimeout
+	}
+	pushCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), timeout)
+	type result struct {
+		id  string
+		err error
+	}
+	peers := r.peers()
+	results := make(chan result, len(peers))
+	for _, p := range peers {
+		go func() { results <- result{p.ID, r.push(pushCtx, p, sha, size)} }()
+	}
+	pending := len(peers)
+	var errs []error
+	for len(holders) < need && len(holders)+pending >= need {
+		select {
+		case res := <-results:
+			pending--
+			if res.err != nil {
+				errs = append(errs, fmt.Errorf("peer %s: %w", res.id, res.err))
+				r.log().Warn("blob push failed", "sha", sha, "peer", res.id, "err", res.err)
+				continue
+			}
+			holders = append(holders, res.id)
+		case <-ctx.Done():
+			cancel()
+			errs = append(errs, ctx.Err())
+			return holders, notReplicated(sha, len(holders), need, errs)
+		}
+	}
+	if len(holders) < need {
+		cancel()
+		return holders, notReplicated(sha, len(holders), need, errs)
+	}
+	go func() {
+		defer cancel()
+		for range pending {
+			if res := <-results; res.err != nil {
+				r.log().Warn("background blob push failed; repair will retry", "sha", sha, "peer", res.id, "err", res.err)
+			}
+		}
+	}()
+	slices.Sort(holders[1:])
+	return holders, nil
+}
+
+func notReplicated(sha string, have, need int, errs []error) error {
+	err := fmt.Errorf("replicate blob %s: %d of %d nodes hold it: %w", sha, have, need, ErrNotReplicated)
+	return errors.Join(append([]error{err}, errs...)...)
+}
+
+// push makes sure peer p holds the blob: a HEAD first, and a streamed PUT
+// from the verified local copy when it does not.
+func (r *Replicator) push(ctx context.Context, p Peer, sha string, size int64) error {
+	has, err := r.peerHas(ctx, p, sha, size)
+	if err != nil {
+		return err
+	}
+	if has {
+		return nil
+	}
+	rc, err := r.Store.Open(sha)
+	if err != nil {
+		return err
+	}
+	var body io.ReadCloser = rc
+	if size == 0 {
+		_ = rc.Close()
+		body = http.NoBody
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodPut, blobURL(p, sha), body)
+	if err != nil {
+		_ = body.Close()
+		return fmt.Errorf("put blob: %w", err)
+	}
+	req.ContentLength = size
+	req.Header.Set(HeaderSize, strconv.FormatInt(size, 10))
+	req.Header.Set("Content-Type", "application/octet-stream")
+	resp, err := r.client().Do(req)
+	if err != nil {
+		return fmt.Errorf("put blob: %w", err)
+	}
+	defer drainClose(resp.Body)
+	if resp.StatusCode/100 != 2 {
+		return fmt.Errorf("put blob: %s", statusError(resp))
+	}
+	return nil
+}
+
+// peerHas asks p whether it holds the blob with the given size.
+func (r *Replicator) peerHas(ctx context.Context, p Peer, sha string, size int64) (bool, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodHead, blobURL(p, sha), nil)
+	if err != nil {
+		return false, fmt.Errorf("head blob: %w", err)
+	}
+	resp, err := r.client().Do(req)
+	if err != nil {
+		return false, fmt.Errorf("head blob: %w", err)
+	}
+	drainClose(resp.Body)
+	return resp.StatusCode == http.StatusOK && resp.Header.Get(HeaderSize) == strconv.FormatInt(size, 10), nil
+}
+
+// Ensure returns at once if the blob is here, else fetches it from a peer.
+func (r *Replicator) Ensure(ctx context.Context, sha string) error {
+	if r.Store.Has(sha) {
+		return nil
+	}
+	return r.Fetch(ctx, sha)
+}
+
+// Open is Store.Open after Ensure. A copy found corrupt on opening is
+// fetched again once.
+func (r *Replicator) Open(ctx context.Context, sha string) (io.ReadCloser, error) {
+	return r.ensureOpen(ctx, sha, func() (io.ReadCloser, error) { return r.Store.Open(sha) })
+}
+
+// OpenRange is Store.OpenRange after Ensure. A copy found corrupt on
+// opening is fetched again once.
+func (r *Replicator) OpenRange(ctx context.Context, sha string, offset, length int64) (io.ReadCloser, error) {
+	return r.ensureOpen(ctx, sha, func() (io.ReadCloser, error) { return r.Store.OpenRange(sha, offset, length) })
+}
+
+func (r *Replicator) ensureOpen(ctx context.Context, sha string, open func() (io.ReadCloser, error)) (io.ReadCloser, error) {
+	if err := r.Ensure(ctx, sha); err != nil {
+		return nil, err
+	}
+	rc, err := open()
+	if !errors.Is(err, ErrCorrupt) {
+		return rc, err
+	}
+	r.log().Warn("local blob corrupt; fetching it again", "sha", sha, "err", err)
+	if err := r.Ensure(ctx, sha); err != nil {
+		return nil, err
+	}
+	return open()
+}
+
+// Fetch gets a blob from the first peer (in random order) that has it,
+// verifying it as it is stored. It returns nil if the blob is already
+// here, and an error wrapping ErrNotFound if no peer has it. Concurrent
+// fetches of one blob share a single transfer.
+func (r *Replicator) Fetch(ctx context.Context, sha string) error {
+	if err := checkSHA(sha); err != nil {
+		return err
+	}
+	for {
+		r.mu.Lock()
+		c, busy := r.fetches[sha]
+		if !busy {
+			if r.fetches == nil {
+				r.fetches = make(map[string]*fetchCall)
+			}
+			c = &fetchCall{done: make(chan struct{})}
+			r.fetches[sha] = c
+			r.mu.Unlock()
+			c.err = r.fetch(ctx, sha)
+			r.mu.Lock()
+			delete(r.fetches, sha)
+			r.mu.Unlock()
+			close(c.done)
+			return c.err
+		}
+		r.mu.Unlock()
+		select {
+		case <-c.done:
+		case <-ctx.Done():
+			return fmt.Errorf("fetch blob %s: %w", sha, ctx.Err())
+		}
+		ownerGaveUp := errors.Is(c.err, context.Canceled) || errors.Is(c.err, context.DeadlineExceeded)
+		if c.err == nil || !ownerGaveUp || ctx.Err() != nil {
+			return c.err
+		}
+		// The caller that ran the transfer gave up; try again under ctx.
+	}
+}
+
+func (r *Replicator) fetch(ctx context.Context, sha string) error {
+	if r.Store.Has(sha) {
+		return nil
+	}
+	peers := r.peers()
+	rand.Shuffle(len(peers), func(i, j int) { peers[i], peers[j] = peers[j], peers[i] })
+	var errs []error
+	missing := 0
+	for _, p := range peers {
+		err := r.fetchFrom(ctx, p, sha)
+		if err == nil {
+			r.log().Info("blob fetched", "sha", sha, "peer", p.ID)
+			return nil
+		}
+		if errors.Is(err, ErrNotFound) {
+			missing++
+		} else {
+			r.log().Warn("blob fetch failed", "sha", sha, "peer", p.ID, "err", err)
+		}
+		errs = append(errs, fmt.Errorf("peer %s: %w", p.ID, err))
+		if ctx.Err() != nil {
+			break
+		}
+	}
+	if missing == len(peers) {
+		return errors.Join(append([]error{fmt.Errorf("fetch blob %s: no peer has it: %w", sha, ErrNotFound)}, errs...)...)
+	}
+	return errors.Join(append([]error{fmt.Errorf("fetch blob %s from %d peers", sha, len(peers))}, errs...)...)
+}
+
+// fetchFrom streams the blob from p into the store, verifying it.
+func (r *Replicator) fetchFrom(ctx context.Context, p Peer, sha string) error {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, blobURL(p, sha), nil)
+	if err != nil {
+		return fmt.Errorf("get blob: %w", err)
+	}
+	resp, err := r.client().Do(req)
+	if err != nil {
+		return fmt.Errorf("get blob: %w", err)
+	}
+	defer drainClose(resp.Body)
+	switch {
+	case resp.StatusCode == http.StatusNotFound:
+		return ErrNotFound
+	case resp.StatusCode != http.StatusOK:
+		return fmt.Errorf("get blob: %s", statusError(resp))
+	}
+	size, err := strconv.ParseInt(resp.Header.Get(HeaderSize), 10, 64)
+	if err != nil || size < 0 || (resp.ContentLength >= 0 && resp.ContentLength != size) {
+		return fmt.Errorf("get blob: bad size headers %s=%q Content-Length=%d", HeaderSize, resp.Header.Get(HeaderSize), resp.ContentLength)
+	}
+	if _, err := r.Store.IngestExpected(resp.Body, sha, size); err != nil {
+		return err
+	}
+	return nil
+}
+
+// statusError describes a failed response with the start of its body.
+func statusError(resp *http.Response) string {
+	b, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
+	return strings.TrimSpace(resp.Status + ": " + string(b))
+}
+
+// drainClose reads a little of what is left so the connection can be
+// reused, then closes the body.
+func drainClose(body io.ReadCloser) {
+	_, _ = io.Copy(io.Discard, io.LimitReader(body, 64<<10))
+	_ = body.Close()
+}

@@ -1,0 +1,465 @@
+// Package blob keeps file bytes on a coordinator's local disk, addressed by
+// their sha256, and replicates them among coordinators over plain HTTP.
+//
+// Raft carries only metadata (vbatchv1.BlobRef); the bytes live here. Every
+// blob is written through a temp file, fsynced and renamed into place, with a
+// sidecar of per-block sha256 sums so that every read, full or ranged, is
+// verified before a byte of it is handed out. A blob found corrupt is moved
+// to quarantine/ so the background repair fetches a good copy from a peer.
+//
+// Layout under the store's directory:
+//
+//	blobs/ab/abcdef…       the bytes of blob abcdef…
+//	blobs/ab/abcdef….sum   its sidecar of block sums (see verify.go)
+//	tmp/                   writes in progress (emptied by Open)
+//	quarantine/            blobs that failed verification
+package blob
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	vbatchv1 "github.com/vbatch/vbatch/rpc/gen/vbatch/v1"
+)
+
+// BlockSize is the unit of streaming and of verification: ingest reads and
+// writes in blocks of this size and the sidecar holds one sha256 per block.
+const BlockSize = 1 << 20
+
+// Sentinel errors callers branch on; returned errors wrap them.
+var (
+	// ErrNotFound means the blob is not in the store (or no peer has it).
+	ErrNotFound = errors.New("blob not found")
+	// ErrCorrupt means stored bytes do not match their hash; the blob has
+	// been moved to quarantine.
+	ErrCorrupt = errors.New("blob corrupt")
+	// ErrNoSpace means the disk filled while writing; nothing was kept.
+	ErrNoSpace = errors.New("no space left for blob")
+	// ErrMismatch means received content does not match the expected sha256
+	// or size; nothing was kept.
+	ErrMismatch = errors.New("blob content does not match expected hash or size")
+	// ErrInvalidSHA means a name is not 64 lowercase hex digits.
+	ErrInvalidSHA = errors.New("invalid blob sha256")
+	// ErrOutOfRange means a ranged read asked for bytes past the blob's end.
+	ErrOutOfRange = errors.New("blob range out of bounds")
+)
+
+// Store is a content-addressed blob store in one local directory. It is safe
+// for concurrent use.
+type Store struct {
+	dir        string
+	blobsDir   string
+	tmpDir     string
+	quarDir    string
+	bufPool    sync.Pool
+	wrapWriter func(io.Writer) io.Writer // tests inject write failures here
+
+	// mu serializes the steps that change which blobs exist (commit,
+	// delete, quarantine, touch), so that a blob and its sidecar appear
+	// and disappear together and GC never races a dedupe hit.
+	mu sync.Mutex
+}
+
+// Open opens (creating if needed) the store rooted at dir and discards any
+// write left in progress by an earlier process.
+func Open(dir string) (*Store, error) {
+	s := &Store{
+		dir:      dir,
+		blobsDir: filepath.Join(dir, "blobs"),
+		tmpDir:   filepath.Join(dir, "tmp"),
+		quarDir:  filepath.Join(dir, "quarantine"),
+	}
+	s.bufPool.New = func() any { b := make([]byte, BlockSize); return &b }
+	if err := os.RemoveAll(s.tmpDir); err != nil {
+		return nil, fmt.Errorf("blob store %s: clear tmp: %w", dir, err)
+	}
+	for _, d := range []string{s.blobsDir, s.tmpDir, s.quarDir} {
+		if err := os.MkdirAll(d, 0o750); err != nil {
+			return nil, fmt.Errorf("blob store %s: %w", dir, err)
+		}
+	}
+	if err := s.removeOrphanSums(); err != nil {
+		return nil, fmt.Errorf("blob store %s: %w", dir, err)
+	}
+	return s, nil
+}
+
+// Dir is the directory the store lives in.
+func (s *Store) Dir() string { return s.dir }
+
+// ValidSHA reports whether sha is 64 lowercase hex digits, the only form
+// the store accepts as a blob name.
+func ValidSHA(sha string) bool {
+	if len(sha) != 64 {
+		return false
+	}
+	for i := 0; i < len(sha); i++ {
+		c := sha[i]
+		if (c < '0' || c > '9') && (c < 'a' || c > 'f') {
+			return false
+		}
+	}
+	return true
+}
+
+func checkSHA(sha string) error {
+	if !ValidSHA(sha) {
+		return fmt.Errorf("%w: %q", ErrInvalidSHA, sha)
+	}
+	return nil
+}
+
+func (s *Store) path(sha string) string    { return filepath.Join(s.blobsDir, sha[:2], sha) }
+func (s *Store) sumPath(sha string) string { return s.path(sha) + ".sum" }
+
+// Ingest streams r into the store and returns its ref. Memory use is one
+// block whatever the size of r. If the blob already exists the new copy is
+// dropped and the existing one is marked recently used (so GC's grace
+// starts over). A full disk yields an error wrapping ErrNoSpace.
+func (s *Store) Ingest(r io.Reader) (*vbatchv1.BlobRef, error) {
+	return s.ingest(r, "", -1)
+}
+
+// IngestExpected is Ingest for content whose sha256 and size are known in
+// advance, as when receiving a replica: it reads at most size+1 bytes and
+// keeps nothing unless the content matches (else ErrMismatch). If the blob
+// is already here it returns at once without reading r.
+func (s *Store) IngestExpected(r io.Reader, sha string, size int64) (*vbatchv1.BlobRef, error) {
+	if err := checkSHA(sha); err != nil {
+		return nil, err
+	}
+	if size < 0 {
+		return nil, fmt.Errorf("blob %s: negative size %d: %w", sha, size, ErrMismatch)
+	}
+	if ok, err := s.touchIfSize(sha, size); err != nil || ok {
+		if err != nil {
+			return nil, err
+		}
+		return &vbatchv1.BlobRef{Sha256: sha, Bytes: size}, nil
+	}
+	return s.ingest(io.LimitReader(r, size+1), sha, size)
+}
+
+// ingest writes r to temp files (bytes and sidecar), checks it against
+// wantSHA/wantSize when given, and commits it.
+func (s *Store) ingest(r io.Reader, wantSHA string, wantSize int64) (ref *vbatchv1.BlobRef, err error) {
+	data, err := os.CreateTemp(s.tmpDir, "blob-*")
+	if err != nil {
+		return nil, fmt.Errorf("create temp blob: %w", mapNoSpace(err))
+	}
+	sum, err := os.CreateTemp(s.tmpDir, "sum-*")
+	if err != nil {
+		_ = data.Close()
+		_ = os.Remove(data.Name())
+		return nil, fmt.Errorf("create temp sidecar: %w", mapNoSpace(err))
+	}
+	defer func() {
+		// On success both temps were renamed away and these are no-ops.
+		_ = data.Close()
+		_ = sum.Close()
+		_ = os.Remove(data.Name())
+		_ = os.Remove(sum.Name())
+	}()
+
+	bufp := s.bufPool.Get().(*[]byte)
+	defer s.bufPool.Put(bufp)
+	var w io.Writer = data
+	if s.wrapWriter != nil {
+		w = s.wrapWriter(data)
+	}
+	shaHex, size, err := writeBlocks(w, newSumWriter(sum), r, *bufp)
+	if err != nil {
+		return nil, err
+	}
+	if wantSHA != "" && (shaHex != wantSHA || size != wantSize) {
+		return nil, fmt.Errorf("blob %s: received %d bytes hashing to %s, want %d bytes: %w",
+			wantSHA, size, shaHex, wantSize, ErrMismatch)
+	}
+	if err := syncClose(data); err != nil {
+		return nil, fmt.Errorf("blob %s: %w", shaHex, err)
+	}
+	if err := syncClose(sum); err != nil {
+		return nil, fmt.Errorf("blob %s sidecar: %w", shaHex, err)
+	}
+	if err := s.commit(shaHex, size, data.Name(), sum.Name()); err != nil {
+		return nil, err
+	}
+	return &vbatchv1.BlobRef{Sha256: shaHex, Bytes: size}, nil
+}
+
+// writeBlocks copies r to w one block at a time, hashing the whole stream
+// and each block, and writes the sidecar through sw. Read errors come back
+// as they are; write errors are mapped so that ENOSPC wraps ErrNoSpace.
+func writeBlocks(w io.Writer, sw *sumWriter, r io.Reader, buf []byte) (string, int64, error) {
+	whole := sha256.New()
+	var size int64
+	for {
+		n, rerr := io.ReadFull(r, buf)
+		if n > 0 {
+			block := buf[:n]
+			whole.Write(block)
+			if _, err := w.Write(block); err != nil {
+				return "", 0, fmt.Errorf("write blob at %d: %w", size, mapNoSpace(err))
+			}
+			if err := sw.add(sha256.Sum256(block)); err != nil {
+				return "", 0, fmt.Errorf("write sidecar: %w", mapNoSpace(err))
+			}
+			size += int64(n)
+		}
+		if rerr == io.EOF || rerr == io.ErrUnexpectedEOF {
+			break
+		}
+		if rerr != nil {
+			return "", 0, fmt.Errorf("read blob content at %d: %w", size, rerr)
+		}
+	}
+	if err := sw.finish(size); err != nil {
+		return "", 0, fmt.Errorf("write sidecar: %w", mapNoSpace(err))
+	}
+	return hex.EncodeToString(whole.Sum(nil)), size, nil
+}
+
+// mapNoSpace makes a disk-full error wrap ErrNoSpace (keeping the cause).
+func mapNoSpace(err error) error {
+	if errors.Is(err, syscall.ENOSPC) || errors.Is(err, syscall.EDQUOT) {
+		return fmt.Errorf("%w: %w", ErrNoSpace, err)
+	}
+	return err
+}
+
+func syncClose(f *os.File) error {
+	if err := f.Sync(); err != nil {
+		_ = f.Close()
+		return fmt.Errorf("fsync %s: %w", f.Name(), mapNoSpace(err))
+	}
+	if err := f.Close(); err != nil {
+		return fmt.Errorf("close %s: %w", f.Name(), mapNoSpace(err))
+	}
+	return nil
+}
+
+// commit renames the sidecar and then the bytes into place, each followed
+// by a directory fsync, so a blob visible after a crash always has its
+// sidecar. If an intact copy is already there the temps are left for the
+// caller to drop and the existing copy is touched instead.
+func (s *Store) commit(sha string, size int64, dataTmp, sumTmp string) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if ok, err := s.touchIfSizeLocked(sha, size); err != nil || ok {
+		return err
+	}
+	fan := filepath.Dir(s.path(sha))
+	if err := os.Mkdir(fan, 0o750); err == nil {
+		if err := syncDir(s.blobsDir); err != nil {
+			return fmt.Errorf("blob %s: %w", sha, err)
+		}
+	} else if !errors.Is(err, fs.ErrExist) {
+		return fmt.Errorf("blob %s: %w", sha, mapNoSpace(err))
+	}
+	if err := os.Rename(sumTmp, s.sumPath(sha)); err != nil {
+		return fmt.Errorf("blob %s: place sidecar: %w", sha, mapNoSpace(err))
+	}
+	if err := syncDir(fan); err != nil {
+		return fmt.Errorf("blob %s: %w", sha, err)
+	}
+	if err := os.Rename(dataTmp, s.path(sha)); err != nil {
+		return fmt.Errorf("blob %s: place blob: %w", sha, mapNoSpace(err))
+	}
+	if err := syncDir(fan); err != nil {
+		return fmt.Errorf("blob %s: %w", sha, err)
+	}
+	return nil
+}
+
+// touchIfSize reports whether the blob exists with the given size, and if
+// so refreshes its mtime so GC treats it as recently written.
+func (s *Store) touchIfSize(sha string, size int64) (bool, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.touchIfSizeLocked(sha, size)
+}
+
+func (s *Store) touchIfSizeLocked(sha string, size int64) (bool, error) {
+	fi, err := os.Stat(s.path(sha))
+	if err != nil || fi.Size() != size {
+		// Absent, or a copy of the wrong size (certainly corrupt) that the
+		// caller's new copy will replace.
+		return false, nil
+	}
+	now := time.Now()
+	if err := os.Chtimes(s.path(sha), now, now); err != nil {
+		return false, fmt.Errorf("blob %s: touch: %w", sha, err)
+	}
+	return true, nil
+}
+
+// touch refreshes the mtime of a blob if present, restarting GC's grace.
+func (s *Store) touch(sha string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	now := time.Now()
+	_ = os.Chtimes(s.path(sha), now, now)
+}
+
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return fmt.Errorf("open dir %s: %w", dir, err)
+	}
+	defer d.Close()
+	if err := d.Sync(); err != nil {
+		return fmt.Errorf("fsync dir %s: %w", dir, err)
+	}
+	return nil
+}
+
+// Has reports whether the blob is in the store.
+func (s *Store) Has(sha string) bool {
+	_, ok := s.Stat(sha)
+	return ok
+}
+
+// Stat returns the blob's size, and whether it is in the store.
+func (s *Store) Stat(sha string) (size int64, ok bool) {
+	if !ValidSHA(sha) {
+		return 0, false
+	}
+	fi, err := os.Stat(s.path(sha))
+	if err != nil || !fi.Mode().IsRegular() {
+		return 0, false
+	}
+	return fi.Size(), true
+}
+
+// Delete removes a blob and its sidecar. Deleting a missing blob is not an
+// error. Readers that already opened it keep reading their open file.
+func (s *Store) Delete(sha string) error {
+	if err := checkSHA(sha); err != nil {
+		return err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.deleteLocked(sha)
+}
+
+func (s *Store) deleteLocked(sha string) error {
+	if err := os.Remove(s.path(sha)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("delete blob %s: %w", sha, err)
+	}
+	if err := os.Remove(s.sumPath(sha)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("delete blob %s sidecar: %w", sha, err)
+	}
+	if err := syncDir(filepath.Dir(s.path(sha))); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("delete blob %s: %w", sha, err)
+	}
+	return nil
+}
+
+// deleteIfOlder deletes the blob if its mtime is before cutoff, deciding
+// under the lock so a concurrent dedupe hit (which touches it) wins.
+func (s *Store) deleteIfOlder(sha string, cutoff time.Time) (bool, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	fi, err := os.Stat(s.path(sha))
+	if err != nil {
+		if errors.Is(err, fs.ErrNotExist) {
+			return false, nil
+		}
+		return false, fmt.Errorf("stat blob %s: %w", sha, err)
+	}
+	if !fi.ModTime().Before(cutoff) {
+		return false, nil
+	}
+	if err := s.deleteLocked(sha); err != nil {
+		return false, err
+	}
+	return true, nil
+}
+
+// List returns the sha256 of every blob in the store, sorted.
+func (s *Store) List() ([]string, error) {
+	var out []string
+	err := s.walk(func(sha string, fi fs.FileInfo) { out = append(out, sha) })
+	return out, err
+}
+
+// Usage returns the bytes of blob content in the store and the blob count
+// (sidecars, temp files and quarantine are not counted).
+func (s *Store) Usage() (bytes int64, count int, err error) {
+	err = s.walk(func(_ string, fi fs.FileInfo) {
+		bytes += fi.Size()
+		count++
+	})
+	return bytes, count, err
+}
+
+// walk calls fn for each blob file, in sha order.
+func (s *Store) walk(fn func(sha string, fi fs.FileInfo)) error {
+	fans, err := os.ReadDir(s.blobsDir)
+	if err != nil {
+		return fmt.Errorf("list blobs: %w", err)
+	}
+	for _, fan := range fans {
+		if !fan.IsDir() || len(fan.Name()) != 2 {
+			continue
+		}
+		ents, err := os.ReadDir(filepath.Join(s.blobsDir, fan.Name()))
+		if err != nil {
+			return fmt.Errorf("list blobs: %w", err)
+		}
+		for _, e := range ents {
+			if !ValidSHA(e.Name()) || !e.Type().IsRegular() {
+				continue
+			}
+			fi, err := e.Info()
+			if errors.Is(err, fs.ErrNotExist) {
+				continue // deleted while listing
+			}
+			if err != nil {
+				return fmt.Errorf("list blobs: %w", err)
+			}
+			fn(e.Name(), fi)
+		}
+	}
+	return nil
+}
+
+// removeOrphanSums deletes sidecars whose blob is missing: a crash between
+// the two renames of commit leaves one behind.
+func (s *Store) removeOrphanSums() error {
+	var orphans []string
+	fans, err := os.ReadDir(s.blobsDir)
+	if err != nil {
+		return fmt.Errorf("scan blobs: %w", err)
+	}
+	for _, fan := range fans {
+		ents, err := os.ReadDir(filepath.Join(s.blobsDir, fan.Name()))
+		if err != nil {
+			continue
+		}
+		for _, e := range ents {
+			sha, ok := strings.CutSuffix(e.Name(), ".sum")
+			if ok && ValidSHA(sha) && !s.Has(sha) {
+				orphans = append(orphans, s.sumPath(sha))
+			}
+		}
+	}
+	sort.Strings(orphans)
+	for _, p := range orphans {
+		if err := os.Remove(p); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return fmt.Errorf("remove orphan sidecar: %w", err)
+		}
+	}
+	return nil
+}

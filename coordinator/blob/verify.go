@@ -1,0 +1,311 @@
+package blob
+
+import (
+	"bufio"
+	"bytes"
+	"crypto/sha256"
+	"encoding/binary"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"hash"
+	"io"
+	"io/fs"
+	"os"
+	"path/filepath"
+)
+
+// The sidecar <sha>.sum is a 24-byte header (magic, block size, blob size,
+// the two sizes big-endian uint64) followed by the sha256 of each block in
+// order, the last block possibly short. It lets a ranged read verify just
+// the blocks it touches.
+const (
+	sumMagic     = "VBSUM\x00\x00\x01"
+	sumHeaderLen = 24
+	maxBlockSize = 64 << 20
+)
+
+// sumWriter streams block digests into a sidecar temp file, then writes the
+// header once the size is known.
+type sumWriter struct {
+	f  *os.File
+	bw *bufio.Writer
+	n  int64
+}
+
+func newSumWriter(f *os.File) *sumWriter {
+	sw := &sumWriter{f: f, bw: bufio.NewWriterSize(f, 4096)}
+	_, _ = sw.bw.Write(make([]byte, sumHeaderLen)) // placeholder; cannot fail before Flush
+	return sw
+}
+
+func (sw *sumWriter) add(d [sha256.Size]byte) error {
+	_, err := sw.bw.Write(d[:])
+	sw.n++
+	return err
+}
+
+func (sw *sumWriter) finish(size int64) error {
+	if err := sw.bw.Flush(); err != nil {
+		return err
+	}
+	var h [sumHeaderLen]byte
+	copy(h[:8], sumMagic)
+	binary.BigEndian.PutUint64(h[8:16], BlockSize)
+	binary.BigEndian.PutUint64(h[16:24], uint64(size))
+	_, err := sw.f.WriteAt(h[:], 0)
+	return err
+}
+
+// Open returns a reader of the whole blob. Each block is checked against
+// the sidecar before any of it is returned, and the whole-file sha256 is
+// checked before the last block is returned. A mismatch (found by Open or
+// by Read) is an error wrapping ErrCorrupt, and the blob is moved to
+// quarantine. A missing blob is ErrNotFound.
+func (s *Store) Open(sha string) (io.ReadCloser, error) {
+	return s.open(sha, 0, -1)
+}
+
+// OpenRange returns a reader of length bytes from offset, verifying every
+// block it touches against the sidecar, with the same errors as Open. A
+// range past the end of the blob is ErrOutOfRange.
+func (s *Store) OpenRange(sha string, offset, length int64) (io.ReadCloser, error) {
+	if offset < 0 || length < 0 {
+		return nil, fmt.Errorf("blob %s range [%d,+%d): %w", sha, offset, length, ErrOutOfRange)
+	}
+	return s.open(sha, offset, length)
+}
+
+// open opens a verified reader; length < 0 means the whole blob, whose
+// whole-file hash is then checked as well.
+func (s *Store) open(sha string, offset, length int64) (io.ReadCloser, error) {
+	if err := checkSHA(sha); err != nil {
+		return nil, err
+	}
+	// Open both files under the lock so they are a matching pair even if
+	// a replacement is being committed.
+	s.mu.Lock()
+	f, err := os.Open(s.path(sha))
+	var sum *os.File
+	var sumErr error
+	if err == nil {
+		sum, sumErr = os.Open(s.sumPath(sha))
+	}
+	s.mu.Unlock()
+	if err != nil {
+		if errors.Is(err, fs.ErrNotExist) {
+			return nil, fmt.Errorf("blob %s: %w", sha, ErrNotFound)
+		}
+		return nil, fmt.Errorf("open blob %s: %w", sha, err)
+	}
+	r := &reader{s: s, sha: sha, f: f, sum: sum}
+	if sumErr != nil {
+		if !errors.Is(sumErr, fs.ErrNotExist) {
+			_ = f.Close()
+			return nil, fmt.Errorf("open blob %s sidecar: %w", sha, sumErr)
+		}
+		err := r.corrupt("sidecar missing")
+		_ = r.Close()
+		return nil, err
+	}
+	if err := r.init(offset, length); err != nil {
+		_ = r.Close()
+		return nil, err
+	}
+	return r, nil
+}
+
+// reader hands out verified bytes of one blob, a block at a time.
+type reader struct {
+	s        *Store
+	sha      string
+	f, sum   *os.File
+	size     int64 // blob size per the sidecar
+	bs       int64 // block size per the sidecar
+	pos, end int64 // next byte to return, end of the range
+	whole    hash.Hash
+	bufp     *[]byte
+	pending  []byte // verified bytes of the current block not yet returned
+	err      error  // sticky
+}
+
+func (r *reader) init(offset, length int64) error {
+	var h [sumHeaderLen]byte
+	if _, err := r.sum.ReadAt(h[:], 0); err != nil {
+		return r.corrupt(fmt.Sprintf("sidecar header: %v", err))
+	}
+	r.bs = int64(binary.BigEndian.Uint64(h[8:16]))
+	r.size = int64(binary.BigEndian.Uint64(h[16:24]))
+	if string(h[:8]) != sumMagic || r.bs <= 0 || r.bs > maxBlockSize || r.size < 0 {
+		return r.corrupt("sidecar header invalid")
+	}
+	blocks := (r.size + r.bs - 1) / r.bs
+	if fi, err := r.sum.Stat(); err != nil {
+		return fmt.Errorf("stat blob %s sidecar: %w", r.sha, err)
+	} else if fi.Size() != sumHeaderLen+blocks*sha256.Size {
+		return r.corrupt(fmt.Sprintf("sidecar has %d bytes for %d blocks", fi.Size(), blocks))
+	}
+	if fi, err := r.f.Stat(); err != nil {
+		return fmt.Errorf("stat blob %s: %w", r.sha, err)
+	} else if fi.Size() != r.size {
+		return r.corrupt(fmt.Sprintf("file has %d bytes, sidecar says %d", fi.Size(), r.size))
+	}
+	if length < 0 {
+		r.whole = sha256.New()
+		offset, length = 0, r.size
+		if r.size == 0 && hex.EncodeToString(r.whole.Sum(nil)) != r.sha {
+			return r.corrupt("empty file does not match its name")
+		}
+	}
+	if offset > r.size || length > r.size-offset {
+		return fmt.Errorf("blob %s of %d bytes, range [%d,+%d): %w", r.sha, r.size, offset, length, ErrOutOfRange)
+	}
+	r.pos, r.end = offset, offset+length
+	if r.bs == BlockSize {
+		r.bufp = r.s.bufPool.Get().(*[]byte)
+	} else {
+		b := make([]byte, r.bs)
+		r.bufp = &b
+	}
+	return nil
+}
+
+// Read implements io.Reader.
+func (r *reader) Read(p []byte) (int, error) {
+	for len(r.pending) == 0 {
+		if r.err != nil {
+			return 0, r.err
+		}
+		if r.pos >= r.end {
+			r.err = io.EOF
+			continue
+		}
+		if err := r.load(); err != nil {
+			r.err = err
+		}
+	}
+	n := copy(p, r.pending)
+	r.pending = r.pending[n:]
+	r.pos += int64(n)
+	return n, nil
+}
+
+// load reads and verifies the block holding r.pos.
+func (r *reader) load() error {
+	idx := r.pos / r.bs
+	start := idx * r.bs
+	n := min(r.bs, r.size-start)
+	block := (*r.bufp)[:n]
+	if _, err := r.f.ReadAt(block, start); err != nil {
+		if errors.Is(err, io.EOF) {
+			return r.corrupt(fmt.Sprintf("block %d truncated", idx))
+		}
+		return fmt.Errorf("read blob %s block %d: %w", r.sha, idx, err)
+	}
+	var want [sha256.Size]byte
+	if _, err := r.sum.ReadAt(want[:], sumHeaderLen+idx*sha256.Size); err != nil {
+		return r.corrupt(fmt.Sprintf("sidecar entry %d: %v", idx, err))
+	}
+	if got := sha256.Sum256(block); !bytes.Equal(got[:], want[:]) {
+		return r.corrupt(fmt.Sprintf("block %d hash mismatch", idx))
+	}
+	if r.whole != nil {
+		r.whole.Write(block)
+		if start+n == r.size {
+			if got := hex.EncodeToString(r.whole.Sum(nil)); got != r.sha {
+				return r.corrupt(fmt.Sprintf("content hashes to %s", got))
+			}
+		}
+	}
+	r.pending = block[r.pos-start : min(r.end, start+n)-start]
+	return nil
+}
+
+// corrupt quarantines the blob and returns the error the caller reports.
+func (r *reader) corrupt(what string) error {
+	err := fmt.Errorf("blob %s: %s: %w", r.sha, what, ErrCorrupt)
+	if qerr := r.s.quarantine(r.sha, r.f); qerr != nil {
+		return errors.Join(err, qerr)
+	}
+	return err
+}
+
+// Close implements io.Closer.
+func (r *reader) Close() error {
+	if r.bufp != nil && len(*r.bufp) == BlockSize {
+		r.s.bufPool.Put(r.bufp)
+	}
+	r.bufp, r.pending = nil, nil
+	if r.err == nil {
+		r.err = fs.ErrClosed
+	}
+	err := r.f.Close()
+	if r.sum != nil {
+		if serr := r.sum.Close(); err == nil {
+			err = serr
+		}
+	}
+	return err
+}
+
+// quarantine moves the blob (and its sidecar) to quarantine/, unless the
+// file at its path is no longer the one found corrupt (already moved, or
+// replaced by a repaired copy).
+func (s *Store) quarantine(sha string, opened *os.File) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	ofi, err := opened.Stat()
+	if err != nil {
+		return fmt.Errorf("quarantine blob %s: %w", sha, err)
+	}
+	cur, err := os.Stat(s.path(sha))
+	if err != nil || !os.SameFile(ofi, cur) {
+		return nil
+	}
+	if err := os.Rename(s.path(sha), filepath.Join(s.quarDir, sha)); err != nil {
+		return fmt.Errorf("quarantine blob %s: %w", sha, err)
+	}
+	if err := os.Rename(s.sumPath(sha), filepath.Join(s.quarDir, sha+".sum")); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("quarantine blob %s sidecar: %w", sha, err)
+	}
+	if err := syncDir(filepath.Dir(s.path(sha))); err != nil {
+		return fmt.Errorf("quarantine blob %s: %w", sha, err)
+	}
+	return nil
+}
+
+// Quarantined reports whether a corrupt copy of the blob sits in
+// quarantine.
+func (s *Store) Quarantined(sha string) bool {
+	if !ValidSHA(sha) {
+		return false
+	}
+	_, err := os.Stat(filepath.Join(s.quarDir, sha))
+	return err == nil
+}
+
+// dropQuarantine removes the quarantined copy of a blob, once a good copy
+// is back or nothing references it any more.
+func (s *Store) dropQuarantine(sha string) error {
+	for _, p := range []string{filepath.Join(s.quarDir, sha), filepath.Join(s.quarDir, sha+".sum")} {
+		if err := os.Remove(p); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return fmt.Errorf("drop quarantined blob %s: %w", sha, err)
+		}
+	}
+	return nil
+}
+
+// listQuarantine returns the shas of quarantined blobs.
+func (s *Store) listQuarantine() ([]string, error) {
+	ents, err := os.ReadDir(s.quarDir)
+	if err != nil {
+		return nil, fmt.Errorf("list quarantine: %w", err)
+	}
+	var out []string
+	for _, e := range ents {
+		if ValidSHA(e.Name()) {
+			out = append(out, e.Name())
+		}
+	}
+	return out, nil
+}

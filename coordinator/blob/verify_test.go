@@ -1,0 +1,227 @@
+package blob
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"testing"
+	"testing/iotest"
+)
+
+func TestCorruptFullRead(t *testing.T) {
+	s := newStore(t)
+	b := randBytes(3*BlockSize+10, 5)
+	sha := ingest(t, s, b)
+	flipByte(t, s.path(sha), BlockSize+7)
+
+	rc, err := s.Open(sha)
+	if err != nil {
+		t.Fatalf("open: %v", err)
+	}
+	defer rc.Close()
+	got, err := io.ReadAll(rc)
+	if !errors.Is(err, ErrCorrupt) {
+		t.Fatalf("read err = %v, want ErrCorrupt", err)
+	}
+	if len(got) != BlockSize || !bytes.Equal(got, b[:BlockSize]) {
+		t.Fatalf("read %d bytes before the error, want exactly the intact first block", len(got))
+	}
+	if s.Has(sha) || !s.Quarantined(sha) {
+		t.Fatalf("corrupt blob not quarantined: has=%v quarantined=%v", s.Has(sha), s.Quarantined(sha))
+	}
+	if _, err := s.Open(sha); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("open after quarantine err = %v, want ErrNotFound", err)
+	}
+}
+
+func TestCorruptRangedRead(t *testing.T) {
+	s := newStore(t)
+	b := randBytes(4*BlockSize, 6)
+	sha := ingest(t, s, b)
+	flipByte(t, s.path(sha), 2*BlockSize+1)
+
+	// A range inside intact blocks reads fine.
+	rc, err := s.OpenRange(sha, 10, 2*BlockSize-20)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := io.ReadAll(rc)
+	_ = rc.Close()
+	if err != nil || !bytes.Equal(got, b[10:2*BlockSize-10]) {
+		t.Fatalf("intact range: %d bytes, err %v", len(got), err)
+	}
+	if !s.Has(sha) {
+		t.Fatal("quarantined after reading only intact blocks")
+	}
+
+	// A range that only touches the damaged block's far end still fails.
+	rc, err = s.OpenRange(sha, 3*BlockSize-5, 10)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rc.Close()
+	got, err = io.ReadAll(rc)
+	if !errors.Is(err, ErrCorrupt) || len(got) != 0 {
+		t.Fatalf("damaged range: %d bytes, err %v; want 0 bytes and ErrCorrupt", len(got), err)
+	}
+	if !s.Quarantined(sha) || s.Has(sha) {
+		t.Fatal("corrupt blob not quarantined by ranged read")
+	}
+}
+
+func TestWholeHashChecked(t *testing.T) {
+	// Bytes and sidecar agree with each other but not with the name: only
+	// the whole-file check can tell.
+	s := newStore(t)
+	a, b := randBytes(BlockSize+9, 7), randBytes(BlockSize+9, 8)
+	shaA := ingest(t, s, a)
+	shaB := ingest(t, s, b)
+	if err := s.Delete(shaA); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(s.path(shaB), s.path(shaA)); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(s.sumPath(shaB), s.sumPath(shaA)); err != nil {
+		t.Fatal(err)
+	}
+	rc, err := s.Open(shaA)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rc.Close()
+	got, err := io.ReadAll(rc)
+	if !errors.Is(err, ErrCorrupt) {
+		t.Fatalf("err = %v, want ErrCorrupt", err)
+	}
+	if len(got) != BlockSize {
+		t.Fatalf("returned %d bytes; the last block must be held back until the whole hash matches", len(got))
+	}
+	if !s.Quarantined(shaA) {
+		t.Fatal("not quarantined")
+	}
+}
+
+func TestStructuralCorruption(t *testing.T) {
+	cases := map[string]func(s *Store, sha string) error{
+		"truncated":       func(s *Store, sha string) error { return os.Truncate(s.path(sha), BlockSize) },
+		"extended":        func(s *Store, sha string) error { return os.Truncate(s.path(sha), 2*BlockSize+100) },
+		"missing sidecar": func(s *Store, sha string) error { return os.Remove(s.sumPath(sha)) },
+		"bad sidecar":     func(s *Store, sha string) error { return os.WriteFile(s.sumPath(sha), []byte("junk"), 0o600) },
+		"flipped sidecar": func(s *Store, sha string) error { flipByte(t, s.sumPath(sha), sumHeaderLen+40); return nil },
+	}
+	for name, damage := range cases {
+		t.Run(name, func(t *testing.T) {
+			s := newStore(t)
+			sha := ingest(t, s, randBytes(2*BlockSize+1, 9))
+			if err := damage(s, sha); err != nil {
+				t.Fatal(err)
+			}
+			rc, err := s.Open(sha)
+			if err == nil {
+				_, err = io.ReadAll(rc)
+				_ = rc.Close()
+			}
+			if !errors.Is(err, ErrCorrupt) {
+				t.Fatalf("err = %v, want ErrCorrupt", err)
+			}
+			if s.Has(sha) || !s.Quarantined(sha) {
+				t.Fatal("not quarantined")
+			}
+		})
+	}
+}
+
+func TestRangeAcrossBlocks(t *testing.T) {
+	s := newStore(t)
+	size := int64(3*BlockSize + 500)
+	b := randBytes(int(size), 10)
+	sha := ingest(t, s, b)
+	ranges := [][2]int64{
+		{0, 0}, {0, 1}, {0, size}, {BlockSize - 10, 20}, {BlockSize, BlockSize},
+		{BlockSize - 1, 1}, {2*BlockSize - 1, BlockSize + 2}, {5, 3*BlockSize + 1},
+		{size - 1, 1}, {size, 0}, {3 * BlockSize, 500},
+	}
+	for _, r := range ranges {
+		rc, err := s.OpenRange(sha, r[0], r[1])
+		if err != nil {
+			t.Fatalf("OpenRange%v: %v", r, err)
+		}
+		got, err := io.ReadAll(rc)
+		_ = rc.Close()
+		if err != nil || !bytes.Equal(got, b[r[0]:r[0]+r[1]]) {
+			t.Fatalf("OpenRange%v: %d bytes, err %v", r, len(got), err)
+		}
+	}
+	// Read semantics with odd buffer sizes.
+	rc, err := s.OpenRange(sha, BlockSize-3, BlockSize+7)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rc.Close()
+	if err := iotest.TestReader(rc, b[BlockSize-3:2*BlockSize+4]); err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range [][2]int64{{size, 1}, {-1, 1}, {0, size + 1}, {1, -1}, {size + 1, 0}} {
+		if _, err := s.OpenRange(sha, r[0], r[1]); !errors.Is(err, ErrOutOfRange) {
+			t.Fatalf("OpenRange%v err = %v, want ErrOutOfRange", r, err)
+		}
+	}
+	if !s.Has(sha) {
+		t.Fatal("range errors must not quarantine")
+	}
+}
+
+func TestQuarantineSparesReplacement(t *testing.T) {
+	// A reader that finds its (old) copy corrupt must not quarantine a good
+	// copy that has replaced it in the meantime.
+	s := newStore(t)
+	b := randBytes(BlockSize+1, 11)
+	sha := ingest(t, s, b)
+	flipByte(t, s.path(sha), 3)
+	rc, err := s.Open(sha)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rc.Close()
+	if err := s.Delete(sha); err != nil {
+		t.Fatal(err)
+	}
+	ingest(t, s, b)
+	if _, err := io.ReadAll(rc); !errors.Is(err, ErrCorrupt) {
+		t.Fatalf("err = %v, want ErrCorrupt", err)
+	}
+	if !s.Has(sha) {
+		t.Fatal("the good replacement was quarantined")
+	}
+	got, err := readAll(s, sha)
+	if err != nil || !bytes.Equal(got, b) {
+		t.Fatalf("replacement unreadable: %v", err)
+	}
+}
+
+func TestReadAfterClose(t *testing.T) {
+	s := newStore(t)
+	sha := ingest(t, s, []byte("hello"))
+	rc, err := s.Open(sha)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := rc.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if n, err := rc.Read(make([]byte, 4)); n != 0 || err == nil {
+		t.Fatalf("Read after Close = %d, %v", n, err)
+	}
+}
+
+func readAll(s *Store, sha string) ([]byte, error) {
+	rc, err := s.Open(sha)
+	if err != nil {
+		return nil, fmt.Errorf("open: %w", err)
+	}
+	defer rc.Close()
+	return io.ReadAll(rc)
+}
