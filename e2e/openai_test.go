@@ -3,6 +3,7 @@ package e2e
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"strings"
@@ -14,7 +15,7 @@ import (
 )
 
 // client returns an openai-go client for coordinator i.
-func (c *Cluster) client(i int, key string) openai.Client {
+func (c *Cluster) client(i int, key string) *openai.Client {
 	opts := []option.RequestOption{
 		option.WithBaseURL(c.Coords[i].URL() + "/v1/"),
 		option.WithMaxRetries(0),
@@ -23,7 +24,8 @@ func (c *Cluster) client(i int, key string) openai.Client {
 		key = "unused"
 	}
 	opts = append(opts, option.WithAPIKey(key))
-	return openai.NewClient(opts...)
+	cl := openai.NewClient(opts...)
+	return &cl
 }
 
 // chatLines returns n valid chat-completion batch lines for model.
@@ -35,7 +37,7 @@ func chatLines(n int, model string) []byte {
 	return b.Bytes()
 }
 
-func upload(t *testing.T, cl openai.Client, name string, data []byte) *openai.FileObject {
+func upload(t *testing.T, cl *openai.Client, name string, data []byte) *openai.FileObject {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
@@ -49,7 +51,7 @@ func upload(t *testing.T, cl openai.Client, name string, data []byte) *openai.Fi
 	return f
 }
 
-func content(t *testing.T, cl openai.Client, id string) []byte {
+func content(t *testing.T, cl *openai.Client, id string) []byte {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
@@ -65,7 +67,7 @@ func content(t *testing.T, cl openai.Client, id string) []byte {
 	return b
 }
 
-func waitBatch(t *testing.T, cl openai.Client, id string, timeout time.Duration, done func(*openai.Batch) bool) *openai.Batch {
+func waitBatch(t *testing.T, cl *openai.Client, id string, timeout time.Duration, done func(*openai.Batch) bool) *openai.Batch {
 	t.Helper()
 	var last *openai.Batch
 	WaitFor(t, timeout, "batch "+id+" to reach the expected state", func() bool {
@@ -88,3 +90,5 @@ func statusIs(s openai.BatchStatus) func(*openai.Batch) bool {
 func lines(b []byte) []string {
 	return strings.Split(strings.TrimRight(string(b), "\n"), "\n")
 }
+
+func errorsAs(err error, target any) bool { return errors.As(err, target) }
