@@ -38,11 +38,13 @@ func (c *Coordinator) Agents(ctx context.Context) ([]api.AgentInfo, error) {
 				info.State = "draining"
 			case alive[a.Id]:
 				info.State = "alive"
+				// Gossip probed it within the last few probe intervals.
+				info.LastSeen = c.Now().Unix()
 			default:
 				info.State = "dead"
 			}
 			if t, ok := tel[a.Id]; ok {
-				info.LastSeen = t.ReceivedAt.Unix()
+				info.LastSeen = max(info.LastSeen, t.ReceivedAt.Unix())
 				if len(t.Report.Gpus) > 0 {
 					info.GPUs = t.Report.Gpus
 				}

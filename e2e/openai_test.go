@@ -3,6 +3,7 @@ package e2e
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -37,7 +38,7 @@ func chatLines(n int, model string) []byte {
 	return b.Bytes()
 }
 
-func upload(t *testing.T, cl *openai.Client, name string, data []byte) *openai.FileObject {
+func upload(t testing.TB, cl *openai.Client, name string, data []byte) *openai.FileObject {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
@@ -51,7 +52,7 @@ func upload(t *testing.T, cl *openai.Client, name string, data []byte) *openai.F
 	return f
 }
 
-func content(t *testing.T, cl *openai.Client, id string) []byte {
+func content(t testing.TB, cl *openai.Client, id string) []byte {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
@@ -67,7 +68,7 @@ func content(t *testing.T, cl *openai.Client, id string) []byte {
 	return b
 }
 
-func waitBatch(t *testing.T, cl *openai.Client, id string, timeout time.Duration, done func(*openai.Batch) bool) *openai.Batch {
+func waitBatch(t testing.TB, cl *openai.Client, id string, timeout time.Duration, done func(*openai.Batch) bool) *openai.Batch {
 	t.Helper()
 	var last *openai.Batch
 	WaitFor(t, timeout, "batch "+id+" to reach the expected state", func() bool {
@@ -92,3 +93,5 @@ func lines(b []byte) []string {
 }
 
 func errorsAs(err error, target any) bool { return errors.As(err, target) }
+
+func jsonUnmarshal(b []byte, v any) error { return json.Unmarshal(b, v) }

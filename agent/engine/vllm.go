@@ -1,0 +1,457 @@
+package engine
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/vbatch/vbatch/internal/ids"
+)
+
+// VLLMConfig says how to start vLLM.
+type VLLMConfig struct {
+	// Bin is the vllm executable. Empty means "vllm" from PATH.
+	Bin string
+	// Model is the model to serve (a Hugging Face id or a local path), the
+	// first argument of `vllm serve`.
+	Model string
+	// Args are extra arguments for `vllm serve`, e.g.
+	// ["--tensor-parallel-size", "2"]. --host, --port and --api-key are set
+	// by the agent and must not be given.
+	Args []string
+	// GPUs, when set, becomes CUDA_VISIBLE_DEVICES of the child.
+	GPUs string
+	// Logger receives the child's output, one record per line, and the
+	// supervisor's events. Nil discards them.
+	Logger *slog.Logger
+	// HealthTimeout bounds how long a start may take until /health answers
+	// 200 (downloading and loading a large model takes minutes). Zero means
+	// 30 minutes.
+	HealthTimeout time.Duration
+	// StopGrace is how long Stop waits after SIGTERM before SIGKILL. Zero
+	// means 30 seconds.
+	StopGrace time.Duration
+}
+
+// Back-off of the restarts of a vLLM that exited.
+const (
+	defaultBackoffMin  = time.Second
+	defaultBackoffMax  = 30 * time.Second
+	defaultStableAfter = time.Minute
+)
+
+// VLLM is an engine that runs `vllm serve` as a child process on a free
+// loopback port, guarded by a random API key only the agent knows, and
+// restarts it with exponential back-off when it exits.
+type VLLM struct {
+	cfg    VLLMConfig
+	log    *slog.Logger
+	up     *upstream
+	models []string
+
+	// Timings, shortened by tests.
+	backoffMin, backoffMax, stableAfter time.Duration
+	healthPoll, startPoll               time.Duration
+
+	healthy atomic.Bool
+
+	mu       sync.Mutex
+	cur      *vllmProc
+	restarts int
+	loaded   time.Duration
+	life     context.Context
+	cancel   context.CancelFunc
+	done     chan struct{}
+}
+
+var _ Engine = (*VLLM)(nil)
+
+// vllmProc is one run of the child.
+type vllmProc struct {
+	cmd     *exec.Cmd
+	pid     int
+	base    string
+	started time.Time
+	exited  chan struct{} // closed when the child has been waited for
+	err     error         // the child's exit, valid once exited is closed
+	stdout  *lineLogger
+	stderr  *lineLogger
+}
+
+// NewVLLM returns an engine that will run vLLM as cfg says; Start starts it.
+func NewVLLM(cfg VLLMConfig) *VLLM {
+	if cfg.Bin == "" {
+		cfg.Bin = "vllm"
+	}
+	if cfg.HealthTimeout <= 0 {
+		cfg.HealthTimeout = 30 * time.Minute
+	}
+	if cfg.StopGrace <= 0 {
+		cfg.StopGrace = 30 * time.Second
+	}
+	log := cfg.Logger
+	if log == nil {
+		log = slog.New(slog.NewTextHandler(io.Discard, nil))
+	}
+	return &VLLM{
+		cfg:         cfg,
+		log:         log,
+		up:          newUpstream(nil),
+		models:      servedModelNames(cfg.Model, cfg.Args),
+		backoffMin:  defaultBackoffMin,
+		backoffMax:  defaultBackoffMax,
+		stableAfter: defaultStableAfter,
+		healthPoll:  5 * time.Second,
+		startPoll:   500 * time.Millisecond,
+	}
+}
+
+// servedModelNames returns the names vLLM serves the model under: those of
+// --served-model-name when given, else the model itself.
+func servedModelNames(model string, args []string) []string {
+	for i, a := range args {
+		if v, ok := strings.CutPrefix(a, "--served-model-name="); ok {
+			return []string{v}
+		}
+		if a != "--served-model-name" {
+			continue
+		}
+		var names []string
+		for _, n := range args[i+1:] {
+			if strings.HasPrefix(n, "-") {
+				break
+			}
+			names = append(names, n)
+		}
+		if len(names) > 0 {
+			return names
+		}
+	}
+	return []string{model}
+}
+
+// Start runs vLLM and waits until it answers /health, then supervises it
+// until Stop. A vLLM that fails to become healthy is killed and its error
+// returned.
+func (e *VLLM) Start(ctx context.Context) error {
+	if e.cfg.Model == "" {
+		return errors.New("vllm engine: no model")
+	}
+	e.mu.Lock()
+	if e.cancel != nil {
+		e.mu.Unlock()
+		return errors.New("vllm engine: already started")
+	}
+	life, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	done := make(chan struct{})
+	e.life, e.cancel, e.done = life, cancel, done
+	e.mu.Unlock()
+
+	key := ids.Random(32)
+	p, err := e.launch(ctx, key)
+	if err != nil {
+		cancel()
+		e.mu.Lock()
+		if e.done == done { // not stopped meanwhile
+			e.cancel = nil
+		}
+		e.mu.Unlock()
+		close(done)
+		return fmt.Errorf("vllm engine %s: %w", e.cfg.Model, err)
+	}
+	go e.supervise(p, key)
+	return nil
+}
+
+// launch starts a child on a fresh port and waits until it is healthy. A
+// child that exits or does not become healthy in time is killed.
+func (e *VLLM) launch(ctx context.Context, key string) (*vllmProc, error) {
+	port, err := freePort()
+	if err != nil {
+		return nil, err
+	}
+	args := append([]string{"serve", e.cfg.Model, "--host", "127.0.0.1", "--port", strconv.Itoa(port), "--api-key", key}, e.cfg.Args...)
+	cmd := exec.Command(e.cfg.Bin, args...)
+	cmd.Env = os.Environ()
+	if e.cfg.GPUs != "" {
+		cmd.Env = append(cmd.Env, "CUDA_VISIBLE_DEVICES="+e.cfg.GPUs)
+	}
+	p := &vllmProc{
+		cmd:    cmd,
+		base:   "http://127.0.0.1:" + strconv.Itoa(port),
+		exited: make(chan struct{}),
+		stdout: newLineLogger(e.log, "stdout"),
+		stderr: newLineLogger(e.log, "stderr"),
+	}
+	cmd.Stdout, cmd.Stderr = p.stdout, p.stderr
+	// Output pipes held open by a grandchild must not keep Wait from
+	// reporting the exit.
+	cmd.WaitDelay = 2 * time.Second
+	setProcessGroup(cmd)
+
+	e.mu.Lock()
+	if e.life.Err() != nil {
+		e.mu.Unlock()
+		return nil, errors.New("stopped")
+	}
+	if err := cmd.Start(); err != nil {
+		e.mu.Unlock()
+		return nil, fmt.Errorf("start %s: %w", e.cfg.Bin, err)
+	}
+	p.pid, p.started = cmd.Process.Pid, time.Now()
+	e.cur = p
+	e.mu.Unlock()
+	go func() {
+		p.err = cmd.Wait()
+		p.stdout.flush()
+		p.stderr.flush()
+		close(p.exited)
+	}()
+	e.log.Info("vllm started", "pid", p.pid, "port", port, "model", e.cfg.Model)
+
+	e.up.set(p.base, key)
+	if err := e.waitHealthy(ctx, p); err != nil {
+		e.kill(p)
+		return nil, err
+	}
+	d := time.Since(p.started)
+	e.mu.Lock()
+	e.loaded = d
+	e.mu.Unlock()
+	e.healthy.Store(true)
+	e.log.Info("vllm healthy", "pid", p.pid, "load_duration", d.String())
+	return p, nil
+}
+
+// waitHealthy polls /health until it answers 200, the child exits, the
+// health timeout passes, or ctx or the engine's life ends.
+func (e *VLLM) waitHealthy(ctx context.Context, p *vllmProc) error {
+	ctx, cancel := context.WithTimeout(ctx, e.cfg.HealthTimeout)
+	defer cancel()
+	stop := context.AfterFunc(e.life, cancel)
+	defer stop()
+	t := time.NewTicker(e.startPoll)
+	defer t.Stop()
+	for {
+		if e.healthOnce(ctx) {
+			return nil
+		}
+		select {
+		case <-p.exited:
+			return fmt.Errorf("exited before becoming healthy: %v", p.err)
+		case <-ctx.Done():
+			return fmt.Errorf("not healthy after %v: %w", time.Since(p.started).Round(time.Millisecond), ctx.Err())
+		case <-t.C:
+		}
+	}
+}
+
+// healthOnce asks /health once.
+func (e *VLLM) healthOnce(ctx context.Context) bool {
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	status, _, err := e.up.get(ctx, "/health", 4096)
+	return err == nil && status == http.StatusOK
+}
+
+// supervise watches the running child p and restarts it whenever it exits,
+// until Stop.
+func (e *VLLM) supervise(p *vllmProc, key string) {
+	defer close(e.done)
+	backoff := time.Duration(0)
+	for {
+		e.watch(p)
+		e.healthy.Store(false)
+		e.reap(p)
+		if e.life.Err() != nil {
+			return
+		}
+		ran := time.Since(p.started)
+		switch {
+		case ran >= e.stableAfter || backoff == 0:
+			backoff = e.backoffMin
+		default:
+			backoff = min(2*backoff, e.backoffMax)
+		}
+		e.log.Warn("vllm exited; restarting", "pid", p.pid, "err", p.err, "ran", ran.Round(time.Millisecond).String(), "backoff", backoff.String())
+		for {
+			if !sleepCtx(e.life, backoff) {
+				return
+			}
+			e.mu.Lock()
+			e.restarts++
+			e.mu.Unlock()
+			np, err := e.launch(e.life, key)
+			if err == nil {
+				p = np
+				break
+			}
+			if e.life.Err() != nil {
+				return
+			}
+			backoff = min(2*backoff, e.backoffMax)
+			e.log.Warn("vllm restart failed", "err", err, "backoff", backoff.String())
+		}
+	}
+}
+
+// watch checks the child's health until it exits or the engine stops.
+func (e *VLLM) watch(p *vllmProc) {
+	t := time.NewTicker(e.healthPoll)
+	defer t.Stop()
+	for {
+		select {
+		case <-p.exited:
+			return
+		case <-e.life.Done():
+			<-p.exited // Stop is ending it
+			return
+		case <-t.C:
+			ok := e.healthOnce(e.life)
+			if ok != e.healthy.Swap(ok) {
+				e.log.Warn("vllm health changed", "pid", p.pid, "healthy", ok)
+			}
+		}
+	}
+}
+
+// reap kills whatever is left of p's process group once its leader exited.
+func (e *VLLM) reap(p *vllmProc) {
+	if err := signalGroup(p.pid, sigKill); err != nil {
+		e.log.Warn("kill vllm process group", "pgid", p.pid, "err", err)
+	}
+}
+
+// kill ends p's whole process group at once and waits for the leader.
+func (e *VLLM) kill(p *vllmProc) {
+	_ = signalGroup(p.pid, sigKill)
+	<-p.exited
+}
+
+// Stop sends SIGTERM to vLLM's process group, SIGKILL after StopGrace (or
+// when ctx ends), and returns once the supervisor is done.
+func (e *VLLM) Stop(ctx context.Context) error {
+	e.mu.Lock()
+	cancel, done, p := e.cancel, e.done, e.cur
+	e.cancel = nil
+	if cancel != nil {
+		cancel() // under mu: launch starts no child after this
+	}
+	e.mu.Unlock()
+	if cancel == nil {
+		return nil
+	}
+	e.healthy.Store(false)
+	var err error
+	if p != nil {
+		if serr := signalGroup(p.pid, sigTerm); serr != nil {
+			err = fmt.Errorf("vllm engine: sigterm %d: %w", p.pid, serr)
+		}
+		grace := time.NewTimer(e.cfg.StopGrace)
+		select {
+		case <-p.exited:
+		case <-grace.C:
+			e.log.Warn("vllm did not stop in time; killing", "pid", p.pid, "grace", e.cfg.StopGrace.String())
+		case <-ctx.Done():
+		}
+		grace.Stop()
+		// Workers that outlive the leader are killed too.
+		_ = signalGroup(p.pid, sigKill)
+		<-p.exited
+	}
+	<-done
+	return err
+}
+
+// Do implements Engine.
+func (e *VLLM) Do(ctx context.Context, path string, body []byte) (int, []byte, error) {
+	return e.up.do(ctx, path, body)
+}
+
+// Proxy implements Engine.
+func (e *VLLM) Proxy(ctx context.Context, path string, body []byte, w http.ResponseWriter) error {
+	return e.up.proxy(ctx, path, body, w)
+}
+
+// Models implements Engine: the served model names.
+func (e *VLLM) Models() []string { return slices.Clone(e.models) }
+
+// Stats implements Engine from vLLM's /metrics.
+func (e *VLLM) Stats(ctx context.Context) (Stats, error) {
+	st, err := e.up.stats(ctx)
+	if err != nil {
+		return Stats{}, err
+	}
+	e.mu.Lock()
+	st.LoadDurationSeconds = e.loaded.Seconds()
+	e.mu.Unlock()
+	st.Model = e.models[0]
+	st.Loaded = e.Healthy()
+	return st, nil
+}
+
+// MetricsURL implements Engine.
+func (e *VLLM) MetricsURL() string { return e.up.metricsURL() }
+
+// Healthy implements Engine.
+func (e *VLLM) Healthy() bool { return e.healthy.Load() }
+
+// Restarts returns how many times the supervisor restarted vLLM.
+func (e *VLLM) Restarts() int {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.restarts
+}
+
+// PID returns the process id of the current vLLM child; 0 before Start.
+func (e *VLLM) PID() int {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.cur == nil {
+		return 0
+	}
+	return e.cur.pid
+}
+
+// LoadDuration returns how long the last start took to become healthy.
+func (e *VLLM) LoadDuration() time.Duration {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.loaded
+}
+
+// freePort asks the OS for a free loopback port. Another process could take
+// it before vLLM binds it; vLLM then exits and the supervisor tries again
+// on a new port.
+func freePort() (int, error) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return 0, fmt.Errorf("find a free port: %w", err)
+	}
+	defer ln.Close()
+	return ln.Addr().(*net.TCPAddr).Port, nil
+}
+
+// sleepCtx waits for d; false when ctx ended first.
+func sleepCtx(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return true
+	case <-ctx.Done():
+		return false
+	}
+}

@@ -1,0 +1,139 @@
+package agent
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+)
+
+// maxProxyBody caps an online request body.
+const maxProxyBody = 64 << 20
+
+// onlinePaths are the OpenAI endpoints coordinators route online requests
+// to; they go straight to the engine, outside the batch concurrency bound,
+// so interactive traffic does not queue behind batch lines.
+var onlinePaths = []string{"/v1/chat/completions", "/v1/completions", "/v1/embeddings"}
+
+// Handler is the agent's HTTP surface: /metrics, /metrics/engine, /health
+// and the online-inference endpoints.
+func (a *Agent) Handler() http.Handler {
+	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", promhttp.HandlerFor(a.metrics.registry, promhttp.HandlerOpts{}))
+	mux.HandleFunc("GET /metrics/engine", a.handleEngineMetrics)
+	mux.HandleFunc("GET /health", a.handleHealth)
+	for _, p := range onlinePaths {
+		mux.HandleFunc("POST "+p, a.handleOnline)
+	}
+	return mux
+}
+
+// serveHTTP serves Handler on ln until shut down.
+func (a *Agent) serveHTTP(ln net.Listener) *http.Server {
+	srv := &http.Server{
+		Handler:           a.Handler(),
+		ReadHeaderTimeout: 10 * time.Second,
+		IdleTimeout:       2 * time.Minute,
+	}
+	go func() {
+		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			a.log.Error("http server stopped", "addr", ln.Addr().String(), "err", err)
+		}
+	}()
+	return srv
+}
+
+// handleHealth answers 200 while the engine is healthy, else 503.
+func (a *Agent) handleHealth(w http.ResponseWriter, r *http.Request) {
+	status, code := "ok", http.StatusOK
+	if !a.eng.Healthy() {
+		status, code = "engine unhealthy", http.StatusServiceUnavailable
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(code)
+	_ = json.NewEncoder(w).Encode(map[string]any{"status": status, "agent": a.id, "leases": a.held.Load()})
+}
+
+// handleEngineMetrics relays the engine's own /metrics unchanged.
+func (a *Agent) handleEngineMetrics(w http.ResponseWriter, r *http.Request) {
+	u := a.eng.MetricsURL()
+	if u == "" {
+		http.Error(w, "engine has no metrics endpoint", http.StatusNotFound)
+		return
+	}
+	ctx, cancel := context.WithTimeout(r.Context(), 10*time.Second)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
+	if err != nil {
+		http.Error(w, fmt.Sprintf("engine metrics url: %v", err), http.StatusInternalServerError)
+		return
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		http.Error(w, fmt.Sprintf("engine metrics: %v", err), http.StatusBadGateway)
+		return
+	}
+	defer resp.Body.Close()
+	if ct := resp.Header.Get("Content-Type"); ct != "" {
+		w.Header().Set("Content-Type", ct)
+	}
+	w.WriteHeader(resp.StatusCode)
+	_, _ = io.Copy(w, resp.Body)
+}
+
+// handleOnline passes an online request to the engine.
+func (a *Agent) handleOnline(w http.ResponseWriter, r *http.Request) {
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxProxyBody))
+	if err != nil {
+		writeOpenAIError(w, http.StatusRequestEntityTooLarge, "invalid_request_error", fmt.Sprintf("read request body: %v", err))
+		return
+	}
+	tw := &trackingWriter{ResponseWriter: w}
+	if err := a.eng.Proxy(r.Context(), r.URL.Path, body, tw); err != nil {
+		a.log.Warn("online request", "path", r.URL.Path, "err", err)
+		if !tw.wrote {
+			writeOpenAIError(w, http.StatusBadGateway, "api_error", fmt.Sprintf("engine: %v", err))
+		}
+	}
+}
+
+// writeOpenAIError writes an OpenAI error object.
+func writeOpenAIError(w http.ResponseWriter, code int, typ, msg string) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(code)
+	_ = json.NewEncoder(w).Encode(map[string]any{"error": map[string]any{"message": msg, "type": typ, "param": nil, "code": nil}})
+}
+
+// trackingWriter remembers whether a response was started, so a proxy
+// failure is answered only when nothing was sent yet. It passes Flush on
+// for streamed responses.
+type trackingWriter struct {
+	http.ResponseWriter
+	wrote bool
+}
+
+func (t *trackingWriter) WriteHeader(code int) {
+	t.wrote = true
+	t.ResponseWriter.WriteHeader(code)
+}
+
+func (t *trackingWriter) Write(b []byte) (int, error) {
+	t.wrote = true
+	return t.ResponseWriter.Write(b)
+}
+
+// Flush passes a flush on to the underlying writer.
+func (t *trackingWriter) Flush() {
+	if f, ok := t.ResponseWriter.(http.Flusher); ok {
+		f.Flush()
+	}
+}
+
+// Unwrap lets http.ResponseController reach the underlying writer.
+func (t *trackingWriter) Unwrap() http.ResponseWriter { return t.ResponseWriter }

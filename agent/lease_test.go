@@ -1,0 +1,215 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"connectrpc.com/connect"
+
+	vbatchv1 "github.com/vbatch/vbatch/rpc/gen/vbatch/v1"
+)
+
+// blockFrom makes the engine hold lines >= from until gate closes or the
+// request's context ends.
+func blockFrom(from int, gate <-chan struct{}) func(context.Context, int) (int, []byte, error) {
+	return func(ctx context.Context, line int) (int, []byte, error) {
+		if line >= from {
+			select {
+			case <-gate:
+			case <-ctx.Done():
+				return 0, nil, ctx.Err()
+			}
+		}
+		return 200, okBody(line), nil
+	}
+}
+
+func progressOf(f *fakeCoord) int64 {
+	var p int64
+	f.with(func() { p = f.progress })
+	return p
+}
+
+func TestCancelledVerdictCommitsFinishedAndReleases(t *testing.T) {
+	coord := newFakeCoord(t, inputLines(250))
+	gate := make(chan struct{})
+	var once sync.Once
+	coord.renewHook = func(f *fakeCoord) vbatchv1.LeaseVerdict {
+		if f.progress >= 150 {
+			once.Do(func() { close(gate) })
+			return vbatchv1.LeaseVerdict_LEASE_VERDICT_CANCELLED
+		}
+		return vbatchv1.LeaseVerdict_LEASE_VERDICT_OK
+	}
+	eng := newFakeEngine()
+	// Lines 150..157 (the 8 in flight when the verdict comes) finish once
+	// it is sent; later lines never do, so what is committed is exact.
+	held, never := blockFrom(150, gate), blockFrom(158, make(chan struct{}))
+	eng.do = func(ctx context.Context, line int) (int, []byte, error) {
+		if line >= 158 {
+			return never(ctx, line)
+		}
+		return held(ctx, line)
+	}
+	h := startAgent(t, coord, eng, func(c *Config) {
+		c.PartLines = 50
+		c.PartInterval = time.Minute
+		c.DrainTimeout = 200 * time.Millisecond
+	})
+	waitFor(t, "release", func() bool { var n int; coord.with(func() { n = len(coord.releases) }); return n == 1 })
+	noViolations(t, coord)
+	coord.with(func() {
+		if coord.releases[0] != reasonCancelled || coord.completes != 0 {
+			t.Errorf("releases %v, completes %d", coord.releases, coord.completes)
+		}
+	})
+	// The requests in flight when the verdict came finished and were
+	// committed before the release.
+	if p := progressOf(coord); p != 158 {
+		t.Errorf("progress %d, want 158: the lines in flight at the verdict are committed, no others", p)
+	}
+	committedLines(t, coord)
+	waitFor(t, "released metric", func() bool { return h.chunkOutcome(t, chunkReleased) == 1 })
+}
+
+func TestRevokedVerdictStopsAtOnce(t *testing.T) {
+	coord := newFakeCoord(t, inputLines(250))
+	coord.renewHook = func(f *fakeCoord) vbatchv1.LeaseVerdict {
+		if f.progress >= 150 {
+			return vbatchv1.LeaseVerdict_LEASE_VERDICT_REVOKED
+		}
+		return vbatchv1.LeaseVerdict_LEASE_VERDICT_OK
+	}
+	eng := newFakeEngine()
+	eng.do = blockFrom(150, make(chan struct{})) // never opens
+	h := startAgent(t, coord, eng, func(c *Config) { c.PartLines = 50; c.PartInterval = time.Minute })
+	waitFor(t, "revoked metric", func() bool { return h.chunkOutcome(t, chunkRevoked) == 1 })
+	noViolations(t, coord)
+	coord.with(func() {
+		if coord.progress != 150 || len(coord.releases) != 0 || coord.completes != 0 {
+			t.Errorf("progress %d, releases %v, completes %d", coord.progress, coord.releases, coord.completes)
+		}
+	})
+	eng.mu.Lock()
+	defer eng.mu.Unlock()
+	if eng.cancelled != 8 {
+		t.Errorf("%d in-flight requests cancelled, want 8", eng.cancelled)
+	}
+}
+
+func TestStaleTokenOnPutResultsStopsChunk(t *testing.T) {
+	coord := newFakeCoord(t, inputLines(250))
+	coord.renewMs = 60_000 // no renewals: only the part answer tells the agent
+	coord.putHook = func(f *fakeCoord, req *vbatchv1.PutResultsRequest) error {
+		if req.FromLine == 100 {
+			f.dead[req.Token] = true
+			return connect.NewError(connect.CodeFailedPrecondition, errors.New("stale fencing token"))
+		}
+		return nil
+	}
+	eng := newFakeEngine()
+	h := startAgent(t, coord, eng, func(c *Config) { c.PartInterval = time.Minute })
+	waitFor(t, "revoked metric", func() bool { return h.chunkOutcome(t, chunkRevoked) == 1 })
+	noViolations(t, coord)
+	coord.with(func() {
+		if coord.progress != 100 || len(coord.parts) != 1 || coord.putCalls != 2 || len(coord.releases) != 0 || coord.completes != 0 {
+			t.Errorf("progress %d, parts %d, put calls %d, releases %v, completes %d",
+				coord.progress, len(coord.parts), coord.putCalls, coord.releases, coord.completes)
+		}
+	})
+}
+
+func TestPartsCutEveryPartLines(t *testing.T) {
+	coord := newFakeCoord(t, inputLines(250))
+	startAgent(t, coord, newFakeEngine(), func(c *Config) { c.PartInterval = time.Minute })
+	waitFor(t, "chunk completed", func() bool { var s string; coord.with(func() { s = coord.state }); return s == "done" })
+	coord.with(func() {
+		var got []string
+		for _, p := range coord.parts {
+			got = append(got, fmt.Sprintf("[%d,%d)", p.FromLine, p.ToLine))
+		}
+		if strings.Join(got, " ") != "[0,100) [100,200) [200,250)" {
+			t.Errorf("parts %v", got)
+		}
+	})
+}
+
+func TestDrainReleasesHeldLease(t *testing.T) {
+	coord := newFakeCoord(t, inputLines(250))
+	eng := newFakeEngine()
+	eng.do = blockFrom(150, make(chan struct{}))
+	h := startAgent(t, coord, eng, func(c *Config) {
+		c.PartLines = 50
+		c.PartInterval = time.Minute
+		c.DrainTimeout = 50 * time.Millisecond
+	})
+	waitFor(t, "progress 150", func() bool { return progressOf(coord) == 150 })
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := h.a.Drain(ctx); err != nil {
+		t.Fatalf("drain: %v", err)
+	}
+	noViolations(t, coord)
+	coord.with(func() {
+		if len(coord.releases) != 1 || coord.releases[0] != reasonDrain || coord.progress != 150 {
+			t.Errorf("releases %v, progress %d", coord.releases, coord.progress)
+		}
+		if ag := coord.registered["agent-test"]; ag == nil || !ag.Draining {
+			t.Errorf("agent not registered as draining: %+v", ag)
+		}
+	})
+}
+
+func TestEngineFailureReleasesLease(t *testing.T) {
+	coord := newFakeCoord(t, inputLines(250))
+	eng := newFakeEngine()
+	eng.do = blockFrom(100, make(chan struct{}))
+	startAgent(t, coord, eng, func(c *Config) {
+		c.PartLines = 50
+		c.PartInterval = time.Minute
+		c.EngineFailureTimeout = 100 * time.Millisecond
+		c.DrainTimeout = 50 * time.Millisecond
+	})
+	waitFor(t, "progress 100", func() bool { return progressOf(coord) == 100 })
+	eng.mu.Lock()
+	eng.healthy = false
+	eng.mu.Unlock()
+	waitFor(t, "release", func() bool { var n int; coord.with(func() { n = len(coord.releases) }); return n == 1 })
+	noViolations(t, coord)
+	coord.with(func() {
+		if coord.releases[0] != reasonEngineFailure || coord.progress != 100 {
+			t.Errorf("releases %v, progress %d", coord.releases, coord.progress)
+		}
+	})
+}
+
+func TestShutdownReleasesHeldLease(t *testing.T) {
+	coord := newFakeCoord(t, inputLines(250))
+	eng := newFakeEngine()
+	eng.do = blockFrom(50, make(chan struct{}))
+	h := startAgent(t, coord, eng, func(c *Config) {
+		c.PartLines = 50
+		c.PartInterval = time.Minute
+		c.DrainTimeout = 50 * time.Millisecond
+	})
+	waitFor(t, "progress 50", func() bool { return progressOf(coord) == 50 })
+	if err := h.stop(); err != nil {
+		t.Fatal(err)
+	}
+	noViolations(t, coord)
+	coord.with(func() {
+		if len(coord.releases) != 1 || coord.releases[0] != reasonShutdown {
+			t.Errorf("releases %v", coord.releases)
+		}
+	})
+	eng.mu.Lock()
+	defer eng.mu.Unlock()
+	if !eng.started || !eng.stopped {
+		t.Errorf("engine started %v stopped %v", eng.started, eng.stopped)
+	}
+}

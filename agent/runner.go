@@ -1,0 +1,202 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"net/http"
+	"strconv"
+	"time"
+
+	"github.com/vbatch/vbatch/agent/engine"
+	"github.com/vbatch/vbatch/internal/ids"
+	vbatchv1 "github.com/vbatch/vbatch/rpc/gen/vbatch/v1"
+)
+
+// errAbandoned means a line has no result because its context ended first
+// (the lease was revoked or its drain timed out). Such a line must not be
+// committed: the next lease of the chunk runs it again.
+var errAbandoned = errors.New("line abandoned")
+
+// lineResult is a finished line: exactly one of output and errLine is set.
+type lineResult struct {
+	line    int64
+	output  []byte // a JSONL line for the output file
+	errLine []byte // a JSONL line for the error file
+	usage   *vbatchv1.Usage
+}
+
+// runner sends batch lines to the engine. Its slots bound the requests in
+// flight across every chunk the agent holds; callers take a slot before
+// run and give it back after.
+type runner struct {
+	eng        engine.Engine
+	slots      chan struct{}
+	retryMax   int
+	backoff    time.Duration
+	backoffMax time.Duration
+	timeout    time.Duration
+	// healthPoll is how often a line waiting for an unhealthy engine looks
+	// again.
+	healthPoll time.Duration
+	metrics    *metrics
+	log        *slog.Logger
+	// newID makes the ids of output lines; tests replace it.
+	newID func(prefix string) string
+	// jitter returns a number in [0,1); tests replace it.
+	jitter func() float64
+}
+
+func newRunner(cfg Config, eng engine.Engine, m *metrics, log *slog.Logger) *runner {
+	return &runner{
+		eng:        eng,
+		slots:      make(chan struct{}, cfg.Concurrency),
+		retryMax:   cfg.RetryMax,
+		backoff:    cfg.RetryBackoff,
+		backoffMax: cfg.RetryBackoffMax,
+		timeout:    cfg.RequestTimeout,
+		healthPoll: 250 * time.Millisecond,
+		metrics:    m,
+		log:        log,
+		newID:      ids.New,
+		jitter:     rand.Float64,
+	}
+}
+
+// release gives back a slot taken by sending on slots.
+func (r *runner) release() { <-r.slots }
+
+// retryableStatus reports whether an engine status is worth retrying:
+// server errors, and 429 (an upstream engine shedding load).
+func retryableStatus(status int) bool {
+	return status >= 500 || status == http.StatusTooManyRequests
+}
+
+// backoffDelay is the wait before retry number attempt (0-based): base
+// doubled per attempt, capped at max, with equal jitter so the wait lies in
+// [d/2, d]. jitter is in [0,1).
+func backoffDelay(base, max time.Duration, attempt int, jitter float64) time.Duration {
+	d := base
+	for i := 0; i < attempt && d < max; i++ {
+		d *= 2
+	}
+	d = min(d, max)
+	return d/2 + time.Duration(jitter*float64(d/2))
+}
+
+// run sends one input line to the engine and renders its result line. It
+// retries connection errors and retryable statuses up to retryMax times;
+// while the engine reports itself unhealthy a connection error waits for it
+// instead of spending a retry. It returns errAbandoned once ctx ends.
+func (r *runner) run(ctx context.Context, lineNo int64, raw []byte) (lineResult, error) {
+	res := lineResult{line: lineNo}
+	in, err := parseInputLine(raw)
+	if err != nil {
+		var cid *string
+		if in.CustomID != "" {
+			cid = &in.CustomID
+		}
+		res.errLine, err = encodeLine(outputLine{ID: r.newID("batch_req_"), CustomID: cid, Error: &outputError{Code: errCodeInvalidRequest, Message: err.Error()}})
+		return res, err
+	}
+	for attempt := 0; ; {
+		status, body, err := r.do(ctx, in)
+		if ctx.Err() != nil {
+			return res, errAbandoned
+		}
+		if err == nil && !retryableStatus(status) {
+			return r.finish(res, in, status, body)
+		}
+		if err != nil && !r.eng.Healthy() {
+			// The engine is down or restarting: waiting for it keeps a crash
+			// from turning the rest of the chunk into error lines. The lease
+			// gives up on an engine that stays down (EngineFailureTimeout).
+			if !r.waitHealthy(ctx) {
+				return res, errAbandoned
+			}
+			continue
+		}
+		if attempt >= r.retryMax {
+			if err != nil {
+				return r.fail(res, in, fmt.Sprintf("engine request failed after %d attempts: %v", attempt+1, err))
+			}
+			return r.finish(res, in, status, body)
+		}
+		r.log.Debug("retrying engine request", "custom_id", in.CustomID, "attempt", attempt+1, "status", status, "err", err)
+		t := time.NewTimer(backoffDelay(r.backoff, r.backoffMax, attempt, r.jitter()))
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return res, errAbandoned
+		case <-t.C:
+		}
+		attempt++
+	}
+}
+
+// do makes one engine call and records its metrics.
+func (r *runner) do(ctx context.Context, in inputLine) (int, []byte, error) {
+	actx, cancel := context.WithTimeout(ctx, r.timeout)
+	defer cancel()
+	start := time.Now()
+	status, body, err := r.eng.Do(actx, in.URL, in.Body)
+	if ctx.Err() != nil {
+		return 0, nil, ctx.Err()
+	}
+	code := strconv.Itoa(status)
+	if err != nil {
+		code = "error"
+		err = fmt.Errorf("engine %s: %w", in.URL, err)
+	}
+	r.metrics.observeRequest(code, time.Since(start))
+	return status, body, err
+}
+
+// waitHealthy waits until the engine is healthy; false when ctx ended.
+func (r *runner) waitHealthy(ctx context.Context) bool {
+	t := time.NewTicker(r.healthPoll)
+	defer t.Stop()
+	for !r.eng.Healthy() {
+		select {
+		case <-ctx.Done():
+			return false
+		case <-t.C:
+		}
+	}
+	return true
+}
+
+// finish renders an engine response: 2xx into the output file with its
+// usage, any other status into the error file, as OpenAI does.
+func (r *runner) finish(res lineResult, in inputLine, status int, body []byte) (lineResult, error) {
+	line := outputLine{
+		ID:       r.newID("batch_req_"),
+		CustomID: &in.CustomID,
+		Response: &outputResponse{StatusCode: status, RequestID: r.newID("req_"), Body: responseBody(body)},
+	}
+	b, err := encodeLine(line)
+	if err != nil {
+		return res, err
+	}
+	if status >= 200 && status < 300 {
+		res.output = b
+		res.usage = parseUsage(body)
+		r.metrics.tokensGenerated.Add(float64(res.usage.OutputTokens))
+	} else {
+		res.errLine = b
+	}
+	return res, nil
+}
+
+// fail renders a request that got no response.
+func (r *runner) fail(res lineResult, in inputLine, msg string) (lineResult, error) {
+	b, err := encodeLine(outputLine{
+		ID:       r.newID("batch_req_"),
+		CustomID: &in.CustomID,
+		Error:    &outputError{Code: errCodeEngineUnavailable, Message: msg},
+	})
+	res.errLine = b
+	return res, err
+}

@@ -1,0 +1,245 @@
+package agent
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"os"
+	"path/filepath"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/vbatch/vbatch/agent/engine"
+)
+
+var update = flag.Bool("update", false, "rewrite golden files in testdata/")
+
+// scriptEngine is an engine whose Do and Healthy are test functions.
+type scriptEngine struct {
+	fakeEngine
+	calls   atomic.Int64
+	doFn    func(call int64, body []byte) (int, []byte, error)
+	healthy func() bool
+}
+
+func (e *scriptEngine) Do(ctx context.Context, path string, body []byte) (int, []byte, error) {
+	n := e.calls.Add(1)
+	return e.doFn(n, body)
+}
+
+func (e *scriptEngine) Healthy() bool {
+	if e.healthy == nil {
+		return true
+	}
+	return e.healthy()
+}
+
+var _ engine.Engine = (*scriptEngine)(nil)
+
+// testRunner returns a runner with fast retries and deterministic ids.
+func testRunner(eng engine.Engine, retryMax int) *runner {
+	cfg := DefaultConfig()
+	cfg.RetryMax = retryMax
+	cfg.RetryBackoff = time.Millisecond
+	cfg.RetryBackoffMax = 2 * time.Millisecond
+	r := newRunner(cfg, eng, newMetrics(), slog.New(slog.NewTextHandler(io.Discard, nil)))
+	var mu sync.Mutex
+	n := 0
+	r.newID = func(prefix string) string {
+		mu.Lock()
+		defer mu.Unlock()
+		n++
+		return fmt.Sprintf("%s%d", prefix, n)
+	}
+	r.healthPoll = time.Millisecond
+	return r
+}
+
+const chatLine = `{"custom_id":"c1","method":"POST","url":"/v1/chat/completions","body":{"model":"m","messages":[{"role":"user","content":"<b>hi</b> & ünïcode"}]}}`
+
+func TestLineFormatsGolden(t *testing.T) {
+	cases := []struct {
+		name   string
+		line   string
+		status int
+		body   string
+		err    error
+	}{
+		{"success", chatLine, 200, "{\n  \"id\": \"chatcmpl-1\",\n  \"choices\": [{\"message\": {\"content\": \"<b>ok</b> & ünïcode\"}}],\n  \"usage\": {\"prompt_tokens\": 4, \"completion_tokens\": 2, \"total_tokens\": 6}\n}\n", nil},
+		{"client error json", chatLine, 400, `{"error":{"message":"context too long","type":"invalid_request_error"}}`, nil},
+		{"client error text", chatLine, 404, "not found\n", nil},
+		{"server error", chatLine, 503, `{"error":"overloaded"}`, nil},
+		{"connection error", chatLine, 0, "", errors.New("dial tcp 127.0.0.1:8000: connect: connection refused")},
+		{"invalid input", `{"custom_id":"c2","method":"POST","body":{}}`, 0, "", nil},
+	}
+	var got bytes.Buffer
+	for _, tc := range cases {
+		eng := &scriptEngine{doFn: func(int64, []byte) (int, []byte, error) { return tc.status, []byte(tc.body), tc.err }}
+		r := testRunner(eng, 1)
+		res, err := r.run(context.Background(), 0, []byte(tc.line))
+		if err != nil {
+			t.Fatalf("%s: %v", tc.name, err)
+		}
+		if (res.output == nil) == (res.errLine == nil) {
+			t.Fatalf("%s: want exactly one of output and error line: %q %q", tc.name, res.output, res.errLine)
+		}
+		file := "output"
+		line := res.output
+		if res.errLine != nil {
+			file, line = "errors", res.errLine
+		}
+		fmt.Fprintf(&got, "# %s -> %s\n%s", tc.name, file, line)
+	}
+	golden := filepath.Join("testdata", "lines.golden")
+	if *update {
+		if err := os.WriteFile(golden, got.Bytes(), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	want, err := os.ReadFile(golden)
+	if err != nil {
+		t.Fatalf("read golden (run with -update to create): %v", err)
+	}
+	if !bytes.Equal(got.Bytes(), want) {
+		t.Errorf("lines differ from %s:\ngot:\n%s\nwant:\n%s", golden, got.Bytes(), want)
+	}
+}
+
+func TestRetryRules(t *testing.T) {
+	const retryMax = 3
+	for _, tc := range []struct {
+		status int
+		calls  int64
+	}{
+		{200, 1}, {201, 1}, {400, 1}, {401, 1}, {404, 1}, {422, 1},
+		{429, retryMax + 1}, {500, retryMax + 1}, {502, retryMax + 1}, {503, retryMax + 1}, {504, retryMax + 1},
+	} {
+		eng := &scriptEngine{doFn: func(int64, []byte) (int, []byte, error) { return tc.status, []byte(`{}`), nil }}
+		res, err := testRunner(eng, retryMax).run(context.Background(), 0, []byte(chatLine))
+		if err != nil {
+			t.Fatalf("status %d: %v", tc.status, err)
+		}
+		if got := eng.calls.Load(); got != tc.calls {
+			t.Errorf("status %d: %d engine calls, want %d", tc.status, got, tc.calls)
+		}
+		if ok := tc.status < 300; ok != (res.output != nil) {
+			t.Errorf("status %d: output %q, error %q", tc.status, res.output, res.errLine)
+		}
+	}
+}
+
+func TestRetryThenSuccess(t *testing.T) {
+	eng := &scriptEngine{doFn: func(call int64, _ []byte) (int, []byte, error) {
+		switch call {
+		case 1:
+			return 0, nil, errors.New("connection reset by peer")
+		case 2:
+			return 502, []byte("bad gateway"), nil
+		}
+		return 200, []byte(`{"usage":{"prompt_tokens":1,"completion_tokens":2}}`), nil
+	}}
+	res, err := testRunner(eng, 3).run(context.Background(), 0, []byte(chatLine))
+	if err != nil || res.output == nil || eng.calls.Load() != 3 {
+		t.Fatalf("err %v, output %q, calls %d", err, res.output, eng.calls.Load())
+	}
+	if res.usage.InputTokens != 1 || res.usage.OutputTokens != 2 || res.usage.TotalTokens != 3 {
+		t.Errorf("usage %+v", res.usage)
+	}
+}
+
+func TestBackoffBounded(t *testing.T) {
+	base, maxWait := 200*time.Millisecond, 5*time.Second
+	prev := time.Duration(0)
+	for attempt := 0; attempt < 64; attempt++ {
+		lo := backoffDelay(base, maxWait, attempt, 0)
+		hi := backoffDelay(base, maxWait, attempt, 0.999999)
+		if lo < base/2 || hi > maxWait || lo > hi {
+			t.Fatalf("attempt %d: delay in [%s,%s], want within [%s,%s]", attempt, lo, hi, base/2, maxWait)
+		}
+		if hi < prev {
+			t.Fatalf("attempt %d: delay %s shrank from %s", attempt, hi, prev)
+		}
+		prev = hi
+	}
+	if got := backoffDelay(base, maxWait, 0, 0.999999); got > base {
+		t.Errorf("first retry waits up to %s, want at most %s", got, base)
+	}
+	if got := backoffDelay(base, maxWait, 63, 0); got != maxWait/2 {
+		t.Errorf("late retry waits at least %s, want %s", got, maxWait/2)
+	}
+}
+
+func TestCancelStopsRetries(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	eng := &scriptEngine{doFn: func(int64, []byte) (int, []byte, error) {
+		cancel()
+		return 503, nil, nil
+	}}
+	r := testRunner(eng, 10)
+	r.backoff, r.backoffMax = time.Hour, time.Hour
+	start := time.Now()
+	_, err := r.run(ctx, 0, []byte(chatLine))
+	if !errors.Is(err, errAbandoned) {
+		t.Fatalf("err %v, want errAbandoned", err)
+	}
+	if eng.calls.Load() != 1 || time.Since(start) > 10*time.Second {
+		t.Errorf("%d calls in %s after cancel", eng.calls.Load(), time.Since(start))
+	}
+
+	// A cancel during the back-off wait also ends the line.
+	ctx, cancel = context.WithCancel(context.Background())
+	eng = &scriptEngine{doFn: func(int64, []byte) (int, []byte, error) { return 500, nil, nil }}
+	r = testRunner(eng, 10)
+	r.backoff, r.backoffMax = time.Hour, time.Hour
+	done := make(chan error, 1)
+	go func() { _, err := r.run(ctx, 0, []byte(chatLine)); done <- err }()
+	waitFor(t, "first call", func() bool { return eng.calls.Load() == 1 })
+	cancel()
+	if err := <-done; !errors.Is(err, errAbandoned) || eng.calls.Load() != 1 {
+		t.Errorf("err %v after %d calls", err, eng.calls.Load())
+	}
+}
+
+func TestUnhealthyEngineWaitsWithoutSpendingRetries(t *testing.T) {
+	var healthChecks atomic.Int64
+	eng := &scriptEngine{
+		doFn: func(call int64, _ []byte) (int, []byte, error) {
+			if call == 1 {
+				return 0, nil, errors.New("connection refused")
+			}
+			return http.StatusOK, []byte(`{}`), nil
+		},
+		// Unhealthy for the first few looks, as an engine restarting.
+		healthy: func() bool { return healthChecks.Add(1) > 5 },
+	}
+	res, err := testRunner(eng, 0).run(context.Background(), 0, []byte(chatLine))
+	if err != nil || res.output == nil {
+		t.Fatalf("err %v, output %q, error line %q", err, res.output, res.errLine)
+	}
+}
+
+func TestParseUsage(t *testing.T) {
+	for _, tc := range []struct {
+		body                              string
+		in, out, total, cached, reasoning int64
+	}{
+		{`{"usage":{"prompt_tokens":10,"completion_tokens":5,"total_tokens":15,"prompt_tokens_details":{"cached_tokens":4},"completion_tokens_details":{"reasoning_tokens":2}}}`, 10, 5, 15, 4, 2},
+		{`{"usage":{"input_tokens":7,"output_tokens":3,"total_tokens":10,"input_tokens_details":{"cached_tokens":1},"output_tokens_details":{"reasoning_tokens":1}}}`, 7, 3, 10, 1, 1},
+		{`{"object":"list","usage":{"prompt_tokens":9,"total_tokens":9}}`, 9, 0, 9, 0, 0},
+		{`{"usage":{"prompt_tokens":2,"completion_tokens":3}}`, 2, 3, 5, 0, 0},
+		{`{"id":"x"}`, 0, 0, 0, 0, 0},
+		{`not json`, 0, 0, 0, 0, 0},
+	} {
+		u := parseUsage([]byte(tc.body))
+		if u.InputTokens != tc.in || u.OutputTokens != tc.out || u.TotalTokens != tc.total || u.CachedTokens != tc.cached || u.ReasoningTokens != tc.reasoning {
+			t.Errorf("%s: usage %+v", tc.body, u)
+		}
+	}
+}

@@ -1,0 +1,148 @@
+package blob
+
+import (
+	"bytes"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"strconv"
+	"strings"
+	"testing"
+)
+
+// serve mounts the store's handler the way the coordinator's RPC mux does.
+func serve(t testing.TB, s *Store) *httptest.Server {
+	t.Helper()
+	mux := http.NewServeMux()
+	mux.Handle(PathPrefix, s.Handler())
+	srv := httptest.NewServer(mux)
+	t.Cleanup(srv.Close)
+	return srv
+}
+
+func do(t testing.TB, method, url string, body []byte, hdr map[string]string) (*http.Response, []byte) {
+	t.Helper()
+	var r io.Reader
+	if body != nil {
+		r = bytes.NewReader(body)
+	}
+	req, err := http.NewRequest(method, url, r)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for k, v := range hdr {
+		req.Header.Set(k, v)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatalf("%s %s: %v", method, url, err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatalf("%s %s: read body: %v", method, url, err)
+	}
+	return resp, b
+}
+
+func TestHandlerPutGetHead(t *testing.T) {
+	s := newStore(t)
+	srv := serve(t, s)
+	b := randBytes(2*BlockSize+77, 20)
+	sha := shaOf(b)
+	url := srv.URL + "/blobs/" + sha
+	size := map[string]string{HeaderSize: strconv.Itoa(len(b))}
+
+	if resp, _ := do(t, "HEAD", url, nil, nil); resp.StatusCode != http.StatusNotFound {
+		t.Fatalf("HEAD absent = %d", resp.StatusCode)
+	}
+	if resp, _ := do(t, "GET", url, nil, nil); resp.StatusCode != http.StatusNotFound {
+		t.Fatalf("GET absent = %d", resp.StatusCode)
+	}
+	if resp, _ := do(t, "PUT", url, b, nil); resp.StatusCode != http.StatusBadRequest {
+		t.Fatalf("PUT without size = %d", resp.StatusCode)
+	}
+	if resp, _ := do(t, "PUT", url, b[:len(b)-1], map[string]string{HeaderSize: strconv.Itoa(len(b) - 1)}); resp.StatusCode != http.StatusBadRequest {
+		t.Fatalf("PUT mismatching body = %d", resp.StatusCode)
+	}
+	if s.Has(sha) {
+		t.Fatal("mismatching PUT kept")
+	}
+	if resp, body := do(t, "PUT", url, b, size); resp.StatusCode != http.StatusNoContent {
+		t.Fatalf("PUT = %d %s", resp.StatusCode, body)
+	}
+	if !s.Has(sha) {
+		t.Fatal("PUT not stored")
+	}
+
+	resp, _ := do(t, "HEAD", url, nil, nil)
+	if resp.StatusCode != http.StatusOK || resp.Header.Get(HeaderSize) != strconv.Itoa(len(b)) {
+		t.Fatalf("HEAD = %d size %q", resp.StatusCode, resp.Header.Get(HeaderSize))
+	}
+	resp, got := do(t, "GET", url, nil, nil)
+	if resp.StatusCode != http.StatusOK || resp.ContentLength != int64(len(b)) || !bytes.Equal(got, b) {
+		t.Fatalf("GET = %d, Content-Length %d, %d bytes", resp.StatusCode, resp.ContentLength, len(got))
+	}
+	off, n := BlockSize-5, BlockSize+10
+	resp, got = do(t, "GET", url+"?offset="+strconv.Itoa(off)+"&length="+strconv.Itoa(n), nil, nil)
+	if resp.StatusCode != http.StatusOK || resp.ContentLength != int64(n) || !bytes.Equal(got, b[off:off+n]) {
+		t.Fatalf("ranged GET = %d, Content-Length %d, %d bytes", resp.StatusCode, resp.ContentLength, len(got))
+	}
+	resp, got = do(t, "GET", url+"?offset="+strconv.Itoa(len(b)-3), nil, nil)
+	if resp.StatusCode != http.StatusOK || !bytes.Equal(got, b[len(b)-3:]) {
+		t.Fatalf("GET tail = %d, %q", resp.StatusCode, got)
+	}
+	if resp, _ := do(t, "GET", url+"?offset=0&length="+strconv.Itoa(len(b)+1), nil, nil); resp.StatusCode != http.StatusRequestedRangeNotSatisfiable {
+		t.Fatalf("GET past end = %d", resp.StatusCode)
+	}
+	if resp, _ := do(t, "GET", url+"?offset=x", nil, nil); resp.StatusCode != http.StatusBadRequest {
+		t.Fatalf("GET bad offset = %d", resp.StatusCode)
+	}
+	if resp, _ := do(t, "POST", url, []byte("x"), nil); resp.StatusCode != http.StatusMethodNotAllowed {
+		t.Fatalf("POST = %d", resp.StatusCode)
+	}
+}
+
+func TestHandlerBadSHA(t *testing.T) {
+	srv := serve(t, newStore(t))
+	for _, name := range []string{"xyz", strings.Repeat("A", 64), strings.Repeat("0", 65), "..%2f..%2fetc"} {
+		for _, m := range []string{"GET", "HEAD", "PUT"} {
+			resp, _ := do(t, m, srv.URL+"/blobs/"+name, []byte{}, map[string]string{HeaderSize: "0"})
+			if resp.StatusCode != http.StatusBadRequest {
+				t.Fatalf("%s /blobs/%s = %d, want 400", m, name, resp.StatusCode)
+			}
+		}
+	}
+}
+
+func TestHandlerGetCorrupt(t *testing.T) {
+	s := newStore(t)
+	srv := serve(t, s)
+	b := randBytes(2*BlockSize, 21)
+	sha := ingest(t, s, b)
+
+	// Damage in the first block: found before any byte is sent.
+	flipByte(t, s.path(sha), 1)
+	if resp, _ := do(t, "GET", srv.URL+"/blobs/"+sha, nil, nil); resp.StatusCode != http.StatusNotFound {
+		t.Fatalf("GET corrupt = %d, want 404", resp.StatusCode)
+	}
+	if !s.Quarantined(sha) {
+		t.Fatal("not quarantined")
+	}
+
+	// Damage in a later block: the body is cut short, never completed.
+	sha = ingest(t, s, b)
+	flipByte(t, s.path(sha), BlockSize+1)
+	resp, err := http.Get(srv.URL + "/blobs/" + sha)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	got, err := io.ReadAll(resp.Body)
+	if err == nil {
+		t.Fatalf("GET with late corruption read %d bytes cleanly", len(got))
+	}
+	if bytes.Equal(got, b) {
+		t.Fatal("corrupt body delivered in full")
+	}
+}

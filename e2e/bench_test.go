@@ -1,0 +1,248 @@
+package e2e
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"mime/multipart"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/openai/openai-go/v3"
+)
+
+// procStatusKB reads a "Name: N kB" field of /proc/PID/status.
+func procStatusKB(pid int, field string) int64 {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return 0
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if strings.HasPrefix(line, field+":") {
+			f := strings.Fields(line)
+			v, _ := strconv.ParseInt(f[1], 10, 64)
+			return v
+		}
+	}
+	return 0
+}
+
+// cpuSeconds is a process's user+system CPU time from /proc/PID/stat.
+func cpuSeconds(pid int) float64 {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0
+	}
+	s := string(b)
+	f := strings.Fields(s[strings.LastIndexByte(s, ')')+2:])
+	ut, _ := strconv.ParseFloat(f[11], 64)
+	st, _ := strconv.ParseFloat(f[12], 64)
+	return (ut + st) / 100 // USER_HZ
+}
+
+// ddBaseline times a plain 200 MB write with fsync in dir, in MB/s.
+func ddBaseline(b *testing.B, dir string) float64 {
+	path := filepath.Join(dir, "dd.bin")
+	start := time.Now()
+	out, err := exec.Command("dd", "if=/dev/zero", "of="+path, "bs=1M", "count=200", "conv=fsync").CombinedOutput()
+	if err != nil {
+		b.Fatalf("dd: %v: %s", err, out)
+	}
+	el := time.Since(start)
+	os.Remove(path)
+	return 200 * 1 << 20 / 1e6 / el.Seconds()
+}
+
+// BenchmarkUpload200MB uploads a 200 MB, 100,000-line JSONL file through a
+// follower and waits until it is replicated, validated and chunked (the
+// batch is in_progress). It reports MB/s end to end, the ratio to dd's
+// fsync'd write speed measured in the same run, and the follower's peak
+// RSS above its idle RSS.
+func BenchmarkUpload200MB(b *testing.B) {
+	c := StartCluster(b, 3, ClusterOptions{Extra: []string{"--max-requests", "100000"}})
+	leader := c.WaitLeader(20 * time.Second)
+	fol := c.Running(leader)[0]
+	// 100,000 lines of 2,000 bytes: exactly 200 MB.
+	input := filepath.Join(c.Dir, "big.jsonl")
+	f, err := os.Create(input)
+	if err != nil {
+		b.Fatal(err)
+	}
+	w := bufio.NewWriterSize(f, 1<<20)
+	for i := 0; i < 100000; i++ {
+		head := fmt.Sprintf(`{"custom_id":"req-%d","method":"POST","url":"/v1/chat/completions","body":{"model":"sim-model","messages":[{"role":"user","content":"`, i)
+		tail := `"}]}}`
+		w.WriteString(head)
+		w.WriteString(strings.Repeat("x", 2000-len(head)-len(tail)-1))
+		w.WriteString(tail + "\n")
+	}
+	w.Flush()
+	f.Close()
+	st, _ := os.Stat(input)
+	dd := ddBaseline(b, c.Dir)
+	pid := c.Coords[fol].PID()
+	idle := procStatusKB(pid, "VmRSS")
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		start := time.Now()
+		id := uploadStreaming(b, c.Coords[fol].URL(), input)
+		cl := c.client(fol, "")
+		bt, err := cl.Batches.New(context.Background(), openai.BatchNewParams{
+			InputFileID: id, Endpoint: openai.BatchNewParamsEndpointV1ChatCompletions, CompletionWindow: "24h",
+		})
+		if err != nil {
+			b.Fatal(err)
+		}
+		waitBatch(b, cl, bt.ID, 5*time.Minute, statusIs(openai.BatchStatusInProgress))
+		el := time.Since(start)
+		mbps := float64(st.Size()) / 1e6 / el.Seconds()
+		b.ReportMetric(mbps, "MB/s")
+		b.ReportMetric(dd, "dd_MB/s")
+		b.ReportMetric(mbps/dd, "ratio_to_dd")
+	}
+	b.StopTimer()
+	peak := procStatusKB(pid, "VmHWM")
+	b.ReportMetric(float64(peak-idle)/1024, "peakRSS_MB_over_idle")
+}
+
+// uploadStreaming posts a file as multipart without holding it in memory.
+func uploadStreaming(b *testing.B, base, path string) string {
+	src, err := os.Open(path)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer src.Close()
+	pr, pw := io.Pipe()
+	mw := multipart.NewWriter(pw)
+	go func() {
+		mw.WriteField("purpose", "batch")
+		part, _ := mw.CreateFormFile("file", filepath.Base(path))
+		_, err := io.Copy(part, src)
+		if err == nil {
+			err = mw.Close()
+		}
+		pw.CloseWithError(err)
+	}()
+	resp, err := http.Post(base+"/v1/files", mw.FormDataContentType(), pr)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode != http.StatusOK {
+		b.Fatalf("upload: %d %s", resp.StatusCode, body)
+	}
+	var obj struct {
+		ID string `json:"id"`
+	}
+	if err := jsonUnmarshal(body, &obj); err != nil {
+		b.Fatal(err)
+	}
+	return obj.ID
+}
+
+// BenchmarkPipeline50k runs a 50,000-request batch through three
+// coordinators and two agents on sim engines, then drives the same sim
+// engines directly with a minimal client at the same total concurrency,
+// and reports the throughput ratio (vbatch / direct), the time from submit
+// to completed, and the coordinators' CPU as a share of the agents'.
+func BenchmarkPipeline50k(b *testing.B) {
+	const n, perAgent = 50000, 64
+	c := StartCluster(b, 3, ClusterOptions{Extra: []string{"--max-requests", "50000"}})
+	var sims []*Sim
+	var agents []*Agent
+	for i := 1; i <= 2; i++ {
+		s := c.StartSim(b, fmt.Sprintf("sim%d", i), "--latency", "20ms", "--max-num-seqs", "256")
+		sims = append(sims, s)
+		agents = append(agents, c.StartAgent(b, fmt.Sprintf("agent%d", i),
+			"--engine", "openai", "--engine-url", "http://"+s.Addr, "--concurrency", strconv.Itoa(perAgent)))
+	}
+	c.WaitAgents(b, 2)
+	data := chatLines(n, "sim-model")
+	cl := c.client(0, "")
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		cpu := func(ps []*Proc) float64 {
+			var t float64
+			for _, p := range ps {
+				t += cpuSeconds(p.PID())
+			}
+			return t
+		}
+		var coordProcs, agentProcs []*Proc
+		for _, co := range c.Coords {
+			coordProcs = append(coordProcs, co.Proc)
+		}
+		for _, a := range agents {
+			agentProcs = append(agentProcs, a.Proc)
+		}
+		c0, a0 := cpu(coordProcs), cpu(agentProcs)
+		start := time.Now()
+		f := upload(b, cl, "bench.jsonl", data)
+		bt, err := cl.Batches.New(context.Background(), openai.BatchNewParams{
+			InputFileID: f.ID, Endpoint: openai.BatchNewParamsEndpointV1ChatCompletions, CompletionWindow: "24h",
+		})
+		if err != nil {
+			b.Fatal(err)
+		}
+		done := waitBatch(b, cl, bt.ID, 10*time.Minute, statusIs(openai.BatchStatusCompleted))
+		vb := time.Since(start)
+		if done.RequestCounts.Completed != n {
+			b.Fatalf("completed %d of %d", done.RequestCounts.Completed, n)
+		}
+		coordCPU, agentCPU := cpu(coordProcs)-c0, cpu(agentProcs)-a0
+
+		direct := directRun(b, sims, data, 2*perAgent)
+		b.ReportMetric(float64(n)/vb.Seconds(), "vbatch_req/s")
+		b.ReportMetric(float64(n)/direct.Seconds(), "direct_req/s")
+		b.ReportMetric(direct.Seconds()/vb.Seconds(), "ratio")
+		b.ReportMetric(vb.Seconds(), "submit_to_completed_s")
+		b.ReportMetric(coordCPU/agentCPU, "coord_cpu_over_agent_cpu")
+	}
+}
+
+// directRun sends every request body straight to the sims, spread evenly,
+// with the given total concurrency, and returns the wall time.
+func directRun(b *testing.B, sims []*Sim, data []byte, concurrency int) time.Duration {
+	var bodies [][]byte
+	for _, line := range bytes.Split(bytes.TrimSpace(data), []byte("\n")) {
+		i := bytes.Index(line, []byte(`"body":`))
+		bodies = append(bodies, line[i+len(`"body":`):len(line)-1])
+	}
+	client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: concurrency}}
+	var next atomic.Int64
+	var wg sync.WaitGroup
+	start := time.Now()
+	for w := 0; w < concurrency; w++ {
+		wg.Add(1)
+		go func(w int) {
+			defer wg.Done()
+			url := "http://" + sims[w%len(sims)].Addr + "/v1/chat/completions"
+			for {
+				i := next.Add(1) - 1
+				if i >= int64(len(bodies)) {
+					return
+				}
+				resp, err := client.Post(url, "application/json", bytes.NewReader(bodies[i]))
+				if err != nil {
+					b.Error(err)
+					return
+				}
+				io.Copy(io.Discard, resp.Body)
+				resp.Body.Close()
+			}
+		}(w)
+	}
+	wg.Wait()
+	return time.Since(start)
+}
