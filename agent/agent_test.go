@@ -49,6 +49,7 @@ func startAgent(t *testing.T, coord *fakeCoord, eng *fakeEngine, mutate func(*Co
 	cfg.Coordinators = func() []string { return []string{addr} }
 	cfg.LeaseWait = 100 * time.Millisecond
 	cfg.Concurrency = 8
+	cfg.PartLines = 100
 	cfg.PartInterval = 20 * time.Millisecond
 	cfg.RetryBackoff = time.Millisecond
 	cfg.RetryBackoffMax = 4 * time.Millisecond

@@ -101,7 +101,7 @@ func DefaultConfig() Config {
 		MetricsAddr:          DefaultMetricsAddr,
 		Concurrency:          64,
 		MaxLeases:            2,
-		PartLines:            100,
+		PartLines:            500,
 		PartInterval:         2 * time.Second,
 		LeaseWait:            10 * time.Second,
 		RetryMax:             3,

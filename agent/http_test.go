@@ -97,7 +97,7 @@ func TestConfig(t *testing.T) {
 		t.Errorf("default config with join: %v", err)
 	}
 	if cfg.MetricsAddr != ":8010" || cfg.GossipAddr != ":8013" || cfg.Concurrency != 64 || cfg.MaxLeases != 2 ||
-		cfg.PartLines != 100 || cfg.PartInterval != 2*time.Second || cfg.LeaseWait != 10*time.Second ||
+		cfg.PartLines != 500 || cfg.PartInterval != 2*time.Second || cfg.LeaseWait != 10*time.Second ||
 		cfg.RetryMax != 3 || cfg.RetryBackoff != 200*time.Millisecond || cfg.RetryBackoffMax != 5*time.Second {
 		t.Errorf("defaults: %+v", cfg)
 	}
