@@ -9,13 +9,13 @@ BUF_VERSION := v1.75.0
 PROTOC_GEN_GO_VERSION := v1.36.12
 PROTOC_GEN_CONNECT_GO_VERSION := v1.21.1
 
-.PHONY: build test test-unit test-e2e generate tools lint bench demo clean
+.PHONY: build test test-unit test-e2e generate tools lint bench demo clean monitoring-check
 
 build:
 	$(GO) build -ldflags "$(LDFLAGS)" -o bin/vbatch ./cmd/vbatch
 	$(GO) build -ldflags "$(LDFLAGS)" -o bin/vbctl ./cmd/vbctl
 
-test: lint build
+test: lint build monitoring-check
 	$(GO) test -count=1 -timeout 15m ./...
 
 test-unit:
@@ -42,3 +42,13 @@ demo: build
 
 clean:
 	rm -rf bin
+
+# monitoring-check validates the shipped Prometheus config, runs the alert
+# rules' unit tests and parses every dashboard query. It needs promtool
+# (Debian: apt-get install prometheus) and fails without it.
+PROMTOOL ?= promtool
+monitoring-check:
+	@command -v $(PROMTOOL) >/dev/null 2>&1 || { echo "monitoring-check: promtool not found; install it (Debian: apt-get install prometheus) or set PROMTOOL=/path/to/promtool" >&2; exit 1; }
+	cd deploy/prometheus && $(PROMTOOL) check config prometheus.yml
+	cd deploy/prometheus && $(PROMTOOL) test rules tests/*.yml
+	VBATCH_PROMTOOL=$$(command -v $(PROMTOOL)) $(GO) test -count=1 ./deploy/ ./monitoring/

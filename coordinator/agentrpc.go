@@ -368,6 +368,7 @@ func (s *agentService) Telemetry(ctx context.Context, req *connect.Request[vbatc
 	s.mu.Lock()
 	s.telemetry[req.Msg.AgentId] = &AgentTelemetry{Report: req.Msg, ReceivedAt: s.c.Now()}
 	s.mu.Unlock()
+	s.c.metrics.ObserveXIDs(req.Msg.AgentId, len(req.Msg.XidEvents))
 	return connect.NewResponse(&vbatchv1.TelemetryResponse{}), nil
 }
 

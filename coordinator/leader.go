@@ -14,6 +14,7 @@ import (
 	"github.com/vbatch/vbatch/fsm"
 	"github.com/vbatch/vbatch/gossip"
 	"github.com/vbatch/vbatch/internal/ids"
+	"github.com/vbatch/vbatch/monitoring"
 	vbatchv1 "github.com/vbatch/vbatch/rpc/gen/vbatch/v1"
 )
 
@@ -50,7 +51,7 @@ func (c *Coordinator) leaderLoop(ctx context.Context) {
 	if _, err := c.Apply(ctx, &vbatchv1.ExtendLeases{ExpiresAt: c.Now().Add(c.cfg.LeaseTTL).UnixMilli()}); err != nil {
 		c.log.Warn("extend leases on leadership failed", "err", err)
 	}
-	l := &leader{c: c, started: c.Now(), busy: map[string]bool{}}
+	l := &leader{c: c, started: c.Now(), busy: map[string]bool{}, chunks: monitoring.NewChunkTracker(c.metrics.Chunks)}
 	var members time.Time
 	for {
 		watch := c.fsm.Watch()
@@ -78,6 +79,8 @@ type leader struct {
 	// busy marks batches with a validation or expiry running.
 	busy map[string]bool
 	wg   sync.WaitGroup
+	// chunks turns the chunk changes each tick sees into chunk metrics.
+	chunks *monitoring.ChunkTracker
 }
 
 // work is what one look at the state found to do.
@@ -101,6 +104,7 @@ func (l *leader) tick(ctx context.Context) {
 	var w work
 	c.fsm.View(func(s *fsm.State) {
 		for _, b := range s.Batches {
+			l.chunks.Observe(now, b)
 			if fsm.IsTerminal(b.Status) {
 				continue
 			}

@@ -9,6 +9,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/vbatch/vbatch/coordinator/api"
+	"github.com/vbatch/vbatch/monitoring"
 	"github.com/vbatch/vbatch/rpc/gen/vbatch/v1/vbatchv1connect"
 )
 
@@ -23,12 +24,13 @@ func (c *Coordinator) startServers() {
 		Inference:      c.router.ServeInference,
 	}, c.log.With("logger", "api"))
 	mux := http.NewServeMux()
+	c.registerCollectors()
 	mux.Handle("/metrics", promhttp.HandlerFor(c.registry, promhttp.HandlerOpts{}))
 	mux.HandleFunc("/health", func(w http.ResponseWriter, r *http.Request) {
 		w.WriteHeader(http.StatusOK)
 		_, _ = w.Write([]byte("ok\n"))
 	})
-	mux.Handle("/", a.Handler())
+	mux.Handle("/", monitoring.InstrumentHTTP(a.Handler(), c.metrics.HTTP))
 	c.httpSrv = &http.Server{
 		Handler:           mux,
 		ReadHeaderTimeout: 10 * time.Second,

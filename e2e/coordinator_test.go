@@ -4,10 +4,12 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"testing"
 	"time"
 
 	"github.com/openai/openai-go/v3"
+	"github.com/openai/openai-go/v3/option"
 )
 
 // TestCoordinatorCluster drives three real coordinators: replicated upload,
@@ -77,6 +79,38 @@ not json
 		t.Fatalf("in_progress batch = total %d model %q", started.RequestCounts.Total, started.Model)
 	}
 
+	// Pagination over more than one page, and error objects, through the
+	// openai-go client against the running cluster.
+	for i := 0; i < 3; i++ {
+		upload(t, c.client(other, ""), fmt.Sprintf("page-%d.jsonl", i), chatLines(2, "sim-model"))
+	}
+	cl := c.client(follower, "")
+	consistent := option.WithHeader("X-Vbatch-Consistent", "true")
+	var paged []string
+	iter := cl.Files.ListAutoPaging(ctx, openai.FileListParams{Limit: openai.Int(2)}, consistent)
+	for iter.Next() {
+		paged = append(paged, iter.Current().ID)
+	}
+	if err := iter.Err(); err != nil || len(paged) != 5 {
+		t.Fatalf("paged file listing: %d files, err %v", len(paged), err)
+	}
+	var batchIDs []string
+	biter := cl.Batches.ListAutoPaging(ctx, openai.BatchListParams{Limit: openai.Int(1)}, consistent)
+	for biter.Next() {
+		batchIDs = append(batchIDs, biter.Current().ID)
+	}
+	if err := biter.Err(); err != nil || len(batchIDs) != 2 || batchIDs[0] != gb.ID {
+		t.Fatalf("paged batch listing %v (newest first, want %s first), err %v", batchIDs, gb.ID, err)
+	}
+	var apiErr *openai.Error
+	if _, err := cl.Files.Get(ctx, "file-doesnotexist"); !errorsAs(err, &apiErr) || apiErr.StatusCode != 404 {
+		t.Fatalf("missing file: %v", err)
+	}
+	_, err = cl.Batches.New(ctx, openai.BatchNewParams{InputFileID: f.ID, Endpoint: "/v1/nope", CompletionWindow: "24h"})
+	if !errorsAs(err, &apiErr) || apiErr.StatusCode != 400 {
+		t.Fatalf("bad endpoint: %v", err)
+	}
+
 	// Kill the leader: a new one takes over within seconds and both
 	// survivors still serve the file.
 	c.Coords[leader].Kill()
@@ -117,6 +151,7 @@ not json
 // consistently through coordinator i.
 func snapshotObjects(t *testing.T, c *Cluster, i int) []byte {
 	t.Helper()
+	consistent := option.WithHeader("X-Vbatch-Consistent", "true")
 	var files, batches []json.RawMessage
 	var body []byte
 	WaitFor(t, 20*time.Second, "consistent listing", func() bool {
@@ -124,14 +159,16 @@ func snapshotObjects(t *testing.T, c *Cluster, i int) []byte {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
 		cl := c.client(i, "")
-		fl, err := cl.Files.List(ctx, openai.FileListParams{})
+		// Consistent reads: a node that just restarted may not have caught
+		// up yet, and a default (local) read would show its stale state.
+		fl, err := cl.Files.List(ctx, openai.FileListParams{}, consistent)
 		if err != nil {
 			return false
 		}
 		for _, f := range fl.Data {
 			files = append(files, json.RawMessage(f.RawJSON()))
 		}
-		bl, err := cl.Batches.List(ctx, openai.BatchListParams{Limit: openai.Int(100)})
+		bl, err := cl.Batches.List(ctx, openai.BatchListParams{Limit: openai.Int(100)}, consistent)
 		if err != nil {
 			return false
 		}

@@ -35,7 +35,7 @@ func startPipeline(t *testing.T) *pipeline {
 		s := c.StartSim(t, fmt.Sprintf("sim%d", i), "--latency", "10ms")
 		p.sims = append(p.sims, s)
 		p.agents = append(p.agents, c.StartAgent(t, fmt.Sprintf("agent%d", i),
-			"--engine", "openai", "--engine-url", "http://"+s.Addr, "--concurrency", "16"))
+			"--engine", "openai", "--engine-url", "http://"+s.Addr, "--concurrency", "16", "--part-lines", "100"))
 	}
 	c.WaitAgents(t, 2)
 	return p
@@ -162,6 +162,10 @@ func TestBatchPipeline(t *testing.T) {
 		b := p.submit(t, n, "sim-model", "24h")
 		p.waitDone(t, b.ID, 1500)
 		p.agents[0].Kill()
+		defer func() {
+			p.agents[0].Restart(t)
+			p.WaitAgents(t, 2)
+		}()
 		done := p.waitStatus(t, b.ID, openai.BatchStatusCompleted, 3*time.Minute)
 		p.exactlyOnce(t, done, n)
 		// Only lines the dead agent ran but had not committed may run twice:
@@ -171,8 +175,6 @@ func TestBatchPipeline(t *testing.T) {
 			t.Fatalf("engines served %d requests beyond the %d lines (bound %d): committed work ran again", extra, n, bound)
 		}
 		t.Logf("re-run after SIGKILL: %d requests", extra)
-		p.agents[0].Restart(t)
-		p.WaitAgents(t, 2)
 	})
 
 	t.Run("agent SIGSTOP past lease TTL", func(t *testing.T) {
@@ -183,6 +185,12 @@ func TestBatchPipeline(t *testing.T) {
 		if err := p.agents[1].Signal(syscall.SIGSTOP); err != nil {
 			t.Fatal(err)
 		}
+		resumed := false
+		defer func() {
+			if !resumed {
+				_ = p.agents[1].Signal(syscall.SIGCONT)
+			}
+		}()
 		// Past the lease TTL and gossip's failure detection, the chunks move
 		// to the other agent.
 		p.waitDone(t, b.ID, 3000)
@@ -190,6 +198,7 @@ func TestBatchPipeline(t *testing.T) {
 		if err := p.agents[1].Signal(syscall.SIGCONT); err != nil {
 			t.Fatal(err)
 		}
+		resumed = true
 		done := p.waitStatus(t, b.ID, openai.BatchStatusCompleted, 3*time.Minute)
 		p.exactlyOnce(t, done, n)
 		t.Logf("stale results refused during the freeze: %d", p.staleRefused(t)-refusedBefore)

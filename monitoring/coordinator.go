@@ -1,5 +1,12 @@
 // Package monitoring is the one place where vbatch's Prometheus metrics are
 // defined, together with logging setup.
+//
+// A coordinator exports two kinds of figures. State figures (batches by
+// status, queue depth, workers, GPUs, raft) are computed at scrape time by
+// ClusterCollector from the replicated state and the latest agent
+// telemetry, so every coordinator shows the whole cluster. Event figures
+// (API requests, uploads, chunk events seen by the leader) are counted as
+// they happen on the coordinator that saw them.
 package monitoring
 
 import (
@@ -15,6 +22,12 @@ type CoordinatorMetrics struct {
 	// StaleResultsRefused counts parts and completions refused because their
 	// fencing token was no longer the chunk's live lease.
 	StaleResultsRefused prometheus.Counter
+	// HTTP are the API request figures, recorded by InstrumentHTTP.
+	HTTP *HTTPMetrics
+	// Chunks are the chunk events the leader observes (ChunkTracker).
+	Chunks *ChunkMetrics
+	// XIDErrors counts GPU XID error events agents report in telemetry.
+	XIDErrors *prometheus.CounterVec
 }
 
 // NewCoordinatorMetrics registers the coordinator metrics on reg.
@@ -29,8 +42,14 @@ func NewCoordinatorMetrics(reg prometheus.Registerer) *CoordinatorMetrics {
 			Help:    "Time from proposing a command on the leader to its commit and apply.",
 			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 14),
 		}),
+		XIDErrors: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "vllm_gpu_xid_errors_total",
+			Help: "GPU XID error events agents reported to this coordinator.",
+		}, []string{LabelAgent}),
+		HTTP:   NewHTTPMetrics(reg),
+		Chunks: NewChunkMetrics(reg),
 	}
-	reg.MustRegister(m.ApplyDuration, m.StaleResultsRefused)
+	reg.MustRegister(m.ApplyDuration, m.StaleResultsRefused, m.XIDErrors)
 	return m
 }
 
@@ -38,5 +57,19 @@ func NewCoordinatorMetrics(reg prometheus.Registerer) *CoordinatorMetrics {
 func (m *CoordinatorMetrics) ObserveApply(d time.Duration) {
 	if m != nil {
 		m.ApplyDuration.Observe(d.Seconds())
+	}
+}
+
+// ObserveXIDs records the XID events of one telemetry report.
+func (m *CoordinatorMetrics) ObserveXIDs(agent string, events int) {
+	if m != nil && events > 0 {
+		m.XIDErrors.WithLabelValues(agent).Add(float64(events))
+	}
+}
+
+// Error counts one error of the given type in vllm_errors_total.
+func (m *CoordinatorMetrics) Error(typ string) {
+	if m != nil {
+		m.HTTP.Errors.WithLabelValues(typ).Inc()
 	}
 }

@@ -117,6 +117,8 @@ func agentCmd() *cobra.Command {
 	f.StringArrayVar(&cfg.Models, "model", nil, "model served (repeatable)")
 	f.IntVar(&cfg.Concurrency, "concurrency", cfg.Concurrency, "requests in flight to the engine")
 	f.IntVar(&cfg.MaxLeases, "max-leases", cfg.MaxLeases, "chunks held at once")
+	f.IntVar(&cfg.PartLines, "part-lines", cfg.PartLines, "commit results every this many finished lines")
+	f.DurationVar(&cfg.PartInterval, "part-interval", cfg.PartInterval, "commit finished results at least this often")
 	f.StringVar(&ef.vllmBin, "vllm-bin", "vllm", "vllm executable")
 	f.StringVar(&ef.vllmArgs, "vllm-args", "", "extra arguments for vllm serve")
 	f.StringVar(&ef.gpus, "gpus", "", "GPUs for vllm (CUDA_VISIBLE_DEVICES)")

@@ -8,6 +8,7 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 )
 
 // serve mounts the store's handler the way the coordinator's RPC mux does.
@@ -144,5 +145,26 @@ func TestHandlerGetCorrupt(t *testing.T) {
 	}
 	if bytes.Equal(got, b) {
 		t.Fatal("corrupt body delivered in full")
+	}
+}
+
+func TestHeadRestartsGCGrace(t *testing.T) {
+	// A pusher that finds the blob by HEAD counts it as a replica without
+	// uploading, so the HEAD must keep GC from deleting it before commit.
+	s := newStore(t)
+	srv := serve(t, s)
+	headed := ingest(t, s, []byte("found by a pusher"))
+	idle := ingest(t, s, []byte("nobody asked"))
+	age(t, s, headed, 2*time.Hour)
+	age(t, s, idle, 2*time.Hour)
+	if resp, _ := do(t, "HEAD", srv.URL+PathPrefix+headed, nil, nil); resp.StatusCode != http.StatusOK {
+		t.Fatalf("HEAD = %d", resp.StatusCode)
+	}
+	r := &Replicator{Store: s, Self: "n0"}
+	if n, err := r.GC(nil, time.Hour); err != nil || n != 1 {
+		t.Fatalf("GC = %d, %v; want 1, nil", n, err)
+	}
+	if !s.Has(headed) || s.Has(idle) {
+		t.Fatalf("after GC: headed present %v, idle present %v; want true, false", s.Has(headed), s.Has(idle))
 	}
 }

@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net/http"
 	"net/http/httptest"
 	"slices"
@@ -25,12 +26,15 @@ type node struct {
 	gets  atomic.Int64
 	// hang, when set, makes PUTs block until the client gives up.
 	hang atomic.Bool
+	// gate, when set, holds HEADs (the first step of a push) until closed.
+	gate atomic.Pointer[chan struct{}]
 }
 
 // newCluster starts n nodes, each replicating to all the others.
 func newCluster(t *testing.T, n int) []*node {
 	t.Helper()
 	nodes := make([]*node, n)
+	release := make(chan struct{})
 	for i := range nodes {
 		nd := &node{id: fmt.Sprintf("n%d", i), store: newStore(t)}
 		h := nd.store.Handler()
@@ -39,8 +43,21 @@ func newCluster(t *testing.T, n int) []*node {
 			case http.MethodPut:
 				nd.puts.Add(1)
 				if nd.hang.Load() {
-					<-r.Context().Done()
+					// The server only notices a client giving up once
+					// the body is consumed, so drain it, then hang.
+					_, _ = io.Copy(io.Discard, r.Body)
+					select {
+					case <-r.Context().Done():
+					case <-release:
+					}
 					return
+				}
+			case http.MethodHead:
+				if g := nd.gate.Load(); g != nil {
+					select {
+					case <-*g:
+					case <-release:
+					}
 				}
 			case http.MethodGet:
 				nd.gets.Add(1)
@@ -50,6 +67,7 @@ func newCluster(t *testing.T, n int) []*node {
 		t.Cleanup(nd.srv.Close)
 		nodes[i] = nd
 	}
+	t.Cleanup(func() { close(release) }) // runs before the servers close
 	for _, nd := range nodes {
 		nd.repl = &Replicator{
 			Store:  nd.store,
@@ -89,8 +107,10 @@ func TestReplicateQuorumWithPeerDown(t *testing.T) {
 	if err != nil {
 		t.Fatalf("Replicate need=2 with one peer down: %v", err)
 	}
-	if !slices.Equal(got, []string{"n0", "n1"}) {
-		t.Fatalf("holders = %v, want [n0 n1]", got)
+	// Replicate gives up as soon as need is out of reach, so n1's push
+	// may or may not have finished by then.
+	if !slices.Equal(got, []string{"n0"}) && !slices.Equal(got, []string{"n0", "n1"}) {
+		t.Fatalf("holders = %v, want n0 and at most n1", got)
 	}
 	data, err := readAll(c[1].store, sha)
 	if err != nil || !bytes.Equal(data, b) {
@@ -107,20 +127,28 @@ func TestReplicateAllFailsWithPeerDown(t *testing.T) {
 	if !errors.Is(err, ErrNotReplicated) {
 		t.Fatalf("Replicate need=3 with one peer down: err = %v, want ErrNotReplicated", err)
 	}
-	if !slices.Equal(got, []string{"n0", "n1"}) {
-		t.Fatalf("holders = %v, want [n0 n1]", got)
+	// Replicate gives up as soon as need is out of reach, so n1's push
+	// may or may not have finished by then.
+	if !slices.Equal(got, []string{"n0"}) && !slices.Equal(got, []string{"n0", "n1"}) {
+		t.Fatalf("holders = %v, want n0 and at most n1", got)
 	}
 }
 
 func TestReplicateAllPeersEventually(t *testing.T) {
 	c := newCluster(t, 3)
 	sha := ingest(t, c[0].store, randBytes(BlockSize+1, 32))
+	gate := make(chan struct{})
+	c[2].gate.Store(&gate)
 	got, err := c[0].repl.Replicate(context.Background(), sha, 2)
-	if err != nil || len(got) != 2 || got[0] != "n0" {
-		t.Fatalf("Replicate = %v, %v", got, err)
+	if err != nil || !slices.Equal(got, []string{"n0", "n1"}) {
+		t.Fatalf("Replicate = %v, %v; want [n0 n1]", got, err)
 	}
-	// The push that was not waited for still completes.
-	waitFor(t, "third replica", func() bool { return c[1].store.Has(sha) && c[2].store.Has(sha) })
+	if c[2].store.Has(sha) {
+		t.Fatal("gated peer already holds the blob")
+	}
+	// The push Replicate did not wait for still completes afterwards.
+	close(gate)
+	waitFor(t, "third replica", func() bool { return c[2].store.Has(sha) })
 }
 
 func TestReplicateSkipsPeerThatHasIt(t *testing.T) {

@@ -1,0 +1,44 @@
+package deploy
+
+import (
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+// TestDashboardQueriesParse checks every dashboard query with promtool,
+// as recording rules (Grafana's $__ variables replaced by a range). It
+// runs where VBATCH_PROMTOOL names promtool: `make monitoring-check` sets
+// it, and fails when promtool is missing.
+func TestDashboardQueriesParse(t *testing.T) {
+	promtool := os.Getenv("VBATCH_PROMTOOL")
+	if promtool == "" {
+		t.Skip("VBATCH_PROMTOOL not set; make monitoring-check runs this")
+	}
+	gen, err := Dashboards()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var b strings.Builder
+	b.WriteString("groups:\n  - name: dashboards\n    rules:\n")
+	n := 0
+	for _, raw := range gen {
+		for _, expr := range metricExprs(t, raw) {
+			expr = strings.NewReplacer("$__rate_interval", "1m", "$__range", "1h").Replace(expr)
+			n++
+			fmt.Fprintf(&b, "      - record: dashboard:query_%d\n        expr: %q\n", n, expr)
+		}
+	}
+	file := filepath.Join(t.TempDir(), "dashboards.yml")
+	if err := os.WriteFile(file, []byte(b.String()), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	out, err := exec.Command(promtool, "check", "rules", file).CombinedOutput()
+	if err != nil {
+		t.Fatalf("promtool check rules: %v\n%s", err, out)
+	}
+	t.Logf("%d dashboard queries parse", n)
+}
