@@ -118,7 +118,7 @@ func counter(t *testing.T, c prometheus.Counter) float64 {
 }
 
 func (h *harness) chunkOutcome(t *testing.T, status string) float64 {
-	return counter(t, h.a.metrics.chunksProcessed.WithLabelValues(status))
+	return counter(t, h.a.metrics.ChunksProcessed.WithLabelValues(status))
 }
 
 // decodedLine is an output or error line as a test reads it.
@@ -260,7 +260,7 @@ func TestChunkProcessedExactlyOnce(t *testing.T) {
 		t.Errorf("usage %+v for %d succeeded lines", &usage, succeeded)
 	}
 	waitFor(t, "completed metric", func() bool { return h.chunkOutcome(t, chunkCompleted) == 1 })
-	if got := counter(t, h.a.metrics.tokensGenerated); got != float64(5*succeeded) {
+	if got := counter(t, h.a.metrics.TokensGenerated); got != float64(5*succeeded) {
 		t.Errorf("tokens generated %v, want %d", got, 5*succeeded)
 	}
 }

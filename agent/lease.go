@@ -83,9 +83,9 @@ type commitOutcome struct {
 // processLease works a granted lease to its end: completed, released, or
 // dropped because it was revoked.
 func (a *Agent) processLease(l *vbatchv1.LeaseResponse) {
-	a.metrics.leasesHeld.Inc()
+	a.metrics.LeasesHeld.Inc()
 	a.held.Add(1)
-	defer func() { a.metrics.leasesHeld.Dec(); a.held.Add(-1) }()
+	defer func() { a.metrics.LeasesHeld.Dec(); a.held.Add(-1) }()
 	r := &leaseRun{
 		a:            a,
 		l:            l,
@@ -107,7 +107,7 @@ func (a *Agent) processLease(l *vbatchv1.LeaseResponse) {
 	defer r.cancelReqs()
 	r.log.Info("lease granted", "model", l.Model, "start", l.StartLine, "end", l.EndLine, "progress", l.Progress)
 	status := r.run()
-	a.metrics.chunksProcessed.WithLabelValues(status).Inc()
+	a.metrics.ChunksProcessed.WithLabelValues(status).Inc()
 	r.log.Info("lease finished", "status", status, "committed", r.committed)
 }
 
@@ -320,7 +320,7 @@ func (r *leaseRun) settle(o commitOutcome, startStop func(string)) {
 	switch {
 	case o.err == nil:
 		r.committed = o.p.to
-		r.a.metrics.partsCommitted.Inc()
+		r.a.metrics.PartsCommitted.Inc()
 		if o.progress != 0 && o.progress != o.p.to {
 			r.log.Warn("coordinator progress differs from committed part", "part_to", o.p.to, "progress", o.progress)
 		}

@@ -183,7 +183,7 @@ func (r *runner) finish(res lineResult, in inputLine, status int, body []byte) (
 	if status >= 200 && status < 300 {
 		res.output = b
 		res.usage = parseUsage(body)
-		r.metrics.tokensGenerated.Add(float64(res.usage.OutputTokens))
+		r.metrics.TokensGenerated.Add(float64(res.usage.OutputTokens))
 	} else {
 		res.errLine = b
 	}
