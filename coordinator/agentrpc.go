@@ -96,10 +96,20 @@ func (s *agentService) Lease(ctx context.Context, req *connect.Request[vbatchv1.
 		case <-ctx.Done():
 			return nil, connect.NewError(connect.CodeCanceled, ctx.Err())
 		case <-watch:
+			// Every applied command wakes the poll; most are not a new
+			// pending chunk, so look again at most every leasePollGap.
+			select {
+			case <-ctx.Done():
+				return nil, connect.NewError(connect.CodeCanceled, ctx.Err())
+			case <-time.After(leasePollGap):
+			}
 		case <-time.After(min(remaining, time.Second)):
 		}
 	}
 }
+
+// leasePollGap is the least time between two looks of a waiting Lease.
+const leasePollGap = 25 * time.Millisecond
 
 type candidate struct {
 	batch *vbatchv1.Batch
