@@ -12,6 +12,7 @@ import (
 	"github.com/hashicorp/raft"
 
 	"github.com/vbatch/vbatch/coordinator/api"
+	"github.com/vbatch/vbatch/coordinator/blob"
 	vbatchv1 "github.com/vbatch/vbatch/rpc/gen/vbatch/v1"
 )
 
@@ -20,6 +21,9 @@ import (
 // committed once a quorum holds its bytes.
 func (c *Coordinator) StoreUpload(ctx context.Context, r io.Reader) (*vbatchv1.BlobRef, []string, error) {
 	ref, err := c.blobs.Ingest(r)
+	if errors.Is(err, blob.ErrNoSpace) {
+		return nil, nil, fmt.Errorf("store upload: %w (%w)", api.ErrInsufficientStorage, err)
+	}
 	if err != nil {
 		return nil, nil, fmt.Errorf("store upload: %w", err)
 	}

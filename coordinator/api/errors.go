@@ -15,6 +15,10 @@ import (
 // fmt.Errorf("%w: no raft leader", api.ErrUnavailable).
 var ErrUnavailable = errors.New("cluster unavailable")
 
+// ErrInsufficientStorage marks a Backend error that means a coordinator's
+// disk is full: answered with 507, and retryable once space is freed.
+var ErrInsufficientStorage = errors.New("insufficient storage")
+
 // OpenAI's error types.
 const (
 	typeInvalidRequest = "invalid_request_error"
@@ -134,6 +138,9 @@ func toAPIError(err error) *apiError {
 		return &apiError{status: http.StatusConflict, typ: typeInvalidRequest, code: codeConflict, message: sentence(err), cause: err}
 	case errors.Is(err, fsm.ErrInvalid):
 		return &apiError{status: http.StatusBadRequest, typ: typeInvalidRequest, code: codeInvalidValue, message: sentence(err), cause: err}
+	case errors.Is(err, ErrInsufficientStorage):
+		return &apiError{status: http.StatusInsufficientStorage, typ: typeServer, code: "insufficient_storage",
+			message: "The server has no disk space left for this upload. Please retry later.", cause: err}
 	case errors.Is(err, ErrUnavailable), errors.Is(err, context.DeadlineExceeded), errors.Is(err, context.Canceled):
 		return &apiError{status: http.StatusServiceUnavailable, typ: typeServer, code: codeUnavailable,
 			message: "The cluster cannot serve this request right now (no leader or no quorum). Please retry.", cause: err}

@@ -136,6 +136,9 @@ func TestUploadStoreFailure(t *testing.T) {
 	e.b.storeErr = fmt.Errorf("replicate: %w", ErrUnavailable)
 	r := e.upload(testRoot, field{name: "purpose", value: "batch"}, field{name: "file", filename: "a", value: batchLines(1)})
 	r.wantError(t, http.StatusServiceUnavailable, typeServer, codeUnavailable)
+	e.b.storeErr = fmt.Errorf("ingest: %w", ErrInsufficientStorage)
+	r = e.upload(testRoot, field{name: "purpose", value: "batch"}, field{name: "file", filename: "a", value: batchLines(1)})
+	r.wantError(t, http.StatusInsufficientStorage, typeServer, "insufficient_storage")
 	e.b.storeErr = nil
 	e.b.applyErr = fmt.Errorf("disk: %w", errTestBoom)
 	r = e.upload(testRoot, field{name: "purpose", value: "batch"}, field{name: "file", filename: "a", value: batchLines(1)})
