@@ -9,14 +9,15 @@ BUF_VERSION := v1.75.0
 PROTOC_GEN_GO_VERSION := v1.36.12
 PROTOC_GEN_CONNECT_GO_VERSION := v1.21.1
 
-.PHONY: build test test-unit test-e2e generate tools lint bench demo clean monitoring-check
+.PHONY: build test test-unit generate tools lint bench demo clean monitoring-check
 
 build:
 	$(GO) build -ldflags "$(LDFLAGS)" -o bin/vbatch ./cmd/vbatch
 	$(GO) build -ldflags "$(LDFLAGS)" -o bin/vbctl ./cmd/vbctl
 
+# monitoring-check runs TestMonitoringLive itself, so the full run skips it.
 test: lint build monitoring-check
-	$(GO) test -count=1 -timeout 15m ./...
+	$(GO) test -count=1 -timeout 15m -skip '^TestMonitoringLive$$' ./...
 
 test-unit:
 	$(GO) test -count=1 -short ./...
@@ -44,11 +45,18 @@ clean:
 	rm -rf bin
 
 # monitoring-check validates the shipped Prometheus config, runs the alert
-# rules' unit tests and parses every dashboard query. It needs promtool
-# (Debian: apt-get install prometheus) and fails without it.
+# rules' unit tests and parses every dashboard query, then runs a real
+# Prometheus with the shipped rules against a live cluster (e2e
+# TestMonitoringLive): every dashboard query must return data and the
+# agent-down alert must fire when an agent is killed. It needs promtool and
+# prometheus (Debian: apt-get install prometheus) and fails without them.
 PROMTOOL ?= promtool
+PROMETHEUS ?= prometheus
 monitoring-check:
 	@command -v $(PROMTOOL) >/dev/null 2>&1 || { echo "monitoring-check: promtool not found; install it (Debian: apt-get install prometheus) or set PROMTOOL=/path/to/promtool" >&2; exit 1; }
+	@command -v $(PROMETHEUS) >/dev/null 2>&1 || { echo "monitoring-check: prometheus not found; install it (Debian: apt-get install prometheus) or set PROMETHEUS=/path/to/prometheus" >&2; exit 1; }
 	cd deploy/prometheus && $(PROMTOOL) check config prometheus.yml
 	cd deploy/prometheus && $(PROMTOOL) test rules tests/*.yml
 	VBATCH_PROMTOOL=$$(command -v $(PROMTOOL)) $(GO) test -count=1 ./deploy/ ./monitoring/
+	VBATCH_PROMTOOL=$$(command -v $(PROMTOOL)) VBATCH_PROMETHEUS=$$(command -v $(PROMETHEUS)) \
+		$(GO) test -count=1 -timeout 5m -run '^TestMonitoringLive$$' ./e2e/

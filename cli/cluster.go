@@ -28,7 +28,8 @@ type clusterServer struct {
 }
 
 func clusterCmd(e *env) *cobra.Command {
-	cmd := groupCmd("cluster", "Inspect the raft cluster of coordinators")
+	cmd := groupCmd("cluster", "Inspect and operate the raft cluster of coordinators")
+	addClusterOps(e, cmd)
 	cmd.AddCommand(&cobra.Command{
 		Use:   "status",
 		Short: "Show the leader and every coordinator's raft state",

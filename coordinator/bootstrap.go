@@ -103,7 +103,8 @@ func (c *Coordinator) peerHasCluster(ctx context.Context, coords []gossip.Member
 }
 
 // reconcileMembers runs on the leader: every live coordinator that gossip
-// knows but raft does not is added as a voter (a new or replaced node).
+// knows but raft does not is added as a voter (a new or replaced node),
+// except one remove-peer took out recently (see removedPeers).
 func (c *Coordinator) reconcileMembers() {
 	r := c.raftNode.raft
 	if r.State() != raft.Leader {
@@ -122,9 +123,16 @@ func (c *Coordinator) reconcileMembers() {
 		if ok && addr == raft.ServerAddress(m.Meta.RaftAddr) {
 			continue
 		}
+		if !ok && c.removed.held(m.Name, c.Now()) {
+			continue
+		}
 		c.log.Info("adding coordinator to raft", "node", m.Name, "raft_addr", m.Meta.RaftAddr)
 		if err := r.AddVoter(raft.ServerID(m.Name), raft.ServerAddress(m.Meta.RaftAddr), 0, 5*time.Second).Error(); err != nil {
 			c.log.Warn("add voter failed", "node", m.Name, "err", err)
+			continue
+		}
+		if _, err := c.commitBarrier("add voter"); err != nil {
+			c.log.Warn("commit after configuration change", "err", err)
 		}
 	}
 }

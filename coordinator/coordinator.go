@@ -53,6 +53,9 @@ type Coordinator struct {
 	httpSrv       *http.Server
 	rpcSrv        *http.Server
 
+	// removed holds the servers remove-peer took out of raft.
+	removed removedPeers
+
 	// agentGone receives the ids of agents gossip declared dead.
 	agentGone chan string
 	// stop ends the background loops.
@@ -230,6 +233,11 @@ func (c *Coordinator) voters() []raft.Server {
 
 func (c *Coordinator) onMemberEvent(e gossip.Event) {
 	c.log.Debug("gossip event", "kind", e.Kind, "member", e.Member.Name, "role", e.Member.Meta.Role)
+	if e.Member.Meta.Role == gossip.RoleCoordinator && e.Kind == "join" {
+		// A removed coordinator that rejoins the pool was restarted by
+		// its operator: let the leader add it again.
+		c.removed.forget(e.Member.Name)
+	}
 	if e.Member.Meta.Role == gossip.RoleAgent && e.Kind == "leave" {
 		select {
 		case c.agentGone <- e.Member.Name:

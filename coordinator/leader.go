@@ -176,12 +176,18 @@ func (l *leader) tick(ctx context.Context) {
 // moved on (another tick, an agent's write) and are only logged at debug.
 func (l *leader) apply(ctx context.Context, cmd proto.Message) {
 	_, err := l.c.Apply(ctx, cmd)
+	if err == nil {
+		return
+	}
+	attrs := []any{"cmd", fmt.Sprintf("%T", cmd), "err", err}
+	if b, ok := cmd.(interface{ GetBatchId() string }); ok && b.GetBatchId() != "" {
+		attrs = append(attrs, "batch_id", b.GetBatchId())
+	}
 	switch {
-	case err == nil:
 	case errors.Is(err, fsm.ErrConflict), errors.Is(err, fsm.ErrStaleToken), errors.Is(err, fsm.ErrNotFound):
-		l.c.log.Debug("leader command refused", "cmd", fmt.Sprintf("%T", cmd), "err", err)
+		l.c.log.DebugContext(ctx, "leader command refused", attrs...)
 	default:
-		l.c.log.Warn("leader command failed", "cmd", fmt.Sprintf("%T", cmd), "err", err)
+		l.c.log.WarnContext(ctx, "leader command failed", attrs...)
 	}
 }
 
@@ -194,6 +200,7 @@ func (l *leader) background(ctx context.Context, batchID string, fn func(context
 	}
 	l.busy[batchID] = true
 	l.mu.Unlock()
+	ctx = monitoring.WithBatchID(ctx, batchID)
 	l.wg.Add(1)
 	go func() {
 		defer l.wg.Done()

@@ -1,6 +1,7 @@
 package coordinator
 
 import (
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -63,6 +64,15 @@ func openRaft(cfg *Config, f *fsm.FSM, logOut io.Writer) (*raftNode, error) {
 	// trailing logs let a briefly absent follower catch up without one.
 	rc.SnapshotThreshold = 8192
 	rc.TrailingLogs = 10240
+	// A server taken out by remove-peer while alive stays a passive
+	// follower (it never campaigns outside the configuration), so the
+	// leader can add it back later without a restart.
+	rc.ShutdownOnRemove = false
+	if err := recoverPeers(dir, rc, f, store, snaps, transport, logger); err != nil {
+		transport.Close()
+		store.Close()
+		return nil, err
+	}
 	r, err := raft.NewRaft(rc, f, store, store, snaps, transport)
 	if err != nil {
 		transport.Close()
@@ -70,6 +80,38 @@ func openRaft(cfg *Config, f *fsm.FSM, logOut io.Writer) (*raftNode, error) {
 		return nil, fmt.Errorf("start raft: %w", err)
 	}
 	return &raftNode{raft: r, transport: transport, store: store, advertise: string(transport.LocalAddr())}, nil
+}
+
+// PeersFile is the name, in DataDir/raft, of the lost-quorum recovery file:
+// a JSON list of {"id", "address", "non_voter"}, the servers of the new
+// configuration (hashicorp/raft's peers.json for protocol version 3).
+const PeersFile = "peers.json"
+
+// recoverPeers applies DataDir/raft/peers.json, if present, before raft
+// starts: the raft configuration is forced to the file's servers
+// (raft.RecoverCluster), then the file is removed so that the next start
+// does not recover again. This is how an operator brings back a cluster
+// that lost its quorum (docs/operations.md).
+func recoverPeers(dir string, rc *raft.Config, f raft.FSM, store *raftboltdb.BoltStore, snaps raft.SnapshotStore,
+	transport raft.Transport, logger hclog.Logger) error {
+	path := filepath.Join(dir, PeersFile)
+	if _, err := os.Stat(path); errors.Is(err, os.ErrNotExist) {
+		return nil
+	} else if err != nil {
+		return fmt.Errorf("peers recovery file: %w", err)
+	}
+	conf, err := raft.ReadConfigJSON(path)
+	if err != nil {
+		return fmt.Errorf("read %s: %w", path, err)
+	}
+	if err := raft.RecoverCluster(rc, f, store, store, snaps, transport, conf); err != nil {
+		return fmt.Errorf("recover raft cluster from %s: %w", path, err)
+	}
+	if err := os.Remove(path); err != nil {
+		return fmt.Errorf("remove %s after recovery: %w", path, err)
+	}
+	logger.Warn("raft configuration recovered from peers.json", "servers", len(conf.Servers))
+	return nil
 }
 
 // hasState reports whether this node has raft state from an earlier run.

@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"time"
 
+	"connectrpc.com/connect"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/vbatch/vbatch/coordinator/api"
@@ -30,7 +31,7 @@ func (c *Coordinator) startServers() {
 		w.WriteHeader(http.StatusOK)
 		_, _ = w.Write([]byte("ok\n"))
 	})
-	mux.Handle("/", monitoring.InstrumentHTTP(a.Handler(), c.metrics.HTTP))
+	mux.Handle("/", monitoring.InstrumentHTTP(monitoring.SentryHTTP(a.Handler()), c.metrics.HTTP))
 	c.httpSrv = &http.Server{
 		Handler:           mux,
 		ReadHeaderTimeout: 10 * time.Second,
@@ -38,9 +39,10 @@ func (c *Coordinator) startServers() {
 	}
 
 	rpc := http.NewServeMux()
-	path, h := vbatchv1connect.NewClusterServiceHandler(&clusterService{c: c})
+	interceptors := connect.WithInterceptors(monitoring.SentryInterceptor())
+	path, h := vbatchv1connect.NewClusterServiceHandler(&clusterService{c: c}, interceptors)
 	rpc.Handle(path, h)
-	path, h = vbatchv1connect.NewAgentServiceHandler(c.agents)
+	path, h = vbatchv1connect.NewAgentServiceHandler(c.agents, interceptors)
 	rpc.Handle(path, h)
 	rpc.Handle("/blobs/", c.blobs.Handler())
 	c.rpcSrv = &http.Server{

@@ -2,6 +2,7 @@ package monitoring
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"io"
 	"net/http"
@@ -64,6 +65,21 @@ func NewHTTPMetrics(reg prometheus.Registerer) *HTTPMetrics {
 	return m
 }
 
+type routeKey struct{}
+
+// routeSlot carries the matched route pattern out of handlers that work on
+// copies of the request (every r.WithContext makes one).
+type routeSlot struct{ pattern string }
+
+// SetRoute records the route pattern that matched the request, for the
+// InstrumentHTTP around it. Handlers behind middleware that copies the
+// request call it once the mux has matched.
+func SetRoute(ctx context.Context, pattern string) {
+	if s, ok := ctx.Value(routeKey{}).(*routeSlot); ok && pattern != "" {
+		s.pattern = pattern
+	}
+}
+
 // InstrumentHTTP records every request next serves. The endpoint label is
 // the route pattern that matched (http.Request.Pattern, set by the
 // ServeMux inside next on the same request), never the raw path, so ids in
@@ -75,12 +91,17 @@ func InstrumentHTTP(next http.Handler, m *HTTPMetrics) http.Handler {
 		// Only an upload's answer is read back, for the file's size.
 		upload := r.Method == http.MethodPost && r.URL.Path == UploadPattern
 		rec := &recorder{ResponseWriter: w, capture: upload}
+		slot := &routeSlot{}
+		r = r.WithContext(context.WithValue(r.Context(), routeKey{}, slot))
 		next.ServeHTTP(rec, r)
 		status := rec.status
 		if status == 0 {
 			status = http.StatusOK
 		}
-		endpoint := r.Pattern
+		endpoint := slot.pattern
+		if endpoint == "" {
+			endpoint = r.Pattern
+		}
 		if endpoint == "" {
 			endpoint = "unmatched"
 		}

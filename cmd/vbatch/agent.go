@@ -3,7 +3,6 @@ package main
 import (
 	"fmt"
 	"log/slog"
-	"os"
 	"strings"
 	"time"
 
@@ -14,7 +13,6 @@ import (
 	"github.com/vbatch/vbatch/agent/engine"
 	"github.com/vbatch/vbatch/agent/gpu"
 	"github.com/vbatch/vbatch/internal/cliconfig"
-	"github.com/vbatch/vbatch/monitoring"
 	"github.com/vbatch/vbatch/sim"
 )
 
@@ -78,7 +76,8 @@ func (e *engineFlags) build(models []string, logger *slog.Logger) (engine.Engine
 func agentCmd() *cobra.Command {
 	cfg := agent.DefaultConfig()
 	var ef engineFlags
-	var configFile, logLevel string
+	var configFile string
+	var lf logFlags
 	var join []string
 	cmd := &cobra.Command{
 		Use:   "agent",
@@ -88,7 +87,12 @@ func agentCmd() *cobra.Command {
 				return err
 			}
 			cfg.Join = splitList(join)
-			logger := monitoring.NewLogger(os.Stdout, logLevel, "agent")
+			logger, _, closeLog, err := setupLogging(lf, "agent")
+			if err != nil {
+				return err
+			}
+			defer closeLog()
+			defer setupTelemetry("agent", logger)()
 			if len(cfg.Models) == 0 && ef.kind == "sim" {
 				cfg.Models = []string{"sim-model"}
 			}
@@ -125,7 +129,7 @@ func agentCmd() *cobra.Command {
 	f.StringVar(&ef.engineURL, "engine-url", "", "openai engine: base URL of the server")
 	f.StringVar(&ef.engineAPIKey, "engine-api-key", "", "openai engine: API key")
 	ef.addSim(f)
-	f.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
+	addLogFlags(f, &lf)
 	return cmd
 }
 

@@ -7,12 +7,12 @@ import (
 
 	"github.com/vbatch/vbatch/coordinator"
 	"github.com/vbatch/vbatch/internal/cliconfig"
-	"github.com/vbatch/vbatch/monitoring"
 )
 
 func coordinatorCmd() *cobra.Command {
 	cfg := coordinator.DefaultConfig()
-	var configFile, logLevel string
+	var configFile string
+	var lf logFlags
 	var join []string
 	cmd := &cobra.Command{
 		Use:   "coordinator",
@@ -25,8 +25,13 @@ func coordinatorCmd() *cobra.Command {
 			if cfg.RootKey == "" {
 				cfg.RootKey = os.Getenv("VBATCH_ROOT_KEY")
 			}
-			logger := monitoring.NewLogger(os.Stdout, logLevel, "coordinator")
-			return coordinator.Run(cmd.Context(), cfg, logger, os.Stdout)
+			logger, logOut, closeLog, err := setupLogging(lf, "coordinator")
+			if err != nil {
+				return err
+			}
+			defer closeLog()
+			defer setupTelemetry("coordinator", logger)()
+			return coordinator.Run(cmd.Context(), cfg, logger, logOut)
 		},
 	}
 	f := cmd.Flags()
@@ -45,6 +50,6 @@ func coordinatorCmd() *cobra.Command {
 	f.IntVar(&cfg.MaxRequests, "max-requests", cfg.MaxRequests, "most requests in one batch")
 	f.IntVar(&cfg.ChunkSize, "chunk-size", cfg.ChunkSize, "input lines per chunk")
 	f.DurationVar(&cfg.LeaseTTL, "lease-ttl", cfg.LeaseTTL, "lease time to live without renewal")
-	f.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
+	addLogFlags(f, &lf)
 	return cmd
 }

@@ -18,6 +18,7 @@ import (
 	"github.com/vbatch/vbatch/coordinator/validate"
 	"github.com/vbatch/vbatch/fsm"
 	"github.com/vbatch/vbatch/internal/ids"
+	"github.com/vbatch/vbatch/monitoring"
 )
 
 // DefaultMaxUploadBytes caps one upload unless Config says otherwise: 200 MB
@@ -126,6 +127,21 @@ func (a *API) Handler() http.Handler {
 	route("/v1/admin/cluster/status", map[string]endpoint{
 		http.MethodGet: {accessAdmin, a.clusterStatus},
 	})
+	route("/v1/admin/cluster/transfer-leadership", map[string]endpoint{
+		http.MethodPost: {accessAdmin, a.transferLeadership},
+	})
+	route("/v1/admin/cluster/remove-peer", map[string]endpoint{
+		http.MethodPost: {accessAdmin, a.removePeer},
+	})
+	route("/v1/admin/cluster/join", map[string]endpoint{
+		http.MethodPost: {accessAdmin, a.joinPool},
+	})
+	route("/v1/admin/cluster/snapshot", map[string]endpoint{
+		http.MethodGet: {accessAdmin, a.saveSnapshot},
+	})
+	route("/v1/admin/cluster/snapshot/restore", map[string]endpoint{
+		http.MethodPost: {accessAdmin, a.restoreSnapshot},
+	})
 	route("/v1/admin/agents", map[string]endpoint{
 		http.MethodGet: {accessAdmin, a.listAgents},
 	})
@@ -137,6 +153,7 @@ func (a *API) Handler() http.Handler {
 			http.MethodPost: {accessInference, a.inference},
 		})
 	}
+	a.debugRoutes(route)
 	mux.Handle("/", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		a.writeError(w, r, notFound("", "Invalid URL (%s %s)", r.Method, r.URL.Path))
 	}))
@@ -152,6 +169,9 @@ func (a *API) methods(m map[string]endpoint) http.Handler {
 	}
 	allowHeader := strings.Join(sortedStrings(allow), ", ")
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		// The middleware around the API sees a copy of the request without
+		// the pattern the mux matched: hand it out.
+		monitoring.SetRoute(r.Context(), r.Pattern)
 		ep, ok := m[r.Method]
 		if !ok {
 			w.Header().Set("Allow", allowHeader)
@@ -163,6 +183,9 @@ func (a *API) methods(m map[string]endpoint) http.Handler {
 		if aerr != nil {
 			a.writeError(w, r, aerr)
 			return
+		}
+		if monitoring.SentryActive(r.Context()) {
+			r = r.WithContext(monitoring.SetUserContext(r.Context(), p.keyID, p.project))
 		}
 		if !p.allows(ep.access) {
 			a.writeError(w, r, &apiError{status: http.StatusForbidden, typ: typeInvalidRequest, code: codeInsufficientPerms,
@@ -190,7 +213,7 @@ func (a *API) requestID(next http.Handler) http.Handler {
 		}
 		w.Header().Set(requestIDHeader, id)
 		r.Header.Set(requestIDHeader, id)
-		next.ServeHTTP(w, r)
+		next.ServeHTTP(w, r.WithContext(monitoring.WithRequestID(r.Context(), id)))
 	})
 }
 
@@ -229,8 +252,12 @@ func (s *statusWriter) Write(b []byte) (int, error) {
 // Unwrap lets http.ResponseController reach the underlying writer.
 func (s *statusWriter) Unwrap() http.ResponseWriter { return s.ResponseWriter }
 
-// recoverer turns a panicking handler into a logged 500, and logs every
-// request once it is answered.
+// errPanic marks the 500 answered for a panic, already reported to Sentry.
+var errPanic = errors.New("handler panicked")
+
+// recoverer turns a panicking handler into a logged 500 (and a Sentry
+// event), names the Sentry transaction after the matched route, and logs
+// every request once it is answered.
 func (a *API) recoverer(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		sw := &statusWriter{ResponseWriter: w}
@@ -242,10 +269,12 @@ func (a *API) recoverer(next http.Handler) http.Handler {
 				}
 				a.log.Error("handler panicked", "request_id", r.Header.Get(requestIDHeader), "method", r.Method,
 					"path", r.URL.Path, "panic", fmt.Sprint(rec), "stack", string(debug.Stack()))
+				monitoring.CapturePanic(r.Context(), rec)
 				if sw.status == 0 {
-					a.writeError(sw, r, toAPIError(fmt.Errorf("panic: %v", rec)))
+					a.writeError(sw, r, toAPIError(fmt.Errorf("%w: %v", errPanic, rec)))
 				}
 			}
+			monitoring.SetTransactionName(r.Context(), monitoring.RouteName(r))
 			a.log.Debug("request", "request_id", r.Header.Get(requestIDHeader), "method", r.Method, "path", r.URL.Path,
 				"status", sw.status, "duration", time.Since(start))
 		}()
@@ -254,12 +283,18 @@ func (a *API) recoverer(next http.Handler) http.Handler {
 }
 
 // writeError answers err as an OpenAI error object; server errors are
-// logged with their cause.
+// logged with their cause, and internal errors (500, not the retryable
+// 503 of a failover) are reported to Sentry.
 func (a *API) writeError(w http.ResponseWriter, r *http.Request, err error) {
 	ae := toAPIError(err)
 	if ae.status >= 500 {
 		a.log.Error("request failed", "request_id", r.Header.Get(requestIDHeader), "method", r.Method,
 			"path", r.URL.Path, "status", ae.status, "err", err)
+	}
+	if ae.status >= 500 && ae.status != http.StatusServiceUnavailable && !errors.Is(err, errPanic) {
+		monitoring.CaptureException(r.Context(), err, map[string]any{
+			"status_code": ae.status, "method": r.Method, "path": r.URL.Path,
+		})
 	}
 	writeJSON(w, ae.status, ae.body())
 }

@@ -342,6 +342,267 @@ func (x *VerifyLeaderResponse) GetIndex() uint64 {
 	return 0
 }
 
+type TransferLeadershipRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// to is the id of the voter to hand leadership to; empty lets raft pick
+	// the most up-to-date one.
+	To            string `protobuf:"bytes,1,opt,name=to,proto3" json:"to,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TransferLeadershipRequest) Reset() {
+	*x = TransferLeadershipRequest{}
+	mi := &file_vbatch_v1_cluster_proto_msgTypes[6]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TransferLeadershipRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TransferLeadershipRequest) ProtoMessage() {}
+
+func (x *TransferLeadershipRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_vbatch_v1_cluster_proto_msgTypes[6]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TransferLeadershipRequest.ProtoReflect.Descriptor instead.
+func (*TransferLeadershipRequest) Descriptor() ([]byte, []int) {
+	return file_vbatch_v1_cluster_proto_rawDescGZIP(), []int{6}
+}
+
+func (x *TransferLeadershipRequest) GetTo() string {
+	if x != nil {
+		return x.To
+	}
+	return ""
+}
+
+type TransferLeadershipResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// leader is the id of the leader once the transfer completed.
+	Leader        string `protobuf:"bytes,1,opt,name=leader,proto3" json:"leader,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TransferLeadershipResponse) Reset() {
+	*x = TransferLeadershipResponse{}
+	mi := &file_vbatch_v1_cluster_proto_msgTypes[7]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TransferLeadershipResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TransferLeadershipResponse) ProtoMessage() {}
+
+func (x *TransferLeadershipResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_vbatch_v1_cluster_proto_msgTypes[7]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TransferLeadershipResponse.ProtoReflect.Descriptor instead.
+func (*TransferLeadershipResponse) Descriptor() ([]byte, []int) {
+	return file_vbatch_v1_cluster_proto_rawDescGZIP(), []int{7}
+}
+
+func (x *TransferLeadershipResponse) GetLeader() string {
+	if x != nil {
+		return x.Leader
+	}
+	return ""
+}
+
+type RemovePeerRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Id            string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RemovePeerRequest) Reset() {
+	*x = RemovePeerRequest{}
+	mi := &file_vbatch_v1_cluster_proto_msgTypes[8]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RemovePeerRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RemovePeerRequest) ProtoMessage() {}
+
+func (x *RemovePeerRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_vbatch_v1_cluster_proto_msgTypes[8]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RemovePeerRequest.ProtoReflect.Descriptor instead.
+func (*RemovePeerRequest) Descriptor() ([]byte, []int) {
+	return file_vbatch_v1_cluster_proto_rawDescGZIP(), []int{8}
+}
+
+func (x *RemovePeerRequest) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+type RemovePeerResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RemovePeerResponse) Reset() {
+	*x = RemovePeerResponse{}
+	mi := &file_vbatch_v1_cluster_proto_msgTypes[9]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RemovePeerResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RemovePeerResponse) ProtoMessage() {}
+
+func (x *RemovePeerResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_vbatch_v1_cluster_proto_msgTypes[9]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RemovePeerResponse.ProtoReflect.Descriptor instead.
+func (*RemovePeerResponse) Descriptor() ([]byte, []int) {
+	return file_vbatch_v1_cluster_proto_rawDescGZIP(), []int{9}
+}
+
+type RestoreRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// snapshot is a snapshot stream (fsm.WriteSnapshot).
+	Snapshot      []byte `protobuf:"bytes,1,opt,name=snapshot,proto3" json:"snapshot,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RestoreRequest) Reset() {
+	*x = RestoreRequest{}
+	mi := &file_vbatch_v1_cluster_proto_msgTypes[10]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RestoreRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RestoreRequest) ProtoMessage() {}
+
+func (x *RestoreRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_vbatch_v1_cluster_proto_msgTypes[10]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RestoreRequest.ProtoReflect.Descriptor instead.
+func (*RestoreRequest) Descriptor() ([]byte, []int) {
+	return file_vbatch_v1_cluster_proto_rawDescGZIP(), []int{10}
+}
+
+func (x *RestoreRequest) GetSnapshot() []byte {
+	if x != nil {
+		return x.Snapshot
+	}
+	return nil
+}
+
+type RestoreResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// index is the raft index the restored state was installed at.
+	Index         uint64 `protobuf:"varint,1,opt,name=index,proto3" json:"index,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RestoreResponse) Reset() {
+	*x = RestoreResponse{}
+	mi := &file_vbatch_v1_cluster_proto_msgTypes[11]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RestoreResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RestoreResponse) ProtoMessage() {}
+
+func (x *RestoreResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_vbatch_v1_cluster_proto_msgTypes[11]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RestoreResponse.ProtoReflect.Descriptor instead.
+func (*RestoreResponse) Descriptor() ([]byte, []int) {
+	return file_vbatch_v1_cluster_proto_rawDescGZIP(), []int{11}
+}
+
+func (x *RestoreResponse) GetIndex() uint64 {
+	if x != nil {
+		return x.Index
+	}
+	return 0
+}
+
 var File_vbatch_v1_cluster_proto protoreflect.FileDescriptor
 
 const file_vbatch_v1_cluster_proto_rawDesc = "" +
@@ -367,11 +628,26 @@ const file_vbatch_v1_cluster_proto_rawDesc = "" +
 	" \x01(\tR\arpcAddr\"\x15\n" +
 	"\x13VerifyLeaderRequest\",\n" +
 	"\x14VerifyLeaderResponse\x12\x14\n" +
-	"\x05index\x18\x01 \x01(\x04R\x05index2\xe2\x01\n" +
+	"\x05index\x18\x01 \x01(\x04R\x05index\"+\n" +
+	"\x19TransferLeadershipRequest\x12\x0e\n" +
+	"\x02to\x18\x01 \x01(\tR\x02to\"4\n" +
+	"\x1aTransferLeadershipResponse\x12\x16\n" +
+	"\x06leader\x18\x01 \x01(\tR\x06leader\"#\n" +
+	"\x11RemovePeerRequest\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\"\x14\n" +
+	"\x12RemovePeerResponse\",\n" +
+	"\x0eRestoreRequest\x12\x1a\n" +
+	"\bsnapshot\x18\x01 \x01(\fR\bsnapshot\"'\n" +
+	"\x0fRestoreResponse\x12\x14\n" +
+	"\x05index\x18\x01 \x01(\x04R\x05index2\xd8\x03\n" +
 	"\x0eClusterService\x12<\n" +
 	"\x05Apply\x12\x17.vbatch.v1.ApplyRequest\x1a\x18.vbatch.v1.ApplyResponse\"\x00\x12?\n" +
 	"\x06Status\x12\x18.vbatch.v1.StatusRequest\x1a\x19.vbatch.v1.StatusResponse\"\x00\x12Q\n" +
-	"\fVerifyLeader\x12\x1e.vbatch.v1.VerifyLeaderRequest\x1a\x1f.vbatch.v1.VerifyLeaderResponse\"\x00B5Z3github.com/vbatch/vbatch/rpc/gen/vbatch/v1;vbatchv1b\x06proto3"
+	"\fVerifyLeader\x12\x1e.vbatch.v1.VerifyLeaderRequest\x1a\x1f.vbatch.v1.VerifyLeaderResponse\"\x00\x12c\n" +
+	"\x12TransferLeadership\x12$.vbatch.v1.TransferLeadershipRequest\x1a%.vbatch.v1.TransferLeadershipResponse\"\x00\x12K\n" +
+	"\n" +
+	"RemovePeer\x12\x1c.vbatch.v1.RemovePeerRequest\x1a\x1d.vbatch.v1.RemovePeerResponse\"\x00\x12B\n" +
+	"\aRestore\x12\x19.vbatch.v1.RestoreRequest\x1a\x1a.vbatch.v1.RestoreResponse\"\x00B5Z3github.com/vbatch/vbatch/rpc/gen/vbatch/v1;vbatchv1b\x06proto3"
 
 var (
 	file_vbatch_v1_cluster_proto_rawDescOnce sync.Once
@@ -385,29 +661,41 @@ func file_vbatch_v1_cluster_proto_rawDescGZIP() []byte {
 	return file_vbatch_v1_cluster_proto_rawDescData
 }
 
-var file_vbatch_v1_cluster_proto_msgTypes = make([]protoimpl.MessageInfo, 6)
+var file_vbatch_v1_cluster_proto_msgTypes = make([]protoimpl.MessageInfo, 12)
 var file_vbatch_v1_cluster_proto_goTypes = []any{
-	(*ApplyRequest)(nil),         // 0: vbatch.v1.ApplyRequest
-	(*ApplyResponse)(nil),        // 1: vbatch.v1.ApplyResponse
-	(*StatusRequest)(nil),        // 2: vbatch.v1.StatusRequest
-	(*StatusResponse)(nil),       // 3: vbatch.v1.StatusResponse
-	(*VerifyLeaderRequest)(nil),  // 4: vbatch.v1.VerifyLeaderRequest
-	(*VerifyLeaderResponse)(nil), // 5: vbatch.v1.VerifyLeaderResponse
-	(*Result)(nil),               // 6: vbatch.v1.Result
+	(*ApplyRequest)(nil),               // 0: vbatch.v1.ApplyRequest
+	(*ApplyResponse)(nil),              // 1: vbatch.v1.ApplyResponse
+	(*StatusRequest)(nil),              // 2: vbatch.v1.StatusRequest
+	(*StatusResponse)(nil),             // 3: vbatch.v1.StatusResponse
+	(*VerifyLeaderRequest)(nil),        // 4: vbatch.v1.VerifyLeaderRequest
+	(*VerifyLeaderResponse)(nil),       // 5: vbatch.v1.VerifyLeaderResponse
+	(*TransferLeadershipRequest)(nil),  // 6: vbatch.v1.TransferLeadershipRequest
+	(*TransferLeadershipResponse)(nil), // 7: vbatch.v1.TransferLeadershipResponse
+	(*RemovePeerRequest)(nil),          // 8: vbatch.v1.RemovePeerRequest
+	(*RemovePeerResponse)(nil),         // 9: vbatch.v1.RemovePeerResponse
+	(*RestoreRequest)(nil),             // 10: vbatch.v1.RestoreRequest
+	(*RestoreResponse)(nil),            // 11: vbatch.v1.RestoreResponse
+	(*Result)(nil),                     // 12: vbatch.v1.Result
 }
 var file_vbatch_v1_cluster_proto_depIdxs = []int32{
-	6, // 0: vbatch.v1.ApplyResponse.result:type_name -> vbatch.v1.Result
-	0, // 1: vbatch.v1.ClusterService.Apply:input_type -> vbatch.v1.ApplyRequest
-	2, // 2: vbatch.v1.ClusterService.Status:input_type -> vbatch.v1.StatusRequest
-	4, // 3: vbatch.v1.ClusterService.VerifyLeader:input_type -> vbatch.v1.VerifyLeaderRequest
-	1, // 4: vbatch.v1.ClusterService.Apply:output_type -> vbatch.v1.ApplyResponse
-	3, // 5: vbatch.v1.ClusterService.Status:output_type -> vbatch.v1.StatusResponse
-	5, // 6: vbatch.v1.ClusterService.VerifyLeader:output_type -> vbatch.v1.VerifyLeaderResponse
-	4, // [4:7] is the sub-list for method output_type
-	1, // [1:4] is the sub-list for method input_type
-	1, // [1:1] is the sub-list for extension type_name
-	1, // [1:1] is the sub-list for extension extendee
-	0, // [0:1] is the sub-list for field type_name
+	12, // 0: vbatch.v1.ApplyResponse.result:type_name -> vbatch.v1.Result
+	0,  // 1: vbatch.v1.ClusterService.Apply:input_type -> vbatch.v1.ApplyRequest
+	2,  // 2: vbatch.v1.ClusterService.Status:input_type -> vbatch.v1.StatusRequest
+	4,  // 3: vbatch.v1.ClusterService.VerifyLeader:input_type -> vbatch.v1.VerifyLeaderRequest
+	6,  // 4: vbatch.v1.ClusterService.TransferLeadership:input_type -> vbatch.v1.TransferLeadershipRequest
+	8,  // 5: vbatch.v1.ClusterService.RemovePeer:input_type -> vbatch.v1.RemovePeerRequest
+	10, // 6: vbatch.v1.ClusterService.Restore:input_type -> vbatch.v1.RestoreRequest
+	1,  // 7: vbatch.v1.ClusterService.Apply:output_type -> vbatch.v1.ApplyResponse
+	3,  // 8: vbatch.v1.ClusterService.Status:output_type -> vbatch.v1.StatusResponse
+	5,  // 9: vbatch.v1.ClusterService.VerifyLeader:output_type -> vbatch.v1.VerifyLeaderResponse
+	7,  // 10: vbatch.v1.ClusterService.TransferLeadership:output_type -> vbatch.v1.TransferLeadershipResponse
+	9,  // 11: vbatch.v1.ClusterService.RemovePeer:output_type -> vbatch.v1.RemovePeerResponse
+	11, // 12: vbatch.v1.ClusterService.Restore:output_type -> vbatch.v1.RestoreResponse
+	7,  // [7:13] is the sub-list for method output_type
+	1,  // [1:7] is the sub-list for method input_type
+	1,  // [1:1] is the sub-list for extension type_name
+	1,  // [1:1] is the sub-list for extension extendee
+	0,  // [0:1] is the sub-list for field type_name
 }
 
 func init() { file_vbatch_v1_cluster_proto_init() }
@@ -422,7 +710,7 @@ func file_vbatch_v1_cluster_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_vbatch_v1_cluster_proto_rawDesc), len(file_vbatch_v1_cluster_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   6,
+			NumMessages:   12,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

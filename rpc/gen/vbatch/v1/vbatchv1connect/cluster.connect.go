@@ -40,6 +40,14 @@ const (
 	// ClusterServiceVerifyLeaderProcedure is the fully-qualified name of the ClusterService's
 	// VerifyLeader RPC.
 	ClusterServiceVerifyLeaderProcedure = "/vbatch.v1.ClusterService/VerifyLeader"
+	// ClusterServiceTransferLeadershipProcedure is the fully-qualified name of the ClusterService's
+	// TransferLeadership RPC.
+	ClusterServiceTransferLeadershipProcedure = "/vbatch.v1.ClusterService/TransferLeadership"
+	// ClusterServiceRemovePeerProcedure is the fully-qualified name of the ClusterService's RemovePeer
+	// RPC.
+	ClusterServiceRemovePeerProcedure = "/vbatch.v1.ClusterService/RemovePeer"
+	// ClusterServiceRestoreProcedure is the fully-qualified name of the ClusterService's Restore RPC.
+	ClusterServiceRestoreProcedure = "/vbatch.v1.ClusterService/Restore"
 )
 
 // ClusterServiceClient is a client for the vbatch.v1.ClusterService service.
@@ -51,6 +59,13 @@ type ClusterServiceClient interface {
 	// VerifyLeader answers once this node has confirmed it is still the leader
 	// and its state includes the returned index (consistent reads).
 	VerifyLeader(context.Context, *connect.Request[v1.VerifyLeaderRequest]) (*connect.Response[v1.VerifyLeaderResponse], error)
+	// TransferLeadership asks the leader to hand leadership to another voter.
+	TransferLeadership(context.Context, *connect.Request[v1.TransferLeadershipRequest]) (*connect.Response[v1.TransferLeadershipResponse], error)
+	// RemovePeer asks the leader to remove a server from the raft configuration.
+	RemovePeer(context.Context, *connect.Request[v1.RemovePeerRequest]) (*connect.Response[v1.RemovePeerResponse], error)
+	// Restore asks the leader to replace the replicated state with a snapshot
+	// written by `vbctl cluster snapshot save`.
+	Restore(context.Context, *connect.Request[v1.RestoreRequest]) (*connect.Response[v1.RestoreResponse], error)
 }
 
 // NewClusterServiceClient constructs a client for the vbatch.v1.ClusterService service. By default,
@@ -82,14 +97,35 @@ func NewClusterServiceClient(httpClient connect.HTTPClient, baseURL string, opts
 			connect.WithSchema(clusterServiceMethods.ByName("VerifyLeader")),
 			connect.WithClientOptions(opts...),
 		),
+		transferLeadership: connect.NewClient[v1.TransferLeadershipRequest, v1.TransferLeadershipResponse](
+			httpClient,
+			baseURL+ClusterServiceTransferLeadershipProcedure,
+			connect.WithSchema(clusterServiceMethods.ByName("TransferLeadership")),
+			connect.WithClientOptions(opts...),
+		),
+		removePeer: connect.NewClient[v1.RemovePeerRequest, v1.RemovePeerResponse](
+			httpClient,
+			baseURL+ClusterServiceRemovePeerProcedure,
+			connect.WithSchema(clusterServiceMethods.ByName("RemovePeer")),
+			connect.WithClientOptions(opts...),
+		),
+		restore: connect.NewClient[v1.RestoreRequest, v1.RestoreResponse](
+			httpClient,
+			baseURL+ClusterServiceRestoreProcedure,
+			connect.WithSchema(clusterServiceMethods.ByName("Restore")),
+			connect.WithClientOptions(opts...),
+		),
 	}
 }
 
 // clusterServiceClient implements ClusterServiceClient.
 type clusterServiceClient struct {
-	apply        *connect.Client[v1.ApplyRequest, v1.ApplyResponse]
-	status       *connect.Client[v1.StatusRequest, v1.StatusResponse]
-	verifyLeader *connect.Client[v1.VerifyLeaderRequest, v1.VerifyLeaderResponse]
+	apply              *connect.Client[v1.ApplyRequest, v1.ApplyResponse]
+	status             *connect.Client[v1.StatusRequest, v1.StatusResponse]
+	verifyLeader       *connect.Client[v1.VerifyLeaderRequest, v1.VerifyLeaderResponse]
+	transferLeadership *connect.Client[v1.TransferLeadershipRequest, v1.TransferLeadershipResponse]
+	removePeer         *connect.Client[v1.RemovePeerRequest, v1.RemovePeerResponse]
+	restore            *connect.Client[v1.RestoreRequest, v1.RestoreResponse]
 }
 
 // Apply calls vbatch.v1.ClusterService.Apply.
@@ -107,6 +143,21 @@ func (c *clusterServiceClient) VerifyLeader(ctx context.Context, req *connect.Re
 	return c.verifyLeader.CallUnary(ctx, req)
 }
 
+// TransferLeadership calls vbatch.v1.ClusterService.TransferLeadership.
+func (c *clusterServiceClient) TransferLeadership(ctx context.Context, req *connect.Request[v1.TransferLeadershipRequest]) (*connect.Response[v1.TransferLeadershipResponse], error) {
+	return c.transferLeadership.CallUnary(ctx, req)
+}
+
+// RemovePeer calls vbatch.v1.ClusterService.RemovePeer.
+func (c *clusterServiceClient) RemovePeer(ctx context.Context, req *connect.Request[v1.RemovePeerRequest]) (*connect.Response[v1.RemovePeerResponse], error) {
+	return c.removePeer.CallUnary(ctx, req)
+}
+
+// Restore calls vbatch.v1.ClusterService.Restore.
+func (c *clusterServiceClient) Restore(ctx context.Context, req *connect.Request[v1.RestoreRequest]) (*connect.Response[v1.RestoreResponse], error) {
+	return c.restore.CallUnary(ctx, req)
+}
+
 // ClusterServiceHandler is an implementation of the vbatch.v1.ClusterService service.
 type ClusterServiceHandler interface {
 	// Apply proposes a command on the leader; a follower forwards writes here.
@@ -116,6 +167,13 @@ type ClusterServiceHandler interface {
 	// VerifyLeader answers once this node has confirmed it is still the leader
 	// and its state includes the returned index (consistent reads).
 	VerifyLeader(context.Context, *connect.Request[v1.VerifyLeaderRequest]) (*connect.Response[v1.VerifyLeaderResponse], error)
+	// TransferLeadership asks the leader to hand leadership to another voter.
+	TransferLeadership(context.Context, *connect.Request[v1.TransferLeadershipRequest]) (*connect.Response[v1.TransferLeadershipResponse], error)
+	// RemovePeer asks the leader to remove a server from the raft configuration.
+	RemovePeer(context.Context, *connect.Request[v1.RemovePeerRequest]) (*connect.Response[v1.RemovePeerResponse], error)
+	// Restore asks the leader to replace the replicated state with a snapshot
+	// written by `vbctl cluster snapshot save`.
+	Restore(context.Context, *connect.Request[v1.RestoreRequest]) (*connect.Response[v1.RestoreResponse], error)
 }
 
 // NewClusterServiceHandler builds an HTTP handler from the service implementation. It returns the
@@ -143,6 +201,24 @@ func NewClusterServiceHandler(svc ClusterServiceHandler, opts ...connect.Handler
 		connect.WithSchema(clusterServiceMethods.ByName("VerifyLeader")),
 		connect.WithHandlerOptions(opts...),
 	)
+	clusterServiceTransferLeadershipHandler := connect.NewUnaryHandler(
+		ClusterServiceTransferLeadershipProcedure,
+		svc.TransferLeadership,
+		connect.WithSchema(clusterServiceMethods.ByName("TransferLeadership")),
+		connect.WithHandlerOptions(opts...),
+	)
+	clusterServiceRemovePeerHandler := connect.NewUnaryHandler(
+		ClusterServiceRemovePeerProcedure,
+		svc.RemovePeer,
+		connect.WithSchema(clusterServiceMethods.ByName("RemovePeer")),
+		connect.WithHandlerOptions(opts...),
+	)
+	clusterServiceRestoreHandler := connect.NewUnaryHandler(
+		ClusterServiceRestoreProcedure,
+		svc.Restore,
+		connect.WithSchema(clusterServiceMethods.ByName("Restore")),
+		connect.WithHandlerOptions(opts...),
+	)
 	return "/vbatch.v1.ClusterService/", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		switch r.URL.Path {
 		case ClusterServiceApplyProcedure:
@@ -151,6 +227,12 @@ func NewClusterServiceHandler(svc ClusterServiceHandler, opts ...connect.Handler
 			clusterServiceStatusHandler.ServeHTTP(w, r)
 		case ClusterServiceVerifyLeaderProcedure:
 			clusterServiceVerifyLeaderHandler.ServeHTTP(w, r)
+		case ClusterServiceTransferLeadershipProcedure:
+			clusterServiceTransferLeadershipHandler.ServeHTTP(w, r)
+		case ClusterServiceRemovePeerProcedure:
+			clusterServiceRemovePeerHandler.ServeHTTP(w, r)
+		case ClusterServiceRestoreProcedure:
+			clusterServiceRestoreHandler.ServeHTTP(w, r)
 		default:
 			http.NotFound(w, r)
 		}
@@ -170,4 +252,16 @@ func (UnimplementedClusterServiceHandler) Status(context.Context, *connect.Reque
 
 func (UnimplementedClusterServiceHandler) VerifyLeader(context.Context, *connect.Request[v1.VerifyLeaderRequest]) (*connect.Response[v1.VerifyLeaderResponse], error) {
 	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("vbatch.v1.ClusterService.VerifyLeader is not implemented"))
+}
+
+func (UnimplementedClusterServiceHandler) TransferLeadership(context.Context, *connect.Request[v1.TransferLeadershipRequest]) (*connect.Response[v1.TransferLeadershipResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("vbatch.v1.ClusterService.TransferLeadership is not implemented"))
+}
+
+func (UnimplementedClusterServiceHandler) RemovePeer(context.Context, *connect.Request[v1.RemovePeerRequest]) (*connect.Response[v1.RemovePeerResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("vbatch.v1.ClusterService.RemovePeer is not implemented"))
+}
+
+func (UnimplementedClusterServiceHandler) Restore(context.Context, *connect.Request[v1.RestoreRequest]) (*connect.Response[v1.RestoreResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("vbatch.v1.ClusterService.Restore is not implemented"))
 }
