@@ -263,12 +263,3 @@ func (w *slogWriter) Write(b []byte) (int, error) {
 	w.logger.Log(context.Background(), level, strings.Trim(msg, " :\n"))
 	return len(b), nil
 }
-
-// PortOf returns the port of a host:port string, or 0.
-func PortOf(addr string) int {
-	_, p, err := netutil.SplitPort(addr)
-	if err != nil {
-		return 0
-	}
-	return p
-}

@@ -135,9 +135,6 @@ func (cl *Cluster) URLs() []string {
 	return out
 }
 
-// Coordinator returns the i-th running coordinator.
-func (cl *Cluster) Coordinator(i int) *coordinator.Coordinator { return cl.coords[i] }
-
 func (cl *Cluster) waitLeader(ctx context.Context, timeout time.Duration) error {
 	deadline := time.Now().Add(timeout)
 	for time.Now().Before(deadline) {
