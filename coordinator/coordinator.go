@@ -56,7 +56,8 @@ type Coordinator struct {
 	// removed holds the servers remove-peer took out of raft.
 	removed removedPeers
 
-	// agentGone receives the ids of agents gossip declared dead.
+	// agentGone receives the ids of agents gossip declared dead; it wakes
+	// the leader loop so their leases are expired at once.
 	agentGone chan string
 	// stop ends the background loops.
 	stop      context.CancelFunc

@@ -76,6 +76,7 @@ func (c *Coordinator) leaderLoop(ctx context.Context) {
 			l.wg.Wait()
 			return
 		case <-watch:
+		case <-c.agentGone: // re-queue a dead agent's chunks at once
 		case <-time.After(leaderTick - leaderMinGap):
 		}
 	}
