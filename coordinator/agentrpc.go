@@ -375,11 +375,21 @@ func (s *agentService) Telemetry(ctx context.Context, req *connect.Request[vbatc
 	if req.Msg.AgentId == "" {
 		return nil, connect.NewError(connect.CodeInvalidArgument, errors.New("agent id required"))
 	}
-	s.mu.Lock()
-	s.telemetry[req.Msg.AgentId] = &AgentTelemetry{Report: req.Msg, ReceivedAt: s.c.Now()}
-	s.mu.Unlock()
+	now := s.c.Now()
+	s.store(req.Msg, now)
 	s.c.metrics.ObserveXIDs(req.Msg.AgentId, len(req.Msg.XidEvents))
+	s.c.shareTelemetry(req.Msg, now)
 	return connect.NewResponse(&vbatchv1.TelemetryResponse{}), nil
+}
+
+// store keeps a report unless a newer one from the same agent is there.
+func (s *agentService) store(r *vbatchv1.TelemetryRequest, receivedAt time.Time) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if old, ok := s.telemetry[r.AgentId]; ok && old.Report.SentAtUnixMs > r.SentAtUnixMs {
+		return
+	}
+	s.telemetry[r.AgentId] = &AgentTelemetry{Report: r, ReceivedAt: receivedAt}
 }
 
 // latestTelemetry returns a copy of the telemetry map.

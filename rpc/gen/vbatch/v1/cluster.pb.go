@@ -603,11 +603,101 @@ func (x *RestoreResponse) GetIndex() uint64 {
 	return 0
 }
 
+type ShareTelemetryRequest struct {
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	Report *TelemetryRequest      `protobuf:"bytes,1,opt,name=report,proto3" json:"report,omitempty"`
+	// received_at_unix_ms is when the agent's report reached the first
+	// coordinator.
+	ReceivedAtUnixMs int64 `protobuf:"varint,2,opt,name=received_at_unix_ms,json=receivedAtUnixMs,proto3" json:"received_at_unix_ms,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
+}
+
+func (x *ShareTelemetryRequest) Reset() {
+	*x = ShareTelemetryRequest{}
+	mi := &file_vbatch_v1_cluster_proto_msgTypes[12]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ShareTelemetryRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ShareTelemetryRequest) ProtoMessage() {}
+
+func (x *ShareTelemetryRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_vbatch_v1_cluster_proto_msgTypes[12]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ShareTelemetryRequest.ProtoReflect.Descriptor instead.
+func (*ShareTelemetryRequest) Descriptor() ([]byte, []int) {
+	return file_vbatch_v1_cluster_proto_rawDescGZIP(), []int{12}
+}
+
+func (x *ShareTelemetryRequest) GetReport() *TelemetryRequest {
+	if x != nil {
+		return x.Report
+	}
+	return nil
+}
+
+func (x *ShareTelemetryRequest) GetReceivedAtUnixMs() int64 {
+	if x != nil {
+		return x.ReceivedAtUnixMs
+	}
+	return 0
+}
+
+type ShareTelemetryResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ShareTelemetryResponse) Reset() {
+	*x = ShareTelemetryResponse{}
+	mi := &file_vbatch_v1_cluster_proto_msgTypes[13]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ShareTelemetryResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ShareTelemetryResponse) ProtoMessage() {}
+
+func (x *ShareTelemetryResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_vbatch_v1_cluster_proto_msgTypes[13]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ShareTelemetryResponse.ProtoReflect.Descriptor instead.
+func (*ShareTelemetryResponse) Descriptor() ([]byte, []int) {
+	return file_vbatch_v1_cluster_proto_rawDescGZIP(), []int{13}
+}
+
 var File_vbatch_v1_cluster_proto protoreflect.FileDescriptor
 
 const file_vbatch_v1_cluster_proto_rawDesc = "" +
 	"\n" +
-	"\x17vbatch/v1/cluster.proto\x12\tvbatch.v1\x1a\x15vbatch/v1/state.proto\"*\n" +
+	"\x17vbatch/v1/cluster.proto\x12\tvbatch.v1\x1a\x15vbatch/v1/agent.proto\x1a\x15vbatch/v1/state.proto\"*\n" +
 	"\fApplyRequest\x12\x1a\n" +
 	"\benvelope\x18\x01 \x01(\fR\benvelope\":\n" +
 	"\rApplyResponse\x12)\n" +
@@ -639,7 +729,11 @@ const file_vbatch_v1_cluster_proto_rawDesc = "" +
 	"\x0eRestoreRequest\x12\x1a\n" +
 	"\bsnapshot\x18\x01 \x01(\fR\bsnapshot\"'\n" +
 	"\x0fRestoreResponse\x12\x14\n" +
-	"\x05index\x18\x01 \x01(\x04R\x05index2\xd8\x03\n" +
+	"\x05index\x18\x01 \x01(\x04R\x05index\"{\n" +
+	"\x15ShareTelemetryRequest\x123\n" +
+	"\x06report\x18\x01 \x01(\v2\x1b.vbatch.v1.TelemetryRequestR\x06report\x12-\n" +
+	"\x13received_at_unix_ms\x18\x02 \x01(\x03R\x10receivedAtUnixMs\"\x18\n" +
+	"\x16ShareTelemetryResponse2\xb1\x04\n" +
 	"\x0eClusterService\x12<\n" +
 	"\x05Apply\x12\x17.vbatch.v1.ApplyRequest\x1a\x18.vbatch.v1.ApplyResponse\"\x00\x12?\n" +
 	"\x06Status\x12\x18.vbatch.v1.StatusRequest\x1a\x19.vbatch.v1.StatusResponse\"\x00\x12Q\n" +
@@ -647,7 +741,8 @@ const file_vbatch_v1_cluster_proto_rawDesc = "" +
 	"\x12TransferLeadership\x12$.vbatch.v1.TransferLeadershipRequest\x1a%.vbatch.v1.TransferLeadershipResponse\"\x00\x12K\n" +
 	"\n" +
 	"RemovePeer\x12\x1c.vbatch.v1.RemovePeerRequest\x1a\x1d.vbatch.v1.RemovePeerResponse\"\x00\x12B\n" +
-	"\aRestore\x12\x19.vbatch.v1.RestoreRequest\x1a\x1a.vbatch.v1.RestoreResponse\"\x00B5Z3github.com/vbatch/vbatch/rpc/gen/vbatch/v1;vbatchv1b\x06proto3"
+	"\aRestore\x12\x19.vbatch.v1.RestoreRequest\x1a\x1a.vbatch.v1.RestoreResponse\"\x00\x12W\n" +
+	"\x0eShareTelemetry\x12 .vbatch.v1.ShareTelemetryRequest\x1a!.vbatch.v1.ShareTelemetryResponse\"\x00B5Z3github.com/vbatch/vbatch/rpc/gen/vbatch/v1;vbatchv1b\x06proto3"
 
 var (
 	file_vbatch_v1_cluster_proto_rawDescOnce sync.Once
@@ -661,7 +756,7 @@ func file_vbatch_v1_cluster_proto_rawDescGZIP() []byte {
 	return file_vbatch_v1_cluster_proto_rawDescData
 }
 
-var file_vbatch_v1_cluster_proto_msgTypes = make([]protoimpl.MessageInfo, 12)
+var file_vbatch_v1_cluster_proto_msgTypes = make([]protoimpl.MessageInfo, 14)
 var file_vbatch_v1_cluster_proto_goTypes = []any{
 	(*ApplyRequest)(nil),               // 0: vbatch.v1.ApplyRequest
 	(*ApplyResponse)(nil),              // 1: vbatch.v1.ApplyResponse
@@ -675,27 +770,33 @@ var file_vbatch_v1_cluster_proto_goTypes = []any{
 	(*RemovePeerResponse)(nil),         // 9: vbatch.v1.RemovePeerResponse
 	(*RestoreRequest)(nil),             // 10: vbatch.v1.RestoreRequest
 	(*RestoreResponse)(nil),            // 11: vbatch.v1.RestoreResponse
-	(*Result)(nil),                     // 12: vbatch.v1.Result
+	(*ShareTelemetryRequest)(nil),      // 12: vbatch.v1.ShareTelemetryRequest
+	(*ShareTelemetryResponse)(nil),     // 13: vbatch.v1.ShareTelemetryResponse
+	(*Result)(nil),                     // 14: vbatch.v1.Result
+	(*TelemetryRequest)(nil),           // 15: vbatch.v1.TelemetryRequest
 }
 var file_vbatch_v1_cluster_proto_depIdxs = []int32{
-	12, // 0: vbatch.v1.ApplyResponse.result:type_name -> vbatch.v1.Result
-	0,  // 1: vbatch.v1.ClusterService.Apply:input_type -> vbatch.v1.ApplyRequest
-	2,  // 2: vbatch.v1.ClusterService.Status:input_type -> vbatch.v1.StatusRequest
-	4,  // 3: vbatch.v1.ClusterService.VerifyLeader:input_type -> vbatch.v1.VerifyLeaderRequest
-	6,  // 4: vbatch.v1.ClusterService.TransferLeadership:input_type -> vbatch.v1.TransferLeadershipRequest
-	8,  // 5: vbatch.v1.ClusterService.RemovePeer:input_type -> vbatch.v1.RemovePeerRequest
-	10, // 6: vbatch.v1.ClusterService.Restore:input_type -> vbatch.v1.RestoreRequest
-	1,  // 7: vbatch.v1.ClusterService.Apply:output_type -> vbatch.v1.ApplyResponse
-	3,  // 8: vbatch.v1.ClusterService.Status:output_type -> vbatch.v1.StatusResponse
-	5,  // 9: vbatch.v1.ClusterService.VerifyLeader:output_type -> vbatch.v1.VerifyLeaderResponse
-	7,  // 10: vbatch.v1.ClusterService.TransferLeadership:output_type -> vbatch.v1.TransferLeadershipResponse
-	9,  // 11: vbatch.v1.ClusterService.RemovePeer:output_type -> vbatch.v1.RemovePeerResponse
-	11, // 12: vbatch.v1.ClusterService.Restore:output_type -> vbatch.v1.RestoreResponse
-	7,  // [7:13] is the sub-list for method output_type
-	1,  // [1:7] is the sub-list for method input_type
-	1,  // [1:1] is the sub-list for extension type_name
-	1,  // [1:1] is the sub-list for extension extendee
-	0,  // [0:1] is the sub-list for field type_name
+	14, // 0: vbatch.v1.ApplyResponse.result:type_name -> vbatch.v1.Result
+	15, // 1: vbatch.v1.ShareTelemetryRequest.report:type_name -> vbatch.v1.TelemetryRequest
+	0,  // 2: vbatch.v1.ClusterService.Apply:input_type -> vbatch.v1.ApplyRequest
+	2,  // 3: vbatch.v1.ClusterService.Status:input_type -> vbatch.v1.StatusRequest
+	4,  // 4: vbatch.v1.ClusterService.VerifyLeader:input_type -> vbatch.v1.VerifyLeaderRequest
+	6,  // 5: vbatch.v1.ClusterService.TransferLeadership:input_type -> vbatch.v1.TransferLeadershipRequest
+	8,  // 6: vbatch.v1.ClusterService.RemovePeer:input_type -> vbatch.v1.RemovePeerRequest
+	10, // 7: vbatch.v1.ClusterService.Restore:input_type -> vbatch.v1.RestoreRequest
+	12, // 8: vbatch.v1.ClusterService.ShareTelemetry:input_type -> vbatch.v1.ShareTelemetryRequest
+	1,  // 9: vbatch.v1.ClusterService.Apply:output_type -> vbatch.v1.ApplyResponse
+	3,  // 10: vbatch.v1.ClusterService.Status:output_type -> vbatch.v1.StatusResponse
+	5,  // 11: vbatch.v1.ClusterService.VerifyLeader:output_type -> vbatch.v1.VerifyLeaderResponse
+	7,  // 12: vbatch.v1.ClusterService.TransferLeadership:output_type -> vbatch.v1.TransferLeadershipResponse
+	9,  // 13: vbatch.v1.ClusterService.RemovePeer:output_type -> vbatch.v1.RemovePeerResponse
+	11, // 14: vbatch.v1.ClusterService.Restore:output_type -> vbatch.v1.RestoreResponse
+	13, // 15: vbatch.v1.ClusterService.ShareTelemetry:output_type -> vbatch.v1.ShareTelemetryResponse
+	9,  // [9:16] is the sub-list for method output_type
+	2,  // [2:9] is the sub-list for method input_type
+	2,  // [2:2] is the sub-list for extension type_name
+	2,  // [2:2] is the sub-list for extension extendee
+	0,  // [0:2] is the sub-list for field type_name
 }
 
 func init() { file_vbatch_v1_cluster_proto_init() }
@@ -703,6 +804,7 @@ func file_vbatch_v1_cluster_proto_init() {
 	if File_vbatch_v1_cluster_proto != nil {
 		return
 	}
+	file_vbatch_v1_agent_proto_init()
 	file_vbatch_v1_state_proto_init()
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -710,7 +812,7 @@ func file_vbatch_v1_cluster_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_vbatch_v1_cluster_proto_rawDesc), len(file_vbatch_v1_cluster_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   12,
+			NumMessages:   14,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

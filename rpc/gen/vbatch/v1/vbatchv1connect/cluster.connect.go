@@ -48,6 +48,9 @@ const (
 	ClusterServiceRemovePeerProcedure = "/vbatch.v1.ClusterService/RemovePeer"
 	// ClusterServiceRestoreProcedure is the fully-qualified name of the ClusterService's Restore RPC.
 	ClusterServiceRestoreProcedure = "/vbatch.v1.ClusterService/Restore"
+	// ClusterServiceShareTelemetryProcedure is the fully-qualified name of the ClusterService's
+	// ShareTelemetry RPC.
+	ClusterServiceShareTelemetryProcedure = "/vbatch.v1.ClusterService/ShareTelemetry"
 )
 
 // ClusterServiceClient is a client for the vbatch.v1.ClusterService service.
@@ -66,6 +69,9 @@ type ClusterServiceClient interface {
 	// Restore asks the leader to replace the replicated state with a snapshot
 	// written by `vbctl cluster snapshot save`.
 	Restore(context.Context, *connect.Request[v1.RestoreRequest]) (*connect.Response[v1.RestoreResponse], error)
+	// ShareTelemetry hands a peer the latest telemetry an agent sent here, so
+	// every coordinator exports the same GPU and engine figures.
+	ShareTelemetry(context.Context, *connect.Request[v1.ShareTelemetryRequest]) (*connect.Response[v1.ShareTelemetryResponse], error)
 }
 
 // NewClusterServiceClient constructs a client for the vbatch.v1.ClusterService service. By default,
@@ -115,6 +121,12 @@ func NewClusterServiceClient(httpClient connect.HTTPClient, baseURL string, opts
 			connect.WithSchema(clusterServiceMethods.ByName("Restore")),
 			connect.WithClientOptions(opts...),
 		),
+		shareTelemetry: connect.NewClient[v1.ShareTelemetryRequest, v1.ShareTelemetryResponse](
+			httpClient,
+			baseURL+ClusterServiceShareTelemetryProcedure,
+			connect.WithSchema(clusterServiceMethods.ByName("ShareTelemetry")),
+			connect.WithClientOptions(opts...),
+		),
 	}
 }
 
@@ -126,6 +138,7 @@ type clusterServiceClient struct {
 	transferLeadership *connect.Client[v1.TransferLeadershipRequest, v1.TransferLeadershipResponse]
 	removePeer         *connect.Client[v1.RemovePeerRequest, v1.RemovePeerResponse]
 	restore            *connect.Client[v1.RestoreRequest, v1.RestoreResponse]
+	shareTelemetry     *connect.Client[v1.ShareTelemetryRequest, v1.ShareTelemetryResponse]
 }
 
 // Apply calls vbatch.v1.ClusterService.Apply.
@@ -158,6 +171,11 @@ func (c *clusterServiceClient) Restore(ctx context.Context, req *connect.Request
 	return c.restore.CallUnary(ctx, req)
 }
 
+// ShareTelemetry calls vbatch.v1.ClusterService.ShareTelemetry.
+func (c *clusterServiceClient) ShareTelemetry(ctx context.Context, req *connect.Request[v1.ShareTelemetryRequest]) (*connect.Response[v1.ShareTelemetryResponse], error) {
+	return c.shareTelemetry.CallUnary(ctx, req)
+}
+
 // ClusterServiceHandler is an implementation of the vbatch.v1.ClusterService service.
 type ClusterServiceHandler interface {
 	// Apply proposes a command on the leader; a follower forwards writes here.
@@ -174,6 +192,9 @@ type ClusterServiceHandler interface {
 	// Restore asks the leader to replace the replicated state with a snapshot
 	// written by `vbctl cluster snapshot save`.
 	Restore(context.Context, *connect.Request[v1.RestoreRequest]) (*connect.Response[v1.RestoreResponse], error)
+	// ShareTelemetry hands a peer the latest telemetry an agent sent here, so
+	// every coordinator exports the same GPU and engine figures.
+	ShareTelemetry(context.Context, *connect.Request[v1.ShareTelemetryRequest]) (*connect.Response[v1.ShareTelemetryResponse], error)
 }
 
 // NewClusterServiceHandler builds an HTTP handler from the service implementation. It returns the
@@ -219,6 +240,12 @@ func NewClusterServiceHandler(svc ClusterServiceHandler, opts ...connect.Handler
 		connect.WithSchema(clusterServiceMethods.ByName("Restore")),
 		connect.WithHandlerOptions(opts...),
 	)
+	clusterServiceShareTelemetryHandler := connect.NewUnaryHandler(
+		ClusterServiceShareTelemetryProcedure,
+		svc.ShareTelemetry,
+		connect.WithSchema(clusterServiceMethods.ByName("ShareTelemetry")),
+		connect.WithHandlerOptions(opts...),
+	)
 	return "/vbatch.v1.ClusterService/", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		switch r.URL.Path {
 		case ClusterServiceApplyProcedure:
@@ -233,6 +260,8 @@ func NewClusterServiceHandler(svc ClusterServiceHandler, opts ...connect.Handler
 			clusterServiceRemovePeerHandler.ServeHTTP(w, r)
 		case ClusterServiceRestoreProcedure:
 			clusterServiceRestoreHandler.ServeHTTP(w, r)
+		case ClusterServiceShareTelemetryProcedure:
+			clusterServiceShareTelemetryHandler.ServeHTTP(w, r)
 		default:
 			http.NotFound(w, r)
 		}
@@ -264,4 +293,8 @@ func (UnimplementedClusterServiceHandler) RemovePeer(context.Context, *connect.R
 
 func (UnimplementedClusterServiceHandler) Restore(context.Context, *connect.Request[v1.RestoreRequest]) (*connect.Response[v1.RestoreResponse], error) {
 	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("vbatch.v1.ClusterService.Restore is not implemented"))
+}
+
+func (UnimplementedClusterServiceHandler) ShareTelemetry(context.Context, *connect.Request[v1.ShareTelemetryRequest]) (*connect.Response[v1.ShareTelemetryResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("vbatch.v1.ClusterService.ShareTelemetry is not implemented"))
 }
