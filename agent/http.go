@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 )
 
@@ -25,7 +26,8 @@ var onlinePaths = []string{"/v1/chat/completions", "/v1/completions", "/v1/embed
 // and the online-inference endpoints.
 func (a *Agent) Handler() http.Handler {
 	mux := http.NewServeMux()
-	mux.Handle("GET /metrics", promhttp.HandlerFor(a.metrics.registry, promhttp.HandlerOpts{}))
+	engine := &engineGatherer{url: a.eng.MetricsURL, agentID: a.id, client: &http.Client{}}
+	mux.Handle("GET /metrics", promhttp.HandlerFor(prometheus.Gatherers{a.metrics.registry, engine}, promhttp.HandlerOpts{}))
 	mux.HandleFunc("GET /metrics/engine", a.handleEngineMetrics)
 	mux.HandleFunc("GET /health", a.handleHealth)
 	for _, p := range onlinePaths {

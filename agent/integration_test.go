@@ -70,6 +70,13 @@ func TestWithSimulatorEngine(t *testing.T) {
 	if code, body := get(t, base+"/metrics/engine"); code != http.StatusOK || !strings.Contains(body, "vllm:") {
 		t.Errorf("engine metrics: %d %.200s", code, body)
 	}
+	// The agent's own /metrics relays the engine's vllm:* series with an
+	// agent label, beside the agent's figures.
+	code, body := get(t, base+"/metrics")
+	if code != http.StatusOK || !strings.Contains(body, `agent="agent-sim"`) ||
+		!strings.Contains(body, "vllm:num_requests_running") || !strings.Contains(body, "vbatch_agent_requests_total") {
+		t.Errorf("agent metrics without the relayed engine series: %d %.400s", code, body)
+	}
 	if err := h(); err != nil {
 		t.Fatal(err)
 	}
