@@ -12,6 +12,8 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/vbatch/vbatch/monitoring"
 )
 
 // maxProxyBody caps an online request body.
@@ -39,7 +41,7 @@ func (a *Agent) Handler() http.Handler {
 // serveHTTP serves Handler on ln until shut down.
 func (a *Agent) serveHTTP(ln net.Listener) *http.Server {
 	srv := &http.Server{
-		Handler:           a.Handler(),
+		Handler:           monitoring.SentryHTTP(a.Handler()),
 		ReadHeaderTimeout: 10 * time.Second,
 		IdleTimeout:       2 * time.Minute,
 	}
