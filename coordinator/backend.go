@@ -22,10 +22,10 @@ import (
 func (c *Coordinator) StoreUpload(ctx context.Context, r io.Reader) (*vbatchv1.BlobRef, []string, error) {
 	ref, err := c.blobs.Ingest(r)
 	if errors.Is(err, blob.ErrNoSpace) {
-		return nil, nil, fmt.Errorf("store upload: %w (%w)", api.ErrInsufficientStorage, err)
+		return nil, nil, fmt.Errorf("ingest: %w (%w)", api.ErrInsufficientStorage, err)
 	}
 	if err != nil {
-		return nil, nil, fmt.Errorf("store upload: %w", err)
+		return nil, nil, fmt.Errorf("ingest: %w", err)
 	}
 	replicas, err := c.replicate(ctx, ref.Sha256)
 	if err != nil {
@@ -53,6 +53,10 @@ func (c *Coordinator) OpenFile(ctx context.Context, f *vbatchv1.File) (io.ReadCl
 	parts := f.GetParts()
 	for _, p := range parts {
 		if err := c.repl.Ensure(ctx, p.Sha256); err != nil {
+			if errors.Is(err, blob.ErrNoSpace) {
+				// This node cannot hold the copy it lacks; another can serve.
+				return nil, fmt.Errorf("file %s: blob %s: %w (%w)", f.Id, p.Sha256, api.ErrUnavailable, err)
+			}
 			return nil, fmt.Errorf("file %s: blob %s: %w", f.Id, p.Sha256, err)
 		}
 	}

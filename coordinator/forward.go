@@ -93,7 +93,10 @@ func (c *Coordinator) applyLocal(data []byte) (*vbatchv1.Result, error) {
 	start := time.Now()
 	f := c.raftNode.raft.Apply(stamped, applyTimeout)
 	if err := f.Error(); err != nil {
-		return nil, fmt.Errorf("raft apply: %w", err)
+		// Whatever raft says (leadership lost, a log store that cannot
+		// write, a full disk), the command may commit on another leader:
+		// retrying is safe because every command is idempotent.
+		return nil, fmt.Errorf("%w: %w", errRaftApply, err)
 	}
 	c.metrics.ObserveApply(time.Since(start))
 	res, ok := f.Response().(*vbatchv1.Result)
@@ -103,10 +106,19 @@ func (c *Coordinator) applyLocal(data []byte) (*vbatchv1.Result, error) {
 	return res, nil
 }
 
+// errRaftApply marks a failure of raft itself to commit a command on this
+// node (as opposed to the FSM refusing it, which is a Result).
+var errRaftApply = errors.New("raft apply")
+
+// consistentReadTimeout bounds a consistent read whose caller set no
+// deadline: a node that cannot catch up answers 503 rather than hang.
+const consistentReadTimeout = 5 * time.Second
+
 // retryable reports whether an apply failure may succeed on a retry: no
-// leader, leadership lost mid-apply, or the leader unreachable.
+// leader, leadership lost mid-apply, raft failing on the leader, or the
+// leader unreachable.
 func retryable(err error) bool {
-	if errors.Is(err, ErrNoLeader) || errors.Is(err, raft.ErrNotLeader) ||
+	if errors.Is(err, ErrNoLeader) || errors.Is(err, errRaftApply) || errors.Is(err, raft.ErrNotLeader) ||
 		errors.Is(err, raft.ErrLeadershipLost) || errors.Is(err, raft.ErrLeadershipTransferInProgress) ||
 		errors.Is(err, raft.ErrEnqueueTimeout) || errors.Is(err, raft.ErrAbortedByRestore) {
 		return true
@@ -140,6 +152,11 @@ func (c *Coordinator) waitApplied(ctx context.Context, index uint64) error {
 // ConsistentRead verifies leadership (on the leader, or by asking it) and
 // waits until this node has applied everything the leader had committed.
 func (c *Coordinator) ConsistentRead(ctx context.Context) error {
+	if _, ok := ctx.Deadline(); !ok {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, consistentReadTimeout)
+		defer cancel()
+	}
 	for {
 		idx, err := c.leaderIndex(ctx)
 		if err == nil {
