@@ -39,6 +39,15 @@ type ClusterOptions struct {
 // until they agree on a leader.
 func StartCluster(t testing.TB, n int, opts ClusterOptions) *Cluster {
 	t.Helper()
+	return StartClusterDirs(t, n, opts, nil)
+}
+
+// StartClusterDirs is StartCluster with chosen data dirs: dataDirs[i], when
+// set, is coordinator i's data dir (for instance a small filesystem the test
+// mounted); an empty entry gets a fresh dir as StartCluster gives. Every
+// coordinator gets the same flags as StartCluster's.
+func StartClusterDirs(t testing.TB, n int, opts ClusterOptions, dataDirs []string) *Cluster {
+	t.Helper()
 	bin := Binaries(t)
 	dir := t.TempDir()
 	ports := FreePorts(t, 4*n)
@@ -55,6 +64,9 @@ func StartCluster(t testing.TB, n int, opts ClusterOptions) *Cluster {
 			Raft:    fmt.Sprintf("127.0.0.1:%d", ports[4*i+2]),
 			Gossip:  gossip[i],
 			DataDir: filepath.Join(dir, fmt.Sprintf("c%d", i+1)),
+		}
+		if i < len(dataDirs) && dataDirs[i] != "" {
+			co.DataDir = dataDirs[i]
 		}
 		args := []string{"coordinator",
 			"--node-id", co.ID, "--data-dir", co.DataDir,

@@ -7,50 +7,9 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"strings"
 	"syscall"
 	"testing"
-	"time"
 )
-
-// StartClusterDirs is StartCluster with chosen data dirs: dataDirs[i], when
-// set, is coordinator i's data dir (for instance a small filesystem the test
-// mounted); an empty entry gets a fresh dir as StartCluster gives. Every
-// coordinator gets the same flags as StartCluster's.
-func StartClusterDirs(t testing.TB, n int, opts ClusterOptions, dataDirs []string) *Cluster {
-	t.Helper()
-	bin := Binaries(t)
-	dir := t.TempDir()
-	ports := FreePorts(t, 4*n)
-	c := &Cluster{t: t, Dir: dir, Bin: filepath.Join(bin, "vbatch")}
-	var gossip []string
-	for i := 0; i < n; i++ {
-		gossip = append(gossip, fmt.Sprintf("127.0.0.1:%d", ports[4*i+3]))
-	}
-	for i := 0; i < n; i++ {
-		co := &Coordinator{
-			ID:      fmt.Sprintf("c%d", i+1),
-			HTTP:    fmt.Sprintf("127.0.0.1:%d", ports[4*i]),
-			RPC:     fmt.Sprintf("127.0.0.1:%d", ports[4*i+1]),
-			Raft:    fmt.Sprintf("127.0.0.1:%d", ports[4*i+2]),
-			Gossip:  gossip[i],
-			DataDir: filepath.Join(dir, fmt.Sprintf("c%d", i+1)),
-		}
-		if i < len(dataDirs) && dataDirs[i] != "" {
-			co.DataDir = dataDirs[i]
-		}
-		args := []string{"coordinator",
-			"--node-id", co.ID, "--data-dir", co.DataDir,
-			"--http-addr", co.HTTP, "--rpc-addr", co.RPC, "--raft-addr", co.Raft, "--gossip-addr", co.Gossip,
-			"--bootstrap-expect", fmt.Sprint(n), "--join", strings.Join(gossip, ","),
-		}
-		args = append(args, opts.Extra...)
-		co.Proc = StartProc(t, dir, co.ID, c.Bin, args...)
-		c.Coords = append(c.Coords, co)
-	}
-	c.WaitLeader(30 * time.Second)
-	return c
-}
 
 // MountTmpfs mounts a tmpfs of size bytes on a fresh directory and returns
 // it. It needs root (CAP_SYS_ADMIN) and fails the test, not skips it,
