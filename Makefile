@@ -9,7 +9,7 @@ BUF_VERSION := v1.75.0
 PROTOC_GEN_GO_VERSION := v1.36.12
 PROTOC_GEN_CONNECT_GO_VERSION := v1.21.1
 
-.PHONY: build test test-unit generate tools lint bench demo clean monitoring-check
+.PHONY: build test test-unit generate tools lint bench demo clean monitoring-check chaos failover
 
 build:
 	$(GO) build -ldflags "$(LDFLAGS)" -o bin/vbatch ./cmd/vbatch
@@ -60,3 +60,19 @@ monitoring-check:
 	VBATCH_PROMTOOL=$$(command -v $(PROMTOOL)) $(GO) test -count=1 ./deploy/ ./monitoring/
 	VBATCH_PROMTOOL=$$(command -v $(PROMTOOL)) VBATCH_PROMETHEUS=$$(command -v $(PROMETHEUS)) \
 		$(GO) test -count=1 -timeout 5m -run '^TestMonitoringLive$$' ./e2e/
+
+# chaos runs SCHEDULES seeded fault schedules (seeds SEED, SEED+1, ...) of
+# CHAOS_WINDOW each against a real cluster under load and prints a table of
+# faults, invariant results and timings (e2e TestChaos, docs/reliability.md).
+SCHEDULES ?= 1
+SEED ?= 1
+CHAOS_WINDOW ?= 60s
+chaos:
+	$(GO) test -count=1 -v -run '^TestChaos$$' -timeout 60m ./e2e/ -args \
+		-chaos.schedules=$(SCHEDULES) -chaos.seed=$(SEED) -chaos.window=$(CHAOS_WINDOW)
+
+# failover measures leader failover (SIGKILL to the first acknowledged
+# write) over TRIALS trials (e2e BenchmarkFailover).
+TRIALS ?= 30
+failover:
+	$(GO) test -count=1 -run '^$$' -bench '^BenchmarkFailover$$' -benchtime 1x -timeout 30m ./e2e/ -args -failover.trials=$(TRIALS)

@@ -9,6 +9,7 @@ import (
 	"net/http/httptest"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/getsentry/sentry-go"
 
@@ -50,7 +51,13 @@ func TestSentryCapturesServerErrorsOnly(t *testing.T) {
 	e.b.panicOnStatus = true
 	e.do(http.MethodGet, "/v1/admin/cluster/status", testRoot, nil, requestIDHeader, "req-panic").wantError(t, 500, typeServer, codeInternal)
 
+	// The panic is reported as the handler unwinds, which may be after
+	// the client has its 500: wait for the events, bounded.
 	events := fake.Items("event")
+	for deadline := time.Now().Add(5 * time.Second); len(events) < 2 && time.Now().Before(deadline); {
+		time.Sleep(10 * time.Millisecond)
+		events = fake.Items("event")
+	}
 	if len(events) != 2 {
 		t.Fatalf("got %d events, want the 500 and the panic once each: %+v", len(events), events)
 	}
