@@ -16,6 +16,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
 
+	"github.com/vbatch/vbatch/fsm"
 	"github.com/vbatch/vbatch/gossip"
 	vbatchv1 "github.com/vbatch/vbatch/rpc/gen/vbatch/v1"
 )
@@ -249,7 +250,7 @@ func TestChunkProcessedExactlyOnce(t *testing.T) {
 	var succeeded int64
 	coord.with(func() {
 		for _, p := range coord.parts {
-			addUsage(&usage, p.Usage)
+			fsm.AddUsage(&usage, p.Usage)
 			succeeded += p.Succeeded
 		}
 		if coord.completes != 1 || len(coord.releases) != 0 {

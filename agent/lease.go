@@ -7,6 +7,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/vbatch/vbatch/fsm"
 	vbatchv1 "github.com/vbatch/vbatch/rpc/gen/vbatch/v1"
 )
 
@@ -297,7 +298,7 @@ func (r *leaseRun) startCommit() {
 		if res.output != nil {
 			p.output = append(p.output, res.output...)
 			p.succeeded++
-			addUsage(p.usage, res.usage)
+			fsm.AddUsage(p.usage, res.usage)
 		} else {
 			p.errors = append(p.errors, res.errLine...)
 			p.failed++

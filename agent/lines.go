@@ -127,15 +127,3 @@ func parseUsage(body []byte) *vbatchv1.Usage {
 	}
 	return out
 }
-
-// addUsage adds u to sum.
-func addUsage(sum, u *vbatchv1.Usage) {
-	if u == nil {
-		return
-	}
-	sum.InputTokens += u.InputTokens
-	sum.OutputTokens += u.OutputTokens
-	sum.TotalTokens += u.TotalTokens
-	sum.CachedTokens += u.CachedTokens
-	sum.ReasoningTokens += u.ReasoningTokens
-}

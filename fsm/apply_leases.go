@@ -127,7 +127,7 @@ func (a *applyCtx) commitPart(c *vbatchv1.CommitPart) error {
 	ch.Progress = p.ToLine
 	b.RequestCounts.Completed += p.Succeeded
 	b.RequestCounts.Failed += p.Failed
-	addUsage(b.Usage, c.Usage)
+	AddUsage(b.Usage, c.Usage)
 	return nil
 }
 
@@ -197,7 +197,9 @@ func (a *applyCtx) extendLeases(c *vbatchv1.ExtendLeases) error {
 	return nil
 }
 
-func addUsage(sum, u *vbatchv1.Usage) {
+// AddUsage adds u to sum (a nil u adds nothing). Parts' usage sums into
+// the batch's with it, and agents sum a part's requests with it.
+func AddUsage(sum, u *vbatchv1.Usage) {
 	if u == nil {
 		return
 	}
