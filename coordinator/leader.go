@@ -232,12 +232,7 @@ func (l *leader) finishCmd(b *vbatchv1.Batch, status vbatchv1.BatchStatus) *vbat
 // validate reads a validating batch's input, then starts or fails it.
 func (l *leader) validate(ctx context.Context, b *vbatchv1.Batch) error {
 	c := l.c
-	var input *vbatchv1.File
-	c.fsm.View(func(s *fsm.State) {
-		if f, ok := s.Files[b.InputFileId]; ok {
-			input = proto.Clone(f).(*vbatchv1.File)
-		}
-	})
+	input := c.file(b.InputFileId)
 	if input == nil {
 		l.apply(ctx, &vbatchv1.FailBatch{BatchId: b.Id, Errors: []*vbatchv1.BatchError{{
 			Code: "invalid_file", Param: "input_file_id", Message: fmt.Sprintf("Input file %s no longer exists.", b.InputFileId),
@@ -298,12 +293,7 @@ func (l *leader) expire(ctx context.Context, b *vbatchv1.Batch) error {
 // ranges into a replicated blob.
 func (l *leader) expiredLines(ctx context.Context, b *vbatchv1.Batch, ranges [][2]int64) (*vbatchv1.BlobRef, int64, error) {
 	c := l.c
-	var input *vbatchv1.File
-	c.fsm.View(func(s *fsm.State) {
-		if f, ok := s.Files[b.InputFileId]; ok {
-			input = proto.Clone(f).(*vbatchv1.File)
-		}
-	})
+	input := c.file(b.InputFileId)
 	if input == nil {
 		return nil, 0, fmt.Errorf("input file %s gone", b.InputFileId)
 	}
@@ -364,4 +354,15 @@ func (c *Coordinator) referencedBlobs() map[string]struct{} {
 	var refs map[string]struct{}
 	c.fsm.View(func(s *fsm.State) { refs = fsm.ReferencedBlobs(s) })
 	return refs
+}
+
+// file returns a copy of a file record, or nil.
+func (c *Coordinator) file(id string) *vbatchv1.File {
+	var out *vbatchv1.File
+	c.fsm.View(func(s *fsm.State) {
+		if f, ok := s.Files[id]; ok {
+			out = proto.Clone(f).(*vbatchv1.File)
+		}
+	})
+	return out
 }
