@@ -10,6 +10,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"connectrpc.com/connect"
 	"github.com/getsentry/sentry-go"
@@ -300,7 +301,13 @@ func TestRequestScopesDoNotLeak(t *testing.T) {
 		}()
 	}
 	wg.Wait()
+	// Flush can return with the last envelope still on its way under load:
+	// wait for all of them, bounded.
 	events := f.Items("event")
+	for deadline := time.Now().Add(5 * time.Second); len(events) < n && time.Now().Before(deadline); {
+		time.Sleep(10 * time.Millisecond)
+		events = f.Items("event")
+	}
 	if len(events) != n {
 		t.Fatalf("got %d events, want %d", len(events), n)
 	}

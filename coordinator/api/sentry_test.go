@@ -53,11 +53,7 @@ func TestSentryCapturesServerErrorsOnly(t *testing.T) {
 
 	// The panic is reported as the handler unwinds, which may be after
 	// the client has its 500: wait for the events, bounded.
-	events := fake.Items("event")
-	for deadline := time.Now().Add(5 * time.Second); len(events) < 2 && time.Now().Before(deadline); {
-		time.Sleep(10 * time.Millisecond)
-		events = fake.Items("event")
-	}
+	events := waitItems(fake, "event", func(items []sentrytest.Item) bool { return len(items) >= 2 })
 	if len(events) != 2 {
 		t.Fatalf("got %d events, want the 500 and the panic once each: %+v", len(events), events)
 	}
@@ -87,7 +83,16 @@ func TestSentryCapturesServerErrorsOnly(t *testing.T) {
 	}
 
 	names := map[string]string{}
-	for _, tx := range fake.Items("transaction") {
+	// Transactions finish as their handlers return: wait for the two the
+	// assertions name.
+	txs := waitItems(fake, "transaction", func(items []sentrytest.Item) bool {
+		seen := map[string]bool{}
+		for _, tx := range items {
+			seen[tx.Tags[monitoring.TagRequestID]] = true
+		}
+		return seen["req-401"] && seen["req-panic"]
+	})
+	for _, tx := range txs {
 		names[tx.Tags[monitoring.TagRequestID]] = tx.Transaction
 	}
 	// Sentry drops 404 transactions by default (TraceIgnoreStatusCodes).
@@ -123,4 +128,16 @@ func TestRequestIDOnContext(t *testing.T) {
 	if got != "abc-1" {
 		t.Fatalf("request id on context %q", got)
 	}
+}
+
+// waitItems returns what reached the fake Sentry of type typ once done
+// holds for it, or after five seconds: a panic's event and transaction are
+// sent as the handler unwinds, which may be after the client has its 500.
+func waitItems(fake *sentrytest.Server, typ string, done func([]sentrytest.Item) bool) []sentrytest.Item {
+	items := fake.Items(typ)
+	for deadline := time.Now().Add(5 * time.Second); !done(items) && time.Now().Before(deadline); {
+		time.Sleep(10 * time.Millisecond)
+		items = fake.Items(typ)
+	}
+	return items
 }
