@@ -391,10 +391,13 @@ type APIKey struct {
 	// hash is sha256(salt || key).
 	Hash []byte `protobuf:"bytes,5,opt,name=hash,proto3" json:"hash,omitempty"`
 	// prefix is the first characters of the key, shown in listings.
-	Prefix        string  `protobuf:"bytes,6,opt,name=prefix,proto3" json:"prefix,omitempty"`
-	Scopes        []Scope `protobuf:"varint,7,rep,packed,name=scopes,proto3,enum=vbatch.v1.Scope" json:"scopes,omitempty"`
-	CreatedAt     int64   `protobuf:"varint,8,opt,name=created_at,json=createdAt,proto3" json:"created_at,omitempty"`
-	RevokedAt     int64   `protobuf:"varint,9,opt,name=revoked_at,json=revokedAt,proto3" json:"revoked_at,omitempty"`
+	Prefix    string  `protobuf:"bytes,6,opt,name=prefix,proto3" json:"prefix,omitempty"`
+	Scopes    []Scope `protobuf:"varint,7,rep,packed,name=scopes,proto3,enum=vbatch.v1.Scope" json:"scopes,omitempty"`
+	CreatedAt int64   `protobuf:"varint,8,opt,name=created_at,json=createdAt,proto3" json:"created_at,omitempty"`
+	RevokedAt int64   `protobuf:"varint,9,opt,name=revoked_at,json=revokedAt,proto3" json:"revoked_at,omitempty"`
+	// limits caps what the key may do; unset fields take the deployment's
+	// defaults.
+	Limits        *KeyLimits `protobuf:"bytes,10,opt,name=limits,proto3" json:"limits,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -492,6 +495,80 @@ func (x *APIKey) GetRevokedAt() int64 {
 	return 0
 }
 
+func (x *APIKey) GetLimits() *KeyLimits {
+	if x != nil {
+		return x.Limits
+	}
+	return nil
+}
+
+// KeyLimits are per-key rate limits and quotas. Zero means "the
+// deployment's default"; a negative value means "no limit".
+type KeyLimits struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// requests_per_second is the sustained API request rate one coordinator
+	// admits for the key (token bucket; burst is twice the rate, at least 1).
+	RequestsPerSecond float64 `protobuf:"fixed64,1,opt,name=requests_per_second,json=requestsPerSecond,proto3" json:"requests_per_second,omitempty"`
+	// max_enqueued_requests caps the requests of the key's project that sit in
+	// batches not yet terminal.
+	MaxEnqueuedRequests int64 `protobuf:"varint,2,opt,name=max_enqueued_requests,json=maxEnqueuedRequests,proto3" json:"max_enqueued_requests,omitempty"`
+	// max_file_bytes caps the bytes of the key's project's files.
+	MaxFileBytes  int64 `protobuf:"varint,3,opt,name=max_file_bytes,json=maxFileBytes,proto3" json:"max_file_bytes,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *KeyLimits) Reset() {
+	*x = KeyLimits{}
+	mi := &file_vbatch_v1_state_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *KeyLimits) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*KeyLimits) ProtoMessage() {}
+
+func (x *KeyLimits) ProtoReflect() protoreflect.Message {
+	mi := &file_vbatch_v1_state_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use KeyLimits.ProtoReflect.Descriptor instead.
+func (*KeyLimits) Descriptor() ([]byte, []int) {
+	return file_vbatch_v1_state_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *KeyLimits) GetRequestsPerSecond() float64 {
+	if x != nil {
+		return x.RequestsPerSecond
+	}
+	return 0
+}
+
+func (x *KeyLimits) GetMaxEnqueuedRequests() int64 {
+	if x != nil {
+		return x.MaxEnqueuedRequests
+	}
+	return 0
+}
+
+func (x *KeyLimits) GetMaxFileBytes() int64 {
+	if x != nil {
+		return x.MaxFileBytes
+	}
+	return 0
+}
+
 // BlobRef names bytes in the blob store.
 type BlobRef struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -503,7 +580,7 @@ type BlobRef struct {
 
 func (x *BlobRef) Reset() {
 	*x = BlobRef{}
-	mi := &file_vbatch_v1_state_proto_msgTypes[2]
+	mi := &file_vbatch_v1_state_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -515,7 +592,7 @@ func (x *BlobRef) String() string {
 func (*BlobRef) ProtoMessage() {}
 
 func (x *BlobRef) ProtoReflect() protoreflect.Message {
-	mi := &file_vbatch_v1_state_proto_msgTypes[2]
+	mi := &file_vbatch_v1_state_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -528,7 +605,7 @@ func (x *BlobRef) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BlobRef.ProtoReflect.Descriptor instead.
 func (*BlobRef) Descriptor() ([]byte, []int) {
-	return file_vbatch_v1_state_proto_rawDescGZIP(), []int{2}
+	return file_vbatch_v1_state_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *BlobRef) GetSha256() string {
@@ -569,7 +646,7 @@ type File struct {
 
 func (x *File) Reset() {
 	*x = File{}
-	mi := &file_vbatch_v1_state_proto_msgTypes[3]
+	mi := &file_vbatch_v1_state_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -581,7 +658,7 @@ func (x *File) String() string {
 func (*File) ProtoMessage() {}
 
 func (x *File) ProtoReflect() protoreflect.Message {
-	mi := &file_vbatch_v1_state_proto_msgTypes[3]
+	mi := &file_vbatch_v1_state_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -594,7 +671,7 @@ func (x *File) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use File.ProtoReflect.Descriptor instead.
 func (*File) Descriptor() ([]byte, []int) {
-	return file_vbatch_v1_state_proto_rawDescGZIP(), []int{3}
+	return file_vbatch_v1_state_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *File) GetId() string {
@@ -695,7 +772,7 @@ type BatchError struct {
 
 func (x *BatchError) Reset() {
 	*x = BatchError{}
-	mi := &file_vbatch_v1_state_proto_msgTypes[4]
+	mi := &file_vbatch_v1_state_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -707,7 +784,7 @@ func (x *BatchError) String() string {
 func (*BatchError) ProtoMessage() {}
 
 func (x *BatchError) ProtoReflect() protoreflect.Message {
-	mi := &file_vbatch_v1_state_proto_msgTypes[4]
+	mi := &file_vbatch_v1_state_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -720,7 +797,7 @@ func (x *BatchError) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BatchError.ProtoReflect.Descriptor instead.
 func (*BatchError) Descriptor() ([]byte, []int) {
-	return file_vbatch_v1_state_proto_rawDescGZIP(), []int{4}
+	return file_vbatch_v1_state_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *BatchError) GetCode() string {
@@ -765,7 +842,7 @@ type Usage struct {
 
 func (x *Usage) Reset() {
 	*x = Usage{}
-	mi := &file_vbatch_v1_state_proto_msgTypes[5]
+	mi := &file_vbatch_v1_state_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -777,7 +854,7 @@ func (x *Usage) String() string {
 func (*Usage) ProtoMessage() {}
 
 func (x *Usage) ProtoReflect() protoreflect.Message {
-	mi := &file_vbatch_v1_state_proto_msgTypes[5]
+	mi := &file_vbatch_v1_state_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -790,7 +867,7 @@ func (x *Usage) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Usage.ProtoReflect.Descriptor instead.
 func (*Usage) Descriptor() ([]byte, []int) {
-	return file_vbatch_v1_state_proto_rawDescGZIP(), []int{5}
+	return file_vbatch_v1_state_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *Usage) GetInputTokens() int64 {
@@ -842,7 +919,7 @@ type Lease struct {
 
 func (x *Lease) Reset() {
 	*x = Lease{}
-	mi := &file_vbatch_v1_state_proto_msgTypes[6]
+	mi := &file_vbatch_v1_state_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -854,7 +931,7 @@ func (x *Lease) String() string {
 func (*Lease) ProtoMessage() {}
 
 func (x *Lease) ProtoReflect() protoreflect.Message {
-	mi := &file_vbatch_v1_state_proto_msgTypes[6]
+	mi := &file_vbatch_v1_state_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -867,7 +944,7 @@ func (x *Lease) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Lease.ProtoReflect.Descriptor instead.
 func (*Lease) Descriptor() ([]byte, []int) {
-	return file_vbatch_v1_state_proto_rawDescGZIP(), []int{6}
+	return file_vbatch_v1_state_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *Lease) GetAgentId() string {
@@ -915,7 +992,7 @@ type Part struct {
 
 func (x *Part) Reset() {
 	*x = Part{}
-	mi := &file_vbatch_v1_state_proto_msgTypes[7]
+	mi := &file_vbatch_v1_state_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -927,7 +1004,7 @@ func (x *Part) String() string {
 func (*Part) ProtoMessage() {}
 
 func (x *Part) ProtoReflect() protoreflect.Message {
-	mi := &file_vbatch_v1_state_proto_msgTypes[7]
+	mi := &file_vbatch_v1_state_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -940,7 +1017,7 @@ func (x *Part) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Part.ProtoReflect.Descriptor instead.
 func (*Part) Descriptor() ([]byte, []int) {
-	return file_vbatch_v1_state_proto_rawDescGZIP(), []int{7}
+	return file_vbatch_v1_state_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *Part) GetFromLine() int64 {
@@ -1014,7 +1091,7 @@ type Chunk struct {
 
 func (x *Chunk) Reset() {
 	*x = Chunk{}
-	mi := &file_vbatch_v1_state_proto_msgTypes[8]
+	mi := &file_vbatch_v1_state_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1026,7 +1103,7 @@ func (x *Chunk) String() string {
 func (*Chunk) ProtoMessage() {}
 
 func (x *Chunk) ProtoReflect() protoreflect.Message {
-	mi := &file_vbatch_v1_state_proto_msgTypes[8]
+	mi := &file_vbatch_v1_state_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1039,7 +1116,7 @@ func (x *Chunk) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Chunk.ProtoReflect.Descriptor instead.
 func (*Chunk) Descriptor() ([]byte, []int) {
-	return file_vbatch_v1_state_proto_rawDescGZIP(), []int{8}
+	return file_vbatch_v1_state_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *Chunk) GetIndex() uint32 {
@@ -1124,7 +1201,7 @@ type RequestCounts struct {
 
 func (x *RequestCounts) Reset() {
 	*x = RequestCounts{}
-	mi := &file_vbatch_v1_state_proto_msgTypes[9]
+	mi := &file_vbatch_v1_state_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1136,7 +1213,7 @@ func (x *RequestCounts) String() string {
 func (*RequestCounts) ProtoMessage() {}
 
 func (x *RequestCounts) ProtoReflect() protoreflect.Message {
-	mi := &file_vbatch_v1_state_proto_msgTypes[9]
+	mi := &file_vbatch_v1_state_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1149,7 +1226,7 @@ func (x *RequestCounts) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RequestCounts.ProtoReflect.Descriptor instead.
 func (*RequestCounts) Descriptor() ([]byte, []int) {
-	return file_vbatch_v1_state_proto_rawDescGZIP(), []int{9}
+	return file_vbatch_v1_state_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *RequestCounts) GetTotal() int64 {
@@ -1205,7 +1282,7 @@ type Batch struct {
 
 func (x *Batch) Reset() {
 	*x = Batch{}
-	mi := &file_vbatch_v1_state_proto_msgTypes[10]
+	mi := &file_vbatch_v1_state_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1217,7 +1294,7 @@ func (x *Batch) String() string {
 func (*Batch) ProtoMessage() {}
 
 func (x *Batch) ProtoReflect() protoreflect.Message {
-	mi := &file_vbatch_v1_state_proto_msgTypes[10]
+	mi := &file_vbatch_v1_state_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1230,7 +1307,7 @@ func (x *Batch) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Batch.ProtoReflect.Descriptor instead.
 func (*Batch) Descriptor() ([]byte, []int) {
-	return file_vbatch_v1_state_proto_rawDescGZIP(), []int{10}
+	return file_vbatch_v1_state_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *Batch) GetId() string {
@@ -1412,7 +1489,7 @@ type GPU struct {
 
 func (x *GPU) Reset() {
 	*x = GPU{}
-	mi := &file_vbatch_v1_state_proto_msgTypes[11]
+	mi := &file_vbatch_v1_state_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1424,7 +1501,7 @@ func (x *GPU) String() string {
 func (*GPU) ProtoMessage() {}
 
 func (x *GPU) ProtoReflect() protoreflect.Message {
-	mi := &file_vbatch_v1_state_proto_msgTypes[11]
+	mi := &file_vbatch_v1_state_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1437,7 +1514,7 @@ func (x *GPU) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GPU.ProtoReflect.Descriptor instead.
 func (*GPU) Descriptor() ([]byte, []int) {
-	return file_vbatch_v1_state_proto_rawDescGZIP(), []int{11}
+	return file_vbatch_v1_state_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *GPU) GetIndex() uint32 {
@@ -1519,7 +1596,7 @@ type Agent struct {
 
 func (x *Agent) Reset() {
 	*x = Agent{}
-	mi := &file_vbatch_v1_state_proto_msgTypes[12]
+	mi := &file_vbatch_v1_state_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1531,7 +1608,7 @@ func (x *Agent) String() string {
 func (*Agent) ProtoMessage() {}
 
 func (x *Agent) ProtoReflect() protoreflect.Message {
-	mi := &file_vbatch_v1_state_proto_msgTypes[12]
+	mi := &file_vbatch_v1_state_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1544,7 +1621,7 @@ func (x *Agent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Agent.ProtoReflect.Descriptor instead.
 func (*Agent) Descriptor() ([]byte, []int) {
-	return file_vbatch_v1_state_proto_rawDescGZIP(), []int{12}
+	return file_vbatch_v1_state_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *Agent) GetId() string {
@@ -1605,7 +1682,7 @@ type CreateAPIKey struct {
 
 func (x *CreateAPIKey) Reset() {
 	*x = CreateAPIKey{}
-	mi := &file_vbatch_v1_state_proto_msgTypes[13]
+	mi := &file_vbatch_v1_state_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1617,7 +1694,7 @@ func (x *CreateAPIKey) String() string {
 func (*CreateAPIKey) ProtoMessage() {}
 
 func (x *CreateAPIKey) ProtoReflect() protoreflect.Message {
-	mi := &file_vbatch_v1_state_proto_msgTypes[13]
+	mi := &file_vbatch_v1_state_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1630,7 +1707,7 @@ func (x *CreateAPIKey) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateAPIKey.ProtoReflect.Descriptor instead.
 func (*CreateAPIKey) Descriptor() ([]byte, []int) {
-	return file_vbatch_v1_state_proto_rawDescGZIP(), []int{13}
+	return file_vbatch_v1_state_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *CreateAPIKey) GetKey() *APIKey {
@@ -1649,7 +1726,7 @@ type RevokeAPIKey struct {
 
 func (x *RevokeAPIKey) Reset() {
 	*x = RevokeAPIKey{}
-	mi := &file_vbatch_v1_state_proto_msgTypes[14]
+	mi := &file_vbatch_v1_state_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1661,7 +1738,7 @@ func (x *RevokeAPIKey) String() string {
 func (*RevokeAPIKey) ProtoMessage() {}
 
 func (x *RevokeAPIKey) ProtoReflect() protoreflect.Message {
-	mi := &file_vbatch_v1_state_proto_msgTypes[14]
+	mi := &file_vbatch_v1_state_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1674,7 +1751,7 @@ func (x *RevokeAPIKey) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeAPIKey.ProtoReflect.Descriptor instead.
 func (*RevokeAPIKey) Descriptor() ([]byte, []int) {
-	return file_vbatch_v1_state_proto_rawDescGZIP(), []int{14}
+	return file_vbatch_v1_state_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *RevokeAPIKey) GetId() string {
@@ -1693,7 +1770,7 @@ type CreateFile struct {
 
 func (x *CreateFile) Reset() {
 	*x = CreateFile{}
-	mi := &file_vbatch_v1_state_proto_msgTypes[15]
+	mi := &file_vbatch_v1_state_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1705,7 +1782,7 @@ func (x *CreateFile) String() string {
 func (*CreateFile) ProtoMessage() {}
 
 func (x *CreateFile) ProtoReflect() protoreflect.Message {
-	mi := &file_vbatch_v1_state_proto_msgTypes[15]
+	mi := &file_vbatch_v1_state_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1718,7 +1795,7 @@ func (x *CreateFile) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateFile.ProtoReflect.Descriptor instead.
 func (*CreateFile) Descriptor() ([]byte, []int) {
-	return file_vbatch_v1_state_proto_rawDescGZIP(), []int{15}
+	return file_vbatch_v1_state_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *CreateFile) GetFile() *File {
@@ -1738,7 +1815,7 @@ type DeleteFile struct {
 
 func (x *DeleteFile) Reset() {
 	*x = DeleteFile{}
-	mi := &file_vbatch_v1_state_proto_msgTypes[16]
+	mi := &file_vbatch_v1_state_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1750,7 +1827,7 @@ func (x *DeleteFile) String() string {
 func (*DeleteFile) ProtoMessage() {}
 
 func (x *DeleteFile) ProtoReflect() protoreflect.Message {
-	mi := &file_vbatch_v1_state_proto_msgTypes[16]
+	mi := &file_vbatch_v1_state_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1763,7 +1840,7 @@ func (x *DeleteFile) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteFile.ProtoReflect.Descriptor instead.
 func (*DeleteFile) Descriptor() ([]byte, []int) {
-	return file_vbatch_v1_state_proto_rawDescGZIP(), []int{16}
+	return file_vbatch_v1_state_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *DeleteFile) GetId() string {
@@ -1789,7 +1866,7 @@ type CreateBatch struct {
 
 func (x *CreateBatch) Reset() {
 	*x = CreateBatch{}
-	mi := &file_vbatch_v1_state_proto_msgTypes[17]
+	mi := &file_vbatch_v1_state_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1801,7 +1878,7 @@ func (x *CreateBatch) String() string {
 func (*CreateBatch) ProtoMessage() {}
 
 func (x *CreateBatch) ProtoReflect() protoreflect.Message {
-	mi := &file_vbatch_v1_state_proto_msgTypes[17]
+	mi := &file_vbatch_v1_state_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1814,7 +1891,7 @@ func (x *CreateBatch) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateBatch.ProtoReflect.Descriptor instead.
 func (*CreateBatch) Descriptor() ([]byte, []int) {
-	return file_vbatch_v1_state_proto_rawDescGZIP(), []int{17}
+	return file_vbatch_v1_state_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *CreateBatch) GetBatch() *Batch {
@@ -1834,7 +1911,7 @@ type FailBatch struct {
 
 func (x *FailBatch) Reset() {
 	*x = FailBatch{}
-	mi := &file_vbatch_v1_state_proto_msgTypes[18]
+	mi := &file_vbatch_v1_state_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1846,7 +1923,7 @@ func (x *FailBatch) String() string {
 func (*FailBatch) ProtoMessage() {}
 
 func (x *FailBatch) ProtoReflect() protoreflect.Message {
-	mi := &file_vbatch_v1_state_proto_msgTypes[18]
+	mi := &file_vbatch_v1_state_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1859,7 +1936,7 @@ func (x *FailBatch) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FailBatch.ProtoReflect.Descriptor instead.
 func (*FailBatch) Descriptor() ([]byte, []int) {
-	return file_vbatch_v1_state_proto_rawDescGZIP(), []int{18}
+	return file_vbatch_v1_state_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *FailBatch) GetBatchId() string {
@@ -1888,7 +1965,7 @@ type StartBatch struct {
 
 func (x *StartBatch) Reset() {
 	*x = StartBatch{}
-	mi := &file_vbatch_v1_state_proto_msgTypes[19]
+	mi := &file_vbatch_v1_state_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1900,7 +1977,7 @@ func (x *StartBatch) String() string {
 func (*StartBatch) ProtoMessage() {}
 
 func (x *StartBatch) ProtoReflect() protoreflect.Message {
-	mi := &file_vbatch_v1_state_proto_msgTypes[19]
+	mi := &file_vbatch_v1_state_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1913,7 +1990,7 @@ func (x *StartBatch) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StartBatch.ProtoReflect.Descriptor instead.
 func (*StartBatch) Descriptor() ([]byte, []int) {
-	return file_vbatch_v1_state_proto_rawDescGZIP(), []int{19}
+	return file_vbatch_v1_state_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *StartBatch) GetBatchId() string {
@@ -1954,7 +2031,7 @@ type CancelBatch struct {
 
 func (x *CancelBatch) Reset() {
 	*x = CancelBatch{}
-	mi := &file_vbatch_v1_state_proto_msgTypes[20]
+	mi := &file_vbatch_v1_state_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1966,7 +2043,7 @@ func (x *CancelBatch) String() string {
 func (*CancelBatch) ProtoMessage() {}
 
 func (x *CancelBatch) ProtoReflect() protoreflect.Message {
-	mi := &file_vbatch_v1_state_proto_msgTypes[20]
+	mi := &file_vbatch_v1_state_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1979,7 +2056,7 @@ func (x *CancelBatch) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CancelBatch.ProtoReflect.Descriptor instead.
 func (*CancelBatch) Descriptor() ([]byte, []int) {
-	return file_vbatch_v1_state_proto_rawDescGZIP(), []int{20}
+	return file_vbatch_v1_state_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *CancelBatch) GetBatchId() string {
@@ -2005,7 +2082,7 @@ type RegisterAgent struct {
 
 func (x *RegisterAgent) Reset() {
 	*x = RegisterAgent{}
-	mi := &file_vbatch_v1_state_proto_msgTypes[21]
+	mi := &file_vbatch_v1_state_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2017,7 +2094,7 @@ func (x *RegisterAgent) String() string {
 func (*RegisterAgent) ProtoMessage() {}
 
 func (x *RegisterAgent) ProtoReflect() protoreflect.Message {
-	mi := &file_vbatch_v1_state_proto_msgTypes[21]
+	mi := &file_vbatch_v1_state_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2030,7 +2107,7 @@ func (x *RegisterAgent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RegisterAgent.ProtoReflect.Descriptor instead.
 func (*RegisterAgent) Descriptor() ([]byte, []int) {
-	return file_vbatch_v1_state_proto_rawDescGZIP(), []int{21}
+	return file_vbatch_v1_state_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *RegisterAgent) GetAgent() *Agent {
@@ -2049,7 +2126,7 @@ type RemoveAgent struct {
 
 func (x *RemoveAgent) Reset() {
 	*x = RemoveAgent{}
-	mi := &file_vbatch_v1_state_proto_msgTypes[22]
+	mi := &file_vbatch_v1_state_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2061,7 +2138,7 @@ func (x *RemoveAgent) String() string {
 func (*RemoveAgent) ProtoMessage() {}
 
 func (x *RemoveAgent) ProtoReflect() protoreflect.Message {
-	mi := &file_vbatch_v1_state_proto_msgTypes[22]
+	mi := &file_vbatch_v1_state_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2074,7 +2151,7 @@ func (x *RemoveAgent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveAgent.ProtoReflect.Descriptor instead.
 func (*RemoveAgent) Descriptor() ([]byte, []int) {
-	return file_vbatch_v1_state_proto_rawDescGZIP(), []int{22}
+	return file_vbatch_v1_state_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *RemoveAgent) GetAgentId() string {
@@ -2096,7 +2173,7 @@ type GrantLease struct {
 
 func (x *GrantLease) Reset() {
 	*x = GrantLease{}
-	mi := &file_vbatch_v1_state_proto_msgTypes[23]
+	mi := &file_vbatch_v1_state_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2108,7 +2185,7 @@ func (x *GrantLease) String() string {
 func (*GrantLease) ProtoMessage() {}
 
 func (x *GrantLease) ProtoReflect() protoreflect.Message {
-	mi := &file_vbatch_v1_state_proto_msgTypes[23]
+	mi := &file_vbatch_v1_state_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2121,7 +2198,7 @@ func (x *GrantLease) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GrantLease.ProtoReflect.Descriptor instead.
 func (*GrantLease) Descriptor() ([]byte, []int) {
-	return file_vbatch_v1_state_proto_rawDescGZIP(), []int{23}
+	return file_vbatch_v1_state_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *GrantLease) GetBatchId() string {
@@ -2164,7 +2241,7 @@ type RenewLease struct {
 
 func (x *RenewLease) Reset() {
 	*x = RenewLease{}
-	mi := &file_vbatch_v1_state_proto_msgTypes[24]
+	mi := &file_vbatch_v1_state_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2176,7 +2253,7 @@ func (x *RenewLease) String() string {
 func (*RenewLease) ProtoMessage() {}
 
 func (x *RenewLease) ProtoReflect() protoreflect.Message {
-	mi := &file_vbatch_v1_state_proto_msgTypes[24]
+	mi := &file_vbatch_v1_state_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2189,7 +2266,7 @@ func (x *RenewLease) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RenewLease.ProtoReflect.Descriptor instead.
 func (*RenewLease) Descriptor() ([]byte, []int) {
-	return file_vbatch_v1_state_proto_rawDescGZIP(), []int{24}
+	return file_vbatch_v1_state_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *RenewLease) GetBatchId() string {
@@ -2232,7 +2309,7 @@ type CommitPart struct {
 
 func (x *CommitPart) Reset() {
 	*x = CommitPart{}
-	mi := &file_vbatch_v1_state_proto_msgTypes[25]
+	mi := &file_vbatch_v1_state_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2244,7 +2321,7 @@ func (x *CommitPart) String() string {
 func (*CommitPart) ProtoMessage() {}
 
 func (x *CommitPart) ProtoReflect() protoreflect.Message {
-	mi := &file_vbatch_v1_state_proto_msgTypes[25]
+	mi := &file_vbatch_v1_state_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2257,7 +2334,7 @@ func (x *CommitPart) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CommitPart.ProtoReflect.Descriptor instead.
 func (*CommitPart) Descriptor() ([]byte, []int) {
-	return file_vbatch_v1_state_proto_rawDescGZIP(), []int{25}
+	return file_vbatch_v1_state_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *CommitPart) GetBatchId() string {
@@ -2299,7 +2376,7 @@ type CompleteChunk struct {
 
 func (x *CompleteChunk) Reset() {
 	*x = CompleteChunk{}
-	mi := &file_vbatch_v1_state_proto_msgTypes[26]
+	mi := &file_vbatch_v1_state_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2311,7 +2388,7 @@ func (x *CompleteChunk) String() string {
 func (*CompleteChunk) ProtoMessage() {}
 
 func (x *CompleteChunk) ProtoReflect() protoreflect.Message {
-	mi := &file_vbatch_v1_state_proto_msgTypes[26]
+	mi := &file_vbatch_v1_state_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2324,7 +2401,7 @@ func (x *CompleteChunk) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CompleteChunk.ProtoReflect.Descriptor instead.
 func (*CompleteChunk) Descriptor() ([]byte, []int) {
-	return file_vbatch_v1_state_proto_rawDescGZIP(), []int{26}
+	return file_vbatch_v1_state_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *CompleteChunk) GetBatchId() string {
@@ -2360,7 +2437,7 @@ type ReleaseLease struct {
 
 func (x *ReleaseLease) Reset() {
 	*x = ReleaseLease{}
-	mi := &file_vbatch_v1_state_proto_msgTypes[27]
+	mi := &file_vbatch_v1_state_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2372,7 +2449,7 @@ func (x *ReleaseLease) String() string {
 func (*ReleaseLease) ProtoMessage() {}
 
 func (x *ReleaseLease) ProtoReflect() protoreflect.Message {
-	mi := &file_vbatch_v1_state_proto_msgTypes[27]
+	mi := &file_vbatch_v1_state_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2385,7 +2462,7 @@ func (x *ReleaseLease) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReleaseLease.ProtoReflect.Descriptor instead.
 func (*ReleaseLease) Descriptor() ([]byte, []int) {
-	return file_vbatch_v1_state_proto_rawDescGZIP(), []int{27}
+	return file_vbatch_v1_state_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *ReleaseLease) GetBatchId() string {
@@ -2427,7 +2504,7 @@ type LeaseRef struct {
 
 func (x *LeaseRef) Reset() {
 	*x = LeaseRef{}
-	mi := &file_vbatch_v1_state_proto_msgTypes[28]
+	mi := &file_vbatch_v1_state_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2439,7 +2516,7 @@ func (x *LeaseRef) String() string {
 func (*LeaseRef) ProtoMessage() {}
 
 func (x *LeaseRef) ProtoReflect() protoreflect.Message {
-	mi := &file_vbatch_v1_state_proto_msgTypes[28]
+	mi := &file_vbatch_v1_state_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2452,7 +2529,7 @@ func (x *LeaseRef) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LeaseRef.ProtoReflect.Descriptor instead.
 func (*LeaseRef) Descriptor() ([]byte, []int) {
-	return file_vbatch_v1_state_proto_rawDescGZIP(), []int{28}
+	return file_vbatch_v1_state_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *LeaseRef) GetBatchId() string {
@@ -2487,7 +2564,7 @@ type ExpireLeases struct {
 
 func (x *ExpireLeases) Reset() {
 	*x = ExpireLeases{}
-	mi := &file_vbatch_v1_state_proto_msgTypes[29]
+	mi := &file_vbatch_v1_state_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2499,7 +2576,7 @@ func (x *ExpireLeases) String() string {
 func (*ExpireLeases) ProtoMessage() {}
 
 func (x *ExpireLeases) ProtoReflect() protoreflect.Message {
-	mi := &file_vbatch_v1_state_proto_msgTypes[29]
+	mi := &file_vbatch_v1_state_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2512,7 +2589,7 @@ func (x *ExpireLeases) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExpireLeases.ProtoReflect.Descriptor instead.
 func (*ExpireLeases) Descriptor() ([]byte, []int) {
-	return file_vbatch_v1_state_proto_rawDescGZIP(), []int{29}
+	return file_vbatch_v1_state_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *ExpireLeases) GetLeases() []*LeaseRef {
@@ -2540,7 +2617,7 @@ type ExtendLeases struct {
 
 func (x *ExtendLeases) Reset() {
 	*x = ExtendLeases{}
-	mi := &file_vbatch_v1_state_proto_msgTypes[30]
+	mi := &file_vbatch_v1_state_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2552,7 +2629,7 @@ func (x *ExtendLeases) String() string {
 func (*ExtendLeases) ProtoMessage() {}
 
 func (x *ExtendLeases) ProtoReflect() protoreflect.Message {
-	mi := &file_vbatch_v1_state_proto_msgTypes[30]
+	mi := &file_vbatch_v1_state_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2565,7 +2642,7 @@ func (x *ExtendLeases) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExtendLeases.ProtoReflect.Descriptor instead.
 func (*ExtendLeases) Descriptor() ([]byte, []int) {
-	return file_vbatch_v1_state_proto_rawDescGZIP(), []int{30}
+	return file_vbatch_v1_state_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *ExtendLeases) GetExpiresAt() int64 {
@@ -2584,7 +2661,7 @@ type BeginFinalize struct {
 
 func (x *BeginFinalize) Reset() {
 	*x = BeginFinalize{}
-	mi := &file_vbatch_v1_state_proto_msgTypes[31]
+	mi := &file_vbatch_v1_state_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2596,7 +2673,7 @@ func (x *BeginFinalize) String() string {
 func (*BeginFinalize) ProtoMessage() {}
 
 func (x *BeginFinalize) ProtoReflect() protoreflect.Message {
-	mi := &file_vbatch_v1_state_proto_msgTypes[31]
+	mi := &file_vbatch_v1_state_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2609,7 +2686,7 @@ func (x *BeginFinalize) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BeginFinalize.ProtoReflect.Descriptor instead.
 func (*BeginFinalize) Descriptor() ([]byte, []int) {
-	return file_vbatch_v1_state_proto_rawDescGZIP(), []int{31}
+	return file_vbatch_v1_state_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *BeginFinalize) GetBatchId() string {
@@ -2639,7 +2716,7 @@ type FinishBatch struct {
 
 func (x *FinishBatch) Reset() {
 	*x = FinishBatch{}
-	mi := &file_vbatch_v1_state_proto_msgTypes[32]
+	mi := &file_vbatch_v1_state_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2651,7 +2728,7 @@ func (x *FinishBatch) String() string {
 func (*FinishBatch) ProtoMessage() {}
 
 func (x *FinishBatch) ProtoReflect() protoreflect.Message {
-	mi := &file_vbatch_v1_state_proto_msgTypes[32]
+	mi := &file_vbatch_v1_state_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2664,7 +2741,7 @@ func (x *FinishBatch) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FinishBatch.ProtoReflect.Descriptor instead.
 func (*FinishBatch) Descriptor() ([]byte, []int) {
-	return file_vbatch_v1_state_proto_rawDescGZIP(), []int{32}
+	return file_vbatch_v1_state_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *FinishBatch) GetBatchId() string {
@@ -2725,7 +2802,7 @@ type DrainAgent struct {
 
 func (x *DrainAgent) Reset() {
 	*x = DrainAgent{}
-	mi := &file_vbatch_v1_state_proto_msgTypes[33]
+	mi := &file_vbatch_v1_state_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2737,7 +2814,7 @@ func (x *DrainAgent) String() string {
 func (*DrainAgent) ProtoMessage() {}
 
 func (x *DrainAgent) ProtoReflect() protoreflect.Message {
-	mi := &file_vbatch_v1_state_proto_msgTypes[33]
+	mi := &file_vbatch_v1_state_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2750,7 +2827,7 @@ func (x *DrainAgent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DrainAgent.ProtoReflect.Descriptor instead.
 func (*DrainAgent) Descriptor() ([]byte, []int) {
-	return file_vbatch_v1_state_proto_rawDescGZIP(), []int{33}
+	return file_vbatch_v1_state_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *DrainAgent) GetAgentId() string {
@@ -2773,7 +2850,7 @@ type Result struct {
 
 func (x *Result) Reset() {
 	*x = Result{}
-	mi := &file_vbatch_v1_state_proto_msgTypes[34]
+	mi := &file_vbatch_v1_state_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2785,7 +2862,7 @@ func (x *Result) String() string {
 func (*Result) ProtoMessage() {}
 
 func (x *Result) ProtoReflect() protoreflect.Message {
-	mi := &file_vbatch_v1_state_proto_msgTypes[34]
+	mi := &file_vbatch_v1_state_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2798,7 +2875,7 @@ func (x *Result) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Result.ProtoReflect.Descriptor instead.
 func (*Result) Descriptor() ([]byte, []int) {
-	return file_vbatch_v1_state_proto_rawDescGZIP(), []int{34}
+	return file_vbatch_v1_state_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *Result) GetCode() string {
@@ -2839,7 +2916,7 @@ type SnapshotRecord struct {
 
 func (x *SnapshotRecord) Reset() {
 	*x = SnapshotRecord{}
-	mi := &file_vbatch_v1_state_proto_msgTypes[35]
+	mi := &file_vbatch_v1_state_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2851,7 +2928,7 @@ func (x *SnapshotRecord) String() string {
 func (*SnapshotRecord) ProtoMessage() {}
 
 func (x *SnapshotRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_vbatch_v1_state_proto_msgTypes[35]
+	mi := &file_vbatch_v1_state_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2864,7 +2941,7 @@ func (x *SnapshotRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SnapshotRecord.ProtoReflect.Descriptor instead.
 func (*SnapshotRecord) Descriptor() ([]byte, []int) {
-	return file_vbatch_v1_state_proto_rawDescGZIP(), []int{35}
+	return file_vbatch_v1_state_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *SnapshotRecord) GetRecord() isSnapshotRecord_Record {
@@ -2967,7 +3044,7 @@ type SnapshotHeader struct {
 
 func (x *SnapshotHeader) Reset() {
 	*x = SnapshotHeader{}
-	mi := &file_vbatch_v1_state_proto_msgTypes[36]
+	mi := &file_vbatch_v1_state_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2979,7 +3056,7 @@ func (x *SnapshotHeader) String() string {
 func (*SnapshotHeader) ProtoMessage() {}
 
 func (x *SnapshotHeader) ProtoReflect() protoreflect.Message {
-	mi := &file_vbatch_v1_state_proto_msgTypes[36]
+	mi := &file_vbatch_v1_state_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2992,7 +3069,7 @@ func (x *SnapshotHeader) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SnapshotHeader.ProtoReflect.Descriptor instead.
 func (*SnapshotHeader) Descriptor() ([]byte, []int) {
-	return file_vbatch_v1_state_proto_rawDescGZIP(), []int{36}
+	return file_vbatch_v1_state_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *SnapshotHeader) GetVersion() uint32 {
@@ -3025,7 +3102,7 @@ const file_vbatch_v1_state_proto_rawDesc = "" +
 	"\aversion\x18\x01 \x01(\rR\aversion\x12*\n" +
 	"\x04type\x18\x02 \x01(\x0e2\x16.vbatch.v1.CommandTypeR\x04type\x12$\n" +
 	"\x0etime_unix_nano\x18\x03 \x01(\x03R\ftimeUnixNano\x12\x18\n" +
-	"\apayload\x18\x04 \x01(\fR\apayload\"\xee\x01\n" +
+	"\apayload\x18\x04 \x01(\fR\apayload\"\x9c\x02\n" +
 	"\x06APIKey\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x18\n" +
 	"\aproject\x18\x02 \x01(\tR\aproject\x12\x12\n" +
@@ -3037,7 +3114,13 @@ const file_vbatch_v1_state_proto_rawDesc = "" +
 	"\n" +
 	"created_at\x18\b \x01(\x03R\tcreatedAt\x12\x1d\n" +
 	"\n" +
-	"revoked_at\x18\t \x01(\x03R\trevokedAt\"7\n" +
+	"revoked_at\x18\t \x01(\x03R\trevokedAt\x12,\n" +
+	"\x06limits\x18\n" +
+	" \x01(\v2\x14.vbatch.v1.KeyLimitsR\x06limits\"\x95\x01\n" +
+	"\tKeyLimits\x12.\n" +
+	"\x13requests_per_second\x18\x01 \x01(\x01R\x11requestsPerSecond\x122\n" +
+	"\x15max_enqueued_requests\x18\x02 \x01(\x03R\x13maxEnqueuedRequests\x12$\n" +
+	"\x0emax_file_bytes\x18\x03 \x01(\x03R\fmaxFileBytes\"7\n" +
 	"\aBlobRef\x12\x16\n" +
 	"\x06sha256\x18\x01 \x01(\tR\x06sha256\x12\x14\n" +
 	"\x05bytes\x18\x02 \x01(\x03R\x05bytes\"\xc9\x02\n" +
@@ -3308,7 +3391,7 @@ func file_vbatch_v1_state_proto_rawDescGZIP() []byte {
 }
 
 var file_vbatch_v1_state_proto_enumTypes = make([]protoimpl.EnumInfo, 4)
-var file_vbatch_v1_state_proto_msgTypes = make([]protoimpl.MessageInfo, 38)
+var file_vbatch_v1_state_proto_msgTypes = make([]protoimpl.MessageInfo, 39)
 var file_vbatch_v1_state_proto_goTypes = []any{
 	(CommandType)(0),       // 0: vbatch.v1.CommandType
 	(Scope)(0),             // 1: vbatch.v1.Scope
@@ -3316,80 +3399,82 @@ var file_vbatch_v1_state_proto_goTypes = []any{
 	(ChunkState)(0),        // 3: vbatch.v1.ChunkState
 	(*Envelope)(nil),       // 4: vbatch.v1.Envelope
 	(*APIKey)(nil),         // 5: vbatch.v1.APIKey
-	(*BlobRef)(nil),        // 6: vbatch.v1.BlobRef
-	(*File)(nil),           // 7: vbatch.v1.File
-	(*BatchError)(nil),     // 8: vbatch.v1.BatchError
-	(*Usage)(nil),          // 9: vbatch.v1.Usage
-	(*Lease)(nil),          // 10: vbatch.v1.Lease
-	(*Part)(nil),           // 11: vbatch.v1.Part
-	(*Chunk)(nil),          // 12: vbatch.v1.Chunk
-	(*RequestCounts)(nil),  // 13: vbatch.v1.RequestCounts
-	(*Batch)(nil),          // 14: vbatch.v1.Batch
-	(*GPU)(nil),            // 15: vbatch.v1.GPU
-	(*Agent)(nil),          // 16: vbatch.v1.Agent
-	(*CreateAPIKey)(nil),   // 17: vbatch.v1.CreateAPIKey
-	(*RevokeAPIKey)(nil),   // 18: vbatch.v1.RevokeAPIKey
-	(*CreateFile)(nil),     // 19: vbatch.v1.CreateFile
-	(*DeleteFile)(nil),     // 20: vbatch.v1.DeleteFile
-	(*CreateBatch)(nil),    // 21: vbatch.v1.CreateBatch
-	(*FailBatch)(nil),      // 22: vbatch.v1.FailBatch
-	(*StartBatch)(nil),     // 23: vbatch.v1.StartBatch
-	(*CancelBatch)(nil),    // 24: vbatch.v1.CancelBatch
-	(*RegisterAgent)(nil),  // 25: vbatch.v1.RegisterAgent
-	(*RemoveAgent)(nil),    // 26: vbatch.v1.RemoveAgent
-	(*GrantLease)(nil),     // 27: vbatch.v1.GrantLease
-	(*RenewLease)(nil),     // 28: vbatch.v1.RenewLease
-	(*CommitPart)(nil),     // 29: vbatch.v1.CommitPart
-	(*CompleteChunk)(nil),  // 30: vbatch.v1.CompleteChunk
-	(*ReleaseLease)(nil),   // 31: vbatch.v1.ReleaseLease
-	(*LeaseRef)(nil),       // 32: vbatch.v1.LeaseRef
-	(*ExpireLeases)(nil),   // 33: vbatch.v1.ExpireLeases
-	(*ExtendLeases)(nil),   // 34: vbatch.v1.ExtendLeases
-	(*BeginFinalize)(nil),  // 35: vbatch.v1.BeginFinalize
-	(*FinishBatch)(nil),    // 36: vbatch.v1.FinishBatch
-	(*DrainAgent)(nil),     // 37: vbatch.v1.DrainAgent
-	(*Result)(nil),         // 38: vbatch.v1.Result
-	(*SnapshotRecord)(nil), // 39: vbatch.v1.SnapshotRecord
-	(*SnapshotHeader)(nil), // 40: vbatch.v1.SnapshotHeader
-	nil,                    // 41: vbatch.v1.Batch.MetadataEntry
+	(*KeyLimits)(nil),      // 6: vbatch.v1.KeyLimits
+	(*BlobRef)(nil),        // 7: vbatch.v1.BlobRef
+	(*File)(nil),           // 8: vbatch.v1.File
+	(*BatchError)(nil),     // 9: vbatch.v1.BatchError
+	(*Usage)(nil),          // 10: vbatch.v1.Usage
+	(*Lease)(nil),          // 11: vbatch.v1.Lease
+	(*Part)(nil),           // 12: vbatch.v1.Part
+	(*Chunk)(nil),          // 13: vbatch.v1.Chunk
+	(*RequestCounts)(nil),  // 14: vbatch.v1.RequestCounts
+	(*Batch)(nil),          // 15: vbatch.v1.Batch
+	(*GPU)(nil),            // 16: vbatch.v1.GPU
+	(*Agent)(nil),          // 17: vbatch.v1.Agent
+	(*CreateAPIKey)(nil),   // 18: vbatch.v1.CreateAPIKey
+	(*RevokeAPIKey)(nil),   // 19: vbatch.v1.RevokeAPIKey
+	(*CreateFile)(nil),     // 20: vbatch.v1.CreateFile
+	(*DeleteFile)(nil),     // 21: vbatch.v1.DeleteFile
+	(*CreateBatch)(nil),    // 22: vbatch.v1.CreateBatch
+	(*FailBatch)(nil),      // 23: vbatch.v1.FailBatch
+	(*StartBatch)(nil),     // 24: vbatch.v1.StartBatch
+	(*CancelBatch)(nil),    // 25: vbatch.v1.CancelBatch
+	(*RegisterAgent)(nil),  // 26: vbatch.v1.RegisterAgent
+	(*RemoveAgent)(nil),    // 27: vbatch.v1.RemoveAgent
+	(*GrantLease)(nil),     // 28: vbatch.v1.GrantLease
+	(*RenewLease)(nil),     // 29: vbatch.v1.RenewLease
+	(*CommitPart)(nil),     // 30: vbatch.v1.CommitPart
+	(*CompleteChunk)(nil),  // 31: vbatch.v1.CompleteChunk
+	(*ReleaseLease)(nil),   // 32: vbatch.v1.ReleaseLease
+	(*LeaseRef)(nil),       // 33: vbatch.v1.LeaseRef
+	(*ExpireLeases)(nil),   // 34: vbatch.v1.ExpireLeases
+	(*ExtendLeases)(nil),   // 35: vbatch.v1.ExtendLeases
+	(*BeginFinalize)(nil),  // 36: vbatch.v1.BeginFinalize
+	(*FinishBatch)(nil),    // 37: vbatch.v1.FinishBatch
+	(*DrainAgent)(nil),     // 38: vbatch.v1.DrainAgent
+	(*Result)(nil),         // 39: vbatch.v1.Result
+	(*SnapshotRecord)(nil), // 40: vbatch.v1.SnapshotRecord
+	(*SnapshotHeader)(nil), // 41: vbatch.v1.SnapshotHeader
+	nil,                    // 42: vbatch.v1.Batch.MetadataEntry
 }
 var file_vbatch_v1_state_proto_depIdxs = []int32{
 	0,  // 0: vbatch.v1.Envelope.type:type_name -> vbatch.v1.CommandType
 	1,  // 1: vbatch.v1.APIKey.scopes:type_name -> vbatch.v1.Scope
-	6,  // 2: vbatch.v1.File.parts:type_name -> vbatch.v1.BlobRef
-	6,  // 3: vbatch.v1.Part.output:type_name -> vbatch.v1.BlobRef
-	6,  // 4: vbatch.v1.Part.errors:type_name -> vbatch.v1.BlobRef
-	3,  // 5: vbatch.v1.Chunk.state:type_name -> vbatch.v1.ChunkState
-	10, // 6: vbatch.v1.Chunk.lease:type_name -> vbatch.v1.Lease
-	11, // 7: vbatch.v1.Chunk.parts:type_name -> vbatch.v1.Part
-	41, // 8: vbatch.v1.Batch.metadata:type_name -> vbatch.v1.Batch.MetadataEntry
-	2,  // 9: vbatch.v1.Batch.status:type_name -> vbatch.v1.BatchStatus
-	13, // 10: vbatch.v1.Batch.request_counts:type_name -> vbatch.v1.RequestCounts
-	8,  // 11: vbatch.v1.Batch.errors:type_name -> vbatch.v1.BatchError
-	9,  // 12: vbatch.v1.Batch.usage:type_name -> vbatch.v1.Usage
-	12, // 13: vbatch.v1.Batch.chunks:type_name -> vbatch.v1.Chunk
-	15, // 14: vbatch.v1.Agent.gpus:type_name -> vbatch.v1.GPU
-	5,  // 15: vbatch.v1.CreateAPIKey.key:type_name -> vbatch.v1.APIKey
-	7,  // 16: vbatch.v1.CreateFile.file:type_name -> vbatch.v1.File
-	14, // 17: vbatch.v1.CreateBatch.batch:type_name -> vbatch.v1.Batch
-	8,  // 18: vbatch.v1.FailBatch.errors:type_name -> vbatch.v1.BatchError
-	12, // 19: vbatch.v1.StartBatch.chunks:type_name -> vbatch.v1.Chunk
-	16, // 20: vbatch.v1.RegisterAgent.agent:type_name -> vbatch.v1.Agent
-	11, // 21: vbatch.v1.CommitPart.part:type_name -> vbatch.v1.Part
-	9,  // 22: vbatch.v1.CommitPart.usage:type_name -> vbatch.v1.Usage
-	32, // 23: vbatch.v1.ExpireLeases.leases:type_name -> vbatch.v1.LeaseRef
-	2,  // 24: vbatch.v1.FinishBatch.status:type_name -> vbatch.v1.BatchStatus
-	6,  // 25: vbatch.v1.FinishBatch.extra_errors:type_name -> vbatch.v1.BlobRef
-	5,  // 26: vbatch.v1.SnapshotRecord.api_key:type_name -> vbatch.v1.APIKey
-	7,  // 27: vbatch.v1.SnapshotRecord.file:type_name -> vbatch.v1.File
-	14, // 28: vbatch.v1.SnapshotRecord.batch:type_name -> vbatch.v1.Batch
-	16, // 29: vbatch.v1.SnapshotRecord.agent:type_name -> vbatch.v1.Agent
-	40, // 30: vbatch.v1.SnapshotRecord.header:type_name -> vbatch.v1.SnapshotHeader
-	31, // [31:31] is the sub-list for method output_type
-	31, // [31:31] is the sub-list for method input_type
-	31, // [31:31] is the sub-list for extension type_name
-	31, // [31:31] is the sub-list for extension extendee
-	0,  // [0:31] is the sub-list for field type_name
+	6,  // 2: vbatch.v1.APIKey.limits:type_name -> vbatch.v1.KeyLimits
+	7,  // 3: vbatch.v1.File.parts:type_name -> vbatch.v1.BlobRef
+	7,  // 4: vbatch.v1.Part.output:type_name -> vbatch.v1.BlobRef
+	7,  // 5: vbatch.v1.Part.errors:type_name -> vbatch.v1.BlobRef
+	3,  // 6: vbatch.v1.Chunk.state:type_name -> vbatch.v1.ChunkState
+	11, // 7: vbatch.v1.Chunk.lease:type_name -> vbatch.v1.Lease
+	12, // 8: vbatch.v1.Chunk.parts:type_name -> vbatch.v1.Part
+	42, // 9: vbatch.v1.Batch.metadata:type_name -> vbatch.v1.Batch.MetadataEntry
+	2,  // 10: vbatch.v1.Batch.status:type_name -> vbatch.v1.BatchStatus
+	14, // 11: vbatch.v1.Batch.request_counts:type_name -> vbatch.v1.RequestCounts
+	9,  // 12: vbatch.v1.Batch.errors:type_name -> vbatch.v1.BatchError
+	10, // 13: vbatch.v1.Batch.usage:type_name -> vbatch.v1.Usage
+	13, // 14: vbatch.v1.Batch.chunks:type_name -> vbatch.v1.Chunk
+	16, // 15: vbatch.v1.Agent.gpus:type_name -> vbatch.v1.GPU
+	5,  // 16: vbatch.v1.CreateAPIKey.key:type_name -> vbatch.v1.APIKey
+	8,  // 17: vbatch.v1.CreateFile.file:type_name -> vbatch.v1.File
+	15, // 18: vbatch.v1.CreateBatch.batch:type_name -> vbatch.v1.Batch
+	9,  // 19: vbatch.v1.FailBatch.errors:type_name -> vbatch.v1.BatchError
+	13, // 20: vbatch.v1.StartBatch.chunks:type_name -> vbatch.v1.Chunk
+	17, // 21: vbatch.v1.RegisterAgent.agent:type_name -> vbatch.v1.Agent
+	12, // 22: vbatch.v1.CommitPart.part:type_name -> vbatch.v1.Part
+	10, // 23: vbatch.v1.CommitPart.usage:type_name -> vbatch.v1.Usage
+	33, // 24: vbatch.v1.ExpireLeases.leases:type_name -> vbatch.v1.LeaseRef
+	2,  // 25: vbatch.v1.FinishBatch.status:type_name -> vbatch.v1.BatchStatus
+	7,  // 26: vbatch.v1.FinishBatch.extra_errors:type_name -> vbatch.v1.BlobRef
+	5,  // 27: vbatch.v1.SnapshotRecord.api_key:type_name -> vbatch.v1.APIKey
+	8,  // 28: vbatch.v1.SnapshotRecord.file:type_name -> vbatch.v1.File
+	15, // 29: vbatch.v1.SnapshotRecord.batch:type_name -> vbatch.v1.Batch
+	17, // 30: vbatch.v1.SnapshotRecord.agent:type_name -> vbatch.v1.Agent
+	41, // 31: vbatch.v1.SnapshotRecord.header:type_name -> vbatch.v1.SnapshotHeader
+	32, // [32:32] is the sub-list for method output_type
+	32, // [32:32] is the sub-list for method input_type
+	32, // [32:32] is the sub-list for extension type_name
+	32, // [32:32] is the sub-list for extension extendee
+	0,  // [0:32] is the sub-list for field type_name
 }
 
 func init() { file_vbatch_v1_state_proto_init() }
@@ -3397,7 +3482,7 @@ func file_vbatch_v1_state_proto_init() {
 	if File_vbatch_v1_state_proto != nil {
 		return
 	}
-	file_vbatch_v1_state_proto_msgTypes[35].OneofWrappers = []any{
+	file_vbatch_v1_state_proto_msgTypes[36].OneofWrappers = []any{
 		(*SnapshotRecord_ApiKey)(nil),
 		(*SnapshotRecord_File)(nil),
 		(*SnapshotRecord_Batch)(nil),
@@ -3410,7 +3495,7 @@ func file_vbatch_v1_state_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_vbatch_v1_state_proto_rawDesc), len(file_vbatch_v1_state_proto_rawDesc)),
 			NumEnums:      4,
-			NumMessages:   38,
+			NumMessages:   39,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
