@@ -24,6 +24,7 @@ import (
 	"github.com/vbatch/vbatch/agent/engine"
 	"github.com/vbatch/vbatch/agent/gpu"
 	"github.com/vbatch/vbatch/gossip"
+	"github.com/vbatch/vbatch/internal/tlsutil"
 	vbatchv1 "github.com/vbatch/vbatch/rpc/gen/vbatch/v1"
 	"github.com/vbatch/vbatch/rpc/gen/vbatch/v1/vbatchv1connect"
 )
@@ -55,6 +56,8 @@ type Agent struct {
 	metrics *metrics
 	runner  *runner
 	coords  *coordClient
+	// tls is nil unless TLS is configured.
+	tls *tlsutil.Store
 
 	id      string
 	models  []string
@@ -117,6 +120,9 @@ func (a *Agent) Run(ctx context.Context) error {
 	if err := a.cfg.Validate(); err != nil {
 		return err
 	}
+	if err := a.setupTLS(); err != nil {
+		return err
+	}
 	id, err := a.cfg.nodeID()
 	if err != nil {
 		return err
@@ -156,7 +162,7 @@ func (a *Agent) Run(ctx context.Context) error {
 		}
 		discover = a.gossipCoordinators
 	}
-	a.coords = newCoordClient(discover, a.log)
+	a.coords = newCoordClient(discover, a.tls, a.log)
 	close(a.started)
 
 	loopCtx, stopLoops := context.WithCancel(ctx)

@@ -15,6 +15,7 @@ import (
 
 	"connectrpc.com/connect"
 
+	"github.com/vbatch/vbatch/internal/tlsutil"
 	"github.com/vbatch/vbatch/rpc/gen/vbatch/v1/vbatchv1connect"
 )
 
@@ -27,8 +28,10 @@ var errNoCoordinators = errors.New("no coordinator known")
 // context ends.
 type coordClient struct {
 	discover func() []string
-	http     *http.Client
-	log      *slog.Logger
+	// scheme is "http://" or "https://".
+	scheme string
+	http   *http.Client
+	log    *slog.Logger
 
 	// retryMin and retryMax bound the back-off between attempts.
 	retryMin, retryMax time.Duration
@@ -40,14 +43,24 @@ type coordClient struct {
 	badUntil map[string]time.Time
 }
 
-func newCoordClient(discover func() []string, log *slog.Logger) *coordClient {
+// newCoordClient makes a client of the coordinators discover returns. With
+// tlsStore it speaks mutual TLS: it shows the agent's certificate and
+// accepts only coordinators holding a server certificate of the cluster.
+func newCoordClient(discover func() []string, tlsStore *tlsutil.Store, log *slog.Logger) *coordClient {
 	tr := &http.Transport{
 		Proxy:               nil,
 		DialContext:         (&net.Dialer{Timeout: 5 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
 		MaxIdleConnsPerHost: 64,
 		IdleConnTimeout:     90 * time.Second,
 	}
+	scheme := "http://"
+	if tlsStore != nil {
+		tr.TLSClientConfig = tlsStore.ClientConfig(tlsutil.RoleServer)
+		tr.ForceAttemptHTTP2 = true
+		scheme = "https://"
+	}
 	return &coordClient{
+		scheme:   scheme,
 		discover: discover,
 		http:     &http.Client{Transport: tr},
 		log:      log,
@@ -84,7 +97,7 @@ func (c *coordClient) pick() (string, vbatchv1connect.AgentServiceClient, error)
 	if !ok {
 		base := c.current
 		if !strings.Contains(base, "://") {
-			base = "http://" + base
+			base = c.scheme + base
 		}
 		cl = vbatchv1connect.NewAgentServiceClient(c.http, base)
 		c.clients[c.current] = cl

@@ -36,7 +36,7 @@ func TestCoordClientFailsOver(t *testing.T) {
 	live := newFakeCoord(t, nil)
 	liveAddr := live.serve(t)
 	dead := deadAddr(t)
-	c := newCoordClient(func() []string { return []string{dead, liveAddr} }, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	c := newCoordClient(func() []string { return []string{dead, liveAddr} }, nil, slog.New(slog.NewTextHandler(io.Discard, nil)))
 	c.retryMin, c.retryMax = time.Millisecond, 5*time.Millisecond
 	// Whichever one it tries first, every call lands on the live one.
 	for i := 0; i < 5; i++ {
@@ -63,7 +63,7 @@ func TestCoordClientWaitsForDiscovery(t *testing.T) {
 			return []string{liveAddr}
 		}
 		return nil
-	}, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	}, nil, slog.New(slog.NewTextHandler(io.Discard, nil)))
 	c.retryMin, c.retryMax = time.Millisecond, 5*time.Millisecond
 	done := make(chan error, 1)
 	go func() { done <- c.call(context.Background(), "telemetry", time.Second, telemetryCall) }()
@@ -80,7 +80,7 @@ func TestCoordClientWaitsForDiscovery(t *testing.T) {
 
 func TestCoordClientDoesNotRetryRefusals(t *testing.T) {
 	live := newFakeCoord(t, nil)
-	c := newCoordClient(func() []string { return []string{live.serve(t)} }, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	c := newCoordClient(func() []string { return []string{live.serve(t)} }, nil, slog.New(slog.NewTextHandler(io.Discard, nil)))
 	err := c.call(context.Background(), "put results", time.Second, func(ctx context.Context, c vbatchv1connect.AgentServiceClient) error {
 		_, err := c.PutResults(ctx, connect.NewRequest(&vbatchv1.PutResultsRequest{BatchId: fakeBatch, Token: 99}))
 		return err
@@ -97,7 +97,7 @@ func TestCoordClientDoesNotRetryRefusals(t *testing.T) {
 
 func TestCoordClientGivesUpWithContext(t *testing.T) {
 	dead := deadAddr(t)
-	c := newCoordClient(func() []string { return []string{dead} }, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	c := newCoordClient(func() []string { return []string{dead} }, nil, slog.New(slog.NewTextHandler(io.Discard, nil)))
 	c.retryMin, c.retryMax = time.Millisecond, 5*time.Millisecond
 	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
 	defer cancel()

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/vbatch/vbatch/internal/ids"
+	"github.com/vbatch/vbatch/internal/tlsutil"
 )
 
 // Config is everything an agent needs. Flags and the config file map onto
@@ -79,6 +80,19 @@ type Config struct {
 	// TelemetryInterval is how often GPU and engine figures are sent.
 	TelemetryInterval time.Duration `json:"telemetry_interval"`
 
+	// TLS names the agent's certificate, key and the cluster's CA. Set,
+	// the agent talks to coordinators over mutual TLS, serves its HTTP
+	// address over HTTPS, and takes its node id from the certificate.
+	TLS tlsutil.Files `json:"-"`
+	// ClusterName scopes certificate roles and labels gossip (default
+	// "global").
+	ClusterName string `json:"cluster_name"`
+	// GossipKey is the base64 32-byte gossip encryption key; GossipKeyFile
+	// names a file holding it. The keyring persists in DataDir, which then
+	// wins over both.
+	GossipKey     string `json:"gossip_key"`
+	GossipKeyFile string `json:"gossip_key_file"`
+
 	// Coordinators, if set, replaces gossip discovery: it returns the RPC
 	// addresses (host:port) of the coordinators to talk to. Tests and
 	// single-host setups use it; when set, no gossip pool is started.
@@ -112,6 +126,7 @@ func DefaultConfig() Config {
 		DrainTimeout:         time.Minute,
 		ShutdownTimeout:      90 * time.Second,
 		TelemetryInterval:    5 * time.Second,
+		ClusterName:          tlsutil.DefaultCluster,
 	}
 }
 

@@ -13,6 +13,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"github.com/vbatch/vbatch/internal/tlsutil"
 	"github.com/vbatch/vbatch/monitoring"
 )
 
@@ -33,7 +34,7 @@ func (a *Agent) Handler() http.Handler {
 	mux.HandleFunc("GET /metrics/engine", a.handleEngineMetrics)
 	mux.HandleFunc("GET /health", a.handleHealth)
 	for _, p := range onlinePaths {
-		mux.HandleFunc("POST "+p, a.handleOnline)
+		mux.HandleFunc("POST "+p, a.onlyCoordinators(a.handleOnline))
 	}
 	return mux
 }
@@ -45,8 +46,19 @@ func (a *Agent) serveHTTP(ln net.Listener) *http.Server {
 		ReadHeaderTimeout: 10 * time.Second,
 		IdleTimeout:       2 * time.Minute,
 	}
+	if a.tls != nil {
+		// Prometheus scrapes without a client certificate; a certificate,
+		// if shown, must be a coordinator's.
+		srv.TLSConfig = a.tls.ServerConfig(false, tlsutil.RoleServer)
+	}
 	go func() {
-		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		var err error
+		if srv.TLSConfig != nil {
+			err = srv.ServeTLS(ln, "", "")
+		} else {
+			err = srv.Serve(ln)
+		}
+		if err != nil && !errors.Is(err, http.ErrServerClosed) {
 			a.log.Error("http server stopped", "addr", ln.Addr().String(), "err", err)
 		}
 	}()

@@ -74,11 +74,22 @@ func (a *Agent) registerLocked(ctx context.Context) error {
 // Join addresses whenever no coordinator is in view.
 func (a *Agent) startGossip(ctx context.Context) error {
 	n := len(a.discoverGPUs())
+	keys, err := gossip.KeysFromFlags(a.cfg.GossipKey, a.cfg.GossipKeyFile)
+	if err != nil {
+		return fmt.Errorf("agent %s: %w", a.id, err)
+	}
+	keyring := ""
+	if a.cfg.DataDir != "" {
+		keyring = gossip.KeyringPath(a.cfg.DataDir)
+	}
 	pool, err := gossip.Start(gossip.Config{
-		Name:     a.id,
-		BindAddr: a.cfg.GossipAddr,
-		Meta:     gossip.Meta{Role: gossip.RoleAgent, RPCAddr: a.rpcAddr, Models: a.models, GPUs: n},
-		Logger:   a.log,
+		Name:        a.id,
+		BindAddr:    a.cfg.GossipAddr,
+		Meta:        gossip.Meta{Role: gossip.RoleAgent, RPCAddr: a.rpcAddr, Models: a.models, GPUs: n},
+		Logger:      a.log,
+		Keys:        keys,
+		KeyringFile: keyring,
+		Label:       a.cfg.ClusterName,
 	})
 	if err != nil {
 		return fmt.Errorf("agent %s: %w", a.id, err)

@@ -2,9 +2,12 @@ package cli
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"io"
+	"net/http"
 	"os"
 	"os/signal"
 	"syscall"
@@ -35,6 +38,7 @@ const (
 // them and the output streams.
 type env struct {
 	addr, apiKey, output string
+	caCert, serverName   string
 	timeout              time.Duration
 	consistent           bool
 
@@ -81,7 +85,8 @@ func newRootCmd(e *env) *cobra.Command {
 		Long: "vbctl manages a vbatch cluster over its OpenAI-compatible HTTP API: files, batches,\n" +
 			"API keys, agents and the raft cluster. Any coordinator serves every command.\n\n" +
 			"Environment: VBATCH_ADDR (else OPENAI_BASE_URL, whose /v1 suffix is dropped) sets --addr;\n" +
-			"VBATCH_API_KEY (else OPENAI_API_KEY) sets --api-key.\n\n" +
+			"VBATCH_API_KEY (else OPENAI_API_KEY) sets --api-key; VBATCH_CA_CERT sets --ca-cert;\n" +
+			"VBATCH_TLS_SERVER_NAME sets --tls-server-name.\n\n" +
 			"Exit status: 0 on success; 1 on any error, and when a batch followed by\n" +
 			"'batches submit --wait' or 'batches watch' ends other than completed; 130 when interrupted.",
 		Version:       version.Version,
@@ -98,6 +103,8 @@ func newRootCmd(e *env) *cobra.Command {
 	pf.StringVar(&e.apiKey, "api-key", "", "API key (default $VBATCH_API_KEY or $OPENAI_API_KEY)")
 	pf.StringVarP(&e.output, "output", "o", "table", "output format: table or json")
 	pf.DurationVar(&e.timeout, "timeout", 30*time.Second, "limit on each API call; for uploads and downloads, on the wait for the answer (0: none)")
+	pf.StringVar(&e.caCert, "ca-cert", "", "PEM CA certificate that signed the coordinators' HTTPS certificates (default $VBATCH_CA_CERT)")
+	pf.StringVar(&e.serverName, "tls-server-name", "", "name to expect on the coordinator's certificate, e.g. server.global.vbatch (default $VBATCH_TLS_SERVER_NAME)")
 	pf.BoolVar(&e.consistent, "consistent", false, "read from the raft leader instead of the nearest coordinator's copy")
 	root.SetFlagErrorFunc(func(cmd *cobra.Command, err error) error {
 		return &usageError{cmd: cmd.CommandPath(), err: err}
@@ -121,9 +128,42 @@ func (e *env) setup(fs *pflag.FlagSet) error {
 	if !fs.Changed("api-key") {
 		e.apiKey = firstEnv("", "VBATCH_API_KEY", "OPENAI_API_KEY")
 	}
+	if !fs.Changed("ca-cert") {
+		e.caCert = os.Getenv("VBATCH_CA_CERT")
+	}
+	if !fs.Changed("tls-server-name") {
+		e.serverName = os.Getenv("VBATCH_TLS_SERVER_NAME")
+	}
 	e.client = NewClient(e.addr, e.apiKey, e.timeout)
 	e.client.Consistent = e.consistent
+	if e.caCert != "" || e.serverName != "" {
+		hc, err := tlsHTTPClient(e.caCert, e.serverName)
+		if err != nil {
+			return err
+		}
+		e.client.HTTP = hc
+	}
 	return nil
+}
+
+// tlsHTTPClient is an HTTP client that trusts the CA in caFile (else the
+// system's roots) and, if serverName is set, expects that name on the
+// server's certificate whatever address was dialed.
+func tlsHTTPClient(caFile, serverName string) (*http.Client, error) {
+	cfg := &tls.Config{MinVersion: tls.VersionTLS12, ServerName: serverName}
+	if caFile != "" {
+		pem, err := os.ReadFile(caFile)
+		if err != nil {
+			return nil, fmt.Errorf("read --ca-cert: %w", err)
+		}
+		cfg.RootCAs = x509.NewCertPool()
+		if !cfg.RootCAs.AppendCertsFromPEM(pem) {
+			return nil, fmt.Errorf("--ca-cert %s: no PEM certificates", caFile)
+		}
+	}
+	tr := http.DefaultTransport.(*http.Transport).Clone()
+	tr.TLSClientConfig = cfg
+	return &http.Client{Transport: tr}, nil
 }
 
 // exitCode prints err as vbctl reports errors and maps it to an exit code.

@@ -49,6 +49,9 @@ func (s *agentService) Register(ctx context.Context, req *connect.Request[vbatch
 	if a == nil || a.Id == "" {
 		return nil, connect.NewError(connect.CodeInvalidArgument, errors.New("agent id required"))
 	}
+	if err := s.authorizeAgent(ctx, a.Id); err != nil {
+		return nil, err
+	}
 	a = proto.Clone(a).(*vbatchv1.Agent)
 	a.RegisteredAt = s.c.Now().Unix()
 	if _, err := s.c.Apply(ctx, &vbatchv1.RegisterAgent{Agent: a}); err != nil {
@@ -66,6 +69,9 @@ func (s *agentService) Register(ctx context.Context, req *connect.Request[vbatch
 // grants it to one, the others try the next candidate.
 func (s *agentService) Lease(ctx context.Context, req *connect.Request[vbatchv1.LeaseRequest]) (*connect.Response[vbatchv1.LeaseResponse], error) {
 	m := req.Msg
+	if err := s.authorizeAgent(ctx, m.AgentId); err != nil {
+		return nil, err
+	}
 	wait := time.Duration(m.WaitMs) * time.Millisecond
 	if wait <= 0 || wait > time.Minute {
 		wait = 10 * time.Second
@@ -189,6 +195,9 @@ func (s *agentService) leaseResponse(batchID string, chunk uint32, token uint64)
 // Renew extends a live lease and tells the agent whether to go on.
 func (s *agentService) Renew(ctx context.Context, req *connect.Request[vbatchv1.RenewRequest]) (*connect.Response[vbatchv1.RenewResponse], error) {
 	m := req.Msg
+	if err := s.authorizeLease(ctx, m.BatchId, m.Chunk, m.Token); err != nil {
+		return nil, err
+	}
 	expires := s.c.Now().Add(s.ttl()).UnixMilli()
 	_, err := s.c.Apply(ctx, &vbatchv1.RenewLease{BatchId: m.BatchId, Chunk: m.Chunk, Token: m.Token, ExpiresAt: expires})
 	switch {
@@ -221,6 +230,9 @@ func (s *agentService) ReadInput(ctx context.Context, req *connect.Request[vbatc
 	// has applied it, local state knows the lease.
 	if err := s.c.waitApplied(ctx, m.Token); err != nil {
 		return connect.NewError(connect.CodeUnavailable, err)
+	}
+	if err := s.authorizeLease(ctx, m.BatchId, m.Chunk, m.Token); err != nil {
+		return err
 	}
 	var ch *vbatchv1.Chunk
 	var input *vbatchv1.File
@@ -291,6 +303,9 @@ func (s *agentService) PutResults(ctx context.Context, req *connect.Request[vbat
 	if err := s.c.waitApplied(ctx, m.Token); err != nil {
 		return nil, connect.NewError(connect.CodeUnavailable, err)
 	}
+	if err := s.authorizeLease(ctx, m.BatchId, m.Chunk, m.Token); err != nil {
+		return nil, err
+	}
 	if err := s.checkLease(m.BatchId, m.Chunk, m.Token); err != nil {
 		s.c.metrics.StaleResultsRefused.Inc()
 		return nil, err
@@ -354,6 +369,9 @@ func (s *agentService) storePart(ctx context.Context, data []byte) (*vbatchv1.Bl
 // Complete marks a fully committed chunk done.
 func (s *agentService) Complete(ctx context.Context, req *connect.Request[vbatchv1.CompleteRequest]) (*connect.Response[vbatchv1.CompleteResponse], error) {
 	m := req.Msg
+	if err := s.authorizeLease(ctx, m.BatchId, m.Chunk, m.Token); err != nil {
+		return nil, err
+	}
 	if _, err := s.c.Apply(ctx, &vbatchv1.CompleteChunk{BatchId: m.BatchId, Chunk: m.Chunk, Token: m.Token}); err != nil {
 		return nil, rpcError(err)
 	}
@@ -363,6 +381,9 @@ func (s *agentService) Complete(ctx context.Context, req *connect.Request[vbatch
 // Release hands a lease back; its chunk keeps its committed progress.
 func (s *agentService) Release(ctx context.Context, req *connect.Request[vbatchv1.ReleaseRequest]) (*connect.Response[vbatchv1.ReleaseResponse], error) {
 	m := req.Msg
+	if err := s.authorizeLease(ctx, m.BatchId, m.Chunk, m.Token); err != nil {
+		return nil, err
+	}
 	_, err := s.c.Apply(ctx, &vbatchv1.ReleaseLease{BatchId: m.BatchId, Chunk: m.Chunk, Token: m.Token, Reason: m.Reason})
 	if err != nil && !errors.Is(err, fsm.ErrStaleToken) {
 		return nil, rpcError(err)
@@ -374,6 +395,9 @@ func (s *agentService) Release(ctx context.Context, req *connect.Request[vbatchv
 func (s *agentService) Telemetry(ctx context.Context, req *connect.Request[vbatchv1.TelemetryRequest]) (*connect.Response[vbatchv1.TelemetryResponse], error) {
 	if req.Msg.AgentId == "" {
 		return nil, connect.NewError(connect.CodeInvalidArgument, errors.New("agent id required"))
+	}
+	if err := s.authorizeAgent(ctx, req.Msg.AgentId); err != nil {
+		return nil, err
 	}
 	now := s.c.Now()
 	s.store(req.Msg, now)

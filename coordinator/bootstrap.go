@@ -65,6 +65,9 @@ func (c *Coordinator) bootstrapLoop(ctx context.Context) {
 			c.log.Info("found an existing raft cluster; waiting to be added by its leader")
 			return
 		}
+		if !c.verifyPeers(ctx, coords) {
+			continue
+		}
 		sort.Slice(coords, func(i, j int) bool { return coords[i].Name < coords[j].Name })
 		var servers []raft.Server
 		for _, m := range coords {
@@ -126,6 +129,9 @@ func (c *Coordinator) reconcileMembers() {
 		if !ok && c.removed.held(m.Name, c.Now()) {
 			continue
 		}
+		if !c.verifyPeers(context.Background(), []gossip.Member{m}) {
+			continue
+		}
 		c.log.Info("adding coordinator to raft", "node", m.Name, "raft_addr", m.Meta.RaftAddr)
 		if err := r.AddVoter(raft.ServerID(m.Name), raft.ServerAddress(m.Meta.RaftAddr), 0, 5*time.Second).Error(); err != nil {
 			c.log.Warn("add voter failed", "node", m.Name, "err", err)
@@ -135,4 +141,33 @@ func (c *Coordinator) reconcileMembers() {
 			c.log.Warn("commit after configuration change", "err", err)
 		}
 	}
+}
+
+// verifyPeers checks, when TLS is on, that each coordinator gossip
+// announces really is one before raft trusts it with a vote: its RPC
+// server must present a server certificate of this cluster (the client
+// transport checks the role) and report the node id and raft address that
+// gossip claimed. Gossip alone never makes a node a voter.
+func (c *Coordinator) verifyPeers(ctx context.Context, coords []gossip.Member) bool {
+	if c.tls == nil {
+		return true
+	}
+	for _, m := range coords {
+		if m.Name == c.cfg.NodeID {
+			continue
+		}
+		cctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+		resp, err := c.clusterClient(m.Meta.RPCAddr).Status(cctx, connect.NewRequest(&vbatchv1.StatusRequest{}))
+		cancel()
+		switch {
+		case err != nil:
+			c.log.Warn("coordinator announced by gossip failed verification", "node", m.Name, "rpc_addr", m.Meta.RPCAddr, "err", err)
+			return false
+		case resp.Msg.NodeId != m.Name || resp.Msg.RaftAddr != m.Meta.RaftAddr:
+			c.log.Warn("coordinator announced by gossip reports another identity", "node", m.Name, "reported_node", resp.Msg.NodeId,
+				"raft_addr", m.Meta.RaftAddr, "reported_raft_addr", resp.Msg.RaftAddr)
+			return false
+		}
+	}
+	return true
 }

@@ -7,6 +7,7 @@ import (
 
 	"github.com/vbatch/vbatch/coordinator/validate"
 	"github.com/vbatch/vbatch/internal/netutil"
+	"github.com/vbatch/vbatch/internal/tlsutil"
 )
 
 // Config is everything a coordinator needs. Flags and the config file map
@@ -46,6 +47,20 @@ type Config struct {
 	ChunkSize int `json:"chunk_size"`
 	// LeaseTTL is how long a lease lives without renewal (default 30s).
 	LeaseTTL time.Duration `json:"lease_ttl"`
+
+	// TLS names the certificate, key and CA files. Set, they turn on
+	// HTTPS for the API and mutual TLS for RPC and raft; the certificate
+	// must name server.<ClusterName>.vbatch.
+	TLS tlsutil.Files `json:"-"`
+	// ClusterName scopes certificate roles and labels gossip, so that two
+	// clusters on one network never merge (default "global").
+	ClusterName string `json:"cluster_name"`
+	// GossipKey is the base64 32-byte gossip encryption key; GossipKeyFile
+	// names a file holding it. Once the keyring has been written to
+	// DataDir (on first start with a key, and after every rotation), the
+	// file there wins over both.
+	GossipKey     string `json:"gossip_key"`
+	GossipKeyFile string `json:"gossip_key_file"`
 
 	// Timing holds raft and gossip timings; zero values take LAN defaults.
 	Timing Timing `json:"-"`
@@ -91,6 +106,7 @@ func DefaultConfig() Config {
 		MaxRequests:     50000,
 		ChunkSize:       500,
 		LeaseTTL:        30 * time.Second,
+		ClusterName:     tlsutil.DefaultCluster,
 		Timing:          LANTiming(),
 	}
 }
@@ -112,6 +128,15 @@ func (c *Config) Check() error {
 		return errors.New("chunk size must be at least 1")
 	case c.LeaseTTL < time.Second:
 		return errors.New("lease TTL must be at least 1s")
+	}
+	if c.ClusterName == "" {
+		c.ClusterName = tlsutil.DefaultCluster
+	}
+	if err := tlsutil.CheckName("--cluster-name", c.ClusterName); err != nil {
+		return err
+	}
+	if err := c.TLS.Check(); err != nil {
+		return err
 	}
 	if c.RootKey == "" && !c.InsecureNoAuth && !netutil.IsLoopback(c.HTTPAddr) {
 		return fmt.Errorf("refusing to serve %s without a root key: set --root-key (or VBATCH_ROOT_KEY), or pass --insecure-no-auth", c.HTTPAddr)

@@ -23,6 +23,7 @@ import (
 	"github.com/vbatch/vbatch/fsm"
 	"github.com/vbatch/vbatch/gossip"
 	"github.com/vbatch/vbatch/internal/netutil"
+	"github.com/vbatch/vbatch/internal/tlsutil"
 	"github.com/vbatch/vbatch/monitoring"
 	"github.com/vbatch/vbatch/rpc/gen/vbatch/v1/vbatchv1connect"
 )
@@ -43,7 +44,11 @@ type Coordinator struct {
 	registry *prometheus.Registry
 	metrics  *monitoring.CoordinatorMetrics
 
-	httpClient     *http.Client
+	// tls is nil unless TLS is configured.
+	tls        *tlsutil.Store
+	httpClient *http.Client
+	// agentTransport reaches agents' online-inference endpoints.
+	agentTransport http.RoundTripper
 	clientsMu      sync.Mutex
 	clusterClients map[string]vbatchv1connect.ClusterServiceClient
 
@@ -90,10 +95,14 @@ func Start(cfg Config, logger *slog.Logger, logOut io.Writer) (c *Coordinator, e
 		log:            logger.With("logger", "coordinator", "node_id", cfg.NodeID),
 		fsm:            fsm.New(),
 		registry:       prometheus.NewRegistry(),
-		httpClient:     newHTTPClient(),
 		clusterClients: map[string]vbatchv1connect.ClusterServiceClient{},
 		agentGone:      make(chan string, 64),
 	}
+	if err := c.setupTLS(); err != nil {
+		return nil, err
+	}
+	c.httpClient = newHTTPClient(c.tls)
+	c.agentTransport = newAgentTransport(c.tls)
 	c.metrics = monitoring.NewCoordinatorMetrics(c.registry)
 	c.agents = &agentService{c: c, telemetry: map[string]*AgentTelemetry{}}
 	c.router = newRouter(c)
@@ -122,13 +131,20 @@ func Start(cfg Config, logger *slog.Logger, logOut io.Writer) (c *Coordinator, e
 	if c.rpcAdvertise, err = netutil.Advertise(c.rpcLn.Addr().String()); err != nil {
 		return nil, err
 	}
-	if c.raftNode, err = openRaft(&c.cfg, c.fsm, logOut); err != nil {
+	if c.raftNode, err = openRaft(&c.cfg, c.fsm, c.tls, logOut); err != nil {
 		return nil, err
 	}
 	closers = append(closers, c.raftNode.close)
+	keys, err := gossip.KeysFromFlags(cfg.GossipKey, cfg.GossipKeyFile)
+	if err != nil {
+		return nil, err
+	}
 	c.pool, err = gossip.Start(gossip.Config{
-		Name:     cfg.NodeID,
-		BindAddr: cfg.GossipAddr,
+		Name:        cfg.NodeID,
+		BindAddr:    cfg.GossipAddr,
+		Keys:        keys,
+		KeyringFile: gossip.KeyringPath(cfg.DataDir),
+		Label:       c.cfg.ClusterName,
 		Meta: gossip.Meta{
 			Role:     gossip.RoleCoordinator,
 			RPCAddr:  c.rpcAdvertise,
@@ -148,6 +164,7 @@ func Start(cfg Config, logger *slog.Logger, logOut io.Writer) (c *Coordinator, e
 		Self:   cfg.NodeID,
 		Peers:  c.blobPeers,
 		Client: c.httpClient,
+		Scheme: c.scheme(),
 		Logger: c.log.With("logger", "blob"),
 	}
 	c.startServers()

@@ -14,6 +14,7 @@ import (
 
 	"github.com/vbatch/vbatch/coordinator/api"
 	"github.com/vbatch/vbatch/fsm"
+	"github.com/vbatch/vbatch/internal/tlsutil"
 	vbatchv1 "github.com/vbatch/vbatch/rpc/gen/vbatch/v1"
 	"github.com/vbatch/vbatch/rpc/gen/vbatch/v1/vbatchv1connect"
 )
@@ -204,7 +205,7 @@ func (c *Coordinator) clusterClient(addr string) vbatchv1connect.ClusterServiceC
 	if cl, ok := c.clusterClients[addr]; ok {
 		return cl
 	}
-	cl := vbatchv1connect.NewClusterServiceClient(c.httpClient, "http://"+addr)
+	cl := vbatchv1connect.NewClusterServiceClient(c.httpClient, c.scheme()+"://"+addr)
 	c.clusterClients[addr] = cl
 	return cl
 }
@@ -268,10 +269,32 @@ func (c *Coordinator) localStatus() *vbatchv1.StatusResponse {
 	}
 }
 
-// newHTTPClient is the client for RPC and blob transfer among nodes.
-func newHTTPClient() *http.Client {
-	return &http.Client{Transport: &http.Transport{
+// newHTTPClient is the client for RPC and blob transfer among nodes. With
+// TLS it presents this node's certificate and accepts only peers holding a
+// server certificate of the cluster.
+func newHTTPClient(store *tlsutil.Store) *http.Client {
+	tr := &http.Transport{
 		MaxIdleConnsPerHost: 32,
 		IdleConnTimeout:     90 * time.Second,
-	}}
+	}
+	if store != nil {
+		tr.TLSClientConfig = store.ClientConfig(tlsutil.RoleServer)
+		tr.ForceAttemptHTTP2 = true
+	}
+	return &http.Client{Transport: tr}
+}
+
+// newAgentTransport is the transport to agents' online endpoints: with TLS
+// the agent must hold an agent certificate of the cluster, and this node
+// shows its server certificate, which is what the agent asks for.
+func newAgentTransport(store *tlsutil.Store) http.RoundTripper {
+	tr := &http.Transport{
+		MaxIdleConnsPerHost: 32,
+		IdleConnTimeout:     90 * time.Second,
+	}
+	if store != nil {
+		tr.TLSClientConfig = store.ClientConfig(tlsutil.RoleAgent)
+		tr.ForceAttemptHTTP2 = true
+	}
+	return tr
 }

@@ -113,7 +113,7 @@ func (r *router) ServeInference(w http.ResponseWriter, req *http.Request) error 
 	n := r.counter(agent.Name)
 	n.Add(1)
 	defer n.Add(-1)
-	target := &url.URL{Scheme: "http", Host: agent.Meta.RPCAddr}
+	target := &url.URL{Scheme: r.c.scheme(), Host: agent.Meta.RPCAddr}
 	proxy := &httputil.ReverseProxy{
 		Rewrite: func(pr *httputil.ProxyRequest) {
 			pr.SetURL(target)
@@ -122,7 +122,7 @@ func (r *router) ServeInference(w http.ResponseWriter, req *http.Request) error 
 			pr.Out.Body = io.NopCloser(bytes.NewReader(body))
 		},
 		FlushInterval: -1,
-		Transport:     r.c.httpClient.Transport,
+		Transport:     r.c.agentTransport,
 		ErrorHandler: func(w http.ResponseWriter, _ *http.Request, err error) {
 			r.c.log.Warn("online inference proxy failed", "agent", agent.Name, "err", err)
 			w.Header().Set("Content-Type", "application/json")

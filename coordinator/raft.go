@@ -15,6 +15,7 @@ import (
 
 	"github.com/vbatch/vbatch/fsm"
 	"github.com/vbatch/vbatch/internal/netutil"
+	"github.com/vbatch/vbatch/internal/tlsutil"
 )
 
 // raftNode bundles raft with the stores and transport it owns.
@@ -28,7 +29,7 @@ type raftNode struct {
 
 // openRaft opens raft's stores in dataDir/raft and starts the node. It does
 // not bootstrap: see bootstrap.go.
-func openRaft(cfg *Config, f *fsm.FSM, logOut io.Writer) (*raftNode, error) {
+func openRaft(cfg *Config, f *fsm.FSM, tlsStore *tlsutil.Store, logOut io.Writer) (*raftNode, error) {
 	dir := filepath.Join(cfg.DataDir, "raft")
 	if err := os.MkdirAll(dir, 0o750); err != nil {
 		return nil, fmt.Errorf("raft dir: %w", err)
@@ -48,7 +49,7 @@ func openRaft(cfg *Config, f *fsm.FSM, logOut io.Writer) (*raftNode, error) {
 		store.Close()
 		return nil, fmt.Errorf("open snapshot store: %w", err)
 	}
-	transport, err := newTransport(cfg.RaftAddr, logger)
+	transport, err := newTransport(cfg.RaftAddr, tlsStore, logger)
 	if err != nil {
 		store.Close()
 		return nil, err
@@ -135,9 +136,10 @@ func (n *raftNode) close() error {
 	return err
 }
 
-// newTransport binds raft's TCP transport. An unspecified host advertises
-// this host's private address; port 0 takes a port from the OS.
-func newTransport(bind string, logger hclog.Logger) (*raft.NetworkTransport, error) {
+// newTransport binds raft's TCP transport, over mutual TLS when tlsStore is
+// set. An unspecified host advertises this host's private address; port 0
+// takes a port from the OS.
+func newTransport(bind string, tlsStore *tlsutil.Store, logger hclog.Logger) (*raft.NetworkTransport, error) {
 	ln, err := net.Listen("tcp", bind)
 	if err != nil {
 		return nil, fmt.Errorf("raft transport on %s: %w", bind, err)
@@ -152,7 +154,10 @@ func newTransport(bind string, logger hclog.Logger) (*raft.NetworkTransport, err
 		ln.Close()
 		return nil, fmt.Errorf("raft advertise address %s: %w", adv, err)
 	}
-	stream := &tcpStreamLayer{Listener: ln, advertise: advAddr}
+	var stream raft.StreamLayer = &tcpStreamLayer{Listener: ln, advertise: advAddr}
+	if tlsStore != nil {
+		stream = newTLSStreamLayer(ln, advAddr, tlsStore)
+	}
 	return raft.NewNetworkTransportWithLogger(stream, 5, 10*time.Second, logger), nil
 }
 

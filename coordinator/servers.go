@@ -10,6 +10,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/vbatch/vbatch/coordinator/api"
+	"github.com/vbatch/vbatch/internal/tlsutil"
 	"github.com/vbatch/vbatch/monitoring"
 	"github.com/vbatch/vbatch/rpc/gen/vbatch/v1/vbatchv1connect"
 )
@@ -46,19 +47,32 @@ func (c *Coordinator) startServers() {
 	rpc.Handle(path, h)
 	rpc.Handle("/blobs/", c.blobs.Handler())
 	c.rpcSrv = &http.Server{
-		Handler:           rpc,
+		Handler:           c.rpcAuth(rpc),
 		ReadHeaderTimeout: 10 * time.Second,
 		IdleTimeout:       2 * time.Minute,
+	}
+	if c.tls != nil {
+		// The API authenticates with keys, so client certificates are
+		// optional there; RPC needs one from every caller.
+		c.httpSrv.TLSConfig = c.tls.ServerConfig(false)
+		c.rpcSrv.TLSConfig = c.tls.ServerConfig(true, tlsutil.RoleServer, tlsutil.RoleAgent)
 	}
 	c.serve(c.httpSrv, c.httpLn)
 	c.serve(c.rpcSrv, c.rpcLn)
 }
 
+// serve runs srv on ln, over TLS when srv has a TLSConfig.
 func (c *Coordinator) serve(srv *http.Server, ln net.Listener) {
 	c.wg.Add(1)
 	go func() {
 		defer c.wg.Done()
-		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		var err error
+		if srv.TLSConfig != nil {
+			err = srv.ServeTLS(ln, "", "")
+		} else {
+			err = srv.Serve(ln)
+		}
+		if err != nil && !errors.Is(err, http.ErrServerClosed) {
 			c.log.Error("server stopped", "addr", ln.Addr().String(), "err", err)
 		}
 	}()

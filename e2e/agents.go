@@ -78,6 +78,9 @@ func (c *Cluster) StartAgent(t testing.TB, id string, engineArgs ...string) *Age
 		"--join", strings.Join(join, ","), "--gossip-addr", a.Gossip, "--metrics-addr", a.HTTP,
 		"--model", "sim-model"}
 	args = append(args, engineArgs...)
+	if c.AgentFlags != nil {
+		args = append(args, c.AgentFlags(id)...)
+	}
 	a.Proc = StartProc(t, c.Dir, id, c.Bin, args...)
 	return a
 }
@@ -86,7 +89,7 @@ func (c *Cluster) StartAgent(t testing.TB, id string, engineArgs ...string) *Age
 func (c *Cluster) WaitAgents(t testing.TB, n int) {
 	t.Helper()
 	WaitFor(t, 30*time.Second, fmt.Sprintf("%d alive agents", n), func() bool {
-		resp, err := http.Get(c.Coords[c.Running(-1)[0]].URL() + "/v1/models")
+		resp, err := c.httpc().Get(c.Coords[c.Running(-1)[0]].URL() + "/v1/models")
 		if err != nil {
 			return false
 		}
@@ -96,7 +99,7 @@ func (c *Cluster) WaitAgents(t testing.TB, n int) {
 }
 
 func (c *Cluster) aliveAgents() int {
-	resp, err := http.Get(c.Coords[c.Running(-1)[0]].URL() + "/v1/admin/agents")
+	resp, err := c.httpc().Get(c.Coords[c.Running(-1)[0]].URL() + "/v1/admin/agents")
 	if err != nil {
 		return 0
 	}

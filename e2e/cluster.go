@@ -15,11 +15,18 @@ type Coordinator struct {
 	ID                      string
 	HTTP, RPC, Raft, Gossip string
 	DataDir                 string
+	// Scheme is "https" when the cluster runs with TLS, else "http".
+	Scheme string
 	*Proc
 }
 
 // URL is the coordinator's API base URL.
-func (c *Coordinator) URL() string { return "http://" + c.HTTP }
+func (c *Coordinator) URL() string {
+	if c.Scheme == "" {
+		return "http://" + c.HTTP
+	}
+	return c.Scheme + "://" + c.HTTP
+}
 
 // Cluster is a set of coordinator processes on loopback.
 type Cluster struct {
@@ -27,12 +34,32 @@ type Cluster struct {
 	Dir    string
 	Bin    string
 	Coords []*Coordinator
+	// HTTP is the client the harness uses for the API; nil means
+	// http.DefaultClient. TLS clusters set one that trusts their CA.
+	HTTP *http.Client
+	// AgentFlags returns extra flags for an agent started by StartAgent
+	// (certificates, gossip key); nil means none.
+	AgentFlags func(id string) []string
 }
 
 // ClusterOptions tunes StartCluster.
 type ClusterOptions struct {
 	// Extra are flags added to every coordinator.
 	Extra []string
+	// PerNode, if set, returns flags for coordinator i only (its own
+	// certificate, for instance).
+	PerNode func(i int) []string
+	// HTTPS makes the harness reach the API over https with HTTP.
+	HTTPS bool
+	HTTP  *http.Client
+}
+
+// httpc is the harness's API client.
+func (c *Cluster) httpc() *http.Client {
+	if c.HTTP != nil {
+		return c.HTTP
+	}
+	return http.DefaultClient
 }
 
 // StartCluster starts n coordinators that bootstrap together and waits
@@ -51,7 +78,7 @@ func StartClusterDirs(t testing.TB, n int, opts ClusterOptions, dataDirs []strin
 	bin := Binaries(t)
 	dir := t.TempDir()
 	ports := FreePorts(t, 4*n)
-	c := &Cluster{t: t, Dir: dir, Bin: filepath.Join(bin, "vbatch")}
+	c := &Cluster{t: t, Dir: dir, Bin: filepath.Join(bin, "vbatch"), HTTP: opts.HTTP}
 	var gossip []string
 	for i := 0; i < n; i++ {
 		gossip = append(gossip, fmt.Sprintf("127.0.0.1:%d", ports[4*i+3]))
@@ -65,6 +92,9 @@ func StartClusterDirs(t testing.TB, n int, opts ClusterOptions, dataDirs []strin
 			Gossip:  gossip[i],
 			DataDir: filepath.Join(dir, fmt.Sprintf("c%d", i+1)),
 		}
+		if opts.HTTPS {
+			co.Scheme = "https"
+		}
 		if i < len(dataDirs) && dataDirs[i] != "" {
 			co.DataDir = dataDirs[i]
 		}
@@ -74,6 +104,9 @@ func StartClusterDirs(t testing.TB, n int, opts ClusterOptions, dataDirs []strin
 			"--bootstrap-expect", fmt.Sprint(n), "--join", strings.Join(gossip, ","),
 		}
 		args = append(args, opts.Extra...)
+		if opts.PerNode != nil {
+			args = append(args, opts.PerNode(i)...)
+		}
 		co.Proc = StartProc(t, dir, co.ID, c.Bin, args...)
 		c.Coords = append(c.Coords, co)
 	}
@@ -93,7 +126,7 @@ type Status struct {
 
 // StatusOf asks coordinator i for the cluster status.
 func (c *Cluster) StatusOf(i int) (*Status, error) {
-	resp, err := http.Get(c.Coords[i].URL() + "/v1/admin/cluster/status")
+	resp, err := c.httpc().Get(c.Coords[i].URL() + "/v1/admin/cluster/status")
 	if err != nil {
 		return nil, err
 	}

@@ -2,15 +2,23 @@
 // one hashicorp/memberlist pool and describe themselves in node metadata.
 // Coordinators use it to find each other for bootstrap and to learn which
 // agents are alive; agents use it to find coordinators.
+//
+// The pool can be encrypted with a rotatable keyring (Config.Keys,
+// Config.KeyringFile, Pool.KeyringOp) and fenced by a cluster label
+// (Config.Label), as Consul and Serf do, so that neither an outsider nor a
+// neighbouring cluster can join or read it.
 package gossip
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
 	"io"
 	"log"
 	"log/slog"
+	"slices"
+	"sort"
 	"strings"
 	"sync"
 	"time"
@@ -66,15 +74,45 @@ type Config struct {
 	// for every membership change.
 	OnEvent func(Event)
 	Logger  *slog.Logger
+
+	// Keys is the initial gossip keyring, each KeySize bytes (see ParseKey);
+	// the first is the primary key, used to encrypt, and all are tried to
+	// decrypt. Nil means no encryption: then the pool neither sends nor
+	// accepts encrypted gossip, so encrypted and plain nodes never mix.
+	// With keys, everything in and out must be encrypted
+	// (GossipVerifyIncoming and GossipVerifyOutgoing), and a node without a
+	// key on this ring cannot join.
+	Keys [][]byte
+	// KeyringFile, if set, is where the keyring is persisted (mode 0600)
+	// after every change made by KeyringOp, so a restarted node comes back
+	// with the rotated keys. When the file exists at Start it takes
+	// precedence over Keys (which are then ignored with a warning), as
+	// Consul's keyring file overrides its encrypt option; when it does not,
+	// Keys seed it. An existing file turns encryption on even with no Keys.
+	KeyringFile string
+	// Label is the cluster label (e.g. the cluster name). memberlist
+	// prefixes every packet and stream with it and, with encryption,
+	// authenticates it, so members with a different label, or none, are
+	// refused and two clusters sharing a network never merge. At most 255
+	// bytes; empty means no label.
+	Label string
 }
 
 // Pool is this node's membership in the gossip pool.
 type Pool struct {
-	list *memberlist.Memberlist
-	cfg  Config
+	list   *memberlist.Memberlist
+	cfg    Config
+	logger *slog.Logger
 
 	mu   sync.Mutex
 	meta []byte
+	left bool
+
+	// nodes are copies of the live memberlist nodes, by name; see nodeList.
+	nodesMu sync.Mutex
+	nodes   map[string]*memberlist.Node
+
+	keyringState
 }
 
 // Start creates the memberlist and its listeners. It does not join anyone:
@@ -114,7 +152,22 @@ func Start(cfg Config) (*Pool, error) {
 		logger = slog.New(slog.NewTextHandler(io.Discard, nil))
 	}
 	mc.Logger = log.New(&slogWriter{logger: logger.With("logger", "memberlist")}, "", 0)
-	p := &Pool{cfg: cfg}
+	mc.Label = cfg.Label
+	keyring, err := setupKeyring(cfg, logger)
+	if err != nil {
+		return nil, err
+	}
+	if keyring != nil {
+		mc.Keyring = keyring
+		mc.GossipVerifyIncoming = true
+		mc.GossipVerifyOutgoing = true
+	}
+	p := &Pool{cfg: cfg, logger: logger.With("logger", "gossip")}
+	p.keyring = keyring
+	p.nodes = map[string]*memberlist.Node{}
+	p.pending = map[string]*pendingOp{}
+	p.inbox = make(chan []byte, 64)
+	p.done = make(chan struct{})
 	if p.meta, err = encodeMeta(cfg.Meta); err != nil {
 		return nil, err
 	}
@@ -125,6 +178,7 @@ func Start(cfg Config) (*Pool, error) {
 		return nil, fmt.Errorf("gossip: start on %s: %w", cfg.BindAddr, err)
 	}
 	p.list = list
+	go p.runKeyringWorker()
 	// memberlist picked the port when BindAddr asked for port 0.
 	return p, nil
 }
@@ -138,14 +192,30 @@ func (p *Pool) Join(addrs []string) (int, error) {
 	return n, nil
 }
 
-// Members returns the live members, this node included.
+// Members returns the live members, this node included, sorted by name.
 func (p *Pool) Members() []Member {
 	var out []Member
-	for _, n := range p.list.Members() {
+	for _, n := range p.nodeList() {
 		if m, ok := toMember(n); ok {
 			out = append(out, m)
 		}
 	}
+	return out
+}
+
+// nodeList returns this pool's copies of the live memberlist nodes, sorted
+// by name. memberlist.Members hands out pointers to nodes it rewrites in
+// place under its own lock, so reading those races; the copies are taken
+// in the event delegate, which memberlist calls under that lock, as Serf
+// keeps its own member map.
+func (p *Pool) nodeList() []*memberlist.Node {
+	p.nodesMu.Lock()
+	defer p.nodesMu.Unlock()
+	out := make([]*memberlist.Node, 0, len(p.nodes))
+	for _, n := range p.nodes {
+		out = append(out, n)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
 	return out
 }
 
@@ -162,12 +232,13 @@ func (p *Pool) MembersWithRole(role string) []Member {
 
 // Member returns the live member named name.
 func (p *Pool) Member(name string) (Member, bool) {
-	for _, m := range p.Members() {
-		if m.Name == name {
-			return m, true
-		}
+	p.nodesMu.Lock()
+	n := p.nodes[name]
+	p.nodesMu.Unlock()
+	if n == nil {
+		return Member{}, false
 	}
-	return Member{}, false
+	return toMember(n)
 }
 
 // UpdateMeta replaces this node's metadata and gossips it.
@@ -188,8 +259,17 @@ func (p *Pool) Addr() string {
 	return n.Address()
 }
 
-// Leave announces departure and stops the listeners.
+// Leave announces departure and stops the listeners. Calling it again is a
+// no-op (memberlist itself panics on a second Leave).
 func (p *Pool) Leave(timeout time.Duration) error {
+	p.mu.Lock()
+	left := p.left
+	p.left = true
+	p.mu.Unlock()
+	if left {
+		return nil
+	}
+	defer p.stopKeyring()
 	err := p.list.Leave(timeout)
 	if serr := p.list.Shutdown(); err == nil {
 		err = serr
@@ -227,7 +307,7 @@ func (d *delegate) NodeMeta(limit int) []byte {
 	defer d.pool.mu.Unlock()
 	return d.pool.meta
 }
-func (d *delegate) NotifyMsg([]byte)                           {}
+func (d *delegate) NotifyMsg(b []byte)                         { d.pool.notifyMsg(b) }
 func (d *delegate) GetBroadcasts(overhead, limit int) [][]byte { return nil }
 func (d *delegate) LocalState(join bool) []byte                { return nil }
 func (d *delegate) MergeRemoteState(buf []byte, join bool)     {}
@@ -235,10 +315,20 @@ func (d *delegate) MergeRemoteState(buf []byte, join bool)     {}
 type events struct{ pool *Pool }
 
 func (e *events) emit(n *memberlist.Node, kind string) {
+	c := *n
+	c.Addr = slices.Clone(n.Addr)
+	c.Meta = bytes.Clone(n.Meta)
+	e.pool.nodesMu.Lock()
+	if kind == "leave" {
+		delete(e.pool.nodes, c.Name)
+	} else {
+		e.pool.nodes[c.Name] = &c
+	}
+	e.pool.nodesMu.Unlock()
 	if e.pool.cfg.OnEvent == nil {
 		return
 	}
-	if m, ok := toMember(n); ok {
+	if m, ok := toMember(&c); ok {
 		e.pool.cfg.OnEvent(Event{Member: m, Kind: kind})
 	}
 }

@@ -3,6 +3,7 @@ package main
 import (
 	"fmt"
 	"log/slog"
+	"os"
 	"strings"
 	"time"
 
@@ -87,6 +88,13 @@ func agentCmd() *cobra.Command {
 				return err
 			}
 			cfg.Join = splitList(join)
+			if cfg.GossipKey == "" && cfg.GossipKeyFile == "" {
+				cfg.GossipKey = os.Getenv("VBATCH_GOSSIP_KEY")
+			}
+			if cfg.TLS.Enabled() && !cmd.Flags().Changed("node-id") {
+				// The node id then comes from the certificate.
+				cfg.NodeID = ""
+			}
 			logger, _, closeLog, err := setupLogging(lf, "agent")
 			if err != nil {
 				return err
@@ -107,7 +115,11 @@ func agentCmd() *cobra.Command {
 				disc = gpu.NewNVML(logger.With("logger", "gpu"))
 			}
 			defer disc.Close()
-			return agent.New(cfg, eng, disc, logger).Run(cmd.Context())
+			a := agent.New(cfg, eng, disc, logger)
+			if cfg.TLS.Enabled() {
+				onSIGHUP(cmd.Context(), logger, a.ReloadTLS)
+			}
+			return a.Run(cmd.Context())
 		},
 	}
 	f := cmd.Flags()
@@ -129,6 +141,8 @@ func agentCmd() *cobra.Command {
 	f.StringVar(&ef.engineURL, "engine-url", "", "openai engine: base URL of the server")
 	f.StringVar(&ef.engineAPIKey, "engine-api-key", "", "openai engine: API key")
 	ef.addSim(f)
+	addTLSFlags(f, &cfg.TLS, &cfg.ClusterName)
+	addGossipKeyFlags(f, &cfg.GossipKey, &cfg.GossipKeyFile)
 	addLogFlags(f, &lf)
 	return cmd
 }

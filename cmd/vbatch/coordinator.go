@@ -22,6 +22,9 @@ func coordinatorCmd() *cobra.Command {
 				return err
 			}
 			cfg.Join = splitList(join)
+			if cfg.GossipKey == "" && cfg.GossipKeyFile == "" {
+				cfg.GossipKey = os.Getenv("VBATCH_GOSSIP_KEY")
+			}
 			if cfg.RootKey == "" {
 				cfg.RootKey = os.Getenv("VBATCH_ROOT_KEY")
 			}
@@ -31,7 +34,15 @@ func coordinatorCmd() *cobra.Command {
 			}
 			defer closeLog()
 			defer setupTelemetry("coordinator", logger)()
-			return coordinator.Run(cmd.Context(), cfg, logger, logOut)
+			c, err := coordinator.Start(cfg, logger, logOut)
+			if err != nil {
+				return err
+			}
+			if cfg.TLS.Enabled() {
+				onSIGHUP(cmd.Context(), logger, c.ReloadTLS)
+			}
+			<-cmd.Context().Done()
+			return c.Close()
 		},
 	}
 	f := cmd.Flags()
@@ -50,6 +61,8 @@ func coordinatorCmd() *cobra.Command {
 	f.IntVar(&cfg.MaxRequests, "max-requests", cfg.MaxRequests, "most requests in one batch")
 	f.IntVar(&cfg.ChunkSize, "chunk-size", cfg.ChunkSize, "input lines per chunk")
 	f.DurationVar(&cfg.LeaseTTL, "lease-ttl", cfg.LeaseTTL, "lease time to live without renewal")
+	addTLSFlags(f, &cfg.TLS, &cfg.ClusterName)
+	addGossipKeyFlags(f, &cfg.GossipKey, &cfg.GossipKeyFile)
 	addLogFlags(f, &lf)
 	return cmd
 }

@@ -41,6 +41,8 @@ type Replicator struct {
 	Self string
 	// Peers lists the other nodes, asked afresh on every call.
 	Peers func() []Peer
+	// Scheme is "http" (the default) or "https".
+	Scheme string
 	// Client makes the transfers. It should not have an overall Timeout
 	// shorter than a large blob's transfer; contexts bound each call.
 	Client *http.Client
@@ -88,7 +90,13 @@ func (r *Replicator) peers() []Peer {
 	return out
 }
 
-func blobURL(p Peer, sha string) string { return "http://" + p.Addr + PathPrefix + sha }
+func (r *Replicator) blobURL(p Peer, sha string) string {
+	scheme := r.Scheme
+	if scheme == "" {
+		scheme = "http"
+	}
+	return scheme + "://" + p.Addr + PathPrefix + sha
+}
 
 // Replicate pushes a local blob to all peers in parallel and returns once
 // need nodes, this one included, hold it: the ids holding it, this node
@@ -176,7 +184,7 @@ func (r *Replicator) push(ctx context.Context, p Peer, sha string, size int64) e
 		_ = rc.Close()
 		body = http.NoBody
 	}
-	req, err := http.NewRequestWithContext(ctx, http.MethodPut, blobURL(p, sha), body)
+	req, err := http.NewRequestWithContext(ctx, http.MethodPut, r.blobURL(p, sha), body)
 	if err != nil {
 		_ = body.Close()
 		return fmt.Errorf("put blob: %w", err)
@@ -197,7 +205,7 @@ func (r *Replicator) push(ctx context.Context, p Peer, sha string, size int64) e
 
 // peerHas asks p whether it holds the blob with the given size.
 func (r *Replicator) peerHas(ctx context.Context, p Peer, sha string, size int64) (bool, error) {
-	req, err := http.NewRequestWithContext(ctx, http.MethodHead, blobURL(p, sha), nil)
+	req, err := http.NewRequestWithContext(ctx, http.MethodHead, r.blobURL(p, sha), nil)
 	if err != nil {
 		return false, fmt.Errorf("head blob: %w", err)
 	}
@@ -315,7 +323,7 @@ func (r *Replicator) fetch(ctx context.Context, sha string) error {
 
 // fetchFrom streams the blob from p into the store, verifying it.
 func (r *Replicator) fetchFrom(ctx context.Context, p Peer, sha string) error {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, blobURL(p, sha), nil)
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, r.blobURL(p, sha), nil)
 	if err != nil {
 		return fmt.Errorf("get blob: %w", err)
 	}

@@ -1,0 +1,255 @@
+package e2e
+
+import (
+	"context"
+	"crypto/tls"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"connectrpc.com/connect"
+
+	vbatchv1 "github.com/vbatch/vbatch/rpc/gen/vbatch/v1"
+	"github.com/vbatch/vbatch/rpc/gen/vbatch/v1/vbatchv1connect"
+)
+
+// TestSecureCluster runs three coordinators and an agent with HTTPS,
+// mutual TLS on RPC and raft, and gossip encryption, runs a batch through
+// them, and then tries the attacks docs/security.md lists: each must be
+// refused. The table of attacks is logged (and written to
+// $VBATCH_SECURITY_TABLE when set).
+func TestSecureCluster(t *testing.T) {
+	bin := filepath.Join(Binaries(t), "vbatch")
+	pki := newFleetPKI(t, bin, "e2e")
+	keyFile := filepath.Join(t.TempDir(), "gossip.key")
+	if err := os.WriteFile(keyFile, []byte(pki.run("gossip", "keygen")), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	rootKey := "root-" + strings.Repeat("k", 32)
+	apiTLS := pki.tlsConfig("", "", "")
+	apiClient := &http.Client{Timeout: 10 * time.Second, Transport: &keyTransport{key: rootKey, base: &http.Transport{TLSClientConfig: apiTLS}}}
+	serverCert := map[int][2]string{}
+	for i := 0; i < 3; i++ {
+		c, k := pki.issue("server", fmt.Sprintf("c%d", i+1))
+		serverCert[i] = [2]string{c, k}
+	}
+	common := []string{"--cluster-name", "e2e", "--tls-ca", pki.CA, "--gossip-key-file", keyFile, "--root-key", rootKey}
+	cl := StartCluster(t, 3, ClusterOptions{
+		Extra:   common,
+		PerNode: func(i int) []string { return []string{"--tls-cert", serverCert[i][0], "--tls-key", serverCert[i][1]} },
+		HTTPS:   true,
+		HTTP:    apiClient,
+	})
+	agentCert, agentKey := pki.issue("agent", "a1")
+	cl.AgentFlags = func(id string) []string {
+		return []string{"--cluster-name", "e2e", "--tls-cert", agentCert, "--tls-key", agentKey, "--tls-ca", pki.CA, "--gossip-key-file", keyFile}
+	}
+	sim := cl.StartSim(t, "sim")
+	cl.StartAgent(t, "a1", "--engine", "openai", "--engine-url", "http://"+sim.Addr, "--part-lines", "50")
+	cl.WaitAgents(t, 1)
+
+	// A batch runs end to end over HTTPS, mutual TLS and encrypted gossip.
+	leader := cl.Coords[cl.WaitLeader(30*time.Second)]
+	runSecureBatch(t, apiClient, cl.Coords[(cl.Running(-1)[0]+1)%3].URL(), 120)
+
+	log := &attackLog{t: t}
+	defer log.flush()
+	rpcURL := "https://" + leader.RPC
+	statusReq := func(cfg *tls.Config) error {
+		hc := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{TLSClientConfig: cfg, ForceAttemptHTTP2: true}}
+		_, err := vbatchv1connect.NewClusterServiceClient(hc, rpcURL).Status(context.Background(), connect.NewRequest(&vbatchv1.StatusRequest{}))
+		return err
+	}
+
+	// 1. Plain HTTP to the HTTPS API.
+	code, body, err := apiCall(&http.Client{Timeout: 5 * time.Second}, "GET", "http://"+leader.HTTP+"/v1/models", rootKey, nil)
+	log.add("plain HTTP request to the API port", "refused (400)", err != nil || code == http.StatusBadRequest, fmt.Sprintf("%d %s %v", code, firstLine(body), err))
+
+	// 2. RPC without a client certificate.
+	err = statusReq(pki.tlsConfig("server.e2e.vbatch", "", ""))
+	log.add("RPC call with no client certificate", "TLS handshake refused", err != nil, errString(err))
+
+	// 3. RPC with a certificate from another CA.
+	rogue := newFleetPKI(t, bin, "e2e")
+	rc, rk := rogue.issue("server", "evil")
+	cfg := rogue.tlsConfig("server.e2e.vbatch", rc, rk)
+	cfg.RootCAs = pki.pool()
+	err = statusReq(cfg)
+	log.add("RPC call with a server certificate from another CA", "TLS handshake refused", err != nil, errString(err))
+
+	// 4. An agent certificate calling coordinator-only RPC.
+	err = statusReq(pki.tlsConfig("server.e2e.vbatch", agentCert, agentKey))
+	log.add("agent certificate calls ClusterService.Status", "permission denied", connect.CodeOf(err) == connect.CodePermissionDenied, errString(err))
+
+	// 5. Agent a1's certificate registering as another agent.
+	a1 := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{TLSClientConfig: pki.tlsConfig("server.e2e.vbatch", agentCert, agentKey), ForceAttemptHTTP2: true}}
+	_, err = vbatchv1connect.NewAgentServiceClient(a1, rpcURL).Register(context.Background(),
+		connect.NewRequest(&vbatchv1.RegisterRequest{Agent: &vbatchv1.Agent{Id: "a2", Models: []string{"sim-model"}}}))
+	log.add("agent a1's certificate registers as agent a2", "permission denied", connect.CodeOf(err) == connect.CodePermissionDenied, errString(err))
+
+	// 6. An agent certificate dialing raft.
+	err = dialAndRead(leader.Raft, pki.tlsConfig("server.e2e.vbatch", agentCert, agentKey))
+	log.add("agent certificate connects to the raft port", "TLS handshake refused", err != nil, errString(err))
+	err = dialAndRead(leader.Raft, pki.tlsConfig("server.e2e.vbatch", "", ""))
+	log.add("no certificate connects to the raft port", "TLS handshake refused", err != nil, errString(err))
+
+	// 7. A coordinator started with an agent certificate.
+	out, err := runBriefly(bin, "coordinator", "--node-id", "c9", "--data-dir", t.TempDir(),
+		"--http-addr", "127.0.0.1:0", "--rpc-addr", "127.0.0.1:0", "--raft-addr", "127.0.0.1:0", "--gossip-addr", "127.0.0.1:0",
+		"--cluster-name", "e2e", "--tls-cert", agentCert, "--tls-key", agentKey, "--tls-ca", pki.CA, "--gossip-key-file", keyFile,
+		"--root-key", rootKey, "--join", leader.Gossip)
+	log.add("coordinator started with an agent certificate", "refuses to start", err != nil && strings.Contains(out, "server.e2e.vbatch"), firstLine([]byte(out)))
+
+	// 8. A coordinator with the gossip key but a server certificate from
+	// another CA joins gossip: the leader must not make it a voter.
+	ports := FreePorts(t, 4)
+	rcArgs := []string{"coordinator", "--node-id", "evil", "--data-dir", t.TempDir(),
+		"--http-addr", fmt.Sprintf("127.0.0.1:%d", ports[0]), "--rpc-addr", fmt.Sprintf("127.0.0.1:%d", ports[1]),
+		"--raft-addr", fmt.Sprintf("127.0.0.1:%d", ports[2]), "--gossip-addr", fmt.Sprintf("127.0.0.1:%d", ports[3]),
+		"--bootstrap-expect", "3", "--join", leader.Gossip, "--cluster-name", "e2e",
+		"--tls-cert", rc, "--tls-key", rk, "--tls-ca", rogue.CA, "--gossip-key-file", keyFile, "--root-key", rootKey}
+	evil := StartProc(t, cl.Dir, "evil", bin, rcArgs...)
+	leaderIdx := cl.WaitLeader(30 * time.Second)
+	waitLog(t, cl.Coords[leaderIdx].Proc, "coordinator announced by gossip failed verification", 30*time.Second)
+	st, err := cl.StatusOf(leaderIdx)
+	n := -1
+	if err == nil {
+		n = len(st.Servers)
+	}
+	log.add("coordinator with a foreign CA's server certificate joins gossip", "never added to raft", n == 3, fmt.Sprintf("raft servers: %d", n))
+	evil.Stop(5 * time.Second)
+
+	// 9. An agent with the wrong gossip key cannot join, so never registers.
+	wrongKey := filepath.Join(t.TempDir(), "wrong.key")
+	if err := os.WriteFile(wrongKey, []byte(pki.run("gossip", "keygen")), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	a2Cert, a2Key := pki.issue("agent", "a2")
+	cl.AgentFlags = func(string) []string {
+		return []string{"--cluster-name", "e2e", "--tls-cert", a2Cert, "--tls-key", a2Key, "--tls-ca", pki.CA, "--gossip-key-file", wrongKey}
+	}
+	a2 := cl.StartAgent(t, "a2", "--engine", "openai", "--engine-url", "http://"+sim.Addr)
+	waitLog(t, a2.Proc, "join gossip", 30*time.Second)
+	listed := agentListed(t, apiClient, leader.URL(), "a2")
+	log.add("agent with the wrong gossip key joins", "cannot join gossip, never registers", !listed, "join failed; listed="+fmt.Sprint(listed))
+	a2.Stop(5 * time.Second)
+
+	// 10. Certificates rotate on SIGHUP without a restart.
+	c1 := cl.Coords[0]
+	next := pki.reissue("server", "c1")
+	if err := c1.Signal(syscall.SIGHUP); err != nil {
+		t.Fatal(err)
+	}
+	WaitFor(t, 10*time.Second, "c1 serving its new certificate", func() bool {
+		conn, err := tls.Dial("tcp", c1.HTTP, pki.tlsConfig("server.e2e.vbatch", "", ""))
+		if err != nil {
+			return false
+		}
+		defer conn.Close()
+		return conn.ConnectionState().PeerCertificates[0].SerialNumber.Cmp(next.SerialNumber) == 0
+	})
+	// The cluster still works after the rotation.
+	runSecureBatch(t, apiClient, c1.URL(), 20)
+}
+
+// runSecureBatch uploads n requests through base, runs them as a batch and
+// checks every request is answered exactly once.
+func runSecureBatch(t *testing.T, hc *http.Client, base string, n int) {
+	t.Helper()
+	id, err := chaosUploadWith(hc, base, "secure.jsonl", chaosLines("sec", n))
+	if err != nil {
+		t.Fatal(err)
+	}
+	req, _ := json.Marshal(map[string]string{"input_file_id": id, "endpoint": "/v1/chat/completions", "completion_window": "24h"})
+	code, body, err := apiCall(hc, "POST", base+"/v1/batches", "", req)
+	if err != nil || code != http.StatusOK {
+		t.Fatalf("create batch: %d %s %v", code, body, err)
+	}
+	var b chaosBatch
+	if err := json.Unmarshal(body, &b); err != nil {
+		t.Fatal(err)
+	}
+	WaitFor(t, 60*time.Second, "secure batch completed", func() bool {
+		code, body, err := apiCall(hc, "GET", base+"/v1/batches/"+b.ID, "", nil)
+		return err == nil && code == http.StatusOK && json.Unmarshal(body, &b) == nil && b.Status == "completed"
+	})
+	code, out, err := apiCall(hc, "GET", base+"/v1/files/"+b.OutputFileID+"/content", "", nil)
+	if err != nil || code != http.StatusOK {
+		t.Fatalf("output: %d %v", code, err)
+	}
+	seen := map[string]int{}
+	for _, line := range strings.Split(strings.TrimSpace(string(out)), "\n") {
+		var r struct {
+			CustomID string `json:"custom_id"`
+		}
+		if err := json.Unmarshal([]byte(line), &r); err != nil {
+			t.Fatalf("output line %q: %v", line, err)
+		}
+		seen[r.CustomID]++
+	}
+	if len(seen) != n || b.RequestCounts.Completed != int64(n) {
+		t.Fatalf("secure batch: %d distinct outputs, %d completed, want %d", len(seen), b.RequestCounts.Completed, n)
+	}
+	for id, c := range seen {
+		if c != 1 {
+			t.Fatalf("custom_id %s answered %d times", id, c)
+		}
+	}
+}
+
+// dialAndRead opens a TLS connection and reads from it: with TLS 1.3 a
+// server's refusal of the client certificate shows on the first read.
+func dialAndRead(addr string, cfg *tls.Config) error {
+	conn, err := tls.DialWithDialer(&net.Dialer{Timeout: 5 * time.Second}, "tcp", addr, cfg)
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	_ = conn.SetReadDeadline(time.Now().Add(2 * time.Second))
+	_, err = conn.Read(make([]byte, 1))
+	var ne net.Error
+	if errors.As(err, &ne) && ne.Timeout() {
+		return nil // the server kept the connection: accepted
+	}
+	return err
+}
+
+// runBriefly runs the binary, which is expected to exit on its own, and
+// returns its combined output and exit error; it is killed after 20s.
+func runBriefly(bin string, args ...string) (string, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	out, err := exec.CommandContext(ctx, bin, args...).CombinedOutput()
+	return string(out), err
+}
+
+// agentListed reports whether the cluster lists agent id.
+func agentListed(t *testing.T, hc *http.Client, base, id string) bool {
+	t.Helper()
+	code, body, err := apiCall(hc, "GET", base+"/v1/admin/agents", "", nil)
+	if err != nil || code != http.StatusOK {
+		t.Fatalf("list agents: %d %v", code, err)
+	}
+	return strings.Contains(string(body), `"`+id+`"`)
+}
+
+func errString(err error) string {
+	if err == nil {
+		return "accepted"
+	}
+	return err.Error()
+}
+
+func firstLine(b []byte) string {
+	s, _, _ := strings.Cut(strings.TrimSpace(string(b)), "\n")
+	return s
+}
