@@ -288,6 +288,8 @@ func TestFindsCoordinatorsOverGossip(t *testing.T) {
 		BindAddr:      "127.0.0.1:0",
 		Meta:          gossip.Meta{Role: gossip.RoleCoordinator, RPCAddr: rpcAddr},
 		ProbeInterval: 100 * time.Millisecond,
+		// Agents label their gossip with the cluster name.
+		Label: DefaultConfig().ClusterName,
 	})
 	if err != nil {
 		t.Fatal(err)
