@@ -18,8 +18,8 @@ import (
 )
 
 // TestMain lets the test binary stand in for vllm: with VBATCH_FAKE_VLLM=1
-// it parses `serve MODEL --host H --port P --api-key K` and serves the
-// simulator there until SIGTERM.
+// it parses `serve MODEL --host H --port P`, takes the API key from
+// VLLM_API_KEY as vLLM does, and serves the simulator there until SIGTERM.
 func TestMain(m *testing.M) {
 	if os.Getenv("VBATCH_FAKE_VLLM") == "1" {
 		os.Exit(fakeVLLM(os.Args[1:]))
@@ -32,7 +32,7 @@ func fakeVLLM(args []string) int {
 		fmt.Fprintln(os.Stderr, "usage: vllm serve MODEL [flags]")
 		return 2
 	}
-	cfg := sim.Config{Models: []string{args[1]}}
+	cfg := sim.Config{Models: []string{args[1]}, APIKey: os.Getenv("VLLM_API_KEY")}
 	var host, port string
 	for i := 2; i+1 < len(args); i += 2 {
 		switch args[i] {
@@ -40,8 +40,6 @@ func fakeVLLM(args []string) int {
 			host = args[i+1]
 		case "--port":
 			port = args[i+1]
-		case "--api-key":
-			cfg.APIKey = args[i+1]
 		case "--served-model-name":
 			cfg.Models = []string{args[i+1]}
 		}

@@ -28,8 +28,8 @@ type VLLMConfig struct {
 	// first argument of `vllm serve`.
 	Model string
 	// Args are extra arguments for `vllm serve`, e.g.
-	// ["--tensor-parallel-size", "2"]. --host, --port and --api-key are set
-	// by the agent and must not be given.
+	// ["--tensor-parallel-size", "2"]. --host and --port are set by the
+	// agent, and the API key is passed in VLLM_API_KEY: none may be given.
 	Args []string
 	// GPUs, when set, becomes CUDA_VISIBLE_DEVICES of the child.
 	GPUs string
@@ -118,6 +118,22 @@ func NewVLLM(cfg VLLMConfig) *VLLM {
 	}
 }
 
+// reservedArgs are the vllm serve flags the agent sets itself: letting
+// --vllm-args override them would expose vLLM beyond loopback or change its
+// key.
+var reservedArgs = []string{"--host", "--port", "--api-key", "--uds"}
+
+// checkReservedArgs refuses extra arguments that set a reserved flag.
+func checkReservedArgs(args []string) error {
+	for _, a := range args {
+		name, _, _ := strings.Cut(a, "=")
+		if slices.Contains(reservedArgs, name) {
+			return fmt.Errorf("vllm engine: %s is set by the agent (vLLM listens on 127.0.0.1 with a per-process key) and may not be given in --vllm-args", name)
+		}
+	}
+	return nil
+}
+
 // servedModelNames returns the names vLLM serves the model under: those of
 // --served-model-name when given, else the model itself.
 func servedModelNames(model string, args []string) []string {
@@ -148,6 +164,9 @@ func servedModelNames(model string, args []string) []string {
 func (e *VLLM) Start(ctx context.Context) error {
 	if e.cfg.Model == "" {
 		return errors.New("vllm engine: no model")
+	}
+	if err := checkReservedArgs(e.cfg.Args); err != nil {
+		return err
 	}
 	e.mu.Lock()
 	if e.cancel != nil {
@@ -182,9 +201,12 @@ func (e *VLLM) launch(ctx context.Context, key string) (*vllmProc, error) {
 	if err != nil {
 		return nil, err
 	}
-	args := append([]string{"serve", e.cfg.Model, "--host", "127.0.0.1", "--port", strconv.Itoa(port), "--api-key", key}, e.cfg.Args...)
+	args := append([]string{"serve", e.cfg.Model, "--host", "127.0.0.1", "--port", strconv.Itoa(port)}, e.cfg.Args...)
 	cmd := exec.Command(e.cfg.Bin, args...)
-	cmd.Env = os.Environ()
+	// The key goes in the environment, which only the agent's user can
+	// read (/proc/PID/environ), not on the command line every local user
+	// sees in ps; vLLM reads VLLM_API_KEY when --api-key is not given.
+	cmd.Env = append(os.Environ(), "VLLM_API_KEY="+key)
 	if e.cfg.GPUs != "" {
 		cmd.Env = append(cmd.Env, "CUDA_VISIBLE_DEVICES="+e.cfg.GPUs)
 	}

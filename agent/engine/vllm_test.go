@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -109,6 +110,14 @@ func TestVLLMSupervisor(t *testing.T) {
 	if resp.StatusCode != http.StatusUnauthorized {
 		t.Fatalf("request without the key: %d, want 401", resp.StatusCode)
 	}
+	// The key is not on the command line, where any local user sees it.
+	cmdline, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", e.PID()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if args := strings.Split(string(cmdline), "\x00"); slices.Contains(args, "--api-key") || !slices.Contains(args, "127.0.0.1") {
+		t.Fatalf("vllm command line %q: want --host 127.0.0.1 and no --api-key", args)
+	}
 
 	old := e.PID()
 	if err := syscall.Kill(old, syscall.SIGKILL); err != nil {
@@ -191,4 +200,13 @@ func groupLive(pgid int) bool {
 		}
 	}
 	return false
+}
+
+func TestVLLMRefusesReservedArgs(t *testing.T) {
+	for _, args := range [][]string{{"--host", "0.0.0.0"}, {"--port=9000"}, {"--tensor-parallel-size", "2", "--api-key", "x"}} {
+		e := NewVLLM(VLLMConfig{Model: "m", Bin: "/bin/false", Args: args})
+		if err := e.Start(context.Background()); err == nil || !strings.Contains(err.Error(), "may not be given") {
+			t.Errorf("args %q: Start = %v, want a refusal", args, err)
+		}
+	}
 }
