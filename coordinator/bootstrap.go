@@ -132,9 +132,17 @@ func (c *Coordinator) reconcileMembers() {
 		if !c.verifyPeers(context.Background(), []gossip.Member{m}) {
 			continue
 		}
-		c.log.Info("adding coordinator to raft", "node", m.Name, "raft_addr", m.Meta.RaftAddr)
-		if err := r.AddVoter(raft.ServerID(m.Name), raft.ServerAddress(m.Meta.RaftAddr), 0, 5*time.Second).Error(); err != nil {
-			c.log.Warn("add voter failed", "node", m.Name, "err", err)
+		// A new server joins as a non-voter: it does not count toward
+		// quorum until autopilot has seen it healthy for the stabilization
+		// time and promotes it. A known server whose address changed keeps
+		// its suffrage.
+		add, kind := r.AddNonvoter, "non-voter"
+		if ok && c.isVoter(m.Name) {
+			add, kind = r.AddVoter, "voter"
+		}
+		c.log.Info("adding coordinator to raft", "node", m.Name, "raft_addr", m.Meta.RaftAddr, "as", kind)
+		if err := add(raft.ServerID(m.Name), raft.ServerAddress(m.Meta.RaftAddr), 0, 5*time.Second).Error(); err != nil {
+			c.log.Warn("add server failed", "node", m.Name, "err", err)
 			continue
 		}
 		if _, err := c.commitBarrier("add voter"); err != nil {

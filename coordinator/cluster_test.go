@@ -26,6 +26,9 @@ func testTiming() Timing {
 		GossipProbeInterval: 200 * time.Millisecond,
 		RepairInterval:      200 * time.Millisecond,
 		BlobGCGrace:         time.Hour,
+		AutopilotInterval:   100 * time.Millisecond,
+		// Generous: a loaded test machine delays heartbeats.
+		AutopilotLastContact: 2 * time.Second,
 	}
 }
 
@@ -43,6 +46,7 @@ func startCluster(t testing.TB, n int) []*Coordinator {
 		cfg.BootstrapExpect = n
 		cfg.Join = join
 		cfg.Timing = testTiming()
+		cfg.ServerStabilizationTime = 300 * time.Millisecond
 		logger := slog.New(slog.NewTextHandler(io.Discard, nil))
 		c, err := Start(cfg, logger, io.Discard)
 		if err != nil {

@@ -62,6 +62,21 @@ type Config struct {
 	GossipKey     string `json:"gossip_key"`
 	GossipKeyFile string `json:"gossip_key_file"`
 
+	// DeadServerGrace is how long a coordinator may be gone from gossip
+	// before autopilot removes it from raft (0 turns removal off).
+	DeadServerGrace time.Duration `json:"dead_server_grace"`
+	// ServerStabilizationTime is how long a new coordinator must stay
+	// healthy before autopilot makes it a voter.
+	ServerStabilizationTime time.Duration `json:"server_stabilization_time"`
+	// MinQuorum is the fewest voters autopilot keeps when removing dead
+	// coordinators (0: no floor beyond raft's own quorum rule).
+	MinQuorum int `json:"min_quorum"`
+	// RaftSnapshotThreshold is how many log entries trigger a snapshot;
+	// RaftTrailingLogs how many stay after one, so a briefly absent
+	// follower catches up from the log and a new one from the snapshot.
+	RaftSnapshotThreshold uint64 `json:"raft_snapshot_threshold"`
+	RaftTrailingLogs      uint64 `json:"raft_trailing_logs"`
+
 	// Timing holds raft and gossip timings; zero values take LAN defaults.
 	Timing Timing `json:"-"`
 }
@@ -79,6 +94,11 @@ type Timing struct {
 	RepairInterval time.Duration
 	// BlobGCGrace keeps unreferenced blobs this long (uploads in flight).
 	BlobGCGrace time.Duration
+	// AutopilotInterval is how often autopilot updates its state and
+	// reconciles; AutopilotLastContact is the longest a healthy server
+	// may go without hearing from the leader.
+	AutopilotInterval    time.Duration
+	AutopilotLastContact time.Duration
 }
 
 // LANTiming returns the default timings.
@@ -91,23 +111,31 @@ func LANTiming() Timing {
 		GossipProbeInterval: 500 * time.Millisecond,
 		RepairInterval:      30 * time.Second,
 		BlobGCGrace:         10 * time.Minute,
+		AutopilotInterval:   time.Second,
+		// Heartbeats go out every HeartbeatTimeout/10; a follower that
+		// has not heard from the leader in two timeouts is not healthy.
+		AutopilotLastContact: time.Second,
 	}
 }
 
 // DefaultConfig returns a Config with every default filled in.
 func DefaultConfig() Config {
 	return Config{
-		HTTPAddr:        ":8000",
-		RPCAddr:         ":8001",
-		RaftAddr:        ":8002",
-		GossipAddr:      ":8003",
-		BootstrapExpect: 3,
-		MaxUploadBytes:  200 << 20,
-		MaxRequests:     50000,
-		ChunkSize:       500,
-		LeaseTTL:        30 * time.Second,
-		ClusterName:     tlsutil.DefaultCluster,
-		Timing:          LANTiming(),
+		HTTPAddr:                ":8000",
+		RPCAddr:                 ":8001",
+		RaftAddr:                ":8002",
+		GossipAddr:              ":8003",
+		BootstrapExpect:         3,
+		MaxUploadBytes:          200 << 20,
+		MaxRequests:             50000,
+		ChunkSize:               500,
+		LeaseTTL:                30 * time.Second,
+		DeadServerGrace:         5 * time.Minute,
+		ServerStabilizationTime: 10 * time.Second,
+		RaftSnapshotThreshold:   8192,
+		RaftTrailingLogs:        10240,
+		ClusterName:             tlsutil.DefaultCluster,
+		Timing:                  LANTiming(),
 	}
 }
 
@@ -128,6 +156,14 @@ func (c *Config) Check() error {
 		return errors.New("chunk size must be at least 1")
 	case c.LeaseTTL < time.Second:
 		return errors.New("lease TTL must be at least 1s")
+	case c.DeadServerGrace < 0 || c.ServerStabilizationTime < 0 || c.MinQuorum < 0:
+		return errors.New("autopilot settings must not be negative")
+	}
+	if c.RaftSnapshotThreshold == 0 {
+		c.RaftSnapshotThreshold = 8192
+	}
+	if c.RaftTrailingLogs == 0 {
+		c.RaftTrailingLogs = 10240
 	}
 	if c.ClusterName == "" {
 		c.ClusterName = tlsutil.DefaultCluster
@@ -150,7 +186,8 @@ func (c *Config) Check() error {
 		{&t.HeartbeatTimeout, def.HeartbeatTimeout}, {&t.ElectionTimeout, def.ElectionTimeout},
 		{&t.LeaderLeaseTimeout, def.LeaderLeaseTimeout}, {&t.CommitTimeout, def.CommitTimeout},
 		{&t.GossipProbeInterval, def.GossipProbeInterval}, {&t.RepairInterval, def.RepairInterval},
-		{&t.BlobGCGrace, def.BlobGCGrace},
+		{&t.BlobGCGrace, def.BlobGCGrace}, {&t.AutopilotInterval, def.AutopilotInterval},
+		{&t.AutopilotLastContact, def.AutopilotLastContact},
 	} {
 		if *f.v == 0 {
 			*f.v = f.d

@@ -58,6 +58,11 @@ type Coordinator struct {
 	httpSrv       *http.Server
 	rpcSrv        *http.Server
 
+	// autopilot is raft-autopilot's integration; it runs on the leader.
+	autopilot *autopilotDelegate
+	// logOut receives the JSON logs of raft and autopilot.
+	logOut io.Writer
+
 	// removed holds the servers remove-peer took out of raft.
 	removed removedPeers
 
@@ -106,6 +111,8 @@ func Start(cfg Config, logger *slog.Logger, logOut io.Writer) (c *Coordinator, e
 	c.metrics = monitoring.NewCoordinatorMetrics(c.registry)
 	c.agents = &agentService{c: c, telemetry: map[string]*AgentTelemetry{}}
 	c.router = newRouter(c)
+	c.autopilot = &autopilotDelegate{c: c}
+	c.logOut = logOut
 	var closers []func() error
 	defer func() {
 		if err != nil {

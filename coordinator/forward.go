@@ -238,6 +238,18 @@ func (s *clusterService) Status(ctx context.Context, _ *connect.Request[vbatchv1
 	return connect.NewResponse(s.c.localStatus()), nil
 }
 
+// AutopilotHealth reports the leader's autopilot state.
+func (s *clusterService) AutopilotHealth(ctx context.Context, _ *connect.Request[vbatchv1.AutopilotHealthRequest]) (*connect.Response[vbatchv1.AutopilotHealthResponse], error) {
+	if s.c.raftNode.raft.State() != raft.Leader {
+		return nil, connect.NewError(connect.CodeFailedPrecondition, raft.ErrNotLeader)
+	}
+	h := s.c.autopilotHealth()
+	if h == nil {
+		return nil, connect.NewError(connect.CodeUnavailable, errors.New("autopilot has no state yet"))
+	}
+	return connect.NewResponse(h), nil
+}
+
 // VerifyLeader confirms leadership and returns the commit index.
 func (s *clusterService) VerifyLeader(ctx context.Context, _ *connect.Request[vbatchv1.VerifyLeaderRequest]) (*connect.Response[vbatchv1.VerifyLeaderResponse], error) {
 	r := s.c.raftNode.raft
@@ -256,16 +268,17 @@ func (c *Coordinator) localStatus() *vbatchv1.StatusResponse {
 	_, leader := r.LeaderWithID()
 	term, _ := strconv.ParseUint(r.Stats()["term"], 10, 64)
 	return &vbatchv1.StatusResponse{
-		NodeId:       c.cfg.NodeID,
-		State:        r.State().String(),
-		Term:         term,
-		LastIndex:    r.LastIndex(),
-		AppliedIndex: r.AppliedIndex(),
-		CommitIndex:  r.CommitIndex(),
-		LeaderId:     string(leader),
-		HttpAddr:     c.httpAdvertise,
-		RaftAddr:     c.raftNode.advertise,
-		RpcAddr:      c.rpcAdvertise,
+		NodeId:        c.cfg.NodeID,
+		State:         r.State().String(),
+		Term:          term,
+		LastIndex:     r.LastIndex(),
+		AppliedIndex:  r.AppliedIndex(),
+		CommitIndex:   r.CommitIndex(),
+		LeaderId:      string(leader),
+		HttpAddr:      c.httpAdvertise,
+		RaftAddr:      c.raftNode.advertise,
+		RpcAddr:       c.rpcAdvertise,
+		LastContactMs: lastContactMs(r),
 	}
 }
 

@@ -67,6 +67,7 @@ type leaderRun struct {
 func (c *Coordinator) startLeaderRun(ctx context.Context) *leaderRun {
 	lctx, cancel := context.WithCancel(ctx)
 	r := &leaderRun{cancel: cancel, done: make(chan struct{})}
+	c.startAutopilot(lctx)
 	go func() {
 		defer close(r.done)
 		c.leaderLoop(lctx)

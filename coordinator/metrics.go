@@ -18,6 +18,7 @@ import (
 func (c *Coordinator) registerCollectors() {
 	c.registry.MustRegister(
 		monitoring.NewClusterCollector(clusterView{c: c}),
+		monitoring.NewAutopilotCollector(c.autopilotView),
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 	)

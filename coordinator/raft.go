@@ -63,8 +63,8 @@ func openRaft(cfg *Config, f *fsm.FSM, tlsStore *tlsutil.Store, logOut io.Writer
 	rc.CommitTimeout = cfg.Timing.CommitTimeout
 	// Snapshots every 8k entries keep restarts and catch-up fast; the
 	// trailing logs let a briefly absent follower catch up without one.
-	rc.SnapshotThreshold = 8192
-	rc.TrailingLogs = 10240
+	rc.SnapshotThreshold = cfg.RaftSnapshotThreshold
+	rc.TrailingLogs = cfg.RaftTrailingLogs
 	// A server taken out by remove-peer while alive stays a passive
 	// follower (it never campaigns outside the configuration), so the
 	// leader can add it back later without a restart.

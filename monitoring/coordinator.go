@@ -28,6 +28,9 @@ type CoordinatorMetrics struct {
 	Chunks *ChunkMetrics
 	// XIDErrors counts GPU XID error events agents report in telemetry.
 	XIDErrors *prometheus.CounterVec
+	// AutopilotRemoved counts coordinators autopilot removed from raft
+	// after they stayed out of gossip past the grace period.
+	AutopilotRemoved prometheus.Counter
 }
 
 // NewCoordinatorMetrics registers the coordinator metrics on reg.
@@ -46,10 +49,14 @@ func NewCoordinatorMetrics(reg prometheus.Registerer) *CoordinatorMetrics {
 			Name: "vllm_gpu_xid_errors_total",
 			Help: "GPU XID error events agents reported to this coordinator.",
 		}, []string{LabelAgent}),
+		AutopilotRemoved: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "vbatch_autopilot_dead_servers_removed_total",
+			Help: "Coordinators this node, as leader, removed from raft after they were gone from gossip past the grace period.",
+		}),
 		HTTP:   NewHTTPMetrics(reg),
 		Chunks: NewChunkMetrics(reg),
 	}
-	reg.MustRegister(m.ApplyDuration, m.StaleResultsRefused, m.XIDErrors)
+	reg.MustRegister(m.ApplyDuration, m.StaleResultsRefused, m.XIDErrors, m.AutopilotRemoved)
 	return m
 }
 

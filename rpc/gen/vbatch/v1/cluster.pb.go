@@ -147,17 +147,20 @@ func (*StatusRequest) Descriptor() ([]byte, []int) {
 }
 
 type StatusResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	NodeId        string                 `protobuf:"bytes,1,opt,name=node_id,json=nodeId,proto3" json:"node_id,omitempty"`
-	State         string                 `protobuf:"bytes,2,opt,name=state,proto3" json:"state,omitempty"`
-	Term          uint64                 `protobuf:"varint,3,opt,name=term,proto3" json:"term,omitempty"`
-	LastIndex     uint64                 `protobuf:"varint,4,opt,name=last_index,json=lastIndex,proto3" json:"last_index,omitempty"`
-	AppliedIndex  uint64                 `protobuf:"varint,5,opt,name=applied_index,json=appliedIndex,proto3" json:"applied_index,omitempty"`
-	CommitIndex   uint64                 `protobuf:"varint,6,opt,name=commit_index,json=commitIndex,proto3" json:"commit_index,omitempty"`
-	LeaderId      string                 `protobuf:"bytes,7,opt,name=leader_id,json=leaderId,proto3" json:"leader_id,omitempty"`
-	HttpAddr      string                 `protobuf:"bytes,8,opt,name=http_addr,json=httpAddr,proto3" json:"http_addr,omitempty"`
-	RaftAddr      string                 `protobuf:"bytes,9,opt,name=raft_addr,json=raftAddr,proto3" json:"raft_addr,omitempty"`
-	RpcAddr       string                 `protobuf:"bytes,10,opt,name=rpc_addr,json=rpcAddr,proto3" json:"rpc_addr,omitempty"`
+	state        protoimpl.MessageState `protogen:"open.v1"`
+	NodeId       string                 `protobuf:"bytes,1,opt,name=node_id,json=nodeId,proto3" json:"node_id,omitempty"`
+	State        string                 `protobuf:"bytes,2,opt,name=state,proto3" json:"state,omitempty"`
+	Term         uint64                 `protobuf:"varint,3,opt,name=term,proto3" json:"term,omitempty"`
+	LastIndex    uint64                 `protobuf:"varint,4,opt,name=last_index,json=lastIndex,proto3" json:"last_index,omitempty"`
+	AppliedIndex uint64                 `protobuf:"varint,5,opt,name=applied_index,json=appliedIndex,proto3" json:"applied_index,omitempty"`
+	CommitIndex  uint64                 `protobuf:"varint,6,opt,name=commit_index,json=commitIndex,proto3" json:"commit_index,omitempty"`
+	LeaderId     string                 `protobuf:"bytes,7,opt,name=leader_id,json=leaderId,proto3" json:"leader_id,omitempty"`
+	HttpAddr     string                 `protobuf:"bytes,8,opt,name=http_addr,json=httpAddr,proto3" json:"http_addr,omitempty"`
+	RaftAddr     string                 `protobuf:"bytes,9,opt,name=raft_addr,json=raftAddr,proto3" json:"raft_addr,omitempty"`
+	RpcAddr      string                 `protobuf:"bytes,10,opt,name=rpc_addr,json=rpcAddr,proto3" json:"rpc_addr,omitempty"`
+	// last_contact_ms is how long ago this node last heard from the leader:
+	// 0 on the leader, -1 if never.
+	LastContactMs int64 `protobuf:"varint,11,opt,name=last_contact_ms,json=lastContactMs,proto3" json:"last_contact_ms,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -262,6 +265,249 @@ func (x *StatusResponse) GetRpcAddr() string {
 	return ""
 }
 
+func (x *StatusResponse) GetLastContactMs() int64 {
+	if x != nil {
+		return x.LastContactMs
+	}
+	return 0
+}
+
+type AutopilotHealthRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AutopilotHealthRequest) Reset() {
+	*x = AutopilotHealthRequest{}
+	mi := &file_vbatch_v1_cluster_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AutopilotHealthRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AutopilotHealthRequest) ProtoMessage() {}
+
+func (x *AutopilotHealthRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_vbatch_v1_cluster_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AutopilotHealthRequest.ProtoReflect.Descriptor instead.
+func (*AutopilotHealthRequest) Descriptor() ([]byte, []int) {
+	return file_vbatch_v1_cluster_proto_rawDescGZIP(), []int{4}
+}
+
+type AutopilotHealthResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// healthy: every voter is healthy (alive, in contact, caught up).
+	Healthy bool `protobuf:"varint,1,opt,name=healthy,proto3" json:"healthy,omitempty"`
+	// failure_tolerance is how many voters may fail with quorum kept.
+	FailureTolerance int32 `protobuf:"varint,2,opt,name=failure_tolerance,json=failureTolerance,proto3" json:"failure_tolerance,omitempty"`
+	// stabilization_time_ms is how long a server must stay healthy before
+	// it counts as stable (and a new one is promoted to voter).
+	StabilizationTimeMs int64              `protobuf:"varint,3,opt,name=stabilization_time_ms,json=stabilizationTimeMs,proto3" json:"stabilization_time_ms,omitempty"`
+	LeaderId            string             `protobuf:"bytes,4,opt,name=leader_id,json=leaderId,proto3" json:"leader_id,omitempty"`
+	Servers             []*AutopilotServer `protobuf:"bytes,5,rep,name=servers,proto3" json:"servers,omitempty"`
+	// dead_server_grace_ms is how long a coordinator may be gone from gossip
+	// before autopilot removes it from raft.
+	DeadServerGraceMs int64 `protobuf:"varint,6,opt,name=dead_server_grace_ms,json=deadServerGraceMs,proto3" json:"dead_server_grace_ms,omitempty"`
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
+}
+
+func (x *AutopilotHealthResponse) Reset() {
+	*x = AutopilotHealthResponse{}
+	mi := &file_vbatch_v1_cluster_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AutopilotHealthResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AutopilotHealthResponse) ProtoMessage() {}
+
+func (x *AutopilotHealthResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_vbatch_v1_cluster_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AutopilotHealthResponse.ProtoReflect.Descriptor instead.
+func (*AutopilotHealthResponse) Descriptor() ([]byte, []int) {
+	return file_vbatch_v1_cluster_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *AutopilotHealthResponse) GetHealthy() bool {
+	if x != nil {
+		return x.Healthy
+	}
+	return false
+}
+
+func (x *AutopilotHealthResponse) GetFailureTolerance() int32 {
+	if x != nil {
+		return x.FailureTolerance
+	}
+	return 0
+}
+
+func (x *AutopilotHealthResponse) GetStabilizationTimeMs() int64 {
+	if x != nil {
+		return x.StabilizationTimeMs
+	}
+	return 0
+}
+
+func (x *AutopilotHealthResponse) GetLeaderId() string {
+	if x != nil {
+		return x.LeaderId
+	}
+	return ""
+}
+
+func (x *AutopilotHealthResponse) GetServers() []*AutopilotServer {
+	if x != nil {
+		return x.Servers
+	}
+	return nil
+}
+
+func (x *AutopilotHealthResponse) GetDeadServerGraceMs() int64 {
+	if x != nil {
+		return x.DeadServerGraceMs
+	}
+	return 0
+}
+
+type AutopilotServer struct {
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	Id      string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	Address string                 `protobuf:"bytes,2,opt,name=address,proto3" json:"address,omitempty"`
+	// node_status: alive, failed (gone past the grace period), left.
+	NodeStatus string `protobuf:"bytes,3,opt,name=node_status,json=nodeStatus,proto3" json:"node_status,omitempty"`
+	// raft_state: leader, voter, non-voter, staging.
+	RaftState         string `protobuf:"bytes,4,opt,name=raft_state,json=raftState,proto3" json:"raft_state,omitempty"`
+	Healthy           bool   `protobuf:"varint,5,opt,name=healthy,proto3" json:"healthy,omitempty"`
+	StableSinceUnixMs int64  `protobuf:"varint,6,opt,name=stable_since_unix_ms,json=stableSinceUnixMs,proto3" json:"stable_since_unix_ms,omitempty"`
+	LastContactMs     int64  `protobuf:"varint,7,opt,name=last_contact_ms,json=lastContactMs,proto3" json:"last_contact_ms,omitempty"`
+	LastTerm          uint64 `protobuf:"varint,8,opt,name=last_term,json=lastTerm,proto3" json:"last_term,omitempty"`
+	LastIndex         uint64 `protobuf:"varint,9,opt,name=last_index,json=lastIndex,proto3" json:"last_index,omitempty"`
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
+}
+
+func (x *AutopilotServer) Reset() {
+	*x = AutopilotServer{}
+	mi := &file_vbatch_v1_cluster_proto_msgTypes[6]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AutopilotServer) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AutopilotServer) ProtoMessage() {}
+
+func (x *AutopilotServer) ProtoReflect() protoreflect.Message {
+	mi := &file_vbatch_v1_cluster_proto_msgTypes[6]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AutopilotServer.ProtoReflect.Descriptor instead.
+func (*AutopilotServer) Descriptor() ([]byte, []int) {
+	return file_vbatch_v1_cluster_proto_rawDescGZIP(), []int{6}
+}
+
+func (x *AutopilotServer) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *AutopilotServer) GetAddress() string {
+	if x != nil {
+		return x.Address
+	}
+	return ""
+}
+
+func (x *AutopilotServer) GetNodeStatus() string {
+	if x != nil {
+		return x.NodeStatus
+	}
+	return ""
+}
+
+func (x *AutopilotServer) GetRaftState() string {
+	if x != nil {
+		return x.RaftState
+	}
+	return ""
+}
+
+func (x *AutopilotServer) GetHealthy() bool {
+	if x != nil {
+		return x.Healthy
+	}
+	return false
+}
+
+func (x *AutopilotServer) GetStableSinceUnixMs() int64 {
+	if x != nil {
+		return x.StableSinceUnixMs
+	}
+	return 0
+}
+
+func (x *AutopilotServer) GetLastContactMs() int64 {
+	if x != nil {
+		return x.LastContactMs
+	}
+	return 0
+}
+
+func (x *AutopilotServer) GetLastTerm() uint64 {
+	if x != nil {
+		return x.LastTerm
+	}
+	return 0
+}
+
+func (x *AutopilotServer) GetLastIndex() uint64 {
+	if x != nil {
+		return x.LastIndex
+	}
+	return 0
+}
+
 type VerifyLeaderRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	unknownFields protoimpl.UnknownFields
@@ -270,7 +516,7 @@ type VerifyLeaderRequest struct {
 
 func (x *VerifyLeaderRequest) Reset() {
 	*x = VerifyLeaderRequest{}
-	mi := &file_vbatch_v1_cluster_proto_msgTypes[4]
+	mi := &file_vbatch_v1_cluster_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -282,7 +528,7 @@ func (x *VerifyLeaderRequest) String() string {
 func (*VerifyLeaderRequest) ProtoMessage() {}
 
 func (x *VerifyLeaderRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_vbatch_v1_cluster_proto_msgTypes[4]
+	mi := &file_vbatch_v1_cluster_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -295,7 +541,7 @@ func (x *VerifyLeaderRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VerifyLeaderRequest.ProtoReflect.Descriptor instead.
 func (*VerifyLeaderRequest) Descriptor() ([]byte, []int) {
-	return file_vbatch_v1_cluster_proto_rawDescGZIP(), []int{4}
+	return file_vbatch_v1_cluster_proto_rawDescGZIP(), []int{7}
 }
 
 type VerifyLeaderResponse struct {
@@ -307,7 +553,7 @@ type VerifyLeaderResponse struct {
 
 func (x *VerifyLeaderResponse) Reset() {
 	*x = VerifyLeaderResponse{}
-	mi := &file_vbatch_v1_cluster_proto_msgTypes[5]
+	mi := &file_vbatch_v1_cluster_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -319,7 +565,7 @@ func (x *VerifyLeaderResponse) String() string {
 func (*VerifyLeaderResponse) ProtoMessage() {}
 
 func (x *VerifyLeaderResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_vbatch_v1_cluster_proto_msgTypes[5]
+	mi := &file_vbatch_v1_cluster_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -332,7 +578,7 @@ func (x *VerifyLeaderResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VerifyLeaderResponse.ProtoReflect.Descriptor instead.
 func (*VerifyLeaderResponse) Descriptor() ([]byte, []int) {
-	return file_vbatch_v1_cluster_proto_rawDescGZIP(), []int{5}
+	return file_vbatch_v1_cluster_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *VerifyLeaderResponse) GetIndex() uint64 {
@@ -353,7 +599,7 @@ type TransferLeadershipRequest struct {
 
 func (x *TransferLeadershipRequest) Reset() {
 	*x = TransferLeadershipRequest{}
-	mi := &file_vbatch_v1_cluster_proto_msgTypes[6]
+	mi := &file_vbatch_v1_cluster_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -365,7 +611,7 @@ func (x *TransferLeadershipRequest) String() string {
 func (*TransferLeadershipRequest) ProtoMessage() {}
 
 func (x *TransferLeadershipRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_vbatch_v1_cluster_proto_msgTypes[6]
+	mi := &file_vbatch_v1_cluster_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -378,7 +624,7 @@ func (x *TransferLeadershipRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TransferLeadershipRequest.ProtoReflect.Descriptor instead.
 func (*TransferLeadershipRequest) Descriptor() ([]byte, []int) {
-	return file_vbatch_v1_cluster_proto_rawDescGZIP(), []int{6}
+	return file_vbatch_v1_cluster_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *TransferLeadershipRequest) GetTo() string {
@@ -398,7 +644,7 @@ type TransferLeadershipResponse struct {
 
 func (x *TransferLeadershipResponse) Reset() {
 	*x = TransferLeadershipResponse{}
-	mi := &file_vbatch_v1_cluster_proto_msgTypes[7]
+	mi := &file_vbatch_v1_cluster_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -410,7 +656,7 @@ func (x *TransferLeadershipResponse) String() string {
 func (*TransferLeadershipResponse) ProtoMessage() {}
 
 func (x *TransferLeadershipResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_vbatch_v1_cluster_proto_msgTypes[7]
+	mi := &file_vbatch_v1_cluster_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -423,7 +669,7 @@ func (x *TransferLeadershipResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TransferLeadershipResponse.ProtoReflect.Descriptor instead.
 func (*TransferLeadershipResponse) Descriptor() ([]byte, []int) {
-	return file_vbatch_v1_cluster_proto_rawDescGZIP(), []int{7}
+	return file_vbatch_v1_cluster_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *TransferLeadershipResponse) GetLeader() string {
@@ -442,7 +688,7 @@ type RemovePeerRequest struct {
 
 func (x *RemovePeerRequest) Reset() {
 	*x = RemovePeerRequest{}
-	mi := &file_vbatch_v1_cluster_proto_msgTypes[8]
+	mi := &file_vbatch_v1_cluster_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -454,7 +700,7 @@ func (x *RemovePeerRequest) String() string {
 func (*RemovePeerRequest) ProtoMessage() {}
 
 func (x *RemovePeerRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_vbatch_v1_cluster_proto_msgTypes[8]
+	mi := &file_vbatch_v1_cluster_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -467,7 +713,7 @@ func (x *RemovePeerRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemovePeerRequest.ProtoReflect.Descriptor instead.
 func (*RemovePeerRequest) Descriptor() ([]byte, []int) {
-	return file_vbatch_v1_cluster_proto_rawDescGZIP(), []int{8}
+	return file_vbatch_v1_cluster_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *RemovePeerRequest) GetId() string {
@@ -485,7 +731,7 @@ type RemovePeerResponse struct {
 
 func (x *RemovePeerResponse) Reset() {
 	*x = RemovePeerResponse{}
-	mi := &file_vbatch_v1_cluster_proto_msgTypes[9]
+	mi := &file_vbatch_v1_cluster_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -497,7 +743,7 @@ func (x *RemovePeerResponse) String() string {
 func (*RemovePeerResponse) ProtoMessage() {}
 
 func (x *RemovePeerResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_vbatch_v1_cluster_proto_msgTypes[9]
+	mi := &file_vbatch_v1_cluster_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -510,7 +756,7 @@ func (x *RemovePeerResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemovePeerResponse.ProtoReflect.Descriptor instead.
 func (*RemovePeerResponse) Descriptor() ([]byte, []int) {
-	return file_vbatch_v1_cluster_proto_rawDescGZIP(), []int{9}
+	return file_vbatch_v1_cluster_proto_rawDescGZIP(), []int{12}
 }
 
 type RestoreRequest struct {
@@ -523,7 +769,7 @@ type RestoreRequest struct {
 
 func (x *RestoreRequest) Reset() {
 	*x = RestoreRequest{}
-	mi := &file_vbatch_v1_cluster_proto_msgTypes[10]
+	mi := &file_vbatch_v1_cluster_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -535,7 +781,7 @@ func (x *RestoreRequest) String() string {
 func (*RestoreRequest) ProtoMessage() {}
 
 func (x *RestoreRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_vbatch_v1_cluster_proto_msgTypes[10]
+	mi := &file_vbatch_v1_cluster_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -548,7 +794,7 @@ func (x *RestoreRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RestoreRequest.ProtoReflect.Descriptor instead.
 func (*RestoreRequest) Descriptor() ([]byte, []int) {
-	return file_vbatch_v1_cluster_proto_rawDescGZIP(), []int{10}
+	return file_vbatch_v1_cluster_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *RestoreRequest) GetSnapshot() []byte {
@@ -568,7 +814,7 @@ type RestoreResponse struct {
 
 func (x *RestoreResponse) Reset() {
 	*x = RestoreResponse{}
-	mi := &file_vbatch_v1_cluster_proto_msgTypes[11]
+	mi := &file_vbatch_v1_cluster_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -580,7 +826,7 @@ func (x *RestoreResponse) String() string {
 func (*RestoreResponse) ProtoMessage() {}
 
 func (x *RestoreResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_vbatch_v1_cluster_proto_msgTypes[11]
+	mi := &file_vbatch_v1_cluster_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -593,7 +839,7 @@ func (x *RestoreResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RestoreResponse.ProtoReflect.Descriptor instead.
 func (*RestoreResponse) Descriptor() ([]byte, []int) {
-	return file_vbatch_v1_cluster_proto_rawDescGZIP(), []int{11}
+	return file_vbatch_v1_cluster_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *RestoreResponse) GetIndex() uint64 {
@@ -615,7 +861,7 @@ type ShareTelemetryRequest struct {
 
 func (x *ShareTelemetryRequest) Reset() {
 	*x = ShareTelemetryRequest{}
-	mi := &file_vbatch_v1_cluster_proto_msgTypes[12]
+	mi := &file_vbatch_v1_cluster_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -627,7 +873,7 @@ func (x *ShareTelemetryRequest) String() string {
 func (*ShareTelemetryRequest) ProtoMessage() {}
 
 func (x *ShareTelemetryRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_vbatch_v1_cluster_proto_msgTypes[12]
+	mi := &file_vbatch_v1_cluster_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -640,7 +886,7 @@ func (x *ShareTelemetryRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ShareTelemetryRequest.ProtoReflect.Descriptor instead.
 func (*ShareTelemetryRequest) Descriptor() ([]byte, []int) {
-	return file_vbatch_v1_cluster_proto_rawDescGZIP(), []int{12}
+	return file_vbatch_v1_cluster_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *ShareTelemetryRequest) GetReport() *TelemetryRequest {
@@ -665,7 +911,7 @@ type ShareTelemetryResponse struct {
 
 func (x *ShareTelemetryResponse) Reset() {
 	*x = ShareTelemetryResponse{}
-	mi := &file_vbatch_v1_cluster_proto_msgTypes[13]
+	mi := &file_vbatch_v1_cluster_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -677,7 +923,7 @@ func (x *ShareTelemetryResponse) String() string {
 func (*ShareTelemetryResponse) ProtoMessage() {}
 
 func (x *ShareTelemetryResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_vbatch_v1_cluster_proto_msgTypes[13]
+	mi := &file_vbatch_v1_cluster_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -690,7 +936,7 @@ func (x *ShareTelemetryResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ShareTelemetryResponse.ProtoReflect.Descriptor instead.
 func (*ShareTelemetryResponse) Descriptor() ([]byte, []int) {
-	return file_vbatch_v1_cluster_proto_rawDescGZIP(), []int{13}
+	return file_vbatch_v1_cluster_proto_rawDescGZIP(), []int{16}
 }
 
 var File_vbatch_v1_cluster_proto protoreflect.FileDescriptor
@@ -702,7 +948,7 @@ const file_vbatch_v1_cluster_proto_rawDesc = "" +
 	"\benvelope\x18\x01 \x01(\fR\benvelope\":\n" +
 	"\rApplyResponse\x12)\n" +
 	"\x06result\x18\x01 \x01(\v2\x11.vbatch.v1.ResultR\x06result\"\x0f\n" +
-	"\rStatusRequest\"\xac\x02\n" +
+	"\rStatusRequest\"\xd4\x02\n" +
 	"\x0eStatusResponse\x12\x17\n" +
 	"\anode_id\x18\x01 \x01(\tR\x06nodeId\x12\x14\n" +
 	"\x05state\x18\x02 \x01(\tR\x05state\x12\x12\n" +
@@ -715,7 +961,29 @@ const file_vbatch_v1_cluster_proto_rawDesc = "" +
 	"\thttp_addr\x18\b \x01(\tR\bhttpAddr\x12\x1b\n" +
 	"\traft_addr\x18\t \x01(\tR\braftAddr\x12\x19\n" +
 	"\brpc_addr\x18\n" +
-	" \x01(\tR\arpcAddr\"\x15\n" +
+	" \x01(\tR\arpcAddr\x12&\n" +
+	"\x0flast_contact_ms\x18\v \x01(\x03R\rlastContactMs\"\x18\n" +
+	"\x16AutopilotHealthRequest\"\x98\x02\n" +
+	"\x17AutopilotHealthResponse\x12\x18\n" +
+	"\ahealthy\x18\x01 \x01(\bR\ahealthy\x12+\n" +
+	"\x11failure_tolerance\x18\x02 \x01(\x05R\x10failureTolerance\x122\n" +
+	"\x15stabilization_time_ms\x18\x03 \x01(\x03R\x13stabilizationTimeMs\x12\x1b\n" +
+	"\tleader_id\x18\x04 \x01(\tR\bleaderId\x124\n" +
+	"\aservers\x18\x05 \x03(\v2\x1a.vbatch.v1.AutopilotServerR\aservers\x12/\n" +
+	"\x14dead_server_grace_ms\x18\x06 \x01(\x03R\x11deadServerGraceMs\"\xaa\x02\n" +
+	"\x0fAutopilotServer\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12\x18\n" +
+	"\aaddress\x18\x02 \x01(\tR\aaddress\x12\x1f\n" +
+	"\vnode_status\x18\x03 \x01(\tR\n" +
+	"nodeStatus\x12\x1d\n" +
+	"\n" +
+	"raft_state\x18\x04 \x01(\tR\traftState\x12\x18\n" +
+	"\ahealthy\x18\x05 \x01(\bR\ahealthy\x12/\n" +
+	"\x14stable_since_unix_ms\x18\x06 \x01(\x03R\x11stableSinceUnixMs\x12&\n" +
+	"\x0flast_contact_ms\x18\a \x01(\x03R\rlastContactMs\x12\x1b\n" +
+	"\tlast_term\x18\b \x01(\x04R\blastTerm\x12\x1d\n" +
+	"\n" +
+	"last_index\x18\t \x01(\x04R\tlastIndex\"\x15\n" +
 	"\x13VerifyLeaderRequest\",\n" +
 	"\x14VerifyLeaderResponse\x12\x14\n" +
 	"\x05index\x18\x01 \x01(\x04R\x05index\"+\n" +
@@ -733,7 +1001,7 @@ const file_vbatch_v1_cluster_proto_rawDesc = "" +
 	"\x15ShareTelemetryRequest\x123\n" +
 	"\x06report\x18\x01 \x01(\v2\x1b.vbatch.v1.TelemetryRequestR\x06report\x12-\n" +
 	"\x13received_at_unix_ms\x18\x02 \x01(\x03R\x10receivedAtUnixMs\"\x18\n" +
-	"\x16ShareTelemetryResponse2\xb1\x04\n" +
+	"\x16ShareTelemetryResponse2\x8d\x05\n" +
 	"\x0eClusterService\x12<\n" +
 	"\x05Apply\x12\x17.vbatch.v1.ApplyRequest\x1a\x18.vbatch.v1.ApplyResponse\"\x00\x12?\n" +
 	"\x06Status\x12\x18.vbatch.v1.StatusRequest\x1a\x19.vbatch.v1.StatusResponse\"\x00\x12Q\n" +
@@ -742,7 +1010,8 @@ const file_vbatch_v1_cluster_proto_rawDesc = "" +
 	"\n" +
 	"RemovePeer\x12\x1c.vbatch.v1.RemovePeerRequest\x1a\x1d.vbatch.v1.RemovePeerResponse\"\x00\x12B\n" +
 	"\aRestore\x12\x19.vbatch.v1.RestoreRequest\x1a\x1a.vbatch.v1.RestoreResponse\"\x00\x12W\n" +
-	"\x0eShareTelemetry\x12 .vbatch.v1.ShareTelemetryRequest\x1a!.vbatch.v1.ShareTelemetryResponse\"\x00B5Z3github.com/vbatch/vbatch/rpc/gen/vbatch/v1;vbatchv1b\x06proto3"
+	"\x0eShareTelemetry\x12 .vbatch.v1.ShareTelemetryRequest\x1a!.vbatch.v1.ShareTelemetryResponse\"\x00\x12Z\n" +
+	"\x0fAutopilotHealth\x12!.vbatch.v1.AutopilotHealthRequest\x1a\".vbatch.v1.AutopilotHealthResponse\"\x00B5Z3github.com/vbatch/vbatch/rpc/gen/vbatch/v1;vbatchv1b\x06proto3"
 
 var (
 	file_vbatch_v1_cluster_proto_rawDescOnce sync.Once
@@ -756,47 +1025,53 @@ func file_vbatch_v1_cluster_proto_rawDescGZIP() []byte {
 	return file_vbatch_v1_cluster_proto_rawDescData
 }
 
-var file_vbatch_v1_cluster_proto_msgTypes = make([]protoimpl.MessageInfo, 14)
+var file_vbatch_v1_cluster_proto_msgTypes = make([]protoimpl.MessageInfo, 17)
 var file_vbatch_v1_cluster_proto_goTypes = []any{
 	(*ApplyRequest)(nil),               // 0: vbatch.v1.ApplyRequest
 	(*ApplyResponse)(nil),              // 1: vbatch.v1.ApplyResponse
 	(*StatusRequest)(nil),              // 2: vbatch.v1.StatusRequest
 	(*StatusResponse)(nil),             // 3: vbatch.v1.StatusResponse
-	(*VerifyLeaderRequest)(nil),        // 4: vbatch.v1.VerifyLeaderRequest
-	(*VerifyLeaderResponse)(nil),       // 5: vbatch.v1.VerifyLeaderResponse
-	(*TransferLeadershipRequest)(nil),  // 6: vbatch.v1.TransferLeadershipRequest
-	(*TransferLeadershipResponse)(nil), // 7: vbatch.v1.TransferLeadershipResponse
-	(*RemovePeerRequest)(nil),          // 8: vbatch.v1.RemovePeerRequest
-	(*RemovePeerResponse)(nil),         // 9: vbatch.v1.RemovePeerResponse
-	(*RestoreRequest)(nil),             // 10: vbatch.v1.RestoreRequest
-	(*RestoreResponse)(nil),            // 11: vbatch.v1.RestoreResponse
-	(*ShareTelemetryRequest)(nil),      // 12: vbatch.v1.ShareTelemetryRequest
-	(*ShareTelemetryResponse)(nil),     // 13: vbatch.v1.ShareTelemetryResponse
-	(*Result)(nil),                     // 14: vbatch.v1.Result
-	(*TelemetryRequest)(nil),           // 15: vbatch.v1.TelemetryRequest
+	(*AutopilotHealthRequest)(nil),     // 4: vbatch.v1.AutopilotHealthRequest
+	(*AutopilotHealthResponse)(nil),    // 5: vbatch.v1.AutopilotHealthResponse
+	(*AutopilotServer)(nil),            // 6: vbatch.v1.AutopilotServer
+	(*VerifyLeaderRequest)(nil),        // 7: vbatch.v1.VerifyLeaderRequest
+	(*VerifyLeaderResponse)(nil),       // 8: vbatch.v1.VerifyLeaderResponse
+	(*TransferLeadershipRequest)(nil),  // 9: vbatch.v1.TransferLeadershipRequest
+	(*TransferLeadershipResponse)(nil), // 10: vbatch.v1.TransferLeadershipResponse
+	(*RemovePeerRequest)(nil),          // 11: vbatch.v1.RemovePeerRequest
+	(*RemovePeerResponse)(nil),         // 12: vbatch.v1.RemovePeerResponse
+	(*RestoreRequest)(nil),             // 13: vbatch.v1.RestoreRequest
+	(*RestoreResponse)(nil),            // 14: vbatch.v1.RestoreResponse
+	(*ShareTelemetryRequest)(nil),      // 15: vbatch.v1.ShareTelemetryRequest
+	(*ShareTelemetryResponse)(nil),     // 16: vbatch.v1.ShareTelemetryResponse
+	(*Result)(nil),                     // 17: vbatch.v1.Result
+	(*TelemetryRequest)(nil),           // 18: vbatch.v1.TelemetryRequest
 }
 var file_vbatch_v1_cluster_proto_depIdxs = []int32{
-	14, // 0: vbatch.v1.ApplyResponse.result:type_name -> vbatch.v1.Result
-	15, // 1: vbatch.v1.ShareTelemetryRequest.report:type_name -> vbatch.v1.TelemetryRequest
-	0,  // 2: vbatch.v1.ClusterService.Apply:input_type -> vbatch.v1.ApplyRequest
-	2,  // 3: vbatch.v1.ClusterService.Status:input_type -> vbatch.v1.StatusRequest
-	4,  // 4: vbatch.v1.ClusterService.VerifyLeader:input_type -> vbatch.v1.VerifyLeaderRequest
-	6,  // 5: vbatch.v1.ClusterService.TransferLeadership:input_type -> vbatch.v1.TransferLeadershipRequest
-	8,  // 6: vbatch.v1.ClusterService.RemovePeer:input_type -> vbatch.v1.RemovePeerRequest
-	10, // 7: vbatch.v1.ClusterService.Restore:input_type -> vbatch.v1.RestoreRequest
-	12, // 8: vbatch.v1.ClusterService.ShareTelemetry:input_type -> vbatch.v1.ShareTelemetryRequest
-	1,  // 9: vbatch.v1.ClusterService.Apply:output_type -> vbatch.v1.ApplyResponse
-	3,  // 10: vbatch.v1.ClusterService.Status:output_type -> vbatch.v1.StatusResponse
-	5,  // 11: vbatch.v1.ClusterService.VerifyLeader:output_type -> vbatch.v1.VerifyLeaderResponse
-	7,  // 12: vbatch.v1.ClusterService.TransferLeadership:output_type -> vbatch.v1.TransferLeadershipResponse
-	9,  // 13: vbatch.v1.ClusterService.RemovePeer:output_type -> vbatch.v1.RemovePeerResponse
-	11, // 14: vbatch.v1.ClusterService.Restore:output_type -> vbatch.v1.RestoreResponse
-	13, // 15: vbatch.v1.ClusterService.ShareTelemetry:output_type -> vbatch.v1.ShareTelemetryResponse
-	9,  // [9:16] is the sub-list for method output_type
-	2,  // [2:9] is the sub-list for method input_type
-	2,  // [2:2] is the sub-list for extension type_name
-	2,  // [2:2] is the sub-list for extension extendee
-	0,  // [0:2] is the sub-list for field type_name
+	17, // 0: vbatch.v1.ApplyResponse.result:type_name -> vbatch.v1.Result
+	6,  // 1: vbatch.v1.AutopilotHealthResponse.servers:type_name -> vbatch.v1.AutopilotServer
+	18, // 2: vbatch.v1.ShareTelemetryRequest.report:type_name -> vbatch.v1.TelemetryRequest
+	0,  // 3: vbatch.v1.ClusterService.Apply:input_type -> vbatch.v1.ApplyRequest
+	2,  // 4: vbatch.v1.ClusterService.Status:input_type -> vbatch.v1.StatusRequest
+	7,  // 5: vbatch.v1.ClusterService.VerifyLeader:input_type -> vbatch.v1.VerifyLeaderRequest
+	9,  // 6: vbatch.v1.ClusterService.TransferLeadership:input_type -> vbatch.v1.TransferLeadershipRequest
+	11, // 7: vbatch.v1.ClusterService.RemovePeer:input_type -> vbatch.v1.RemovePeerRequest
+	13, // 8: vbatch.v1.ClusterService.Restore:input_type -> vbatch.v1.RestoreRequest
+	15, // 9: vbatch.v1.ClusterService.ShareTelemetry:input_type -> vbatch.v1.ShareTelemetryRequest
+	4,  // 10: vbatch.v1.ClusterService.AutopilotHealth:input_type -> vbatch.v1.AutopilotHealthRequest
+	1,  // 11: vbatch.v1.ClusterService.Apply:output_type -> vbatch.v1.ApplyResponse
+	3,  // 12: vbatch.v1.ClusterService.Status:output_type -> vbatch.v1.StatusResponse
+	8,  // 13: vbatch.v1.ClusterService.VerifyLeader:output_type -> vbatch.v1.VerifyLeaderResponse
+	10, // 14: vbatch.v1.ClusterService.TransferLeadership:output_type -> vbatch.v1.TransferLeadershipResponse
+	12, // 15: vbatch.v1.ClusterService.RemovePeer:output_type -> vbatch.v1.RemovePeerResponse
+	14, // 16: vbatch.v1.ClusterService.Restore:output_type -> vbatch.v1.RestoreResponse
+	16, // 17: vbatch.v1.ClusterService.ShareTelemetry:output_type -> vbatch.v1.ShareTelemetryResponse
+	5,  // 18: vbatch.v1.ClusterService.AutopilotHealth:output_type -> vbatch.v1.AutopilotHealthResponse
+	11, // [11:19] is the sub-list for method output_type
+	3,  // [3:11] is the sub-list for method input_type
+	3,  // [3:3] is the sub-list for extension type_name
+	3,  // [3:3] is the sub-list for extension extendee
+	0,  // [0:3] is the sub-list for field type_name
 }
 
 func init() { file_vbatch_v1_cluster_proto_init() }
@@ -812,7 +1087,7 @@ func file_vbatch_v1_cluster_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_vbatch_v1_cluster_proto_rawDesc), len(file_vbatch_v1_cluster_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   14,
+			NumMessages:   17,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -51,6 +51,9 @@ const (
 	// ClusterServiceShareTelemetryProcedure is the fully-qualified name of the ClusterService's
 	// ShareTelemetry RPC.
 	ClusterServiceShareTelemetryProcedure = "/vbatch.v1.ClusterService/ShareTelemetry"
+	// ClusterServiceAutopilotHealthProcedure is the fully-qualified name of the ClusterService's
+	// AutopilotHealth RPC.
+	ClusterServiceAutopilotHealthProcedure = "/vbatch.v1.ClusterService/AutopilotHealth"
 )
 
 // ClusterServiceClient is a client for the vbatch.v1.ClusterService service.
@@ -72,6 +75,9 @@ type ClusterServiceClient interface {
 	// ShareTelemetry hands a peer the latest telemetry an agent sent here, so
 	// every coordinator exports the same GPU and engine figures.
 	ShareTelemetry(context.Context, *connect.Request[v1.ShareTelemetryRequest]) (*connect.Response[v1.ShareTelemetryResponse], error)
+	// AutopilotHealth reports the leader's autopilot view: server health,
+	// failure tolerance and stabilization. Only the leader answers.
+	AutopilotHealth(context.Context, *connect.Request[v1.AutopilotHealthRequest]) (*connect.Response[v1.AutopilotHealthResponse], error)
 }
 
 // NewClusterServiceClient constructs a client for the vbatch.v1.ClusterService service. By default,
@@ -127,6 +133,12 @@ func NewClusterServiceClient(httpClient connect.HTTPClient, baseURL string, opts
 			connect.WithSchema(clusterServiceMethods.ByName("ShareTelemetry")),
 			connect.WithClientOptions(opts...),
 		),
+		autopilotHealth: connect.NewClient[v1.AutopilotHealthRequest, v1.AutopilotHealthResponse](
+			httpClient,
+			baseURL+ClusterServiceAutopilotHealthProcedure,
+			connect.WithSchema(clusterServiceMethods.ByName("AutopilotHealth")),
+			connect.WithClientOptions(opts...),
+		),
 	}
 }
 
@@ -139,6 +151,7 @@ type clusterServiceClient struct {
 	removePeer         *connect.Client[v1.RemovePeerRequest, v1.RemovePeerResponse]
 	restore            *connect.Client[v1.RestoreRequest, v1.RestoreResponse]
 	shareTelemetry     *connect.Client[v1.ShareTelemetryRequest, v1.ShareTelemetryResponse]
+	autopilotHealth    *connect.Client[v1.AutopilotHealthRequest, v1.AutopilotHealthResponse]
 }
 
 // Apply calls vbatch.v1.ClusterService.Apply.
@@ -176,6 +189,11 @@ func (c *clusterServiceClient) ShareTelemetry(ctx context.Context, req *connect.
 	return c.shareTelemetry.CallUnary(ctx, req)
 }
 
+// AutopilotHealth calls vbatch.v1.ClusterService.AutopilotHealth.
+func (c *clusterServiceClient) AutopilotHealth(ctx context.Context, req *connect.Request[v1.AutopilotHealthRequest]) (*connect.Response[v1.AutopilotHealthResponse], error) {
+	return c.autopilotHealth.CallUnary(ctx, req)
+}
+
 // ClusterServiceHandler is an implementation of the vbatch.v1.ClusterService service.
 type ClusterServiceHandler interface {
 	// Apply proposes a command on the leader; a follower forwards writes here.
@@ -195,6 +213,9 @@ type ClusterServiceHandler interface {
 	// ShareTelemetry hands a peer the latest telemetry an agent sent here, so
 	// every coordinator exports the same GPU and engine figures.
 	ShareTelemetry(context.Context, *connect.Request[v1.ShareTelemetryRequest]) (*connect.Response[v1.ShareTelemetryResponse], error)
+	// AutopilotHealth reports the leader's autopilot view: server health,
+	// failure tolerance and stabilization. Only the leader answers.
+	AutopilotHealth(context.Context, *connect.Request[v1.AutopilotHealthRequest]) (*connect.Response[v1.AutopilotHealthResponse], error)
 }
 
 // NewClusterServiceHandler builds an HTTP handler from the service implementation. It returns the
@@ -246,6 +267,12 @@ func NewClusterServiceHandler(svc ClusterServiceHandler, opts ...connect.Handler
 		connect.WithSchema(clusterServiceMethods.ByName("ShareTelemetry")),
 		connect.WithHandlerOptions(opts...),
 	)
+	clusterServiceAutopilotHealthHandler := connect.NewUnaryHandler(
+		ClusterServiceAutopilotHealthProcedure,
+		svc.AutopilotHealth,
+		connect.WithSchema(clusterServiceMethods.ByName("AutopilotHealth")),
+		connect.WithHandlerOptions(opts...),
+	)
 	return "/vbatch.v1.ClusterService/", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		switch r.URL.Path {
 		case ClusterServiceApplyProcedure:
@@ -262,6 +289,8 @@ func NewClusterServiceHandler(svc ClusterServiceHandler, opts ...connect.Handler
 			clusterServiceRestoreHandler.ServeHTTP(w, r)
 		case ClusterServiceShareTelemetryProcedure:
 			clusterServiceShareTelemetryHandler.ServeHTTP(w, r)
+		case ClusterServiceAutopilotHealthProcedure:
+			clusterServiceAutopilotHealthHandler.ServeHTTP(w, r)
 		default:
 			http.NotFound(w, r)
 		}
@@ -297,4 +326,8 @@ func (UnimplementedClusterServiceHandler) Restore(context.Context, *connect.Requ
 
 func (UnimplementedClusterServiceHandler) ShareTelemetry(context.Context, *connect.Request[v1.ShareTelemetryRequest]) (*connect.Response[v1.ShareTelemetryResponse], error) {
 	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("vbatch.v1.ClusterService.ShareTelemetry is not implemented"))
+}
+
+func (UnimplementedClusterServiceHandler) AutopilotHealth(context.Context, *connect.Request[v1.AutopilotHealthRequest]) (*connect.Response[v1.AutopilotHealthResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("vbatch.v1.ClusterService.AutopilotHealth is not implemented"))
 }
