@@ -1,4 +1,6 @@
-// Package deploy holds the monitoring stack a vbatch fleet runs beside it:
+// Package deploy holds what a vbatch fleet is deployed with: the systemd
+// units (systemd/) and example configs (config/) for bare-metal hosts, and
+// the monitoring stack that runs beside the fleet:
 // docker-compose.monitoring.yml, Prometheus configuration and alert rules,
 // Loki and Alloy configuration, and Grafana provisioning and dashboards.
 //

@@ -253,3 +253,17 @@ func firstLine(b []byte) string {
 	s, _, _ := strings.Cut(strings.TrimSpace(string(b)), "\n")
 	return s
 }
+
+// TestSIGHUPWithoutTLS: `systemctl reload` sends SIGHUP; a node with
+// nothing to reload must keep running.
+func TestSIGHUPWithoutTLS(t *testing.T) {
+	cl := StartCluster(t, 1, ClusterOptions{})
+	c := cl.Coords[0]
+	if err := c.Signal(syscall.SIGHUP); err != nil {
+		t.Fatal(err)
+	}
+	waitLog(t, c.Proc, "no certificates to reload", 10*time.Second)
+	if _, err := cl.StatusOf(0); err != nil {
+		t.Fatalf("coordinator gone after SIGHUP: %v", err)
+	}
+}

@@ -116,9 +116,7 @@ func agentCmd() *cobra.Command {
 			}
 			defer disc.Close()
 			a := agent.New(cfg, eng, disc, logger)
-			if cfg.TLS.Enabled() {
-				onSIGHUP(cmd.Context(), logger, a.ReloadTLS)
-			}
+			onSIGHUP(cmd.Context(), logger, cfg.TLS.Enabled(), a.ReloadTLS)
 			return a.Run(cmd.Context())
 		},
 	}

@@ -38,9 +38,7 @@ func coordinatorCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			if cfg.TLS.Enabled() {
-				onSIGHUP(cmd.Context(), logger, c.ReloadTLS)
-			}
+			onSIGHUP(cmd.Context(), logger, cfg.TLS.Enabled(), c.ReloadTLS)
 			<-cmd.Context().Done()
 			return c.Close()
 		},

@@ -33,9 +33,11 @@ func addTLSFlags(f *pflag.FlagSet, files *tlsutil.Files, cluster *string) {
 	f.StringVar(cluster, "cluster-name", tlsutil.DefaultCluster, "cluster name: certificate roles are <role>.<cluster>.vbatch, and gossip is labelled with it")
 }
 
-// onSIGHUP calls reload on every SIGHUP until ctx ends: certificates are
-// read again without a restart (systemctl reload).
-func onSIGHUP(ctx context.Context, logger *slog.Logger, reload func() error) {
+// onSIGHUP handles SIGHUP until ctx ends: with TLS, certificates are read
+// again without a restart (systemctl reload). The signal is always caught,
+// so a reload never kills a node that has nothing to reload (the log file,
+// if any, is reopened by setupLogging's own handler).
+func onSIGHUP(ctx context.Context, logger *slog.Logger, tlsOn bool, reload func() error) {
 	ch := make(chan os.Signal, 1)
 	signal.Notify(ch, syscall.SIGHUP)
 	go func() {
@@ -45,6 +47,10 @@ func onSIGHUP(ctx context.Context, logger *slog.Logger, reload func() error) {
 			case <-ctx.Done():
 				return
 			case <-ch:
+				if !tlsOn {
+					logger.Info("SIGHUP: no certificates to reload")
+					continue
+				}
 				if err := reload(); err != nil {
 					logger.Error("reload on SIGHUP failed; the current certificates stay in use", "err", err)
 				}
