@@ -9,7 +9,7 @@ BUF_VERSION := v1.75.0
 PROTOC_GEN_GO_VERSION := v1.36.12
 PROTOC_GEN_CONNECT_GO_VERSION := v1.21.1
 
-.PHONY: build test test-unit generate tools lint bench demo clean monitoring-check chaos failover
+.PHONY: build test test-unit generate tools lint bench demo clean monitoring-check chaos failover fuzz
 
 build:
 	$(GO) build -ldflags "$(LDFLAGS)" -o bin/vbatch ./cmd/vbatch
@@ -40,6 +40,12 @@ bench:
 
 demo: build
 	./scripts/demo.sh
+
+# fuzz runs every go test -fuzz target for FUZZTIME each (default 30s); the
+# seed corpora of the same targets run in every `make test`.
+FUZZTIME ?= 30s
+fuzz:
+	FUZZTIME=$(FUZZTIME) ./scripts/fuzz.sh
 
 clean:
 	rm -rf bin

@@ -10,8 +10,25 @@ import (
 
 // clusterStatus is the answer of GET /v1/admin/cluster/status.
 type clusterStatus struct {
-	Leader  string          `json:"leader"`
-	Servers []clusterServer `json:"servers"`
+	Leader         string           `json:"leader"`
+	Servers        []clusterServer  `json:"servers"`
+	Autopilot      *autopilotStatus `json:"autopilot"`
+	AutopilotError string           `json:"autopilot_error"`
+}
+
+// autopilotStatus is the leader's autopilot view in clusterStatus.
+type autopilotStatus struct {
+	Healthy           bool   `json:"healthy"`
+	FailureTolerance  int    `json:"failure_tolerance"`
+	StabilizationTime string `json:"stabilization_time"`
+	DeadServerGrace   string `json:"dead_server_grace"`
+	Servers           []struct {
+		ID          string `json:"id"`
+		NodeStatus  string `json:"node_status"`
+		RaftState   string `json:"raft_state"`
+		Healthy     bool   `json:"healthy"`
+		StableSince string `json:"stable_since"`
+	} `json:"servers"`
 }
 
 // clusterServer is one raft server of clusterStatus.
@@ -66,8 +83,37 @@ func (e *env) showCluster(st *clusterStatus) error {
 		rows = append(rows, []string{s.ID, state, orDash(s.Suffrage), orDash(s.RaftAddr), orDash(s.HTTPAddr),
 			strconv.FormatUint(s.LastIndex, 10), leader})
 	}
-	if err := e.table([]string{"ID", "STATE", "SUFFRAGE", "RAFT ADDR", "HTTP ADDR", "LAST INDEX", "LEADER"}, rows); err != nil {
+	health := map[string]string{}
+	if ap := st.Autopilot; ap != nil {
+		for _, s := range ap.Servers {
+			h := "healthy"
+			if !s.Healthy {
+				h = "unhealthy"
+			}
+			if s.NodeStatus != "" && s.NodeStatus != "alive" {
+				h += " (" + s.NodeStatus + ")"
+			}
+			if s.StableSince != "" {
+				h += " since " + s.StableSince
+			}
+			health[s.ID] = h
+		}
+	}
+	for i, s := range st.Servers {
+		rows[i] = append(rows[i], orDash(health[s.ID]))
+	}
+	if err := e.table([]string{"ID", "STATE", "SUFFRAGE", "RAFT ADDR", "HTTP ADDR", "LAST INDEX", "LEADER", "HEALTH"}, rows); err != nil {
 		return err
+	}
+	if ap := st.Autopilot; ap != nil {
+		verdict := "healthy"
+		if !ap.Healthy {
+			verdict = "UNHEALTHY"
+		}
+		fmt.Fprintf(e.stdout, "\nAutopilot: %s, failure tolerance %d, stabilization time %s, dead server grace %s\n",
+			verdict, ap.FailureTolerance, ap.StabilizationTime, ap.DeadServerGrace)
+	} else if st.AutopilotError != "" {
+		fmt.Fprintf(e.stdout, "\nAutopilot: unavailable (%s)\n", st.AutopilotError)
 	}
 	if st.Leader == "" {
 		fmt.Fprintln(e.stderr, "Warning: the cluster has no leader; writes fail until one is elected.")

@@ -14,7 +14,7 @@ import (
 
 // addClusterOps adds the commands that change the cluster to vbctl cluster.
 func addClusterOps(e *env, cmd *cobra.Command) {
-	cmd.AddCommand(clusterTransferCmd(e), clusterRemovePeerCmd(e), clusterJoinCmd(e), clusterSnapshotCmd(e))
+	cmd.AddCommand(clusterTransferCmd(e), clusterRemovePeerCmd(e), clusterJoinCmd(e), clusterSnapshotCmd(e), clusterKeyringCmd(e))
 }
 
 func clusterTransferCmd(e *env) *cobra.Command {

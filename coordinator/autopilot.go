@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sort"
 	"strconv"
 	"sync"
 	"time"
@@ -13,6 +14,7 @@ import (
 	"github.com/hashicorp/raft"
 	autopilot "github.com/hashicorp/raft-autopilot"
 
+	"github.com/vbatch/vbatch/coordinator/api"
 	"github.com/vbatch/vbatch/gossip"
 	"github.com/vbatch/vbatch/internal/version"
 	"github.com/vbatch/vbatch/monitoring"
@@ -339,4 +341,26 @@ func (b *barrierRaft) DemoteVoter(id raft.ServerID, prev uint64, timeout time.Du
 // RemoveServer removes a server, then commits a barrier.
 func (b *barrierRaft) RemoveServer(id raft.ServerID, prev uint64, timeout time.Duration) raft.IndexFuture {
 	return b.after(b.Raft.RemoveServer(id, prev, timeout), "remove server")
+}
+
+// toAutopilotStatus converts the leader's autopilot view for the API.
+func toAutopilotStatus(h *vbatchv1.AutopilotHealthResponse) *api.AutopilotStatus {
+	out := &api.AutopilotStatus{
+		Healthy:           h.Healthy,
+		FailureTolerance:  int(h.FailureTolerance),
+		StabilizationTime: (time.Duration(h.StabilizationTimeMs) * time.Millisecond).String(),
+		DeadServerGrace:   (time.Duration(h.DeadServerGraceMs) * time.Millisecond).String(),
+	}
+	for _, s := range h.Servers {
+		sh := api.AutopilotServerHealth{
+			ID: s.Id, NodeStatus: s.NodeStatus, RaftState: s.RaftState, Healthy: s.Healthy,
+			LastContactMs: s.LastContactMs, LastIndex: s.LastIndex,
+		}
+		if s.StableSinceUnixMs > 0 {
+			sh.StableSince = time.UnixMilli(s.StableSinceUnixMs).UTC().Format(time.RFC3339)
+		}
+		out.Servers = append(out.Servers, sh)
+	}
+	sort.Slice(out.Servers, func(i, j int) bool { return out.Servers[i].ID < out.Servers[j].ID })
+	return out
 }

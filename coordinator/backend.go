@@ -126,6 +126,11 @@ func (c *Coordinator) ClusterStatus(ctx context.Context) (*api.ClusterStatus, er
 		out.Servers = append(out.Servers, cs)
 	}
 	sort.Slice(out.Servers, func(i, j int) bool { return out.Servers[i].ID < out.Servers[j].ID })
+	if h, err := c.AutopilotHealth(ctx); err != nil {
+		out.AutopilotError = err.Error()
+	} else {
+		out.Autopilot = toAutopilotStatus(h)
+	}
 	return out, nil
 }
 

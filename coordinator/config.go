@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/vbatch/vbatch/coordinator/api"
 	"github.com/vbatch/vbatch/coordinator/validate"
 	"github.com/vbatch/vbatch/internal/netutil"
 	"github.com/vbatch/vbatch/internal/tlsutil"
@@ -43,6 +44,22 @@ type Config struct {
 	MaxUploadBytes int64 `json:"max_upload_bytes"`
 	// MaxRequests caps the requests of one batch (default 50,000).
 	MaxRequests int `json:"max_requests"`
+	// MaxLineBytes caps one JSONL input line (default 10 MiB).
+	MaxLineBytes int `json:"max_line_bytes"`
+	// MaxTokens and MaxN cap max_tokens (and its aliases) and n (and
+	// best_of) of every online request and batch input line; 0 is no cap.
+	MaxTokens int64 `json:"max_tokens"`
+	MaxN      int64 `json:"max_n"`
+	// DefaultKeyRPS, DefaultMaxEnqueuedRequests and DefaultMaxFileBytes are
+	// the rate limit and quotas of keys that set none of their own (and of
+	// the root key); 0 is no limit.
+	DefaultKeyRPS              float64 `json:"default_key_rps"`
+	DefaultMaxEnqueuedRequests int64   `json:"default_max_enqueued_requests"`
+	DefaultMaxFileBytes        int64   `json:"default_max_file_bytes"`
+	// AuditLog, if set, is a file (rotated) for the audit records of every
+	// key, cluster and batch administrative action; empty sends them to
+	// the main log with logger "audit".
+	AuditLog string `json:"audit_log"`
 	// ChunkSize is how many input lines make one chunk (default 500).
 	ChunkSize int `json:"chunk_size"`
 	// LeaseTTL is how long a lease lives without renewal (default 30s).
@@ -140,7 +157,23 @@ func DefaultConfig() Config {
 }
 
 func (c *Config) validateOpts() validate.Options {
-	return validate.Options{MaxRequests: c.MaxRequests, ChunkSize: c.ChunkSize}
+	return validate.Options{
+		MaxRequests: c.MaxRequests, ChunkSize: c.ChunkSize, MaxLineBytes: c.MaxLineBytes,
+		MaxTokens: c.MaxTokens, MaxN: c.MaxN,
+	}
+}
+
+// limits are the API's rate limits, quotas and request caps.
+func (c *Config) limits() api.Limits {
+	return api.Limits{
+		DefaultKeyLimits: api.KeyLimits{
+			RequestsPerSecond:   c.DefaultKeyRPS,
+			MaxEnqueuedRequests: c.DefaultMaxEnqueuedRequests,
+			MaxFileBytes:        c.DefaultMaxFileBytes,
+		},
+		MaxTokens: c.MaxTokens,
+		MaxN:      c.MaxN,
+	}
 }
 
 // Check reports the first configuration error.
@@ -158,6 +191,9 @@ func (c *Config) Check() error {
 		return errors.New("lease TTL must be at least 1s")
 	case c.DeadServerGrace < 0 || c.ServerStabilizationTime < 0 || c.MinQuorum < 0:
 		return errors.New("autopilot settings must not be negative")
+	case c.MaxLineBytes < 0 || c.MaxTokens < 0 || c.MaxN < 0 || c.DefaultKeyRPS < 0 ||
+		c.DefaultMaxEnqueuedRequests < 0 || c.DefaultMaxFileBytes < 0:
+		return errors.New("limits and quotas must not be negative (0 means none)")
 	}
 	if c.RaftSnapshotThreshold == 0 {
 		c.RaftSnapshotThreshold = 8192

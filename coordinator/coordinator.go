@@ -62,6 +62,9 @@ type Coordinator struct {
 	autopilot *autopilotDelegate
 	// logOut receives the JSON logs of raft and autopilot.
 	logOut io.Writer
+	// audit receives the audit records; auditFile is its file, if any.
+	audit     *slog.Logger
+	auditFile *monitoring.RotatingWriter
 
 	// removed holds the servers remove-peer took out of raft.
 	removed removedPeers
@@ -113,6 +116,9 @@ func Start(cfg Config, logger *slog.Logger, logOut io.Writer) (c *Coordinator, e
 	c.router = newRouter(c)
 	c.autopilot = &autopilotDelegate{c: c}
 	c.logOut = logOut
+	if err := c.openAudit(logger); err != nil {
+		return nil, err
+	}
 	var closers []func() error
 	defer func() {
 		if err != nil {
@@ -199,6 +205,9 @@ func (c *Coordinator) close() error {
 	_ = c.pool.Leave(time.Second)
 	err := c.raftNode.close()
 	c.wg.Wait()
+	if c.auditFile != nil {
+		_ = c.auditFile.Close()
+	}
 	c.log.Info("coordinator stopped")
 	return err
 }

@@ -3,6 +3,7 @@ package coordinator
 import (
 	"context"
 	"fmt"
+	"github.com/vbatch/vbatch/coordinator/api"
 
 	"github.com/vbatch/vbatch/gossip"
 )
@@ -22,3 +23,5 @@ func (c *Coordinator) KeyringOp(ctx context.Context, op, key string) (*gossip.Ke
 	c.log.Info("gossip keyring operation", "op", op, "nodes", res.NumNodes, "answered", res.NumResp, "errors", res.NumErr)
 	return res, nil
 }
+
+var _ api.KeyringOps = (*Coordinator)(nil)

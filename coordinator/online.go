@@ -18,8 +18,9 @@ import (
 	"github.com/vbatch/vbatch/gossip"
 )
 
-// maxOnlineBody caps an online inference request body.
-const maxOnlineBody = 32 << 20
+// maxOnlineBody caps an online inference request body; the API applies
+// the same bound first.
+const maxOnlineBody = api.MaxInferenceBodyBytes
 
 // router sends online inference requests to the least-loaded live agent
 // that serves the requested model. Load is the requests this coordinator

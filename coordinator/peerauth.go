@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net/http"
 	"strings"
 
@@ -11,6 +12,7 @@ import (
 
 	"github.com/vbatch/vbatch/fsm"
 	"github.com/vbatch/vbatch/internal/tlsutil"
+	"github.com/vbatch/vbatch/monitoring"
 	"github.com/vbatch/vbatch/rpc/gen/vbatch/v1/vbatchv1connect"
 )
 
@@ -114,4 +116,20 @@ func (s *agentService) authorizeLease(ctx context.Context, batchID string, chunk
 		return nil
 	}
 	return s.authorizeAgent(ctx, holder)
+}
+
+// openAudit sets up the audit log: a rotated JSON file when AuditLog is
+// set, else the main log with logger "audit".
+func (c *Coordinator) openAudit(logger *slog.Logger) error {
+	if c.cfg.AuditLog == "" {
+		c.audit = logger.With("logger", "audit", "node_id", c.cfg.NodeID)
+		return nil
+	}
+	w, err := monitoring.NewRotatingWriter(c.cfg.AuditLog, 100<<20, 10)
+	if err != nil {
+		return fmt.Errorf("audit log: %w", err)
+	}
+	c.auditFile = w
+	c.audit = slog.New(slog.NewJSONHandler(w, nil)).With("logger", "audit", "node_id", c.cfg.NodeID)
+	return nil
 }

@@ -22,6 +22,8 @@ func (c *Coordinator) startServers() {
 		NoAuth:         c.cfg.RootKey == "",
 		MaxUploadBytes: c.cfg.MaxUploadBytes,
 		Validate:       c.cfg.validateOpts(),
+		Limits:         c.cfg.limits(),
+		Audit:          c.audit,
 		Models:         c.router.Models,
 		Inference:      c.router.ServeInference,
 	}, c.log.With("logger", "api"))

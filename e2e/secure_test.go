@@ -143,7 +143,105 @@ func TestSecureCluster(t *testing.T) {
 	log.add("agent with the wrong gossip key joins", "cannot join gossip, never registers", !listed, "join failed; listed="+fmt.Sprint(listed))
 	a2.Stop(5 * time.Second)
 
-	// 10. Certificates rotate on SIGHUP without a restart.
+	// 10. One project's key cannot see or touch another's files and
+	// batches; quotas and rate limits answer 429.
+	base := leader.URL()
+	alpha := createKey(t, apiClient, base, map[string]any{"project": "alpha", "scopes": []string{"batch"}})
+	beta := createKey(t, apiClient, base, map[string]any{"project": "beta", "scopes": []string{"batch"}})
+	alphaHTTP := &http.Client{Timeout: 10 * time.Second, Transport: &keyTransport{key: alpha, base: &http.Transport{TLSClientConfig: apiTLS}}}
+	fileID, err := chaosUploadWith(alphaHTTP, base, "alpha.jsonl", chaosLines("alpha", 3))
+	if err != nil {
+		t.Fatal(err)
+	}
+	req, _ := json.Marshal(map[string]string{"input_file_id": fileID, "endpoint": "/v1/chat/completions", "completion_window": "24h"})
+	code, body, err = apiCall(alphaHTTP, "POST", base+"/v1/batches", "", req)
+	if err != nil || code != http.StatusOK {
+		t.Fatalf("alpha batch: %d %s %v", code, body, err)
+	}
+	var ab chaosBatch
+	_ = json.Unmarshal(body, &ab)
+	for _, probe := range []struct{ method, path string }{
+		{"GET", "/v1/files/" + fileID}, {"GET", "/v1/files/" + fileID + "/content"}, {"DELETE", "/v1/files/" + fileID},
+		{"GET", "/v1/batches/" + ab.ID}, {"POST", "/v1/batches/" + ab.ID + "/cancel"},
+	} {
+		code, body, err := apiCall(&http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{TLSClientConfig: apiTLS}}, probe.method, base+probe.path, beta, nil)
+		log.add("project beta's key: "+probe.method+" "+strings.Replace(strings.Replace(probe.path, fileID, "{alpha file}", 1), ab.ID, "{alpha batch}", 1),
+			"404", err == nil && code == http.StatusNotFound, fmt.Sprintf("%d %s", code, firstLine(body)))
+	}
+	for _, list := range []string{"/v1/files", "/v1/batches"} {
+		code, body, err := apiCall(&http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{TLSClientConfig: apiTLS}}, "GET", base+list, beta, nil)
+		leaked := strings.Contains(string(body), fileID) || strings.Contains(string(body), ab.ID)
+		log.add("project beta's key lists "+list, "alpha's objects absent", err == nil && code == 200 && !leaked, fmt.Sprintf("%d, alpha's ids present: %v", code, leaked))
+	}
+	slow := createKey(t, apiClient, base, map[string]any{"project": "gamma", "scopes": []string{"batch"}, "limits": map[string]any{"requests_per_second": 1}})
+	limited := 0
+	var last []byte
+	for range 6 {
+		code, body, _ := apiCall(&http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{TLSClientConfig: apiTLS}}, "GET", base+"/v1/files", slow, nil)
+		if code == http.StatusTooManyRequests {
+			limited++
+			last = body
+		}
+	}
+	log.add("6 requests at once with a 1 request/s key", "429 rate_limit_exceeded", limited > 0 && strings.Contains(string(last), "rate_limit_exceeded"), fmt.Sprintf("%d answered 429: %s", limited, firstLine(last)))
+	small := createKey(t, apiClient, base, map[string]any{"project": "delta", "scopes": []string{"batch"}, "limits": map[string]any{"max_file_bytes": 100}})
+	smallHTTP := &http.Client{Timeout: 10 * time.Second, Transport: &keyTransport{key: small, base: &http.Transport{TLSClientConfig: apiTLS}}}
+	_, err = chaosUploadWith(smallHTTP, base, "big.jsonl", chaosLines("big", 20))
+	log.add("upload past the project's 100-byte file quota", "429 insufficient_quota", err != nil && strings.Contains(err.Error(), "429") && strings.Contains(err.Error(), "insufficient_quota"), errString(err))
+	enq := createKey(t, apiClient, base, map[string]any{"project": "eps", "scopes": []string{"batch"}, "limits": map[string]any{"max_enqueued_requests": 2}})
+	enqHTTP := &http.Client{Timeout: 10 * time.Second, Transport: &keyTransport{key: enq, base: &http.Transport{TLSClientConfig: apiTLS}}}
+	fid, err := chaosUploadWith(enqHTTP, base, "enq.jsonl", chaosLines("enq", 5))
+	if err != nil {
+		t.Fatal(err)
+	}
+	req, _ = json.Marshal(map[string]string{"input_file_id": fid, "endpoint": "/v1/chat/completions", "completion_window": "24h"})
+	code, body, err = apiCall(enqHTTP, "POST", base+"/v1/batches", "", req)
+	log.add("5-request batch with a 2-request enqueued quota", "429 insufficient_quota", err == nil && code == 429 && strings.Contains(string(body), "insufficient_quota"), fmt.Sprintf("%d %s", code, firstLine(body)))
+
+	// 11. Gossip key rotation with vbctl over HTTPS: afterwards a node with
+	// only the new key joins and one with only the old key cannot.
+	vbctl := func(args ...string) (string, error) {
+		full := append([]string{"--addr", base, "--api-key", rootKey, "--ca-cert", pki.CA}, args...)
+		out, err := exec.Command(filepath.Join(filepath.Dir(bin), "vbctl"), full...).CombinedOutput()
+		return string(out), err
+	}
+	oldKey, _ := os.ReadFile(keyFile)
+	newKey := strings.TrimSpace(pki.run("gossip", "keygen"))
+	for _, args := range [][]string{{"install", newKey}, {"use", newKey}, {"remove", strings.TrimSpace(string(oldKey))}} {
+		if out, err := vbctl(append([]string{"cluster", "keyring"}, args...)...); err != nil {
+			t.Fatalf("vbctl cluster keyring %s: %v\n%s", args[0], err, out)
+		}
+	}
+	out, err = vbctl("cluster", "keyring", "list", "-o", "json")
+	var kr struct {
+		NumNodes    int            `json:"num_nodes"`
+		Keys        map[string]int `json:"keys"`
+		PrimaryKeys map[string]int `json:"primary_keys"`
+	}
+	if err != nil || json.Unmarshal([]byte(out), &kr) != nil || kr.Keys[newKey] != kr.NumNodes || kr.PrimaryKeys[newKey] != kr.NumNodes || len(kr.Keys) != 1 {
+		t.Fatalf("keyring after rotation: %v %s", err, out)
+	}
+	newKeyFile := filepath.Join(t.TempDir(), "new.key")
+	if err := os.WriteFile(newKeyFile, []byte(newKey), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	a3Cert, a3Key := pki.issue("agent", "a3")
+	cl.AgentFlags = func(string) []string {
+		return []string{"--cluster-name", "e2e", "--tls-cert", a3Cert, "--tls-key", a3Key, "--tls-ca", pki.CA, "--gossip-key-file", newKeyFile}
+	}
+	cl.StartAgent(t, "a3", "--engine", "openai", "--engine-url", "http://"+sim.Addr)
+	WaitFor(t, 30*time.Second, "a3, holding the new gossip key, registered", func() bool { return agentListed(t, apiClient, base, "a3") })
+	a4Cert, a4Key := pki.issue("agent", "a4")
+	cl.AgentFlags = func(string) []string {
+		return []string{"--cluster-name", "e2e", "--tls-cert", a4Cert, "--tls-key", a4Key, "--tls-ca", pki.CA, "--gossip-key-file", keyFile}
+	}
+	a4 := cl.StartAgent(t, "a4", "--engine", "openai", "--engine-url", "http://"+sim.Addr)
+	waitLog(t, a4.Proc, "join gossip", 30*time.Second)
+	listed = agentListed(t, apiClient, base, "a4")
+	log.add("agent with the removed gossip key joins after rotation", "cannot join", !listed, "listed="+fmt.Sprint(listed))
+	a4.Stop(5 * time.Second)
+
+	// 12. Certificates rotate on SIGHUP without a restart.
 	c1 := cl.Coords[0]
 	next := pki.reissue("server", "c1")
 	if err := c1.Signal(syscall.SIGHUP); err != nil {
@@ -266,4 +364,21 @@ func TestSIGHUPWithoutTLS(t *testing.T) {
 	if _, err := cl.StatusOf(0); err != nil {
 		t.Fatalf("coordinator gone after SIGHUP: %v", err)
 	}
+}
+
+// createKey creates an API key with the root client and returns its secret.
+func createKey(t *testing.T, hc *http.Client, base string, req map[string]any) string {
+	t.Helper()
+	b, _ := json.Marshal(req)
+	code, body, err := apiCall(hc, "POST", base+"/v1/admin/keys", "", b)
+	if err != nil || code/100 != 2 {
+		t.Fatalf("create key %v: %d %s %v", req, code, body, err)
+	}
+	var k struct {
+		Key string `json:"key"`
+	}
+	if err := json.Unmarshal(body, &k); err != nil || k.Key == "" {
+		t.Fatalf("create key: %s", body)
+	}
+	return k.Key
 }

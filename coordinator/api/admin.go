@@ -3,6 +3,7 @@ package api
 import (
 	"cmp"
 	"fmt"
+	"math"
 	"net/http"
 	"regexp"
 	"slices"
@@ -23,7 +24,46 @@ type createKeyRequest struct {
 	Project string   `json:"project"`
 	Name    string   `json:"name"`
 	Scopes  []string `json:"scopes"`
+	// Limits is optional: an absent or zero field takes the deployment's
+	// default, a negative one is no limit.
+	Limits *keyLimitsObject `json:"limits"`
 }
+
+// check validates the request and returns its scopes and limits.
+func (req *createKeyRequest) check() ([]vbatchv1.Scope, *vbatchv1.KeyLimits, error) {
+	if !projectRE.MatchString(req.Project) {
+		return nil, nil, invalidValue("project", "Invalid value for 'project': %q. A project name is 1 to 64 letters, digits, '.', '_' or '-'.", req.Project)
+	}
+	if len(req.Name) > maxKeyName {
+		return nil, nil, invalidValue("name", "Invalid value for 'name': longer than %d bytes.", maxKeyName)
+	}
+	if len(req.Scopes) == 0 {
+		return nil, nil, missingParam("scopes")
+	}
+	var scopes []vbatchv1.Scope
+	for _, name := range req.Scopes {
+		s, ok := parseScope(name)
+		if !ok {
+			return nil, nil, invalidValue("scopes", "Invalid scope %q. Supported scopes are: 'admin', 'batch', 'inference' and 'read'.", name)
+		}
+		if !slices.Contains(scopes, s) {
+			scopes = append(scopes, s)
+		}
+	}
+	var limits *vbatchv1.KeyLimits
+	if l := req.Limits; l != nil {
+		if math.IsNaN(l.RequestsPerSecond) || math.IsInf(l.RequestsPerSecond, 0) || l.RequestsPerSecond > maxKeyRPS {
+			return nil, nil, invalidValue("limits.requests_per_second", "Invalid value for 'limits.requests_per_second': at most %d; 0 takes the default, a negative value is no limit.", maxKeyRPS)
+		}
+		if *l != (keyLimitsObject{}) {
+			limits = &vbatchv1.KeyLimits{RequestsPerSecond: l.RequestsPerSecond, MaxEnqueuedRequests: l.MaxEnqueuedRequests, MaxFileBytes: l.MaxFileBytes}
+		}
+	}
+	return scopes, limits, nil
+}
+
+// maxKeyRPS bounds a key's rate: beyond it a limit means nothing.
+const maxKeyRPS = 1_000_000
 
 // createKey serves POST /v1/admin/keys: the answer shows the secret, the
 // only time it is ever shown.
@@ -35,29 +75,16 @@ func (a *API) createKey(w http.ResponseWriter, r *http.Request, p *principal) er
 	if req.Project == "" {
 		req.Project = p.project
 	}
-	if !projectRE.MatchString(req.Project) {
-		return invalidValue("project", "Invalid value for 'project': %q. A project name is 1 to 64 letters, digits, '.', '_' or '-'.", req.Project)
-	}
-	if len(req.Name) > maxKeyName {
-		return invalidValue("name", "Invalid value for 'name': longer than %d bytes.", maxKeyName)
-	}
-	if len(req.Scopes) == 0 {
-		return missingParam("scopes")
-	}
-	var scopes []vbatchv1.Scope
-	for _, name := range req.Scopes {
-		s, ok := parseScope(name)
-		if !ok {
-			return invalidValue("scopes", "Invalid scope %q. Supported scopes are: 'admin', 'batch', 'inference' and 'read'.", name)
-		}
-		if !slices.Contains(scopes, s) {
-			scopes = append(scopes, s)
-		}
-	}
-	secret, k, err := newKey(req.Project, req.Name, scopes, a.b.Now().Unix())
+	setAuditTarget(r, req.Project, "")
+	scopes, limits, err := req.check()
 	if err != nil {
 		return err
 	}
+	secret, k, err := newKey(req.Project, req.Name, scopes, limits, a.b.Now().Unix())
+	if err != nil {
+		return err
+	}
+	setAuditTarget(r, "", k.Id)
 	if _, err := a.b.Apply(r.Context(), &vbatchv1.CreateAPIKey{Key: k}); err != nil {
 		return fmt.Errorf("create api key %s: %w", k.Id, err)
 	}
@@ -110,6 +137,7 @@ func (a *API) revokeKey(w http.ResponseWriter, r *http.Request, _ *principal) er
 	if k == nil {
 		return notFound("id", "No such API key: %s", id)
 	}
+	setAuditTarget(r, k.Project, "")
 	if k.RevokedAt == 0 {
 		if _, err := a.b.Apply(r.Context(), &vbatchv1.RevokeAPIKey{Id: id}); err != nil {
 			return fmt.Errorf("revoke api key %s: %w", id, err)

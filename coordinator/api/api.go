@@ -25,8 +25,17 @@ import (
 // as OpenAI's batch input limit.
 const DefaultMaxUploadBytes = 200 << 20
 
-// maxJSONBody caps a JSON request body.
-const maxJSONBody = 1 << 20
+// Body caps: every request body is read through http.MaxBytesReader and
+// answered 413 past its cap. Uploads have their own (MaxUploadBytes) and
+// snapshot restores MaxRestoreBytes.
+const (
+	// maxJSONBody caps a JSON request body and any other body an endpoint
+	// does not expect to be large.
+	maxJSONBody = 1 << 20
+	// MaxInferenceBodyBytes caps an online inference request, images
+	// inline as data URLs included.
+	MaxInferenceBodyBytes = 32 << 20
+)
 
 // Config tunes the API.
 type Config struct {
@@ -41,7 +50,11 @@ type Config struct {
 	// upload is refused with 413 before anything is committed.
 	MaxUploadBytes int64
 	// Validate bounds batch input files; uploads with purpose "batch" are
-	// refused at once when they hold more than Validate.MaxRequests lines.
+	// refused at once when they hold more than Validate.MaxRequests lines
+	// or a line longer than Validate.MaxLineBytes (default 10 MiB). The
+	// coordinator validates each batch's input with the same Options; New
+	// fills Validate.MaxTokens and MaxN from Limits where they are zero,
+	// and ValidateOptions returns the result.
 	Validate validate.Options
 	// Models lists the models the cluster serves for GET /v1/models; nil
 	// lists none.
@@ -49,15 +62,28 @@ type Config struct {
 	// Inference, if set, serves online POST /v1/chat/completions,
 	// /v1/completions and /v1/embeddings (routing them to an agent). It
 	// returns an error, answered as an OpenAI error object, only before it
-	// has written anything. Nil answers 503.
+	// has written anything. Nil answers 503. The body it reads holds at
+	// most MaxInferenceBodyBytes and fits Limits.MaxTokens and Limits.MaxN.
 	Inference func(w http.ResponseWriter, r *http.Request) error
+	// Limits are the deployment's rate limits, quotas and request caps.
+	// The zero value limits nothing beyond the fixed body caps.
+	Limits Limits
+	// Audit receives one record (message "audit", level INFO) per
+	// administrative request: key create and revoke, batch create and
+	// cancel, file delete, every cluster operation and agent drain,
+	// whether it succeeded, failed or was refused. Give it a JSON handler
+	// writing to the audit sink. Nil discards the records.
+	Audit *slog.Logger
 }
 
 // API is the HTTP API of one coordinator.
 type API struct {
-	b   Backend
-	cfg Config
-	log *slog.Logger
+	b        Backend
+	cfg      Config
+	log      *slog.Logger
+	auditLog *slog.Logger
+	limiter  *rateLimiter
+	quotas   projectLocks
 }
 
 // New returns the API over b. A nil logger discards logs.
@@ -68,11 +94,30 @@ func New(b Backend, cfg Config, logger *slog.Logger) *API {
 	if cfg.Validate.MaxRequests <= 0 {
 		cfg.Validate.MaxRequests = validate.DefaultMaxRequests
 	}
+	if cfg.Validate.MaxLineBytes <= 0 {
+		cfg.Validate.MaxLineBytes = validate.DefaultMaxLineBytes
+	}
+	if cfg.Validate.MaxTokens <= 0 {
+		cfg.Validate.MaxTokens = max(cfg.Limits.MaxTokens, 0)
+	}
+	if cfg.Validate.MaxN <= 0 {
+		cfg.Validate.MaxN = max(cfg.Limits.MaxN, 0)
+	}
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
-	return &API{b: b, cfg: cfg, log: logger}
+	audit := cfg.Audit
+	if audit == nil {
+		audit = slog.New(slog.DiscardHandler)
+	}
+	return &API{b: b, cfg: cfg, log: logger, auditLog: audit, limiter: newRateLimiter()}
 }
+
+// ValidateOptions are the options batch input files are validated with:
+// Config.Validate with its defaults and the caps of Config.Limits. The
+// coordinator's leader validates with them so that uploads and batches
+// agree.
+func (a *API) ValidateOptions() validate.Options { return a.cfg.Validate }
 
 // handlerFunc is an endpoint: it writes a success itself and returns any
 // failure, which serve answers as an OpenAI error object.
@@ -82,6 +127,30 @@ type handlerFunc func(w http.ResponseWriter, r *http.Request, p *principal) erro
 type endpoint struct {
 	access access
 	fn     handlerFunc
+	// action names the endpoint in the audit log; empty: not audited.
+	action string
+	// maxBody caps the request body; 0 is maxJSONBody, bodyOwn leaves it
+	// to the handler.
+	maxBody int64
+}
+
+// bodyOwn marks an endpoint that bounds its body itself.
+const bodyOwn = -1
+
+// ep is an endpoint with the default body cap, not audited.
+func ep(acc access, fn handlerFunc) endpoint { return endpoint{access: acc, fn: fn} }
+
+// audited returns e recording every call in the audit log as action.
+func (e endpoint) audited(action string) endpoint {
+	e.action = action
+	return e
+}
+
+// body returns e with its request body capped at n (bodyOwn: the handler
+// caps it).
+func (e endpoint) body(n int64) endpoint {
+	e.maxBody = n
+	return e
 }
 
 // Handler returns the http.Handler serving every route under /v1.
@@ -91,66 +160,69 @@ func (a *API) Handler() http.Handler {
 		mux.Handle(pattern, a.methods(methods))
 	}
 	route("/v1/files", map[string]endpoint{
-		http.MethodGet:  {accessRead, a.listFiles},
-		http.MethodPost: {accessWrite, a.uploadFile},
+		http.MethodGet:  ep(accessRead, a.listFiles),
+		http.MethodPost: ep(accessWrite, a.uploadFile).body(bodyOwn),
 	})
 	route("/v1/files/{id}", map[string]endpoint{
-		http.MethodGet:    {accessRead, a.getFile},
-		http.MethodDelete: {accessWrite, a.deleteFile},
+		http.MethodGet:    ep(accessRead, a.getFile),
+		http.MethodDelete: ep(accessWrite, a.deleteFile).audited(auditFileDelete),
 	})
 	route("/v1/files/{id}/content", map[string]endpoint{
-		http.MethodGet: {accessRead, a.fileContent},
+		http.MethodGet: ep(accessRead, a.fileContent),
 	})
 	route("/v1/batches", map[string]endpoint{
-		http.MethodGet:  {accessRead, a.listBatches},
-		http.MethodPost: {accessWrite, a.createBatch},
+		http.MethodGet:  ep(accessRead, a.listBatches),
+		http.MethodPost: ep(accessWrite, a.createBatch).audited(auditBatchCreate),
 	})
 	route("/v1/batches/{id}", map[string]endpoint{
-		http.MethodGet: {accessRead, a.getBatch},
+		http.MethodGet: ep(accessRead, a.getBatch),
 	})
 	route("/v1/batches/{id}/cancel", map[string]endpoint{
-		http.MethodPost: {accessWrite, a.cancelBatch},
+		http.MethodPost: ep(accessWrite, a.cancelBatch).audited(auditBatchCancel),
 	})
 	route("/v1/models", map[string]endpoint{
-		http.MethodGet: {accessModels, a.listModels},
+		http.MethodGet: ep(accessModels, a.listModels),
 	})
 	route("/v1/models/{id...}", map[string]endpoint{
-		http.MethodGet: {accessModels, a.getModel},
+		http.MethodGet: ep(accessModels, a.getModel),
 	})
 	route("/v1/admin/keys", map[string]endpoint{
-		http.MethodGet:  {accessAdmin, a.listKeys},
-		http.MethodPost: {accessAdmin, a.createKey},
+		http.MethodGet:  ep(accessAdmin, a.listKeys),
+		http.MethodPost: ep(accessAdmin, a.createKey).audited(auditKeyCreate),
 	})
 	route("/v1/admin/keys/{id}", map[string]endpoint{
-		http.MethodDelete: {accessAdmin, a.revokeKey},
+		http.MethodDelete: ep(accessAdmin, a.revokeKey).audited(auditKeyRevoke),
 	})
 	route("/v1/admin/cluster/status", map[string]endpoint{
-		http.MethodGet: {accessAdmin, a.clusterStatus},
+		http.MethodGet: ep(accessAdmin, a.clusterStatus),
 	})
 	route("/v1/admin/cluster/transfer-leadership", map[string]endpoint{
-		http.MethodPost: {accessAdmin, a.transferLeadership},
+		http.MethodPost: ep(accessAdmin, a.transferLeadership).audited(auditTransferLeader),
 	})
 	route("/v1/admin/cluster/remove-peer", map[string]endpoint{
-		http.MethodPost: {accessAdmin, a.removePeer},
+		http.MethodPost: ep(accessAdmin, a.removePeer).audited(auditRemovePeer),
 	})
 	route("/v1/admin/cluster/join", map[string]endpoint{
-		http.MethodPost: {accessAdmin, a.joinPool},
+		http.MethodPost: ep(accessAdmin, a.joinPool).audited(auditJoin),
+	})
+	route("/v1/admin/cluster/keyring", map[string]endpoint{
+		http.MethodPost: ep(accessAdmin, a.keyring).audited(auditKeyring),
 	})
 	route("/v1/admin/cluster/snapshot", map[string]endpoint{
-		http.MethodGet: {accessAdmin, a.saveSnapshot},
+		http.MethodGet: ep(accessAdmin, a.saveSnapshot).audited(auditSnapshotSave),
 	})
 	route("/v1/admin/cluster/snapshot/restore", map[string]endpoint{
-		http.MethodPost: {accessAdmin, a.restoreSnapshot},
+		http.MethodPost: ep(accessAdmin, a.restoreSnapshot).audited(auditSnapshotRestore).body(MaxRestoreBytes),
 	})
 	route("/v1/admin/agents", map[string]endpoint{
-		http.MethodGet: {accessAdmin, a.listAgents},
+		http.MethodGet: ep(accessAdmin, a.listAgents),
 	})
 	route("/v1/admin/agents/{id}/drain", map[string]endpoint{
-		http.MethodPost: {accessAdmin, a.drainAgent},
+		http.MethodPost: ep(accessAdmin, a.drainAgent).audited(auditAgentDrain),
 	})
 	for _, path := range []string{"/v1/chat/completions", "/v1/completions", "/v1/embeddings"} {
 		route(path, map[string]endpoint{
-			http.MethodPost: {accessInference, a.inference},
+			http.MethodPost: ep(accessInference, a.inference).body(MaxInferenceBodyBytes),
 		})
 	}
 	a.debugRoutes(route)
@@ -187,15 +259,59 @@ func (a *API) methods(m map[string]endpoint) http.Handler {
 		if monitoring.SentryActive(r.Context()) {
 			r = r.WithContext(monitoring.SetUserContext(r.Context(), p.keyID, p.project))
 		}
-		if !p.allows(ep.access) {
-			a.writeError(w, r, &apiError{status: http.StatusForbidden, typ: typeInvalidRequest, code: codeInsufficientPerms,
-				message: fmt.Sprintf("You have insufficient permissions for this operation: the API key lacks the scope %s needs.", r.Method+" "+r.URL.Path)})
-			return
+		a.serveEndpoint(w, r, ep, p)
+	})
+}
+
+// serveEndpoint runs an authenticated request through the key's rate
+// limit, the scope check and the body cap to the endpoint, and writes the
+// audit record of an audited one however it ends.
+func (a *API) serveEndpoint(w http.ResponseWriter, r *http.Request, ep endpoint, p *principal) {
+	var target *auditTarget
+	if ep.action != "" {
+		r, target = withAudit(r, p)
+	}
+	refuse := func(err *apiError) {
+		if target != nil {
+			a.audit(r, ep.action, p, target, err)
 		}
-		if err := ep.fn(w, r, p); err != nil {
+		a.writeError(w, r, err)
+	}
+	if err := a.rateLimit(w, p); err != nil {
+		refuse(err)
+		return
+	}
+	if !p.allows(ep.access) {
+		refuse(&apiError{status: http.StatusForbidden, typ: typeInvalidRequest, code: codeInsufficientPerms,
+			message: fmt.Sprintf("You have insufficient permissions for this operation: the API key lacks the scope %s needs.", r.Method+" "+r.URL.Path)})
+		return
+	}
+	switch {
+	case ep.maxBody == 0:
+		r.Body = http.MaxBytesReader(w, r.Body, maxJSONBody)
+	case ep.maxBody > 0:
+		r.Body = http.MaxBytesReader(w, r.Body, ep.maxBody)
+	}
+	if target != nil {
+		// A handler that panics (an aborted stream) is audited too, as the
+		// panic unwinds to the recoverer.
+		done := false
+		defer func() {
+			if !done {
+				a.audit(r, ep.action, p, target, errAborted)
+			}
+		}()
+		err := ep.fn(w, r, p)
+		done = true
+		a.audit(r, ep.action, p, target, err)
+		if err != nil {
 			a.writeError(w, r, err)
 		}
-	})
+		return
+	}
+	if err := ep.fn(w, r, p); err != nil {
+		a.writeError(w, r, err)
+	}
 }
 
 // requestIDHeader carries the id of a request; a client may choose it.
@@ -311,10 +427,14 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 	_, _ = w.Write(append(body, '\n'))
 }
 
-// readJSON decodes a JSON object body into v.
+// readJSON decodes a JSON object body into v. The body is capped by
+// serveEndpoint; past the cap the answer is 413.
 func readJSON(r *http.Request, v any) error {
-	dec := json.NewDecoder(io.LimitReader(r.Body, maxJSONBody))
+	dec := json.NewDecoder(r.Body)
 	if err := dec.Decode(v); err != nil {
+		if tooLarge := bodyTooLarge(err); tooLarge != nil {
+			return tooLarge
+		}
 		msg := "We could not parse the JSON body of your request. The API expects a JSON object; see https://platform.openai.com/docs/api-reference."
 		var typeErr *json.UnmarshalTypeError
 		if errors.As(err, &typeErr) && typeErr.Field != "" {
@@ -325,7 +445,25 @@ func readJSON(r *http.Request, v any) error {
 	if dec.More() {
 		return badRequest(codeInvalidJSON, "", "The request body holds more than one JSON value.")
 	}
+	// Only whitespace may follow: a stray delimiter is not one JSON
+	// value, and whitespace past the cap is still past it.
+	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
+		if tooLarge := bodyTooLarge(err); tooLarge != nil {
+			return tooLarge
+		}
+		return badRequest(codeInvalidJSON, "", "The request body holds more than one JSON value.")
+	}
 	return nil
+}
+
+// bodyTooLarge is the 413 for an error of a body read past its cap, or nil.
+func bodyTooLarge(err error) *apiError {
+	var mbe *http.MaxBytesError
+	if !errors.As(err, &mbe) {
+		return nil
+	}
+	return &apiError{status: http.StatusRequestEntityTooLarge, typ: typeInvalidRequest, code: codeRequestTooLarge,
+		message: fmt.Sprintf("The request body is larger than the maximum of %d bytes.", mbe.Limit), cause: err}
 }
 
 // find runs fn over the state and, when fn reports a miss, once more after

@@ -29,6 +29,8 @@ type principal struct {
 	project string
 	keyID   string // "root", "noauth" or the stored key's id
 	scopes  []vbatchv1.Scope
+	// limits are the key's effective limits: zero is no limit.
+	limits KeyLimits
 }
 
 // access is what a route requires of a principal.
@@ -99,8 +101,9 @@ func (a *API) authRequired() bool { return a.cfg.RootKey != "" || !a.cfg.NoAuth 
 
 // authenticate finds who r acts for.
 func (a *API) authenticate(r *http.Request) (*principal, *apiError) {
+	defaults := KeyLimits{}.effective(a.cfg.Limits.DefaultKeyLimits)
 	if !a.authRequired() {
-		return &principal{project: defaultProject, keyID: "noauth", scopes: []vbatchv1.Scope{vbatchv1.Scope_SCOPE_ADMIN}}, nil
+		return &principal{project: defaultProject, keyID: "noauth", scopes: []vbatchv1.Scope{vbatchv1.Scope_SCOPE_ADMIN}, limits: defaults}, nil
 	}
 	h := r.Header.Get("Authorization")
 	scheme, key, ok := strings.Cut(h, " ")
@@ -109,7 +112,7 @@ func (a *API) authenticate(r *http.Request) (*principal, *apiError) {
 	}
 	key = strings.TrimSpace(key)
 	if a.cfg.RootKey != "" && subtle.ConstantTimeCompare([]byte(key), []byte(a.cfg.RootKey)) == 1 {
-		return &principal{project: defaultProject, keyID: "root", scopes: []vbatchv1.Scope{vbatchv1.Scope_SCOPE_ADMIN}}, nil
+		return &principal{project: defaultProject, keyID: "root", scopes: []vbatchv1.Scope{vbatchv1.Scope_SCOPE_ADMIN}, limits: defaults}, nil
 	}
 	if p := a.lookupKey(key); p != nil {
 		return p, nil
@@ -133,7 +136,8 @@ func (a *API) lookupKey(key string) *principal {
 			}
 			sum := hashKey(k.Salt, key)
 			if subtle.ConstantTimeCompare(sum[:], k.Hash) == 1 {
-				found = &principal{project: k.Project, keyID: k.Id, scopes: append([]vbatchv1.Scope(nil), k.Scopes...)}
+				found = &principal{project: k.Project, keyID: k.Id, scopes: append([]vbatchv1.Scope(nil), k.Scopes...),
+					limits: keyLimitsFromProto(k.Limits).effective(a.cfg.Limits.DefaultKeyLimits)}
 				return
 			}
 		}
@@ -150,8 +154,9 @@ func hashKey(salt []byte, key string) [sha256.Size]byte {
 	return out
 }
 
-// newKey makes a fresh secret and the record that stores it.
-func newKey(project, name string, scopes []vbatchv1.Scope, now int64) (string, *vbatchv1.APIKey, error) {
+// newKey makes a fresh secret and the record that stores it; limits may
+// be nil (every limit the deployment's default).
+func newKey(project, name string, scopes []vbatchv1.Scope, limits *vbatchv1.KeyLimits, now int64) (string, *vbatchv1.APIKey, error) {
 	key := keyPrefix + ids.Random(keyRandomLen)
 	salt := make([]byte, keySaltLen)
 	if _, err := rand.Read(salt); err != nil {
@@ -167,6 +172,7 @@ func newKey(project, name string, scopes []vbatchv1.Scope, now int64) (string, *
 		Prefix:    key[:keyPrefixLen],
 		Scopes:    scopes,
 		CreatedAt: now,
+		Limits:    limits,
 	}, nil
 }
 

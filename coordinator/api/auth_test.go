@@ -150,12 +150,12 @@ func TestRevokedKey(t *testing.T) {
 func TestKeyLookupPrefixCollision(t *testing.T) {
 	// Two keys sharing a prefix are told apart by their salted hashes.
 	e := rootEnv(t)
-	k1, rec1, err := newKey("p1", "a", nil, 1)
+	k1, rec1, err := newKey("p1", "a", nil, nil, 1)
 	if err != nil {
 		t.Fatal(err)
 	}
 	k2 := k1[:keyPrefixLen] + strings.Repeat("z", len(k1)-keyPrefixLen)
-	_, rec2, err := newKey("p2", "b", nil, 1)
+	_, rec2, err := newKey("p2", "b", nil, nil, 1)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -46,6 +46,37 @@ type Backend interface {
 type ClusterStatus struct {
 	Leader  string          `json:"leader"`
 	Servers []ClusterServer `json:"servers"`
+	// Autopilot is the leader's autopilot view; AutopilotError says why
+	// it is missing (no leader, or the leader's first update pending).
+	Autopilot      *AutopilotStatus `json:"autopilot,omitempty"`
+	AutopilotError string           `json:"autopilot_error,omitempty"`
+}
+
+// AutopilotStatus is the cluster's health as raft-autopilot sees it.
+type AutopilotStatus struct {
+	// Healthy: every server is alive, in contact and caught up.
+	Healthy bool `json:"healthy"`
+	// FailureTolerance is how many voters may fail with quorum kept.
+	FailureTolerance int `json:"failure_tolerance"`
+	// StabilizationTime is how long a server must stay healthy to be
+	// stable (a new one is then promoted to voter).
+	StabilizationTime string `json:"stabilization_time"`
+	// DeadServerGrace is how long a coordinator may be gone from gossip
+	// before it is removed from raft ("0s": never).
+	DeadServerGrace string                  `json:"dead_server_grace"`
+	Servers         []AutopilotServerHealth `json:"servers"`
+}
+
+// AutopilotServerHealth is one server's health.
+type AutopilotServerHealth struct {
+	ID         string `json:"id"`
+	NodeStatus string `json:"node_status"`
+	RaftState  string `json:"raft_state"`
+	Healthy    bool   `json:"healthy"`
+	// StableSince is when the server's health last changed (RFC 3339).
+	StableSince   string `json:"stable_since,omitempty"`
+	LastContactMs int64  `json:"last_contact_ms"`
+	LastIndex     uint64 `json:"last_index"`
 }
 
 // ClusterServer is one raft server as vbctl shows it.

@@ -43,7 +43,12 @@ type fakeBackend struct {
 	consistentCalls int
 	// onConsistent runs inside ConsistentRead: a test applies the writes
 	// this node "lagged" behind on.
-	onConsistent  func()
+	onConsistent func()
+	// onStore runs once StoreUpload has stored the bytes, before it
+	// returns: a test commits what another coordinator did meanwhile.
+	onStore func()
+	// onApply sees every command before it is applied.
+	onApply       func(cmd proto.Message)
 	status        *ClusterStatus
 	panicOnStatus bool
 }
@@ -62,6 +67,12 @@ func newFakeBackend() *fakeBackend {
 func (b *fakeBackend) FSM() *fsm.FSM { return b.f }
 
 func (b *fakeBackend) Apply(_ context.Context, cmd proto.Message) (uint64, error) {
+	b.mu.Lock()
+	hook := b.onApply
+	b.mu.Unlock()
+	if hook != nil {
+		hook(cmd)
+	}
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	if b.applyErr != nil {
@@ -107,6 +118,12 @@ func (b *fakeBackend) StoreUpload(_ context.Context, r io.Reader) (*vbatchv1.Blo
 	sum := sha256.Sum256(data)
 	h := hex.EncodeToString(sum[:])
 	b.blobs[h] = data
+	if hook := b.onStore; hook != nil {
+		b.onStore = nil
+		b.mu.Unlock()
+		hook()
+		b.mu.Lock()
+	}
 	return &vbatchv1.BlobRef{Sha256: h, Bytes: int64(len(data))}, []string{"c1", "c2"}, nil
 }
 
@@ -347,6 +364,17 @@ func (e *env) batchOK(key, input string) string {
 func (e *env) createKey(project string, scopes ...string) string {
 	e.t.Helper()
 	r := e.postJSON("/v1/admin/keys", testRoot, map[string]any{"project": project, "name": "k", "scopes": scopes})
+	if r.status != http.StatusCreated {
+		e.t.Fatalf("create key: %d %s", r.status, r.body)
+	}
+	return r.json(e.t)["key"].(string)
+}
+
+// createKeyLimited makes a stored key with limits (the JSON object of
+// POST /v1/admin/keys) and returns it.
+func (e *env) createKeyLimited(project string, limits map[string]any, scopes ...string) string {
+	e.t.Helper()
+	r := e.postJSON("/v1/admin/keys", testRoot, map[string]any{"project": project, "name": "k", "scopes": scopes, "limits": limits})
 	if r.status != http.StatusCreated {
 		e.t.Fatalf("create key: %d %s", r.status, r.body)
 	}

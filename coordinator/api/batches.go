@@ -29,6 +29,8 @@ const (
 	maxBatchLimit     = 100
 	minOutputExpiry   = 3600
 	maxOutputExpiry   = 30 * 24 * 3600
+	// maxIDBytes bounds an object id a client names: ours are far shorter.
+	maxIDBytes = 128
 )
 
 // windowRE is a completion window: a whole number of minutes or hours.
@@ -71,6 +73,9 @@ func (req *createBatchRequest) check() error {
 		return missingParam("endpoint")
 	case req.CompletionWindow == "":
 		return missingParam("completion_window")
+	}
+	if len(req.InputFileID) > maxIDBytes {
+		return invalidValue("input_file_id", "Invalid value for 'input_file_id': longer than %d bytes.", maxIDBytes)
 	}
 	if !slices.Contains(batchEndpoints, req.Endpoint) {
 		return invalidValue("endpoint", "Invalid value for 'endpoint': %q. Supported values are: '/v1/responses', '/v1/chat/completions', '/v1/embeddings' and '/v1/completions'.", req.Endpoint)
@@ -139,7 +144,18 @@ func (a *API) createBatch(w http.ResponseWriter, r *http.Request, p *principal) 
 		ExpiresAt:        now + window,
 		RequestCounts:    &vbatchv1.RequestCounts{},
 	}
-	if _, err := a.b.Apply(r.Context(), &vbatchv1.CreateBatch{Batch: b}); err != nil {
+	setAuditTarget(r, "", b.Id)
+	var check func(s *fsm.State) error
+	if limit := p.limits.MaxEnqueuedRequests; limit > 0 {
+		check = func(s *fsm.State) error {
+			if queued := enqueuedRequests(s, p.project); queued+input.Lines > limit {
+				return quotaExceeded("You exceeded your enqueued requests quota: project %s has %d requests waiting in batches that have not ended, and the %d of this batch would pass its limit of %d. Wait for batches to finish or cancel some, and retry.",
+					p.project, queued, input.Lines, limit)
+			}
+			return nil
+		}
+	}
+	if err := a.applyWithin(r.Context(), p.project, check, &vbatchv1.CreateBatch{Batch: b}); err != nil {
 		return fmt.Errorf("create batch %s: %w", b.Id, err)
 	}
 	if stored := a.findBatch(p, b.Id); stored != nil {

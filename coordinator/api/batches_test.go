@@ -116,6 +116,7 @@ func TestCreateBatchErrors(t *testing.T) {
 		{"missing file", ok(func(m map[string]any) { m["input_file_id"] = "file-nope" }), codeInvalidFile, "input_file_id"},
 		{"wrong purpose", ok(func(m map[string]any) { m["input_file_id"] = other }), codeInvalidFile, "input_file_id"},
 		{"not an object", []int{1}, codeInvalidJSON, ""},
+		{"huge file id", ok(func(m map[string]any) { m["input_file_id"] = strings.Repeat("f", 129) }), codeInvalidValue, "input_file_id"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {

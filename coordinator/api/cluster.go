@@ -7,10 +7,12 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"slices"
 	"strconv"
 	"strings"
 
 	"github.com/vbatch/vbatch/fsm"
+	"github.com/vbatch/vbatch/gossip"
 )
 
 // ClusterOps is what the cluster operation endpoints need from the
@@ -93,6 +95,7 @@ func (a *API) transferLeadership(w http.ResponseWriter, r *http.Request, _ *prin
 			return err
 		}
 	}
+	setAuditTarget(r, "", req.To)
 	leader, err := ops.TransferLeadership(r.Context(), req.To)
 	if err != nil {
 		return clusterOpError(err, req.To)
@@ -116,6 +119,7 @@ func (a *API) removePeer(w http.ResponseWriter, r *http.Request, _ *principal) e
 	if req.ID == "" {
 		return missingParam("id")
 	}
+	setAuditTarget(r, "", req.ID)
 	if err := ops.RemovePeer(r.Context(), req.ID); err != nil {
 		return clusterOpError(err, req.ID)
 	}
@@ -144,6 +148,10 @@ func (a *API) joinPool(w http.ResponseWriter, r *http.Request, _ *principal) err
 	if len(addrs) == 0 {
 		return missingParam("addresses")
 	}
+	if len(addrs) > maxJoinAddresses {
+		return invalidValue("addresses", "Invalid 'addresses': at most %d addresses, got %d; any one member's address is enough.", maxJoinAddresses, len(addrs))
+	}
+	setAuditTarget(r, "", strings.Join(addrs, ","))
 	n, err := ops.JoinPool(r.Context(), addrs)
 	if err != nil {
 		return &apiError{status: http.StatusBadGateway, typ: typeServer, code: "join_failed", param: "addresses",
@@ -152,6 +160,77 @@ func (a *API) joinPool(w http.ResponseWriter, r *http.Request, _ *principal) err
 	writeJSON(w, http.StatusOK, map[string]any{"contacted": n})
 	return nil
 }
+
+// KeyringOps is the gossip keyring rotation of vbctl cluster keyring. A
+// Backend that does not implement it answers with 501.
+type KeyringOps interface {
+	// KeyringOp runs op (install, use, remove, list) with key on every
+	// member of the gossip pool.
+	KeyringOp(ctx context.Context, op, key string) (*gossip.KeyringResult, error)
+}
+
+// keyring serves POST /v1/admin/cluster/keyring: {"op", "key"}. The key
+// never reaches the audit log or any error message.
+func (a *API) keyring(w http.ResponseWriter, r *http.Request, _ *principal) error {
+	ops, ok := a.b.(KeyringOps)
+	if !ok {
+		return &apiError{status: http.StatusNotImplemented, typ: typeServer, code: "not_implemented",
+			message: "This server does not support gossip keyring operations."}
+	}
+	var req struct {
+		Op  string `json:"op"`
+		Key string `json:"key"`
+	}
+	if err := readJSON(r, &req); err != nil {
+		return err
+	}
+	if req.Op == "" {
+		return missingParam("op")
+	}
+	if _, err := gossip.ParseKeyringOp(req.Op); err != nil {
+		return invalidValue("op", "Invalid 'op': %q is not one of install, use, remove, list.", req.Op)
+	}
+	if req.Op != string(gossip.KeyringList) && req.Key == "" {
+		return missingParam("key")
+	}
+	setAuditTarget(r, "", "keyring:"+req.Op)
+	res, err := ops.KeyringOp(r.Context(), req.Op, req.Key)
+	if err != nil {
+		return keyringError(err, res)
+	}
+	writeJSON(w, http.StatusOK, res)
+	return nil
+}
+
+// keyringError maps gossip's keyring errors to answers.
+func keyringError(err error, res *gossip.KeyringResult) error {
+	switch {
+	case errors.Is(err, gossip.ErrInvalidKey):
+		return invalidValue("key", "Invalid 'key': a gossip key is the base64 encoding of 32 bytes (vbatch gossip keygen).")
+	case errors.Is(err, gossip.ErrNoKeyring):
+		return &apiError{status: http.StatusConflict, typ: typeInvalidRequest, code: codeConflict,
+			message: "Gossip encryption is off on this cluster: start every node with --gossip-key-file to use a keyring.", cause: err}
+	case errors.Is(err, gossip.ErrPrimaryKey):
+		return &apiError{status: http.StatusConflict, typ: typeInvalidRequest, code: codeConflict, param: "key",
+			message: "That key is the primary gossip key: 'use' another key first, then remove it.", cause: err}
+	case errors.Is(err, gossip.ErrKeyNotInstalled):
+		return &apiError{status: http.StatusConflict, typ: typeInvalidRequest, code: codeConflict, param: "key",
+			message: "That key is not installed: 'install' it on every node first.", cause: err}
+	case errors.Is(err, gossip.ErrKeyringPartial) && res != nil:
+		nodes := make([]string, 0, len(res.Errors))
+		for n, e := range res.Errors {
+			nodes = append(nodes, n+": "+e)
+		}
+		slices.Sort(nodes)
+		return &apiError{status: http.StatusBadGateway, typ: typeServer, code: "keyring_partial",
+			message: fmt.Sprintf("The keyring operation reached %d of %d nodes; it is safe to retry. %s",
+				res.NumResp-res.NumErr, res.NumNodes, strings.Join(nodes, "; ")), cause: err}
+	}
+	return err
+}
+
+// maxJoinAddresses bounds one join: each address is contacted.
+const maxJoinAddresses = 64
 
 // snapshotIndexHeader carries the raft index a saved snapshot reflects.
 const snapshotIndexHeader = "X-Vbatch-Snapshot-Index"
@@ -190,13 +269,15 @@ func (a *API) restoreSnapshot(w http.ResponseWriter, r *http.Request, _ *princip
 	if err != nil {
 		return err
 	}
-	data, err := io.ReadAll(io.LimitReader(r.Body, MaxRestoreBytes+1))
+	// The body is capped at MaxRestoreBytes by serveEndpoint.
+	data, err := io.ReadAll(r.Body)
+	var mbe *http.MaxBytesError
+	if errors.As(err, &mbe) {
+		return &apiError{status: http.StatusRequestEntityTooLarge, typ: typeInvalidRequest, code: codeFileTooLarge,
+			message: fmt.Sprintf("The snapshot is larger than %d bytes.", MaxRestoreBytes), cause: err}
+	}
 	if err != nil {
 		return badRequest(codeInvalidValue, "", "Could not read the snapshot: %v", err)
-	}
-	if len(data) > MaxRestoreBytes {
-		return &apiError{status: http.StatusRequestEntityTooLarge, typ: typeInvalidRequest, code: codeFileTooLarge,
-			message: fmt.Sprintf("The snapshot is larger than %d bytes.", MaxRestoreBytes)}
 	}
 	index, err := ops.RestoreSnapshot(r.Context(), data)
 	if err != nil {

@@ -108,6 +108,14 @@ func TestClusterJoin(t *testing.T) {
 		t.Fatalf("calls %q", b.calls)
 	}
 	e.postJSON("/v1/admin/cluster/join", testRoot, map[string]any{"addresses": []string{}}).wantError(t, 400, typeInvalidRequest, codeMissingParam)
+	many := make([]string, maxJoinAddresses+1)
+	for i := range many {
+		many[i] = fmt.Sprintf("10.0.0.%d:8003", i)
+	}
+	e.postJSON("/v1/admin/cluster/join", testRoot, map[string]any{"addresses": many}).wantError(t, 400, typeInvalidRequest, codeInvalidValue)
+	if len(b.calls) != 1 {
+		t.Fatalf("calls %q", b.calls)
+	}
 	e.postJSON("/v1/admin/cluster/join", testRoot, map[string]any{"addresses": []string{"dead:1"}}).wantError(t, 502, typeServer, "join_failed")
 }
 

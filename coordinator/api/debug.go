@@ -16,8 +16,8 @@ const debugPrefix = "/debug/pprof/"
 // debugRoutes adds the admin-only net/http/pprof endpoints. They are never
 // served without an admin key: profiles and cmdline reveal internals.
 func (a *API) debugRoutes(route func(pattern string, methods map[string]endpoint)) {
-	ep := endpoint{accessAdmin, a.pprof}
-	route(debugPrefix, map[string]endpoint{http.MethodGet: ep, http.MethodPost: ep})
+	e := ep(accessAdmin, a.pprof)
+	route(debugPrefix, map[string]endpoint{http.MethodGet: e, http.MethodPost: e})
 }
 
 // pprof dispatches to the net/http/pprof handler for the profile named in

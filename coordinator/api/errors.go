@@ -39,6 +39,9 @@ const (
 //	405     invalid_request_error  method_not_allowed       the route exists for other methods
 //	409     invalid_request_error  conflict                 the object's state forbids it (file in use, batch ended)
 //	413     invalid_request_error  file_too_large           upload over Config.MaxUploadBytes
+//	413     invalid_request_error  request_too_large        any other body over its cap (1 MiB for JSON)
+//	429     requests               rate_limit_exceeded      over the key's requests per second; Retry-After says when to retry
+//	429     insufficient_quota     insufficient_quota       the project's enqueued requests or file bytes would pass the key's quota
 //	500     server_error           internal_error           a bug or a failing disk; logged with the request id
 //	503     server_error           service_unavailable      no leader or no quorum; retry
 const (
@@ -52,6 +55,7 @@ const (
 	codeMethodNotAllowed  = "method_not_allowed"
 	codeConflict          = "conflict"
 	codeFileTooLarge      = "file_too_large"
+	codeRequestTooLarge   = "request_too_large"
 	codeInternal          = "internal_error"
 	codeUnavailable       = "service_unavailable"
 )

@@ -186,6 +186,16 @@ type keyObject struct {
 	Scopes    []string `json:"scopes"`
 	CreatedAt int64    `json:"created_at"`
 	RevokedAt *int64   `json:"revoked_at"`
+	// Limits are the key's own limits: 0 is the deployment's default, a
+	// negative value no limit.
+	Limits keyLimitsObject `json:"limits"`
+}
+
+// keyLimitsObject is a key's limits on the wire.
+type keyLimitsObject struct {
+	RequestsPerSecond   float64 `json:"requests_per_second"`
+	MaxEnqueuedRequests int64   `json:"max_enqueued_requests"`
+	MaxFileBytes        int64   `json:"max_file_bytes"`
 }
 
 func toKeyObject(k *vbatchv1.APIKey) keyObject {
@@ -198,6 +208,11 @@ func toKeyObject(k *vbatchv1.APIKey) keyObject {
 		Scopes:    make([]string, 0, len(k.Scopes)),
 		CreatedAt: k.CreatedAt,
 		RevokedAt: nullTime(k.RevokedAt),
+		Limits: keyLimitsObject{
+			RequestsPerSecond:   k.GetLimits().GetRequestsPerSecond(),
+			MaxEnqueuedRequests: k.GetLimits().GetMaxEnqueuedRequests(),
+			MaxFileBytes:        k.GetLimits().GetMaxFileBytes(),
+		},
 	}
 	for _, s := range k.Scopes {
 		o.Scopes = append(o.Scopes, scopeName(s))

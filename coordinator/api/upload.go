@@ -10,6 +10,7 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/vbatch/vbatch/fsm"
 	"github.com/vbatch/vbatch/internal/ids"
 	vbatchv1 "github.com/vbatch/vbatch/rpc/gen/vbatch/v1"
 )
@@ -34,6 +35,10 @@ const (
 // maxFieldBytes caps a non-file form field.
 const maxFieldBytes = 4 << 10
 
+// formSlack is what an upload's body may hold beside the file: the other
+// fields and the multipart framing.
+const formSlack = maxFieldBytes * 8
+
 // errUploadTooLarge is what the upload stream returns past the size cap, so
 // that StoreUpload aborts without keeping anything.
 var errUploadTooLarge = errors.New("file too large")
@@ -52,6 +57,12 @@ type uploadReader struct {
 	// whether the current line does.
 	requests int64
 	content  bool
+	// maxLine, when positive, is the longest line allowed (without its
+	// '\n', as validate counts it); longLine is the 1-based number of the
+	// first longer one, 0 if none; lineLen is the current line's length.
+	maxLine  int64
+	lineLen  int64
+	longLine int64
 }
 
 func (u *uploadReader) Read(p []byte) (int, error) {
@@ -76,13 +87,20 @@ func (u *uploadReader) Read(p []byte) (int, error) {
 
 func (u *uploadReader) count(b []byte) {
 	for _, c := range b {
-		switch c {
-		case '\n':
+		if c == '\n' {
 			u.newlines++
 			if u.content {
 				u.requests++
 			}
 			u.content = false
+			u.lineLen = 0
+			continue
+		}
+		u.lineLen++
+		if u.maxLine > 0 && u.lineLen > u.maxLine && u.longLine == 0 {
+			u.longLine = u.newlines + 1
+		}
+		switch c {
 		case ' ', '\t', '\r':
 		default:
 			u.content = true
@@ -111,8 +129,14 @@ func (u *uploadReader) lines() int64 {
 // uploadFile serves POST /v1/files: a multipart form with the fields file
 // and purpose, in either order. The file part streams into the blob store;
 // the metadata is committed only after the whole request checked out.
+//
+// With a file bytes quota, the upload is refused with 429 before anything
+// is read when its Content-Length cannot fit in the project's room, while
+// streaming once it passes the room, and at the end when what the project
+// holds by then leaves no room for it; a refusal commits nothing and the
+// blob store's GC collects what was stored.
 func (a *API) uploadFile(w http.ResponseWriter, r *http.Request, p *principal) error {
-	if r.ContentLength > a.cfg.MaxUploadBytes+maxFieldBytes*8 {
+	if r.ContentLength > a.cfg.MaxUploadBytes+formSlack {
 		return &apiError{status: http.StatusRequestEntityTooLarge, typ: typeInvalidRequest, code: codeFileTooLarge, param: "file",
 			message: fmt.Sprintf("The file is larger than the maximum of %d bytes.", a.cfg.MaxUploadBytes)}
 	}
@@ -120,7 +144,20 @@ func (a *API) uploadFile(w http.ResponseWriter, r *http.Request, p *principal) e
 	if err != nil || ct != "multipart/form-data" {
 		return badRequest(codeInvalidValue, "", "The request must be multipart/form-data with the fields 'file' and 'purpose'.")
 	}
-	r.Body = http.MaxBytesReader(w, r.Body, a.cfg.MaxUploadBytes+maxFieldBytes*8)
+	streamMax, quotaCapped := a.cfg.MaxUploadBytes, false
+	quota := p.limits.MaxFileBytes
+	if quota > 0 {
+		var used int64
+		a.b.FSM().View(func(s *fsm.State) { used = projectFileBytes(s, p.project) })
+		room := max(0, quota-used)
+		if r.ContentLength > 0 && r.ContentLength-formSlack > room {
+			return fileQuotaExceeded(p.project, used, r.ContentLength-formSlack, quota)
+		}
+		if room < streamMax {
+			streamMax, quotaCapped = room, true
+		}
+	}
+	r.Body = http.MaxBytesReader(w, r.Body, a.cfg.MaxUploadBytes+formSlack)
 	mr, err := r.MultipartReader()
 	if err != nil {
 		return badRequest(codeInvalidValue, "", "The multipart body cannot be read: %v.", err)
@@ -150,8 +187,12 @@ func (a *API) uploadFile(w http.ResponseWriter, r *http.Request, p *principal) e
 				return badPurpose(purpose)
 			}
 			filename = part.FileName()
-			ur = &uploadReader{r: part, max: a.cfg.MaxUploadBytes}
+			ur = &uploadReader{r: part, max: streamMax, maxLine: int64(a.cfg.Validate.MaxLineBytes)}
 			ref, replicas, err = a.b.StoreUpload(r.Context(), ur)
+			if ur.tooLarge && quotaCapped {
+				return quotaExceeded("You exceeded your file storage quota: project %s has room for %d more bytes of files and this upload is larger. Delete files you no longer need and retry.",
+					p.project, streamMax)
+			}
 			if ur.tooLarge {
 				return &apiError{status: http.StatusRequestEntityTooLarge, typ: typeInvalidRequest, code: codeFileTooLarge, param: "file",
 					message: fmt.Sprintf("The file is larger than the maximum of %d bytes.", a.cfg.MaxUploadBytes), cause: err}
@@ -205,6 +246,9 @@ func (a *API) uploadFile(w http.ResponseWriter, r *http.Request, p *principal) e
 		if limit := int64(a.cfg.Validate.MaxRequests); ur.nonBlank() > limit {
 			return badRequest(codeInvalidFile, "file", "The file has %d requests; a batch input file holds at most %d.", ur.nonBlank(), limit)
 		}
+		if ur.longLine > 0 {
+			return badRequest(codeInvalidFile, "file", "Line %d of the file is longer than the maximum of %d bytes.", ur.longLine, ur.maxLine)
+		}
 	}
 	if filename == "" {
 		filename = "file"
@@ -231,7 +275,16 @@ func (a *API) uploadFile(w http.ResponseWriter, r *http.Request, p *principal) e
 		}
 		f.ExpiresAt = now + expiresSeconds
 	}
-	if _, err := a.b.Apply(r.Context(), &vbatchv1.CreateFile{File: f}); err != nil {
+	var check func(s *fsm.State) error
+	if quota > 0 {
+		check = func(s *fsm.State) error {
+			if used := projectFileBytes(s, p.project); used+f.Bytes > quota {
+				return fileQuotaExceeded(p.project, used, f.Bytes, quota)
+			}
+			return nil
+		}
+	}
+	if err := a.applyWithin(r.Context(), p.project, check, &vbatchv1.CreateFile{File: f}); err != nil {
 		return fmt.Errorf("create file %s: %w", f.Id, err)
 	}
 	writeJSON(w, http.StatusOK, toFileObject(f))

@@ -13,8 +13,10 @@ func FuzzValidate(f *testing.F) {
 	f.Add([]byte("{\"custom_id\":\"a\"}\r\n[]\nnull\n"), uint8(1))
 	f.Add([]byte(req("a", "m")+"\n"+req("a", "n")+"\n"+req("b", "m")+"\r\n \n"), uint8(2))
 	f.Add([]byte(strings.Repeat(req("x", "m")+"\n", 3)), uint8(0))
+	f.Add([]byte(body("a", `"max_tokens":100,"n":2`)+"\n"+body("b", `"max_completion_tokens":101`)+"\n"), uint8(1))
+	f.Add([]byte(body("a", `"n":"3","best_of":null`)+"\n"+body("b", `"min_tokens":1e999`)), uint8(2))
 	f.Fuzz(func(t *testing.T, data []byte, chunk uint8) {
-		opts := Options{ChunkSize: int(chunk%5) + 1, MaxRequests: 40, MaxErrors: 8, MaxLineBytes: 256}
+		opts := Options{ChunkSize: int(chunk%5) + 1, MaxRequests: 40, MaxErrors: 8, MaxLineBytes: 256, MaxTokens: 100, MaxN: 2}
 		res, err := Validate(bytes.NewReader(data), ep, opts)
 		if err != nil {
 			t.Fatalf("a bytes.Reader never fails, got %v", err)
@@ -53,6 +55,17 @@ func FuzzValidate(f *testing.F) {
 		})
 		if err != nil || n != res.Total {
 			t.Fatalf("scan: %v, %d of %d ids", err, n, res.Total)
+		}
+		// A valid file asks for no more than the caps on any line.
+		for i, l := range bytes.Split(data, []byte("\n")) {
+			if isBlank(l) {
+				continue
+			}
+			obj, _ := parseObject(l)
+			b, _ := parseObject(obj["body"])
+			if ce := CheckCaps(b, opts.MaxTokens, opts.MaxN); ce != nil {
+				t.Fatalf("line %d valid but over a cap: %v", i+1, ce)
+			}
 		}
 	})
 }

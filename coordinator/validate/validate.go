@@ -19,6 +19,9 @@
 //	missing_model           body.model   n     body absent or not an object, or no model string
 //	mismatched_model        body.model   n     a model other than the first line's
 //	unsupported_streaming   body.stream  n     body.stream is true
+//	exceeded_max_tokens     body.<field> n     max_tokens, max_completion_tokens, max_output_tokens or
+//	                                           min_tokens over Options.MaxTokens, or not a number
+//	exceeded_max_n          body.<field> n     n or best_of over Options.MaxN, or not a number
 //
 // A line reports its first problem only. Blank lines at the end of the file
 // (a trailing newline included) are not requests and are fine.
@@ -50,6 +53,8 @@ const (
 	CodeMissingModel        = "missing_model"
 	CodeMismatchedModel     = "mismatched_model"
 	CodeUnsupportedStream   = "unsupported_streaming"
+	CodeExceededMaxTokens   = "exceeded_max_tokens"
+	CodeExceededMaxN        = "exceeded_max_n"
 )
 
 // Defaults of Options.
@@ -72,6 +77,15 @@ type Options struct {
 	// MaxLineBytes caps one line; a longer line is a line_too_long error and
 	// is skipped without being held in memory.
 	MaxLineBytes int
+	// MaxTokens caps what one request may ask the engine to generate: a
+	// line whose body sets max_tokens, max_completion_tokens,
+	// max_output_tokens or min_tokens above it is an exceeded_max_tokens
+	// error. Zero is no cap. A request that sets none of them gets the
+	// engine's own default (vLLM: the rest of the model's context).
+	MaxTokens int64
+	// MaxN caps the choices one request may ask for: a body with n or
+	// best_of above it is an exceeded_max_n error. Zero is no cap.
+	MaxN int64
 }
 
 func (o Options) withDefaults() Options {
@@ -236,6 +250,9 @@ func (v *validator) checkLine(i int64, data []byte) bool {
 	}
 	if s, ok := body["stream"]; ok && bytes.Equal(bytes.TrimSpace(s), []byte("true")) {
 		return v.fail(i, CodeUnsupportedStream, "body.stream", "Streaming is not supported in a batch; remove 'stream' or set it to false.")
+	}
+	if ce := CheckCaps(body, v.opts.MaxTokens, v.opts.MaxN); ce != nil {
+		return v.fail(i, ce.Code, "body."+ce.Field, ce.Message)
 	}
 	sum := sha256.Sum256([]byte(customID))
 	if _, dup := v.seen[sum]; dup {
