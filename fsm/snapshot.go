@@ -151,12 +151,27 @@ func ReadSnapshot(r io.Reader) (*State, *vbatchv1.SnapshotHeader, error) {
 func (s *State) add(rec *vbatchv1.SnapshotRecord) error {
 	switch r := rec.Record.(type) {
 	case *vbatchv1.SnapshotRecord_ApiKey:
+		if err := checkID("api key", r.ApiKey.GetId(), s.APIKeys); err != nil {
+			return err
+		}
 		s.APIKeys[r.ApiKey.GetId()] = r.ApiKey
 	case *vbatchv1.SnapshotRecord_File:
+		if err := checkID("file", r.File.GetId(), s.Files); err != nil {
+			return err
+		}
 		s.Files[r.File.GetId()] = r.File
 	case *vbatchv1.SnapshotRecord_Batch:
+		if err := checkID("batch", r.Batch.GetId(), s.Batches); err != nil {
+			return err
+		}
+		if err := checkBatch(r.Batch); err != nil {
+			return err
+		}
 		s.Batches[r.Batch.GetId()] = r.Batch
 	case *vbatchv1.SnapshotRecord_Agent:
+		if err := checkID("agent", r.Agent.GetId(), s.Agents); err != nil {
+			return err
+		}
 		s.Agents[r.Agent.GetId()] = r.Agent
 	case *vbatchv1.SnapshotRecord_Header:
 		return errors.New("a second header")
@@ -164,6 +179,50 @@ func (s *State) add(rec *vbatchv1.SnapshotRecord) error {
 		// A record kind from a newer version: restoring without it would
 		// silently lose state.
 		return errors.New("unknown record kind (written by a newer vbatch?)")
+	}
+	return nil
+}
+
+// checkID refuses a record without an id or with one already read: a
+// snapshot can come from an operator's file (snapshot restore), and what
+// it holds must be what the commands could have built.
+func checkID[T any](kind, id string, seen map[string]T) error {
+	if id == "" {
+		return fmt.Errorf("%s record without an id", kind)
+	}
+	if _, dup := seen[id]; dup {
+		return fmt.Errorf("%s %s appears twice", kind, id)
+	}
+	return nil
+}
+
+// checkBatch refuses a batch the commands could not have built, which
+// would otherwise break them after a restore: counts and usage present,
+// chunks numbered in order over ordered line ranges, leases naming an
+// agent, parts present.
+func checkBatch(b *vbatchv1.Batch) error {
+	if b.RequestCounts == nil {
+		return fmt.Errorf("batch %s has no request counts", b.Id)
+	}
+	if b.Usage == nil {
+		b.Usage = &vbatchv1.Usage{}
+	}
+	for i, ch := range b.Chunks {
+		switch {
+		case ch == nil:
+			return fmt.Errorf("batch %s chunk %d is empty", b.Id, i)
+		case ch.Index != uint32(i):
+			return fmt.Errorf("batch %s chunk %d has index %d", b.Id, i, ch.Index)
+		case ch.StartLine < 0 || ch.EndLine < ch.StartLine || ch.Progress < ch.StartLine || ch.Progress > ch.EndLine:
+			return fmt.Errorf("batch %s chunk %d has lines [%d, %d) and progress %d", b.Id, i, ch.StartLine, ch.EndLine, ch.Progress)
+		case ch.Lease != nil && ch.Lease.AgentId == "":
+			return fmt.Errorf("batch %s chunk %d has a lease without an agent", b.Id, i)
+		}
+		for j, p := range ch.Parts {
+			if p == nil {
+				return fmt.Errorf("batch %s chunk %d part %d is empty", b.Id, i, j)
+			}
+		}
 	}
 	return nil
 }
