@@ -185,7 +185,14 @@ func Start(cfg Config, logger *slog.Logger, logOut io.Writer) (c *Coordinator, e
 	c.log.Info("coordinator started",
 		"http_addr", c.httpAdvertise, "rpc_addr", c.rpcAdvertise,
 		"raft_addr", c.raftNode.advertise, "gossip_addr", c.pool.Addr(),
-		"bootstrap_expect", cfg.BootstrapExpect)
+		"bootstrap_expect", cfg.BootstrapExpect, "tls", c.tls != nil, "gossip_encrypted", c.pool.EncryptionEnabled())
+	if c.tls == nil && !(netutil.IsLoopback(cfg.RPCAddr) && netutil.IsLoopback(cfg.RaftAddr)) {
+		c.log.Warn("RPC and raft are unauthenticated plain text: anyone who reaches them controls the cluster; " +
+			"set --tls-cert, --tls-key and --tls-ca (docs/security.md)")
+	}
+	if !c.pool.EncryptionEnabled() && !netutil.IsLoopback(cfg.GossipAddr) {
+		c.log.Warn("gossip is not encrypted: set --gossip-key-file (docs/security.md)")
+	}
 	return c, nil
 }
 
