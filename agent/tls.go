@@ -6,6 +6,7 @@ import (
 	"net/http"
 
 	"github.com/vbatch/vbatch/internal/tlsutil"
+	"github.com/vbatch/vbatch/monitoring"
 )
 
 // setupTLS loads the agent's certificate when TLS is configured. The
@@ -28,6 +29,7 @@ func (a *Agent) setupTLS() error {
 	}
 	a.cfg.NodeID = self.Node
 	a.tls = s
+	a.metrics.registry.MustRegister(monitoring.NewCertExpiryGauge(func() int64 { return s.Expires().Unix() }))
 	return nil
 }
 

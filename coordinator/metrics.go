@@ -22,6 +22,9 @@ func (c *Coordinator) registerCollectors() {
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 	)
+	if c.tls != nil {
+		c.registry.MustRegister(monitoring.NewCertExpiryGauge(func() int64 { return c.tls.Expires().Unix() }))
+	}
 }
 
 // clusterView is monitoring.ClusterView over this coordinator's replicated

@@ -255,6 +255,20 @@ func TestSecureCluster(t *testing.T) {
 		defer conn.Close()
 		return conn.ConnectionState().PeerCertificates[0].SerialNumber.Cmp(next.SerialNumber) == 0
 	})
+	// The expiry metric follows the reload; autopilot's view is on every
+	// coordinator's /metrics.
+	code, body, err = apiCall(apiClient, "GET", c1.URL()+"/metrics", "", nil)
+	if err != nil || code != http.StatusOK {
+		t.Fatalf("metrics: %d %v", code, err)
+	}
+	wantExpiry := fmt.Sprintf("vbatch_tls_certificate_expiry_timestamp_seconds %d", next.NotAfter.Unix())
+	wantExpiryE := fmt.Sprintf("vbatch_tls_certificate_expiry_timestamp_seconds %.9e", float64(next.NotAfter.Unix()))
+	if m := string(body); !strings.Contains(m, wantExpiry) && !strings.Contains(m, wantExpiryE) {
+		t.Errorf("metrics lack %q", wantExpiry)
+	}
+	if !strings.Contains(string(body), "vbatch_autopilot_failure_tolerance") {
+		t.Errorf("metrics lack the autopilot figures")
+	}
 	// The cluster still works after the rotation.
 	runSecureBatch(t, apiClient, c1.URL(), 20)
 }

@@ -59,3 +59,13 @@ func boolFloat(b bool) float64 {
 	}
 	return 0
 }
+
+// NewCertExpiryGauge is vbatch_tls_certificate_expiry_timestamp_seconds:
+// when this node's TLS certificate runs out (Unix seconds), read at scrape
+// time so a SIGHUP reload shows at once. Alert well before it.
+func NewCertExpiryGauge(expires func() int64) prometheus.Collector {
+	return prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "vbatch_tls_certificate_expiry_timestamp_seconds",
+		Help: "When this node's TLS certificate expires, in Unix seconds.",
+	}, func() float64 { return float64(expires()) })
+}
