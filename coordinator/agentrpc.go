@@ -401,17 +401,24 @@ func (s *agentService) Telemetry(ctx context.Context, req *connect.Request[vbatc
 	}
 	now := s.c.Now()
 	s.store(req.Msg, now)
-	s.c.metrics.ObserveXIDs(req.Msg.AgentId, len(req.Msg.XidEvents))
 	s.c.shareTelemetry(req.Msg, now)
 	return connect.NewResponse(&vbatchv1.TelemetryResponse{}), nil
 }
 
 // store keeps a report unless a newer one from the same agent is there.
+// store keeps r as the agent's latest report unless a later one is held,
+// and counts r's XID events the first time this coordinator sees r (sent
+// after the report it holds), whether from the agent or from a peer, so
+// the XID counter reads the same on every coordinator.
 func (s *agentService) store(r *vbatchv1.TelemetryRequest, receivedAt time.Time) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if old, ok := s.telemetry[r.AgentId]; ok && old.Report.SentAtUnixMs > r.SentAtUnixMs {
+	old, ok := s.telemetry[r.AgentId]
+	if ok && old.Report.SentAtUnixMs > r.SentAtUnixMs {
 		return
+	}
+	if !ok || old.Report.SentAtUnixMs < r.SentAtUnixMs {
+		s.c.metrics.ObserveXIDs(r.AgentId, len(r.XidEvents))
 	}
 	s.telemetry[r.AgentId] = &AgentTelemetry{Report: r, ReceivedAt: receivedAt}
 }

@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"connectrpc.com/connect"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	vbatchv1 "github.com/vbatch/vbatch/rpc/gen/vbatch/v1"
 )
@@ -21,6 +22,7 @@ func TestTelemetryReachesEveryCoordinator(t *testing.T) {
 		AgentId:      "gpu-01",
 		SentAtUnixMs: time.Now().UnixMilli(),
 		Gpus:         []*vbatchv1.GPU{{Index: 0, Name: "NVIDIA H200", TemperatureCelsius: 41}},
+		XidEvents:    []uint64{79, 48},
 	}
 	if _, err := nodes[0].agents.Telemetry(context.Background(), connect.NewRequest(report)); err != nil {
 		t.Fatal(err)
@@ -40,10 +42,22 @@ func TestTelemetryReachesEveryCoordinator(t *testing.T) {
 			time.Sleep(20 * time.Millisecond)
 		}
 	}
-	// An older report does not replace a newer one.
-	old := &vbatchv1.TelemetryRequest{AgentId: "gpu-01", SentAtUnixMs: report.SentAtUnixMs - 1000}
+	// The XID events count once on every coordinator, whichever received
+	// the report.
+	for _, c := range nodes {
+		if n := testutil.ToFloat64(c.metrics.XIDErrors.WithLabelValues("gpu-01")); n != 2 {
+			t.Errorf("%s counts %v XID errors, want 2", c.cfg.NodeID, n)
+		}
+	}
+	// An older report does not replace a newer one, nor does the same
+	// report count twice.
+	old := &vbatchv1.TelemetryRequest{AgentId: "gpu-01", SentAtUnixMs: report.SentAtUnixMs - 1000, XidEvents: report.XidEvents}
 	nodes[1].agents.store(old, time.Now())
+	nodes[1].agents.store(report, time.Now())
 	if got := nodes[1].agents.latestTelemetry()["gpu-01"]; got.Report.SentAtUnixMs != report.SentAtUnixMs {
 		t.Fatal("an older report replaced a newer one")
+	}
+	if n := testutil.ToFloat64(nodes[1].metrics.XIDErrors.WithLabelValues("gpu-01")); n != 2 {
+		t.Errorf("after repeats: %v XID errors, want 2", n)
 	}
 }
