@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/vbatch/vbatch/internal/httpsafe"
 	"io"
 	"net"
 	"net/http"
@@ -41,11 +42,7 @@ func (a *Agent) Handler() http.Handler {
 
 // serveHTTP serves Handler on ln until shut down.
 func (a *Agent) serveHTTP(ln net.Listener) *http.Server {
-	srv := &http.Server{
-		Handler:           monitoring.SentryHTTP(a.Handler()),
-		ReadHeaderTimeout: 10 * time.Second,
-		IdleTimeout:       2 * time.Minute,
-	}
+	srv := httpsafe.NewServer(monitoring.SentryHTTP(a.Handler()), httpsafe.DefaultTimeouts)
 	if a.tls != nil {
 		// Prometheus scrapes without a client certificate; a certificate,
 		// if shown, must be a coordinator's.

@@ -2,9 +2,9 @@ package coordinator
 
 import (
 	"errors"
+	"github.com/vbatch/vbatch/internal/httpsafe"
 	"net"
 	"net/http"
-	"time"
 
 	"connectrpc.com/connect"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -35,11 +35,7 @@ func (c *Coordinator) startServers() {
 		_, _ = w.Write([]byte("ok\n"))
 	})
 	mux.Handle("/", monitoring.InstrumentHTTP(monitoring.SentryHTTP(a.Handler()), c.metrics.HTTP))
-	c.httpSrv = &http.Server{
-		Handler:           mux,
-		ReadHeaderTimeout: 10 * time.Second,
-		IdleTimeout:       2 * time.Minute,
-	}
+	c.httpSrv = httpsafe.NewServer(mux, httpsafe.DefaultTimeouts)
 
 	rpc := http.NewServeMux()
 	interceptors := connect.WithInterceptors(monitoring.SentryInterceptor())
@@ -48,11 +44,7 @@ func (c *Coordinator) startServers() {
 	path, h = vbatchv1connect.NewAgentServiceHandler(c.agents, interceptors)
 	rpc.Handle(path, h)
 	rpc.Handle("/blobs/", c.blobs.Handler())
-	c.rpcSrv = &http.Server{
-		Handler:           c.rpcAuth(rpc),
-		ReadHeaderTimeout: 10 * time.Second,
-		IdleTimeout:       2 * time.Minute,
-	}
+	c.rpcSrv = httpsafe.NewServer(c.rpcAuth(rpc), httpsafe.DefaultTimeouts)
 	if c.tls != nil {
 		// The API authenticates with keys, so client certificates are
 		// optional there; RPC needs one from every caller.

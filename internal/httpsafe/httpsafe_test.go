@@ -1,0 +1,119 @@
+package httpsafe
+
+import (
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+)
+
+func serve(t *testing.T, h http.Handler, to Timeouts) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := NewServer(h, to)
+	go func() { _ = srv.Serve(ln) }()
+	t.Cleanup(func() { _ = srv.Close() })
+	return ln.Addr().String()
+}
+
+// readAll is a handler that answers with the body's length or the error
+// reading it.
+var readAll = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	b, err := io.ReadAll(r.Body)
+	if err != nil {
+		http.Error(w, err.Error(), http.StatusRequestTimeout)
+		return
+	}
+	fmt.Fprint(w, len(b))
+})
+
+func TestStalledBodyIsCut(t *testing.T) {
+	addr := serve(t, readAll, Timeouts{Header: time.Second, BodyIdle: 200 * time.Millisecond, Idle: time.Second})
+	conn, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	// Headers promise 10 bytes; 3 arrive, then nothing.
+	fmt.Fprint(conn, "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nabc")
+	_ = conn.SetReadDeadline(time.Now().Add(5 * time.Second))
+	start := time.Now()
+	resp, _ := io.ReadAll(conn)
+	if time.Since(start) > 3*time.Second {
+		t.Fatalf("stalled body held the connection %v", time.Since(start))
+	}
+	if strings.Contains(string(resp), "200 OK") {
+		t.Fatalf("stalled body accepted: %q", resp)
+	}
+}
+
+func TestSlowHeadersAreCut(t *testing.T) {
+	addr := serve(t, readAll, Timeouts{Header: 200 * time.Millisecond, BodyIdle: time.Second, Idle: time.Second})
+	conn, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	fmt.Fprint(conn, "POST / HTTP/1.1\r\nHost: x\r\n")
+	_ = conn.SetReadDeadline(time.Now().Add(5 * time.Second))
+	start := time.Now()
+	_, _ = io.ReadAll(conn)
+	if time.Since(start) > 3*time.Second {
+		t.Fatalf("slow headers held the connection %v", time.Since(start))
+	}
+}
+
+func TestSteadyBodyLongerThanIdleSucceeds(t *testing.T) {
+	addr := serve(t, readAll, Timeouts{Header: time.Second, BodyIdle: 300 * time.Millisecond, Idle: time.Second})
+	pr, pw := io.Pipe()
+	go func() {
+		// 10 chunks 100 ms apart: 1 s in all, never idle for 300 ms.
+		for range 10 {
+			time.Sleep(100 * time.Millisecond)
+			_, _ = pw.Write([]byte("0123456789"))
+		}
+		pw.Close()
+	}()
+	resp, err := http.Post("http://"+addr+"/", "text/plain", pr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode != 200 || string(b) != "100" {
+		t.Fatalf("%d %s", resp.StatusCode, b)
+	}
+}
+
+func TestLongAnswerAfterBodyIsNotCut(t *testing.T) {
+	slow := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		b, err := io.ReadAll(r.Body)
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusRequestTimeout)
+			return
+		}
+		// Work past BodyIdle, as a long poll or a stream does.
+		select {
+		case <-time.After(600 * time.Millisecond):
+		case <-r.Context().Done():
+			return
+		}
+		fmt.Fprint(w, len(b))
+	})
+	addr := serve(t, slow, Timeouts{Header: time.Second, BodyIdle: 200 * time.Millisecond, Idle: time.Second})
+	resp, err := http.Post("http://"+addr+"/", "text/plain", strings.NewReader("hello"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode != 200 || string(b) != "5" {
+		t.Fatalf("%d %q", resp.StatusCode, b)
+	}
+}
