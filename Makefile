@@ -9,7 +9,7 @@ BUF_VERSION := v1.75.0
 PROTOC_GEN_GO_VERSION := v1.36.12
 PROTOC_GEN_CONNECT_GO_VERSION := v1.21.1
 
-.PHONY: build test test-unit generate tools lint bench demo clean monitoring-check chaos failover fuzz
+.PHONY: build test test-unit generate tools lint bench demo clean monitoring-check chaos failover fuzz deadagent stale quiet
 
 build:
 	$(GO) build -ldflags "$(LDFLAGS)" -o bin/vbatch ./cmd/vbatch
@@ -82,3 +82,19 @@ chaos:
 TRIALS ?= 30
 failover:
 	$(GO) test -count=1 -run '^$$' -bench '^BenchmarkFailover$$' -benchtime 1x -timeout 30m ./e2e/ -args -failover.trials=$(TRIALS)
+
+# deadagent measures SIGKILL of an agent to its chunks leased again, over
+# TRIALS trials; stale runs STALE_TRIALS SIGSTOP/SIGCONT trials of agents
+# holding leases past their TTL and checks no stale result was accepted;
+# quiet loads both cores for QUIET and counts elections and agent deaths
+# (there must be none). Figures go to docs/reliability.md.
+STALE_TRIALS ?= 100
+QUIET ?= 10m
+deadagent:
+	$(GO) test -count=1 -run '^$$' -bench '^BenchmarkDeadAgent$$' -benchtime 1x -timeout 30m ./e2e/ -args -deadagent.trials=$(TRIALS)
+
+stale:
+	$(GO) test -count=1 -run '^$$' -bench '^BenchmarkStaleLease$$' -benchtime 1x -timeout 30m ./e2e/ -args -stale.trials=$(STALE_TRIALS)
+
+quiet:
+	$(GO) test -count=1 -v -run '^TestQuietUnderLoad$$' -timeout 60m ./e2e/ -args -quiet.duration=$(QUIET)

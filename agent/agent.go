@@ -169,6 +169,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	defer stopLoops()
 	var loops sync.WaitGroup
 	loops.Go(func() { a.telemetryLoop(loopCtx) })
+	loops.Go(func() { a.attachLoop(loopCtx) })
 	if err := a.register(ctx); err != nil && ctx.Err() == nil {
 		a.stop(reasonShutdown)
 		stopLoops()

@@ -311,3 +311,13 @@ func TestFindsCoordinatorsOverGossip(t *testing.T) {
 		t.Errorf("agent gossip member %+v (found %v)", m, ok)
 	}
 }
+
+func TestAttachesWhileRunning(t *testing.T) {
+	coord := newFakeCoord(t, nil)
+	startAgent(t, coord, newFakeEngine(), nil)
+	waitFor(t, "an attach stream", func() bool {
+		var ids []string
+		coord.with(func() { ids = coord.attached })
+		return len(ids) > 0 && ids[0] == "agent-test"
+	})
+}

@@ -39,6 +39,7 @@ type fakeCoord struct {
 	releases   []string
 	leases     int
 	telemetry  []*vbatchv1.TelemetryRequest
+	attached   []string
 	violations []string
 	putCalls   int
 	renewMs    int64
@@ -214,6 +215,15 @@ func (f *fakeCoord) Telemetry(_ context.Context, req *connect.Request[vbatchv1.T
 	defer f.mu.Unlock()
 	f.telemetry = append(f.telemetry, req.Msg)
 	return connect.NewResponse(&vbatchv1.TelemetryResponse{}), nil
+}
+
+// Attach counts the agent's attachments and holds each until it ends.
+func (f *fakeCoord) Attach(ctx context.Context, req *connect.Request[vbatchv1.AttachRequest], _ *connect.ServerStream[vbatchv1.AttachResponse]) error {
+	f.mu.Lock()
+	f.attached = append(f.attached, req.Msg.AgentId)
+	f.mu.Unlock()
+	<-ctx.Done()
+	return ctx.Err()
 }
 
 func countLines(b []byte) int64 { return int64(bytes.Count(b, []byte("\n"))) }

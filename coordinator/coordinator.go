@@ -72,7 +72,9 @@ type Coordinator struct {
 	// agentGone receives the ids of agents gossip declared dead; it wakes
 	// the leader loop so their leases are expired at once.
 	agentGone chan string
-	// stop ends the background loops.
+	// life ends when the coordinator starts shutting down; stop ends it
+	// and with it the background loops.
+	life      context.Context
 	stop      context.CancelFunc
 	wg        sync.WaitGroup
 	closeOnce sync.Once
@@ -180,6 +182,7 @@ func Start(cfg Config, logger *slog.Logger, logOut io.Writer) (c *Coordinator, e
 		Scheme: c.scheme(),
 		Logger: c.log.With("logger", "blob"),
 	}
+	c.life, c.stop = context.WithCancel(context.Background())
 	c.startServers()
 	c.startLoops()
 	c.log.Info("coordinator started",

@@ -9,8 +9,7 @@ import (
 
 // startLoops starts the background loops every coordinator runs.
 func (c *Coordinator) startLoops() {
-	ctx, cancel := context.WithCancel(context.Background())
-	c.stop = cancel
+	ctx := c.life
 	c.goLoop(func() { c.joinLoop(ctx) })
 	c.goLoop(func() { c.bootstrapLoop(ctx) })
 	c.goLoop(func() { c.leadershipLoop(ctx) })

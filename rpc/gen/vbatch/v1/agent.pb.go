@@ -76,6 +76,87 @@ func (LeaseVerdict) EnumDescriptor() ([]byte, []int) {
 	return file_vbatch_v1_agent_proto_rawDescGZIP(), []int{0}
 }
 
+type AttachRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	AgentId       string                 `protobuf:"bytes,1,opt,name=agent_id,json=agentId,proto3" json:"agent_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AttachRequest) Reset() {
+	*x = AttachRequest{}
+	mi := &file_vbatch_v1_agent_proto_msgTypes[0]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AttachRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AttachRequest) ProtoMessage() {}
+
+func (x *AttachRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_vbatch_v1_agent_proto_msgTypes[0]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AttachRequest.ProtoReflect.Descriptor instead.
+func (*AttachRequest) Descriptor() ([]byte, []int) {
+	return file_vbatch_v1_agent_proto_rawDescGZIP(), []int{0}
+}
+
+func (x *AttachRequest) GetAgentId() string {
+	if x != nil {
+		return x.AgentId
+	}
+	return ""
+}
+
+// AttachResponse is a keepalive; it carries nothing.
+type AttachResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AttachResponse) Reset() {
+	*x = AttachResponse{}
+	mi := &file_vbatch_v1_agent_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AttachResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AttachResponse) ProtoMessage() {}
+
+func (x *AttachResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_vbatch_v1_agent_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AttachResponse.ProtoReflect.Descriptor instead.
+func (*AttachResponse) Descriptor() ([]byte, []int) {
+	return file_vbatch_v1_agent_proto_rawDescGZIP(), []int{1}
+}
+
 type RegisterRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Agent         *Agent                 `protobuf:"bytes,1,opt,name=agent,proto3" json:"agent,omitempty"`
@@ -85,7 +166,7 @@ type RegisterRequest struct {
 
 func (x *RegisterRequest) Reset() {
 	*x = RegisterRequest{}
-	mi := &file_vbatch_v1_agent_proto_msgTypes[0]
+	mi := &file_vbatch_v1_agent_proto_msgTypes[2]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -97,7 +178,7 @@ func (x *RegisterRequest) String() string {
 func (*RegisterRequest) ProtoMessage() {}
 
 func (x *RegisterRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_vbatch_v1_agent_proto_msgTypes[0]
+	mi := &file_vbatch_v1_agent_proto_msgTypes[2]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -110,7 +191,7 @@ func (x *RegisterRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RegisterRequest.ProtoReflect.Descriptor instead.
 func (*RegisterRequest) Descriptor() ([]byte, []int) {
-	return file_vbatch_v1_agent_proto_rawDescGZIP(), []int{0}
+	return file_vbatch_v1_agent_proto_rawDescGZIP(), []int{2}
 }
 
 func (x *RegisterRequest) GetAgent() *Agent {
@@ -131,7 +212,7 @@ type RegisterResponse struct {
 
 func (x *RegisterResponse) Reset() {
 	*x = RegisterResponse{}
-	mi := &file_vbatch_v1_agent_proto_msgTypes[1]
+	mi := &file_vbatch_v1_agent_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -143,7 +224,7 @@ func (x *RegisterResponse) String() string {
 func (*RegisterResponse) ProtoMessage() {}
 
 func (x *RegisterResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_vbatch_v1_agent_proto_msgTypes[1]
+	mi := &file_vbatch_v1_agent_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -156,7 +237,7 @@ func (x *RegisterResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RegisterResponse.ProtoReflect.Descriptor instead.
 func (*RegisterResponse) Descriptor() ([]byte, []int) {
-	return file_vbatch_v1_agent_proto_rawDescGZIP(), []int{1}
+	return file_vbatch_v1_agent_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *RegisterResponse) GetLeaseTtlMs() int64 {
@@ -185,7 +266,7 @@ type LeaseRequest struct {
 
 func (x *LeaseRequest) Reset() {
 	*x = LeaseRequest{}
-	mi := &file_vbatch_v1_agent_proto_msgTypes[2]
+	mi := &file_vbatch_v1_agent_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -197,7 +278,7 @@ func (x *LeaseRequest) String() string {
 func (*LeaseRequest) ProtoMessage() {}
 
 func (x *LeaseRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_vbatch_v1_agent_proto_msgTypes[2]
+	mi := &file_vbatch_v1_agent_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -210,7 +291,7 @@ func (x *LeaseRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LeaseRequest.ProtoReflect.Descriptor instead.
 func (*LeaseRequest) Descriptor() ([]byte, []int) {
-	return file_vbatch_v1_agent_proto_rawDescGZIP(), []int{2}
+	return file_vbatch_v1_agent_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *LeaseRequest) GetAgentId() string {
@@ -254,7 +335,7 @@ type LeaseResponse struct {
 
 func (x *LeaseResponse) Reset() {
 	*x = LeaseResponse{}
-	mi := &file_vbatch_v1_agent_proto_msgTypes[3]
+	mi := &file_vbatch_v1_agent_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -266,7 +347,7 @@ func (x *LeaseResponse) String() string {
 func (*LeaseResponse) ProtoMessage() {}
 
 func (x *LeaseResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_vbatch_v1_agent_proto_msgTypes[3]
+	mi := &file_vbatch_v1_agent_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -279,7 +360,7 @@ func (x *LeaseResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LeaseResponse.ProtoReflect.Descriptor instead.
 func (*LeaseResponse) Descriptor() ([]byte, []int) {
-	return file_vbatch_v1_agent_proto_rawDescGZIP(), []int{3}
+	return file_vbatch_v1_agent_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *LeaseResponse) GetGranted() bool {
@@ -363,7 +444,7 @@ type RenewRequest struct {
 
 func (x *RenewRequest) Reset() {
 	*x = RenewRequest{}
-	mi := &file_vbatch_v1_agent_proto_msgTypes[4]
+	mi := &file_vbatch_v1_agent_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -375,7 +456,7 @@ func (x *RenewRequest) String() string {
 func (*RenewRequest) ProtoMessage() {}
 
 func (x *RenewRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_vbatch_v1_agent_proto_msgTypes[4]
+	mi := &file_vbatch_v1_agent_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -388,7 +469,7 @@ func (x *RenewRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RenewRequest.ProtoReflect.Descriptor instead.
 func (*RenewRequest) Descriptor() ([]byte, []int) {
-	return file_vbatch_v1_agent_proto_rawDescGZIP(), []int{4}
+	return file_vbatch_v1_agent_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *RenewRequest) GetBatchId() string {
@@ -422,7 +503,7 @@ type RenewResponse struct {
 
 func (x *RenewResponse) Reset() {
 	*x = RenewResponse{}
-	mi := &file_vbatch_v1_agent_proto_msgTypes[5]
+	mi := &file_vbatch_v1_agent_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -434,7 +515,7 @@ func (x *RenewResponse) String() string {
 func (*RenewResponse) ProtoMessage() {}
 
 func (x *RenewResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_vbatch_v1_agent_proto_msgTypes[5]
+	mi := &file_vbatch_v1_agent_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -447,7 +528,7 @@ func (x *RenewResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RenewResponse.ProtoReflect.Descriptor instead.
 func (*RenewResponse) Descriptor() ([]byte, []int) {
-	return file_vbatch_v1_agent_proto_rawDescGZIP(), []int{5}
+	return file_vbatch_v1_agent_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *RenewResponse) GetVerdict() LeaseVerdict {
@@ -476,7 +557,7 @@ type ReadInputRequest struct {
 
 func (x *ReadInputRequest) Reset() {
 	*x = ReadInputRequest{}
-	mi := &file_vbatch_v1_agent_proto_msgTypes[6]
+	mi := &file_vbatch_v1_agent_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -488,7 +569,7 @@ func (x *ReadInputRequest) String() string {
 func (*ReadInputRequest) ProtoMessage() {}
 
 func (x *ReadInputRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_vbatch_v1_agent_proto_msgTypes[6]
+	mi := &file_vbatch_v1_agent_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -501,7 +582,7 @@ func (x *ReadInputRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReadInputRequest.ProtoReflect.Descriptor instead.
 func (*ReadInputRequest) Descriptor() ([]byte, []int) {
-	return file_vbatch_v1_agent_proto_rawDescGZIP(), []int{6}
+	return file_vbatch_v1_agent_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *ReadInputRequest) GetBatchId() string {
@@ -543,7 +624,7 @@ type ReadInputResponse struct {
 
 func (x *ReadInputResponse) Reset() {
 	*x = ReadInputResponse{}
-	mi := &file_vbatch_v1_agent_proto_msgTypes[7]
+	mi := &file_vbatch_v1_agent_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -555,7 +636,7 @@ func (x *ReadInputResponse) String() string {
 func (*ReadInputResponse) ProtoMessage() {}
 
 func (x *ReadInputResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_vbatch_v1_agent_proto_msgTypes[7]
+	mi := &file_vbatch_v1_agent_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -568,7 +649,7 @@ func (x *ReadInputResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReadInputResponse.ProtoReflect.Descriptor instead.
 func (*ReadInputResponse) Descriptor() ([]byte, []int) {
-	return file_vbatch_v1_agent_proto_rawDescGZIP(), []int{7}
+	return file_vbatch_v1_agent_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *ReadInputResponse) GetLines() [][]byte {
@@ -604,7 +685,7 @@ type PutResultsRequest struct {
 
 func (x *PutResultsRequest) Reset() {
 	*x = PutResultsRequest{}
-	mi := &file_vbatch_v1_agent_proto_msgTypes[8]
+	mi := &file_vbatch_v1_agent_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -616,7 +697,7 @@ func (x *PutResultsRequest) String() string {
 func (*PutResultsRequest) ProtoMessage() {}
 
 func (x *PutResultsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_vbatch_v1_agent_proto_msgTypes[8]
+	mi := &file_vbatch_v1_agent_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -629,7 +710,7 @@ func (x *PutResultsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PutResultsRequest.ProtoReflect.Descriptor instead.
 func (*PutResultsRequest) Descriptor() ([]byte, []int) {
-	return file_vbatch_v1_agent_proto_rawDescGZIP(), []int{8}
+	return file_vbatch_v1_agent_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *PutResultsRequest) GetBatchId() string {
@@ -712,7 +793,7 @@ type PutResultsResponse struct {
 
 func (x *PutResultsResponse) Reset() {
 	*x = PutResultsResponse{}
-	mi := &file_vbatch_v1_agent_proto_msgTypes[9]
+	mi := &file_vbatch_v1_agent_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -724,7 +805,7 @@ func (x *PutResultsResponse) String() string {
 func (*PutResultsResponse) ProtoMessage() {}
 
 func (x *PutResultsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_vbatch_v1_agent_proto_msgTypes[9]
+	mi := &file_vbatch_v1_agent_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -737,7 +818,7 @@ func (x *PutResultsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PutResultsResponse.ProtoReflect.Descriptor instead.
 func (*PutResultsResponse) Descriptor() ([]byte, []int) {
-	return file_vbatch_v1_agent_proto_rawDescGZIP(), []int{9}
+	return file_vbatch_v1_agent_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *PutResultsResponse) GetProgress() int64 {
@@ -758,7 +839,7 @@ type CompleteRequest struct {
 
 func (x *CompleteRequest) Reset() {
 	*x = CompleteRequest{}
-	mi := &file_vbatch_v1_agent_proto_msgTypes[10]
+	mi := &file_vbatch_v1_agent_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -770,7 +851,7 @@ func (x *CompleteRequest) String() string {
 func (*CompleteRequest) ProtoMessage() {}
 
 func (x *CompleteRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_vbatch_v1_agent_proto_msgTypes[10]
+	mi := &file_vbatch_v1_agent_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -783,7 +864,7 @@ func (x *CompleteRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CompleteRequest.ProtoReflect.Descriptor instead.
 func (*CompleteRequest) Descriptor() ([]byte, []int) {
-	return file_vbatch_v1_agent_proto_rawDescGZIP(), []int{10}
+	return file_vbatch_v1_agent_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *CompleteRequest) GetBatchId() string {
@@ -815,7 +896,7 @@ type CompleteResponse struct {
 
 func (x *CompleteResponse) Reset() {
 	*x = CompleteResponse{}
-	mi := &file_vbatch_v1_agent_proto_msgTypes[11]
+	mi := &file_vbatch_v1_agent_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -827,7 +908,7 @@ func (x *CompleteResponse) String() string {
 func (*CompleteResponse) ProtoMessage() {}
 
 func (x *CompleteResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_vbatch_v1_agent_proto_msgTypes[11]
+	mi := &file_vbatch_v1_agent_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -840,7 +921,7 @@ func (x *CompleteResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CompleteResponse.ProtoReflect.Descriptor instead.
 func (*CompleteResponse) Descriptor() ([]byte, []int) {
-	return file_vbatch_v1_agent_proto_rawDescGZIP(), []int{11}
+	return file_vbatch_v1_agent_proto_rawDescGZIP(), []int{13}
 }
 
 type ReleaseRequest struct {
@@ -855,7 +936,7 @@ type ReleaseRequest struct {
 
 func (x *ReleaseRequest) Reset() {
 	*x = ReleaseRequest{}
-	mi := &file_vbatch_v1_agent_proto_msgTypes[12]
+	mi := &file_vbatch_v1_agent_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -867,7 +948,7 @@ func (x *ReleaseRequest) String() string {
 func (*ReleaseRequest) ProtoMessage() {}
 
 func (x *ReleaseRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_vbatch_v1_agent_proto_msgTypes[12]
+	mi := &file_vbatch_v1_agent_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -880,7 +961,7 @@ func (x *ReleaseRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReleaseRequest.ProtoReflect.Descriptor instead.
 func (*ReleaseRequest) Descriptor() ([]byte, []int) {
-	return file_vbatch_v1_agent_proto_rawDescGZIP(), []int{12}
+	return file_vbatch_v1_agent_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *ReleaseRequest) GetBatchId() string {
@@ -919,7 +1000,7 @@ type ReleaseResponse struct {
 
 func (x *ReleaseResponse) Reset() {
 	*x = ReleaseResponse{}
-	mi := &file_vbatch_v1_agent_proto_msgTypes[13]
+	mi := &file_vbatch_v1_agent_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -931,7 +1012,7 @@ func (x *ReleaseResponse) String() string {
 func (*ReleaseResponse) ProtoMessage() {}
 
 func (x *ReleaseResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_vbatch_v1_agent_proto_msgTypes[13]
+	mi := &file_vbatch_v1_agent_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -944,7 +1025,7 @@ func (x *ReleaseResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReleaseResponse.ProtoReflect.Descriptor instead.
 func (*ReleaseResponse) Descriptor() ([]byte, []int) {
-	return file_vbatch_v1_agent_proto_rawDescGZIP(), []int{13}
+	return file_vbatch_v1_agent_proto_rawDescGZIP(), []int{15}
 }
 
 type EngineStats struct {
@@ -962,7 +1043,7 @@ type EngineStats struct {
 
 func (x *EngineStats) Reset() {
 	*x = EngineStats{}
-	mi := &file_vbatch_v1_agent_proto_msgTypes[14]
+	mi := &file_vbatch_v1_agent_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -974,7 +1055,7 @@ func (x *EngineStats) String() string {
 func (*EngineStats) ProtoMessage() {}
 
 func (x *EngineStats) ProtoReflect() protoreflect.Message {
-	mi := &file_vbatch_v1_agent_proto_msgTypes[14]
+	mi := &file_vbatch_v1_agent_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -987,7 +1068,7 @@ func (x *EngineStats) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EngineStats.ProtoReflect.Descriptor instead.
 func (*EngineStats) Descriptor() ([]byte, []int) {
-	return file_vbatch_v1_agent_proto_rawDescGZIP(), []int{14}
+	return file_vbatch_v1_agent_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *EngineStats) GetModel() string {
@@ -1052,7 +1133,7 @@ type TelemetryRequest struct {
 
 func (x *TelemetryRequest) Reset() {
 	*x = TelemetryRequest{}
-	mi := &file_vbatch_v1_agent_proto_msgTypes[15]
+	mi := &file_vbatch_v1_agent_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1064,7 +1145,7 @@ func (x *TelemetryRequest) String() string {
 func (*TelemetryRequest) ProtoMessage() {}
 
 func (x *TelemetryRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_vbatch_v1_agent_proto_msgTypes[15]
+	mi := &file_vbatch_v1_agent_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1077,7 +1158,7 @@ func (x *TelemetryRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TelemetryRequest.ProtoReflect.Descriptor instead.
 func (*TelemetryRequest) Descriptor() ([]byte, []int) {
-	return file_vbatch_v1_agent_proto_rawDescGZIP(), []int{15}
+	return file_vbatch_v1_agent_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *TelemetryRequest) GetAgentId() string {
@@ -1123,7 +1204,7 @@ type TelemetryResponse struct {
 
 func (x *TelemetryResponse) Reset() {
 	*x = TelemetryResponse{}
-	mi := &file_vbatch_v1_agent_proto_msgTypes[16]
+	mi := &file_vbatch_v1_agent_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1135,7 +1216,7 @@ func (x *TelemetryResponse) String() string {
 func (*TelemetryResponse) ProtoMessage() {}
 
 func (x *TelemetryResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_vbatch_v1_agent_proto_msgTypes[16]
+	mi := &file_vbatch_v1_agent_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1148,14 +1229,17 @@ func (x *TelemetryResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TelemetryResponse.ProtoReflect.Descriptor instead.
 func (*TelemetryResponse) Descriptor() ([]byte, []int) {
-	return file_vbatch_v1_agent_proto_rawDescGZIP(), []int{16}
+	return file_vbatch_v1_agent_proto_rawDescGZIP(), []int{18}
 }
 
 var File_vbatch_v1_agent_proto protoreflect.FileDescriptor
 
 const file_vbatch_v1_agent_proto_rawDesc = "" +
 	"\n" +
-	"\x15vbatch/v1/agent.proto\x12\tvbatch.v1\x1a\x15vbatch/v1/state.proto\"9\n" +
+	"\x15vbatch/v1/agent.proto\x12\tvbatch.v1\x1a\x15vbatch/v1/state.proto\"*\n" +
+	"\rAttachRequest\x12\x19\n" +
+	"\bagent_id\x18\x01 \x01(\tR\aagentId\"\x10\n" +
+	"\x0eAttachResponse\"9\n" +
 	"\x0fRegisterRequest\x12&\n" +
 	"\x05agent\x18\x01 \x01(\v2\x10.vbatch.v1.AgentR\x05agent\"`\n" +
 	"\x10RegisterResponse\x12 \n" +
@@ -1240,7 +1324,7 @@ const file_vbatch_v1_agent_proto_rawDesc = "" +
 	"\x19LEASE_VERDICT_UNSPECIFIED\x10\x00\x12\x14\n" +
 	"\x10LEASE_VERDICT_OK\x10\x01\x12\x1b\n" +
 	"\x17LEASE_VERDICT_CANCELLED\x10\x02\x12\x19\n" +
-	"\x15LEASE_VERDICT_REVOKED\x10\x032\xbf\x04\n" +
+	"\x15LEASE_VERDICT_REVOKED\x10\x032\x82\x05\n" +
 	"\fAgentService\x12E\n" +
 	"\bRegister\x12\x1a.vbatch.v1.RegisterRequest\x1a\x1b.vbatch.v1.RegisterResponse\"\x00\x12<\n" +
 	"\x05Lease\x12\x17.vbatch.v1.LeaseRequest\x1a\x18.vbatch.v1.LeaseResponse\"\x00\x12<\n" +
@@ -1250,7 +1334,8 @@ const file_vbatch_v1_agent_proto_rawDesc = "" +
 	"PutResults\x12\x1c.vbatch.v1.PutResultsRequest\x1a\x1d.vbatch.v1.PutResultsResponse\"\x00\x12E\n" +
 	"\bComplete\x12\x1a.vbatch.v1.CompleteRequest\x1a\x1b.vbatch.v1.CompleteResponse\"\x00\x12B\n" +
 	"\aRelease\x12\x19.vbatch.v1.ReleaseRequest\x1a\x1a.vbatch.v1.ReleaseResponse\"\x00\x12H\n" +
-	"\tTelemetry\x12\x1b.vbatch.v1.TelemetryRequest\x1a\x1c.vbatch.v1.TelemetryResponse\"\x00B5Z3github.com/vbatch/vbatch/rpc/gen/vbatch/v1;vbatchv1b\x06proto3"
+	"\tTelemetry\x12\x1b.vbatch.v1.TelemetryRequest\x1a\x1c.vbatch.v1.TelemetryResponse\"\x00\x12A\n" +
+	"\x06Attach\x12\x18.vbatch.v1.AttachRequest\x1a\x19.vbatch.v1.AttachResponse\"\x000\x01B5Z3github.com/vbatch/vbatch/rpc/gen/vbatch/v1;vbatchv1b\x06proto3"
 
 var (
 	file_vbatch_v1_agent_proto_rawDescOnce sync.Once
@@ -1265,54 +1350,58 @@ func file_vbatch_v1_agent_proto_rawDescGZIP() []byte {
 }
 
 var file_vbatch_v1_agent_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_vbatch_v1_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 17)
+var file_vbatch_v1_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 19)
 var file_vbatch_v1_agent_proto_goTypes = []any{
 	(LeaseVerdict)(0),          // 0: vbatch.v1.LeaseVerdict
-	(*RegisterRequest)(nil),    // 1: vbatch.v1.RegisterRequest
-	(*RegisterResponse)(nil),   // 2: vbatch.v1.RegisterResponse
-	(*LeaseRequest)(nil),       // 3: vbatch.v1.LeaseRequest
-	(*LeaseResponse)(nil),      // 4: vbatch.v1.LeaseResponse
-	(*RenewRequest)(nil),       // 5: vbatch.v1.RenewRequest
-	(*RenewResponse)(nil),      // 6: vbatch.v1.RenewResponse
-	(*ReadInputRequest)(nil),   // 7: vbatch.v1.ReadInputRequest
-	(*ReadInputResponse)(nil),  // 8: vbatch.v1.ReadInputResponse
-	(*PutResultsRequest)(nil),  // 9: vbatch.v1.PutResultsRequest
-	(*PutResultsResponse)(nil), // 10: vbatch.v1.PutResultsResponse
-	(*CompleteRequest)(nil),    // 11: vbatch.v1.CompleteRequest
-	(*CompleteResponse)(nil),   // 12: vbatch.v1.CompleteResponse
-	(*ReleaseRequest)(nil),     // 13: vbatch.v1.ReleaseRequest
-	(*ReleaseResponse)(nil),    // 14: vbatch.v1.ReleaseResponse
-	(*EngineStats)(nil),        // 15: vbatch.v1.EngineStats
-	(*TelemetryRequest)(nil),   // 16: vbatch.v1.TelemetryRequest
-	(*TelemetryResponse)(nil),  // 17: vbatch.v1.TelemetryResponse
-	(*Agent)(nil),              // 18: vbatch.v1.Agent
-	(*Usage)(nil),              // 19: vbatch.v1.Usage
-	(*GPU)(nil),                // 20: vbatch.v1.GPU
+	(*AttachRequest)(nil),      // 1: vbatch.v1.AttachRequest
+	(*AttachResponse)(nil),     // 2: vbatch.v1.AttachResponse
+	(*RegisterRequest)(nil),    // 3: vbatch.v1.RegisterRequest
+	(*RegisterResponse)(nil),   // 4: vbatch.v1.RegisterResponse
+	(*LeaseRequest)(nil),       // 5: vbatch.v1.LeaseRequest
+	(*LeaseResponse)(nil),      // 6: vbatch.v1.LeaseResponse
+	(*RenewRequest)(nil),       // 7: vbatch.v1.RenewRequest
+	(*RenewResponse)(nil),      // 8: vbatch.v1.RenewResponse
+	(*ReadInputRequest)(nil),   // 9: vbatch.v1.ReadInputRequest
+	(*ReadInputResponse)(nil),  // 10: vbatch.v1.ReadInputResponse
+	(*PutResultsRequest)(nil),  // 11: vbatch.v1.PutResultsRequest
+	(*PutResultsResponse)(nil), // 12: vbatch.v1.PutResultsResponse
+	(*CompleteRequest)(nil),    // 13: vbatch.v1.CompleteRequest
+	(*CompleteResponse)(nil),   // 14: vbatch.v1.CompleteResponse
+	(*ReleaseRequest)(nil),     // 15: vbatch.v1.ReleaseRequest
+	(*ReleaseResponse)(nil),    // 16: vbatch.v1.ReleaseResponse
+	(*EngineStats)(nil),        // 17: vbatch.v1.EngineStats
+	(*TelemetryRequest)(nil),   // 18: vbatch.v1.TelemetryRequest
+	(*TelemetryResponse)(nil),  // 19: vbatch.v1.TelemetryResponse
+	(*Agent)(nil),              // 20: vbatch.v1.Agent
+	(*Usage)(nil),              // 21: vbatch.v1.Usage
+	(*GPU)(nil),                // 22: vbatch.v1.GPU
 }
 var file_vbatch_v1_agent_proto_depIdxs = []int32{
-	18, // 0: vbatch.v1.RegisterRequest.agent:type_name -> vbatch.v1.Agent
+	20, // 0: vbatch.v1.RegisterRequest.agent:type_name -> vbatch.v1.Agent
 	0,  // 1: vbatch.v1.RenewResponse.verdict:type_name -> vbatch.v1.LeaseVerdict
-	19, // 2: vbatch.v1.PutResultsRequest.usage:type_name -> vbatch.v1.Usage
-	20, // 3: vbatch.v1.TelemetryRequest.gpus:type_name -> vbatch.v1.GPU
-	15, // 4: vbatch.v1.TelemetryRequest.engines:type_name -> vbatch.v1.EngineStats
-	1,  // 5: vbatch.v1.AgentService.Register:input_type -> vbatch.v1.RegisterRequest
-	3,  // 6: vbatch.v1.AgentService.Lease:input_type -> vbatch.v1.LeaseRequest
-	5,  // 7: vbatch.v1.AgentService.Renew:input_type -> vbatch.v1.RenewRequest
-	7,  // 8: vbatch.v1.AgentService.ReadInput:input_type -> vbatch.v1.ReadInputRequest
-	9,  // 9: vbatch.v1.AgentService.PutResults:input_type -> vbatch.v1.PutResultsRequest
-	11, // 10: vbatch.v1.AgentService.Complete:input_type -> vbatch.v1.CompleteRequest
-	13, // 11: vbatch.v1.AgentService.Release:input_type -> vbatch.v1.ReleaseRequest
-	16, // 12: vbatch.v1.AgentService.Telemetry:input_type -> vbatch.v1.TelemetryRequest
-	2,  // 13: vbatch.v1.AgentService.Register:output_type -> vbatch.v1.RegisterResponse
-	4,  // 14: vbatch.v1.AgentService.Lease:output_type -> vbatch.v1.LeaseResponse
-	6,  // 15: vbatch.v1.AgentService.Renew:output_type -> vbatch.v1.RenewResponse
-	8,  // 16: vbatch.v1.AgentService.ReadInput:output_type -> vbatch.v1.ReadInputResponse
-	10, // 17: vbatch.v1.AgentService.PutResults:output_type -> vbatch.v1.PutResultsResponse
-	12, // 18: vbatch.v1.AgentService.Complete:output_type -> vbatch.v1.CompleteResponse
-	14, // 19: vbatch.v1.AgentService.Release:output_type -> vbatch.v1.ReleaseResponse
-	17, // 20: vbatch.v1.AgentService.Telemetry:output_type -> vbatch.v1.TelemetryResponse
-	13, // [13:21] is the sub-list for method output_type
-	5,  // [5:13] is the sub-list for method input_type
+	21, // 2: vbatch.v1.PutResultsRequest.usage:type_name -> vbatch.v1.Usage
+	22, // 3: vbatch.v1.TelemetryRequest.gpus:type_name -> vbatch.v1.GPU
+	17, // 4: vbatch.v1.TelemetryRequest.engines:type_name -> vbatch.v1.EngineStats
+	3,  // 5: vbatch.v1.AgentService.Register:input_type -> vbatch.v1.RegisterRequest
+	5,  // 6: vbatch.v1.AgentService.Lease:input_type -> vbatch.v1.LeaseRequest
+	7,  // 7: vbatch.v1.AgentService.Renew:input_type -> vbatch.v1.RenewRequest
+	9,  // 8: vbatch.v1.AgentService.ReadInput:input_type -> vbatch.v1.ReadInputRequest
+	11, // 9: vbatch.v1.AgentService.PutResults:input_type -> vbatch.v1.PutResultsRequest
+	13, // 10: vbatch.v1.AgentService.Complete:input_type -> vbatch.v1.CompleteRequest
+	15, // 11: vbatch.v1.AgentService.Release:input_type -> vbatch.v1.ReleaseRequest
+	18, // 12: vbatch.v1.AgentService.Telemetry:input_type -> vbatch.v1.TelemetryRequest
+	1,  // 13: vbatch.v1.AgentService.Attach:input_type -> vbatch.v1.AttachRequest
+	4,  // 14: vbatch.v1.AgentService.Register:output_type -> vbatch.v1.RegisterResponse
+	6,  // 15: vbatch.v1.AgentService.Lease:output_type -> vbatch.v1.LeaseResponse
+	8,  // 16: vbatch.v1.AgentService.Renew:output_type -> vbatch.v1.RenewResponse
+	10, // 17: vbatch.v1.AgentService.ReadInput:output_type -> vbatch.v1.ReadInputResponse
+	12, // 18: vbatch.v1.AgentService.PutResults:output_type -> vbatch.v1.PutResultsResponse
+	14, // 19: vbatch.v1.AgentService.Complete:output_type -> vbatch.v1.CompleteResponse
+	16, // 20: vbatch.v1.AgentService.Release:output_type -> vbatch.v1.ReleaseResponse
+	19, // 21: vbatch.v1.AgentService.Telemetry:output_type -> vbatch.v1.TelemetryResponse
+	2,  // 22: vbatch.v1.AgentService.Attach:output_type -> vbatch.v1.AttachResponse
+	14, // [14:23] is the sub-list for method output_type
+	5,  // [5:14] is the sub-list for method input_type
 	5,  // [5:5] is the sub-list for extension type_name
 	5,  // [5:5] is the sub-list for extension extendee
 	0,  // [0:5] is the sub-list for field type_name
@@ -1330,7 +1419,7 @@ func file_vbatch_v1_agent_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_vbatch_v1_agent_proto_rawDesc), len(file_vbatch_v1_agent_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   17,
+			NumMessages:   19,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -49,6 +49,8 @@ const (
 	AgentServiceReleaseProcedure = "/vbatch.v1.AgentService/Release"
 	// AgentServiceTelemetryProcedure is the fully-qualified name of the AgentService's Telemetry RPC.
 	AgentServiceTelemetryProcedure = "/vbatch.v1.AgentService/Telemetry"
+	// AgentServiceAttachProcedure is the fully-qualified name of the AgentService's Attach RPC.
+	AgentServiceAttachProcedure = "/vbatch.v1.AgentService/Attach"
 )
 
 // AgentServiceClient is a client for the vbatch.v1.AgentService service.
@@ -69,6 +71,10 @@ type AgentServiceClient interface {
 	Release(context.Context, *connect.Request[v1.ReleaseRequest]) (*connect.Response[v1.ReleaseResponse], error)
 	// Telemetry reports the agent's GPU and engine figures.
 	Telemetry(context.Context, *connect.Request[v1.TelemetryRequest]) (*connect.Response[v1.TelemetryResponse], error)
+	// Attach is held open by a live agent for as long as it runs. When it
+	// breaks and the agent's port refuses connections, the process is gone:
+	// its leases are handed on at once, before gossip declares it dead.
+	Attach(context.Context, *connect.Request[v1.AttachRequest]) (*connect.ServerStreamForClient[v1.AttachResponse], error)
 }
 
 // NewAgentServiceClient constructs a client for the vbatch.v1.AgentService service. By default, it
@@ -130,6 +136,12 @@ func NewAgentServiceClient(httpClient connect.HTTPClient, baseURL string, opts .
 			connect.WithSchema(agentServiceMethods.ByName("Telemetry")),
 			connect.WithClientOptions(opts...),
 		),
+		attach: connect.NewClient[v1.AttachRequest, v1.AttachResponse](
+			httpClient,
+			baseURL+AgentServiceAttachProcedure,
+			connect.WithSchema(agentServiceMethods.ByName("Attach")),
+			connect.WithClientOptions(opts...),
+		),
 	}
 }
 
@@ -143,6 +155,7 @@ type agentServiceClient struct {
 	complete   *connect.Client[v1.CompleteRequest, v1.CompleteResponse]
 	release    *connect.Client[v1.ReleaseRequest, v1.ReleaseResponse]
 	telemetry  *connect.Client[v1.TelemetryRequest, v1.TelemetryResponse]
+	attach     *connect.Client[v1.AttachRequest, v1.AttachResponse]
 }
 
 // Register calls vbatch.v1.AgentService.Register.
@@ -185,6 +198,11 @@ func (c *agentServiceClient) Telemetry(ctx context.Context, req *connect.Request
 	return c.telemetry.CallUnary(ctx, req)
 }
 
+// Attach calls vbatch.v1.AgentService.Attach.
+func (c *agentServiceClient) Attach(ctx context.Context, req *connect.Request[v1.AttachRequest]) (*connect.ServerStreamForClient[v1.AttachResponse], error) {
+	return c.attach.CallServerStream(ctx, req)
+}
+
 // AgentServiceHandler is an implementation of the vbatch.v1.AgentService service.
 type AgentServiceHandler interface {
 	// Register records the agent, its models and GPUs.
@@ -203,6 +221,10 @@ type AgentServiceHandler interface {
 	Release(context.Context, *connect.Request[v1.ReleaseRequest]) (*connect.Response[v1.ReleaseResponse], error)
 	// Telemetry reports the agent's GPU and engine figures.
 	Telemetry(context.Context, *connect.Request[v1.TelemetryRequest]) (*connect.Response[v1.TelemetryResponse], error)
+	// Attach is held open by a live agent for as long as it runs. When it
+	// breaks and the agent's port refuses connections, the process is gone:
+	// its leases are handed on at once, before gossip declares it dead.
+	Attach(context.Context, *connect.Request[v1.AttachRequest], *connect.ServerStream[v1.AttachResponse]) error
 }
 
 // NewAgentServiceHandler builds an HTTP handler from the service implementation. It returns the
@@ -260,6 +282,12 @@ func NewAgentServiceHandler(svc AgentServiceHandler, opts ...connect.HandlerOpti
 		connect.WithSchema(agentServiceMethods.ByName("Telemetry")),
 		connect.WithHandlerOptions(opts...),
 	)
+	agentServiceAttachHandler := connect.NewServerStreamHandler(
+		AgentServiceAttachProcedure,
+		svc.Attach,
+		connect.WithSchema(agentServiceMethods.ByName("Attach")),
+		connect.WithHandlerOptions(opts...),
+	)
 	return "/vbatch.v1.AgentService/", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		switch r.URL.Path {
 		case AgentServiceRegisterProcedure:
@@ -278,6 +306,8 @@ func NewAgentServiceHandler(svc AgentServiceHandler, opts ...connect.HandlerOpti
 			agentServiceReleaseHandler.ServeHTTP(w, r)
 		case AgentServiceTelemetryProcedure:
 			agentServiceTelemetryHandler.ServeHTTP(w, r)
+		case AgentServiceAttachProcedure:
+			agentServiceAttachHandler.ServeHTTP(w, r)
 		default:
 			http.NotFound(w, r)
 		}
@@ -317,4 +347,8 @@ func (UnimplementedAgentServiceHandler) Release(context.Context, *connect.Reques
 
 func (UnimplementedAgentServiceHandler) Telemetry(context.Context, *connect.Request[v1.TelemetryRequest]) (*connect.Response[v1.TelemetryResponse], error) {
 	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("vbatch.v1.AgentService.Telemetry is not implemented"))
+}
+
+func (UnimplementedAgentServiceHandler) Attach(context.Context, *connect.Request[v1.AttachRequest], *connect.ServerStream[v1.AttachResponse]) error {
+	return connect.NewError(connect.CodeUnimplemented, errors.New("vbatch.v1.AgentService.Attach is not implemented"))
 }
