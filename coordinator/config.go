@@ -195,7 +195,10 @@ func (c *Config) Check() error {
 		c.DefaultMaxEnqueuedRequests < 0 || c.DefaultMaxFileBytes < 0:
 		return errors.New("limits and quotas must not be negative (0 means none)")
 	}
-	if c.RaftSnapshotThreshold == 0 {
+	if t := c.Timing; t.LeaderLeaseTimeout > t.HeartbeatTimeout && t.HeartbeatTimeout > 0 {
+		return fmt.Errorf("--raft-leader-lease-timeout %s must not exceed --raft-heartbeat-timeout %s", t.LeaderLeaseTimeout, t.HeartbeatTimeout)
+	}
+		if c.RaftSnapshotThreshold == 0 {
 		c.RaftSnapshotThreshold = 8192
 	}
 	if c.RaftTrailingLogs == 0 {

@@ -21,6 +21,7 @@ var (
 	chaosBound     = flag.Duration("chaos.bound", 2*time.Minute, "how soon after the faults heal every batch must be terminal")
 	chaosClients   = flag.Int("chaos.clients", 3, "concurrent clients per schedule")
 	failoverTrials = flag.Int("failover.trials", 30, "leader kills BenchmarkFailover measures")
+	failoverFlags  = flag.String("failover.flags", "", "extra coordinator flags for BenchmarkFailover, e.g. \"--raft-heartbeat-timeout 250ms\"")
 )
 
 // scheduleResult is one row of the chaos table.
@@ -140,7 +141,8 @@ func printChaosTable(results []scheduleResult) {
 // from SIGKILL to the first acknowledged upload through a survivor, then
 // restarts the killed node and waits for the cluster to settle.
 func BenchmarkFailover(b *testing.B) {
-	cc := &chaosCluster{Cluster: StartCluster(b, 3, ClusterOptions{Extra: []string{"--lease-ttl", chaosLeaseTTL.String()}}), banked: make([]int64, 3)}
+	extra := append([]string{"--lease-ttl", chaosLeaseTTL.String()}, strings.Fields(*failoverFlags)...)
+	cc := &chaosCluster{Cluster: StartCluster(b, 3, ClusterOptions{Extra: extra}), banked: make([]int64, 3)}
 	tiny := chaosLines("failover", 1)
 	var took []time.Duration
 	b.ResetTimer()
