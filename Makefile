@@ -9,7 +9,7 @@ BUF_VERSION := v1.75.0
 PROTOC_GEN_GO_VERSION := v1.36.12
 PROTOC_GEN_CONNECT_GO_VERSION := v1.21.1
 
-.PHONY: build test test-unit generate tools lint bench demo clean monitoring-check chaos failover fuzz deadagent stale quiet
+.PHONY: build test test-unit generate tools lint bench demo clean monitoring-check chaos failover fuzz deadagent stale quiet partitions
 
 build:
 	$(GO) build -ldflags "$(LDFLAGS)" -o bin/vbatch ./cmd/vbatch
@@ -98,3 +98,10 @@ stale:
 
 quiet:
 	$(GO) test -count=1 -v -run '^TestQuietUnderLoad$$' -timeout 60m ./e2e/ -args -quiet.duration=$(QUIET)
+
+# partitions runs the network-partition schedule (e2e TestPartitions: every
+# node in its own network namespace; needs root and iproute2) with FAULTS
+# faults from seed SEED.
+FAULTS ?= 25
+partitions:
+	$(GO) test -count=1 -v -run '^TestPartitions$$' -timeout 60m ./e2e/ -args -partition.faults=$(FAULTS) -partition.seed=$(SEED)
