@@ -72,6 +72,13 @@ func (s *agentService) Lease(ctx context.Context, req *connect.Request[vbatchv1.
 	if err := s.authorizeAgent(ctx, m.AgentId); err != nil {
 		return nil, err
 	}
+	// The leader expires the leases of agents gossip does not list; one
+	// granted now would be taken back on its next look. An agent that
+	// gossip declared dead refutes it within seconds once it can be
+	// reached again, and leases then.
+	if _, alive := s.c.pool.Member(m.AgentId); !alive {
+		return nil, connect.NewError(connect.CodeUnavailable, fmt.Errorf("agent %s is not alive in gossip yet; retry once it has (re)joined", m.AgentId))
+	}
 	wait := time.Duration(m.WaitMs) * time.Millisecond
 	if wait <= 0 || wait > time.Minute {
 		wait = 10 * time.Second

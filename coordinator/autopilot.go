@@ -269,13 +269,57 @@ func (c *Coordinator) isVoter(id string) bool {
 	return false
 }
 
-// autopilotView fetches the leader's autopilot state for the metrics:
-// locally on the leader, else from the leader over RPC.
+// autopilotView is the leader's autopilot state for the metrics: computed
+// locally on the leader; on a follower, the copy autopilotCacheLoop last
+// fetched from the leader, so a scrape never waits on the network (nil when
+// that copy is stale: the figures are then absent, not wrong).
 func (c *Coordinator) autopilotView() *monitoring.AutopilotView {
-	h, err := c.AutopilotHealth(context.Background())
-	if err != nil || h == nil {
+	if c.IsLeader() {
+		if h := c.autopilotHealth(); h != nil {
+			return toAutopilotView(h)
+		}
 		return nil
 	}
+	c.apCache.mu.Lock()
+	defer c.apCache.mu.Unlock()
+	if c.apCache.view == nil || time.Since(c.apCache.at) > 3*c.cfg.Timing.AutopilotInterval+2*time.Second {
+		return nil
+	}
+	return c.apCache.view
+}
+
+// autopilotCache is a follower's copy of the leader's autopilot state.
+type autopilotCache struct {
+	mu   sync.Mutex
+	view *monitoring.AutopilotView
+	at   time.Time
+}
+
+// autopilotCacheLoop refreshes, on followers, the copy of the leader's
+// autopilot state the metrics show.
+func (c *Coordinator) autopilotCacheLoop(ctx context.Context) {
+	tick := time.NewTicker(c.cfg.Timing.AutopilotInterval)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+		if c.IsLeader() {
+			continue
+		}
+		h, err := c.AutopilotHealth(ctx)
+		if err != nil {
+			continue
+		}
+		c.apCache.mu.Lock()
+		c.apCache.view, c.apCache.at = toAutopilotView(h), time.Now()
+		c.apCache.mu.Unlock()
+	}
+}
+
+func toAutopilotView(h *vbatchv1.AutopilotHealthResponse) *monitoring.AutopilotView {
 	v := &monitoring.AutopilotView{Healthy: h.Healthy, FailureTolerance: int(h.FailureTolerance), Servers: map[string]bool{}}
 	for _, s := range h.Servers {
 		v.Servers[s.Id] = s.Healthy

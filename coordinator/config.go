@@ -123,7 +123,7 @@ func LANTiming() Timing {
 	return Timing{
 		HeartbeatTimeout:    500 * time.Millisecond,
 		ElectionTimeout:     500 * time.Millisecond,
-		LeaderLeaseTimeout:  250 * time.Millisecond,
+		LeaderLeaseTimeout:  500 * time.Millisecond,
 		CommitTimeout:       20 * time.Millisecond,
 		GossipProbeInterval: 500 * time.Millisecond,
 		RepairInterval:      30 * time.Second,
@@ -198,7 +198,7 @@ func (c *Config) Check() error {
 	if t := c.Timing; t.LeaderLeaseTimeout > t.HeartbeatTimeout && t.HeartbeatTimeout > 0 {
 		return fmt.Errorf("--raft-leader-lease-timeout %s must not exceed --raft-heartbeat-timeout %s", t.LeaderLeaseTimeout, t.HeartbeatTimeout)
 	}
-		if c.RaftSnapshotThreshold == 0 {
+	if c.RaftSnapshotThreshold == 0 {
 		c.RaftSnapshotThreshold = 8192
 	}
 	if c.RaftTrailingLogs == 0 {

@@ -60,6 +60,8 @@ type Coordinator struct {
 
 	// autopilot is raft-autopilot's integration; it runs on the leader.
 	autopilot *autopilotDelegate
+	// apCache is a follower's copy of the leader's autopilot state.
+	apCache autopilotCache
 	// logOut receives the JSON logs of raft and autopilot.
 	logOut io.Writer
 	// audit receives the audit records; auditFile is its file, if any.

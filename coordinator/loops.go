@@ -14,6 +14,7 @@ func (c *Coordinator) startLoops() {
 	c.goLoop(func() { c.bootstrapLoop(ctx) })
 	c.goLoop(func() { c.leadershipLoop(ctx) })
 	c.goLoop(func() { c.blobLoop(ctx) })
+	c.goLoop(func() { c.autopilotCacheLoop(ctx) })
 }
 
 func (c *Coordinator) stopLoops() {
