@@ -13,6 +13,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/raft"
@@ -32,6 +33,11 @@ import (
 type Coordinator struct {
 	cfg Config
 	log *slog.Logger
+
+	// readyTerm is the last term in which this node, as leader, committed
+	// a barrier: from then on its commit index covers every acknowledged
+	// write, and consistent reads may use it (Raft §8).
+	readyTerm atomic.Uint64
 
 	fsm      *fsm.FSM
 	raftNode *raftNode

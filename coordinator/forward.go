@@ -177,6 +177,9 @@ func (c *Coordinator) ConsistentRead(ctx context.Context) error {
 func (c *Coordinator) leaderIndex(ctx context.Context) (uint64, error) {
 	r := c.raftNode.raft
 	if r.State() == raft.Leader {
+		if err := c.readReady(); err != nil {
+			return 0, fmt.Errorf("%w: %w", errRaftApply, err)
+		}
 		idx := r.CommitIndex()
 		if err := r.VerifyLeader().Error(); err != nil {
 			return 0, fmt.Errorf("verify leader: %w", err)
@@ -256,6 +259,9 @@ func (s *clusterService) VerifyLeader(ctx context.Context, _ *connect.Request[vb
 	if r.State() != raft.Leader {
 		return nil, connect.NewError(connect.CodeFailedPrecondition, raft.ErrNotLeader)
 	}
+	if err := s.c.readReady(); err != nil {
+		return nil, connect.NewError(connect.CodeUnavailable, err)
+	}
 	idx := r.CommitIndex()
 	if err := r.VerifyLeader().Error(); err != nil {
 		return nil, connect.NewError(connect.CodeUnavailable, err)
@@ -310,4 +316,21 @@ func newAgentTransport(store *tlsutil.Store) http.RoundTripper {
 		tr.ForceAttemptHTTP2 = true
 	}
 	return tr
+}
+
+// readReady returns once this leader has committed an entry of its own
+// term (once per term): until then its commit index may miss entries the
+// previous leader committed and acknowledged (Raft §8). The entry is an
+// empty FSM command, not a raft barrier: consistent reads wait for the
+// FSM's applied index, which entries the FSM never sees do not move.
+func (c *Coordinator) readReady() error {
+	term := c.raftNode.raft.CurrentTerm()
+	if c.readyTerm.Load() == term {
+		return nil
+	}
+	if _, err := c.commitBarrier("first read of the term"); err != nil {
+		return err
+	}
+	c.readyTerm.Store(term)
+	return nil
 }

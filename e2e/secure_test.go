@@ -160,18 +160,39 @@ func TestSecureCluster(t *testing.T) {
 	}
 	var ab chaosBatch
 	_ = json.Unmarshal(body, &ab)
-	for _, probe := range []struct{ method, path string }{
-		{"GET", "/v1/files/" + fileID}, {"GET", "/v1/files/" + fileID + "/content"}, {"DELETE", "/v1/files/" + fileID},
-		{"GET", "/v1/batches/" + ab.ID}, {"POST", "/v1/batches/" + ab.ID + "/cancel"},
+	// Let alpha's batch finish, so its output file exists too.
+	WaitFor(t, 60*time.Second, "alpha's batch completed", func() bool {
+		code, body, err := apiCall(alphaHTTP, "GET", base+"/v1/batches/"+ab.ID, "", nil)
+		return err == nil && code == 200 && json.Unmarshal(body, &ab) == nil && ab.Status == "completed"
+	})
+	betaHTTP := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{TLSClientConfig: apiTLS}}
+	names := strings.NewReplacer(fileID, "{alpha file}", ab.ID, "{alpha batch}", ab.OutputFileID, "{alpha output}")
+	useAlphaFile, _ := json.Marshal(map[string]string{"input_file_id": fileID, "endpoint": "/v1/chat/completions", "completion_window": "24h"})
+	for _, probe := range []struct {
+		method, path string
+		body         []byte
+	}{
+		{"GET", "/v1/files/" + fileID, nil}, {"GET", "/v1/files/" + fileID + "/content", nil}, {"DELETE", "/v1/files/" + fileID, nil},
+		{"GET", "/v1/files/" + ab.OutputFileID, nil}, {"GET", "/v1/files/" + ab.OutputFileID + "/content", nil},
+		{"DELETE", "/v1/files/" + ab.OutputFileID, nil},
+		{"GET", "/v1/batches/" + ab.ID, nil}, {"POST", "/v1/batches/" + ab.ID + "/cancel", nil},
+		{"POST", "/v1/batches", useAlphaFile},
 	} {
-		code, body, err := apiCall(&http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{TLSClientConfig: apiTLS}}, probe.method, base+probe.path, beta, nil)
-		log.add("project beta's key: "+probe.method+" "+strings.Replace(strings.Replace(probe.path, fileID, "{alpha file}", 1), ab.ID, "{alpha batch}", 1),
-			"404", err == nil && code == http.StatusNotFound, fmt.Sprintf("%d %s", code, firstLine(body)))
+		code, body, err := apiCall(betaHTTP, probe.method, base+probe.path, beta, probe.body)
+		what := "project beta's key: " + probe.method + " " + names.Replace(probe.path)
+		if probe.body != nil {
+			what += " on {alpha file}"
+		}
+		log.add(what, "404", err == nil && code == http.StatusNotFound, fmt.Sprintf("%d %s", code, firstLine(body)))
 	}
 	for _, list := range []string{"/v1/files", "/v1/batches"} {
-		code, body, err := apiCall(&http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{TLSClientConfig: apiTLS}}, "GET", base+list, beta, nil)
-		leaked := strings.Contains(string(body), fileID) || strings.Contains(string(body), ab.ID)
+		code, body, err := apiCall(betaHTTP, "GET", base+list, beta, nil)
+		leaked := strings.Contains(string(body), fileID) || strings.Contains(string(body), ab.ID) || strings.Contains(string(body), ab.OutputFileID)
 		log.add("project beta's key lists "+list, "alpha's objects absent", err == nil && code == 200 && !leaked, fmt.Sprintf("%d, alpha's ids present: %v", code, leaked))
+	}
+	// Alpha still has everything.
+	if code, _, err := apiCall(alphaHTTP, "GET", base+"/v1/files/"+ab.OutputFileID+"/content", "", nil); err != nil || code != 200 {
+		t.Fatalf("alpha's own output after beta's attempts: %d %v", code, err)
 	}
 	slow := createKey(t, apiClient, base, map[string]any{"project": "gamma", "scopes": []string{"batch"}, "limits": map[string]any{"requests_per_second": 1}})
 	limited := 0

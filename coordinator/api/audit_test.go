@@ -120,7 +120,7 @@ func TestAuditKeysFilesBatches(t *testing.T) {
 	e.do(http.MethodDelete, "/v1/admin/keys/"+keyID, key, nil)
 	wantAudit(t, sink.one(t), "action", "key.revoke", "target", keyID, "outcome", "denied")
 	e.postJSON("/v1/batches", key, map[string]any{"input_file_id": "file-gone", "endpoint": "/v1/chat/completions", "completion_window": "24h"})
-	wantAudit(t, sink.one(t), "action", "batch.create", "outcome", "error", "status", float64(400))
+	wantAudit(t, sink.one(t), "action", "batch.create", "outcome", "error", "status", float64(404))
 
 	// The root key revokes alpha's key: the record names alpha.
 	e.do(http.MethodDelete, "/v1/admin/keys/"+keyID, testRoot, nil)

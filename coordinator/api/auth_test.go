@@ -96,7 +96,7 @@ func TestProjectsIsolated(t *testing.T) {
 	notFound(e.do(http.MethodGet, "/v1/files/"+fa, testRoot, nil))
 	// Another project's file as batch input reads as missing.
 	er := e.postJSON("/v1/batches", b, map[string]any{"input_file_id": fa, "endpoint": "/v1/chat/completions", "completion_window": "24h"}).
-		wantError(t, 400, typeInvalidRequest, codeInvalidFile)
+		wantError(t, 404, typeInvalidRequest, codeNotFound)
 	if er["message"] != "No such File object: "+fa {
 		t.Fatalf("%v", er)
 	}

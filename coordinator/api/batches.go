@@ -126,7 +126,9 @@ func (a *API) createBatch(w http.ResponseWriter, r *http.Request, p *principal) 
 		return err
 	}
 	if input == nil {
-		return badRequest(codeInvalidFile, "input_file_id", "No such File object: %s", req.InputFileID)
+		// 404 as for any object the key's project cannot see: another
+		// project's file reads exactly like a missing one.
+		return notFound("input_file_id", "No such File object: %s", req.InputFileID)
 	}
 	if input.Purpose != "batch" {
 		return badRequest(codeInvalidFile, "input_file_id", "The input file %s has purpose '%s'; a batch needs a file uploaded with purpose 'batch'.", input.Id, input.Purpose)

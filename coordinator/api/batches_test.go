@@ -113,7 +113,6 @@ func TestCreateBatchErrors(t *testing.T) {
 		{"bad output expiry", ok(func(m map[string]any) {
 			m["output_expires_after"] = map[string]any{"anchor": "created_at", "seconds": 5}
 		}), codeInvalidValue, "output_expires_after.seconds"},
-		{"missing file", ok(func(m map[string]any) { m["input_file_id"] = "file-nope" }), codeInvalidFile, "input_file_id"},
 		{"wrong purpose", ok(func(m map[string]any) { m["input_file_id"] = other }), codeInvalidFile, "input_file_id"},
 		{"not an object", []int{1}, codeInvalidJSON, ""},
 		{"huge file id", ok(func(m map[string]any) { m["input_file_id"] = strings.Repeat("f", 129) }), codeInvalidValue, "input_file_id"},
@@ -129,6 +128,11 @@ func TestCreateBatchErrors(t *testing.T) {
 				t.Fatal("refused request changed state")
 			}
 		})
+	}
+	before := e.b.snapshot()
+	er := e.postJSON("/v1/batches", testRoot, ok(func(m map[string]any) { m["input_file_id"] = "file-nope" })).wantError(t, 404, typeInvalidRequest, codeNotFound)
+	if er["param"] != "input_file_id" || e.b.snapshot() != before {
+		t.Fatalf("missing input file: param %v, or state changed", er["param"])
 	}
 	r := e.do(http.MethodPost, "/v1/batches", testRoot, strings.NewReader("{"), "Content-Type", "application/json")
 	r.wantError(t, 400, typeInvalidRequest, codeInvalidJSON)

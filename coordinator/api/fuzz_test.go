@@ -123,7 +123,7 @@ func FuzzCreateBatchRequest(f *testing.F) {
 				stored.ExpiresAt <= stored.CreatedAt || stored.ExpiresAt-stored.CreatedAt > maxWindowMinutes*60 {
 				t.Fatalf("answered %+v, stored %v", got, stored)
 			}
-		case http.StatusBadRequest, http.StatusRequestEntityTooLarge, http.StatusTooManyRequests:
+		case http.StatusBadRequest, http.StatusNotFound, http.StatusRequestEntityTooLarge, http.StatusTooManyRequests:
 			if after := b.snapshot(); after != before {
 				t.Fatalf("refused (%d %s) but state changed", rec.Code, rec.Body.String())
 			}

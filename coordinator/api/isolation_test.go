@@ -134,7 +134,7 @@ func TestCrossProjectIsolation(t *testing.T) {
 		got := e.postJSON("/v1/batches", beta, body)
 		body["input_file_id"] = "file-never"
 		want := e.postJSON("/v1/batches", beta, body)
-		if got.status != want.status || string(got.body) != strings.ReplaceAll(string(want.body), "file-never", id) {
+		if got.status != http.StatusNotFound || got.status != want.status || string(got.body) != strings.ReplaceAll(string(want.body), "file-never", id) {
 			t.Fatalf("batch over alpha's %s: %d %s, missing file: %d %s", id, got.status, got.body, want.status, want.body)
 		}
 	}
