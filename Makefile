@@ -9,15 +9,18 @@ BUF_VERSION := v1.75.0
 PROTOC_GEN_GO_VERSION := v1.36.12
 PROTOC_GEN_CONNECT_GO_VERSION := v1.21.1
 
-.PHONY: build test test-unit generate tools lint bench demo clean monitoring-check chaos failover fuzz deadagent stale quiet partitions
+.PHONY: build test test-unit generate tools lint bench demo clean monitoring-check chaos failover fuzz deadagent stale quiet partitions fuzz-brief
 
 build:
 	$(GO) build -ldflags "$(LDFLAGS)" -o bin/vbatch ./cmd/vbatch
 	$(GO) build -ldflags "$(LDFLAGS)" -o bin/vbctl ./cmd/vbctl
 
 # monitoring-check runs TestMonitoringLive itself, so the full run skips it.
+# Every fuzz target's seed corpus runs with the tests; fuzz-brief then
+# fuzzes each target for a couple of seconds beyond its seeds.
 test: lint build monitoring-check
 	$(GO) test -count=1 -timeout 15m -skip '^TestMonitoringLive$$' ./...
+	$(MAKE) fuzz-brief
 
 test-unit:
 	$(GO) test -count=1 -short ./...
@@ -46,6 +49,9 @@ demo: build
 FUZZTIME ?= 30s
 fuzz:
 	FUZZTIME=$(FUZZTIME) ./scripts/fuzz.sh
+
+fuzz-brief:
+	FUZZTIME=2s ./scripts/fuzz.sh
 
 clean:
 	rm -rf bin
