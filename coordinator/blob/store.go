@@ -25,6 +25,7 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -65,10 +66,27 @@ type Store struct {
 	bufPool    sync.Pool
 	wrapWriter func(io.Writer) io.Writer // tests inject write failures here
 
-	// mu serializes the steps that change which blobs exist (commit,
-	// delete, quarantine, touch), so that a blob and its sidecar appear
-	// and disappear together and GC never races a dedupe hit.
-	mu sync.Mutex
+	// locks serialize, per fan-out directory (the sha's first byte), the
+	// steps that change which blobs exist (commit, delete, quarantine,
+	// touch) and the opening of a blob with its sidecar, so that a blob and
+	// its sidecar appear and disappear together, GC never races a dedupe
+	// hit, and a fan-out directory's creation is durable before anything
+	// is placed in it. Blobs in other directories commit in parallel: one
+	// slow fsync does not hold up every write and read of the store.
+	locks [256]sync.Mutex
+}
+
+// lockFor returns the lock of sha's fan-out directory (sha is normally a
+// checked digest; anything else shares the first lock).
+func (s *Store) lockFor(sha string) *sync.Mutex {
+	if len(sha) < 2 {
+		return &s.locks[0]
+	}
+	b, err := strconv.ParseUint(sha[:2], 16, 8)
+	if err != nil {
+		return &s.locks[0]
+	}
+	return &s.locks[b]
 }
 
 // Open opens (creating if needed) the store rooted at dir and discards any
@@ -254,8 +272,9 @@ func syncClose(f *os.File) error {
 // sidecar. If an intact copy is already there the temps are left for the
 // caller to drop and the existing copy is touched instead.
 func (s *Store) commit(sha string, size int64, dataTmp, sumTmp string) error {
-	s.mu.Lock()
-	defer s.mu.Unlock()
+	l := s.lockFor(sha)
+	l.Lock()
+	defer l.Unlock()
 	if ok, err := s.touchIfSizeLocked(sha, size); err != nil || ok {
 		return err
 	}
@@ -285,8 +304,9 @@ func (s *Store) commit(sha string, size int64, dataTmp, sumTmp string) error {
 // touchIfSize reports whether the blob exists with the given size, and if
 // so refreshes its mtime so GC treats it as recently written.
 func (s *Store) touchIfSize(sha string, size int64) (bool, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
+	l := s.lockFor(sha)
+	l.Lock()
+	defer l.Unlock()
 	return s.touchIfSizeLocked(sha, size)
 }
 
@@ -306,8 +326,9 @@ func (s *Store) touchIfSizeLocked(sha string, size int64) (bool, error) {
 
 // touch refreshes the mtime of a blob if present, restarting GC's grace.
 func (s *Store) touch(sha string) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
+	l := s.lockFor(sha)
+	l.Lock()
+	defer l.Unlock()
 	now := time.Now()
 	_ = os.Chtimes(s.path(sha), now, now)
 }
@@ -348,8 +369,9 @@ func (s *Store) Delete(sha string) error {
 	if err := checkSHA(sha); err != nil {
 		return err
 	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
+	l := s.lockFor(sha)
+	l.Lock()
+	defer l.Unlock()
 	return s.deleteLocked(sha)
 }
 
@@ -369,8 +391,9 @@ func (s *Store) deleteLocked(sha string) error {
 // deleteIfOlder deletes the blob if its mtime is before cutoff, deciding
 // under the lock so a concurrent dedupe hit (which touches it) wins.
 func (s *Store) deleteIfOlder(sha string, cutoff time.Time) (bool, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
+	l := s.lockFor(sha)
+	l.Lock()
+	defer l.Unlock()
 	fi, err := os.Stat(s.path(sha))
 	if err != nil {
 		if errors.Is(err, fs.ErrNotExist) {

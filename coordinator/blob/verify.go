@@ -84,14 +84,15 @@ func (s *Store) open(sha string, offset, length int64) (io.ReadCloser, error) {
 	}
 	// Open both files under the lock so they are a matching pair even if
 	// a replacement is being committed.
-	s.mu.Lock()
+	l := s.lockFor(sha)
+	l.Lock()
 	f, err := os.Open(s.path(sha))
 	var sum *os.File
 	var sumErr error
 	if err == nil {
 		sum, sumErr = os.Open(s.sumPath(sha))
 	}
-	s.mu.Unlock()
+	l.Unlock()
 	if err != nil {
 		if errors.Is(err, fs.ErrNotExist) {
 			return nil, fmt.Errorf("blob %s: %w", sha, ErrNotFound)
@@ -252,8 +253,9 @@ func (r *reader) Close() error {
 // file at its path is no longer the one found corrupt (already moved, or
 // replaced by a repaired copy).
 func (s *Store) quarantine(sha string, opened *os.File) error {
-	s.mu.Lock()
-	defer s.mu.Unlock()
+	l := s.lockFor(sha)
+	l.Lock()
+	defer l.Unlock()
 	ofi, err := opened.Stat()
 	if err != nil {
 		return fmt.Errorf("quarantine blob %s: %w", sha, err)
