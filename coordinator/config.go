@@ -121,9 +121,12 @@ type Timing struct {
 // LANTiming returns the default timings.
 func LANTiming() Timing {
 	return Timing{
-		HeartbeatTimeout:    500 * time.Millisecond,
-		ElectionTimeout:     500 * time.Millisecond,
-		LeaderLeaseTimeout:  500 * time.Millisecond,
+		// 250 ms: a dead leader is replaced in about 0.6 s, and two busy
+		// loops on both cores of a 2-core host caused no election in 10
+		// minutes (docs/reliability.md).
+		HeartbeatTimeout:    250 * time.Millisecond,
+		ElectionTimeout:     250 * time.Millisecond,
+		LeaderLeaseTimeout:  250 * time.Millisecond,
 		CommitTimeout:       20 * time.Millisecond,
 		GossipProbeInterval: 500 * time.Millisecond,
 		RepairInterval:      30 * time.Second,
