@@ -26,7 +26,8 @@ import (
 // chaosLeaseTTL is the coordinators' --lease-ttl in the chaos cluster.
 const chaosLeaseTTL = 3 * time.Second
 
-// chaosElection is the coordinators' election timeout (docs/architecture.md).
+// chaosElection is at least the coordinators' election timeout (250 ms by
+// default, docs/architecture.md): a frozen leader stays frozen past it.
 const chaosElection = 500 * time.Millisecond
 
 // chaosHTTP is the client every chaos request uses: a frozen process must
