@@ -9,7 +9,7 @@ BUF_VERSION := v1.75.0
 PROTOC_GEN_GO_VERSION := v1.36.12
 PROTOC_GEN_CONNECT_GO_VERSION := v1.21.1
 
-.PHONY: build test test-unit generate tools lint bench demo clean monitoring-check chaos failover fuzz deadagent stale quiet partitions fuzz-brief
+.PHONY: build test test-unit generate tools lint bench demo clean monitoring-check chaos failover fuzz deadagent stale quiet partitions fuzz-brief test-race
 
 build:
 	$(GO) build -ldflags "$(LDFLAGS)" -o bin/vbatch ./cmd/vbatch
@@ -20,7 +20,12 @@ build:
 # fuzzes each target for a couple of seconds beyond its seeds.
 test: lint build monitoring-check
 	$(GO) test -count=1 -timeout 15m -skip '^TestMonitoringLive$$' ./...
-	$(MAKE) fuzz-brief
+	$(MAKE) test-race fuzz-brief
+
+# test-race runs the in-process packages (not e2e, whose binaries are built
+# without it) under the race detector.
+test-race:
+	$(GO) test -count=1 -race -timeout 10m ./coordinator/... ./agent/... ./gossip/ ./internal/... ./cli/
 
 test-unit:
 	$(GO) test -count=1 -short ./...

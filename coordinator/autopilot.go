@@ -95,7 +95,10 @@ func (d *autopilotDelegate) FetchServerStats(ctx context.Context, servers map[ra
 	for id := range servers {
 		if string(id) == d.c.cfg.NodeID {
 			st := d.c.localStatus()
+			// Peers' answers may already be arriving: out is shared.
+			mu.Lock()
 			out[id] = &autopilot.ServerStats{LastContact: lastContact(st.LastContactMs), LastTerm: st.Term, LastIndex: st.LastIndex}
+			mu.Unlock()
 			continue
 		}
 		addr, ok := d.c.rpcAddrOf(string(id))

@@ -116,3 +116,22 @@ func (b *syncBuffer) String() string {
 	defer b.mu.Unlock()
 	return b.buf.String()
 }
+
+// TestFetchServerStatsConcurrent: the peers' answers and this node's own
+// figures fill one map; many rounds (run with -race too) must not write it
+// concurrently. A coordinator once died of "concurrent map writes" here
+// under CPU load.
+func TestFetchServerStatsConcurrent(t *testing.T) {
+	nodes := startCluster(t, 3)
+	leader := waitLeader(t, nodes)
+	servers := leader.autopilot.KnownServers()
+	if len(servers) != 3 {
+		t.Fatalf("known servers: %v", servers)
+	}
+	for range 200 {
+		stats := leader.autopilot.FetchServerStats(context.Background(), servers)
+		if _, ok := stats[raft.ServerID(leader.cfg.NodeID)]; !ok {
+			t.Fatal("no stats for the leader itself")
+		}
+	}
+}

@@ -121,14 +121,14 @@ func BenchmarkStaleLease(b *testing.B) {
 	cl := StartCluster(b, 3, ClusterOptions{Extra: []string{"--lease-ttl", ttl.String(), "--chunk-size", "50"}})
 	cc := &chaosCluster{Cluster: cl, banked: make([]int64, 3)}
 	for i := 1; i <= 3; i++ {
-		s := cl.StartSim(b, fmt.Sprintf("sim%d", i), "--latency", "20ms")
+		s := cl.StartSim(b, fmt.Sprintf("sim%d", i), "--latency", "200ms")
 		cc.sims = append(cc.sims, s)
 		cc.agents = append(cc.agents, cl.StartAgent(b, fmt.Sprintf("agent%d", i),
 			"--engine", "openai", "--engine-url", "http://"+s.Addr, "--concurrency", "4", "--part-lines", "10", "--part-interval", "100ms"))
 	}
 	cl.WaitAgents(b, 3)
 	base := cl.Coords[0].URL()
-	n := 40 * *staleTrials
+	n := 100 * *staleTrials
 	input := chaosLines("stale", n)
 	fileID, err := chaosUpload(base, "stale.jsonl", input)
 	if err != nil {
