@@ -121,12 +121,12 @@ type Timing struct {
 // LANTiming returns the default timings.
 func LANTiming() Timing {
 	return Timing{
-		// 250 ms: a dead leader is replaced in about 0.6 s, and two busy
+		// 200 ms: a dead leader is replaced in about 0.5 s, and two busy
 		// loops on both cores of a 2-core host caused no election in 10
 		// minutes (docs/reliability.md).
-		HeartbeatTimeout:    250 * time.Millisecond,
-		ElectionTimeout:     250 * time.Millisecond,
-		LeaderLeaseTimeout:  250 * time.Millisecond,
+		HeartbeatTimeout:    200 * time.Millisecond,
+		ElectionTimeout:     200 * time.Millisecond,
+		LeaderLeaseTimeout:  200 * time.Millisecond,
 		CommitTimeout:       20 * time.Millisecond,
 		GossipProbeInterval: 500 * time.Millisecond,
 		RepairInterval:      30 * time.Second,

@@ -26,7 +26,7 @@ import (
 // chaosLeaseTTL is the coordinators' --lease-ttl in the chaos cluster.
 const chaosLeaseTTL = 3 * time.Second
 
-// chaosElection is at least the coordinators' election timeout (250 ms by
+// chaosElection is at least the coordinators' election timeout (200 ms by
 // default, docs/architecture.md): a frozen leader stays frozen past it.
 const chaosElection = 500 * time.Millisecond
 
