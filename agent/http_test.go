@@ -44,14 +44,28 @@ func TestHTTPSurface(t *testing.T) {
 	if code, body := get(t, base+"/health"); code != 200 || !strings.Contains(body, `"ok"`) {
 		t.Errorf("health: %d %s", code, body)
 	}
-	code, body := get(t, base+"/metrics")
-	for _, name := range []string{
+	// The agent counts the chunk and drops its lease once Complete has
+	// returned, a moment after the coordinator saw it: wait for that.
+	want := []string{
 		`vbatch_agent_requests_total{code="200"} 20`, "vbatch_agent_leases_held 0", "vbatch_agent_parts_committed_total",
 		"vllm_tokens_generated_total 100", "vllm_inference_duration_seconds_count 20", `vllm_chunks_processed_total{status="completed"} 1`,
-	} {
-		if code != 200 || !strings.Contains(body, name) {
-			t.Errorf("/metrics lacks %q", name)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		code, body := get(t, base+"/metrics")
+		var missing []string
+		for _, name := range want {
+			if code != 200 || !strings.Contains(body, name) {
+				missing = append(missing, name)
+			}
 		}
+		if len(missing) == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("/metrics lacks %q", missing)
+		}
+		time.Sleep(10 * time.Millisecond)
 	}
 	if code, body := get(t, base+"/metrics/engine"); code != 200 || body != "vllm:num_requests_running 3\n" {
 		t.Errorf("engine metrics: %d %q", code, body)
