@@ -76,7 +76,7 @@ func (s *agentService) confirmGone(id string) {
 			}
 		}
 	})
-	if addr == "" || len(refs) == 0 || !refused(addr) {
+	if addr == "" || len(refs) == 0 || !refusedSoon(s.c.life, addr) {
 		return
 	}
 	ctx, cancel := context.WithTimeout(s.c.life, 10*time.Second)
@@ -85,6 +85,27 @@ func (s *agentService) confirmGone(id string) {
 	if _, err := s.c.Apply(ctx, &vbatchv1.ExpireLeases{Leases: refs, Reason: "agent process gone"}); err != nil && !errors.Is(err, fsm.ErrStaleToken) {
 		s.c.log.Warn("expire leases of a gone agent", "agent", id, "err", err)
 	}
+}
+
+// probeDelays space the probes of a broken stream's agent: a killed
+// process's connections and listener close at nearly the same moment, and
+// a probe that races the listener's close still connects.
+var probeDelays = []time.Duration{0, 50 * time.Millisecond, 200 * time.Millisecond, 500 * time.Millisecond}
+
+// refusedSoon reports whether addr refuses connections within the probes
+// of probeDelays.
+func refusedSoon(ctx context.Context, addr string) bool {
+	for _, d := range probeDelays {
+		select {
+		case <-ctx.Done():
+			return false
+		case <-time.After(d):
+		}
+		if refused(addr) {
+			return true
+		}
+	}
+	return false
 }
 
 // refused reports whether a TCP connection to addr is actively refused.
