@@ -3,7 +3,6 @@ package agent
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"github.com/vbatch/vbatch/internal/httpsafe"
 	"io"
@@ -49,13 +48,7 @@ func (a *Agent) serveHTTP(ln net.Listener) *http.Server {
 		srv.TLSConfig = a.tls.ServerConfig(false, tlsutil.RoleServer)
 	}
 	go func() {
-		var err error
-		if srv.TLSConfig != nil {
-			err = srv.ServeTLS(ln, "", "")
-		} else {
-			err = srv.Serve(ln)
-		}
-		if err != nil && !errors.Is(err, http.ErrServerClosed) {
+		if err := httpsafe.Serve(srv, ln); err != nil {
 			a.log.Error("http server stopped", "addr", ln.Addr().String(), "err", err)
 		}
 	}()

@@ -296,27 +296,25 @@ func (c *Coordinator) localStatus() *vbatchv1.StatusResponse {
 // TLS it presents this node's certificate and accepts only peers holding a
 // server certificate of the cluster.
 func newHTTPClient(store *tlsutil.Store) *http.Client {
-	tr := &http.Transport{
-		MaxIdleConnsPerHost: 32,
-		IdleConnTimeout:     90 * time.Second,
-	}
-	if store != nil {
-		tr.TLSClientConfig = store.ClientConfig(tlsutil.RoleServer)
-		tr.ForceAttemptHTTP2 = true
-	}
-	return &http.Client{Transport: tr}
+	return &http.Client{Transport: peerTransport(store, tlsutil.RoleServer)}
 }
 
 // newAgentTransport is the transport to agents' online endpoints: with TLS
 // the agent must hold an agent certificate of the cluster, and this node
 // shows its server certificate, which is what the agent asks for.
 func newAgentTransport(store *tlsutil.Store) http.RoundTripper {
+	return peerTransport(store, tlsutil.RoleAgent)
+}
+
+// peerTransport dials peers of role: with TLS, over mutual TLS that
+// accepts only that role's certificates.
+func peerTransport(store *tlsutil.Store, role string) *http.Transport {
 	tr := &http.Transport{
 		MaxIdleConnsPerHost: 32,
 		IdleConnTimeout:     90 * time.Second,
 	}
 	if store != nil {
-		tr.TLSClientConfig = store.ClientConfig(tlsutil.RoleAgent)
+		tr.TLSClientConfig = store.ClientConfig(role)
 		tr.ForceAttemptHTTP2 = true
 	}
 	return tr

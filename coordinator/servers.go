@@ -1,7 +1,6 @@
 package coordinator
 
 import (
-	"errors"
 	"github.com/vbatch/vbatch/internal/httpsafe"
 	"net"
 	"net/http"
@@ -60,13 +59,7 @@ func (c *Coordinator) serve(srv *http.Server, ln net.Listener) {
 	c.wg.Add(1)
 	go func() {
 		defer c.wg.Done()
-		var err error
-		if srv.TLSConfig != nil {
-			err = srv.ServeTLS(ln, "", "")
-		} else {
-			err = srv.Serve(ln)
-		}
-		if err != nil && !errors.Is(err, http.ErrServerClosed) {
+		if err := httpsafe.Serve(srv, ln); err != nil {
 			c.log.Error("server stopped", "addr", ln.Addr().String(), "err", err)
 		}
 	}()
