@@ -7,14 +7,24 @@ import (
 	"math"
 )
 
-// Body fields bounded by the per-deployment caps. Engines read each of them
-// as a count of tokens or of choices; vLLM also honours min_tokens (which
-// forces at least that many tokens) and best_of (how many sequences are
-// generated for one answer), so those are capped too.
-var (
-	tokenFields  = []string{"max_tokens", "max_completion_tokens", "max_output_tokens", "min_tokens"}
-	choiceFields = []string{"n", "best_of"}
-)
+// numCapFields is the length of capFields.
+const numCapFields = 6
+
+// capFields are the body fields bounded by the per-deployment caps. Engines
+// read each of them as a count of tokens or of choices; vLLM also honours
+// min_tokens (which forces at least that many tokens) and best_of (how many
+// sequences are generated for one answer), so those are capped too.
+var capFields = [numCapFields]string{"max_tokens", "max_completion_tokens", "max_output_tokens", "min_tokens", "n", "best_of"}
+
+// capGroups splits capFields by the cap that bounds them: the first four
+// count tokens (Options.MaxTokens), the last two choices (Options.MaxN).
+var capGroups = [...]struct {
+	from, to   int
+	code, unit string
+}{
+	{0, 4, CodeExceededMaxTokens, "tokens"},
+	{4, 6, CodeExceededMaxN, "choices"},
+}
 
 // CapError is a request body field that asks for more than a deployment
 // cap allows, or that is not a number where a cap applies.
@@ -38,46 +48,70 @@ func (e *CapError) Error() string { return e.Message }
 // integers would otherwise let a request slip past the cap. It returns nil
 // when the body fits.
 func CheckCaps(body map[string]json.RawMessage, maxTokens, maxN int64) *CapError {
-	if maxTokens > 0 {
-		if e := checkFields(body, tokenFields, maxTokens, CodeExceededMaxTokens, "tokens"); e != nil {
-			return e
+	var vals [numCapFields][]byte
+	for k, name := range capFields {
+		if raw, ok := body[name]; ok {
+			if raw == nil {
+				raw = json.RawMessage{} // present, though empty: not a number
+			}
+			vals[k] = raw
 		}
 	}
-	if maxN > 0 {
-		if e := checkFields(body, choiceFields, maxN, CodeExceededMaxN, "choices"); e != nil {
-			return e
-		}
-	}
-	return nil
+	return checkCaps(&vals, maxTokens, maxN)
 }
 
-func checkFields(body map[string]json.RawMessage, fields []string, limit int64, code, unit string) *CapError {
-	for _, name := range fields {
-		raw, ok := body[name]
-		if !ok {
+// checkCaps applies the caps to the raw values of capFields, in that
+// order; nil is an absent field. CheckCaps reads them from a decoded body,
+// Validate from its scan of the line.
+func checkCaps(vals *[numCapFields][]byte, maxTokens, maxN int64) *CapError {
+	for g, limit := range [...]int64{maxTokens, maxN} {
+		if limit <= 0 {
 			continue
 		}
-		raw = bytes.TrimSpace(raw)
-		if bytes.Equal(raw, []byte("null")) {
-			continue
-		}
-		v, ok := number(raw)
-		if !ok {
-			return &CapError{Code: code, Field: name, Message: fmt.Sprintf("Invalid type for '%s': expected an integer.", name)}
-		}
-		if v > float64(limit) {
-			return &CapError{Code: code, Field: name,
-				Message: fmt.Sprintf("%s is too large: %s. This deployment allows at most %d %s per request.", name, raw, limit, unit)}
+		grp := capGroups[g]
+		for k := grp.from; k < grp.to; k++ {
+			raw := vals[k]
+			if raw == nil {
+				continue
+			}
+			raw = bytes.TrimSpace(raw)
+			if string(raw) == "null" {
+				continue
+			}
+			name := capFields[k]
+			v, ok := number(raw)
+			if !ok {
+				return &CapError{Code: grp.code, Field: name, Message: fmt.Sprintf("Invalid type for '%s': expected an integer.", name)}
+			}
+			if v > float64(limit) {
+				return &CapError{Code: grp.code, Field: name,
+					Message: fmt.Sprintf("%s is too large: %s. This deployment allows at most %d %s per request.", name, raw, limit, grp.unit)}
+			}
 		}
 	}
 	return nil
 }
 
 // number reads a JSON number. A number too large for a float64 (1e999) is
-// not one: it could only be meant to exceed the cap.
+// not one: it could only be meant to exceed the cap. A plain integer of up
+// to 15 digits, the usual case, is read in place: it is exact in a float64,
+// as json.Unmarshal would read it.
 func number(raw []byte) (float64, bool) {
 	if len(raw) == 0 || (raw[0] != '-' && (raw[0] < '0' || raw[0] > '9')) {
 		return 0, false
+	}
+	if len(raw) <= 15 && (raw[0] != '0' || len(raw) == 1) {
+		var n int64
+		for _, c := range raw {
+			if c < '0' || c > '9' {
+				n = -1
+				break
+			}
+			n = n*10 + int64(c-'0')
+		}
+		if n >= 0 {
+			return float64(n), true
+		}
 	}
 	var v float64
 	if err := json.Unmarshal(raw, &v); err != nil || math.IsInf(v, 0) || math.IsNaN(v) {

@@ -17,6 +17,7 @@ import (
 // with a custom_id is an error: the file was validated before it ran.
 func ScanCustomIDs(r io.Reader, from, to int64, fn func(line int64, customID string)) error {
 	lr := newLineReader(r, DefaultMaxLineBytes)
+	var ls lineScan
 	for i := int64(0); i < to; i++ {
 		l, err := lr.next()
 		if errors.Is(err, io.EOF) {
@@ -31,15 +32,14 @@ func ScanCustomIDs(r io.Reader, from, to int64, fn func(line int64, customID str
 		if l.tooLong {
 			return fmt.Errorf("scan custom ids: line %d is longer than %d bytes", i+1, DefaultMaxLineBytes)
 		}
-		obj, ok := parseObject(l.data)
-		if !ok {
+		if !ls.scan(l.data) {
 			return fmt.Errorf("scan custom ids: line %d is not a JSON object", i+1)
 		}
-		id, code := stringField(obj, "custom_id")
+		id, code := stringValue(ls.top[topCustomID])
 		if code != fieldOK {
 			return fmt.Errorf("scan custom ids: line %d has no custom_id", i+1)
 		}
-		fn(i, id)
+		fn(i, string(id))
 	}
 	return nil
 }

@@ -24,13 +24,15 @@
 //	exceeded_max_n          body.<field> n     n or best_of over Options.MaxN, or not a number
 //
 // A line reports its first problem only. Blank lines at the end of the file
-// (a trailing newline included) are not requests and are fine.
+// (a trailing newline included) are not requests and are fine. A line is a
+// JSON object exactly when encoding/json would decode it as one; a
+// single-pass scanner (jsonscan.go) reads it without decoding it. Validate
+// with an empty endpoint takes the batch's endpoint from the file's first
+// url, to check a file before the batch that uses it exists.
 package validate
 
 import (
-	"bytes"
 	"crypto/sha256"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -120,6 +122,10 @@ type Chunk struct {
 type Result struct {
 	// Model is the model every request names.
 	Model string
+	// Endpoint is the endpoint the urls were checked against: the one
+	// given to Validate, or when that was "", the url of the first request
+	// whose url was read ("" if none was).
+	Endpoint string
 	// Total is the number of request lines.
 	Total  int64
 	Chunks []Chunk
@@ -130,6 +136,12 @@ type Result struct {
 // endpoint (the batch's endpoint, such as "/v1/chat/completions"). Problems
 // in the file are reported in Result.Errors; the error return is only for a
 // failing reader.
+//
+// An empty endpoint is taken from the file: the url of the first request
+// whose url is read (lines before it have failed earlier checks) becomes
+// the endpoint every later url must match, as a given endpoint would, and
+// Result.Endpoint reports it. This checks a file at upload time, before the
+// batch that will use it names its endpoint.
 func Validate(r io.Reader, endpoint string, opts Options) (*Result, error) {
 	opts = opts.withDefaults()
 	v := &validator{opts: opts, endpoint: endpoint, seen: make(map[[sha256.Size]byte]struct{})}
@@ -187,7 +199,7 @@ scan:
 	if total == 0 && len(v.errs) == 0 {
 		v.fail(-1, CodeEmptyFile, "", "The batch input file holds no requests.")
 	}
-	res := &Result{Model: v.model, Total: total, Errors: v.errs}
+	res := &Result{Model: v.model, Endpoint: v.endpoint, Total: total, Errors: v.errs}
 	for k := int64(0); k*chunkLen < total; k++ {
 		c := Chunk{StartLine: k * chunkLen, EndLine: min((k+1)*chunkLen, total), StartOffset: bounds[k], EndOffset: lastEnd}
 		if c.EndLine < total {
@@ -207,6 +219,8 @@ type validator struct {
 	// request however long the ids are.
 	seen map[[sha256.Size]byte]struct{}
 	errs []*vbatchv1.BatchError
+	// line is the scan of the current line, reused from line to line.
+	line lineScan
 }
 
 // fail records an error on the 0-based line i (-1: no line) and reports
@@ -219,93 +233,54 @@ func (v *validator) fail(i int64, code, param, msg string) bool {
 // checkLine validates one request line and reports whether the scan should
 // stop.
 func (v *validator) checkLine(i int64, data []byte) bool {
-	req, ok := parseObject(data)
-	if !ok {
+	ls := &v.line
+	if !ls.scan(data) {
 		return v.fail(i, CodeInvalidJSONLine, "", "Line is not a valid JSON object.")
 	}
-	customID, code := stringField(req, "custom_id")
+	customID, code := stringValue(ls.top[topCustomID])
 	switch code {
 	case fieldMissing:
 		return v.fail(i, CodeMissingCustomID, "custom_id", "Request is missing the required 'custom_id' field.")
 	case fieldNotString:
 		return v.fail(i, CodeInvalidCustomID, "custom_id", "The 'custom_id' field must be a string.")
 	}
-	if method, _ := stringField(req, "method"); method != "POST" {
-		return v.fail(i, CodeInvalidMethod, "method", fmt.Sprintf("Invalid method %q; only POST is supported.", method))
+	if method, _ := stringValue(ls.top[topMethod]); string(method) != "POST" {
+		return v.fail(i, CodeInvalidMethod, "method", fmt.Sprintf("Invalid method %q; only POST is supported.", string(method)))
 	}
-	url, code := stringField(req, "url")
+	url, code := stringValue(ls.top[topURL])
 	if code != fieldOK {
 		return v.fail(i, CodeInvalidURL, "url", "Request is missing the required 'url' field.")
 	}
-	if url != v.endpoint {
-		return v.fail(i, CodeMismatchedEndpoint, "url", fmt.Sprintf("The url %q does not match the batch endpoint %q.", url, v.endpoint))
+	if v.endpoint == "" {
+		// No endpoint given: the first url read is the batch's (a url is
+		// never empty, so this happens once).
+		v.endpoint = string(url)
 	}
-	body, ok := parseObject(req["body"])
-	if !ok {
+	if string(url) != v.endpoint {
+		return v.fail(i, CodeMismatchedEndpoint, "url", fmt.Sprintf("The url %q does not match the batch endpoint %q.", string(url), v.endpoint))
+	}
+	if !ls.bodyObject() {
 		return v.fail(i, CodeMissingModel, "body.model", "Request is missing a 'body' object with a 'model'.")
 	}
-	model, code := stringField(body, "model")
+	model, code := stringValue(ls.body[bodyModel])
 	if code != fieldOK {
 		return v.fail(i, CodeMissingModel, "body.model", "Request body is missing the required 'model' field.")
 	}
-	if s, ok := body["stream"]; ok && bytes.Equal(bytes.TrimSpace(s), []byte("true")) {
+	if string(ls.body[bodyStream]) == "true" {
 		return v.fail(i, CodeUnsupportedStream, "body.stream", "Streaming is not supported in a batch; remove 'stream' or set it to false.")
 	}
-	if ce := CheckCaps(body, v.opts.MaxTokens, v.opts.MaxN); ce != nil {
+	if ce := checkCaps((*[numCapFields][]byte)(ls.body[bodyCaps:]), v.opts.MaxTokens, v.opts.MaxN); ce != nil {
 		return v.fail(i, ce.Code, "body."+ce.Field, ce.Message)
 	}
-	sum := sha256.Sum256([]byte(customID))
+	sum := sha256.Sum256(customID)
 	if _, dup := v.seen[sum]; dup {
-		return v.fail(i, CodeDuplicateCustomID, "custom_id", fmt.Sprintf("The custom_id %q is used by an earlier request; custom_id values must be unique.", customID))
+		return v.fail(i, CodeDuplicateCustomID, "custom_id", fmt.Sprintf("The custom_id %q is used by an earlier request; custom_id values must be unique.", string(customID)))
 	}
 	v.seen[sum] = struct{}{}
 	if v.model == "" {
-		v.model = model
-	} else if model != v.model {
-		return v.fail(i, CodeMismatchedModel, "body.model", fmt.Sprintf("The model %q differs from the model %q of the batch's first request; a batch uses one model.", model, v.model))
+		v.model = string(model)
+	} else if string(model) != v.model {
+		return v.fail(i, CodeMismatchedModel, "body.model", fmt.Sprintf("The model %q differs from the model %q of the batch's first request; a batch uses one model.", string(model), v.model))
 	}
 	return false
-}
-
-// Results of stringField.
-const (
-	fieldOK = iota
-	fieldMissing
-	fieldNotString
-)
-
-// stringField reads obj[key] as a non-empty string. Absent, null and ""
-// are fieldMissing; any other non-string is fieldNotString.
-func stringField(obj map[string]json.RawMessage, key string) (string, int) {
-	raw, ok := obj[key]
-	if !ok {
-		return "", fieldMissing
-	}
-	raw = bytes.TrimSpace(raw)
-	if bytes.Equal(raw, []byte("null")) {
-		return "", fieldMissing
-	}
-	var s string
-	if err := json.Unmarshal(raw, &s); err != nil {
-		return "", fieldNotString
-	}
-	if s == "" {
-		return "", fieldMissing
-	}
-	return s, fieldOK
-}
-
-// parseObject decodes data as a JSON object, keeping member values raw and
-// member names exact (unlike decoding into a struct, which matches names
-// without regard to case).
-func parseObject(data []byte) (map[string]json.RawMessage, bool) {
-	data = bytes.TrimSpace(data)
-	if len(data) == 0 || data[0] != '{' {
-		return nil, false
-	}
-	var obj map[string]json.RawMessage
-	if err := json.Unmarshal(data, &obj); err != nil {
-		return nil, false
-	}
-	return obj, true
 }

@@ -104,6 +104,51 @@ func TestValidateErrors(t *testing.T) {
 	}
 }
 
+// urlReq builds a request line with the given url.
+func urlReq(id, url string) string {
+	return fmt.Sprintf(`{"custom_id":%q,"method":"POST","url":%q,"body":{"model":"m"}}`, id, url)
+}
+
+func TestValidateAdoptsEndpoint(t *testing.T) {
+	cases := []struct {
+		name, in, endpoint string
+		want               []wantErr
+		wantEndpoint       string
+	}{
+		{"first url adopted", urlReq("a", "/v1/embeddings") + "\n" + urlReq("b", "/v1/embeddings") + "\n" + urlReq("c", ep) + "\n", "",
+			[]wantErr{{CodeMismatchedEndpoint, "url", 3}}, "/v1/embeddings"},
+		{"lines without a url do not count", "{oops\n" + `{"custom_id":"a","method":"POST","body":{"model":"m"}}` + "\n" +
+			`{"method":"POST","url":"/v1/embeddings"}` + "\n" + urlReq("b", "/v1/completions") + "\n" + urlReq("c", "/v1/completions"), "",
+			[]wantErr{{CodeInvalidJSONLine, "", 1}, {CodeInvalidURL, "url", 2}, {CodeMissingCustomID, "custom_id", 3}}, "/v1/completions"},
+		{"the given endpoint is kept", urlReq("a", "/v1/embeddings") + "\n", ep,
+			[]wantErr{{CodeMismatchedEndpoint, "url", 1}}, ep},
+		{"no url at all", `{"custom_id":"a","method":"POST"}`, "",
+			[]wantErr{{CodeInvalidURL, "url", 1}}, ""},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			res, err := Validate(strings.NewReader(tc.in), tc.endpoint, Options{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := errsOf(res); fmt.Sprint(got) != fmt.Sprint(tc.want) {
+				t.Fatalf("errors = %v, want %v", got, tc.want)
+			}
+			if res.Endpoint != tc.wantEndpoint {
+				t.Fatalf("endpoint %q, want %q", res.Endpoint, tc.wantEndpoint)
+			}
+		})
+	}
+	// The mismatch names the adopted endpoint.
+	res, err := Validate(strings.NewReader(urlReq("a", "/v1/embeddings")+"\n"+urlReq("b", ep)), "", Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := `The url "/v1/chat/completions" does not match the batch endpoint "/v1/embeddings".`; len(res.Errors) != 1 || res.Errors[0].Message != want {
+		t.Fatalf("errors %v, want the message %s", res.Errors, want)
+	}
+}
+
 func TestValidateChunks(t *testing.T) {
 	var lines []string
 	for i := range 7 {
