@@ -18,15 +18,22 @@ import (
 
 // StoreUpload writes r to the local blob store and replicates it to a
 // majority of the voters before returning, so the file's metadata is only
-// committed once a quorum holds its bytes.
+// committed once a quorum holds its bytes. The content streams to the other
+// voters while it arrives, so their copies are written at the same time as
+// this one; a peer that cannot keep up, or fails, gets its copy afterwards.
 func (c *Coordinator) StoreUpload(ctx context.Context, r io.Reader) (*vbatchv1.BlobRef, []string, error) {
-	ref, err := c.blobs.Ingest(r)
-	if errors.Is(err, blob.ErrNoSpace) {
-		return nil, nil, fmt.Errorf("ingest: %w (%w)", api.ErrInsufficientStorage, err)
-	}
+	fan := c.repl.StreamToPeers(ctx, c.quorum()-1)
+	ref, err := c.blobs.IngestTee(r, fan)
 	if err != nil {
+		fan.Abort(err)
+		if errors.Is(err, blob.ErrNoSpace) {
+			return nil, nil, fmt.Errorf("ingest: %w (%w)", api.ErrInsufficientStorage, err)
+		}
 		return nil, nil, fmt.Errorf("ingest: %w", err)
 	}
+	streamed := fan.Finish(ref.Sha256, ref.Bytes)
+	c.log.DebugContext(ctx, "upload streamed to peers", "sha", ref.Sha256, "peers", streamed)
+	// Peers that took the stream confirm with a HEAD; the rest are pushed.
 	replicas, err := c.replicate(ctx, ref.Sha256)
 	if err != nil {
 		return nil, nil, err
@@ -34,12 +41,15 @@ func (c *Coordinator) StoreUpload(ctx context.Context, r io.Reader) (*vbatchv1.B
 	return ref, replicas, nil
 }
 
+// quorum is a majority of the voters: how many nodes must hold a blob
+// before metadata referencing it commits.
+func (c *Coordinator) quorum() int {
+	return max(1, len(c.voters())/2+1)
+}
+
 // replicate copies a local blob onto a majority of the voters.
 func (c *Coordinator) replicate(ctx context.Context, sha string) ([]string, error) {
-	need := len(c.voters())/2 + 1
-	if need < 1 {
-		need = 1
-	}
+	need := c.quorum()
 	replicas, err := c.repl.Replicate(ctx, sha, need)
 	if err != nil {
 		return nil, fmt.Errorf("replicate blob %s to %d nodes: %w (%w)", sha[:12], need, api.ErrUnavailable, err)

@@ -239,14 +239,9 @@ func (l *leader) validate(ctx context.Context, b *vbatchv1.Batch) error {
 		}}})
 		return nil
 	}
-	rc, err := c.OpenFile(ctx, input)
+	res, err := l.validateInput(ctx, input, b.Endpoint)
 	if err != nil {
-		return fmt.Errorf("open input %s: %w", input.Id, err)
-	}
-	defer rc.Close()
-	res, err := validate.Validate(rc, b.Endpoint, c.cfg.validateOpts())
-	if err != nil {
-		return fmt.Errorf("validate input %s: %w", input.Id, err)
+		return err
 	}
 	if len(res.Errors) > 0 {
 		l.apply(ctx, &vbatchv1.FailBatch{BatchId: b.Id, Errors: res.Errors})
@@ -261,6 +256,26 @@ func (l *leader) validate(ctx context.Context, b *vbatchv1.Batch) error {
 	}
 	l.apply(ctx, &vbatchv1.StartBatch{BatchId: b.Id, Model: res.Model, Total: res.Total, Chunks: chunks})
 	return nil
+}
+
+// validateInput validates a batch's input file for endpoint: from the check
+// recorded when the file was uploaded if it applies, else by reading it.
+func (l *leader) validateInput(ctx context.Context, input *vbatchv1.File, endpoint string) (*validate.Result, error) {
+	c := l.c
+	opts := c.cfg.validateOpts()
+	if res, ok := validate.FromCheck(input.Check, endpoint, opts); ok {
+		return res, nil
+	}
+	rc, err := c.OpenFile(ctx, input)
+	if err != nil {
+		return nil, fmt.Errorf("open input %s: %w", input.Id, err)
+	}
+	defer rc.Close()
+	res, err := validate.Validate(rc, endpoint, opts)
+	if err != nil {
+		return nil, fmt.Errorf("validate input %s: %w", input.Id, err)
+	}
+	return res, nil
 }
 
 // expire writes a batch_expired error line for every request that never

@@ -3,6 +3,7 @@ package api
 import (
 	"fmt"
 	"net/http"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -10,6 +11,7 @@ import (
 
 	"github.com/vbatch/vbatch/coordinator/validate"
 	"github.com/vbatch/vbatch/fsm"
+	vbatchv1 "github.com/vbatch/vbatch/rpc/gen/vbatch/v1"
 )
 
 func TestUploadPurposeEitherOrder(t *testing.T) {
@@ -259,5 +261,50 @@ func TestListFilesPagination(t *testing.T) {
 	}
 	for _, q := range []string{"?limit=0", "?limit=10001", "?limit=x", "?order=up", "?after=file-nope"} {
 		e.do(http.MethodGet, "/v1/files"+q, testRoot, nil).wantError(t, 400, typeInvalidRequest, codeInvalidValue)
+	}
+}
+
+// TestUploadRecordsCheck: a valid batch file is validated while it streams
+// in and keeps a check a batch can start from, whatever the field order;
+// other files keep none.
+func TestUploadRecordsCheck(t *testing.T) {
+	e := rootEnv(t)
+	good := batchLines(3)
+	cases := []struct {
+		name   string
+		fields []field
+		want   bool
+	}{
+		{"purpose first", []field{{name: "purpose", value: "batch"}, {name: "file", filename: "a.jsonl", value: good}}, true},
+		{"purpose after", []field{{name: "file", filename: "a.jsonl", value: good}, {name: "purpose", value: "batch"}}, true},
+		{"not batch", []field{{name: "file", filename: "a.jsonl", value: good}, {name: "purpose", value: "fine-tune"}}, false},
+		{"invalid line", []field{{name: "purpose", value: "batch"}, {name: "file", filename: "a.jsonl", value: good + "{oops\n"}}, false},
+		{"two endpoints", []field{{name: "purpose", value: "batch"}, {name: "file", filename: "a.jsonl",
+			value: good + strings.NewReplacer("/v1/chat/completions", "/v1/embeddings", `"r0"`, `"x0"`).Replace(batchLines(1))}}, false},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			r := e.upload(testRoot, c.fields...)
+			if r.status != http.StatusOK {
+				t.Fatalf("%d %s", r.status, r.body)
+			}
+			id := r.json(t)["id"].(string)
+			var f *vbatchv1.File
+			e.b.f.View(func(s *fsm.State) { f = s.Files[id] })
+			if !c.want {
+				if f.Check != nil {
+					t.Fatalf("check kept: %v", f.Check)
+				}
+				return
+			}
+			want, err := validate.Validate(strings.NewReader(good), "/v1/chat/completions", e.api.ValidateOptions())
+			if err != nil {
+				t.Fatal(err)
+			}
+			got, ok := validate.FromCheck(f.Check, "/v1/chat/completions", e.api.ValidateOptions())
+			if !ok || got.Total != 3 || got.Model != want.Model || !slices.Equal(got.Chunks, want.Chunks) {
+				t.Fatalf("check %v gives %+v, %v; want %+v", f.Check, got, ok, want)
+			}
+		})
 	}
 }

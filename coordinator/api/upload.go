@@ -1,6 +1,7 @@
 package api
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"io"
@@ -63,6 +64,8 @@ type uploadReader struct {
 	maxLine  int64
 	lineLen  int64
 	longLine int64
+	// tee, when set, gets every byte read.
+	tee io.Writer
 }
 
 func (u *uploadReader) Read(p []byte) (int, error) {
@@ -77,6 +80,9 @@ func (u *uploadReader) Read(p []byte) (int, error) {
 	u.n += int64(n)
 	if n > 0 {
 		u.count(p[:n])
+		if u.tee != nil {
+			_, _ = u.tee.Write(p[:n])
+		}
 	}
 	if u.n > u.max {
 		u.tooLarge = true
@@ -86,27 +92,38 @@ func (u *uploadReader) Read(p []byte) (int, error) {
 }
 
 func (u *uploadReader) count(b []byte) {
-	for _, c := range b {
-		if c == '\n' {
-			u.newlines++
-			if u.content {
-				u.requests++
-			}
-			u.content = false
-			u.lineLen = 0
-			continue
+	u.last = b[len(b)-1]
+	for len(b) > 0 {
+		seg, rest, nl := bytes.Cut(b, []byte{'\n'})
+		if !u.content && hasContent(seg) {
+			u.content = true
 		}
-		u.lineLen++
+		u.lineLen += int64(len(seg))
 		if u.maxLine > 0 && u.lineLen > u.maxLine && u.longLine == 0 {
 			u.longLine = u.newlines + 1
 		}
+		if !nl {
+			return
+		}
+		u.newlines++
+		if u.content {
+			u.requests++
+		}
+		u.content, u.lineLen = false, 0
+		b = rest
+	}
+}
+
+// hasContent reports whether b holds more than spaces, tabs and '\r'.
+func hasContent(b []byte) bool {
+	for _, c := range b {
 		switch c {
 		case ' ', '\t', '\r':
 		default:
-			u.content = true
+			return true
 		}
 	}
-	u.last = b[len(b)-1]
+	return false
 }
 
 // nonBlank is the number of lines holding more than whitespace.
@@ -169,7 +186,10 @@ func (a *API) uploadFile(w http.ResponseWriter, r *http.Request, p *principal) e
 		ur                *uploadReader
 		ref               *vbatchv1.BlobRef
 		replicas          []string
+		pre               *precheck
+		fileCheck         *vbatchv1.FileCheck
 	)
+	defer func() { pre.finish(errUploadEnded) }()
 	for {
 		part, err := mr.NextPart()
 		if errors.Is(err, io.EOF) {
@@ -188,7 +208,13 @@ func (a *API) uploadFile(w http.ResponseWriter, r *http.Request, p *principal) e
 			}
 			filename = part.FileName()
 			ur = &uploadReader{r: part, max: streamMax, maxLine: int64(a.cfg.Validate.MaxLineBytes)}
+			if purpose == "" || purpose == "batch" {
+				// The purpose often follows the file: check it anyway.
+				pre = startPrecheck(a.cfg.Validate)
+				ur.tee = pre
+			}
 			ref, replicas, err = a.b.StoreUpload(r.Context(), ur)
+			fileCheck = pre.finish(err)
 			if ur.tooLarge && quotaCapped {
 				return quotaExceeded("You exceeded your file storage quota: project %s has room for %d more bytes of files and this upload is larger. Delete files you no longer need and retry.",
 					p.project, streamMax)
@@ -265,6 +291,9 @@ func (a *API) uploadFile(w http.ResponseWriter, r *http.Request, p *principal) e
 		Lines:     ur.lines(),
 		Replicas:  replicas,
 		Parts:     []*vbatchv1.BlobRef{ref},
+	}
+	if purpose == "batch" {
+		f.Check = fileCheck
 	}
 	if expiresAnchor != "" || expiresSeconds != 0 {
 		if expiresAnchor != "created_at" {

@@ -12,6 +12,10 @@ import (
 // HEAD responses (where Content-Length may be that of a range).
 const HeaderSize = "X-Blob-Size"
 
+// TrailerSHA carries, as an HTTP trailer of a streamed POST, the sha256 of
+// the content the sender wrote.
+const TrailerSHA = "X-Blob-Sha256"
+
 // PathPrefix is where Handler expects to be mounted, unstripped:
 // mux.Handle(blob.PathPrefix, store.Handler()).
 const PathPrefix = "/blobs/"
@@ -22,6 +26,10 @@ const PathPrefix = "/blobs/"
 //	                    if it matches (204, 400 on mismatch, 507 disk full)
 //	GET  /blobs/{sha}   the verified blob; ?offset=&length= for a range
 //	HEAD /blobs/{sha}   200 with X-Blob-Size when present, else 404
+//	POST /blobs/        a blob streamed while its sender still receives it:
+//	                    chunked body, its sha256 and size in the trailers
+//	                    X-Blob-Sha256 and X-Blob-Size; kept only if the
+//	                    content matches them (204, else 400; 507 disk full)
 //
 // A name that is not 64 lowercase hex digits is answered 400. A HEAD that
 // finds the blob also restarts its GC grace: a pusher that finds the blob
@@ -32,6 +40,7 @@ func (s *Store) Handler() http.Handler {
 	mux.HandleFunc("PUT "+PathPrefix+"{sha}", s.servePut)
 	mux.HandleFunc("GET "+PathPrefix+"{sha}", s.serveGet)
 	mux.HandleFunc("HEAD "+PathPrefix+"{sha}", s.serveHead)
+	mux.HandleFunc("POST "+PathPrefix+"{$}", s.serveStream)
 	return mux
 }
 
@@ -62,6 +71,25 @@ func (s *Store) servePut(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, err.Error(), putStatus(err))
 		return
 	}
+	w.WriteHeader(http.StatusNoContent)
+}
+
+// serveStream stores a blob whose sha256 and size arrive as trailers, after
+// the content: nothing is kept unless both are there and match.
+func (s *Store) serveStream(w http.ResponseWriter, r *http.Request) {
+	ref, err := s.IngestVerified(r.Body, func() (string, int64, error) {
+		sha := r.Trailer.Get(TrailerSHA)
+		size, err := strconv.ParseInt(r.Trailer.Get(HeaderSize), 10, 64)
+		if !ValidSHA(sha) || err != nil || size < 0 {
+			return "", 0, fmt.Errorf("trailers %s=%q %s=%q: %w", TrailerSHA, sha, HeaderSize, r.Trailer.Get(HeaderSize), ErrMismatch)
+		}
+		return sha, size, nil
+	})
+	if err != nil {
+		http.Error(w, err.Error(), putStatus(err))
+		return
+	}
+	w.Header().Set(TrailerSHA, ref.Sha256)
 	w.WriteHeader(http.StatusNoContent)
 }
 

@@ -28,6 +28,10 @@ type node struct {
 	hang atomic.Bool
 	// gate, when set, holds HEADs (the first step of a push) until closed.
 	gate atomic.Pointer[chan struct{}]
+	// stall, when set, makes streamed POSTs wait, reading nothing, until
+	// the client gives up.
+	stall atomic.Bool
+	posts atomic.Int64
 }
 
 // newCluster starts n nodes, each replicating to all the others.
@@ -61,6 +65,15 @@ func newCluster(t *testing.T, n int) []*node {
 				}
 			case http.MethodGet:
 				nd.gets.Add(1)
+			case http.MethodPost:
+				nd.posts.Add(1)
+				if nd.stall.Load() {
+					select {
+					case <-r.Context().Done():
+					case <-release:
+					}
+					return
+				}
 			}
 			h.ServeHTTP(w, r)
 		}))

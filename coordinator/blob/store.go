@@ -146,7 +146,40 @@ func (s *Store) sumPath(sha string) string { return s.path(sha) + ".sum" }
 // dropped and the existing one is marked recently used (so GC's grace
 // starts over). A full disk yields an error wrapping ErrNoSpace.
 func (s *Store) Ingest(r io.Reader) (*vbatchv1.BlobRef, error) {
-	return s.ingest(r, "", -1)
+	return s.ingest(r, nil, nil)
+}
+
+// IngestTee is Ingest that also writes every block, as soon as it is read,
+// to each of tees: consumers such as a replica stream or a validator then
+// work on the content while it is still arriving. A tee's write error fails
+// the ingest, so tees that may fail on their own should absorb their
+// errors (as a bufpipe.Pipe does once its reader gave up).
+func (s *Store) IngestTee(r io.Reader, tees ...io.Writer) (*vbatchv1.BlobRef, error) {
+	return s.ingest(r, nil, tees)
+}
+
+// IngestVerified is Ingest for content whose sha256 and size are known only
+// once it has all been read, as with a replica streamed while its upload is
+// still arriving: after the last byte it calls expect and keeps the blob
+// only if the content matches (else ErrMismatch); an expect error keeps
+// nothing and is returned.
+func (s *Store) IngestVerified(r io.Reader, expect func() (sha string, size int64, err error)) (*vbatchv1.BlobRef, error) {
+	return s.ingest(r, func(gotSHA string, gotSize int64) error {
+		sha, size, err := expect()
+		if err != nil {
+			return fmt.Errorf("blob %s: %w", gotSHA, err)
+		}
+		return matches(gotSHA, gotSize, sha, size)
+	}, nil)
+}
+
+// matches reports ErrMismatch unless the content read is what was expected.
+func matches(gotSHA string, gotSize int64, wantSHA string, wantSize int64) error {
+	if gotSHA != wantSHA || gotSize != wantSize {
+		return fmt.Errorf("blob %s: received %d bytes hashing to %s, want %d bytes: %w",
+			wantSHA, gotSize, gotSHA, wantSize, ErrMismatch)
+	}
+	return nil
 }
 
 // IngestExpected is Ingest for content whose sha256 and size are known in
@@ -166,12 +199,14 @@ func (s *Store) IngestExpected(r io.Reader, sha string, size int64) (*vbatchv1.B
 		}
 		return &vbatchv1.BlobRef{Sha256: sha, Bytes: size}, nil
 	}
-	return s.ingest(io.LimitReader(r, size+1), sha, size)
+	return s.ingest(io.LimitReader(r, size+1), func(gotSHA string, gotSize int64) error {
+		return matches(gotSHA, gotSize, sha, size)
+	}, nil)
 }
 
-// ingest writes r to temp files (bytes and sidecar), checks it against
-// wantSHA/wantSize when given, and commits it.
-func (s *Store) ingest(r io.Reader, wantSHA string, wantSize int64) (ref *vbatchv1.BlobRef, err error) {
+// ingest writes r to temp files (bytes and sidecar), and to tees as it goes,
+// checks the whole content with check when given, and commits it.
+func (s *Store) ingest(r io.Reader, check func(sha string, size int64) error, tees []io.Writer) (ref *vbatchv1.BlobRef, err error) {
 	data, err := os.CreateTemp(s.tmpDir, "blob-*")
 	if err != nil {
 		return nil, fmt.Errorf("create temp blob: %w", mapNoSpace(err))
@@ -196,13 +231,14 @@ func (s *Store) ingest(r io.Reader, wantSHA string, wantSize int64) (ref *vbatch
 	if s.wrapWriter != nil {
 		w = s.wrapWriter(data)
 	}
-	shaHex, size, err := writeBlocks(w, newSumWriter(sum), r, *bufp)
+	shaHex, size, err := writeBlocks(w, newSumWriter(sum), r, *bufp, tees)
 	if err != nil {
 		return nil, err
 	}
-	if wantSHA != "" && (shaHex != wantSHA || size != wantSize) {
-		return nil, fmt.Errorf("blob %s: received %d bytes hashing to %s, want %d bytes: %w",
-			wantSHA, size, shaHex, wantSize, ErrMismatch)
+	if check != nil {
+		if err := check(shaHex, size); err != nil {
+			return nil, err
+		}
 	}
 	if err := syncClose(data); err != nil {
 		return nil, fmt.Errorf("blob %s: %w", shaHex, err)
@@ -217,15 +253,21 @@ func (s *Store) ingest(r io.Reader, wantSHA string, wantSize int64) (ref *vbatch
 }
 
 // writeBlocks copies r to w one block at a time, hashing the whole stream
-// and each block, and writes the sidecar through sw. Read errors come back
-// as they are; write errors are mapped so that ENOSPC wraps ErrNoSpace.
-func writeBlocks(w io.Writer, sw *sumWriter, r io.Reader, buf []byte) (string, int64, error) {
+// and each block, and writes the sidecar through sw; each block goes to the
+// tees first. Read errors come back as they are; write errors are mapped so
+// that ENOSPC wraps ErrNoSpace.
+func writeBlocks(w io.Writer, sw *sumWriter, r io.Reader, buf []byte, tees []io.Writer) (string, int64, error) {
 	whole := sha256.New()
 	var size int64
 	for {
 		n, rerr := io.ReadFull(r, buf)
 		if n > 0 {
 			block := buf[:n]
+			for _, t := range tees {
+				if _, err := t.Write(block); err != nil {
+					return "", 0, fmt.Errorf("tee blob content at %d: %w", size, err)
+				}
+			}
 			whole.Write(block)
 			if _, err := w.Write(block); err != nil {
 				return "", 0, fmt.Errorf("write blob at %d: %w", size, mapNoSpace(err))

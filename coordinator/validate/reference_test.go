@@ -21,7 +21,7 @@ import (
 
 // referenceValidate is Validate as it was, line for line.
 func referenceValidate(r io.Reader, endpoint string, opts Options) (*Result, error) {
-	opts = opts.withDefaults()
+	opts = opts.WithDefaults()
 	v := &refValidator{opts: opts, endpoint: endpoint, seen: make(map[[sha256.Size]byte]struct{})}
 	lr := newLineReader(r, opts.MaxLineBytes)
 	var (

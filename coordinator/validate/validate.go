@@ -90,7 +90,8 @@ type Options struct {
 	MaxN int64
 }
 
-func (o Options) withDefaults() Options {
+// WithDefaults returns o with every zero field set to its default.
+func (o Options) WithDefaults() Options {
 	if o.MaxRequests <= 0 {
 		o.MaxRequests = DefaultMaxRequests
 	}
@@ -143,7 +144,7 @@ type Result struct {
 // Result.Endpoint reports it. This checks a file at upload time, before the
 // batch that will use it names its endpoint.
 func Validate(r io.Reader, endpoint string, opts Options) (*Result, error) {
-	opts = opts.withDefaults()
+	opts = opts.WithDefaults()
 	v := &validator{opts: opts, endpoint: endpoint, seen: make(map[[sha256.Size]byte]struct{})}
 	lr := newLineReader(r, opts.MaxLineBytes)
 	var (

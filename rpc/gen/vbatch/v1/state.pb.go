@@ -638,8 +638,11 @@ type File struct {
 	Replicas  []string   `protobuf:"bytes,9,rep,name=replicas,proto3" json:"replicas,omitempty"`
 	Parts     []*BlobRef `protobuf:"bytes,10,rep,name=parts,proto3" json:"parts,omitempty"`
 	// batch_id is set on files a batch produced.
-	BatchId       string `protobuf:"bytes,11,opt,name=batch_id,json=batchId,proto3" json:"batch_id,omitempty"`
-	ExpiresAt     int64  `protobuf:"varint,12,opt,name=expires_at,json=expiresAt,proto3" json:"expires_at,omitempty"`
+	BatchId   string `protobuf:"bytes,11,opt,name=batch_id,json=batchId,proto3" json:"batch_id,omitempty"`
+	ExpiresAt int64  `protobuf:"varint,12,opt,name=expires_at,json=expiresAt,proto3" json:"expires_at,omitempty"`
+	// check is set when the file was validated as batch input while it was
+	// uploaded and found valid.
+	Check         *FileCheck `protobuf:"bytes,13,opt,name=check,proto3" json:"check,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -758,6 +761,131 @@ func (x *File) GetExpiresAt() int64 {
 	return 0
 }
 
+func (x *File) GetCheck() *FileCheck {
+	if x != nil {
+		return x.Check
+	}
+	return nil
+}
+
+// FileCheck is what validating a file as batch input found while it was
+// uploaded; it is kept only when the file was valid. A batch on the file
+// whose endpoint and validation options match starts from it without
+// reading the file again.
+type FileCheck struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// endpoint is the url every request names.
+	Endpoint string `protobuf:"bytes,1,opt,name=endpoint,proto3" json:"endpoint,omitempty"`
+	// model is the model every request names.
+	Model string `protobuf:"bytes,2,opt,name=model,proto3" json:"model,omitempty"`
+	// total is the number of requests.
+	Total int64 `protobuf:"varint,3,opt,name=total,proto3" json:"total,omitempty"`
+	// chunk_offsets[i] is the byte offset where chunk i starts, chunks being
+	// chunk_size lines; the last entry is where the last chunk ends.
+	ChunkOffsets []int64 `protobuf:"varint,4,rep,packed,name=chunk_offsets,json=chunkOffsets,proto3" json:"chunk_offsets,omitempty"`
+	// The validation options the file was checked under.
+	MaxRequests   int64 `protobuf:"varint,5,opt,name=max_requests,json=maxRequests,proto3" json:"max_requests,omitempty"`
+	ChunkSize     int64 `protobuf:"varint,6,opt,name=chunk_size,json=chunkSize,proto3" json:"chunk_size,omitempty"`
+	MaxLineBytes  int64 `protobuf:"varint,7,opt,name=max_line_bytes,json=maxLineBytes,proto3" json:"max_line_bytes,omitempty"`
+	MaxTokens     int64 `protobuf:"varint,8,opt,name=max_tokens,json=maxTokens,proto3" json:"max_tokens,omitempty"`
+	MaxN          int64 `protobuf:"varint,9,opt,name=max_n,json=maxN,proto3" json:"max_n,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *FileCheck) Reset() {
+	*x = FileCheck{}
+	mi := &file_vbatch_v1_state_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *FileCheck) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*FileCheck) ProtoMessage() {}
+
+func (x *FileCheck) ProtoReflect() protoreflect.Message {
+	mi := &file_vbatch_v1_state_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use FileCheck.ProtoReflect.Descriptor instead.
+func (*FileCheck) Descriptor() ([]byte, []int) {
+	return file_vbatch_v1_state_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *FileCheck) GetEndpoint() string {
+	if x != nil {
+		return x.Endpoint
+	}
+	return ""
+}
+
+func (x *FileCheck) GetModel() string {
+	if x != nil {
+		return x.Model
+	}
+	return ""
+}
+
+func (x *FileCheck) GetTotal() int64 {
+	if x != nil {
+		return x.Total
+	}
+	return 0
+}
+
+func (x *FileCheck) GetChunkOffsets() []int64 {
+	if x != nil {
+		return x.ChunkOffsets
+	}
+	return nil
+}
+
+func (x *FileCheck) GetMaxRequests() int64 {
+	if x != nil {
+		return x.MaxRequests
+	}
+	return 0
+}
+
+func (x *FileCheck) GetChunkSize() int64 {
+	if x != nil {
+		return x.ChunkSize
+	}
+	return 0
+}
+
+func (x *FileCheck) GetMaxLineBytes() int64 {
+	if x != nil {
+		return x.MaxLineBytes
+	}
+	return 0
+}
+
+func (x *FileCheck) GetMaxTokens() int64 {
+	if x != nil {
+		return x.MaxTokens
+	}
+	return 0
+}
+
+func (x *FileCheck) GetMaxN() int64 {
+	if x != nil {
+		return x.MaxN
+	}
+	return 0
+}
+
 // BatchError is one entry of a Batch's errors.data.
 type BatchError struct {
 	state   protoimpl.MessageState `protogen:"open.v1"`
@@ -772,7 +900,7 @@ type BatchError struct {
 
 func (x *BatchError) Reset() {
 	*x = BatchError{}
-	mi := &file_vbatch_v1_state_proto_msgTypes[5]
+	mi := &file_vbatch_v1_state_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -784,7 +912,7 @@ func (x *BatchError) String() string {
 func (*BatchError) ProtoMessage() {}
 
 func (x *BatchError) ProtoReflect() protoreflect.Message {
-	mi := &file_vbatch_v1_state_proto_msgTypes[5]
+	mi := &file_vbatch_v1_state_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -797,7 +925,7 @@ func (x *BatchError) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BatchError.ProtoReflect.Descriptor instead.
 func (*BatchError) Descriptor() ([]byte, []int) {
-	return file_vbatch_v1_state_proto_rawDescGZIP(), []int{5}
+	return file_vbatch_v1_state_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *BatchError) GetCode() string {
@@ -842,7 +970,7 @@ type Usage struct {
 
 func (x *Usage) Reset() {
 	*x = Usage{}
-	mi := &file_vbatch_v1_state_proto_msgTypes[6]
+	mi := &file_vbatch_v1_state_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -854,7 +982,7 @@ func (x *Usage) String() string {
 func (*Usage) ProtoMessage() {}
 
 func (x *Usage) ProtoReflect() protoreflect.Message {
-	mi := &file_vbatch_v1_state_proto_msgTypes[6]
+	mi := &file_vbatch_v1_state_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -867,7 +995,7 @@ func (x *Usage) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Usage.ProtoReflect.Descriptor instead.
 func (*Usage) Descriptor() ([]byte, []int) {
-	return file_vbatch_v1_state_proto_rawDescGZIP(), []int{6}
+	return file_vbatch_v1_state_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *Usage) GetInputTokens() int64 {
@@ -919,7 +1047,7 @@ type Lease struct {
 
 func (x *Lease) Reset() {
 	*x = Lease{}
-	mi := &file_vbatch_v1_state_proto_msgTypes[7]
+	mi := &file_vbatch_v1_state_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -931,7 +1059,7 @@ func (x *Lease) String() string {
 func (*Lease) ProtoMessage() {}
 
 func (x *Lease) ProtoReflect() protoreflect.Message {
-	mi := &file_vbatch_v1_state_proto_msgTypes[7]
+	mi := &file_vbatch_v1_state_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -944,7 +1072,7 @@ func (x *Lease) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Lease.ProtoReflect.Descriptor instead.
 func (*Lease) Descriptor() ([]byte, []int) {
-	return file_vbatch_v1_state_proto_rawDescGZIP(), []int{7}
+	return file_vbatch_v1_state_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *Lease) GetAgentId() string {
@@ -992,7 +1120,7 @@ type Part struct {
 
 func (x *Part) Reset() {
 	*x = Part{}
-	mi := &file_vbatch_v1_state_proto_msgTypes[8]
+	mi := &file_vbatch_v1_state_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1004,7 +1132,7 @@ func (x *Part) String() string {
 func (*Part) ProtoMessage() {}
 
 func (x *Part) ProtoReflect() protoreflect.Message {
-	mi := &file_vbatch_v1_state_proto_msgTypes[8]
+	mi := &file_vbatch_v1_state_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1017,7 +1145,7 @@ func (x *Part) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Part.ProtoReflect.Descriptor instead.
 func (*Part) Descriptor() ([]byte, []int) {
-	return file_vbatch_v1_state_proto_rawDescGZIP(), []int{8}
+	return file_vbatch_v1_state_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *Part) GetFromLine() int64 {
@@ -1091,7 +1219,7 @@ type Chunk struct {
 
 func (x *Chunk) Reset() {
 	*x = Chunk{}
-	mi := &file_vbatch_v1_state_proto_msgTypes[9]
+	mi := &file_vbatch_v1_state_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1103,7 +1231,7 @@ func (x *Chunk) String() string {
 func (*Chunk) ProtoMessage() {}
 
 func (x *Chunk) ProtoReflect() protoreflect.Message {
-	mi := &file_vbatch_v1_state_proto_msgTypes[9]
+	mi := &file_vbatch_v1_state_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1116,7 +1244,7 @@ func (x *Chunk) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Chunk.ProtoReflect.Descriptor instead.
 func (*Chunk) Descriptor() ([]byte, []int) {
-	return file_vbatch_v1_state_proto_rawDescGZIP(), []int{9}
+	return file_vbatch_v1_state_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *Chunk) GetIndex() uint32 {
@@ -1201,7 +1329,7 @@ type RequestCounts struct {
 
 func (x *RequestCounts) Reset() {
 	*x = RequestCounts{}
-	mi := &file_vbatch_v1_state_proto_msgTypes[10]
+	mi := &file_vbatch_v1_state_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1213,7 +1341,7 @@ func (x *RequestCounts) String() string {
 func (*RequestCounts) ProtoMessage() {}
 
 func (x *RequestCounts) ProtoReflect() protoreflect.Message {
-	mi := &file_vbatch_v1_state_proto_msgTypes[10]
+	mi := &file_vbatch_v1_state_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1226,7 +1354,7 @@ func (x *RequestCounts) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RequestCounts.ProtoReflect.Descriptor instead.
 func (*RequestCounts) Descriptor() ([]byte, []int) {
-	return file_vbatch_v1_state_proto_rawDescGZIP(), []int{10}
+	return file_vbatch_v1_state_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *RequestCounts) GetTotal() int64 {
@@ -1282,7 +1410,7 @@ type Batch struct {
 
 func (x *Batch) Reset() {
 	*x = Batch{}
-	mi := &file_vbatch_v1_state_proto_msgTypes[11]
+	mi := &file_vbatch_v1_state_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1294,7 +1422,7 @@ func (x *Batch) String() string {
 func (*Batch) ProtoMessage() {}
 
 func (x *Batch) ProtoReflect() protoreflect.Message {
-	mi := &file_vbatch_v1_state_proto_msgTypes[11]
+	mi := &file_vbatch_v1_state_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1307,7 +1435,7 @@ func (x *Batch) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Batch.ProtoReflect.Descriptor instead.
 func (*Batch) Descriptor() ([]byte, []int) {
-	return file_vbatch_v1_state_proto_rawDescGZIP(), []int{11}
+	return file_vbatch_v1_state_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *Batch) GetId() string {
@@ -1489,7 +1617,7 @@ type GPU struct {
 
 func (x *GPU) Reset() {
 	*x = GPU{}
-	mi := &file_vbatch_v1_state_proto_msgTypes[12]
+	mi := &file_vbatch_v1_state_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1501,7 +1629,7 @@ func (x *GPU) String() string {
 func (*GPU) ProtoMessage() {}
 
 func (x *GPU) ProtoReflect() protoreflect.Message {
-	mi := &file_vbatch_v1_state_proto_msgTypes[12]
+	mi := &file_vbatch_v1_state_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1514,7 +1642,7 @@ func (x *GPU) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GPU.ProtoReflect.Descriptor instead.
 func (*GPU) Descriptor() ([]byte, []int) {
-	return file_vbatch_v1_state_proto_rawDescGZIP(), []int{12}
+	return file_vbatch_v1_state_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *GPU) GetIndex() uint32 {
@@ -1596,7 +1724,7 @@ type Agent struct {
 
 func (x *Agent) Reset() {
 	*x = Agent{}
-	mi := &file_vbatch_v1_state_proto_msgTypes[13]
+	mi := &file_vbatch_v1_state_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1608,7 +1736,7 @@ func (x *Agent) String() string {
 func (*Agent) ProtoMessage() {}
 
 func (x *Agent) ProtoReflect() protoreflect.Message {
-	mi := &file_vbatch_v1_state_proto_msgTypes[13]
+	mi := &file_vbatch_v1_state_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1621,7 +1749,7 @@ func (x *Agent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Agent.ProtoReflect.Descriptor instead.
 func (*Agent) Descriptor() ([]byte, []int) {
-	return file_vbatch_v1_state_proto_rawDescGZIP(), []int{13}
+	return file_vbatch_v1_state_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *Agent) GetId() string {
@@ -1682,7 +1810,7 @@ type CreateAPIKey struct {
 
 func (x *CreateAPIKey) Reset() {
 	*x = CreateAPIKey{}
-	mi := &file_vbatch_v1_state_proto_msgTypes[14]
+	mi := &file_vbatch_v1_state_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1694,7 +1822,7 @@ func (x *CreateAPIKey) String() string {
 func (*CreateAPIKey) ProtoMessage() {}
 
 func (x *CreateAPIKey) ProtoReflect() protoreflect.Message {
-	mi := &file_vbatch_v1_state_proto_msgTypes[14]
+	mi := &file_vbatch_v1_state_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1707,7 +1835,7 @@ func (x *CreateAPIKey) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateAPIKey.ProtoReflect.Descriptor instead.
 func (*CreateAPIKey) Descriptor() ([]byte, []int) {
-	return file_vbatch_v1_state_proto_rawDescGZIP(), []int{14}
+	return file_vbatch_v1_state_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *CreateAPIKey) GetKey() *APIKey {
@@ -1726,7 +1854,7 @@ type RevokeAPIKey struct {
 
 func (x *RevokeAPIKey) Reset() {
 	*x = RevokeAPIKey{}
-	mi := &file_vbatch_v1_state_proto_msgTypes[15]
+	mi := &file_vbatch_v1_state_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1738,7 +1866,7 @@ func (x *RevokeAPIKey) String() string {
 func (*RevokeAPIKey) ProtoMessage() {}
 
 func (x *RevokeAPIKey) ProtoReflect() protoreflect.Message {
-	mi := &file_vbatch_v1_state_proto_msgTypes[15]
+	mi := &file_vbatch_v1_state_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1751,7 +1879,7 @@ func (x *RevokeAPIKey) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeAPIKey.ProtoReflect.Descriptor instead.
 func (*RevokeAPIKey) Descriptor() ([]byte, []int) {
-	return file_vbatch_v1_state_proto_rawDescGZIP(), []int{15}
+	return file_vbatch_v1_state_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *RevokeAPIKey) GetId() string {
@@ -1770,7 +1898,7 @@ type CreateFile struct {
 
 func (x *CreateFile) Reset() {
 	*x = CreateFile{}
-	mi := &file_vbatch_v1_state_proto_msgTypes[16]
+	mi := &file_vbatch_v1_state_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1782,7 +1910,7 @@ func (x *CreateFile) String() string {
 func (*CreateFile) ProtoMessage() {}
 
 func (x *CreateFile) ProtoReflect() protoreflect.Message {
-	mi := &file_vbatch_v1_state_proto_msgTypes[16]
+	mi := &file_vbatch_v1_state_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1795,7 +1923,7 @@ func (x *CreateFile) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateFile.ProtoReflect.Descriptor instead.
 func (*CreateFile) Descriptor() ([]byte, []int) {
-	return file_vbatch_v1_state_proto_rawDescGZIP(), []int{16}
+	return file_vbatch_v1_state_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *CreateFile) GetFile() *File {
@@ -1815,7 +1943,7 @@ type DeleteFile struct {
 
 func (x *DeleteFile) Reset() {
 	*x = DeleteFile{}
-	mi := &file_vbatch_v1_state_proto_msgTypes[17]
+	mi := &file_vbatch_v1_state_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1827,7 +1955,7 @@ func (x *DeleteFile) String() string {
 func (*DeleteFile) ProtoMessage() {}
 
 func (x *DeleteFile) ProtoReflect() protoreflect.Message {
-	mi := &file_vbatch_v1_state_proto_msgTypes[17]
+	mi := &file_vbatch_v1_state_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1840,7 +1968,7 @@ func (x *DeleteFile) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteFile.ProtoReflect.Descriptor instead.
 func (*DeleteFile) Descriptor() ([]byte, []int) {
-	return file_vbatch_v1_state_proto_rawDescGZIP(), []int{17}
+	return file_vbatch_v1_state_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *DeleteFile) GetId() string {
@@ -1866,7 +1994,7 @@ type CreateBatch struct {
 
 func (x *CreateBatch) Reset() {
 	*x = CreateBatch{}
-	mi := &file_vbatch_v1_state_proto_msgTypes[18]
+	mi := &file_vbatch_v1_state_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1878,7 +2006,7 @@ func (x *CreateBatch) String() string {
 func (*CreateBatch) ProtoMessage() {}
 
 func (x *CreateBatch) ProtoReflect() protoreflect.Message {
-	mi := &file_vbatch_v1_state_proto_msgTypes[18]
+	mi := &file_vbatch_v1_state_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1891,7 +2019,7 @@ func (x *CreateBatch) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateBatch.ProtoReflect.Descriptor instead.
 func (*CreateBatch) Descriptor() ([]byte, []int) {
-	return file_vbatch_v1_state_proto_rawDescGZIP(), []int{18}
+	return file_vbatch_v1_state_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *CreateBatch) GetBatch() *Batch {
@@ -1911,7 +2039,7 @@ type FailBatch struct {
 
 func (x *FailBatch) Reset() {
 	*x = FailBatch{}
-	mi := &file_vbatch_v1_state_proto_msgTypes[19]
+	mi := &file_vbatch_v1_state_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1923,7 +2051,7 @@ func (x *FailBatch) String() string {
 func (*FailBatch) ProtoMessage() {}
 
 func (x *FailBatch) ProtoReflect() protoreflect.Message {
-	mi := &file_vbatch_v1_state_proto_msgTypes[19]
+	mi := &file_vbatch_v1_state_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1936,7 +2064,7 @@ func (x *FailBatch) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FailBatch.ProtoReflect.Descriptor instead.
 func (*FailBatch) Descriptor() ([]byte, []int) {
-	return file_vbatch_v1_state_proto_rawDescGZIP(), []int{19}
+	return file_vbatch_v1_state_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *FailBatch) GetBatchId() string {
@@ -1965,7 +2093,7 @@ type StartBatch struct {
 
 func (x *StartBatch) Reset() {
 	*x = StartBatch{}
-	mi := &file_vbatch_v1_state_proto_msgTypes[20]
+	mi := &file_vbatch_v1_state_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1977,7 +2105,7 @@ func (x *StartBatch) String() string {
 func (*StartBatch) ProtoMessage() {}
 
 func (x *StartBatch) ProtoReflect() protoreflect.Message {
-	mi := &file_vbatch_v1_state_proto_msgTypes[20]
+	mi := &file_vbatch_v1_state_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1990,7 +2118,7 @@ func (x *StartBatch) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StartBatch.ProtoReflect.Descriptor instead.
 func (*StartBatch) Descriptor() ([]byte, []int) {
-	return file_vbatch_v1_state_proto_rawDescGZIP(), []int{20}
+	return file_vbatch_v1_state_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *StartBatch) GetBatchId() string {
@@ -2031,7 +2159,7 @@ type CancelBatch struct {
 
 func (x *CancelBatch) Reset() {
 	*x = CancelBatch{}
-	mi := &file_vbatch_v1_state_proto_msgTypes[21]
+	mi := &file_vbatch_v1_state_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2043,7 +2171,7 @@ func (x *CancelBatch) String() string {
 func (*CancelBatch) ProtoMessage() {}
 
 func (x *CancelBatch) ProtoReflect() protoreflect.Message {
-	mi := &file_vbatch_v1_state_proto_msgTypes[21]
+	mi := &file_vbatch_v1_state_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2056,7 +2184,7 @@ func (x *CancelBatch) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CancelBatch.ProtoReflect.Descriptor instead.
 func (*CancelBatch) Descriptor() ([]byte, []int) {
-	return file_vbatch_v1_state_proto_rawDescGZIP(), []int{21}
+	return file_vbatch_v1_state_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *CancelBatch) GetBatchId() string {
@@ -2082,7 +2210,7 @@ type RegisterAgent struct {
 
 func (x *RegisterAgent) Reset() {
 	*x = RegisterAgent{}
-	mi := &file_vbatch_v1_state_proto_msgTypes[22]
+	mi := &file_vbatch_v1_state_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2094,7 +2222,7 @@ func (x *RegisterAgent) String() string {
 func (*RegisterAgent) ProtoMessage() {}
 
 func (x *RegisterAgent) ProtoReflect() protoreflect.Message {
-	mi := &file_vbatch_v1_state_proto_msgTypes[22]
+	mi := &file_vbatch_v1_state_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2107,7 +2235,7 @@ func (x *RegisterAgent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RegisterAgent.ProtoReflect.Descriptor instead.
 func (*RegisterAgent) Descriptor() ([]byte, []int) {
-	return file_vbatch_v1_state_proto_rawDescGZIP(), []int{22}
+	return file_vbatch_v1_state_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *RegisterAgent) GetAgent() *Agent {
@@ -2126,7 +2254,7 @@ type RemoveAgent struct {
 
 func (x *RemoveAgent) Reset() {
 	*x = RemoveAgent{}
-	mi := &file_vbatch_v1_state_proto_msgTypes[23]
+	mi := &file_vbatch_v1_state_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2138,7 +2266,7 @@ func (x *RemoveAgent) String() string {
 func (*RemoveAgent) ProtoMessage() {}
 
 func (x *RemoveAgent) ProtoReflect() protoreflect.Message {
-	mi := &file_vbatch_v1_state_proto_msgTypes[23]
+	mi := &file_vbatch_v1_state_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2151,7 +2279,7 @@ func (x *RemoveAgent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveAgent.ProtoReflect.Descriptor instead.
 func (*RemoveAgent) Descriptor() ([]byte, []int) {
-	return file_vbatch_v1_state_proto_rawDescGZIP(), []int{23}
+	return file_vbatch_v1_state_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *RemoveAgent) GetAgentId() string {
@@ -2173,7 +2301,7 @@ type GrantLease struct {
 
 func (x *GrantLease) Reset() {
 	*x = GrantLease{}
-	mi := &file_vbatch_v1_state_proto_msgTypes[24]
+	mi := &file_vbatch_v1_state_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2185,7 +2313,7 @@ func (x *GrantLease) String() string {
 func (*GrantLease) ProtoMessage() {}
 
 func (x *GrantLease) ProtoReflect() protoreflect.Message {
-	mi := &file_vbatch_v1_state_proto_msgTypes[24]
+	mi := &file_vbatch_v1_state_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2198,7 +2326,7 @@ func (x *GrantLease) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GrantLease.ProtoReflect.Descriptor instead.
 func (*GrantLease) Descriptor() ([]byte, []int) {
-	return file_vbatch_v1_state_proto_rawDescGZIP(), []int{24}
+	return file_vbatch_v1_state_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *GrantLease) GetBatchId() string {
@@ -2241,7 +2369,7 @@ type RenewLease struct {
 
 func (x *RenewLease) Reset() {
 	*x = RenewLease{}
-	mi := &file_vbatch_v1_state_proto_msgTypes[25]
+	mi := &file_vbatch_v1_state_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2253,7 +2381,7 @@ func (x *RenewLease) String() string {
 func (*RenewLease) ProtoMessage() {}
 
 func (x *RenewLease) ProtoReflect() protoreflect.Message {
-	mi := &file_vbatch_v1_state_proto_msgTypes[25]
+	mi := &file_vbatch_v1_state_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2266,7 +2394,7 @@ func (x *RenewLease) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RenewLease.ProtoReflect.Descriptor instead.
 func (*RenewLease) Descriptor() ([]byte, []int) {
-	return file_vbatch_v1_state_proto_rawDescGZIP(), []int{25}
+	return file_vbatch_v1_state_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *RenewLease) GetBatchId() string {
@@ -2309,7 +2437,7 @@ type CommitPart struct {
 
 func (x *CommitPart) Reset() {
 	*x = CommitPart{}
-	mi := &file_vbatch_v1_state_proto_msgTypes[26]
+	mi := &file_vbatch_v1_state_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2321,7 +2449,7 @@ func (x *CommitPart) String() string {
 func (*CommitPart) ProtoMessage() {}
 
 func (x *CommitPart) ProtoReflect() protoreflect.Message {
-	mi := &file_vbatch_v1_state_proto_msgTypes[26]
+	mi := &file_vbatch_v1_state_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2334,7 +2462,7 @@ func (x *CommitPart) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CommitPart.ProtoReflect.Descriptor instead.
 func (*CommitPart) Descriptor() ([]byte, []int) {
-	return file_vbatch_v1_state_proto_rawDescGZIP(), []int{26}
+	return file_vbatch_v1_state_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *CommitPart) GetBatchId() string {
@@ -2376,7 +2504,7 @@ type CompleteChunk struct {
 
 func (x *CompleteChunk) Reset() {
 	*x = CompleteChunk{}
-	mi := &file_vbatch_v1_state_proto_msgTypes[27]
+	mi := &file_vbatch_v1_state_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2388,7 +2516,7 @@ func (x *CompleteChunk) String() string {
 func (*CompleteChunk) ProtoMessage() {}
 
 func (x *CompleteChunk) ProtoReflect() protoreflect.Message {
-	mi := &file_vbatch_v1_state_proto_msgTypes[27]
+	mi := &file_vbatch_v1_state_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2401,7 +2529,7 @@ func (x *CompleteChunk) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CompleteChunk.ProtoReflect.Descriptor instead.
 func (*CompleteChunk) Descriptor() ([]byte, []int) {
-	return file_vbatch_v1_state_proto_rawDescGZIP(), []int{27}
+	return file_vbatch_v1_state_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *CompleteChunk) GetBatchId() string {
@@ -2437,7 +2565,7 @@ type ReleaseLease struct {
 
 func (x *ReleaseLease) Reset() {
 	*x = ReleaseLease{}
-	mi := &file_vbatch_v1_state_proto_msgTypes[28]
+	mi := &file_vbatch_v1_state_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2449,7 +2577,7 @@ func (x *ReleaseLease) String() string {
 func (*ReleaseLease) ProtoMessage() {}
 
 func (x *ReleaseLease) ProtoReflect() protoreflect.Message {
-	mi := &file_vbatch_v1_state_proto_msgTypes[28]
+	mi := &file_vbatch_v1_state_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2462,7 +2590,7 @@ func (x *ReleaseLease) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReleaseLease.ProtoReflect.Descriptor instead.
 func (*ReleaseLease) Descriptor() ([]byte, []int) {
-	return file_vbatch_v1_state_proto_rawDescGZIP(), []int{28}
+	return file_vbatch_v1_state_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *ReleaseLease) GetBatchId() string {
@@ -2504,7 +2632,7 @@ type LeaseRef struct {
 
 func (x *LeaseRef) Reset() {
 	*x = LeaseRef{}
-	mi := &file_vbatch_v1_state_proto_msgTypes[29]
+	mi := &file_vbatch_v1_state_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2516,7 +2644,7 @@ func (x *LeaseRef) String() string {
 func (*LeaseRef) ProtoMessage() {}
 
 func (x *LeaseRef) ProtoReflect() protoreflect.Message {
-	mi := &file_vbatch_v1_state_proto_msgTypes[29]
+	mi := &file_vbatch_v1_state_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2529,7 +2657,7 @@ func (x *LeaseRef) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LeaseRef.ProtoReflect.Descriptor instead.
 func (*LeaseRef) Descriptor() ([]byte, []int) {
-	return file_vbatch_v1_state_proto_rawDescGZIP(), []int{29}
+	return file_vbatch_v1_state_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *LeaseRef) GetBatchId() string {
@@ -2564,7 +2692,7 @@ type ExpireLeases struct {
 
 func (x *ExpireLeases) Reset() {
 	*x = ExpireLeases{}
-	mi := &file_vbatch_v1_state_proto_msgTypes[30]
+	mi := &file_vbatch_v1_state_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2576,7 +2704,7 @@ func (x *ExpireLeases) String() string {
 func (*ExpireLeases) ProtoMessage() {}
 
 func (x *ExpireLeases) ProtoReflect() protoreflect.Message {
-	mi := &file_vbatch_v1_state_proto_msgTypes[30]
+	mi := &file_vbatch_v1_state_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2589,7 +2717,7 @@ func (x *ExpireLeases) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExpireLeases.ProtoReflect.Descriptor instead.
 func (*ExpireLeases) Descriptor() ([]byte, []int) {
-	return file_vbatch_v1_state_proto_rawDescGZIP(), []int{30}
+	return file_vbatch_v1_state_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *ExpireLeases) GetLeases() []*LeaseRef {
@@ -2617,7 +2745,7 @@ type ExtendLeases struct {
 
 func (x *ExtendLeases) Reset() {
 	*x = ExtendLeases{}
-	mi := &file_vbatch_v1_state_proto_msgTypes[31]
+	mi := &file_vbatch_v1_state_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2629,7 +2757,7 @@ func (x *ExtendLeases) String() string {
 func (*ExtendLeases) ProtoMessage() {}
 
 func (x *ExtendLeases) ProtoReflect() protoreflect.Message {
-	mi := &file_vbatch_v1_state_proto_msgTypes[31]
+	mi := &file_vbatch_v1_state_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2642,7 +2770,7 @@ func (x *ExtendLeases) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExtendLeases.ProtoReflect.Descriptor instead.
 func (*ExtendLeases) Descriptor() ([]byte, []int) {
-	return file_vbatch_v1_state_proto_rawDescGZIP(), []int{31}
+	return file_vbatch_v1_state_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *ExtendLeases) GetExpiresAt() int64 {
@@ -2661,7 +2789,7 @@ type BeginFinalize struct {
 
 func (x *BeginFinalize) Reset() {
 	*x = BeginFinalize{}
-	mi := &file_vbatch_v1_state_proto_msgTypes[32]
+	mi := &file_vbatch_v1_state_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2673,7 +2801,7 @@ func (x *BeginFinalize) String() string {
 func (*BeginFinalize) ProtoMessage() {}
 
 func (x *BeginFinalize) ProtoReflect() protoreflect.Message {
-	mi := &file_vbatch_v1_state_proto_msgTypes[32]
+	mi := &file_vbatch_v1_state_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2686,7 +2814,7 @@ func (x *BeginFinalize) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BeginFinalize.ProtoReflect.Descriptor instead.
 func (*BeginFinalize) Descriptor() ([]byte, []int) {
-	return file_vbatch_v1_state_proto_rawDescGZIP(), []int{32}
+	return file_vbatch_v1_state_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *BeginFinalize) GetBatchId() string {
@@ -2716,7 +2844,7 @@ type FinishBatch struct {
 
 func (x *FinishBatch) Reset() {
 	*x = FinishBatch{}
-	mi := &file_vbatch_v1_state_proto_msgTypes[33]
+	mi := &file_vbatch_v1_state_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2728,7 +2856,7 @@ func (x *FinishBatch) String() string {
 func (*FinishBatch) ProtoMessage() {}
 
 func (x *FinishBatch) ProtoReflect() protoreflect.Message {
-	mi := &file_vbatch_v1_state_proto_msgTypes[33]
+	mi := &file_vbatch_v1_state_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2741,7 +2869,7 @@ func (x *FinishBatch) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FinishBatch.ProtoReflect.Descriptor instead.
 func (*FinishBatch) Descriptor() ([]byte, []int) {
-	return file_vbatch_v1_state_proto_rawDescGZIP(), []int{33}
+	return file_vbatch_v1_state_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *FinishBatch) GetBatchId() string {
@@ -2802,7 +2930,7 @@ type DrainAgent struct {
 
 func (x *DrainAgent) Reset() {
 	*x = DrainAgent{}
-	mi := &file_vbatch_v1_state_proto_msgTypes[34]
+	mi := &file_vbatch_v1_state_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2814,7 +2942,7 @@ func (x *DrainAgent) String() string {
 func (*DrainAgent) ProtoMessage() {}
 
 func (x *DrainAgent) ProtoReflect() protoreflect.Message {
-	mi := &file_vbatch_v1_state_proto_msgTypes[34]
+	mi := &file_vbatch_v1_state_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2827,7 +2955,7 @@ func (x *DrainAgent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DrainAgent.ProtoReflect.Descriptor instead.
 func (*DrainAgent) Descriptor() ([]byte, []int) {
-	return file_vbatch_v1_state_proto_rawDescGZIP(), []int{34}
+	return file_vbatch_v1_state_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *DrainAgent) GetAgentId() string {
@@ -2850,7 +2978,7 @@ type Result struct {
 
 func (x *Result) Reset() {
 	*x = Result{}
-	mi := &file_vbatch_v1_state_proto_msgTypes[35]
+	mi := &file_vbatch_v1_state_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2862,7 +2990,7 @@ func (x *Result) String() string {
 func (*Result) ProtoMessage() {}
 
 func (x *Result) ProtoReflect() protoreflect.Message {
-	mi := &file_vbatch_v1_state_proto_msgTypes[35]
+	mi := &file_vbatch_v1_state_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2875,7 +3003,7 @@ func (x *Result) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Result.ProtoReflect.Descriptor instead.
 func (*Result) Descriptor() ([]byte, []int) {
-	return file_vbatch_v1_state_proto_rawDescGZIP(), []int{35}
+	return file_vbatch_v1_state_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *Result) GetCode() string {
@@ -2916,7 +3044,7 @@ type SnapshotRecord struct {
 
 func (x *SnapshotRecord) Reset() {
 	*x = SnapshotRecord{}
-	mi := &file_vbatch_v1_state_proto_msgTypes[36]
+	mi := &file_vbatch_v1_state_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2928,7 +3056,7 @@ func (x *SnapshotRecord) String() string {
 func (*SnapshotRecord) ProtoMessage() {}
 
 func (x *SnapshotRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_vbatch_v1_state_proto_msgTypes[36]
+	mi := &file_vbatch_v1_state_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2941,7 +3069,7 @@ func (x *SnapshotRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SnapshotRecord.ProtoReflect.Descriptor instead.
 func (*SnapshotRecord) Descriptor() ([]byte, []int) {
-	return file_vbatch_v1_state_proto_rawDescGZIP(), []int{36}
+	return file_vbatch_v1_state_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *SnapshotRecord) GetRecord() isSnapshotRecord_Record {
@@ -3044,7 +3172,7 @@ type SnapshotHeader struct {
 
 func (x *SnapshotHeader) Reset() {
 	*x = SnapshotHeader{}
-	mi := &file_vbatch_v1_state_proto_msgTypes[37]
+	mi := &file_vbatch_v1_state_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3056,7 +3184,7 @@ func (x *SnapshotHeader) String() string {
 func (*SnapshotHeader) ProtoMessage() {}
 
 func (x *SnapshotHeader) ProtoReflect() protoreflect.Message {
-	mi := &file_vbatch_v1_state_proto_msgTypes[37]
+	mi := &file_vbatch_v1_state_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3069,7 +3197,7 @@ func (x *SnapshotHeader) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SnapshotHeader.ProtoReflect.Descriptor instead.
 func (*SnapshotHeader) Descriptor() ([]byte, []int) {
-	return file_vbatch_v1_state_proto_rawDescGZIP(), []int{37}
+	return file_vbatch_v1_state_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *SnapshotHeader) GetVersion() uint32 {
@@ -3123,7 +3251,7 @@ const file_vbatch_v1_state_proto_rawDesc = "" +
 	"\x0emax_file_bytes\x18\x03 \x01(\x03R\fmaxFileBytes\"7\n" +
 	"\aBlobRef\x12\x16\n" +
 	"\x06sha256\x18\x01 \x01(\tR\x06sha256\x12\x14\n" +
-	"\x05bytes\x18\x02 \x01(\x03R\x05bytes\"\xc9\x02\n" +
+	"\x05bytes\x18\x02 \x01(\x03R\x05bytes\"\xf5\x02\n" +
 	"\x04File\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x18\n" +
 	"\aproject\x18\x02 \x01(\tR\aproject\x12\x18\n" +
@@ -3139,7 +3267,20 @@ const file_vbatch_v1_state_proto_rawDesc = "" +
 	" \x03(\v2\x12.vbatch.v1.BlobRefR\x05parts\x12\x19\n" +
 	"\bbatch_id\x18\v \x01(\tR\abatchId\x12\x1d\n" +
 	"\n" +
-	"expires_at\x18\f \x01(\x03R\texpiresAt\"d\n" +
+	"expires_at\x18\f \x01(\x03R\texpiresAt\x12*\n" +
+	"\x05check\x18\r \x01(\v2\x14.vbatch.v1.FileCheckR\x05check\"\x94\x02\n" +
+	"\tFileCheck\x12\x1a\n" +
+	"\bendpoint\x18\x01 \x01(\tR\bendpoint\x12\x14\n" +
+	"\x05model\x18\x02 \x01(\tR\x05model\x12\x14\n" +
+	"\x05total\x18\x03 \x01(\x03R\x05total\x12#\n" +
+	"\rchunk_offsets\x18\x04 \x03(\x03R\fchunkOffsets\x12!\n" +
+	"\fmax_requests\x18\x05 \x01(\x03R\vmaxRequests\x12\x1d\n" +
+	"\n" +
+	"chunk_size\x18\x06 \x01(\x03R\tchunkSize\x12$\n" +
+	"\x0emax_line_bytes\x18\a \x01(\x03R\fmaxLineBytes\x12\x1d\n" +
+	"\n" +
+	"max_tokens\x18\b \x01(\x03R\tmaxTokens\x12\x13\n" +
+	"\x05max_n\x18\t \x01(\x03R\x04maxN\"d\n" +
 	"\n" +
 	"BatchError\x12\x12\n" +
 	"\x04code\x18\x01 \x01(\tR\x04code\x12\x18\n" +
@@ -3391,7 +3532,7 @@ func file_vbatch_v1_state_proto_rawDescGZIP() []byte {
 }
 
 var file_vbatch_v1_state_proto_enumTypes = make([]protoimpl.EnumInfo, 4)
-var file_vbatch_v1_state_proto_msgTypes = make([]protoimpl.MessageInfo, 39)
+var file_vbatch_v1_state_proto_msgTypes = make([]protoimpl.MessageInfo, 40)
 var file_vbatch_v1_state_proto_goTypes = []any{
 	(CommandType)(0),       // 0: vbatch.v1.CommandType
 	(Scope)(0),             // 1: vbatch.v1.Scope
@@ -3402,79 +3543,81 @@ var file_vbatch_v1_state_proto_goTypes = []any{
 	(*KeyLimits)(nil),      // 6: vbatch.v1.KeyLimits
 	(*BlobRef)(nil),        // 7: vbatch.v1.BlobRef
 	(*File)(nil),           // 8: vbatch.v1.File
-	(*BatchError)(nil),     // 9: vbatch.v1.BatchError
-	(*Usage)(nil),          // 10: vbatch.v1.Usage
-	(*Lease)(nil),          // 11: vbatch.v1.Lease
-	(*Part)(nil),           // 12: vbatch.v1.Part
-	(*Chunk)(nil),          // 13: vbatch.v1.Chunk
-	(*RequestCounts)(nil),  // 14: vbatch.v1.RequestCounts
-	(*Batch)(nil),          // 15: vbatch.v1.Batch
-	(*GPU)(nil),            // 16: vbatch.v1.GPU
-	(*Agent)(nil),          // 17: vbatch.v1.Agent
-	(*CreateAPIKey)(nil),   // 18: vbatch.v1.CreateAPIKey
-	(*RevokeAPIKey)(nil),   // 19: vbatch.v1.RevokeAPIKey
-	(*CreateFile)(nil),     // 20: vbatch.v1.CreateFile
-	(*DeleteFile)(nil),     // 21: vbatch.v1.DeleteFile
-	(*CreateBatch)(nil),    // 22: vbatch.v1.CreateBatch
-	(*FailBatch)(nil),      // 23: vbatch.v1.FailBatch
-	(*StartBatch)(nil),     // 24: vbatch.v1.StartBatch
-	(*CancelBatch)(nil),    // 25: vbatch.v1.CancelBatch
-	(*RegisterAgent)(nil),  // 26: vbatch.v1.RegisterAgent
-	(*RemoveAgent)(nil),    // 27: vbatch.v1.RemoveAgent
-	(*GrantLease)(nil),     // 28: vbatch.v1.GrantLease
-	(*RenewLease)(nil),     // 29: vbatch.v1.RenewLease
-	(*CommitPart)(nil),     // 30: vbatch.v1.CommitPart
-	(*CompleteChunk)(nil),  // 31: vbatch.v1.CompleteChunk
-	(*ReleaseLease)(nil),   // 32: vbatch.v1.ReleaseLease
-	(*LeaseRef)(nil),       // 33: vbatch.v1.LeaseRef
-	(*ExpireLeases)(nil),   // 34: vbatch.v1.ExpireLeases
-	(*ExtendLeases)(nil),   // 35: vbatch.v1.ExtendLeases
-	(*BeginFinalize)(nil),  // 36: vbatch.v1.BeginFinalize
-	(*FinishBatch)(nil),    // 37: vbatch.v1.FinishBatch
-	(*DrainAgent)(nil),     // 38: vbatch.v1.DrainAgent
-	(*Result)(nil),         // 39: vbatch.v1.Result
-	(*SnapshotRecord)(nil), // 40: vbatch.v1.SnapshotRecord
-	(*SnapshotHeader)(nil), // 41: vbatch.v1.SnapshotHeader
-	nil,                    // 42: vbatch.v1.Batch.MetadataEntry
+	(*FileCheck)(nil),      // 9: vbatch.v1.FileCheck
+	(*BatchError)(nil),     // 10: vbatch.v1.BatchError
+	(*Usage)(nil),          // 11: vbatch.v1.Usage
+	(*Lease)(nil),          // 12: vbatch.v1.Lease
+	(*Part)(nil),           // 13: vbatch.v1.Part
+	(*Chunk)(nil),          // 14: vbatch.v1.Chunk
+	(*RequestCounts)(nil),  // 15: vbatch.v1.RequestCounts
+	(*Batch)(nil),          // 16: vbatch.v1.Batch
+	(*GPU)(nil),            // 17: vbatch.v1.GPU
+	(*Agent)(nil),          // 18: vbatch.v1.Agent
+	(*CreateAPIKey)(nil),   // 19: vbatch.v1.CreateAPIKey
+	(*RevokeAPIKey)(nil),   // 20: vbatch.v1.RevokeAPIKey
+	(*CreateFile)(nil),     // 21: vbatch.v1.CreateFile
+	(*DeleteFile)(nil),     // 22: vbatch.v1.DeleteFile
+	(*CreateBatch)(nil),    // 23: vbatch.v1.CreateBatch
+	(*FailBatch)(nil),      // 24: vbatch.v1.FailBatch
+	(*StartBatch)(nil),     // 25: vbatch.v1.StartBatch
+	(*CancelBatch)(nil),    // 26: vbatch.v1.CancelBatch
+	(*RegisterAgent)(nil),  // 27: vbatch.v1.RegisterAgent
+	(*RemoveAgent)(nil),    // 28: vbatch.v1.RemoveAgent
+	(*GrantLease)(nil),     // 29: vbatch.v1.GrantLease
+	(*RenewLease)(nil),     // 30: vbatch.v1.RenewLease
+	(*CommitPart)(nil),     // 31: vbatch.v1.CommitPart
+	(*CompleteChunk)(nil),  // 32: vbatch.v1.CompleteChunk
+	(*ReleaseLease)(nil),   // 33: vbatch.v1.ReleaseLease
+	(*LeaseRef)(nil),       // 34: vbatch.v1.LeaseRef
+	(*ExpireLeases)(nil),   // 35: vbatch.v1.ExpireLeases
+	(*ExtendLeases)(nil),   // 36: vbatch.v1.ExtendLeases
+	(*BeginFinalize)(nil),  // 37: vbatch.v1.BeginFinalize
+	(*FinishBatch)(nil),    // 38: vbatch.v1.FinishBatch
+	(*DrainAgent)(nil),     // 39: vbatch.v1.DrainAgent
+	(*Result)(nil),         // 40: vbatch.v1.Result
+	(*SnapshotRecord)(nil), // 41: vbatch.v1.SnapshotRecord
+	(*SnapshotHeader)(nil), // 42: vbatch.v1.SnapshotHeader
+	nil,                    // 43: vbatch.v1.Batch.MetadataEntry
 }
 var file_vbatch_v1_state_proto_depIdxs = []int32{
 	0,  // 0: vbatch.v1.Envelope.type:type_name -> vbatch.v1.CommandType
 	1,  // 1: vbatch.v1.APIKey.scopes:type_name -> vbatch.v1.Scope
 	6,  // 2: vbatch.v1.APIKey.limits:type_name -> vbatch.v1.KeyLimits
 	7,  // 3: vbatch.v1.File.parts:type_name -> vbatch.v1.BlobRef
-	7,  // 4: vbatch.v1.Part.output:type_name -> vbatch.v1.BlobRef
-	7,  // 5: vbatch.v1.Part.errors:type_name -> vbatch.v1.BlobRef
-	3,  // 6: vbatch.v1.Chunk.state:type_name -> vbatch.v1.ChunkState
-	11, // 7: vbatch.v1.Chunk.lease:type_name -> vbatch.v1.Lease
-	12, // 8: vbatch.v1.Chunk.parts:type_name -> vbatch.v1.Part
-	42, // 9: vbatch.v1.Batch.metadata:type_name -> vbatch.v1.Batch.MetadataEntry
-	2,  // 10: vbatch.v1.Batch.status:type_name -> vbatch.v1.BatchStatus
-	14, // 11: vbatch.v1.Batch.request_counts:type_name -> vbatch.v1.RequestCounts
-	9,  // 12: vbatch.v1.Batch.errors:type_name -> vbatch.v1.BatchError
-	10, // 13: vbatch.v1.Batch.usage:type_name -> vbatch.v1.Usage
-	13, // 14: vbatch.v1.Batch.chunks:type_name -> vbatch.v1.Chunk
-	16, // 15: vbatch.v1.Agent.gpus:type_name -> vbatch.v1.GPU
-	5,  // 16: vbatch.v1.CreateAPIKey.key:type_name -> vbatch.v1.APIKey
-	8,  // 17: vbatch.v1.CreateFile.file:type_name -> vbatch.v1.File
-	15, // 18: vbatch.v1.CreateBatch.batch:type_name -> vbatch.v1.Batch
-	9,  // 19: vbatch.v1.FailBatch.errors:type_name -> vbatch.v1.BatchError
-	13, // 20: vbatch.v1.StartBatch.chunks:type_name -> vbatch.v1.Chunk
-	17, // 21: vbatch.v1.RegisterAgent.agent:type_name -> vbatch.v1.Agent
-	12, // 22: vbatch.v1.CommitPart.part:type_name -> vbatch.v1.Part
-	10, // 23: vbatch.v1.CommitPart.usage:type_name -> vbatch.v1.Usage
-	33, // 24: vbatch.v1.ExpireLeases.leases:type_name -> vbatch.v1.LeaseRef
-	2,  // 25: vbatch.v1.FinishBatch.status:type_name -> vbatch.v1.BatchStatus
-	7,  // 26: vbatch.v1.FinishBatch.extra_errors:type_name -> vbatch.v1.BlobRef
-	5,  // 27: vbatch.v1.SnapshotRecord.api_key:type_name -> vbatch.v1.APIKey
-	8,  // 28: vbatch.v1.SnapshotRecord.file:type_name -> vbatch.v1.File
-	15, // 29: vbatch.v1.SnapshotRecord.batch:type_name -> vbatch.v1.Batch
-	17, // 30: vbatch.v1.SnapshotRecord.agent:type_name -> vbatch.v1.Agent
-	41, // 31: vbatch.v1.SnapshotRecord.header:type_name -> vbatch.v1.SnapshotHeader
-	32, // [32:32] is the sub-list for method output_type
-	32, // [32:32] is the sub-list for method input_type
-	32, // [32:32] is the sub-list for extension type_name
-	32, // [32:32] is the sub-list for extension extendee
-	0,  // [0:32] is the sub-list for field type_name
+	9,  // 4: vbatch.v1.File.check:type_name -> vbatch.v1.FileCheck
+	7,  // 5: vbatch.v1.Part.output:type_name -> vbatch.v1.BlobRef
+	7,  // 6: vbatch.v1.Part.errors:type_name -> vbatch.v1.BlobRef
+	3,  // 7: vbatch.v1.Chunk.state:type_name -> vbatch.v1.ChunkState
+	12, // 8: vbatch.v1.Chunk.lease:type_name -> vbatch.v1.Lease
+	13, // 9: vbatch.v1.Chunk.parts:type_name -> vbatch.v1.Part
+	43, // 10: vbatch.v1.Batch.metadata:type_name -> vbatch.v1.Batch.MetadataEntry
+	2,  // 11: vbatch.v1.Batch.status:type_name -> vbatch.v1.BatchStatus
+	15, // 12: vbatch.v1.Batch.request_counts:type_name -> vbatch.v1.RequestCounts
+	10, // 13: vbatch.v1.Batch.errors:type_name -> vbatch.v1.BatchError
+	11, // 14: vbatch.v1.Batch.usage:type_name -> vbatch.v1.Usage
+	14, // 15: vbatch.v1.Batch.chunks:type_name -> vbatch.v1.Chunk
+	17, // 16: vbatch.v1.Agent.gpus:type_name -> vbatch.v1.GPU
+	5,  // 17: vbatch.v1.CreateAPIKey.key:type_name -> vbatch.v1.APIKey
+	8,  // 18: vbatch.v1.CreateFile.file:type_name -> vbatch.v1.File
+	16, // 19: vbatch.v1.CreateBatch.batch:type_name -> vbatch.v1.Batch
+	10, // 20: vbatch.v1.FailBatch.errors:type_name -> vbatch.v1.BatchError
+	14, // 21: vbatch.v1.StartBatch.chunks:type_name -> vbatch.v1.Chunk
+	18, // 22: vbatch.v1.RegisterAgent.agent:type_name -> vbatch.v1.Agent
+	13, // 23: vbatch.v1.CommitPart.part:type_name -> vbatch.v1.Part
+	11, // 24: vbatch.v1.CommitPart.usage:type_name -> vbatch.v1.Usage
+	34, // 25: vbatch.v1.ExpireLeases.leases:type_name -> vbatch.v1.LeaseRef
+	2,  // 26: vbatch.v1.FinishBatch.status:type_name -> vbatch.v1.BatchStatus
+	7,  // 27: vbatch.v1.FinishBatch.extra_errors:type_name -> vbatch.v1.BlobRef
+	5,  // 28: vbatch.v1.SnapshotRecord.api_key:type_name -> vbatch.v1.APIKey
+	8,  // 29: vbatch.v1.SnapshotRecord.file:type_name -> vbatch.v1.File
+	16, // 30: vbatch.v1.SnapshotRecord.batch:type_name -> vbatch.v1.Batch
+	18, // 31: vbatch.v1.SnapshotRecord.agent:type_name -> vbatch.v1.Agent
+	42, // 32: vbatch.v1.SnapshotRecord.header:type_name -> vbatch.v1.SnapshotHeader
+	33, // [33:33] is the sub-list for method output_type
+	33, // [33:33] is the sub-list for method input_type
+	33, // [33:33] is the sub-list for extension type_name
+	33, // [33:33] is the sub-list for extension extendee
+	0,  // [0:33] is the sub-list for field type_name
 }
 
 func init() { file_vbatch_v1_state_proto_init() }
@@ -3482,7 +3625,7 @@ func file_vbatch_v1_state_proto_init() {
 	if File_vbatch_v1_state_proto != nil {
 		return
 	}
-	file_vbatch_v1_state_proto_msgTypes[36].OneofWrappers = []any{
+	file_vbatch_v1_state_proto_msgTypes[37].OneofWrappers = []any{
 		(*SnapshotRecord_ApiKey)(nil),
 		(*SnapshotRecord_File)(nil),
 		(*SnapshotRecord_Batch)(nil),
@@ -3495,7 +3638,7 @@ func file_vbatch_v1_state_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_vbatch_v1_state_proto_rawDesc), len(file_vbatch_v1_state_proto_rawDesc)),
 			NumEnums:      4,
-			NumMessages:   39,
+			NumMessages:   40,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

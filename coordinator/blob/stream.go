@@ -1,0 +1,116 @@
+package blob
+
+import (
+	"context"
+	"fmt"
+	"net/http"
+	"strconv"
+
+	"github.com/vbatch/vbatch/internal/bufpipe"
+)
+
+// streamBuffer is how far a streamed replica may fall behind its source
+// before the source waits for it.
+const streamBuffer = 8 << 20
+
+// Stream pushes a blob to one peer while the blob is still being received,
+// so the peer writes its copy at the same time as this node instead of
+// after it. Write the content to it as it arrives (Store.IngestTee), then
+// call Finish with the content's sha256 and size, or Abort. The peer keeps
+// the blob only after Finish, and only if its copy matches.
+type Stream struct {
+	// Peer is the node the stream goes to.
+	Peer Peer
+
+	pipe    *bufpipe.Pipe
+	req     *http.Request
+	started chan struct{} // closed on the transport's first body read
+	done    chan struct{} // closed once the push ended, with err set
+	err     error
+	cancel  context.CancelFunc
+}
+
+// startedBody closes started on the first Read, which the transport makes
+// only after writing the request's headers: from then on it no longer
+// reads the trailer keys, so their values may be set.
+type startedBody struct {
+	*bufpipe.Pipe
+	started chan struct{}
+	once    bool
+}
+
+func (b *startedBody) Read(p []byte) (int, error) {
+	if !b.once {
+		b.once = true
+		close(b.started)
+	}
+	return b.Pipe.Read(p)
+}
+
+// Stream starts a streamed push to p under ctx. Writes never fail: if the
+// push breaks, they are dropped and Finish reports the failure.
+func (r *Replicator) Stream(ctx context.Context, p Peer) *Stream {
+	ctx, cancel := context.WithCancel(ctx)
+	s := &Stream{Peer: p, pipe: bufpipe.New(streamBuffer), started: make(chan struct{}), done: make(chan struct{}), cancel: cancel}
+	body := &startedBody{Pipe: s.pipe, started: s.started}
+	url := r.blobURL(p, "")
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, url, body)
+	if err != nil {
+		s.pipe.Close()
+		s.err = fmt.Errorf("stream blob to %s: %w", p.ID, err)
+		close(s.done)
+		return s
+	}
+	req.ContentLength = -1
+	req.Header.Set("Content-Type", "application/octet-stream")
+	// The values are set by Finish; the keys must be declared up front.
+	req.Trailer = http.Header{TrailerSHA: nil, HeaderSize: nil}
+	s.req = req
+	go func() {
+		defer close(s.done)
+		resp, err := r.client().Do(req)
+		s.pipe.Close()
+		if err != nil {
+			s.err = fmt.Errorf("stream blob to %s: %w", p.ID, err)
+			return
+		}
+		defer drainClose(resp.Body)
+		if resp.StatusCode/100 != 2 {
+			s.err = fmt.Errorf("stream blob to %s: %s", p.ID, statusError(resp))
+		}
+	}()
+	return s
+}
+
+// Write hands content to the stream; it waits only while the peer is more
+// than a few MiB behind, and never fails.
+func (s *Stream) Write(b []byte) (int, error) { return s.pipe.Write(b) }
+
+// Finish ends the content, declaring its sha256 and size, and waits for
+// the peer: nil means the peer holds a verified, durable copy.
+func (s *Stream) Finish(sha string, size int64) error {
+	defer s.cancel()
+	select {
+	case <-s.started:
+		s.req.Trailer.Set(TrailerSHA, sha)
+		s.req.Trailer.Set(HeaderSize, strconv.FormatInt(size, 10))
+		s.pipe.CloseWithError(nil)
+	case <-s.done:
+		// The push ended before sending anything: nothing to declare.
+		return s.err
+	}
+	<-s.done
+	return s.err
+}
+
+// Abort ends the stream without a valid end, so the peer keeps nothing,
+// and waits for the push to stop. Aborting an ended stream does nothing.
+func (s *Stream) Abort(cause error) {
+	s.pipe.CloseWithError(fmt.Errorf("blob stream aborted: %w", cause))
+	s.cancel()
+	<-s.done
+}
+
+// failed reports whether the push already ended, which before Finish can
+// only be a failure.
+func (s *Stream) failed() bool { return s.pipe.ReaderClosed() }

@@ -1,0 +1,123 @@
+package blob
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"net/http"
+	"os"
+	"slices"
+	"strings"
+	"testing"
+)
+
+// streamUpload ingests b on c[0] while streaming it to the peers, as an
+// upload does, and returns the peers that hold a copy after Finish.
+func streamUpload(t *testing.T, c []*node, b []byte, want int) (string, []string) {
+	t.Helper()
+	fan := c[0].repl.StreamToPeers(context.Background(), want)
+	ref, err := c[0].store.IngestTee(bytesReader(b), fan)
+	if err != nil {
+		fan.Abort(err)
+		t.Fatalf("ingest: %v", err)
+	}
+	return ref.Sha256, fan.Finish(ref.Sha256, ref.Bytes)
+}
+
+func TestStreamedReplicasMatch(t *testing.T) {
+	c := newCluster(t, 3)
+	for _, size := range []int{0, 1, BlockSize, 3*BlockSize + 17} {
+		b := randBytes(size, uint64(size))
+		sha, holders := streamUpload(t, c, b, 1)
+		if !slices.Equal(holders, []string{"n1", "n2"}) {
+			t.Fatalf("size %d: holders %v, want both peers", size, holders)
+		}
+		for _, nd := range c[1:] {
+			got, err := readAll(nd.store, sha)
+			if err != nil || !bytes.Equal(got, b) {
+				t.Fatalf("size %d: replica on %s: %v", size, nd.id, err)
+			}
+		}
+	}
+	if n := c[1].puts.Load() + c[2].puts.Load(); n != 0 {
+		t.Fatalf("%d PUTs: streamed replicas should need no push", n)
+	}
+}
+
+func TestStreamAbortKeepsNothing(t *testing.T) {
+	c := newCluster(t, 3)
+	fan := c[0].repl.StreamToPeers(context.Background(), 1)
+	b := randBytes(2*BlockSize, 40)
+	_, _ = fan.Write(b[:BlockSize])
+	fan.Abort(errors.New("client went away"))
+	for _, nd := range c[1:] {
+		// The peer notices the broken stream on its own time.
+		waitFor(t, nd.id+" dropping the aborted stream's temp files", func() bool {
+			tmp, _ := os.ReadDir(nd.store.tmpDir)
+			return len(tmp) == 0
+		})
+		if list, _ := nd.store.List(); len(list) != 0 {
+			t.Fatalf("%s kept %v from an aborted stream", nd.id, list)
+		}
+	}
+}
+
+func TestStreamWrongTrailerKeepsNothing(t *testing.T) {
+	c := newCluster(t, 2)
+	b := randBytes(BlockSize+5, 41)
+	fan := c[0].repl.StreamToPeers(context.Background(), 1)
+	_, _ = fan.Write(b)
+	if holders := fan.Finish(shaOf([]byte("other content")), int64(len(b))); len(holders) != 0 {
+		t.Fatalf("holders %v for a stream whose trailer lies", holders)
+	}
+	if list, _ := c[1].store.List(); len(list) != 0 {
+		t.Fatalf("peer kept %v", list)
+	}
+}
+
+func TestStreamWithoutTrailerRefused(t *testing.T) {
+	c := newCluster(t, 1)
+	resp, err := http.Post(c[0].srv.URL+PathPrefix, "application/octet-stream", strings.NewReader("no trailers"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusBadRequest {
+		t.Fatalf("status %d, want 400", resp.StatusCode)
+	}
+	if list, _ := c[0].store.List(); len(list) != 0 {
+		t.Fatalf("kept %v", list)
+	}
+}
+
+func TestStreamDropsAStalledPeerWhileAnotherKeepsUp(t *testing.T) {
+	c := newCluster(t, 3)
+	c[1].stall.Store(true)
+	b := randBytes(4*streamBuffer, 42)
+	sha, holders := streamUpload(t, c, b, 1)
+	if !slices.Equal(holders, []string{"n2"}) {
+		t.Fatalf("holders %v, want only the peer that kept up", holders)
+	}
+	if c[1].store.Has(sha) {
+		t.Fatal("stalled peer holds the blob")
+	}
+	// The dropped peer is brought up to date by the ordinary push.
+	c[1].stall.Store(false)
+	got, err := c[0].repl.Replicate(context.Background(), sha, 3)
+	if err != nil || len(got) != 3 {
+		t.Fatalf("replicate after the stream: %v, %v", got, err)
+	}
+}
+
+func TestStreamToDeadPeerDoesNotFailTheUpload(t *testing.T) {
+	c := newCluster(t, 3)
+	c[2].srv.Close()
+	b := randBytes(2*BlockSize, 43)
+	sha, holders := streamUpload(t, c, b, 1)
+	if !slices.Equal(holders, []string{"n1"}) {
+		t.Fatalf("holders %v, want n1", holders)
+	}
+	if got, err := readAll(c[1].store, sha); err != nil || !bytes.Equal(got, b) {
+		t.Fatalf("replica on n1: %v", err)
+	}
+}
