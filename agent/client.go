@@ -99,7 +99,9 @@ func (c *coordClient) pick() (string, vbatchv1connect.AgentServiceClient, error)
 		if !strings.Contains(base, "://") {
 			base = c.scheme + base
 		}
-		cl = vbatchv1connect.NewAgentServiceClient(c.http, base)
+		// Coordinators never compress answers; asking would only cost
+		// a header.
+		cl = vbatchv1connect.NewAgentServiceClient(c.http, base, connect.WithAcceptCompression("gzip", nil, nil))
 		c.clients[c.current] = cl
 	}
 	return c.current, cl, nil

@@ -212,7 +212,7 @@ func (c *Coordinator) clusterClient(addr string) vbatchv1connect.ClusterServiceC
 	if cl, ok := c.clusterClients[addr]; ok {
 		return cl
 	}
-	cl := vbatchv1connect.NewClusterServiceClient(c.httpClient, c.scheme()+"://"+addr)
+	cl := vbatchv1connect.NewClusterServiceClient(c.httpClient, c.scheme()+"://"+addr, connect.WithAcceptCompression("gzip", nil, nil))
 	c.clusterClients[addr] = cl
 	return cl
 }

@@ -2,6 +2,7 @@ package coordinator
 
 import (
 	"github.com/vbatch/vbatch/internal/httpsafe"
+	"math"
 	"net"
 	"net/http"
 
@@ -37,10 +38,16 @@ func (c *Coordinator) startServers() {
 	c.httpSrv = httpsafe.NewServer(mux, httpsafe.DefaultTimeouts)
 
 	rpc := http.NewServeMux()
-	interceptors := connect.WithInterceptors(monitoring.SentryInterceptor())
-	path, h := vbatchv1connect.NewClusterServiceHandler(&clusterService{c: c}, interceptors)
+	// RPC runs between hosts of one LAN, where compressing responses
+	// costs more CPU than it saves time: answers are never compressed
+	// (compressed requests are still understood).
+	opts := connect.WithHandlerOptions(
+		connect.WithInterceptors(monitoring.SentryInterceptor()),
+		connect.WithCompressMinBytes(math.MaxInt),
+	)
+	path, h := vbatchv1connect.NewClusterServiceHandler(&clusterService{c: c}, opts)
 	rpc.Handle(path, h)
-	path, h = vbatchv1connect.NewAgentServiceHandler(c.agents, interceptors)
+	path, h = vbatchv1connect.NewAgentServiceHandler(c.agents, opts)
 	rpc.Handle(path, h)
 	rpc.Handle("/blobs/", c.blobs.Handler())
 	c.rpcSrv = httpsafe.NewServer(c.rpcAuth(rpc), httpsafe.DefaultTimeouts)

@@ -198,6 +198,11 @@ func BenchmarkPipeline50k(b *testing.B) {
 		for _, a := range agents {
 			agentProcs = append(agentProcs, a.Proc)
 		}
+		// What the cluster burns doing nothing (heartbeats, gossip,
+		// telemetry, lease long-polls), to tell fixed cost from per-request.
+		i0, idleStart := cpu(coordProcs), time.Now()
+		time.Sleep(3 * time.Second)
+		idleRate := (cpu(coordProcs) - i0) / time.Since(idleStart).Seconds()
 		c0, a0 := cpu(coordProcs), cpu(agentProcs)
 		start := time.Now()
 		f := upload(b, cl, "bench.jsonl", data)
@@ -220,6 +225,9 @@ func BenchmarkPipeline50k(b *testing.B) {
 		b.ReportMetric(direct.Seconds()/vb.Seconds(), "ratio")
 		b.ReportMetric(vb.Seconds(), "submit_to_completed_s")
 		b.ReportMetric(coordCPU/agentCPU, "coord_cpu_over_agent_cpu")
+		b.ReportMetric(coordCPU, "coord_cpu_s")
+		b.ReportMetric(agentCPU, "agent_cpu_s")
+		b.ReportMetric(idleRate*vb.Seconds(), "coord_idle_cpu_s")
 	}
 }
 

@@ -34,9 +34,15 @@ import (
 	vbatchv1 "github.com/vbatch/vbatch/rpc/gen/vbatch/v1"
 )
 
-// BlockSize is the unit of streaming and of verification: ingest reads and
-// writes in blocks of this size and the sidecar holds one sha256 per block.
+// BlockSize is the unit of streaming: ingest reads and writes in blocks of
+// this size.
 const BlockSize = 1 << 20
+
+// SumBlockSize is the unit of verification: the sidecar holds one sha256
+// per SumBlockSize bytes, so a ranged read (an agent reading its chunk of
+// an input file) hashes little more than it returns. Sidecars record their
+// block size, so blobs written with another one stay readable.
+const SumBlockSize = 64 << 10
 
 // Sentinel errors callers branch on; returned errors wrap them.
 var (
@@ -63,7 +69,8 @@ type Store struct {
 	blobsDir   string
 	tmpDir     string
 	quarDir    string
-	bufPool    sync.Pool
+	bufPool    sync.Pool // BlockSize buffers for ingest
+	sumPool    sync.Pool // SumBlockSize buffers for verified reads
 	wrapWriter func(io.Writer) io.Writer // tests inject write failures here
 
 	// locks serialize, per fan-out directory (the sha's first byte), the
@@ -99,6 +106,7 @@ func Open(dir string) (*Store, error) {
 		quarDir:  filepath.Join(dir, "quarantine"),
 	}
 	s.bufPool.New = func() any { b := make([]byte, BlockSize); return &b }
+	s.sumPool.New = func() any { b := make([]byte, SumBlockSize); return &b }
 	if err := os.RemoveAll(s.tmpDir); err != nil {
 		return nil, fmt.Errorf("blob store %s: clear tmp: %w", dir, err)
 	}
@@ -272,8 +280,12 @@ func writeBlocks(w io.Writer, sw *sumWriter, r io.Reader, buf []byte, tees []io.
 			if _, err := w.Write(block); err != nil {
 				return "", 0, fmt.Errorf("write blob at %d: %w", size, mapNoSpace(err))
 			}
-			if err := sw.add(sha256.Sum256(block)); err != nil {
-				return "", 0, fmt.Errorf("write sidecar: %w", mapNoSpace(err))
+			for sub := block; len(sub) > 0; {
+				k := min(len(sub), SumBlockSize)
+				if err := sw.add(sha256.Sum256(sub[:k])); err != nil {
+					return "", 0, fmt.Errorf("write sidecar: %w", mapNoSpace(err))
+				}
+				sub = sub[k:]
 			}
 			size += int64(n)
 		}

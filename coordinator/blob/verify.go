@@ -51,7 +51,7 @@ func (sw *sumWriter) finish(size int64) error {
 	}
 	var h [sumHeaderLen]byte
 	copy(h[:8], sumMagic)
-	binary.BigEndian.PutUint64(h[8:16], BlockSize)
+	binary.BigEndian.PutUint64(h[8:16], SumBlockSize)
 	binary.BigEndian.PutUint64(h[16:24], uint64(size))
 	_, err := sw.f.WriteAt(h[:], 0)
 	return err
@@ -162,9 +162,12 @@ func (r *reader) init(offset, length int64) error {
 		return fmt.Errorf("blob %s of %d bytes, range [%d,+%d): %w", r.sha, r.size, offset, length, ErrOutOfRange)
 	}
 	r.pos, r.end = offset, offset+length
-	if r.bs == BlockSize {
+	switch r.bs {
+	case SumBlockSize:
+		r.bufp = r.s.sumPool.Get().(*[]byte)
+	case BlockSize:
 		r.bufp = r.s.bufPool.Get().(*[]byte)
-	} else {
+	default:
 		b := make([]byte, r.bs)
 		r.bufp = &b
 	}
@@ -233,8 +236,13 @@ func (r *reader) corrupt(what string) error {
 
 // Close implements io.Closer.
 func (r *reader) Close() error {
-	if r.bufp != nil && len(*r.bufp) == BlockSize {
-		r.s.bufPool.Put(r.bufp)
+	if r.bufp != nil {
+		switch len(*r.bufp) {
+		case SumBlockSize:
+			r.s.sumPool.Put(r.bufp)
+		case BlockSize:
+			r.s.bufPool.Put(r.bufp)
+		}
 	}
 	r.bufp, r.pending = nil, nil
 	if r.err == nil {

@@ -2,6 +2,8 @@ package blob
 
 import (
 	"bytes"
+	"crypto/sha256"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -40,16 +42,16 @@ func TestCorruptRangedRead(t *testing.T) {
 	s := newStore(t)
 	b := randBytes(4*BlockSize, 6)
 	sha := ingest(t, s, b)
-	flipByte(t, s.path(sha), 2*BlockSize+1)
+	flipByte(t, s.path(sha), 2*SumBlockSize+1)
 
 	// A range inside intact blocks reads fine.
-	rc, err := s.OpenRange(sha, 10, 2*BlockSize-20)
+	rc, err := s.OpenRange(sha, 10, 2*SumBlockSize-20)
 	if err != nil {
 		t.Fatal(err)
 	}
 	got, err := io.ReadAll(rc)
 	_ = rc.Close()
-	if err != nil || !bytes.Equal(got, b[10:2*BlockSize-10]) {
+	if err != nil || !bytes.Equal(got, b[10:2*SumBlockSize-10]) {
 		t.Fatalf("intact range: %d bytes, err %v", len(got), err)
 	}
 	if !s.Has(sha) {
@@ -57,7 +59,7 @@ func TestCorruptRangedRead(t *testing.T) {
 	}
 
 	// A range that only touches the damaged block's far end still fails.
-	rc, err = s.OpenRange(sha, 3*BlockSize-5, 10)
+	rc, err = s.OpenRange(sha, 3*SumBlockSize-5, 10)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -224,4 +226,71 @@ func readAll(s *Store, sha string) ([]byte, error) {
 	}
 	defer rc.Close()
 	return io.ReadAll(rc)
+}
+
+// TestOlderBlockSizeReadable: a blob whose sidecar was written with 1 MiB
+// blocks (before SumBlockSize) reads and verifies as before, whole and in
+// ranges, and corruption in it is still caught.
+func TestOlderBlockSizeReadable(t *testing.T) {
+	s := newStore(t)
+	b := randBytes(2*BlockSize+100, 60)
+	sha := ingest(t, s, b)
+	// Rewrite the sidecar as the older format: one sum per 1 MiB block.
+	var side bytes.Buffer
+	var h [sumHeaderLen]byte
+	copy(h[:8], sumMagic)
+	binary.BigEndian.PutUint64(h[8:16], BlockSize)
+	binary.BigEndian.PutUint64(h[16:24], uint64(len(b)))
+	side.Write(h[:])
+	for rest := b; len(rest) > 0; {
+		k := min(len(rest), BlockSize)
+		d := sha256.Sum256(rest[:k])
+		side.Write(d[:])
+		rest = rest[k:]
+	}
+	if err := os.WriteFile(s.sumPath(sha), side.Bytes(), 0o640); err != nil {
+		t.Fatal(err)
+	}
+	got, err := readAll(s, sha)
+	if err != nil || !bytes.Equal(got, b) {
+		t.Fatalf("whole read: %v", err)
+	}
+	rc, err := s.OpenRange(sha, BlockSize-3, 10)
+	if err != nil {
+		t.Fatal(err)
+	}
+	part, err := io.ReadAll(rc)
+	rc.Close()
+	if err != nil || !bytes.Equal(part, b[BlockSize-3:BlockSize+7]) {
+		t.Fatalf("ranged read %q: %v", part, err)
+	}
+	flipByte(t, s.path(sha), BlockSize+1)
+	rc, err = s.OpenRange(sha, BlockSize, 4)
+	if err == nil {
+		_, err = io.ReadAll(rc)
+		rc.Close()
+	}
+	if !errors.Is(err, ErrCorrupt) {
+		t.Fatalf("corrupt block read: %v, want ErrCorrupt", err)
+	}
+}
+
+// TestRangedReadHashesLittle: a small ranged read verifies only the
+// SumBlockSize blocks it touches, not a whole BlockSize.
+func TestRangedReadHashesLittle(t *testing.T) {
+	s := newStore(t)
+	b := randBytes(4*BlockSize, 61)
+	sha := ingest(t, s, b)
+	rc, err := s.OpenRange(sha, 3*SumBlockSize+10, 100)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rc.Close()
+	part, err := io.ReadAll(rc)
+	if err != nil || !bytes.Equal(part, b[3*SumBlockSize+10:3*SumBlockSize+110]) {
+		t.Fatalf("ranged read: %v", err)
+	}
+	if r := rc.(*reader); r.bs != SumBlockSize || len(*r.bufp) != 0 && cap(*r.bufp) != SumBlockSize {
+		t.Fatalf("read with block size %d", r.bs)
+	}
 }
