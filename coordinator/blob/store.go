@@ -69,8 +69,8 @@ type Store struct {
 	blobsDir   string
 	tmpDir     string
 	quarDir    string
-	bufPool    sync.Pool // BlockSize buffers for ingest
-	sumPool    sync.Pool // SumBlockSize buffers for verified reads
+	bufPool    sync.Pool                 // BlockSize buffers for ingest
+	sumPool    sync.Pool                 // SumBlockSize buffers for verified reads
 	wrapWriter func(io.Writer) io.Writer // tests inject write failures here
 
 	// locks serialize, per fan-out directory (the sha's first byte), the
