@@ -72,18 +72,23 @@ func (s *agentService) Lease(ctx context.Context, req *connect.Request[vbatchv1.
 	if err := s.authorizeAgent(ctx, m.AgentId); err != nil {
 		return nil, err
 	}
-	// The leader expires the leases of agents gossip does not list; one
-	// granted now would be taken back on its next look. An agent that
-	// gossip declared dead refutes it within seconds once it can be
-	// reached again, and leases then.
-	if _, alive := s.c.pool.Member(m.AgentId); !alive {
-		return nil, connect.NewError(connect.CodeUnavailable, fmt.Errorf("agent %s is not alive in gossip yet; retry once it has (re)joined", m.AgentId))
-	}
 	wait := time.Duration(m.WaitMs) * time.Millisecond
 	if wait <= 0 || wait > time.Minute {
 		wait = 10 * time.Second
 	}
 	deadline := time.Now().Add(wait)
+	// The leader expires the leases of agents gossip does not list; one
+	// granted now would be taken back on its next look. A new agent is
+	// usually listed a moment after it joined, and one that gossip
+	// declared dead refutes it within seconds once it can be reached
+	// again: the poll waits for that rather than send the agent into its
+	// error back-off, which would idle it for seconds after it appeared.
+	if !s.waitListed(ctx, m.AgentId, deadline) {
+		if ctx.Err() != nil {
+			return nil, connect.NewError(connect.CodeCanceled, ctx.Err())
+		}
+		return nil, connect.NewError(connect.CodeUnavailable, fmt.Errorf("agent %s is not alive in gossip yet; retry once it has (re)joined", m.AgentId))
+	}
 	for {
 		watch := s.c.fsm.Watch()
 		cands, registered := s.candidates(m.AgentId, m.Models)
@@ -117,6 +122,29 @@ func (s *agentService) Lease(ctx context.Context, req *connect.Request[vbatchv1.
 			case <-time.After(leasePollGap):
 			}
 		case <-time.After(min(remaining, time.Second)):
+		}
+	}
+}
+
+// gossipPollGap is how often a Lease from an agent gossip does not list
+// looks again.
+const gossipPollGap = 20 * time.Millisecond
+
+// waitListed waits until gossip lists agent id as alive, until deadline or
+// the end of ctx, and reports whether it does.
+func (s *agentService) waitListed(ctx context.Context, id string, deadline time.Time) bool {
+	for {
+		if _, alive := s.c.pool.Member(id); alive {
+			return true
+		}
+		remaining := time.Until(deadline)
+		if remaining <= 0 {
+			return false
+		}
+		select {
+		case <-ctx.Done():
+			return false
+		case <-time.After(min(remaining, gossipPollGap)):
 		}
 	}
 }

@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"net/http"
 	"os/exec"
+	"slices"
 	"sort"
 	"syscall"
 	"testing"
@@ -57,7 +58,15 @@ func percentiles(b *testing.B, what string, d []time.Duration) {
 	b.ReportMetric(float64(pct(0.5).Milliseconds()), "p50-ms")
 	b.ReportMetric(float64(pct(0.99).Milliseconds()), "p99-ms")
 	b.ReportMetric(float64(d[len(d)-1].Milliseconds()), "max-ms")
-	b.Logf("%s over %d trials: p50 %s p99 %s min %s max %s", what, len(d), pct(0.5), pct(0.99), d[0], d[len(d)-1])
+	b.Logf("%s", describe(what, d))
+}
+
+// describe summarizes durations: p50, p99, min and max.
+func describe(what string, d []time.Duration) string {
+	d = slices.Clone(d)
+	slices.Sort(d)
+	pct := func(p float64) time.Duration { return d[int(p*float64(len(d)-1)+0.5)] }
+	return fmt.Sprintf("%s over %d trials: p50 %s p99 %s min %s max %s", what, len(d), pct(0.5), pct(0.99), d[0], d[len(d)-1])
 }
 
 // BenchmarkDeadAgent: from SIGKILL of an agent holding two leases to both
@@ -67,7 +76,7 @@ func BenchmarkDeadAgent(b *testing.B) {
 	cl := StartCluster(b, 3, ClusterOptions{Extra: []string{"--chunk-size", "20"}})
 	sim := cl.StartSim(b, "sim", "--latency", "30s")
 	base := cl.Coords[0].URL()
-	var took []time.Duration
+	var took, freedIn []time.Duration
 	b.ResetTimer()
 	for trial := 0; trial < *deadAgentTrials; trial++ {
 		fileID, err := chaosUpload(base, "dead.jsonl", chaosLines(fmt.Sprintf("dead%d", trial), 40))
@@ -87,8 +96,12 @@ func BenchmarkDeadAgent(b *testing.B) {
 		cl.WaitAgents(b, 2)
 		killed := time.Now()
 		victim.Kill()
+		var freed time.Duration
 		for {
 			l, err := agentLeases(chaosHTTP, base)
+			if err == nil && l[victim.ID] == 0 && freed == 0 {
+				freed = time.Since(killed)
+			}
 			if err == nil && l[heir.ID] == 2 {
 				break
 			}
@@ -98,6 +111,10 @@ func BenchmarkDeadAgent(b *testing.B) {
 			time.Sleep(5 * time.Millisecond)
 		}
 		took = append(took, time.Since(killed))
+		freedIn = append(freedIn, freed)
+		if took[len(took)-1] > time.Second {
+			b.Logf("trial %d slow: victim's leases expired after %s, heir held both after %s", trial, freed, took[len(took)-1])
+		}
 		req, _ := http.NewRequest(http.MethodPost, base+"/v1/batches/"+batch.ID+"/cancel", nil)
 		if resp, err := chaosHTTP.Do(req); err == nil {
 			resp.Body.Close()
@@ -109,6 +126,7 @@ func BenchmarkDeadAgent(b *testing.B) {
 		})
 	}
 	b.StopTimer()
+	b.Logf("%s", describe("dead agent to its leases expired", freedIn))
 	percentiles(b, "dead agent to chunks leased again", took)
 }
 
