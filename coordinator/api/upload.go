@@ -279,6 +279,9 @@ func (a *API) uploadFile(w http.ResponseWriter, r *http.Request, p *principal) e
 	if filename == "" {
 		filename = "file"
 	}
+	// Headers may carry any bytes; the file's record (protobuf) holds only
+	// valid UTF-8.
+	filename = strings.ToValidUTF8(filename, "\uFFFD")
 	now := a.b.Now().Unix()
 	f := &vbatchv1.File{
 		Id:        ids.New("file-"),
