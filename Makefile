@@ -84,8 +84,10 @@ monitoring-check:
 SCHEDULES ?= 1
 SEED ?= 1
 CHAOS_WINDOW ?= 60s
+# A long run takes about 80 s per schedule (window, healing, checks).
+CHAOS_TIMEOUT ?= 6h
 chaos:
-	$(GO) test -count=1 -v -run '^TestChaos$$' -timeout 60m ./e2e/ -args \
+	$(GO) test -count=1 -v -run '^TestChaos$$' -timeout $(CHAOS_TIMEOUT) ./e2e/ -args \
 		-chaos.schedules=$(SCHEDULES) -chaos.seed=$(SEED) -chaos.window=$(CHAOS_WINDOW)
 
 # failover measures leader failover (SIGKILL to the first acknowledged

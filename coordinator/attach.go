@@ -57,14 +57,34 @@ func (s *agentService) Attach(ctx context.Context, req *connect.Request[vbatchv1
 }
 
 // confirmGone probes agent id's port and, if the connection is refused,
-// expires every live lease it holds.
+// expires every live lease it holds. The leases are looked up after the
+// probe, so one granted while the probe ran is not missed.
 func (s *agentService) confirmGone(id string) {
 	var addr string
-	var refs []*vbatchv1.LeaseRef
 	s.c.fsm.View(func(st *fsm.State) {
 		if a := st.Agents[id]; a != nil {
 			addr = a.RpcAddr
 		}
+	})
+	if addr == "" || !refusedSoon(s.c.life, addr) {
+		return
+	}
+	refs := s.liveLeases(id)
+	if len(refs) == 0 {
+		return
+	}
+	ctx, cancel := context.WithTimeout(s.c.life, 10*time.Second)
+	defer cancel()
+	s.c.log.Warn("agent gone: its stream broke and its port refuses connections; handing its leases on", "agent", id, "leases", len(refs))
+	if _, err := s.c.Apply(ctx, &vbatchv1.ExpireLeases{Leases: refs, Reason: "agent process gone"}); err != nil && !errors.Is(err, fsm.ErrStaleToken) {
+		s.c.log.Warn("expire leases of a gone agent", "agent", id, "err", err)
+	}
+}
+
+// liveLeases lists the live leases agent id holds.
+func (s *agentService) liveLeases(id string) []*vbatchv1.LeaseRef {
+	var refs []*vbatchv1.LeaseRef
+	s.c.fsm.View(func(st *fsm.State) {
 		for _, b := range st.Batches {
 			if fsm.IsTerminal(b.Status) {
 				continue
@@ -76,15 +96,7 @@ func (s *agentService) confirmGone(id string) {
 			}
 		}
 	})
-	if addr == "" || len(refs) == 0 || !refusedSoon(s.c.life, addr) {
-		return
-	}
-	ctx, cancel := context.WithTimeout(s.c.life, 10*time.Second)
-	defer cancel()
-	s.c.log.Warn("agent gone: its stream broke and its port refuses connections; handing its leases on", "agent", id, "leases", len(refs))
-	if _, err := s.c.Apply(ctx, &vbatchv1.ExpireLeases{Leases: refs, Reason: "agent process gone"}); err != nil && !errors.Is(err, fsm.ErrStaleToken) {
-		s.c.log.Warn("expire leases of a gone agent", "agent", id, "err", err)
-	}
+	return refs
 }
 
 // probeDelays space the probes of a broken stream's agent: a killed
