@@ -79,6 +79,7 @@ type Agent struct {
 	stopOnce sync.Once
 	reason   atomic.Value // string: why the agent stopped taking leases
 	started  chan struct{}
+	attached chan struct{} // closed once the first Attach stream is up
 	workers  sync.WaitGroup
 	done     chan struct{} // closed when every lease worker has exited
 	regMu    sync.Mutex
@@ -96,14 +97,15 @@ func New(cfg Config, eng engine.Engine, gpus gpu.Discoverer, logger *slog.Logger
 	}
 	m := newMetrics()
 	a := &Agent{
-		cfg:     cfg,
-		eng:     eng,
-		gpus:    gpus,
-		log:     logger,
-		metrics: m,
-		runner:  newRunner(cfg, eng, m, logger),
-		started: make(chan struct{}),
-		done:    make(chan struct{}),
+		cfg:      cfg,
+		eng:      eng,
+		gpus:     gpus,
+		log:      logger,
+		metrics:  m,
+		runner:   newRunner(cfg, eng, m, logger),
+		started:  make(chan struct{}),
+		attached: make(chan struct{}),
+		done:     make(chan struct{}),
 	}
 	a.leaseTTL.Store(int64(defaultLeaseTTL))
 	a.renewInterval.Store(int64(defaultRenewInterval))
@@ -178,7 +180,10 @@ func (a *Agent) Run(ctx context.Context) error {
 		return err
 	}
 	for i := 0; i < a.cfg.MaxLeases; i++ {
-		a.workers.Go(func() { a.leaseWorker() })
+		a.workers.Go(func() {
+			a.waitAttached(attachFirstWait)
+			a.leaseWorker()
+		})
 	}
 	go func() { a.workers.Wait(); close(a.done) }()
 	a.log.Info("agent running", "rpc_addr", a.rpcAddr, "models", a.models, "max_leases", a.cfg.MaxLeases)

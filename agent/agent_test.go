@@ -312,6 +312,32 @@ func TestFindsCoordinatorsOverGossip(t *testing.T) {
 	}
 }
 
+// TestNoLeaseBeforeAttached: lease workers wait for the coordinator to
+// answer the Attach stream, so no lease is held by an agent whose death
+// only gossip could notice.
+func TestNoLeaseBeforeAttached(t *testing.T) {
+	coord := newFakeCoord(t, nil)
+	gate := make(chan struct{})
+	coord.attachGate = gate
+	startAgent(t, coord, newFakeEngine(), nil)
+	waitFor(t, "an attach stream", func() bool {
+		var n int
+		coord.with(func() { n = len(coord.attached) })
+		return n > 0
+	})
+	time.Sleep(300 * time.Millisecond) // the window a lease would have to slip in
+	var leases int
+	coord.with(func() { leases = coord.leases })
+	if leases != 0 {
+		t.Fatalf("%d lease calls before the coordinator answered Attach", leases)
+	}
+	close(gate)
+	waitFor(t, "a lease call once attached", func() bool {
+		coord.with(func() { leases = coord.leases })
+		return leases > 0
+	})
+}
+
 func TestAttachesWhileRunning(t *testing.T) {
 	coord := newFakeCoord(t, nil)
 	startAgent(t, coord, newFakeEngine(), nil)

@@ -44,6 +44,10 @@ type fakeCoord struct {
 	putCalls   int
 	renewMs    int64
 
+	// attachGate, when set before the agent starts, holds Attach's first
+	// answer until it is closed.
+	attachGate chan struct{}
+
 	// Hooks, set before the agent starts; called with mu held.
 	renewHook func(f *fakeCoord) vbatchv1.LeaseVerdict
 	putHook   func(f *fakeCoord, req *vbatchv1.PutResultsRequest) error
@@ -217,11 +221,23 @@ func (f *fakeCoord) Telemetry(_ context.Context, req *connect.Request[vbatchv1.T
 	return connect.NewResponse(&vbatchv1.TelemetryResponse{}), nil
 }
 
-// Attach counts the agent's attachments and holds each until it ends.
-func (f *fakeCoord) Attach(ctx context.Context, req *connect.Request[vbatchv1.AttachRequest], _ *connect.ServerStream[vbatchv1.AttachResponse]) error {
+// Attach counts the agent's attachments, answers at once as coordinators
+// do, and holds each until it ends.
+func (f *fakeCoord) Attach(ctx context.Context, req *connect.Request[vbatchv1.AttachRequest], stream *connect.ServerStream[vbatchv1.AttachResponse]) error {
 	f.mu.Lock()
 	f.attached = append(f.attached, req.Msg.AgentId)
+	gate := f.attachGate
 	f.mu.Unlock()
+	if gate != nil {
+		select {
+		case <-gate:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	if err := stream.Send(&vbatchv1.AttachResponse{}); err != nil {
+		return err
+	}
 	<-ctx.Done()
 	return ctx.Err()
 }

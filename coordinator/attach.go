@@ -38,6 +38,14 @@ func (s *agentService) Attach(ctx context.Context, req *connect.Request[vbatchv1
 	}
 	tick := time.NewTicker(attachKeepalive)
 	defer tick.Stop()
+	// Answer at once, so the agent knows it is attached before it takes
+	// leases (and the response's headers go out now, not at the first
+	// keepalive).
+	if err := stream.Send(&vbatchv1.AttachResponse{}); err != nil {
+		go s.confirmGone(id)
+		return err
+	}
+	s.c.log.Debug("agent attached", "agent", id)
 	for {
 		select {
 		case <-s.c.life.Done():
@@ -45,10 +53,12 @@ func (s *agentService) Attach(ctx context.Context, req *connect.Request[vbatchv1
 			// another one; nothing is wrong with it.
 			return connect.NewError(connect.CodeUnavailable, errors.New("coordinator shutting down"))
 		case <-ctx.Done():
+			s.c.log.Debug("agent's attach stream broke", "agent", id, "err", ctx.Err())
 			go s.confirmGone(id)
 			return ctx.Err()
 		case <-tick.C:
 			if err := stream.Send(&vbatchv1.AttachResponse{}); err != nil {
+				s.c.log.Debug("agent's attach stream broke", "agent", id, "err", err)
 				go s.confirmGone(id)
 				return err
 			}
@@ -67,6 +77,7 @@ func (s *agentService) confirmGone(id string) {
 		}
 	})
 	if addr == "" || !refusedSoon(s.c.life, addr) {
+		s.c.log.Debug("agent's port does not refuse connections; leaving it to gossip and its lease TTL", "agent", id, "addr", addr)
 		return
 	}
 	refs := s.liveLeases(id)

@@ -11,9 +11,11 @@ import (
 	"flag"
 	"fmt"
 	"net/http"
+	"os"
 	"os/exec"
 	"slices"
 	"sort"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -21,6 +23,7 @@ import (
 
 var (
 	deadAgentTrials  = flag.Int("deadagent.trials", 30, "BenchmarkDeadAgent: agents killed")
+	deadAgentLogs    = flag.Bool("deadagent.logs", false, "BenchmarkDeadAgent: print the coordinators' log lines about the victim of each slow trial")
 	staleTrials      = flag.Int("stale.trials", 100, "BenchmarkStaleLease: SIGSTOP/SIGCONT trials")
 	quietLoadMinutes = flag.Duration("quiet.duration", 0, "TestQuietUnderLoad: how long to load the CPUs (0 skips)")
 )
@@ -73,7 +76,11 @@ func describe(what string, d []time.Duration) string {
 // chunks leased again by an agent with room for them. Each trial runs a
 // fresh two-chunk batch on a slow simulator so nothing finishes meanwhile.
 func BenchmarkDeadAgent(b *testing.B) {
-	cl := StartCluster(b, 3, ClusterOptions{Extra: []string{"--chunk-size", "20"}})
+	extra := []string{"--chunk-size", "20"}
+	if *deadAgentLogs {
+		extra = append(extra, "--log-level", "debug")
+	}
+	cl := StartCluster(b, 3, ClusterOptions{Extra: extra})
 	sim := cl.StartSim(b, "sim", "--latency", "30s")
 	base := cl.Coords[0].URL()
 	var took, freedIn []time.Duration
@@ -114,6 +121,16 @@ func BenchmarkDeadAgent(b *testing.B) {
 		freedIn = append(freedIn, freed)
 		if took[len(took)-1] > time.Second {
 			b.Logf("trial %d slow: victim's leases expired after %s, heir held both after %s", trial, freed, took[len(took)-1])
+			if *deadAgentLogs {
+				// Straight to stderr: a benchmark's own log is cut short.
+				for _, co := range cl.Coords {
+					for _, line := range strings.Split(co.Log(), "\n") {
+						if strings.Contains(line, victim.ID) {
+							fmt.Fprintf(os.Stderr, "trial %d %s: %s\n", trial, co.ID, line)
+						}
+					}
+				}
+			}
 		}
 		req, _ := http.NewRequest(http.MethodPost, base+"/v1/batches/"+batch.ID+"/cancel", nil)
 		if resp, err := chaosHTTP.Do(req); err == nil {
