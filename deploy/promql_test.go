@@ -14,13 +14,7 @@ import (
 // uses VBATCH_PROMTOOL, else promtool on PATH, and fails (never skips)
 // when there is none, as the monitoring issue asks.
 func TestDashboardQueriesParse(t *testing.T) {
-	promtool := os.Getenv("VBATCH_PROMTOOL")
-	if promtool == "" {
-		var err error
-		if promtool, err = exec.LookPath("promtool"); err != nil {
-			t.Fatal("promtool not found: install it (Debian: apt-get install prometheus) or set VBATCH_PROMTOOL")
-		}
-	}
+	promtool := requireTool(t, "VBATCH_PROMTOOL", "promtool", "prometheus")
 	gen, err := Dashboards()
 	if err != nil {
 		t.Fatal(err)
@@ -44,4 +38,19 @@ func TestDashboardQueriesParse(t *testing.T) {
 		t.Fatalf("promtool check rules: %v\n%s", err, out)
 	}
 	t.Logf("%d dashboard queries parse", n)
+}
+
+// requireTool returns the path of a tool the test needs: $env if set, else
+// name on PATH. It fails the test (never skips) when there is none, saying
+// which Debian package provides it.
+func requireTool(t *testing.T, env, name, debianPackage string) string {
+	t.Helper()
+	if p := os.Getenv(env); p != "" {
+		return p
+	}
+	p, err := exec.LookPath(name)
+	if err != nil {
+		t.Fatalf("%s not found: install it (Debian: apt-get install %s) or set %s", name, debianPackage, env)
+	}
+	return p
 }

@@ -23,13 +23,7 @@ const composeFile = "docker-compose.monitoring.yml"
 // It uses VBATCH_DOCKER_COMPOSE, else docker-compose on PATH, and fails
 // (never skips) when there is none.
 func TestComposeFileValid(t *testing.T) {
-	bin := os.Getenv("VBATCH_DOCKER_COMPOSE")
-	if bin == "" {
-		var err error
-		if bin, err = exec.LookPath("docker-compose"); err != nil {
-			t.Fatal("docker-compose not found: install it (Debian: apt-get install docker-compose) or set VBATCH_DOCKER_COMPOSE")
-		}
-	}
+	bin := requireTool(t, "VBATCH_DOCKER_COMPOSE", "docker-compose", "docker-compose")
 	raw, err := os.ReadFile(composeFile)
 	if err != nil {
 		t.Fatal(err)

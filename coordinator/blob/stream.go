@@ -63,8 +63,10 @@ func (r *Replicator) Stream(ctx context.Context, p Peer) *Stream {
 	}
 	req.ContentLength = -1
 	req.Header.Set("Content-Type", "application/octet-stream")
-	// The values are set by Finish; the keys must be declared up front.
-	req.Trailer = http.Header{TrailerSHA: nil, HeaderSize: nil}
+	// The keys must be declared up front; Finish fills in the values by
+	// writing into these slices, never into the map, which the transport
+	// reads while it writes the headers.
+	req.Trailer = http.Header{TrailerSHA: make([]string, 1), HeaderSize: make([]string, 1)}
 	s.req = req
 	go func() {
 		defer close(s.done)
@@ -92,8 +94,8 @@ func (s *Stream) Finish(sha string, size int64) error {
 	defer s.cancel()
 	select {
 	case <-s.started:
-		s.req.Trailer.Set(TrailerSHA, sha)
-		s.req.Trailer.Set(HeaderSize, strconv.FormatInt(size, 10))
+		s.req.Trailer[TrailerSHA][0] = sha
+		s.req.Trailer[HeaderSize][0] = strconv.FormatInt(size, 10)
 		s.pipe.CloseWithError(nil)
 	case <-s.done:
 		// The push ended before sending anything: nothing to declare.
