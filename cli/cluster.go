@@ -33,15 +33,16 @@ type autopilotStatus struct {
 
 // clusterServer is one raft server of clusterStatus.
 type clusterServer struct {
-	ID        string `json:"id"`
-	RaftAddr  string `json:"raft_addr"`
-	HTTPAddr  string `json:"http_addr"`
-	RPCAddr   string `json:"rpc_addr"`
-	Suffrage  string `json:"suffrage"`
-	State     string `json:"state"`
-	LastIndex uint64 `json:"last_index"`
-	Term      uint64 `json:"term"`
-	Reachable bool   `json:"reachable"`
+	ID         string   `json:"id"`
+	RaftAddr   string   `json:"raft_addr"`
+	HTTPAddr   string   `json:"http_addr"`
+	RPCAddr    string   `json:"rpc_addr"`
+	Suffrage   string   `json:"suffrage"`
+	State      string   `json:"state"`
+	LastIndex  uint64   `json:"last_index"`
+	Term       uint64   `json:"term"`
+	Reachable  bool     `json:"reachable"`
+	LogWriteMs *float64 `json:"log_write_ms"`
 }
 
 func clusterCmd(e *env) *cobra.Command {
@@ -80,8 +81,12 @@ func (e *env) showCluster(st *clusterStatus) error {
 		if !s.Reachable {
 			state = "unreachable"
 		}
+		logWrite := "-"
+		if s.LogWriteMs != nil {
+			logWrite = strconv.FormatFloat(*s.LogWriteMs, 'f', 1, 64) + "ms"
+		}
 		rows = append(rows, []string{s.ID, state, orDash(s.Suffrage), orDash(s.RaftAddr), orDash(s.HTTPAddr),
-			strconv.FormatUint(s.LastIndex, 10), leader})
+			strconv.FormatUint(s.LastIndex, 10), logWrite, leader})
 	}
 	health := map[string]string{}
 	if ap := st.Autopilot; ap != nil {
@@ -102,7 +107,7 @@ func (e *env) showCluster(st *clusterStatus) error {
 	for i, s := range st.Servers {
 		rows[i] = append(rows[i], orDash(health[s.ID]))
 	}
-	if err := e.table([]string{"ID", "STATE", "SUFFRAGE", "RAFT ADDR", "HTTP ADDR", "LAST INDEX", "LEADER", "HEALTH"}, rows); err != nil {
+	if err := e.table([]string{"ID", "STATE", "SUFFRAGE", "RAFT ADDR", "HTTP ADDR", "LAST INDEX", "LOG WRITE", "LEADER", "HEALTH"}, rows); err != nil {
 		return err
 	}
 	if ap := st.Autopilot; ap != nil {

@@ -110,6 +110,7 @@ func (d *autopilotDelegate) FetchServerStats(ctx context.Context, servers map[ra
 			if err != nil {
 				return
 			}
+			d.c.notePeerDisk(string(id), resp.Msg.RaftAddr, resp.Msg.LogWriteMs)
 			mu.Lock()
 			out[id] = &autopilot.ServerStats{LastContact: lastContact(resp.Msg.LastContactMs), LastTerm: resp.Msg.Term, LastIndex: resp.Msg.LastIndex}
 			mu.Unlock()

@@ -131,6 +131,9 @@ func (c *Coordinator) ClusterStatus(ctx context.Context) (*api.ClusterStatus, er
 			if err == nil {
 				cs.State, cs.LastIndex, cs.Term = resp.Msg.State, resp.Msg.LastIndex, resp.Msg.Term
 				cs.HTTPAddr, cs.Reachable = resp.Msg.HttpAddr, true
+				if ms := resp.Msg.LogWriteMs; ms >= 0 {
+					cs.LogWriteMs = &ms
+				}
 			}
 		}
 		out.Servers = append(out.Servers, cs)

@@ -96,6 +96,12 @@ type Config struct {
 
 	// Timing holds raft and gossip timings; zero values take LAN defaults.
 	Timing Timing `json:"-"`
+
+	// SlowDiskThreshold: a leader whose raft log writes take longer than
+	// this (median of the last few seconds), three checks in a row, while
+	// a voter's are at least four times faster, hands leadership to that
+	// voter. Zero turns the check off.
+	SlowDiskThreshold time.Duration `json:"raft_slow_disk_threshold"`
 }
 
 // Timing holds the cluster's timers. The defaults suit a LAN: a dead
@@ -154,6 +160,7 @@ func DefaultConfig() Config {
 		ServerStabilizationTime: 10 * time.Second,
 		RaftSnapshotThreshold:   8192,
 		RaftTrailingLogs:        10240,
+		SlowDiskThreshold:       100 * time.Millisecond,
 		ClusterName:             tlsutil.DefaultCluster,
 		Timing:                  LANTiming(),
 	}

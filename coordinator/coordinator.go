@@ -41,11 +41,16 @@ type Coordinator struct {
 
 	fsm      *fsm.FSM
 	raftNode *raftNode
-	pool     *gossip.Pool
-	agents   *agentService
-	router   *router
-	blobs    *blob.Store
-	repl     *blob.Replicator
+	// logWrites times this node's raft log writes; peerDisks holds what
+	// the other servers last reported of theirs (see slowleader.go).
+	logWrites  *latencies
+	peerDiskMu sync.Mutex
+	peerDisks  map[string]peerDisk
+	pool       *gossip.Pool
+	agents     *agentService
+	router     *router
+	blobs      *blob.Store
+	repl       *blob.Replicator
 
 	registry *prometheus.Registry
 	metrics  *monitoring.CoordinatorMetrics
@@ -154,7 +159,8 @@ func Start(cfg Config, logger *slog.Logger, logOut io.Writer) (c *Coordinator, e
 	if c.rpcAdvertise, err = netutil.Advertise(c.rpcLn.Addr().String()); err != nil {
 		return nil, err
 	}
-	if c.raftNode, err = openRaft(&c.cfg, c.fsm, c.tls, logOut); err != nil {
+	c.logWrites = &latencies{}
+	if c.raftNode, err = openRaft(&c.cfg, c.fsm, c.tls, logOut, c.logWrites); err != nil {
 		return nil, err
 	}
 	closers = append(closers, c.raftNode.close)

@@ -289,6 +289,7 @@ func (c *Coordinator) localStatus() *vbatchv1.StatusResponse {
 		RaftAddr:      c.raftNode.advertise,
 		RpcAddr:       c.rpcAdvertise,
 		LastContactMs: lastContactMs(r),
+		LogWriteMs:    c.logWriteMs(),
 	}
 }
 

@@ -15,6 +15,7 @@ func (c *Coordinator) startLoops() {
 	c.goLoop(func() { c.leadershipLoop(ctx) })
 	c.goLoop(func() { c.blobLoop(ctx) })
 	c.goLoop(func() { c.autopilotCacheLoop(ctx) })
+	c.goLoop(func() { c.slowLeaderLoop(ctx) })
 }
 
 func (c *Coordinator) stopLoops() {

@@ -29,7 +29,9 @@ type raftNode struct {
 
 // openRaft opens raft's stores in dataDir/raft and starts the node. It does
 // not bootstrap: see bootstrap.go.
-func openRaft(cfg *Config, f *fsm.FSM, tlsStore *tlsutil.Store, logOut io.Writer) (*raftNode, error) {
+//
+// Every log write is timed into writes (see slowleader.go).
+func openRaft(cfg *Config, f *fsm.FSM, tlsStore *tlsutil.Store, logOut io.Writer, writes *latencies) (*raftNode, error) {
 	dir := filepath.Join(cfg.DataDir, "raft")
 	if err := os.MkdirAll(dir, 0o750); err != nil {
 		return nil, fmt.Errorf("raft dir: %w", err)
@@ -74,7 +76,7 @@ func openRaft(cfg *Config, f *fsm.FSM, tlsStore *tlsutil.Store, logOut io.Writer
 		store.Close()
 		return nil, err
 	}
-	r, err := raft.NewRaft(rc, f, store, store, snaps, transport)
+	r, err := raft.NewRaft(rc, f, &timedLogStore{LogStore: store, writes: writes}, store, snaps, transport)
 	if err != nil {
 		transport.Close()
 		store.Close()

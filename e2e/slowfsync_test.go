@@ -18,11 +18,12 @@ import (
 )
 
 var (
-	slowfsyncHold   = flag.Duration("slowfsync.phase", 5*time.Second, "how long TestSlowFsync holds each fsync delay (and the phases without one)")
-	slowfsyncDelays = flag.String("slowfsync.delays", "200ms,1s", "fsync delays TestSlowFsync applies in order, first on a follower, then on the leader")
-	slowfsyncBound  = flag.Duration("slowfsync.bound", 2*time.Minute, "how soon after the slow disk recovers every batch must be terminal")
-	slowfsyncHealth = flag.Duration("slowfsync.health", 30*time.Second, "how soon after the slow disk recovers autopilot must call every server healthy")
-	slowfsyncLogs   = flag.String("slowfsync.logs", "", "copy TestSlowFsync's process logs into this directory")
+	slowfsyncHold    = flag.Duration("slowfsync.phase", 5*time.Second, "how long TestSlowFsync holds each fsync delay (and the phases without one)")
+	slowfsyncDelays  = flag.String("slowfsync.delays", "200ms,1s", "fsync delays TestSlowFsync applies in order, first on a follower, then on the leader")
+	slowfsyncBound   = flag.Duration("slowfsync.bound", 2*time.Minute, "how soon after the slow disk recovers every batch must be terminal")
+	slowfsyncHealth  = flag.Duration("slowfsync.health", 30*time.Second, "how soon after the slow disk recovers autopilot must call every server healthy")
+	slowfsyncHandoff = flag.Duration("slowfsync.handoff", 20*time.Second, "how soon after its disk turns slow the leader must hand leadership to a follower")
+	slowfsyncLogs    = flag.String("slowfsync.logs", "", "copy TestSlowFsync's process logs into this directory")
 )
 
 // slowNodeIdx is the coordinator whose data dir is on the slow filesystem.
@@ -109,9 +110,35 @@ func TestSlowFsync(t *testing.T) {
 	sfs.SetDelay(0)
 	took := slowfsyncTransfer(t, cc, fast, slowNodeIdx)
 	t.Logf("leadership handed to %s in %s", slowID, took.Round(time.Millisecond))
+	// A leader whose log writes stay slow hands leadership to a follower
+	// with a fast disk (coordinator/slowleader.go), while the disk is
+	// still slow: watch for the move while the slow-leader phases run.
+	slowSince := time.Now()
+	moved := make(chan time.Duration, 1)
+	watchDone := make(chan struct{})
+	go func() {
+		defer close(moved)
+		for time.Since(slowSince) <= *slowfsyncHandoff {
+			if l := cc.leader(); l >= 0 && l != slowNodeIdx {
+				moved <- time.Since(slowSince)
+				return
+			}
+			select {
+			case <-watchDone:
+				return
+			case <-time.After(100 * time.Millisecond):
+			}
+		}
+	}()
 	for _, d := range delays {
 		run.phase(t, "slow leader", "leader", d, *slowfsyncHold)
 	}
+	if after, ok := <-moved; ok {
+		t.Logf("the slow leader handed leadership away %s after its disk turned slow", after.Round(100*time.Millisecond))
+	} else {
+		t.Errorf("leadership still on the slow node %s %s after its disk turned slow", slowID, *slowfsyncHandoff)
+	}
+	close(watchDone)
 	run.phase(t, "recovered", "", 0, *slowfsyncHold)
 	recovered := run.recoveredAt
 

@@ -31,6 +31,9 @@ type CoordinatorMetrics struct {
 	// AutopilotRemoved counts coordinators autopilot removed from raft
 	// after they stayed out of gossip past the grace period.
 	AutopilotRemoved prometheus.Counter
+	// SlowDiskTransfers counts the times this node, as leader, handed
+	// leadership away because its raft log writes stayed slow.
+	SlowDiskTransfers prometheus.Counter
 }
 
 // NewCoordinatorMetrics registers the coordinator metrics on reg.
@@ -53,10 +56,14 @@ func NewCoordinatorMetrics(reg prometheus.Registerer) *CoordinatorMetrics {
 			Name: "vbatch_autopilot_dead_servers_removed_total",
 			Help: "Coordinators this node, as leader, removed from raft after they were gone from gossip past the grace period.",
 		}),
+		SlowDiskTransfers: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "vbatch_raft_slow_disk_transfers_total",
+			Help: "Times this node, as leader, handed leadership to a follower because its own raft log writes stayed slow.",
+		}),
 		HTTP:   NewHTTPMetrics(reg),
 		Chunks: NewChunkMetrics(reg),
 	}
-	reg.MustRegister(m.ApplyDuration, m.StaleResultsRefused, m.XIDErrors, m.AutopilotRemoved)
+	reg.MustRegister(m.ApplyDuration, m.StaleResultsRefused, m.XIDErrors, m.AutopilotRemoved, m.SlowDiskTransfers)
 	return m
 }
 

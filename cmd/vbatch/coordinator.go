@@ -74,6 +74,7 @@ func coordinatorCmd() *cobra.Command {
 	f.DurationVar(&cfg.Timing.LeaderLeaseTimeout, "raft-leader-lease-timeout", cfg.Timing.LeaderLeaseTimeout, "a leader without contact with a majority this long steps down (at most the heartbeat timeout)")
 	f.Uint64Var(&cfg.RaftSnapshotThreshold, "raft-snapshot-threshold", cfg.RaftSnapshotThreshold, "raft log entries between snapshots")
 	f.Uint64Var(&cfg.RaftTrailingLogs, "raft-trailing-logs", cfg.RaftTrailingLogs, "raft log entries kept after a snapshot")
+	f.DurationVar(&cfg.SlowDiskThreshold, "raft-slow-disk-threshold", cfg.SlowDiskThreshold, "a leader whose raft log writes stay slower than this, while a voter's are 4x faster, hands leadership to it (0: never)")
 	addTLSFlags(f, &cfg.TLS, &cfg.ClusterName)
 	addGossipKeyFlags(f, &cfg.GossipKey, &cfg.GossipKeyFile)
 	addLogFlags(f, &lf)

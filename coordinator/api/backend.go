@@ -90,6 +90,10 @@ type ClusterServer struct {
 	LastIndex uint64 `json:"last_index"`
 	Term      uint64 `json:"term"`
 	Reachable bool   `json:"reachable"`
+	// LogWriteMs is the server's recent median raft log write (which
+	// syncs its disk), in milliseconds; absent when it wrote none lately
+	// or did not answer.
+	LogWriteMs *float64 `json:"log_write_ms,omitempty"`
 }
 
 // AgentInfo is one agent as GET /v1/admin/agents shows it.

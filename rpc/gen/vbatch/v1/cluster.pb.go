@@ -161,6 +161,10 @@ type StatusResponse struct {
 	// last_contact_ms is how long ago this node last heard from the leader:
 	// 0 on the leader, -1 if never.
 	LastContactMs int64 `protobuf:"varint,11,opt,name=last_contact_ms,json=lastContactMs,proto3" json:"last_contact_ms,omitempty"`
+	// log_write_ms is the median time this node took to write raft log
+	// entries durably over the last few seconds (each write syncs its
+	// disk); -1 when it wrote none.
+	LogWriteMs    float64 `protobuf:"fixed64,12,opt,name=log_write_ms,json=logWriteMs,proto3" json:"log_write_ms,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -268,6 +272,13 @@ func (x *StatusResponse) GetRpcAddr() string {
 func (x *StatusResponse) GetLastContactMs() int64 {
 	if x != nil {
 		return x.LastContactMs
+	}
+	return 0
+}
+
+func (x *StatusResponse) GetLogWriteMs() float64 {
+	if x != nil {
+		return x.LogWriteMs
 	}
 	return 0
 }
@@ -948,7 +959,7 @@ const file_vbatch_v1_cluster_proto_rawDesc = "" +
 	"\benvelope\x18\x01 \x01(\fR\benvelope\":\n" +
 	"\rApplyResponse\x12)\n" +
 	"\x06result\x18\x01 \x01(\v2\x11.vbatch.v1.ResultR\x06result\"\x0f\n" +
-	"\rStatusRequest\"\xd4\x02\n" +
+	"\rStatusRequest\"\xf6\x02\n" +
 	"\x0eStatusResponse\x12\x17\n" +
 	"\anode_id\x18\x01 \x01(\tR\x06nodeId\x12\x14\n" +
 	"\x05state\x18\x02 \x01(\tR\x05state\x12\x12\n" +
@@ -962,7 +973,9 @@ const file_vbatch_v1_cluster_proto_rawDesc = "" +
 	"\traft_addr\x18\t \x01(\tR\braftAddr\x12\x19\n" +
 	"\brpc_addr\x18\n" +
 	" \x01(\tR\arpcAddr\x12&\n" +
-	"\x0flast_contact_ms\x18\v \x01(\x03R\rlastContactMs\"\x18\n" +
+	"\x0flast_contact_ms\x18\v \x01(\x03R\rlastContactMs\x12 \n" +
+	"\flog_write_ms\x18\f \x01(\x01R\n" +
+	"logWriteMs\"\x18\n" +
 	"\x16AutopilotHealthRequest\"\x98\x02\n" +
 	"\x17AutopilotHealthResponse\x12\x18\n" +
 	"\ahealthy\x18\x01 \x01(\bR\ahealthy\x12+\n" +
