@@ -31,8 +31,9 @@ type Stream struct {
 }
 
 // startedBody closes started on the first Read, which the transport makes
-// only after writing the request's headers: from then on it no longer
-// reads the trailer keys, so their values may be set.
+// only after writing the request's headers, where it reads the trailers
+// (the race detector sees a value written before then): from then on it
+// leaves them alone until the body's end, so their values may be set.
 type startedBody struct {
 	*bufpipe.Pipe
 	started chan struct{}
