@@ -50,6 +50,9 @@ func TestChaos(t *testing.T) {
 		t.Run(fmt.Sprintf("seed=%d", seed), func(t *testing.T) {
 			r := runSchedule(t, seed)
 			results = append(results, r)
+			// One row per schedule as it ends, so a run cut short still
+			// shows every schedule it finished.
+			t.Logf("row: %s", strings.ReplaceAll(chaosRow(r), "\t", " | "))
 			for _, v := range [][]string{r.Inv.ExactlyOnce, r.Inv.Uploads, r.Inv.Monotonic, r.Inv.Terminal} {
 				for _, s := range v {
 					t.Errorf("seed %d: %s", seed, s)
@@ -114,27 +117,32 @@ func runSchedule(t *testing.T, seed uint64) scheduleResult {
 func printChaosTable(results []scheduleResult) {
 	w := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(w, "SEED\tFAULTS\tKINDS\tBATCHES\tLINES\tUPLOADS\tCLIENT_ERRS\tEXACTLY_ONCE\tUPLOAD_SHA\tMONOTONIC\tTERMINAL\tSTALE_REFUSED\tWINDOW\tDRAIN")
+	for _, r := range results {
+		fmt.Fprintln(w, chaosRow(r))
+	}
+	w.Flush()
+}
+
+// chaosRow formats one schedule's result as tab-separated table cells.
+func chaosRow(r scheduleResult) string {
 	verdict := func(v []string) string {
 		if len(v) == 0 {
 			return "ok"
 		}
 		return fmt.Sprintf("FAIL(%d)", len(v))
 	}
-	for _, r := range results {
-		kinds := map[string]int{}
-		for _, f := range r.Faults {
-			kinds[f.Kind]++
-		}
-		var ks []string
-		for k, n := range kinds {
-			ks = append(ks, fmt.Sprintf("%s=%d", k, n))
-		}
-		sort.Strings(ks)
-		fmt.Fprintf(w, "%d\t%d\t%s\t%d\t%d\t%d\t%d\t%s\t%s\t%s\t%s\t%d\t%s\t%s\n", r.Seed, len(r.Faults), strings.Join(ks, ","),
-			r.Batches, r.Lines, r.Uploads, r.ClientErrors, verdict(r.Inv.ExactlyOnce), verdict(r.Inv.Uploads),
-			verdict(r.Inv.Monotonic), verdict(r.Inv.Terminal), r.Stale, r.Window.Round(time.Second), r.Drain.Round(time.Second))
+	kinds := map[string]int{}
+	for _, f := range r.Faults {
+		kinds[f.Kind]++
 	}
-	w.Flush()
+	var ks []string
+	for k, n := range kinds {
+		ks = append(ks, fmt.Sprintf("%s=%d", k, n))
+	}
+	sort.Strings(ks)
+	return fmt.Sprintf("%d\t%d\t%s\t%d\t%d\t%d\t%d\t%s\t%s\t%s\t%s\t%d\t%s\t%s", r.Seed, len(r.Faults), strings.Join(ks, ","),
+		r.Batches, r.Lines, r.Uploads, r.ClientErrors, verdict(r.Inv.ExactlyOnce), verdict(r.Inv.Uploads),
+		verdict(r.Inv.Monotonic), verdict(r.Inv.Terminal), r.Stale, r.Window.Round(time.Second), r.Drain.Round(time.Second))
 }
 
 // BenchmarkFailover kills the leader failover.trials times and measures
