@@ -27,6 +27,9 @@ type raftNode struct {
 	advertise string
 }
 
+// logCacheSize is how many recent raft log entries stay in memory.
+const logCacheSize = 512
+
 // openRaft opens raft's stores in dataDir/raft and starts the node. It does
 // not bootstrap: see bootstrap.go.
 //
@@ -76,7 +79,16 @@ func openRaft(cfg *Config, f *fsm.FSM, tlsStore *tlsutil.Store, logOut io.Writer
 		store.Close()
 		return nil, err
 	}
-	r, err := raft.NewRaft(rc, f, &timedLogStore{LogStore: store, writes: writes}, store, snaps, transport)
+	// The cache answers the leader's reads of recent entries (each
+	// AppendEntries looks up the previous entry's term) without a bolt
+	// read transaction; writes still go through and are timed.
+	logs, err := raft.NewLogCache(logCacheSize, &timedLogStore{LogStore: store, writes: writes})
+	if err != nil {
+		transport.Close()
+		store.Close()
+		return nil, fmt.Errorf("raft log cache: %w", err)
+	}
+	r, err := raft.NewRaft(rc, f, logs, store, snaps, transport)
 	if err != nil {
 		transport.Close()
 		store.Close()

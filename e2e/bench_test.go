@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"flag"
 	"fmt"
 	"io"
 	"mime/multipart"
@@ -174,6 +175,39 @@ func uploadStreaming(b *testing.B, base, path string) string {
 	return obj.ID
 }
 
+var pipelineProfile = flag.String("pipeline.profile", "", "BenchmarkPipeline50k: write each coordinator's CPU profile of the batch run into this directory")
+
+// profileCoords fetches a CPU profile of the given length from every
+// coordinator into dir/<id>.pb; the returned func waits for them.
+func profileCoords(b *testing.B, c *Cluster, dir string, d time.Duration) func() {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		b.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	for _, co := range c.Coords {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			url := fmt.Sprintf("%s/debug/pprof/profile?seconds=%d", co.URL(), int(d.Seconds()))
+			resp, err := c.httpc().Get(url)
+			if err != nil {
+				b.Errorf("profile %s: %v", co.ID, err)
+				return
+			}
+			defer resp.Body.Close()
+			body, _ := io.ReadAll(resp.Body)
+			if resp.StatusCode != http.StatusOK {
+				b.Errorf("profile %s: %d %s", co.ID, resp.StatusCode, body)
+				return
+			}
+			if err := os.WriteFile(filepath.Join(dir, co.ID+".pb"), body, 0o644); err != nil {
+				b.Error(err)
+			}
+		}()
+	}
+	return wg.Wait
+}
+
 // BenchmarkPipeline50k runs a 50,000-request batch through three
 // coordinators and two agents on sim engines, then drives the same sim
 // engines directly with a minimal client at the same total concurrency,
@@ -215,6 +249,10 @@ func BenchmarkPipeline50k(b *testing.B) {
 		time.Sleep(3 * time.Second)
 		idleRate := (cpu(coordProcs) - i0) / time.Since(idleStart).Seconds()
 		c0, a0 := cpu(coordProcs), cpu(agentProcs)
+		profiled := func() {}
+		if *pipelineProfile != "" {
+			profiled = profileCoords(b, c, *pipelineProfile, 10*time.Second)
+		}
 		start := time.Now()
 		f := upload(b, cl, "bench.jsonl", data)
 		bt, err := cl.Batches.New(context.Background(), openai.BatchNewParams{
@@ -229,6 +267,7 @@ func BenchmarkPipeline50k(b *testing.B) {
 			b.Fatalf("completed %d of %d", done.RequestCounts.Completed, n)
 		}
 		coordCPU, agentCPU := cpu(coordProcs)-c0, cpu(agentProcs)-a0
+		profiled()
 
 		direct := directRun(b, sims, data, 2*perAgent)
 		b.ReportMetric(float64(n)/vb.Seconds(), "vbatch_req/s")
