@@ -253,6 +253,8 @@ func TestChunkProcessedExactlyOnce(t *testing.T) {
 			fsm.AddUsage(&usage, p.Usage)
 			succeeded += p.Succeeded
 		}
+		// This fake predates completing with the last part, so the
+		// agent falls back to Complete.
 		if coord.completes != 1 || len(coord.releases) != 0 {
 			t.Errorf("completes %d, releases %v", coord.completes, coord.releases)
 		}

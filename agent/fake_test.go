@@ -44,6 +44,13 @@ type fakeCoord struct {
 	putCalls   int
 	renewMs    int64
 
+	// completeWithPart makes the fake complete the chunk with a part that
+	// asks for it, as current coordinators do; unset, it ignores the
+	// request, as coordinators that predate it did. partCompletes counts
+	// those completions.
+	completeWithPart bool
+	partCompletes    int
+
 	// attachGate, when set before the agent starts, holds Attach's first
 	// answer until it is closed.
 	attachGate chan struct{}
@@ -183,9 +190,18 @@ func (f *fakeCoord) PutResults(_ context.Context, req *connect.Request[vbatchv1.
 	if out != m.Succeeded || errs != m.Failed || out+errs != m.ToLine-m.FromLine {
 		f.violations = append(f.violations, fmt.Sprintf("part [%d,%d): %d output lines (succeeded %d), %d error lines (failed %d)", m.FromLine, m.ToLine, out, m.Succeeded, errs, m.Failed))
 	}
+	if m.Complete && m.ToLine != int64(len(f.lines)) {
+		f.violations = append(f.violations, fmt.Sprintf("part [%d,%d) asks to complete a chunk of %d lines", m.FromLine, m.ToLine, len(f.lines)))
+	}
 	f.parts = append(f.parts, m)
 	f.progress = m.ToLine
-	return connect.NewResponse(&vbatchv1.PutResultsResponse{Progress: f.progress}), nil
+	resp := &vbatchv1.PutResultsResponse{Progress: f.progress}
+	if f.completeWithPart && m.Complete {
+		f.partCompletes++
+		f.state = "done"
+		resp.Completed = true
+	}
+	return connect.NewResponse(resp), nil
 }
 
 func (f *fakeCoord) Complete(_ context.Context, req *connect.Request[vbatchv1.CompleteRequest]) (*connect.Response[vbatchv1.CompleteResponse], error) {

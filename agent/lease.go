@@ -46,6 +46,7 @@ type leaseRun struct {
 	next         int64 // first line not yet sent in a part
 	readyEnd     int64 // buffer holds every line of [next, readyEnd)
 	committed    int64 // the coordinator's progress as last acknowledged
+	done         bool  // the coordinator marked the chunk done with the last part
 	inflight     int
 	committing   bool
 	commitBroken bool
@@ -76,9 +77,10 @@ type part struct {
 
 // commitOutcome is the committer's report on one part.
 type commitOutcome struct {
-	p        part
-	progress int64
-	err      error
+	p         part
+	progress  int64
+	completed bool
+	err       error
 }
 
 // processLease works a granted lease to its end: completed, released, or
@@ -308,8 +310,13 @@ func (r *leaseRun) startCommit() {
 	r.committing = true
 	r.lastFlush = time.Now()
 	go func() {
-		progress, err := r.putResults(p)
-		r.commitDone <- commitOutcome{p: p, progress: progress, err: err}
+		o := commitOutcome{p: p}
+		resp, err := r.putResults(p)
+		if err == nil {
+			o.progress, o.completed = resp.Progress, resp.Completed
+		}
+		o.err = err
+		r.commitDone <- o
 	}()
 }
 
@@ -321,6 +328,7 @@ func (r *leaseRun) settle(o commitOutcome, startStop func(string)) {
 	switch {
 	case o.err == nil:
 		r.committed = o.p.to
+		r.done = o.completed
 		r.a.metrics.PartsCommitted.Inc()
 		if o.progress != 0 && o.progress != o.p.to {
 			r.log.Warn("coordinator progress differs from committed part", "part_to", o.p.to, "progress", o.progress)
@@ -338,12 +346,17 @@ func (r *leaseRun) settle(o commitOutcome, startStop func(string)) {
 	}
 }
 
-// finish ends a lease whose lines are all settled: Complete when every
-// line is committed, else Release with the stop reason.
+// finish ends a lease whose lines are all settled: nothing more when the
+// last part already completed the chunk, Complete when every line is
+// committed (a coordinator that predates completing with the part), else
+// Release with the stop reason.
 //
-// A cancelled batch's lease is always released: the coordinator is
+// A cancelled batch's lease is otherwise released: the coordinator is
 // finalizing the batch and has no use for a completion.
 func (r *leaseRun) finish() string {
+	if r.done && !r.commitBroken {
+		return chunkCompleted
+	}
 	if r.committed == r.l.EndLine && !r.commitBroken && r.stopping != reasonCancelled {
 		if err := r.complete(); err != nil {
 			if isStale(err) || isNotFound(err) {

@@ -77,6 +77,26 @@ func TestCancelledVerdictCommitsFinishedAndReleases(t *testing.T) {
 	waitFor(t, "released metric", func() bool { return h.chunkOutcome(t, chunkReleased) == 1 })
 }
 
+func TestLastPartCompletesChunk(t *testing.T) {
+	coord := newFakeCoord(t, inputLines(120))
+	coord.completeWithPart = true
+	h := startAgent(t, coord, newFakeEngine(), func(c *Config) { c.PartLines = 50; c.PartInterval = time.Minute })
+	waitFor(t, "completed metric", func() bool { return h.chunkOutcome(t, chunkCompleted) == 1 })
+	noViolations(t, coord)
+	coord.with(func() {
+		if len(coord.parts) != 3 || coord.partCompletes != 1 || coord.completes != 0 || len(coord.releases) != 0 {
+			t.Errorf("parts %d, completed with a part %d, Complete calls %d, releases %v",
+				len(coord.parts), coord.partCompletes, coord.completes, coord.releases)
+		}
+		for i, p := range coord.parts {
+			if p.Complete != (i == len(coord.parts)-1) {
+				t.Errorf("part %d [%d,%d): complete=%v", i, p.FromLine, p.ToLine, p.Complete)
+			}
+		}
+	})
+	committedLines(t, coord)
+}
+
 func TestRevokedVerdictStopsAtOnce(t *testing.T) {
 	coord := newFakeCoord(t, inputLines(250))
 	coord.renewHook = func(f *fakeCoord) vbatchv1.LeaseVerdict {

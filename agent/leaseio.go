@@ -140,27 +140,30 @@ func (r *leaseRun) renew(ctx context.Context) (vbatchv1.LeaseVerdict, error) {
 	return verdict, err
 }
 
-// putResults commits one part and returns the chunk's progress after it.
-func (r *leaseRun) putResults(p part) (int64, error) {
-	var progress int64
+// putResults commits one part. The part that ends the chunk asks for the
+// chunk to be completed with it. It returns the coordinator's answer: the
+// chunk's progress after the part, and whether the chunk is now done.
+func (r *leaseRun) putResults(p part) (*vbatchv1.PutResultsResponse, error) {
+	var out *vbatchv1.PutResultsResponse
 	req := &vbatchv1.PutResultsRequest{
 		BatchId: r.l.BatchId, Chunk: r.l.Chunk, Token: r.l.Token,
 		FromLine: p.from, ToLine: p.to,
 		Output: p.output, Errors: p.errors,
 		Succeeded: p.succeeded, Failed: p.failed,
-		Usage: p.usage,
+		Usage:    p.usage,
+		Complete: p.to == r.l.EndLine,
 	}
 	err := r.a.coords.call(r.tokenCtx, "put results", putAttemptTimeout, func(ctx context.Context, c vbatchv1connect.AgentServiceClient) error {
 		resp, err := c.PutResults(ctx, connect.NewRequest(req))
 		if err == nil {
-			progress = resp.Msg.Progress
+			out = resp.Msg
 		}
 		return err
 	})
 	if err != nil {
-		return 0, fmt.Errorf("chunk %s/%d lines [%d,%d): %w", r.l.BatchId, r.l.Chunk, p.from, p.to, err)
+		return nil, fmt.Errorf("chunk %s/%d lines [%d,%d): %w", r.l.BatchId, r.l.Chunk, p.from, p.to, err)
 	}
-	return progress, nil
+	return out, nil
 }
 
 // complete marks the chunk done.

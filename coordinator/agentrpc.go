@@ -353,20 +353,22 @@ func (s *agentService) PutResults(ctx context.Context, req *connect.Request[vbat
 	if part.Errors, err = s.storePart(ctx, m.Errors); err != nil {
 		return nil, err
 	}
-	_, err = s.c.Apply(ctx, &vbatchv1.CommitPart{BatchId: m.BatchId, Chunk: m.Chunk, Part: part, Usage: m.Usage})
+	_, err = s.c.Apply(ctx, &vbatchv1.CommitPart{BatchId: m.BatchId, Chunk: m.Chunk, Part: part, Usage: m.Usage, Complete: m.Complete})
 	if err != nil {
 		if errors.Is(err, fsm.ErrStaleToken) {
 			s.c.metrics.StaleResultsRefused.Inc()
 		}
 		return nil, rpcError(err)
 	}
-	var progress int64
+	out := &vbatchv1.PutResultsResponse{}
 	s.c.fsm.View(func(st *fsm.State) {
 		if b := st.Batches[m.BatchId]; b != nil && int(m.Chunk) < len(b.Chunks) {
-			progress = b.Chunks[m.Chunk].Progress
+			ch := b.Chunks[m.Chunk]
+			out.Progress = ch.Progress
+			out.Completed = ch.State == vbatchv1.ChunkState_CHUNK_STATE_DONE && ch.Lease.GetToken() == m.Token
 		}
 	})
-	return connect.NewResponse(&vbatchv1.PutResultsResponse{Progress: progress}), nil
+	return connect.NewResponse(out), nil
 }
 
 // checkLease refuses early, before any bytes are stored, a token that local
@@ -440,7 +442,6 @@ func (s *agentService) Telemetry(ctx context.Context, req *connect.Request[vbatc
 	return connect.NewResponse(&vbatchv1.TelemetryResponse{}), nil
 }
 
-// store keeps a report unless a newer one from the same agent is there.
 // store keeps r as the agent's latest report unless a later one is held,
 // and counts r's XID events the first time this coordinator sees r (sent
 // after the report it holds), whether from the agent or from a peer, so

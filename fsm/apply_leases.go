@@ -122,12 +122,18 @@ func (a *applyCtx) commitPart(c *vbatchv1.CommitPart) error {
 		return Reject(ErrInvalid, "chunk %s/%d: part [%d,%d) outside (%d,%d]", b.Id, ch.Index, p.FromLine, p.ToLine, p.FromLine, ch.EndLine)
 	case p.Succeeded < 0 || p.Failed < 0 || p.Succeeded+p.Failed != p.ToLine-p.FromLine:
 		return Reject(ErrInvalid, "chunk %s/%d: part [%d,%d) counts %d succeeded and %d failed", b.Id, ch.Index, p.FromLine, p.ToLine, p.Succeeded, p.Failed)
+	case c.Complete && p.ToLine != ch.EndLine:
+		return Reject(ErrInvalid, "chunk %s/%d: part [%d,%d) cannot complete a chunk that ends at %d", b.Id, ch.Index, p.FromLine, p.ToLine, ch.EndLine)
 	}
 	ch.Parts = append(ch.Parts, proto.Clone(p).(*vbatchv1.Part))
 	ch.Progress = p.ToLine
 	b.RequestCounts.Completed += p.Succeeded
 	b.RequestCounts.Failed += p.Failed
 	AddUsage(b.Usage, c.Usage)
+	if c.Complete {
+		// As completeChunk: the finished lease stays on the chunk.
+		ch.State = chunkDone
+	}
 	return nil
 }
 

@@ -155,6 +155,39 @@ func TestCompleteChunk(t *testing.T) {
 	refused(t, h, ErrNotFound, complete(5, tok))
 }
 
+func TestCommitPartCompletes(t *testing.T) {
+	h := running(t, 20, 10)
+	tok := grant(t, h, 0, "a1")
+	h.MustApply(t, commit(0, tok, 0, 6, 6))
+	early := commit(0, tok, 6, 8, 2)
+	early.Complete = true
+	refused(t, h, ErrInvalid, early) // the part does not end the chunk
+	last := commit(0, tok, 6, 10, 3)
+	last.Complete = true
+	h.MustApply(t, last)
+	c := h.chunk(0)
+	if c.State != chunkDone || c.Progress != 10 || c.Lease.GetToken() != tok {
+		t.Fatalf("chunk = %v", c)
+	}
+	if rc := h.batch(batch).RequestCounts; rc.Completed != 9 || rc.Failed != 1 {
+		t.Fatalf("counts = %v", rc)
+	}
+	unchanged(t, h, last)             // a retried commit
+	unchanged(t, h, complete(0, tok)) // an agent that also calls Complete
+	h.Advance(time.Hour)
+	unchanged(t, h, last) // re-applied after the lease time
+	refused(t, h, ErrStaleToken, complete(0, tok+1))
+
+	tok1 := grant(t, h, 1, "a1")
+	h.Advance(leaseTTL)
+	late := commit(1, tok1, 10, 20, 10)
+	late.Complete = true
+	refused(t, h, ErrStaleToken, late) // the lease ran out
+	if c := h.chunk(1); c.State == chunkDone {
+		t.Fatalf("stale completion landed: %v", c)
+	}
+}
+
 func TestReleaseLease(t *testing.T) {
 	h := running(t, 20, 10)
 	tok := grant(t, h, 0, "a1")

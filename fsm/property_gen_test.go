@@ -273,7 +273,10 @@ func (g *gen) commit(s *State) proto.Message {
 		FromLine: from, ToLine: to, Token: g.token(c), Succeeded: ok, Failed: failed,
 		Output: &vbatchv1.BlobRef{Sha256: g.m.newID("out-"), Bytes: ok * 10},
 		Errors: &vbatchv1.BlobRef{Sha256: g.m.newID("err-"), Bytes: failed * 10},
-	}, Usage: &vbatchv1.Usage{InputTokens: ok, OutputTokens: 2 * ok, TotalTokens: 3 * ok}}
+	}, Usage: &vbatchv1.Usage{InputTokens: ok, OutputTokens: 2 * ok, TotalTokens: 3 * ok},
+		// Mostly on a part that ends the chunk, as agents send it; now and
+		// then on one that does not.
+		Complete: (to == c.EndLine && g.oneIn(2)) || g.oneIn(20)}
 }
 
 func (g *gen) complete(s *State) proto.Message {

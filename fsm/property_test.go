@@ -63,7 +63,7 @@ func (c coverage) check(t *testing.T) {
 			want = append(want, "ok "+name, "refused "+name)
 		}
 	}
-	want = append(want, "reapplied", "stale token refused",
+	want = append(want, "reapplied", "stale token refused", "part completed its chunk",
 		"reached "+statusCompleted.String(), "reached "+statusCancelled.String(),
 		"reached "+statusExpired.String(), "reached "+statusFailed.String())
 	for _, k := range want {
@@ -174,8 +174,18 @@ func (m *model) accepted(rt *rapid.T, before, after *State, cmd proto.Message) {
 		}
 	case *vbatchv1.CommitPart:
 		ch := before.Batches[c.BatchId].Chunks[c.Chunk]
-		if len(after.Batches[c.BatchId].Chunks[c.Chunk].Parts) != len(ch.Parts) && !(LiveLease(ch, after.Now) && ch.Lease.Token == c.Part.Token) {
+		now := after.Batches[c.BatchId].Chunks[c.Chunk]
+		if len(now.Parts) == len(ch.Parts) {
+			break // a re-applied part
+		}
+		if !(LiveLease(ch, after.Now) && ch.Lease.Token == c.Part.Token) {
 			rt.Fatalf("part with token %d accepted on chunk with lease %v at %d", c.Part.Token, ch.Lease, after.Now)
+		}
+		if c.Complete {
+			m.cov["part completed its chunk"]++
+		}
+		if done := now.State == chunkDone; done != c.Complete || (done && (now.Progress != now.EndLine || now.Lease.GetToken() != c.Part.Token)) {
+			rt.Fatalf("part [%d,%d) complete=%v left chunk %v", c.Part.FromLine, c.Part.ToLine, c.Complete, now)
 		}
 	case *vbatchv1.FinishBatch:
 		b := before.Batches[c.BatchId]

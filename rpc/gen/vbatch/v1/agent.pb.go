@@ -674,11 +674,14 @@ type PutResultsRequest struct {
 	FromLine int64                  `protobuf:"varint,4,opt,name=from_line,json=fromLine,proto3" json:"from_line,omitempty"`
 	ToLine   int64                  `protobuf:"varint,5,opt,name=to_line,json=toLine,proto3" json:"to_line,omitempty"`
 	// output and errors are JSONL, each line ending in a newline.
-	Output        []byte `protobuf:"bytes,6,opt,name=output,proto3" json:"output,omitempty"`
-	Errors        []byte `protobuf:"bytes,7,opt,name=errors,proto3" json:"errors,omitempty"`
-	Succeeded     int64  `protobuf:"varint,8,opt,name=succeeded,proto3" json:"succeeded,omitempty"`
-	Failed        int64  `protobuf:"varint,9,opt,name=failed,proto3" json:"failed,omitempty"`
-	Usage         *Usage `protobuf:"bytes,10,opt,name=usage,proto3" json:"usage,omitempty"`
+	Output    []byte `protobuf:"bytes,6,opt,name=output,proto3" json:"output,omitempty"`
+	Errors    []byte `protobuf:"bytes,7,opt,name=errors,proto3" json:"errors,omitempty"`
+	Succeeded int64  `protobuf:"varint,8,opt,name=succeeded,proto3" json:"succeeded,omitempty"`
+	Failed    int64  `protobuf:"varint,9,opt,name=failed,proto3" json:"failed,omitempty"`
+	Usage     *Usage `protobuf:"bytes,10,opt,name=usage,proto3" json:"usage,omitempty"`
+	// complete asks that the chunk be marked done with this part, which must
+	// end it: no separate Complete call is then needed.
+	Complete      bool `protobuf:"varint,11,opt,name=complete,proto3" json:"complete,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -783,10 +786,21 @@ func (x *PutResultsRequest) GetUsage() *Usage {
 	return nil
 }
 
+func (x *PutResultsRequest) GetComplete() bool {
+	if x != nil {
+		return x.Complete
+	}
+	return false
+}
+
 type PutResultsResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// progress is the chunk's committed progress after the part.
-	Progress      int64 `protobuf:"varint,1,opt,name=progress,proto3" json:"progress,omitempty"`
+	Progress int64 `protobuf:"varint,1,opt,name=progress,proto3" json:"progress,omitempty"`
+	// completed says the chunk is done and its lease finished with this
+	// part's token. An agent that asked for complete and does not see it
+	// (a coordinator that predates the field) calls Complete.
+	Completed     bool `protobuf:"varint,2,opt,name=completed,proto3" json:"completed,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -826,6 +840,13 @@ func (x *PutResultsResponse) GetProgress() int64 {
 		return x.Progress
 	}
 	return 0
+}
+
+func (x *PutResultsResponse) GetCompleted() bool {
+	if x != nil {
+		return x.Completed
+	}
+	return false
 }
 
 type CompleteRequest struct {
@@ -1278,7 +1299,7 @@ const file_vbatch_v1_agent_proto_rawDesc = "" +
 	"\x11ReadInputResponse\x12\x14\n" +
 	"\x05lines\x18\x01 \x03(\fR\x05lines\x12\x1d\n" +
 	"\n" +
-	"first_line\x18\x02 \x01(\x03R\tfirstLine\"\x9e\x02\n" +
+	"first_line\x18\x02 \x01(\x03R\tfirstLine\"\xba\x02\n" +
 	"\x11PutResultsRequest\x12\x19\n" +
 	"\bbatch_id\x18\x01 \x01(\tR\abatchId\x12\x14\n" +
 	"\x05chunk\x18\x02 \x01(\rR\x05chunk\x12\x14\n" +
@@ -1290,9 +1311,11 @@ const file_vbatch_v1_agent_proto_rawDesc = "" +
 	"\tsucceeded\x18\b \x01(\x03R\tsucceeded\x12\x16\n" +
 	"\x06failed\x18\t \x01(\x03R\x06failed\x12&\n" +
 	"\x05usage\x18\n" +
-	" \x01(\v2\x10.vbatch.v1.UsageR\x05usage\"0\n" +
+	" \x01(\v2\x10.vbatch.v1.UsageR\x05usage\x12\x1a\n" +
+	"\bcomplete\x18\v \x01(\bR\bcomplete\"N\n" +
 	"\x12PutResultsResponse\x12\x1a\n" +
-	"\bprogress\x18\x01 \x01(\x03R\bprogress\"X\n" +
+	"\bprogress\x18\x01 \x01(\x03R\bprogress\x12\x1c\n" +
+	"\tcompleted\x18\x02 \x01(\bR\tcompleted\"X\n" +
 	"\x0fCompleteRequest\x12\x19\n" +
 	"\bbatch_id\x18\x01 \x01(\tR\abatchId\x12\x14\n" +
 	"\x05chunk\x18\x02 \x01(\rR\x05chunk\x12\x14\n" +

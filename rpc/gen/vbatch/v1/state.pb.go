@@ -2426,11 +2426,14 @@ func (x *RenewLease) GetExpiresAt() int64 {
 }
 
 type CommitPart struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	BatchId       string                 `protobuf:"bytes,1,opt,name=batch_id,json=batchId,proto3" json:"batch_id,omitempty"`
-	Chunk         uint32                 `protobuf:"varint,2,opt,name=chunk,proto3" json:"chunk,omitempty"`
-	Part          *Part                  `protobuf:"bytes,3,opt,name=part,proto3" json:"part,omitempty"`
-	Usage         *Usage                 `protobuf:"bytes,4,opt,name=usage,proto3" json:"usage,omitempty"`
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	BatchId string                 `protobuf:"bytes,1,opt,name=batch_id,json=batchId,proto3" json:"batch_id,omitempty"`
+	Chunk   uint32                 `protobuf:"varint,2,opt,name=chunk,proto3" json:"chunk,omitempty"`
+	Part    *Part                  `protobuf:"bytes,3,opt,name=part,proto3" json:"part,omitempty"`
+	Usage   *Usage                 `protobuf:"bytes,4,opt,name=usage,proto3" json:"usage,omitempty"`
+	// complete marks the chunk done in the same command; the part must end
+	// the chunk. It spares a CompleteChunk entry per chunk.
+	Complete      bool `protobuf:"varint,5,opt,name=complete,proto3" json:"complete,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2491,6 +2494,13 @@ func (x *CommitPart) GetUsage() *Usage {
 		return x.Usage
 	}
 	return nil
+}
+
+func (x *CommitPart) GetComplete() bool {
+	if x != nil {
+		return x.Complete
+	}
+	return false
 }
 
 type CompleteChunk struct {
@@ -3418,13 +3428,14 @@ const file_vbatch_v1_state_proto_rawDesc = "" +
 	"\x05chunk\x18\x02 \x01(\rR\x05chunk\x12\x14\n" +
 	"\x05token\x18\x03 \x01(\x04R\x05token\x12\x1d\n" +
 	"\n" +
-	"expires_at\x18\x04 \x01(\x03R\texpiresAt\"\x8a\x01\n" +
+	"expires_at\x18\x04 \x01(\x03R\texpiresAt\"\xa6\x01\n" +
 	"\n" +
 	"CommitPart\x12\x19\n" +
 	"\bbatch_id\x18\x01 \x01(\tR\abatchId\x12\x14\n" +
 	"\x05chunk\x18\x02 \x01(\rR\x05chunk\x12#\n" +
 	"\x04part\x18\x03 \x01(\v2\x0f.vbatch.v1.PartR\x04part\x12&\n" +
-	"\x05usage\x18\x04 \x01(\v2\x10.vbatch.v1.UsageR\x05usage\"V\n" +
+	"\x05usage\x18\x04 \x01(\v2\x10.vbatch.v1.UsageR\x05usage\x12\x1a\n" +
+	"\bcomplete\x18\x05 \x01(\bR\bcomplete\"V\n" +
 	"\rCompleteChunk\x12\x19\n" +
 	"\bbatch_id\x18\x01 \x01(\tR\abatchId\x12\x14\n" +
 	"\x05chunk\x18\x02 \x01(\rR\x05chunk\x12\x14\n" +
