@@ -81,19 +81,27 @@ type Store struct {
 	// is placed in it. Blobs in other directories commit in parallel: one
 	// slow fsync does not hold up every write and read of the store.
 	locks [256]sync.Mutex
+	// fanReady records, per fan-out directory, that it exists durably, so
+	// a commit skips the mkdir; each entry is read and set under its
+	// directory's lock. Fan-out directories are never removed.
+	fanReady [256]bool
 }
 
 // lockFor returns the lock of sha's fan-out directory (sha is normally a
 // checked digest; anything else shares the first lock).
-func (s *Store) lockFor(sha string) *sync.Mutex {
+func (s *Store) lockFor(sha string) *sync.Mutex { return &s.locks[fanIndex(sha)] }
+
+// fanIndex is the number of sha's fan-out directory (its first byte), or 0
+// for anything that is not a digest.
+func fanIndex(sha string) int {
 	if len(sha) < 2 {
-		return &s.locks[0]
+		return 0
 	}
 	b, err := strconv.ParseUint(sha[:2], 16, 8)
 	if err != nil {
-		return &s.locks[0]
+		return 0
 	}
-	return &s.locks[b]
+	return int(b)
 }
 
 // Open opens (creating if needed) the store rooted at dir and discards any
@@ -333,18 +341,22 @@ func (s *Store) commit(sha string, size int64, dataTmp, sumTmp string) error {
 		return err
 	}
 	fan := filepath.Dir(s.path(sha))
-	if err := os.Mkdir(fan, 0o750); err == nil {
-		if err := syncDir(s.blobsDir); err != nil {
-			return fmt.Errorf("blob %s: %w", sha, err)
+	if i := fanIndex(sha); !s.fanReady[i] {
+		if err := os.Mkdir(fan, 0o750); err == nil {
+			if err := syncDir(s.blobsDir); err != nil {
+				return fmt.Errorf("blob %s: %w", sha, err)
+			}
+		} else if !errors.Is(err, fs.ErrExist) {
+			return fmt.Errorf("blob %s: %w", sha, mapNoSpace(err))
 		}
-	} else if !errors.Is(err, fs.ErrExist) {
-		return fmt.Errorf("blob %s: %w", sha, mapNoSpace(err))
+		s.fanReady[i] = true
 	}
+	// Sidecar first, then the blob, then one directory sync makes both
+	// durable. A crash in between can leave a blob without its sidecar;
+	// reads treat that as corruption (quarantine, fetch from a peer), and
+	// nothing refers to a blob before commit returns.
 	if err := os.Rename(sumTmp, s.sumPath(sha)); err != nil {
 		return fmt.Errorf("blob %s: place sidecar: %w", sha, mapNoSpace(err))
-	}
-	if err := syncDir(fan); err != nil {
-		return fmt.Errorf("blob %s: %w", sha, err)
 	}
 	if err := os.Rename(dataTmp, s.path(sha)); err != nil {
 		return fmt.Errorf("blob %s: place blob: %w", sha, mapNoSpace(err))
