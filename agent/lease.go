@@ -348,11 +348,13 @@ func (r *leaseRun) settle(o commitOutcome, startStop func(string)) {
 
 // finish ends a lease whose lines are all settled: nothing more when the
 // last part already completed the chunk, Complete when every line is
-// committed (a coordinator that predates completing with the part), else
-// Release with the stop reason.
+// committed but the coordinator did not complete the chunk with the part
+// (not every coordinator applies that yet), else Release with the stop
+// reason.
 //
-// A cancelled batch's lease is otherwise released: the coordinator is
-// finalizing the batch and has no use for a completion.
+// A cancelled batch's lease that the last part did not complete is
+// released: the coordinator is finalizing the batch and has no use for a
+// completion.
 func (r *leaseRun) finish() string {
 	if r.done && !r.commitBroken {
 		return chunkCompleted

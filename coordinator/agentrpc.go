@@ -233,6 +233,11 @@ func (s *agentService) Renew(ctx context.Context, req *connect.Request[vbatchv1.
 	if err := s.authorizeLease(ctx, m.BatchId, m.Chunk, m.Token); err != nil {
 		return nil, err
 	}
+	if s.doneUnder(m.BatchId, m.Chunk, m.Token) {
+		// The lease's last part completed the chunk; the agent may not
+		// have heard yet. Keep it going so its retry learns that.
+		return connect.NewResponse(&vbatchv1.RenewResponse{Verdict: vbatchv1.LeaseVerdict_LEASE_VERDICT_OK}), nil
+	}
 	expires := s.c.Now().Add(s.ttl()).UnixMilli()
 	_, err := s.c.Apply(ctx, &vbatchv1.RenewLease{BatchId: m.BatchId, Chunk: m.Chunk, Token: m.Token, ExpiresAt: expires})
 	switch {
@@ -341,6 +346,12 @@ func (s *agentService) PutResults(ctx context.Context, req *connect.Request[vbat
 	if err := s.authorizeLease(ctx, m.BatchId, m.Chunk, m.Token); err != nil {
 		return nil, err
 	}
+	// A retry of a part that already committed (its answer was lost) is
+	// answered from the state, even if the lease or the batch has ended
+	// since: the part is in, and nothing needs storing again.
+	if out, ok := s.committedPart(m); ok {
+		return connect.NewResponse(out), nil
+	}
 	if err := s.checkLease(m.BatchId, m.Chunk, m.Token); err != nil {
 		s.c.metrics.StaleResultsRefused.Inc()
 		return nil, err
@@ -353,22 +364,54 @@ func (s *agentService) PutResults(ctx context.Context, req *connect.Request[vbat
 	if part.Errors, err = s.storePart(ctx, m.Errors); err != nil {
 		return nil, err
 	}
-	_, err = s.c.Apply(ctx, &vbatchv1.CommitPart{BatchId: m.BatchId, Chunk: m.Chunk, Part: part, Usage: m.Usage, Complete: m.Complete})
-	if err != nil {
+	var cmd proto.Message = &vbatchv1.CommitPart{BatchId: m.BatchId, Chunk: m.Chunk, Part: part, Usage: m.Usage}
+	if m.Complete && s.c.clusterAtFSMLevel(fsm.LevelCompletePart) {
+		cmd = &vbatchv1.CompletePart{Commit: cmd.(*vbatchv1.CommitPart)}
+	}
+	if _, err = s.c.Apply(ctx, cmd); err != nil {
 		if errors.Is(err, fsm.ErrStaleToken) {
 			s.c.metrics.StaleResultsRefused.Inc()
 		}
 		return nil, rpcError(err)
 	}
+	out, _ := s.committedPart(m)
+	return connect.NewResponse(out), nil
+}
+
+// committedPart reports whether m's part (same lines, same token) is
+// already committed, with the answer for it: the chunk's progress, and
+// whether the chunk is done under m's token.
+func (s *agentService) committedPart(m *vbatchv1.PutResultsRequest) (*vbatchv1.PutResultsResponse, bool) {
 	out := &vbatchv1.PutResultsResponse{}
+	found := false
 	s.c.fsm.View(func(st *fsm.State) {
-		if b := st.Batches[m.BatchId]; b != nil && int(m.Chunk) < len(b.Chunks) {
-			ch := b.Chunks[m.Chunk]
-			out.Progress = ch.Progress
-			out.Completed = ch.State == vbatchv1.ChunkState_CHUNK_STATE_DONE && ch.Lease.GetToken() == m.Token
+		b := st.Batches[m.BatchId]
+		if b == nil || int(m.Chunk) >= len(b.Chunks) {
+			return
+		}
+		ch := b.Chunks[m.Chunk]
+		out.Progress = ch.Progress
+		out.Completed = ch.State == vbatchv1.ChunkState_CHUNK_STATE_DONE && ch.Lease.GetToken() == m.Token
+		for _, p := range ch.Parts {
+			if p.FromLine == m.FromLine && p.ToLine == m.ToLine && p.Token == m.Token {
+				found = true
+				return
+			}
 		}
 	})
-	return connect.NewResponse(out), nil
+	return out, found
+}
+
+// doneUnder reports whether the chunk is done under the given lease token.
+func (s *agentService) doneUnder(batchID string, chunk uint32, token uint64) bool {
+	done := false
+	s.c.fsm.View(func(st *fsm.State) {
+		if b := st.Batches[batchID]; b != nil && int(chunk) < len(b.Chunks) {
+			ch := b.Chunks[chunk]
+			done = ch.State == vbatchv1.ChunkState_CHUNK_STATE_DONE && ch.Lease.GetToken() == token
+		}
+	})
+	return done
 }
 
 // checkLease refuses early, before any bytes are stored, a token that local

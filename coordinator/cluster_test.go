@@ -159,3 +159,50 @@ func TestLeaderFailover(t *testing.T) {
 		t.Fatalf("leader after failover = %q", status.Leader)
 	}
 }
+
+// TestFSMLevelGate checks that a command of a newer FSM level is allowed
+// only while every server of the raft configuration advertises that level
+// in gossip: not once one advertises an older level, nor while one is gone.
+func TestFSMLevelGate(t *testing.T) {
+	nodes := startCluster(t, 3)
+	allAt := func(level int, want bool, on ...*Coordinator) {
+		t.Helper()
+		deadline := time.Now().Add(20 * time.Second)
+		for time.Now().Before(deadline) {
+			ok := true
+			for _, c := range on {
+				ok = ok && c.clusterAtFSMLevel(level) == want
+			}
+			if ok {
+				return
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+		t.Fatalf("clusterAtFSMLevel(%d) did not become %v", level, want)
+	}
+	allAt(fsm.LevelCompletePart, true, nodes...)
+	if nodes[0].clusterAtFSMLevel(fsm.Level + 1) {
+		t.Fatal("a level no server applies is allowed")
+	}
+	// c3 now says it runs an older build.
+	self, ok := nodes[2].pool.Member(nodes[2].cfg.NodeID)
+	if !ok {
+		t.Fatal("c3 does not list itself")
+	}
+	meta := self.Meta
+	meta.FSM = 0
+	if err := nodes[2].pool.UpdateMeta(meta); err != nil {
+		t.Fatal(err)
+	}
+	allAt(fsm.LevelCompletePart, false, nodes[0], nodes[1])
+	meta.FSM = fsm.Level
+	if err := nodes[2].pool.UpdateMeta(meta); err != nil {
+		t.Fatal(err)
+	}
+	allAt(fsm.LevelCompletePart, true, nodes[0], nodes[1])
+	// A server gossip no longer lists may come back with any build.
+	if err := nodes[2].Close(); err != nil {
+		t.Fatal(err)
+	}
+	allAt(fsm.LevelCompletePart, false, nodes[0], nodes[1])
+}

@@ -180,6 +180,7 @@ func Start(cfg Config, logger *slog.Logger, logOut io.Writer) (c *Coordinator, e
 			HTTPAddr: c.httpAdvertise,
 			RaftAddr: c.raftNode.advertise,
 			Expect:   cfg.BootstrapExpect,
+			FSM:      fsm.Level,
 		},
 		ProbeInterval: cfg.Timing.GossipProbeInterval,
 		OnEvent:       c.onMemberEvent,
@@ -272,6 +273,31 @@ func (c *Coordinator) blobPeers() []blob.Peer {
 		}
 	}
 	return peers
+}
+
+// clusterAtFSMLevel reports whether every server of the raft configuration
+// (non-voters too: they apply every entry) advertises in gossip an FSM
+// level of at least level, so a command of that level may be proposed. A
+// server that gossip does not list counts as older: it may come back with
+// an older build.
+func (c *Coordinator) clusterAtFSMLevel(level int) bool {
+	f := c.raftNode.raft.GetConfiguration()
+	if f.Error() != nil {
+		return false
+	}
+	for _, s := range f.Configuration().Servers {
+		if string(s.ID) == c.cfg.NodeID {
+			if fsm.Level < level {
+				return false
+			}
+			continue
+		}
+		m, ok := c.pool.Member(string(s.ID))
+		if !ok || max(m.Meta.FSM, 1) < level {
+			return false
+		}
+	}
+	return true
 }
 
 // voters returns the voting servers of the current raft configuration.

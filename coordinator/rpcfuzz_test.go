@@ -103,6 +103,9 @@ func agentCommands(s *agentService, now time.Time, msg proto.Message) ([]proto.M
 		}
 		return out, nil
 	case *vbatchv1.RenewRequest:
+		if s.doneUnder(m.BatchId, m.Chunk, m.Token) {
+			return nil, errRefused
+		}
 		return []proto.Message{&vbatchv1.RenewLease{BatchId: m.BatchId, Chunk: m.Chunk, Token: m.Token, ExpiresAt: expires}}, nil
 	case *vbatchv1.ReadInputRequest:
 		// ReadInput proposes nothing; its guard is the lease check.
@@ -111,12 +114,19 @@ func agentCommands(s *agentService, now time.Time, msg proto.Message) ([]proto.M
 		}
 		return nil, nil
 	case *vbatchv1.PutResultsRequest:
+		if _, ok := s.committedPart(m); ok {
+			return nil, errRefused
+		}
 		if err := s.checkLease(m.BatchId, m.Chunk, m.Token); err != nil {
 			return nil, errRefused
 		}
 		part := &vbatchv1.Part{FromLine: m.FromLine, ToLine: m.ToLine, Succeeded: m.Succeeded, Failed: m.Failed, Token: m.Token,
 			Output: blobRef(m.Output), Errors: blobRef(m.Errors)}
-		return []proto.Message{&vbatchv1.CommitPart{BatchId: m.BatchId, Chunk: m.Chunk, Part: part, Usage: m.Usage}}, nil
+		commit := &vbatchv1.CommitPart{BatchId: m.BatchId, Chunk: m.Chunk, Part: part, Usage: m.Usage}
+		if m.Complete { // as on a cluster whose servers all apply CompletePart
+			return []proto.Message{&vbatchv1.CompletePart{Commit: commit}}, nil
+		}
+		return []proto.Message{commit}, nil
 	case *vbatchv1.CompleteRequest:
 		return []proto.Message{&vbatchv1.CompleteChunk{BatchId: m.BatchId, Chunk: m.Chunk, Token: m.Token}}, nil
 	case *vbatchv1.ReleaseRequest:
@@ -171,6 +181,8 @@ func FuzzAgentRPC(f *testing.F) {
 		&vbatchv1.ReadInputRequest{BatchId: fuzzBatch, Chunk: 0, Token: token, FromLine: 2},
 		&vbatchv1.PutResultsRequest{BatchId: fuzzBatch, Chunk: 0, Token: token, FromLine: 0, ToLine: 3, Succeeded: 2, Failed: 1,
 			Output: []byte("{\"a\":1}\n{\"b\":2}\n"), Errors: []byte("{\"e\":1}\n"), Usage: &vbatchv1.Usage{InputTokens: 5, OutputTokens: 7, TotalTokens: 12}},
+		&vbatchv1.PutResultsRequest{BatchId: fuzzBatch, Chunk: 0, Token: token, FromLine: 0, ToLine: 4, Succeeded: 4, Complete: true,
+			Output: []byte("{\"a\":1}\n{\"b\":2}\n{\"c\":3}\n{\"d\":4}\n")},
 		&vbatchv1.CompleteRequest{BatchId: fuzzBatch, Chunk: 0, Token: token},
 		&vbatchv1.ReleaseRequest{BatchId: fuzzBatch, Chunk: 0, Token: token, Reason: "drain"},
 		&vbatchv1.TelemetryRequest{AgentId: fuzzAgent, SentAtUnixMs: 1, XidEvents: []uint64{79}},
@@ -217,6 +229,9 @@ func FuzzAgentRPC(f *testing.F) {
 				continue
 			}
 			cp, ok := cmd.(*vbatchv1.CommitPart)
+			if c, done := cmd.(*vbatchv1.CompletePart); done {
+				cp, ok = c.Commit, true
+			}
 			if !ok {
 				continue
 			}
@@ -244,6 +259,8 @@ func FuzzForwardedEnvelope(f *testing.F) {
 	for _, cmd := range []proto.Message{
 		&vbatchv1.CommitPart{BatchId: fuzzBatch, Part: &vbatchv1.Part{FromLine: 0, ToLine: 4, Succeeded: 4, Token: token,
 			Output: &vbatchv1.BlobRef{Sha256: "ab", Bytes: 10}}},
+		&vbatchv1.CompletePart{Commit: &vbatchv1.CommitPart{BatchId: fuzzBatch, Part: &vbatchv1.Part{FromLine: 0, ToLine: 4, Succeeded: 4, Token: token,
+			Output: &vbatchv1.BlobRef{Sha256: "ab", Bytes: 10}}}},
 		&vbatchv1.FinishBatch{BatchId: fuzzBatch, Status: vbatchv1.BatchStatus_BATCH_STATUS_EXPIRED, OutputFileId: "file-o", ErrorFileId: "file-e"},
 		&vbatchv1.CancelBatch{BatchId: fuzzBatch, Project: "p"},
 		&vbatchv1.CreateAPIKey{Key: &vbatchv1.APIKey{Id: "key_x", Project: "p", Hash: []byte{1}, Limits: &vbatchv1.KeyLimits{RequestsPerSecond: 1}}},

@@ -320,9 +320,10 @@ func linGrantStep(pre linState, in linInput, out linOutput) []linState {
 	return []linState{next}
 }
 
-// linPutStep is PutResults: the coordinator's early lease check
-// (agentService.checkLease, on its own state, which refuses a lease that
-// is gone or a batch that ended) and then fsm.commitPart.
+// linPutStep is PutResults: a part already committed is answered at once
+// (agentService.committedPart); otherwise the coordinator's early lease
+// check (agentService.checkLease, on its own state, which refuses a lease
+// that is gone or a batch that ended) and then fsm.commitPart.
 func linPutStep(pre linState, in linInput, out linOutput) []linState {
 	c := int(in.Chunk)
 	ch := pre.Chunks[c]

@@ -95,7 +95,19 @@ func (a *applyCtx) renewLease(c *vbatchv1.RenewLease) error {
 	return nil
 }
 
-func (a *applyCtx) commitPart(c *vbatchv1.CommitPart) error {
+func (a *applyCtx) commitPart(c *vbatchv1.CommitPart) error { return a.commitPartThen(c, false) }
+
+// completePart commits the part that ends a chunk and marks the chunk done.
+func (a *applyCtx) completePart(c *vbatchv1.CompletePart) error {
+	if c.GetCommit() == nil {
+		return Reject(ErrInvalid, "complete part without a part")
+	}
+	return a.commitPartThen(c.Commit, true)
+}
+
+// commitPartThen commits c's part and, when complete is set, marks the
+// chunk done in the same step; such a part must end the chunk.
+func (a *applyCtx) commitPartThen(c *vbatchv1.CommitPart, complete bool) error {
 	b, ch, err := a.chunk(c.BatchId, c.Chunk)
 	if err != nil {
 		return err
@@ -122,7 +134,7 @@ func (a *applyCtx) commitPart(c *vbatchv1.CommitPart) error {
 		return Reject(ErrInvalid, "chunk %s/%d: part [%d,%d) outside (%d,%d]", b.Id, ch.Index, p.FromLine, p.ToLine, p.FromLine, ch.EndLine)
 	case p.Succeeded < 0 || p.Failed < 0 || p.Succeeded+p.Failed != p.ToLine-p.FromLine:
 		return Reject(ErrInvalid, "chunk %s/%d: part [%d,%d) counts %d succeeded and %d failed", b.Id, ch.Index, p.FromLine, p.ToLine, p.Succeeded, p.Failed)
-	case c.Complete && p.ToLine != ch.EndLine:
+	case complete && p.ToLine != ch.EndLine:
 		return Reject(ErrInvalid, "chunk %s/%d: part [%d,%d) cannot complete a chunk that ends at %d", b.Id, ch.Index, p.FromLine, p.ToLine, ch.EndLine)
 	}
 	ch.Parts = append(ch.Parts, proto.Clone(p).(*vbatchv1.Part))
@@ -130,7 +142,7 @@ func (a *applyCtx) commitPart(c *vbatchv1.CommitPart) error {
 	b.RequestCounts.Completed += p.Succeeded
 	b.RequestCounts.Failed += p.Failed
 	AddUsage(b.Usage, c.Usage)
-	if c.Complete {
+	if complete {
 		// As completeChunk: the finished lease stays on the chunk.
 		ch.State = chunkDone
 	}

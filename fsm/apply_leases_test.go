@@ -155,18 +155,16 @@ func TestCompleteChunk(t *testing.T) {
 	refused(t, h, ErrNotFound, complete(5, tok))
 }
 
-func TestCommitPartCompletes(t *testing.T) {
+func TestCompletePart(t *testing.T) {
 	h := running(t, 20, 10)
 	tok := grant(t, h, 0, "a1")
 	h.MustApply(t, commit(0, tok, 0, 6, 6))
-	early := commit(0, tok, 6, 8, 2)
-	early.Complete = true
-	refused(t, h, ErrInvalid, early) // the part does not end the chunk
-	last := commit(0, tok, 6, 10, 3)
-	last.Complete = true
+	refused(t, h, ErrInvalid, completing(commit(0, tok, 6, 8, 2))) // the part does not end the chunk
+	refused(t, h, ErrInvalid, &vbatchv1.CompletePart{})
+	last := completing(commit(0, tok, 6, 10, 3))
 	h.MustApply(t, last)
 	c := h.chunk(0)
-	if c.State != chunkDone || c.Progress != 10 || c.Lease.GetToken() != tok {
+	if c.State != chunkDone || c.Progress != 10 || c.Lease.GetToken() != tok || len(c.Parts) != 2 {
 		t.Fatalf("chunk = %v", c)
 	}
 	if rc := h.batch(batch).RequestCounts; rc.Completed != 9 || rc.Failed != 1 {
@@ -180,9 +178,7 @@ func TestCommitPartCompletes(t *testing.T) {
 
 	tok1 := grant(t, h, 1, "a1")
 	h.Advance(leaseTTL)
-	late := commit(1, tok1, 10, 20, 10)
-	late.Complete = true
-	refused(t, h, ErrStaleToken, late) // the lease ran out
+	refused(t, h, ErrStaleToken, completing(commit(1, tok1, 10, 20, 10))) // the lease ran out
 	if c := h.chunk(1); c.State == chunkDone {
 		t.Fatalf("stale completion landed: %v", c)
 	}

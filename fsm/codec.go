@@ -12,6 +12,19 @@ import (
 // EnvelopeVersion is the envelope encoding this build writes and reads.
 const EnvelopeVersion = 1
 
+// Level is the newest command set this build applies. Coordinators
+// advertise it in gossip, and a command newer than level 1 is proposed only
+// once every server in the raft configuration advertises a level that
+// applies it, so a rolling upgrade never asks an older server to apply a
+// command it does not know (it would stop rather than diverge).
+//
+//   - 1: the commands up to DrainAgent.
+//   - 2: CompletePart.
+const Level = 2
+
+// LevelCompletePart is the level that applies CompletePart.
+const LevelCompletePart = 2
+
 // commandTypes maps every command type to a constructor of its message.
 // The list only grows; see CommandType in state.proto.
 var commandTypes = map[vbatchv1.CommandType]func() proto.Message{
@@ -28,6 +41,7 @@ var commandTypes = map[vbatchv1.CommandType]func() proto.Message{
 	vbatchv1.CommandType_COMMAND_TYPE_RENEW_LEASE:    func() proto.Message { return &vbatchv1.RenewLease{} },
 	vbatchv1.CommandType_COMMAND_TYPE_COMMIT_PART:    func() proto.Message { return &vbatchv1.CommitPart{} },
 	vbatchv1.CommandType_COMMAND_TYPE_COMPLETE_CHUNK: func() proto.Message { return &vbatchv1.CompleteChunk{} },
+	vbatchv1.CommandType_COMMAND_TYPE_COMPLETE_PART:  func() proto.Message { return &vbatchv1.CompletePart{} },
 	vbatchv1.CommandType_COMMAND_TYPE_RELEASE_LEASE:  func() proto.Message { return &vbatchv1.ReleaseLease{} },
 	vbatchv1.CommandType_COMMAND_TYPE_EXPIRE_LEASES:  func() proto.Message { return &vbatchv1.ExpireLeases{} },
 	vbatchv1.CommandType_COMMAND_TYPE_BEGIN_FINALIZE: func() proto.Message { return &vbatchv1.BeginFinalize{} },

@@ -134,6 +134,8 @@ func (a *applyCtx) apply(cmd proto.Message) error {
 		return a.commitPart(c)
 	case *vbatchv1.CompleteChunk:
 		return a.completeChunk(c)
+	case *vbatchv1.CompletePart:
+		return a.completePart(c)
 	case *vbatchv1.ReleaseLease:
 		return a.releaseLease(c)
 	case *vbatchv1.ExpireLeases:

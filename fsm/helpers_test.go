@@ -86,6 +86,11 @@ func grant(t *testing.T, h *Harness, chunk uint32, agent string) uint64 {
 
 // commit is a part of [from,to) of a chunk of batch_1 with ok lines
 // succeeded and the rest failed.
+// completing wraps a part that ends its chunk in a CompletePart.
+func completing(c *vbatchv1.CommitPart) *vbatchv1.CompletePart {
+	return &vbatchv1.CompletePart{Commit: c}
+}
+
 func commit(chunk uint32, token uint64, from, to, ok int64) *vbatchv1.CommitPart {
 	return &vbatchv1.CommitPart{BatchId: batch, Chunk: chunk, Part: &vbatchv1.Part{
 		FromLine: from, ToLine: to, Token: token, Succeeded: ok, Failed: to - from - ok,

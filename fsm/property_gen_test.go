@@ -51,7 +51,7 @@ func (g *gen) command(s *State) proto.Message {
 	}{
 		{1, g.createFile}, {create, g.createFile}, {1, g.deleteFile}, {1, g.createBatch}, {create, g.createBatch}, {4, g.startBatch},
 		{1, g.failBatch}, {1, g.cancelBatch}, {1, g.agentCommand}, {8, g.grant},
-		{3, g.renew}, {16, g.commit}, {6, g.complete}, {3, g.releaseOrExpire},
+		{3, g.renew}, {16, g.commit}, {6, g.complete}, {6, g.completePart}, {3, g.releaseOrExpire},
 		{1, g.extend}, {3, g.finalize}, {4, g.finish},
 	}
 	total := 0
@@ -273,10 +273,21 @@ func (g *gen) commit(s *State) proto.Message {
 		FromLine: from, ToLine: to, Token: g.token(c), Succeeded: ok, Failed: failed,
 		Output: &vbatchv1.BlobRef{Sha256: g.m.newID("out-"), Bytes: ok * 10},
 		Errors: &vbatchv1.BlobRef{Sha256: g.m.newID("err-"), Bytes: failed * 10},
-	}, Usage: &vbatchv1.Usage{InputTokens: ok, OutputTokens: 2 * ok, TotalTokens: 3 * ok},
-		// Mostly on a part that ends the chunk, as agents send it; now and
-		// then on one that does not.
-		Complete: (to == c.EndLine && g.oneIn(2)) || g.oneIn(20)}
+	}, Usage: &vbatchv1.Usage{InputTokens: ok, OutputTokens: 2 * ok, TotalTokens: 3 * ok}}
+}
+
+// completePart is commit wrapped as CompletePart: mostly on a part that
+// ends the chunk, as agents send it; now and then on one that does not.
+func (g *gen) completePart(s *State) proto.Message {
+	// A clone: commit may hand back a part that lives in the state.
+	cmd := proto.Clone(g.commit(s)).(*vbatchv1.CommitPart)
+	if b := s.Batches[cmd.BatchId]; b != nil && int(cmd.Chunk) < len(b.Chunks) && !g.oneIn(10) {
+		if end := b.Chunks[cmd.Chunk].EndLine; cmd.Part.FromLine < end {
+			cmd.Part.ToLine = end
+			cmd.Part.Succeeded, cmd.Part.Failed = end-cmd.Part.FromLine, 0
+		}
+	}
+	return &vbatchv1.CompletePart{Commit: cmd}
 }
 
 func (g *gen) complete(s *State) proto.Message {

@@ -63,7 +63,7 @@ func (c coverage) check(t *testing.T) {
 			want = append(want, "ok "+name, "refused "+name)
 		}
 	}
-	want = append(want, "reapplied", "stale token refused", "part completed its chunk",
+	want = append(want, "reapplied", "stale token refused",
 		"reached "+statusCompleted.String(), "reached "+statusCancelled.String(),
 		"reached "+statusExpired.String(), "reached "+statusFailed.String())
 	for _, k := range want {
@@ -181,11 +181,20 @@ func (m *model) accepted(rt *rapid.T, before, after *State, cmd proto.Message) {
 		if !(LiveLease(ch, after.Now) && ch.Lease.Token == c.Part.Token) {
 			rt.Fatalf("part with token %d accepted on chunk with lease %v at %d", c.Part.Token, ch.Lease, after.Now)
 		}
-		if c.Complete {
-			m.cov["part completed its chunk"]++
+		if now.State == chunkDone {
+			rt.Fatalf("part [%d,%d) completed chunk %v", c.Part.FromLine, c.Part.ToLine, now)
 		}
-		if done := now.State == chunkDone; done != c.Complete || (done && (now.Progress != now.EndLine || now.Lease.GetToken() != c.Part.Token)) {
-			rt.Fatalf("part [%d,%d) complete=%v left chunk %v", c.Part.FromLine, c.Part.ToLine, c.Complete, now)
+	case *vbatchv1.CompletePart:
+		ch := before.Batches[c.Commit.BatchId].Chunks[c.Commit.Chunk]
+		now := after.Batches[c.Commit.BatchId].Chunks[c.Commit.Chunk]
+		if len(now.Parts) == len(ch.Parts) {
+			break // a re-applied part
+		}
+		if !(LiveLease(ch, after.Now) && ch.Lease.Token == c.Commit.Part.Token) {
+			rt.Fatalf("completing part with token %d accepted on chunk with lease %v at %d", c.Commit.Part.Token, ch.Lease, after.Now)
+		}
+		if now.State != chunkDone || now.Progress != now.EndLine || now.Lease.GetToken() != c.Commit.Part.Token {
+			rt.Fatalf("completing part [%d,%d) left chunk %v", c.Commit.Part.FromLine, c.Commit.Part.ToLine, now)
 		}
 	case *vbatchv1.FinishBatch:
 		b := before.Batches[c.BatchId]

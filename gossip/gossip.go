@@ -44,6 +44,9 @@ type Meta struct {
 	Expect   int      `json:"exp,omitempty"`
 	Models   []string `json:"m,omitempty"`
 	GPUs     int      `json:"g,omitempty"`
+	// FSM is a coordinator's command level (fsm.Level): the newest raft
+	// commands it applies. Absent means 1.
+	FSM int `json:"fsm,omitempty"`
 }
 
 // Member is a live member of the pool.

@@ -680,7 +680,9 @@ type PutResultsRequest struct {
 	Failed    int64  `protobuf:"varint,9,opt,name=failed,proto3" json:"failed,omitempty"`
 	Usage     *Usage `protobuf:"bytes,10,opt,name=usage,proto3" json:"usage,omitempty"`
 	// complete asks that the chunk be marked done with this part, which must
-	// end it: no separate Complete call is then needed.
+	// end it: no separate Complete call is then needed. The coordinator does
+	// so once every coordinator applies CompletePart, and says so in
+	// PutResultsResponse.completed.
 	Complete      bool `protobuf:"varint,11,opt,name=complete,proto3" json:"complete,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -799,7 +801,8 @@ type PutResultsResponse struct {
 	Progress int64 `protobuf:"varint,1,opt,name=progress,proto3" json:"progress,omitempty"`
 	// completed says the chunk is done and its lease finished with this
 	// part's token. An agent that asked for complete and does not see it
-	// (a coordinator that predates the field) calls Complete.
+	// calls Complete (a coordinator that predates the field, or a cluster
+	// not yet all upgraded).
 	Completed     bool `protobuf:"varint,2,opt,name=completed,proto3" json:"completed,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache

@@ -51,6 +51,7 @@ const (
 	CommandType_COMMAND_TYPE_EXTEND_LEASES  CommandType = 18
 	CommandType_COMMAND_TYPE_REMOVE_AGENT   CommandType = 19
 	CommandType_COMMAND_TYPE_DRAIN_AGENT    CommandType = 20
+	CommandType_COMMAND_TYPE_COMPLETE_PART  CommandType = 21
 )
 
 // Enum value maps for CommandType.
@@ -77,6 +78,7 @@ var (
 		18: "COMMAND_TYPE_EXTEND_LEASES",
 		19: "COMMAND_TYPE_REMOVE_AGENT",
 		20: "COMMAND_TYPE_DRAIN_AGENT",
+		21: "COMMAND_TYPE_COMPLETE_PART",
 	}
 	CommandType_value = map[string]int32{
 		"COMMAND_TYPE_UNSPECIFIED":    0,
@@ -100,6 +102,7 @@ var (
 		"COMMAND_TYPE_EXTEND_LEASES":  18,
 		"COMMAND_TYPE_REMOVE_AGENT":   19,
 		"COMMAND_TYPE_DRAIN_AGENT":    20,
+		"COMMAND_TYPE_COMPLETE_PART":  21,
 	}
 )
 
@@ -2426,14 +2429,11 @@ func (x *RenewLease) GetExpiresAt() int64 {
 }
 
 type CommitPart struct {
-	state   protoimpl.MessageState `protogen:"open.v1"`
-	BatchId string                 `protobuf:"bytes,1,opt,name=batch_id,json=batchId,proto3" json:"batch_id,omitempty"`
-	Chunk   uint32                 `protobuf:"varint,2,opt,name=chunk,proto3" json:"chunk,omitempty"`
-	Part    *Part                  `protobuf:"bytes,3,opt,name=part,proto3" json:"part,omitempty"`
-	Usage   *Usage                 `protobuf:"bytes,4,opt,name=usage,proto3" json:"usage,omitempty"`
-	// complete marks the chunk done in the same command; the part must end
-	// the chunk. It spares a CompleteChunk entry per chunk.
-	Complete      bool `protobuf:"varint,5,opt,name=complete,proto3" json:"complete,omitempty"`
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	BatchId       string                 `protobuf:"bytes,1,opt,name=batch_id,json=batchId,proto3" json:"batch_id,omitempty"`
+	Chunk         uint32                 `protobuf:"varint,2,opt,name=chunk,proto3" json:"chunk,omitempty"`
+	Part          *Part                  `protobuf:"bytes,3,opt,name=part,proto3" json:"part,omitempty"`
+	Usage         *Usage                 `protobuf:"bytes,4,opt,name=usage,proto3" json:"usage,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2496,11 +2496,52 @@ func (x *CommitPart) GetUsage() *Usage {
 	return nil
 }
 
-func (x *CommitPart) GetComplete() bool {
+// CompletePart commits the part that ends a chunk and marks the chunk done,
+// in one entry (CommitPart, then CompleteChunk). A server that predates it
+// stops on it rather than diverge, and it is proposed only once every
+// server in the raft configuration advertises FSM level 2 in gossip.
+type CompletePart struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Commit        *CommitPart            `protobuf:"bytes,1,opt,name=commit,proto3" json:"commit,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CompletePart) Reset() {
+	*x = CompletePart{}
+	mi := &file_vbatch_v1_state_proto_msgTypes[28]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CompletePart) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CompletePart) ProtoMessage() {}
+
+func (x *CompletePart) ProtoReflect() protoreflect.Message {
+	mi := &file_vbatch_v1_state_proto_msgTypes[28]
 	if x != nil {
-		return x.Complete
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
 	}
-	return false
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CompletePart.ProtoReflect.Descriptor instead.
+func (*CompletePart) Descriptor() ([]byte, []int) {
+	return file_vbatch_v1_state_proto_rawDescGZIP(), []int{28}
+}
+
+func (x *CompletePart) GetCommit() *CommitPart {
+	if x != nil {
+		return x.Commit
+	}
+	return nil
 }
 
 type CompleteChunk struct {
@@ -2514,7 +2555,7 @@ type CompleteChunk struct {
 
 func (x *CompleteChunk) Reset() {
 	*x = CompleteChunk{}
-	mi := &file_vbatch_v1_state_proto_msgTypes[28]
+	mi := &file_vbatch_v1_state_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2526,7 +2567,7 @@ func (x *CompleteChunk) String() string {
 func (*CompleteChunk) ProtoMessage() {}
 
 func (x *CompleteChunk) ProtoReflect() protoreflect.Message {
-	mi := &file_vbatch_v1_state_proto_msgTypes[28]
+	mi := &file_vbatch_v1_state_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2539,7 +2580,7 @@ func (x *CompleteChunk) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CompleteChunk.ProtoReflect.Descriptor instead.
 func (*CompleteChunk) Descriptor() ([]byte, []int) {
-	return file_vbatch_v1_state_proto_rawDescGZIP(), []int{28}
+	return file_vbatch_v1_state_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *CompleteChunk) GetBatchId() string {
@@ -2575,7 +2616,7 @@ type ReleaseLease struct {
 
 func (x *ReleaseLease) Reset() {
 	*x = ReleaseLease{}
-	mi := &file_vbatch_v1_state_proto_msgTypes[29]
+	mi := &file_vbatch_v1_state_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2587,7 +2628,7 @@ func (x *ReleaseLease) String() string {
 func (*ReleaseLease) ProtoMessage() {}
 
 func (x *ReleaseLease) ProtoReflect() protoreflect.Message {
-	mi := &file_vbatch_v1_state_proto_msgTypes[29]
+	mi := &file_vbatch_v1_state_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2600,7 +2641,7 @@ func (x *ReleaseLease) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReleaseLease.ProtoReflect.Descriptor instead.
 func (*ReleaseLease) Descriptor() ([]byte, []int) {
-	return file_vbatch_v1_state_proto_rawDescGZIP(), []int{29}
+	return file_vbatch_v1_state_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *ReleaseLease) GetBatchId() string {
@@ -2642,7 +2683,7 @@ type LeaseRef struct {
 
 func (x *LeaseRef) Reset() {
 	*x = LeaseRef{}
-	mi := &file_vbatch_v1_state_proto_msgTypes[30]
+	mi := &file_vbatch_v1_state_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2654,7 +2695,7 @@ func (x *LeaseRef) String() string {
 func (*LeaseRef) ProtoMessage() {}
 
 func (x *LeaseRef) ProtoReflect() protoreflect.Message {
-	mi := &file_vbatch_v1_state_proto_msgTypes[30]
+	mi := &file_vbatch_v1_state_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2667,7 +2708,7 @@ func (x *LeaseRef) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LeaseRef.ProtoReflect.Descriptor instead.
 func (*LeaseRef) Descriptor() ([]byte, []int) {
-	return file_vbatch_v1_state_proto_rawDescGZIP(), []int{30}
+	return file_vbatch_v1_state_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *LeaseRef) GetBatchId() string {
@@ -2702,7 +2743,7 @@ type ExpireLeases struct {
 
 func (x *ExpireLeases) Reset() {
 	*x = ExpireLeases{}
-	mi := &file_vbatch_v1_state_proto_msgTypes[31]
+	mi := &file_vbatch_v1_state_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2714,7 +2755,7 @@ func (x *ExpireLeases) String() string {
 func (*ExpireLeases) ProtoMessage() {}
 
 func (x *ExpireLeases) ProtoReflect() protoreflect.Message {
-	mi := &file_vbatch_v1_state_proto_msgTypes[31]
+	mi := &file_vbatch_v1_state_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2727,7 +2768,7 @@ func (x *ExpireLeases) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExpireLeases.ProtoReflect.Descriptor instead.
 func (*ExpireLeases) Descriptor() ([]byte, []int) {
-	return file_vbatch_v1_state_proto_rawDescGZIP(), []int{31}
+	return file_vbatch_v1_state_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *ExpireLeases) GetLeases() []*LeaseRef {
@@ -2755,7 +2796,7 @@ type ExtendLeases struct {
 
 func (x *ExtendLeases) Reset() {
 	*x = ExtendLeases{}
-	mi := &file_vbatch_v1_state_proto_msgTypes[32]
+	mi := &file_vbatch_v1_state_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2767,7 +2808,7 @@ func (x *ExtendLeases) String() string {
 func (*ExtendLeases) ProtoMessage() {}
 
 func (x *ExtendLeases) ProtoReflect() protoreflect.Message {
-	mi := &file_vbatch_v1_state_proto_msgTypes[32]
+	mi := &file_vbatch_v1_state_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2780,7 +2821,7 @@ func (x *ExtendLeases) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExtendLeases.ProtoReflect.Descriptor instead.
 func (*ExtendLeases) Descriptor() ([]byte, []int) {
-	return file_vbatch_v1_state_proto_rawDescGZIP(), []int{32}
+	return file_vbatch_v1_state_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *ExtendLeases) GetExpiresAt() int64 {
@@ -2799,7 +2840,7 @@ type BeginFinalize struct {
 
 func (x *BeginFinalize) Reset() {
 	*x = BeginFinalize{}
-	mi := &file_vbatch_v1_state_proto_msgTypes[33]
+	mi := &file_vbatch_v1_state_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2811,7 +2852,7 @@ func (x *BeginFinalize) String() string {
 func (*BeginFinalize) ProtoMessage() {}
 
 func (x *BeginFinalize) ProtoReflect() protoreflect.Message {
-	mi := &file_vbatch_v1_state_proto_msgTypes[33]
+	mi := &file_vbatch_v1_state_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2824,7 +2865,7 @@ func (x *BeginFinalize) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BeginFinalize.ProtoReflect.Descriptor instead.
 func (*BeginFinalize) Descriptor() ([]byte, []int) {
-	return file_vbatch_v1_state_proto_rawDescGZIP(), []int{33}
+	return file_vbatch_v1_state_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *BeginFinalize) GetBatchId() string {
@@ -2854,7 +2895,7 @@ type FinishBatch struct {
 
 func (x *FinishBatch) Reset() {
 	*x = FinishBatch{}
-	mi := &file_vbatch_v1_state_proto_msgTypes[34]
+	mi := &file_vbatch_v1_state_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2866,7 +2907,7 @@ func (x *FinishBatch) String() string {
 func (*FinishBatch) ProtoMessage() {}
 
 func (x *FinishBatch) ProtoReflect() protoreflect.Message {
-	mi := &file_vbatch_v1_state_proto_msgTypes[34]
+	mi := &file_vbatch_v1_state_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2879,7 +2920,7 @@ func (x *FinishBatch) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FinishBatch.ProtoReflect.Descriptor instead.
 func (*FinishBatch) Descriptor() ([]byte, []int) {
-	return file_vbatch_v1_state_proto_rawDescGZIP(), []int{34}
+	return file_vbatch_v1_state_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *FinishBatch) GetBatchId() string {
@@ -2940,7 +2981,7 @@ type DrainAgent struct {
 
 func (x *DrainAgent) Reset() {
 	*x = DrainAgent{}
-	mi := &file_vbatch_v1_state_proto_msgTypes[35]
+	mi := &file_vbatch_v1_state_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2952,7 +2993,7 @@ func (x *DrainAgent) String() string {
 func (*DrainAgent) ProtoMessage() {}
 
 func (x *DrainAgent) ProtoReflect() protoreflect.Message {
-	mi := &file_vbatch_v1_state_proto_msgTypes[35]
+	mi := &file_vbatch_v1_state_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2965,7 +3006,7 @@ func (x *DrainAgent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DrainAgent.ProtoReflect.Descriptor instead.
 func (*DrainAgent) Descriptor() ([]byte, []int) {
-	return file_vbatch_v1_state_proto_rawDescGZIP(), []int{35}
+	return file_vbatch_v1_state_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *DrainAgent) GetAgentId() string {
@@ -2988,7 +3029,7 @@ type Result struct {
 
 func (x *Result) Reset() {
 	*x = Result{}
-	mi := &file_vbatch_v1_state_proto_msgTypes[36]
+	mi := &file_vbatch_v1_state_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3000,7 +3041,7 @@ func (x *Result) String() string {
 func (*Result) ProtoMessage() {}
 
 func (x *Result) ProtoReflect() protoreflect.Message {
-	mi := &file_vbatch_v1_state_proto_msgTypes[36]
+	mi := &file_vbatch_v1_state_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3013,7 +3054,7 @@ func (x *Result) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Result.ProtoReflect.Descriptor instead.
 func (*Result) Descriptor() ([]byte, []int) {
-	return file_vbatch_v1_state_proto_rawDescGZIP(), []int{36}
+	return file_vbatch_v1_state_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *Result) GetCode() string {
@@ -3054,7 +3095,7 @@ type SnapshotRecord struct {
 
 func (x *SnapshotRecord) Reset() {
 	*x = SnapshotRecord{}
-	mi := &file_vbatch_v1_state_proto_msgTypes[37]
+	mi := &file_vbatch_v1_state_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3066,7 +3107,7 @@ func (x *SnapshotRecord) String() string {
 func (*SnapshotRecord) ProtoMessage() {}
 
 func (x *SnapshotRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_vbatch_v1_state_proto_msgTypes[37]
+	mi := &file_vbatch_v1_state_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3079,7 +3120,7 @@ func (x *SnapshotRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SnapshotRecord.ProtoReflect.Descriptor instead.
 func (*SnapshotRecord) Descriptor() ([]byte, []int) {
-	return file_vbatch_v1_state_proto_rawDescGZIP(), []int{37}
+	return file_vbatch_v1_state_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *SnapshotRecord) GetRecord() isSnapshotRecord_Record {
@@ -3182,7 +3223,7 @@ type SnapshotHeader struct {
 
 func (x *SnapshotHeader) Reset() {
 	*x = SnapshotHeader{}
-	mi := &file_vbatch_v1_state_proto_msgTypes[38]
+	mi := &file_vbatch_v1_state_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3194,7 +3235,7 @@ func (x *SnapshotHeader) String() string {
 func (*SnapshotHeader) ProtoMessage() {}
 
 func (x *SnapshotHeader) ProtoReflect() protoreflect.Message {
-	mi := &file_vbatch_v1_state_proto_msgTypes[38]
+	mi := &file_vbatch_v1_state_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3207,7 +3248,7 @@ func (x *SnapshotHeader) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SnapshotHeader.ProtoReflect.Descriptor instead.
 func (*SnapshotHeader) Descriptor() ([]byte, []int) {
-	return file_vbatch_v1_state_proto_rawDescGZIP(), []int{38}
+	return file_vbatch_v1_state_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *SnapshotHeader) GetVersion() uint32 {
@@ -3428,14 +3469,15 @@ const file_vbatch_v1_state_proto_rawDesc = "" +
 	"\x05chunk\x18\x02 \x01(\rR\x05chunk\x12\x14\n" +
 	"\x05token\x18\x03 \x01(\x04R\x05token\x12\x1d\n" +
 	"\n" +
-	"expires_at\x18\x04 \x01(\x03R\texpiresAt\"\xa6\x01\n" +
+	"expires_at\x18\x04 \x01(\x03R\texpiresAt\"\x90\x01\n" +
 	"\n" +
 	"CommitPart\x12\x19\n" +
 	"\bbatch_id\x18\x01 \x01(\tR\abatchId\x12\x14\n" +
 	"\x05chunk\x18\x02 \x01(\rR\x05chunk\x12#\n" +
 	"\x04part\x18\x03 \x01(\v2\x0f.vbatch.v1.PartR\x04part\x12&\n" +
-	"\x05usage\x18\x04 \x01(\v2\x10.vbatch.v1.UsageR\x05usage\x12\x1a\n" +
-	"\bcomplete\x18\x05 \x01(\bR\bcomplete\"V\n" +
+	"\x05usage\x18\x04 \x01(\v2\x10.vbatch.v1.UsageR\x05usageJ\x04\b\x05\x10\x06\"=\n" +
+	"\fCompletePart\x12-\n" +
+	"\x06commit\x18\x01 \x01(\v2\x15.vbatch.v1.CommitPartR\x06commit\"V\n" +
 	"\rCompleteChunk\x12\x19\n" +
 	"\bbatch_id\x18\x01 \x01(\tR\abatchId\x12\x14\n" +
 	"\x05chunk\x18\x02 \x01(\rR\x05chunk\x12\x14\n" +
@@ -3482,7 +3524,7 @@ const file_vbatch_v1_state_proto_rawDesc = "" +
 	"\x0eSnapshotHeader\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\rR\aversion\x12\x1e\n" +
 	"\vnow_unix_ms\x18\x02 \x01(\x03R\tnowUnixMs\x12#\n" +
-	"\rapplied_index\x18\x03 \x01(\x04R\fappliedIndex*\x9b\x05\n" +
+	"\rapplied_index\x18\x03 \x01(\x04R\fappliedIndex*\xbb\x05\n" +
 	"\vCommandType\x12\x1c\n" +
 	"\x18COMMAND_TYPE_UNSPECIFIED\x10\x00\x12\x1f\n" +
 	"\x1bCOMMAND_TYPE_CREATE_API_KEY\x10\x01\x12\x1f\n" +
@@ -3505,7 +3547,8 @@ const file_vbatch_v1_state_proto_rawDesc = "" +
 	"\x19COMMAND_TYPE_FINISH_BATCH\x10\x11\x12\x1e\n" +
 	"\x1aCOMMAND_TYPE_EXTEND_LEASES\x10\x12\x12\x1d\n" +
 	"\x19COMMAND_TYPE_REMOVE_AGENT\x10\x13\x12\x1c\n" +
-	"\x18COMMAND_TYPE_DRAIN_AGENT\x10\x14*e\n" +
+	"\x18COMMAND_TYPE_DRAIN_AGENT\x10\x14\x12\x1e\n" +
+	"\x1aCOMMAND_TYPE_COMPLETE_PART\x10\x15*e\n" +
 	"\x05Scope\x12\x15\n" +
 	"\x11SCOPE_UNSPECIFIED\x10\x00\x12\x0f\n" +
 	"\vSCOPE_ADMIN\x10\x01\x12\x0f\n" +
@@ -3543,7 +3586,7 @@ func file_vbatch_v1_state_proto_rawDescGZIP() []byte {
 }
 
 var file_vbatch_v1_state_proto_enumTypes = make([]protoimpl.EnumInfo, 4)
-var file_vbatch_v1_state_proto_msgTypes = make([]protoimpl.MessageInfo, 40)
+var file_vbatch_v1_state_proto_msgTypes = make([]protoimpl.MessageInfo, 41)
 var file_vbatch_v1_state_proto_goTypes = []any{
 	(CommandType)(0),       // 0: vbatch.v1.CommandType
 	(Scope)(0),             // 1: vbatch.v1.Scope
@@ -3577,18 +3620,19 @@ var file_vbatch_v1_state_proto_goTypes = []any{
 	(*GrantLease)(nil),     // 29: vbatch.v1.GrantLease
 	(*RenewLease)(nil),     // 30: vbatch.v1.RenewLease
 	(*CommitPart)(nil),     // 31: vbatch.v1.CommitPart
-	(*CompleteChunk)(nil),  // 32: vbatch.v1.CompleteChunk
-	(*ReleaseLease)(nil),   // 33: vbatch.v1.ReleaseLease
-	(*LeaseRef)(nil),       // 34: vbatch.v1.LeaseRef
-	(*ExpireLeases)(nil),   // 35: vbatch.v1.ExpireLeases
-	(*ExtendLeases)(nil),   // 36: vbatch.v1.ExtendLeases
-	(*BeginFinalize)(nil),  // 37: vbatch.v1.BeginFinalize
-	(*FinishBatch)(nil),    // 38: vbatch.v1.FinishBatch
-	(*DrainAgent)(nil),     // 39: vbatch.v1.DrainAgent
-	(*Result)(nil),         // 40: vbatch.v1.Result
-	(*SnapshotRecord)(nil), // 41: vbatch.v1.SnapshotRecord
-	(*SnapshotHeader)(nil), // 42: vbatch.v1.SnapshotHeader
-	nil,                    // 43: vbatch.v1.Batch.MetadataEntry
+	(*CompletePart)(nil),   // 32: vbatch.v1.CompletePart
+	(*CompleteChunk)(nil),  // 33: vbatch.v1.CompleteChunk
+	(*ReleaseLease)(nil),   // 34: vbatch.v1.ReleaseLease
+	(*LeaseRef)(nil),       // 35: vbatch.v1.LeaseRef
+	(*ExpireLeases)(nil),   // 36: vbatch.v1.ExpireLeases
+	(*ExtendLeases)(nil),   // 37: vbatch.v1.ExtendLeases
+	(*BeginFinalize)(nil),  // 38: vbatch.v1.BeginFinalize
+	(*FinishBatch)(nil),    // 39: vbatch.v1.FinishBatch
+	(*DrainAgent)(nil),     // 40: vbatch.v1.DrainAgent
+	(*Result)(nil),         // 41: vbatch.v1.Result
+	(*SnapshotRecord)(nil), // 42: vbatch.v1.SnapshotRecord
+	(*SnapshotHeader)(nil), // 43: vbatch.v1.SnapshotHeader
+	nil,                    // 44: vbatch.v1.Batch.MetadataEntry
 }
 var file_vbatch_v1_state_proto_depIdxs = []int32{
 	0,  // 0: vbatch.v1.Envelope.type:type_name -> vbatch.v1.CommandType
@@ -3601,7 +3645,7 @@ var file_vbatch_v1_state_proto_depIdxs = []int32{
 	3,  // 7: vbatch.v1.Chunk.state:type_name -> vbatch.v1.ChunkState
 	12, // 8: vbatch.v1.Chunk.lease:type_name -> vbatch.v1.Lease
 	13, // 9: vbatch.v1.Chunk.parts:type_name -> vbatch.v1.Part
-	43, // 10: vbatch.v1.Batch.metadata:type_name -> vbatch.v1.Batch.MetadataEntry
+	44, // 10: vbatch.v1.Batch.metadata:type_name -> vbatch.v1.Batch.MetadataEntry
 	2,  // 11: vbatch.v1.Batch.status:type_name -> vbatch.v1.BatchStatus
 	15, // 12: vbatch.v1.Batch.request_counts:type_name -> vbatch.v1.RequestCounts
 	10, // 13: vbatch.v1.Batch.errors:type_name -> vbatch.v1.BatchError
@@ -3616,19 +3660,20 @@ var file_vbatch_v1_state_proto_depIdxs = []int32{
 	18, // 22: vbatch.v1.RegisterAgent.agent:type_name -> vbatch.v1.Agent
 	13, // 23: vbatch.v1.CommitPart.part:type_name -> vbatch.v1.Part
 	11, // 24: vbatch.v1.CommitPart.usage:type_name -> vbatch.v1.Usage
-	34, // 25: vbatch.v1.ExpireLeases.leases:type_name -> vbatch.v1.LeaseRef
-	2,  // 26: vbatch.v1.FinishBatch.status:type_name -> vbatch.v1.BatchStatus
-	7,  // 27: vbatch.v1.FinishBatch.extra_errors:type_name -> vbatch.v1.BlobRef
-	5,  // 28: vbatch.v1.SnapshotRecord.api_key:type_name -> vbatch.v1.APIKey
-	8,  // 29: vbatch.v1.SnapshotRecord.file:type_name -> vbatch.v1.File
-	16, // 30: vbatch.v1.SnapshotRecord.batch:type_name -> vbatch.v1.Batch
-	18, // 31: vbatch.v1.SnapshotRecord.agent:type_name -> vbatch.v1.Agent
-	42, // 32: vbatch.v1.SnapshotRecord.header:type_name -> vbatch.v1.SnapshotHeader
-	33, // [33:33] is the sub-list for method output_type
-	33, // [33:33] is the sub-list for method input_type
-	33, // [33:33] is the sub-list for extension type_name
-	33, // [33:33] is the sub-list for extension extendee
-	0,  // [0:33] is the sub-list for field type_name
+	31, // 25: vbatch.v1.CompletePart.commit:type_name -> vbatch.v1.CommitPart
+	35, // 26: vbatch.v1.ExpireLeases.leases:type_name -> vbatch.v1.LeaseRef
+	2,  // 27: vbatch.v1.FinishBatch.status:type_name -> vbatch.v1.BatchStatus
+	7,  // 28: vbatch.v1.FinishBatch.extra_errors:type_name -> vbatch.v1.BlobRef
+	5,  // 29: vbatch.v1.SnapshotRecord.api_key:type_name -> vbatch.v1.APIKey
+	8,  // 30: vbatch.v1.SnapshotRecord.file:type_name -> vbatch.v1.File
+	16, // 31: vbatch.v1.SnapshotRecord.batch:type_name -> vbatch.v1.Batch
+	18, // 32: vbatch.v1.SnapshotRecord.agent:type_name -> vbatch.v1.Agent
+	43, // 33: vbatch.v1.SnapshotRecord.header:type_name -> vbatch.v1.SnapshotHeader
+	34, // [34:34] is the sub-list for method output_type
+	34, // [34:34] is the sub-list for method input_type
+	34, // [34:34] is the sub-list for extension type_name
+	34, // [34:34] is the sub-list for extension extendee
+	0,  // [0:34] is the sub-list for field type_name
 }
 
 func init() { file_vbatch_v1_state_proto_init() }
@@ -3636,7 +3681,7 @@ func file_vbatch_v1_state_proto_init() {
 	if File_vbatch_v1_state_proto != nil {
 		return
 	}
-	file_vbatch_v1_state_proto_msgTypes[37].OneofWrappers = []any{
+	file_vbatch_v1_state_proto_msgTypes[38].OneofWrappers = []any{
 		(*SnapshotRecord_ApiKey)(nil),
 		(*SnapshotRecord_File)(nil),
 		(*SnapshotRecord_Batch)(nil),
@@ -3649,7 +3694,7 @@ func file_vbatch_v1_state_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_vbatch_v1_state_proto_rawDesc), len(file_vbatch_v1_state_proto_rawDesc)),
 			NumEnums:      4,
-			NumMessages:   40,
+			NumMessages:   41,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
