@@ -375,6 +375,9 @@ func (s *agentService) PutResults(ctx context.Context, req *connect.Request[vbat
 		return nil, rpcError(err)
 	}
 	out, _ := s.committedPart(m)
+	if _, ok := cmd.(*vbatchv1.CompletePart); ok && out.Completed {
+		s.c.metrics.ChunksCompletedByPart.Inc()
+	}
 	return connect.NewResponse(out), nil
 }
 

@@ -114,6 +114,11 @@ func (p *pipeline) exactlyOnce(t *testing.T, b *openai.Batch, n int) (out, errs 
 
 // staleRefused sums vbatch_stale_results_refused_total over coordinators.
 func (p *pipeline) staleRefused(t *testing.T) int64 {
+	return p.coordCounter("vbatch_stale_results_refused_total")
+}
+
+// coordCounter sums an unlabelled counter over the running coordinators.
+func (p *pipeline) coordCounter(name string) int64 {
 	var total int64
 	for _, i := range p.Running(-1) {
 		resp, err := http.Get(p.Coords[i].URL() + "/metrics")
@@ -122,7 +127,7 @@ func (p *pipeline) staleRefused(t *testing.T) int64 {
 		}
 		sc := bufio.NewScanner(resp.Body)
 		for sc.Scan() {
-			if f := strings.Fields(sc.Text()); len(f) == 2 && f[0] == "vbatch_stale_results_refused_total" {
+			if f := strings.Fields(sc.Text()); len(f) == 2 && f[0] == name {
 				v, _ := strconv.ParseFloat(f[1], 64)
 				total += int64(v)
 			}
@@ -153,6 +158,13 @@ func TestBatchPipeline(t *testing.T) {
 		}
 		if done.Usage.TotalTokens == 0 {
 			t.Fatalf("usage not summed: %+v", done.Usage)
+		}
+		// Every coordinator runs this build, so chunks complete with their
+		// last part (CompletePart) rather than a separate Complete call.
+		if n := p.coordCounter("vbatch_chunks_completed_by_part_total"); n == 0 {
+			t.Fatal("no chunk completed with its last part")
+		} else {
+			t.Logf("chunks completed with their last part: %d", n)
 		}
 	})
 

@@ -22,6 +22,9 @@ type CoordinatorMetrics struct {
 	// StaleResultsRefused counts parts and completions refused because their
 	// fencing token was no longer the chunk's live lease.
 	StaleResultsRefused prometheus.Counter
+	// ChunksCompletedByPart counts chunks this coordinator completed with
+	// their last part (one CompletePart entry) rather than a Complete call.
+	ChunksCompletedByPart prometheus.Counter
 	// HTTP are the API request figures, recorded by InstrumentHTTP.
 	HTTP *HTTPMetrics
 	// Chunks are the chunk events the leader observes (ChunkTracker).
@@ -43,6 +46,10 @@ func NewCoordinatorMetrics(reg prometheus.Registerer) *CoordinatorMetrics {
 			Name: "vbatch_stale_results_refused_total",
 			Help: "Result parts refused because their lease's fencing token was stale.",
 		}),
+		ChunksCompletedByPart: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "vbatch_chunks_completed_by_part_total",
+			Help: "Chunks this coordinator completed with their last result part (CompletePart), without a separate Complete call.",
+		}),
 		ApplyDuration: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name:    "vbatch_raft_apply_duration_seconds",
 			Help:    "Time from proposing a command on the leader to its commit and apply.",
@@ -63,7 +70,7 @@ func NewCoordinatorMetrics(reg prometheus.Registerer) *CoordinatorMetrics {
 		HTTP:   NewHTTPMetrics(reg),
 		Chunks: NewChunkMetrics(reg),
 	}
-	reg.MustRegister(m.ApplyDuration, m.StaleResultsRefused, m.XIDErrors, m.AutopilotRemoved, m.SlowDiskTransfers)
+	reg.MustRegister(m.ApplyDuration, m.StaleResultsRefused, m.ChunksCompletedByPart, m.XIDErrors, m.AutopilotRemoved, m.SlowDiskTransfers)
 	return m
 }
 
