@@ -241,6 +241,10 @@ func (s *agentService) Renew(ctx context.Context, req *connect.Request[vbatchv1.
 	expires := s.c.Now().Add(s.ttl()).UnixMilli()
 	_, err := s.c.Apply(ctx, &vbatchv1.RenewLease{BatchId: m.BatchId, Chunk: m.Chunk, Token: m.Token, ExpiresAt: expires})
 	switch {
+	case (errors.Is(err, fsm.ErrStaleToken) || errors.Is(err, fsm.ErrConflict)) && s.doneUnder(m.BatchId, m.Chunk, m.Token):
+		// The last part's CompletePart was ordered before this renewal
+		// (the refusal's apply waited for it locally).
+		return connect.NewResponse(&vbatchv1.RenewResponse{Verdict: vbatchv1.LeaseVerdict_LEASE_VERDICT_OK}), nil
 	case errors.Is(err, fsm.ErrStaleToken), errors.Is(err, fsm.ErrConflict), errors.Is(err, fsm.ErrNotFound):
 		return connect.NewResponse(&vbatchv1.RenewResponse{Verdict: vbatchv1.LeaseVerdict_LEASE_VERDICT_REVOKED}), nil
 	case err != nil:

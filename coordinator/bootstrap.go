@@ -9,6 +9,7 @@ import (
 	"connectrpc.com/connect"
 	"github.com/hashicorp/raft"
 
+	"github.com/vbatch/vbatch/fsm"
 	"github.com/vbatch/vbatch/gossip"
 	vbatchv1 "github.com/vbatch/vbatch/rpc/gen/vbatch/v1"
 )
@@ -127,6 +128,15 @@ func (c *Coordinator) reconcileMembers() {
 			continue
 		}
 		if !ok && c.removed.held(m.Name, c.Now()) {
+			continue
+		}
+		if lvl := max(m.Meta.FSM, 1); !ok && lvl < fsm.Level {
+			// It would meet raft commands it cannot apply (and stop on
+			// them) when it replays the log.
+			if _, seen := c.olderBuilds.LoadOrStore(m.Name, true); !seen {
+				c.log.Warn("not adding coordinator: its build applies older raft commands than this cluster's; upgrade it",
+					"node", m.Name, "its_fsm_level", lvl, "cluster_fsm_level", fsm.Level)
+			}
 			continue
 		}
 		if !c.verifyPeers(context.Background(), []gossip.Member{m}) {

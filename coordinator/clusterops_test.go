@@ -208,6 +208,49 @@ func TestRemovePeerIsNotReAdded(t *testing.T) {
 	waitFor(t, 10*time.Second, "re-added node to catch up", func() bool { return hasKey(victim, "key-while-removed") })
 }
 
+// TestOlderBuildIsNotAdded checks that the leader does not add to raft a
+// coordinator whose build applies an older set of raft commands: it would
+// stop on the first newer entry when it replays the log.
+func TestOlderBuildIsNotAdded(t *testing.T) {
+	nodes := startCluster(t, 3)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	leader := waitLeader(t, nodes)
+	victim := others(nodes, leader)[0]
+	if err := leader.RemovePeer(ctx, victim.cfg.NodeID); err != nil {
+		t.Fatalf("remove %s: %v", victim.cfg.NodeID, err)
+	}
+	leader.removed.add(victim.cfg.NodeID, leader.Now().Add(-removedHold)) // no hold
+	setLevel := func(level int) {
+		t.Helper()
+		self, ok := victim.pool.Member(victim.cfg.NodeID)
+		if !ok {
+			t.Fatal("the victim does not list itself")
+		}
+		meta := self.Meta
+		meta.FSM = level
+		if err := victim.pool.UpdateMeta(meta); err != nil {
+			t.Fatal(err)
+		}
+		waitFor(t, 10*time.Second, "the leader to see the victim's level", func() bool {
+			m, ok := leader.pool.Member(victim.cfg.NodeID)
+			return ok && m.Meta.FSM == level
+		})
+	}
+	setLevel(fsm.Level - 1)
+	for range 3 {
+		leader.reconcileMembers()
+	}
+	if _, ok := serverIDs(t, leader)[victim.cfg.NodeID]; ok {
+		t.Fatalf("%s, advertising FSM level %d, was added", victim.cfg.NodeID, fsm.Level-1)
+	}
+	setLevel(fsm.Level)
+	leader.reconcileMembers()
+	if _, ok := serverIDs(t, leader)[victim.cfg.NodeID]; !ok {
+		t.Fatalf("%s not added once upgraded", victim.cfg.NodeID)
+	}
+}
+
 func TestJoinAddsCoordinator(t *testing.T) {
 	nodes := startCluster(t, 3)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)

@@ -34,6 +34,10 @@ type Coordinator struct {
 	cfg Config
 	log *slog.Logger
 
+	// olderBuilds holds the names of coordinators not added to raft
+	// because they advertise an older FSM level (each logged once).
+	olderBuilds sync.Map
+
 	// readyTerm is the last term in which this node, as leader, committed
 	// a barrier: from then on its commit index covers every acknowledged
 	// write, and consistent reads may use it (Raft §8).

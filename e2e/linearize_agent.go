@@ -175,6 +175,11 @@ func (a *linAgent) runLease(ctx context.Context, client int, rng *rand.Rand, l *
 	if l.Progress < l.EndLine && rng.Float64() < a.stallP {
 		stallAt = l.Progress + int64(rng.IntN(int(l.EndLine-l.Progress)))
 	}
+	// Half the leases ask their last part to complete the chunk, as real
+	// agents do; the others commit it and then call Complete, as agents
+	// did before.
+	completeWithPart := rng.IntN(2) == 0
+	done := false
 	for from := l.Progress; from < l.EndLine; {
 		to := min(from+linPartLines, l.EndLine)
 		if stallAt >= from && stallAt < to {
@@ -187,11 +192,12 @@ func (a *linAgent) runLease(ctx context.Context, client int, rng *rand.Rand, l *
 		req := &vbatchv1.PutResultsRequest{
 			BatchId: l.BatchId, Chunk: l.Chunk, Token: l.Token, FromLine: from, ToLine: to,
 			Output: body, Succeeded: to - from, Usage: out,
+			Complete: completeWithPart && to == l.EndLine,
 		}
 		res := a.retry(ctx, func() linResult {
 			node, cl := a.client(rng)
 			op := linOp{Client: client, BatchID: l.BatchId, Node: node, Call: a.rec.now(),
-				In: linInput{Kind: linPut, Chunk: l.Chunk, Token: l.Token, From: from, To: to}}
+				In: linInput{Kind: linPut, Chunk: l.Chunk, Token: l.Token, From: from, To: to, Complete: req.Complete}}
 			cctx, cancel := context.WithTimeout(ctx, linRPCTimeout)
 			resp, err := cl.PutResults(cctx, connect.NewRequest(req))
 			cancel()
@@ -199,7 +205,8 @@ func (a *linAgent) runLease(ctx context.Context, client int, rng *rand.Rand, l *
 			if err != nil {
 				op.Out.Detail = err.Error()
 			} else {
-				op.Out.Progress = resp.Msg.Progress
+				op.Out.Progress, op.Out.Done = resp.Msg.Progress, resp.Msg.Completed
+				done = resp.Msg.Completed
 			}
 			a.rec.add(op)
 			return op.Out.Result
@@ -208,6 +215,9 @@ func (a *linAgent) runLease(ctx context.Context, client int, rng *rand.Rand, l *
 			return
 		}
 		from = to
+	}
+	if done {
+		return
 	}
 	a.retry(ctx, func() linResult {
 		node, cl := a.client(rng)

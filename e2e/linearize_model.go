@@ -78,6 +78,8 @@ type linInput struct {
 	Token uint64
 	// From and To are a put's line range, or a grant's chunk range.
 	From, To int64
+	// Complete is a put that asks to complete its chunk (the last part).
+	Complete bool
 }
 
 // linOutput is what an operation answered.
@@ -88,6 +90,8 @@ type linOutput struct {
 	Total, Completed, Failed int64
 	// Progress is a grant's chunk progress, or a put's progress after it.
 	Progress int64
+	// Done is a put's answer that the chunk is done under its token.
+	Done bool
 	// Detail is the error text, for the visualization only.
 	Detail string
 }
@@ -323,13 +327,18 @@ func linGrantStep(pre linState, in linInput, out linOutput) []linState {
 // linPutStep is PutResults: a part already committed is answered at once
 // (agentService.committedPart); otherwise the coordinator's early lease
 // check (agentService.checkLease, on its own state, which refuses a lease
-// that is gone or a batch that ended) and then fsm.commitPart.
+// that is gone or a batch that ended) and then fsm.commitPart, or
+// fsm.completePart for a put that asks to complete the chunk. Whether a
+// coordinator proposes CompletePart depends on what gossip shows it of its
+// peers, so either is a legal effect of such a put; its answer's Done
+// tells which happened.
 func linPutStep(pre linState, in linInput, out linOutput) []linState {
 	c := int(in.Chunk)
 	ch := pre.Chunks[c]
 	_, end := pre.linChunkRange(c)
 	part := fmt.Sprintf("%d-%d@%d;", in.From, in.To, in.Token)
 	effect, result := pre, resOK
+	var completed *linState // the effect had the put completed the chunk
 	switch {
 	case strings.Contains(ch.Parts, part):
 		// a re-applied part
@@ -341,20 +350,35 @@ func linPutStep(pre linState, in linInput, out linOutput) []linState {
 		result = resConflict
 	case in.To <= in.From || in.To > end:
 		result = resRefused
+	case in.Complete && in.To != end:
+		result = resRefused
 	default:
 		effect.Chunks[c].Progress = in.To
 		effect.Chunks[c].Parts += part
 		effect.Completed += in.To - in.From
+		if in.Complete {
+			done := effect
+			done.Chunks[c].State = linDone
+			completed = &done
+		}
 	}
 	early := ch.State == linPending || ch.Token != in.Token || linTerminal(pre.Status)
+	doneUnder := func(st linState) bool { return st.Chunks[c].State == linDone && st.Chunks[c].Token == in.Token }
 	switch {
 	case out.Result == resUnknown:
+		if completed != nil {
+			return []linState{pre, effect, *completed}
+		}
 		return []linState{pre, effect}
 	case out.Result == resStale && early:
 		return []linState{pre}
 	case out.Result != result:
 		return nil
 	case result == resOK && out.Progress < in.To:
+		return nil
+	case completed != nil && out.Done:
+		return []linState{*completed}
+	case out.Done != doneUnder(effect):
 		return nil
 	}
 	return []linState{effect}
@@ -446,6 +470,9 @@ func linDescribe(input, output interface{}) string {
 		call = fmt.Sprintf("grant(chunk %d [%d,%d))", in.Chunk, in.From, in.To)
 	case linPut:
 		call = fmt.Sprintf("put(chunk %d [%d,%d) token %d)", in.Chunk, in.From, in.To, in.Token)
+		if in.Complete {
+			call = fmt.Sprintf("put+complete(chunk %d [%d,%d) token %d)", in.Chunk, in.From, in.To, in.Token)
+		}
 	case linComplete:
 		call = fmt.Sprintf("complete(chunk %d token %d)", in.Chunk, in.Token)
 	}

@@ -37,6 +37,12 @@ func TestLinearizabilityModel(t *testing.T) {
 	put := func(call, ret int64, chunk uint32, token uint64, from, to int64, res linResult) porcupine.Operation {
 		return op(2, call, ret, linInput{Kind: linPut, Chunk: chunk, Token: token, From: from, To: to}, linOutput{Result: res, Progress: to})
 	}
+	// putDone is a last part that asks to complete its chunk, answered
+	// with whether the chunk is done.
+	putDone := func(call, ret int64, chunk uint32, token uint64, from, to int64, res linResult, done bool) porcupine.Operation {
+		return op(2, call, ret, linInput{Kind: linPut, Chunk: chunk, Token: token, From: from, To: to, Complete: true},
+			linOutput{Result: res, Progress: to, Done: done})
+	}
 	complete := func(call, ret int64, chunk uint32, token uint64, res linResult) porcupine.Operation {
 		return op(2, call, ret, linInput{Kind: linComplete, Chunk: chunk, Token: token}, linOutput{Result: res})
 	}
@@ -85,6 +91,23 @@ func TestLinearizabilityModel(t *testing.T) {
 		{"an unknown cancel that never happened", with(cancel(2, linNever, resUnknown), read(30, 31, "completed", 40, 40)), true},
 		{"an unknown part counts at most once", append([]porcupine.Operation{create(0, 1, resOK)}, grant(10, 11, 0, 100, 0),
 			put(12, linNever, 0, 100, 0, 20, resUnknown), read(14, 15, "in_progress", 20, 40), read(16, 17, "in_progress", 0, 40)), false},
+		{"last parts complete their chunks", append([]porcupine.Operation{create(0, 1, resOK)},
+			grant(10, 11, 0, 100, 0), putDone(12, 13, 0, 100, 0, 20, resOK, true),
+			grant(16, 17, 1, 101, 20), putDone(18, 19, 1, 101, 20, 40, resOK, true), read(30, 31, "completed", 40, 40)), true},
+		{"a completing part answered not done, then Complete", append([]porcupine.Operation{create(0, 1, resOK)},
+			grant(10, 11, 0, 100, 0), putDone(12, 13, 0, 100, 0, 20, resOK, false), complete(14, 15, 0, 100, resOK),
+			grant(16, 17, 1, 101, 20), putDone(18, 19, 1, 101, 20, 40, resOK, true), read(30, 31, "completed", 40, 40)), true},
+		{"a completed chunk granted again", append([]porcupine.Operation{create(0, 1, resOK)},
+			grant(10, 11, 0, 100, 0), putDone(12, 13, 0, 100, 0, 20, resOK, true), grant(14, 15, 0, 105, 20)), false},
+		{"a retried completing part after the batch finished", append([]porcupine.Operation{create(0, 1, resOK)},
+			grant(10, 11, 0, 100, 0), putDone(12, 13, 0, 100, 0, 20, resOK, true),
+			grant(16, 17, 1, 101, 20), putDone(18, 19, 1, 101, 20, 40, resOK, true), read(30, 31, "completed", 40, 40),
+			putDone(32, 33, 1, 101, 20, 40, resOK, true)), true},
+		{"a plain part claims its chunk done", append([]porcupine.Operation{create(0, 1, resOK)},
+			grant(10, 11, 0, 100, 0), op(2, 12, 13, linInput{Kind: linPut, Chunk: 0, Token: 100, From: 0, To: 20},
+				linOutput{Result: resOK, Progress: 20, Done: true})), false},
+		{"an unknown completing part then a grant", append([]porcupine.Operation{create(0, 1, resOK)},
+			grant(10, 11, 0, 100, 0), putDone(12, linNever, 0, 100, 0, 20, resUnknown, false), grant(14, 15, 0, 105, 20)), true},
 	}
 	model := linModel(20)
 	for _, c := range cases {
