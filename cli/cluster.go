@@ -43,6 +43,7 @@ type clusterServer struct {
 	Term       uint64   `json:"term"`
 	Reachable  bool     `json:"reachable"`
 	LogWriteMs *float64 `json:"log_write_ms"`
+	FSMLevel   int      `json:"fsm_level"`
 }
 
 func clusterCmd(e *env) *cobra.Command {
@@ -85,8 +86,12 @@ func (e *env) showCluster(st *clusterStatus) error {
 		if s.LogWriteMs != nil {
 			logWrite = strconv.FormatFloat(*s.LogWriteMs, 'f', 1, 64) + "ms"
 		}
+		level := "-"
+		if s.FSMLevel > 0 {
+			level = strconv.Itoa(s.FSMLevel)
+		}
 		rows = append(rows, []string{s.ID, state, orDash(s.Suffrage), orDash(s.RaftAddr), orDash(s.HTTPAddr),
-			strconv.FormatUint(s.LastIndex, 10), logWrite, leader})
+			strconv.FormatUint(s.LastIndex, 10), logWrite, level, leader})
 	}
 	health := map[string]string{}
 	if ap := st.Autopilot; ap != nil {
@@ -107,7 +112,7 @@ func (e *env) showCluster(st *clusterStatus) error {
 	for i, s := range st.Servers {
 		rows[i] = append(rows[i], orDash(health[s.ID]))
 	}
-	if err := e.table([]string{"ID", "STATE", "SUFFRAGE", "RAFT ADDR", "HTTP ADDR", "LAST INDEX", "LOG WRITE", "LEADER", "HEALTH"}, rows); err != nil {
+	if err := e.table([]string{"ID", "STATE", "SUFFRAGE", "RAFT ADDR", "HTTP ADDR", "LAST INDEX", "LOG WRITE", "FSM", "LEADER", "HEALTH"}, rows); err != nil {
 		return err
 	}
 	if ap := st.Autopilot; ap != nil {

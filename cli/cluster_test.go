@@ -6,9 +6,9 @@ import (
 )
 
 const clusterStatusBody = `{"leader":"c2","servers":[` +
-	`{"id":"c1","raft_addr":"10.0.0.1:8002","http_addr":"10.0.0.1:8000","rpc_addr":"10.0.0.1:8001","suffrage":"voter","state":"follower","last_index":120,"term":3,"reachable":true,"log_write_ms":2.5},` +
-	`{"id":"c2","raft_addr":"10.0.0.2:8002","http_addr":"10.0.0.2:8000","rpc_addr":"10.0.0.2:8001","suffrage":"voter","state":"leader","last_index":121,"term":3,"reachable":true,"log_write_ms":412},` +
-	`{"id":"c3","raft_addr":"10.0.0.3:8002","http_addr":"","rpc_addr":"","suffrage":"nonvoter","state":"","last_index":0,"term":0,"reachable":false}],` +
+	`{"id":"c1","raft_addr":"10.0.0.1:8002","http_addr":"10.0.0.1:8000","rpc_addr":"10.0.0.1:8001","suffrage":"voter","state":"follower","last_index":120,"term":3,"reachable":true,"log_write_ms":2.5,"fsm_level":2},` +
+	`{"id":"c2","raft_addr":"10.0.0.2:8002","http_addr":"10.0.0.2:8000","rpc_addr":"10.0.0.2:8001","suffrage":"voter","state":"leader","last_index":121,"term":3,"reachable":true,"log_write_ms":412,"fsm_level":2},` +
+	`{"id":"c3","raft_addr":"10.0.0.3:8002","http_addr":"","rpc_addr":"","suffrage":"nonvoter","state":"","last_index":0,"term":0,"reachable":false,"fsm_level":1}],` +
 	`"autopilot":{"healthy":false,"failure_tolerance":0,"stabilization_time":"10s","dead_server_grace":"5m0s","servers":[` +
 	`{"id":"c1","node_status":"alive","raft_state":"voter","healthy":true,"stable_since":"2026-11-27T03:00:00Z"},` +
 	`{"id":"c2","node_status":"alive","raft_state":"leader","healthy":true,"stable_since":"2026-11-27T03:00:00Z"},` +
@@ -20,10 +20,10 @@ func TestClusterStatus(t *testing.T) {
 
 	r := f.run("cluster", "status").ok(t)
 	checkRequest(t, f.only(), "GET", "/v1/admin/cluster/status", "")
-	checkLines(t, r.stdout, `ID  STATE        SUFFRAGE  RAFT ADDR      HTTP ADDR      LAST INDEX  LOG WRITE  LEADER  HEALTH
-c1  follower     voter     10.0.0.1:8002  10.0.0.1:8000  120         2.5ms              healthy since 2026-11-27T03:00:00Z
-c2  leader       voter     10.0.0.2:8002  10.0.0.2:8000  121         412.0ms    *       healthy since 2026-11-27T03:00:00Z
-c3  unreachable  nonvoter  10.0.0.3:8002  -              0           -                  unhealthy (failed)
+	checkLines(t, r.stdout, `ID  STATE        SUFFRAGE  RAFT ADDR      HTTP ADDR      LAST INDEX  LOG WRITE  FSM  LEADER  HEALTH
+c1  follower     voter     10.0.0.1:8002  10.0.0.1:8000  120         2.5ms      2            healthy since 2026-11-27T03:00:00Z
+c2  leader       voter     10.0.0.2:8002  10.0.0.2:8000  121         412.0ms    2    *       healthy since 2026-11-27T03:00:00Z
+c3  unreachable  nonvoter  10.0.0.3:8002  -              0           -          1            unhealthy (failed)
 
 Autopilot: UNHEALTHY, failure tolerance 0, stabilization time 10s, dead server grace 5m0s
 `)

@@ -13,6 +13,7 @@ import (
 
 	"github.com/vbatch/vbatch/coordinator/api"
 	"github.com/vbatch/vbatch/coordinator/blob"
+	"github.com/vbatch/vbatch/fsm"
 	vbatchv1 "github.com/vbatch/vbatch/rpc/gen/vbatch/v1"
 )
 
@@ -123,6 +124,11 @@ func (c *Coordinator) ClusterStatus(ctx context.Context) (*api.ClusterStatus, er
 	out := &api.ClusterStatus{Leader: string(leader)}
 	for _, s := range f.Configuration().Servers {
 		cs := api.ClusterServer{ID: string(s.ID), RaftAddr: string(s.Address), Suffrage: suffrage(s.Suffrage), State: "unknown"}
+		if string(s.ID) == c.cfg.NodeID {
+			cs.FSMLevel = fsm.Level
+		} else if m, ok := c.pool.Member(string(s.ID)); ok {
+			cs.FSMLevel = max(m.Meta.FSM, 1)
+		}
 		if addr, ok := c.rpcAddrOf(string(s.ID)); ok {
 			cs.RPCAddr = addr
 			cctx, cancel := context.WithTimeout(ctx, time.Second)

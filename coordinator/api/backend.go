@@ -94,6 +94,10 @@ type ClusterServer struct {
 	// syncs its disk), in milliseconds; absent when it wrote none lately
 	// or did not answer.
 	LogWriteMs *float64 `json:"log_write_ms,omitempty"`
+	// FSMLevel is the newest set of raft commands the server's build
+	// applies, as it advertises in gossip; absent while gossip does not
+	// list it.
+	FSMLevel int `json:"fsm_level,omitempty"`
 }
 
 // AgentInfo is one agent as GET /v1/admin/agents shows it.
