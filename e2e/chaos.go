@@ -354,10 +354,10 @@ func (in *injector) inject() {
 func (in *injector) freeze(p *Proc, d time.Duration) {
 	in.t.Helper()
 	if err := p.Signal(syscall.SIGSTOP); err != nil {
-		in.t.Fatalf("SIGSTOP %s: %v", p.Name, err)
+		in.t.Fatalf("SIGSTOP %s: %v; the end of its log:\n%s", p.Name, err, p.LogTail(40))
 	}
 	time.Sleep(d)
 	if err := p.Signal(syscall.SIGCONT); err != nil {
-		in.t.Fatalf("SIGCONT %s: %v", p.Name, err)
+		in.t.Fatalf("SIGCONT %s: %v; the end of its log:\n%s", p.Name, err, p.LogTail(40))
 	}
 }

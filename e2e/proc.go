@@ -6,11 +6,13 @@ package e2e
 import (
 	"bytes"
 	"fmt"
+	"math/rand/v2"
 	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -140,10 +142,24 @@ func (p *Proc) Log() string {
 	return string(b)
 }
 
-// FreePorts reserves n distinct loopback ports chosen by the OS. Each is
-// free for TCP and UDP at the time of the call.
+// LogTail returns the last n lines the process wrote.
+func (p *Proc) LogTail(n int) string {
+	lines := strings.Split(strings.TrimRight(p.Log(), "\n"), "\n")
+	return strings.Join(lines[max(0, len(lines)-n):], "\n")
+}
+
+// FreePorts reserves n distinct loopback ports, each free for TCP and UDP
+// at the time of the call.
+//
+// They are drawn below the kernel's ephemeral range
+// (net.ipv4.ip_local_port_range), not chosen by listening on port 0: a
+// process the tests kill and restart on the same ports would otherwise
+// race every outgoing connection on the machine, which may take its port
+// as a source port while it is down and keep it, so that the restart
+// fails with "address already in use".
 func FreePorts(t testing.TB, n int) []int {
 	t.Helper()
+	lo, hi := 10000, ephemeralLow()-1
 	var ports []int
 	var hold []net.Listener
 	defer func() {
@@ -151,12 +167,15 @@ func FreePorts(t testing.TB, n int) []int {
 			l.Close()
 		}
 	}()
-	for len(ports) < n {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatalf("free port: %v", err)
+	for tries := 0; len(ports) < n; tries++ {
+		if tries > 1000*n {
+			t.Fatalf("no free loopback port in [%d,%d] after %d tries", lo, hi, tries)
 		}
-		port := l.Addr().(*net.TCPAddr).Port
+		port := lo + rand.IntN(hi-lo+1)
+		l, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", port))
+		if err != nil {
+			continue
+		}
 		u, err := net.ListenPacket("udp", fmt.Sprintf("127.0.0.1:%d", port))
 		if err != nil {
 			l.Close()
@@ -167,6 +186,24 @@ func FreePorts(t testing.TB, n int) []int {
 		ports = append(ports, port)
 	}
 	return ports
+}
+
+// ephemeralLow is the first port of the kernel's ephemeral range, or
+// 32768 when it cannot be read (or leaves too little room below it).
+func ephemeralLow() int {
+	b, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range")
+	if err != nil {
+		return 32768
+	}
+	f := strings.Fields(string(b))
+	if len(f) != 2 {
+		return 32768
+	}
+	low, err := strconv.Atoi(f[0])
+	if err != nil || low < 20000 {
+		return 32768
+	}
+	return low
 }
 
 // WaitFor polls cond until it returns true or timeout passes.
