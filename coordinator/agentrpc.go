@@ -398,7 +398,7 @@ func (s *agentService) committedPart(m *vbatchv1.PutResultsRequest) (*vbatchv1.P
 		}
 		ch := b.Chunks[m.Chunk]
 		out.Progress = ch.Progress
-		out.Completed = ch.State == vbatchv1.ChunkState_CHUNK_STATE_DONE && ch.Lease.GetToken() == m.Token
+		out.Completed = doneUnderToken(ch, m.Token)
 		for _, p := range ch.Parts {
 			if p.FromLine == m.FromLine && p.ToLine == m.ToLine && p.Token == m.Token {
 				found = true
@@ -414,11 +414,16 @@ func (s *agentService) doneUnder(batchID string, chunk uint32, token uint64) boo
 	done := false
 	s.c.fsm.View(func(st *fsm.State) {
 		if b := st.Batches[batchID]; b != nil && int(chunk) < len(b.Chunks) {
-			ch := b.Chunks[chunk]
-			done = ch.State == vbatchv1.ChunkState_CHUNK_STATE_DONE && ch.Lease.GetToken() == token
+			done = doneUnderToken(b.Chunks[chunk], token)
 		}
 	})
 	return done
+}
+
+// doneUnderToken reports whether ch is done and its finished lease had
+// token: that lease's work completed it.
+func doneUnderToken(ch *vbatchv1.Chunk, token uint64) bool {
+	return ch.State == vbatchv1.ChunkState_CHUNK_STATE_DONE && ch.Lease.GetToken() == token
 }
 
 // checkLease refuses early, before any bytes are stored, a token that local

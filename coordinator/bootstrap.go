@@ -155,6 +155,7 @@ func (c *Coordinator) reconcileMembers() {
 			c.log.Warn("add server failed", "node", m.Name, "err", err)
 			continue
 		}
+		c.olderBuilds.Delete(m.Name) // warn again if it is ever downgraded
 		if _, err := c.commitBarrier("add voter"); err != nil {
 			c.log.Warn("commit after configuration change", "err", err)
 		}

@@ -6,7 +6,6 @@ package e2e
 // the real processes. The invariants are checked in chaosinv.go.
 
 import (
-	"bufio"
 	"bytes"
 	"crypto/sha256"
 	"encoding/json"
@@ -15,8 +14,6 @@ import (
 	"math/rand/v2"
 	"mime/multipart"
 	"net/http"
-	"strconv"
-	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -94,21 +91,12 @@ func (cc *chaosCluster) waitLeader(timeout time.Duration) int {
 
 // staleOf scrapes vbatch_stale_results_refused_total from coordinator i.
 func (cc *chaosCluster) staleOf(i int) (int64, error) {
-	resp, err := chaosHTTP.Get(cc.Coords[i].URL() + "/metrics")
-	if err != nil {
-		return 0, err
-	}
-	defer resp.Body.Close()
-	var total int64
-	sc := bufio.NewScanner(resp.Body)
-	for sc.Scan() {
-		if f := strings.Fields(sc.Text()); len(f) == 2 && f[0] == "vbatch_stale_results_refused_total" {
-			v, _ := strconv.ParseFloat(f[1], 64)
-			total += int64(v)
-		}
-	}
-	return total, sc.Err()
+	m, err := scrapeUnlabeled(chaosHTTP, cc.Coords[i].URL(), map[string]bool{staleMetric: true})
+	return int64(m[staleMetric]), err
 }
+
+// staleMetric counts the results a coordinator refused for a stale lease.
+const staleMetric = "vbatch_stale_results_refused_total"
 
 // bankStale records coordinator i's counter before the process dies, since
 // the counter starts again from zero on restart.

@@ -96,10 +96,10 @@ type coordFigures struct {
 	Peers, PeersAlive     int
 }
 
-// scrapeUnlabeled reads the unlabeled samples of url's /metrics named in
-// want.
-func scrapeUnlabeled(url string, want map[string]bool) (map[string]float64, error) {
-	resp, err := netProbe.Get(url + "/metrics")
+// scrapeUnlabeled reads, with client, the unlabeled samples of url's
+// /metrics named in want.
+func scrapeUnlabeled(client *http.Client, url string, want map[string]bool) (map[string]float64, error) {
+	resp, err := client.Get(url + "/metrics")
 	if err != nil {
 		return nil, err
 	}
@@ -138,7 +138,7 @@ func (nc *netCluster) figures() []coordFigures {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			m, err := scrapeUnlabeled(co.URL(), raftFigureNames)
+			m, err := scrapeUnlabeled(netProbe, co.URL(), raftFigureNames)
 			if err != nil {
 				return
 			}
@@ -160,7 +160,7 @@ func (nc *netCluster) watch(stop <-chan struct{}, gap time.Duration, fn func(i i
 		go func() {
 			defer wg.Done()
 			for {
-				if m, err := scrapeUnlabeled(co.URL(), raftFigureNames); err == nil {
+				if m, err := scrapeUnlabeled(netProbe, co.URL(), raftFigureNames); err == nil {
 					fn(i, figuresOf(m), time.Now())
 				}
 				select {

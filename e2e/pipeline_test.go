@@ -1,7 +1,6 @@
 package e2e
 
 import (
-	"bufio"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -114,25 +113,17 @@ func (p *pipeline) exactlyOnce(t *testing.T, b *openai.Batch, n int) (out, errs 
 
 // staleRefused sums vbatch_stale_results_refused_total over coordinators.
 func (p *pipeline) staleRefused(t *testing.T) int64 {
-	return p.coordCounter("vbatch_stale_results_refused_total")
+	return p.coordCounter(staleMetric)
 }
 
-// coordCounter sums an unlabelled counter over the running coordinators.
+// coordCounter sums an unlabelled counter over the running coordinators
+// (one that does not answer counts zero).
 func (p *pipeline) coordCounter(name string) int64 {
 	var total int64
 	for _, i := range p.Running(-1) {
-		resp, err := http.Get(p.Coords[i].URL() + "/metrics")
-		if err != nil {
-			continue
+		if m, err := scrapeUnlabeled(http.DefaultClient, p.Coords[i].URL(), map[string]bool{name: true}); err == nil {
+			total += int64(m[name])
 		}
-		sc := bufio.NewScanner(resp.Body)
-		for sc.Scan() {
-			if f := strings.Fields(sc.Text()); len(f) == 2 && f[0] == name {
-				v, _ := strconv.ParseFloat(f[1], 64)
-				total += int64(v)
-			}
-		}
-		resp.Body.Close()
 	}
 	return total
 }
