@@ -412,8 +412,18 @@ func (a *API) writeError(w http.ResponseWriter, r *http.Request, err error) {
 			"status_code": ae.status, "method": r.Method, "path": r.URL.Path,
 		})
 	}
+	if ae.status == http.StatusConflict {
+		// Every 409 here is a state conflict (a file in use, a batch that
+		// has ended) that a retry a second later cannot resolve; the
+		// OpenAI SDKs retry 409 twice unless told not to.
+		w.Header().Set(shouldRetryHeader, "false")
+	}
 	writeJSON(w, ae.status, ae.body())
 }
+
+// shouldRetryHeader tells the OpenAI SDKs whether to retry an error
+// answer, overriding their choice by status code.
+const shouldRetryHeader = "X-Should-Retry"
 
 func writeJSON(w http.ResponseWriter, status int, v any) {
 	body, err := json.Marshal(v)

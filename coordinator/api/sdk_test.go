@@ -12,6 +12,8 @@ import (
 	"github.com/openai/openai-go/v3"
 	"github.com/openai/openai-go/v3/option"
 	"github.com/openai/openai-go/v3/shared"
+
+	vbatchv1 "github.com/vbatch/vbatch/rpc/gen/vbatch/v1"
 )
 
 // TestOpenAIGoClient drives the API with the official Go SDK: every object
@@ -108,5 +110,52 @@ func TestOpenAIGoClient(t *testing.T) {
 	_, err = bad.Batches.Get(ctx, ids[0])
 	if !errors.As(err, &apiErr) || apiErr.StatusCode != http.StatusUnauthorized || apiErr.Code != codeInvalidAPIKey {
 		t.Fatalf("bad key: %v", err)
+	}
+}
+
+// TestConflictNotRetried checks that a 409 tells the SDKs not to retry:
+// with the Go SDK's default retries, deleting a file a live batch uses and
+// cancelling a batch that has ended each take exactly one request.
+func TestConflictNotRetried(t *testing.T) {
+	e := rootEnv(t)
+	ctx := context.Background()
+	requests := 0
+	count := func(req *http.Request, next option.MiddlewareNext) (*http.Response, error) {
+		requests++
+		return next(req)
+	}
+	client := openai.NewClient(option.WithBaseURL(e.srv.URL+"/v1/"), option.WithAPIKey(testRoot),
+		option.WithMaxRetries(2), option.WithMiddleware(count))
+	f, err := client.Files.New(ctx, openai.FileNewParams{
+		File:    openai.File(strings.NewReader(batchLines(2)), "input.jsonl", "application/jsonl"),
+		Purpose: openai.FilePurposeBatch,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := client.Batches.New(ctx, openai.BatchNewParams{
+		InputFileID: f.ID, Endpoint: openai.BatchNewParamsEndpointV1ChatCompletions,
+		CompletionWindow: openai.BatchNewParamsCompletionWindow24h,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var apiErr *openai.Error
+	requests = 0
+	_, err = client.Files.Delete(ctx, f.ID)
+	if !errors.As(err, &apiErr) || apiErr.StatusCode != http.StatusConflict || requests != 1 {
+		t.Fatalf("deleting a file in use: %d requests, %v", requests, err)
+	}
+	if got := apiErr.Response.Header.Get(shouldRetryHeader); got != "false" {
+		t.Fatalf("409 answer has %s %q", shouldRetryHeader, got)
+	}
+	fail := &vbatchv1.FailBatch{BatchId: b.ID, Errors: []*vbatchv1.BatchError{{Code: "empty_file", Message: "empty"}}}
+	if _, err := e.b.Apply(ctx, fail); err != nil {
+		t.Fatal(err)
+	}
+	requests = 0
+	_, err = client.Batches.Cancel(ctx, b.ID)
+	if !errors.As(err, &apiErr) || apiErr.StatusCode != http.StatusConflict || requests != 1 {
+		t.Fatalf("cancelling an ended batch: %d requests, %v", requests, err)
 	}
 }
