@@ -1,6 +1,8 @@
 package fsm
 
 import (
+	"maps"
+
 	"google.golang.org/protobuf/proto"
 
 	vbatchv1 "github.com/vbatch/vbatch/rpc/gen/vbatch/v1"
@@ -61,8 +63,10 @@ func (a *applyCtx) createBatch(c *vbatchv1.CreateBatch) error {
 		if b.CreatedAt == 0 {
 			b.CreatedAt = old.CreatedAt
 		}
-		if proto.Equal(old, b) {
-			return nil // a re-applied create
+		if sameCreate(old, b) {
+			// A re-applied create: a proposer's retry of a create that
+			// had committed, possibly after the leader moved the batch on.
+			return nil
 		}
 		return Reject(ErrExists, "batch %s exists", b.Id)
 	}
@@ -71,6 +75,16 @@ func (a *applyCtx) createBatch(c *vbatchv1.CreateBatch) error {
 	}
 	a.s.Batches[b.Id] = b
 	return nil
+}
+
+// sameCreate reports whether create would have made old: the fields a
+// create sets are equal. Everything else (status, counts, chunks, results)
+// belongs to what happened to the batch since.
+func sameCreate(old, create *vbatchv1.Batch) bool {
+	return old.Project == create.Project && old.InputFileId == create.InputFileId &&
+		old.Endpoint == create.Endpoint && old.CompletionWindow == create.CompletionWindow &&
+		maps.Equal(old.Metadata, create.Metadata) && old.CreatedAt == create.CreatedAt &&
+		old.ExpiresAt == create.ExpiresAt
 }
 
 func (a *applyCtx) failBatch(c *vbatchv1.FailBatch) error {

@@ -198,3 +198,22 @@ func newBatchAt(h *Harness, at time.Time) *vbatchv1.CreateBatch {
 	c.Batch.ExpiresAt = at.Add(24 * time.Hour).Unix()
 	return c
 }
+
+// TestCreateBatchRetriedAfterItMovedOn: a proposer retries a create whose
+// first attempt committed (its answer was lost in a failover) after the
+// leader already started the batch. The retry is the same create and
+// succeeds without changing anything; another create under the id is still
+// refused.
+func TestCreateBatchRetriedAfterItMovedOn(t *testing.T) {
+	h := NewHarness()
+	h.MustApply(t, inputFile("file-in", 10))
+	created := h.Clock
+	h.MustApply(t, newBatchAt(h, created))
+	h.Advance(time.Second)
+	h.MustApply(t, &vbatchv1.StartBatch{BatchId: batch, Model: "m", Total: 10, Chunks: chunking(10, 5)})
+	h.Advance(time.Second)
+	unchanged(t, h, newBatchAt(h, created))
+	other := newBatchAt(h, created)
+	other.Batch.Metadata = map[string]string{"k": "other"}
+	refused(t, h, ErrExists, other)
+}
