@@ -22,7 +22,7 @@ func testTiming() Timing {
 		HeartbeatTimeout:    300 * time.Millisecond,
 		ElectionTimeout:     300 * time.Millisecond,
 		LeaderLeaseTimeout:  150 * time.Millisecond,
-		CommitTimeout:       5 * time.Millisecond,
+		CommitTimeout:       LANTiming().CommitTimeout, // followers rely on commit notices, as in production
 		GossipProbeInterval: 200 * time.Millisecond,
 		RepairInterval:      200 * time.Millisecond,
 		BlobGCGrace:         time.Hour,

@@ -217,10 +217,6 @@ func TestOlderBuildIsNotAdded(t *testing.T) {
 	defer cancel()
 	leader := waitLeader(t, nodes)
 	victim := others(nodes, leader)[0]
-	if err := leader.RemovePeer(ctx, victim.cfg.NodeID); err != nil {
-		t.Fatalf("remove %s: %v", victim.cfg.NodeID, err)
-	}
-	leader.removed.add(victim.cfg.NodeID, leader.Now().Add(-removedHold)) // no hold
 	setLevel := func(level int) {
 		t.Helper()
 		self, ok := victim.pool.Member(victim.cfg.NodeID)
@@ -237,7 +233,13 @@ func TestOlderBuildIsNotAdded(t *testing.T) {
 			return ok && m.Meta.FSM == level
 		})
 	}
+	// The victim advertises the older level before it is removed, so the
+	// leader's own reconcile loop cannot add it back in between.
 	setLevel(fsm.Level - 1)
+	if err := leader.RemovePeer(ctx, victim.cfg.NodeID); err != nil {
+		t.Fatalf("remove %s: %v", victim.cfg.NodeID, err)
+	}
+	leader.removed.add(victim.cfg.NodeID, leader.Now().Add(-removedHold)) // no hold
 	for range 3 {
 		leader.reconcileMembers()
 	}

@@ -130,10 +130,12 @@ func LANTiming() Timing {
 		// 200 ms: a dead leader is replaced in about 0.5 s, and two busy
 		// loops on both cores of a 2-core host caused no election in 10
 		// minutes (docs/reliability.md).
-		HeartbeatTimeout:    200 * time.Millisecond,
-		ElectionTimeout:     200 * time.Millisecond,
-		LeaderLeaseTimeout:  200 * time.Millisecond,
-		CommitTimeout:       20 * time.Millisecond,
+		HeartbeatTimeout:   200 * time.Millisecond,
+		ElectionTimeout:    200 * time.Millisecond,
+		LeaderLeaseTimeout: 200 * time.Millisecond,
+		// Followers learn of commits from the leader's commit notices
+		// (commitnotice.go), so raft's idle AppendEntries can be rare.
+		CommitTimeout:       500 * time.Millisecond,
 		GossipProbeInterval: 500 * time.Millisecond,
 		RepairInterval:      30 * time.Second,
 		BlobGCGrace:         10 * time.Minute,

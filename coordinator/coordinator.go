@@ -52,6 +52,7 @@ type Coordinator struct {
 	peerDisks  map[string]peerDisk
 	pool       *gossip.Pool
 	agents     *agentService
+	notices    *commitNotices
 	router     *router
 	blobs      *blob.Store
 	repl       *blob.Replicator
@@ -201,6 +202,7 @@ func Start(cfg Config, logger *slog.Logger, logOut io.Writer) (c *Coordinator, e
 		Scheme: c.scheme(),
 		Logger: c.log.With("logger", "blob"),
 	}
+	c.notices = newCommitNotices(c.raftNode.raft, c.metrics.CommitNotices)
 	c.life, c.stop = context.WithCancel(context.Background())
 	c.startServers()
 	c.startLoops()

@@ -104,6 +104,7 @@ func (c *Coordinator) applyLocal(data []byte) (*vbatchv1.Result, error) {
 		return nil, fmt.Errorf("%w: %w", errRaftApply, err)
 	}
 	c.metrics.ObserveApply(time.Since(start))
+	c.notices.applied(c.raftNode.raft.LastIndex())
 	res, ok := f.Response().(*vbatchv1.Result)
 	if !ok {
 		return nil, fmt.Errorf("raft apply: unexpected response %T", f.Response())
@@ -178,13 +179,33 @@ func (c *Coordinator) ConsistentRead(ctx context.Context) error {
 	}
 }
 
+// readIndex returns, on the leader, the index a consistent read waits for:
+// the last command at or before the commit index (see lastCommand). Every
+// write acknowledged so far is at or before it.
+func (c *Coordinator) readIndex() (uint64, error) {
+	commit := c.raftNode.raft.CommitIndex()
+	idx, ok, err := lastCommand(c.raftNode.logs, commit)
+	if err != nil {
+		return 0, err
+	}
+	if !ok {
+		// No command in the log up to commit: every command is older than
+		// the log's first entry, and this leader applied them long ago.
+		idx = min(commit, c.fsm.AppliedIndex())
+	}
+	return idx, nil
+}
+
 func (c *Coordinator) leaderIndex(ctx context.Context) (uint64, error) {
 	r := c.raftNode.raft
 	if r.State() == raft.Leader {
 		if err := c.readReady(); err != nil {
 			return 0, fmt.Errorf("%w: %w", errRaftApply, err)
 		}
-		idx := r.CommitIndex()
+		idx, err := c.readIndex()
+		if err != nil {
+			return 0, fmt.Errorf("%w: %w", errRaftApply, err)
+		}
 		if err := r.VerifyLeader().Error(); err != nil {
 			return 0, fmt.Errorf("verify leader: %w", err)
 		}
@@ -266,7 +287,10 @@ func (s *clusterService) VerifyLeader(ctx context.Context, _ *connect.Request[vb
 	if err := s.c.readReady(); err != nil {
 		return nil, connect.NewError(connect.CodeUnavailable, err)
 	}
-	idx := r.CommitIndex()
+	idx, err := s.c.readIndex()
+	if err != nil {
+		return nil, connect.NewError(connect.CodeUnavailable, err)
+	}
 	if err := r.VerifyLeader().Error(); err != nil {
 		return nil, connect.NewError(connect.CodeUnavailable, err)
 	}

@@ -16,6 +16,7 @@ func (c *Coordinator) startLoops() {
 	c.goLoop(func() { c.blobLoop(ctx) })
 	c.goLoop(func() { c.autopilotCacheLoop(ctx) })
 	c.goLoop(func() { c.slowLeaderLoop(ctx) })
+	c.goLoop(func() { c.notices.loop(ctx) })
 }
 
 func (c *Coordinator) stopLoops() {

@@ -7,6 +7,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"sync"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
@@ -23,6 +24,10 @@ type raftNode struct {
 	raft      *raft.Raft
 	transport *raft.NetworkTransport
 	store     *raftboltdb.BoltStore
+	// stable is raft's view of store's key-value half (term and vote).
+	stable *closingStable
+	// logs is the log store raft writes through (the cache over store).
+	logs raft.LogStore
 	// advertise is the raft address peers dial.
 	advertise string
 }
@@ -88,13 +93,14 @@ func openRaft(cfg *Config, f *fsm.FSM, tlsStore *tlsutil.Store, logOut io.Writer
 		store.Close()
 		return nil, fmt.Errorf("raft log cache: %w", err)
 	}
-	r, err := raft.NewRaft(rc, f, logs, store, snaps, transport)
+	stable := &closingStable{StableStore: store, closed: make(chan struct{})}
+	r, err := raft.NewRaft(rc, f, logs, stable, snaps, transport)
 	if err != nil {
 		transport.Close()
 		store.Close()
 		return nil, fmt.Errorf("start raft: %w", err)
 	}
-	return &raftNode{raft: r, transport: transport, store: store, advertise: string(transport.LocalAddr())}, nil
+	return &raftNode{raft: r, transport: transport, store: store, stable: stable, logs: logs, advertise: string(transport.LocalAddr())}, nil
 }
 
 // PeersFile is the name, in DataDir/raft, of the lost-quorum recovery file:
@@ -144,6 +150,7 @@ func (n *raftNode) close() error {
 	if cerr := n.transport.Close(); err == nil {
 		err = cerr
 	}
+	n.stable.close()
 	if cerr := n.store.Close(); err == nil {
 		err = cerr
 	}
@@ -188,3 +195,55 @@ func (t *tcpStreamLayer) Dial(address raft.ServerAddress, timeout time.Duration)
 
 // Addr is the address peers dial.
 func (t *tcpStreamLayer) Addr() net.Addr { return t.advertise }
+
+// closingStable is raft's stable store (its term and vote), which can be
+// closed under a transport connection still handling a heartbeat: the
+// transport's Close does not wait for its handlers, and raft panics when
+// it cannot persist a new term. After close, writes wait for the process
+// to end instead; nothing after shutdown may claim to have persisted.
+type closingStable struct {
+	raft.StableStore
+	mu     sync.RWMutex
+	closed chan struct{}
+}
+
+// Set stores a key unless the store is closing.
+func (s *closingStable) Set(key, val []byte) error {
+	if !s.enter() {
+		<-make(chan struct{}) // the node is shutting down
+	}
+	defer s.mu.RUnlock()
+	return s.StableStore.Set(key, val)
+}
+
+// SetUint64 stores a number unless the store is closing.
+func (s *closingStable) SetUint64(key []byte, val uint64) error {
+	if !s.enter() {
+		<-make(chan struct{}) // the node is shutting down
+	}
+	defer s.mu.RUnlock()
+	return s.StableStore.SetUint64(key, val)
+}
+
+// enter takes the read lock unless the store is closing.
+func (s *closingStable) enter() bool {
+	s.mu.RLock()
+	select {
+	case <-s.closed:
+		s.mu.RUnlock()
+		return false
+	default:
+		return true
+	}
+}
+
+// close waits for writes in flight and makes later ones wait forever.
+func (s *closingStable) close() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	select {
+	case <-s.closed:
+	default:
+		close(s.closed)
+	}
+}

@@ -303,6 +303,19 @@ func BenchmarkPipeline50k(b *testing.B) {
 		// The engines' own CPU, for the share of whole agent hosts (agent
 		// plus its engine); the target is stated against the agents.
 		b.ReportMetric(simCPU, "engine_cpu_s")
+		// Raft entries the batch cost, and how many of them were the
+		// leader's commit notices (see coordinator/commitnotice.go).
+		var notices, last float64
+		for _, co := range c.Coords {
+			m, err := scrapeUnlabeled(c.httpc(), co.URL(), map[string]bool{"vbatch_raft_commit_notices_total": true, "vbatch_raft_last_index": true})
+			if err != nil {
+				b.Fatalf("scrape %s: %v", co.ID, err)
+			}
+			notices += m["vbatch_raft_commit_notices_total"]
+			last = max(last, m["vbatch_raft_last_index"])
+		}
+		b.ReportMetric(notices, "commit_notices")
+		b.ReportMetric(last, "raft_last_index")
 	}
 }
 

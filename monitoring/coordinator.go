@@ -25,6 +25,10 @@ type CoordinatorMetrics struct {
 	// ChunksCompletedByPart counts chunks this coordinator completed with
 	// their last part (one CompletePart entry) rather than a Complete call.
 	ChunksCompletedByPart prometheus.Counter
+	// CommitNotices counts the raft barriers this node, as leader,
+	// appended so that followers learn of the last commit at once rather
+	// than at raft's next idle AppendEntries.
+	CommitNotices prometheus.Counter
 	// HTTP are the API request figures, recorded by InstrumentHTTP.
 	HTTP *HTTPMetrics
 	// Chunks are the chunk events the leader observes (ChunkTracker).
@@ -50,6 +54,10 @@ func NewCoordinatorMetrics(reg prometheus.Registerer) *CoordinatorMetrics {
 			Name: "vbatch_chunks_completed_by_part_total",
 			Help: "Chunks this coordinator completed with their last result part (CompletePart), without a separate Complete call.",
 		}),
+		CommitNotices: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "vbatch_raft_commit_notices_total",
+			Help: "Raft barriers this coordinator, as leader, appended after a burst of writes so that followers learn of the last commit at once.",
+		}),
 		ApplyDuration: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name:    "vbatch_raft_apply_duration_seconds",
 			Help:    "Time from proposing a command on the leader to its commit and apply.",
@@ -70,7 +78,7 @@ func NewCoordinatorMetrics(reg prometheus.Registerer) *CoordinatorMetrics {
 		HTTP:   NewHTTPMetrics(reg),
 		Chunks: NewChunkMetrics(reg),
 	}
-	reg.MustRegister(m.ApplyDuration, m.StaleResultsRefused, m.ChunksCompletedByPart, m.XIDErrors, m.AutopilotRemoved, m.SlowDiskTransfers)
+	reg.MustRegister(m.ApplyDuration, m.StaleResultsRefused, m.ChunksCompletedByPart, m.CommitNotices, m.XIDErrors, m.AutopilotRemoved, m.SlowDiskTransfers)
 	return m
 }
 
