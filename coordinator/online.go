@@ -10,11 +10,12 @@ import (
 	"net/http/httputil"
 	"net/url"
 	"slices"
-	"sort"
+	"strings"
 	"sync"
 	"sync/atomic"
 
 	"github.com/vbatch/vbatch/coordinator/api"
+	"github.com/vbatch/vbatch/fsm"
 	"github.com/vbatch/vbatch/gossip"
 )
 
@@ -35,19 +36,30 @@ func newRouter(c *Coordinator) *router {
 	return &router{c: c, inflight: map[string]*atomic.Int64{}}
 }
 
-// Models lists the models live agents serve, sorted.
-func (r *router) Models() []string {
-	seen := map[string]bool{}
-	for _, m := range r.c.pool.MembersWithRole(gossip.RoleAgent) {
-		for _, model := range m.Meta.Models {
-			seen[model] = true
+// Models lists the models live agents serve, sorted by id. A model's
+// created time is the registration of the earliest registered live agent
+// serving it, which every coordinator reads the same from the state.
+func (r *router) Models() []api.Model {
+	created := map[string]int64{}
+	live := r.c.pool.MembersWithRole(gossip.RoleAgent)
+	r.c.fsm.View(func(st *fsm.State) {
+		for _, m := range live {
+			at := int64(0)
+			if ag := st.Agents[m.Name]; ag != nil {
+				at = ag.RegisteredAt
+			}
+			for _, model := range m.Meta.Models {
+				if old, ok := created[model]; !ok || (at > 0 && (old == 0 || at < old)) {
+					created[model] = at
+				}
+			}
 		}
+	})
+	out := make([]api.Model, 0, len(created))
+	for id, at := range created {
+		out = append(out, api.Model{ID: id, Created: at})
 	}
-	out := make([]string, 0, len(seen))
-	for m := range seen {
-		out = append(out, m)
-	}
-	sort.Strings(out)
+	slices.SortFunc(out, func(a, b api.Model) int { return strings.Compare(a.ID, b.ID) })
 	return out
 }
 

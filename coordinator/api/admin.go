@@ -170,22 +170,20 @@ func (a *API) clusterStatus(w http.ResponseWriter, r *http.Request, _ *principal
 	return nil
 }
 
-// models lists Config.Models, sorted and without duplicates.
-func (a *API) models() []string {
+// models lists Config.Models.
+func (a *API) models() []Model {
 	if a.cfg.Models == nil {
 		return nil
 	}
-	m := slices.Clone(a.cfg.Models())
-	slices.Sort(m)
-	return slices.Compact(m)
+	return a.cfg.Models()
 }
 
 // listModels serves GET /v1/models.
 func (a *API) listModels(w http.ResponseWriter, _ *http.Request, _ *principal) error {
 	m := a.models()
 	out := listObject[modelObject]{Object: "list", Data: make([]modelObject, len(m))}
-	for i, id := range m {
-		out.Data[i] = modelObject{ID: id, Object: "model", OwnedBy: "vbatch"}
+	for i, md := range m {
+		out.Data[i] = toModelObject(md)
 	}
 	if len(m) > 0 {
 		out.FirstID, out.LastID = &out.Data[0].ID, &out.Data[len(m)-1].ID
@@ -197,11 +195,13 @@ func (a *API) listModels(w http.ResponseWriter, _ *http.Request, _ *principal) e
 // getModel serves GET /v1/models/{id}.
 func (a *API) getModel(w http.ResponseWriter, r *http.Request, _ *principal) error {
 	id := r.PathValue("id")
-	if !slices.Contains(a.models(), id) {
+	models := a.models()
+	i := slices.IndexFunc(models, func(m Model) bool { return m.ID == id })
+	if i < 0 {
 		return &apiError{status: http.StatusNotFound, typ: typeInvalidRequest, code: "model_not_found", param: "model",
 			message: fmt.Sprintf("The model '%s' does not exist or no agent serves it.", id)}
 	}
-	writeJSON(w, http.StatusOK, modelObject{ID: id, Object: "model", OwnedBy: "vbatch"})
+	writeJSON(w, http.StatusOK, toModelObject(models[i]))
 	return nil
 }
 

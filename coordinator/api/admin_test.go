@@ -74,14 +74,15 @@ func TestModels(t *testing.T) {
 	if m["object"] != "list" || len(m["data"].([]any)) != 0 {
 		t.Fatalf("%v", m)
 	}
-	e2 := newEnv(t, Config{RootKey: testRoot, Models: func() []string { return []string{"org/b", "a", "org/b"} }})
+	e2 := newEnv(t, Config{RootKey: testRoot, Models: func() []Model { return []Model{{"a", 1700000000}, {"org/b", 1700000100}} }})
 	m = e2.do(http.MethodGet, "/v1/models", testRoot, nil).json(t)
 	d := m["data"].([]any)
-	if len(d) != 2 || d[0].(map[string]any)["id"] != "a" || d[1].(map[string]any)["object"] != "model" {
+	if len(d) != 2 || d[0].(map[string]any)["id"] != "a" || d[1].(map[string]any)["object"] != "model" ||
+		d[0].(map[string]any)["created"] != float64(1700000000) || m["first_id"] != "a" || m["last_id"] != "org/b" {
 		t.Fatalf("%v", m)
 	}
 	r := e2.do(http.MethodGet, "/v1/models/org/b", testRoot, nil)
-	if r.status != 200 || r.json(t)["id"] != "org/b" {
+	if got := r.json(t); r.status != 200 || got["id"] != "org/b" || got["created"] != float64(1700000100) || got["owned_by"] != "vbatch" {
 		t.Fatalf("%d %s", r.status, r.body)
 	}
 	e2.do(http.MethodGet, "/v1/models/nope", testRoot, nil).wantError(t, 404, typeInvalidRequest, "model_not_found")

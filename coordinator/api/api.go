@@ -56,9 +56,9 @@ type Config struct {
 	// fills Validate.MaxTokens and MaxN from Limits where they are zero,
 	// and ValidateOptions returns the result.
 	Validate validate.Options
-	// Models lists the models the cluster serves for GET /v1/models; nil
-	// lists none.
-	Models func() []string
+	// Models lists the models the cluster serves for GET /v1/models,
+	// sorted by id; nil serves an empty list.
+	Models func() []Model
 	// Inference, if set, serves online POST /v1/chat/completions,
 	// /v1/completions and /v1/embeddings (routing them to an agent). It
 	// returns an error, answered as an OpenAI error object, only before it

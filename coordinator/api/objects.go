@@ -167,6 +167,18 @@ type listObject[T any] struct {
 }
 
 // modelObject is OpenAI's Model object.
+// Model is a model the cluster serves: Created is when the earliest live
+// agent serving it registered (unix seconds).
+type Model struct {
+	ID      string
+	Created int64
+}
+
+func toModelObject(m Model) modelObject {
+	return modelObject{ID: m.ID, Object: "model", Created: m.Created, OwnedBy: "vbatch"}
+}
+
+// modelObject is OpenAI's Model object.
 type modelObject struct {
 	ID      string `json:"id"`
 	Object  string `json:"object"`

@@ -298,6 +298,9 @@ async function main() {
   assert.ok(models.includes(model), `models ${models} lack ${model}`);
   const one = await client.models.retrieve(model);
   assert.equal(one.id, model);
+  // created: when the first live agent serving the model registered.
+  const now = Math.floor(Date.now() / 1000);
+  assert.ok(one.created > now - 3600 && one.created <= now + 60, `model created ${one.created}, now ${now}`);
 
   check('chat.completions');
   const messages = [{ role: 'user', content: 'hello there' }];
