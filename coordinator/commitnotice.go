@@ -84,9 +84,19 @@ func (n *commitNotices) loop(ctx context.Context) {
 		if n.r.LastIndex() > last || n.r.State() != raft.Leader {
 			continue
 		}
-		err := n.r.Barrier(commitNoticeTimeout).Error()
-		if err == nil {
-			n.counter.Inc()
+		// raft's barrier future does not watch for shutdown, and one
+		// caught in the FSM's queue when raft stops is never answered:
+		// wait for it only while the coordinator runs.
+		f := n.r.Barrier(commitNoticeTimeout)
+		done := make(chan error, 1)
+		go func() { done <- f.Error() }()
+		select {
+		case <-ctx.Done():
+			return
+		case err := <-done:
+			if err == nil {
+				n.counter.Inc()
+			}
 		}
 	}
 }
@@ -95,17 +105,15 @@ func (n *commitNotices) loop(ctx context.Context) {
 // consistent read waits for. Entries that never reach the FSM (commit
 // notices, raft's no-op of a new term, configuration changes) are skipped,
 // or a reader would wait for an index the FSM never reports. ok is false
-// when the log holds no command in that range.
+// when the log holds no command in that range (the earlier entries were
+// compacted into a snapshot). The recent entries come from raft's log
+// cache, without a read of the store.
 func lastCommand(logs raft.LogStore, commit uint64) (index uint64, ok bool, err error) {
-	first, err := logs.FirstIndex()
-	if err != nil {
-		return 0, false, fmt.Errorf("raft log first index: %w", err)
-	}
 	var l raft.Log
-	for i := commit; i > 0 && i >= first; i-- {
+	for i := commit; i > 0; i-- {
 		if err := logs.GetLog(i, &l); err != nil {
 			if errors.Is(err, raft.ErrLogNotFound) {
-				return 0, false, nil // compacted under us
+				return 0, false, nil
 			}
 			return 0, false, fmt.Errorf("raft log entry %d: %w", i, err)
 		}

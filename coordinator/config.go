@@ -134,8 +134,9 @@ func LANTiming() Timing {
 		ElectionTimeout:    200 * time.Millisecond,
 		LeaderLeaseTimeout: 200 * time.Millisecond,
 		// Followers learn of commits from the leader's commit notices
-		// (commitnotice.go), so raft's idle AppendEntries can be rare.
-		CommitTimeout:       500 * time.Millisecond,
+		// (commitnotice.go), so raft's idle AppendEntries can be rare;
+		// they still resend what a broken connection lost, so not too rare.
+		CommitTimeout:       100 * time.Millisecond,
 		GossipProbeInterval: 500 * time.Millisecond,
 		RepairInterval:      30 * time.Second,
 		BlobGCGrace:         10 * time.Minute,

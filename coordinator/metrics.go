@@ -81,11 +81,14 @@ func (v clusterView) Raft() monitoring.RaftView {
 		return n
 	}
 	rv := monitoring.RaftView{
-		Leader:       r.State() == raft.Leader,
-		Term:         num("term"),
-		LastIndex:    num("last_log_index"),
-		CommitIndex:  num("commit_index"),
-		AppliedIndex: v.c.fsm.AppliedIndex(),
+		Leader:      r.State() == raft.Leader,
+		Term:        num("term"),
+		LastIndex:   num("last_log_index"),
+		CommitIndex: num("commit_index"),
+		// raft's applied index, which counts every entry (commit notices,
+		// no-ops, configuration changes), not only the FSM's commands, so
+		// that last index minus applied index is the true backlog.
+		AppliedIndex: num("applied_index"),
 	}
 	for _, s := range v.c.voters() {
 		rv.Peers++

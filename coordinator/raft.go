@@ -200,7 +200,10 @@ func (t *tcpStreamLayer) Addr() net.Addr { return t.advertise }
 // closed under a transport connection still handling a heartbeat: the
 // transport's Close does not wait for its handlers, and raft panics when
 // it cannot persist a new term. After close, writes wait for the process
-// to end instead; nothing after shutdown may claim to have persisted.
+// to end instead; nothing after shutdown may claim to have persisted (a
+// term acknowledged but not saved could let the node vote twice after a
+// restart). Such a writer is a handler goroutine of the closed transport,
+// left blocked with its connection until the process exits.
 type closingStable struct {
 	raft.StableStore
 	mu     sync.RWMutex

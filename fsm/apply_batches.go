@@ -48,6 +48,15 @@ func (a *applyCtx) createBatch(c *vbatchv1.CreateBatch) error {
 	if len(b.Chunks) > 0 || len(b.Errors) > 0 || b.OutputFileId != "" || b.ErrorFileId != "" {
 		return Reject(ErrInvalid, "batch %s: a new batch has no chunks, errors or results", b.Id)
 	}
+	if old, ok := a.s.Batches[b.Id]; ok {
+		// A re-applied create is a proposer's retry of a create that had
+		// committed, possibly after the batch moved on (even after its
+		// input file was deleted).
+		if sameCreate(old, b) {
+			return nil
+		}
+		return Reject(ErrExists, "batch %s exists", b.Id)
+	}
 	if f, ok := a.s.Files[b.InputFileId]; !ok || f.Project != b.Project {
 		return Reject(ErrNotFound, "batch %s: input file %s", b.Id, b.InputFileId)
 	}
@@ -59,17 +68,6 @@ func (a *applyCtx) createBatch(c *vbatchv1.CreateBatch) error {
 	if b.Usage == nil {
 		b.Usage = &vbatchv1.Usage{}
 	}
-	if old, ok := a.s.Batches[b.Id]; ok {
-		if b.CreatedAt == 0 {
-			b.CreatedAt = old.CreatedAt
-		}
-		if sameCreate(old, b) {
-			// A re-applied create: a proposer's retry of a create that
-			// had committed, possibly after the leader moved the batch on.
-			return nil
-		}
-		return Reject(ErrExists, "batch %s exists", b.Id)
-	}
 	if b.CreatedAt == 0 {
 		b.CreatedAt = a.sec()
 	}
@@ -78,13 +76,14 @@ func (a *applyCtx) createBatch(c *vbatchv1.CreateBatch) error {
 }
 
 // sameCreate reports whether create would have made old: the fields a
-// create sets are equal. Everything else (status, counts, chunks, results)
-// belongs to what happened to the batch since.
+// create sets are equal (an unset created_at is the applier's time, so any
+// matches). Everything else (status, counts, chunks, results) belongs to
+// what happened to the batch since.
 func sameCreate(old, create *vbatchv1.Batch) bool {
 	return old.Project == create.Project && old.InputFileId == create.InputFileId &&
 		old.Endpoint == create.Endpoint && old.CompletionWindow == create.CompletionWindow &&
-		maps.Equal(old.Metadata, create.Metadata) && old.CreatedAt == create.CreatedAt &&
-		old.ExpiresAt == create.ExpiresAt
+		maps.Equal(old.Metadata, create.Metadata) && old.ExpiresAt == create.ExpiresAt &&
+		(create.CreatedAt == 0 || old.CreatedAt == create.CreatedAt)
 }
 
 func (a *applyCtx) failBatch(c *vbatchv1.FailBatch) error {

@@ -47,7 +47,8 @@ type RaftView struct {
 	LastIndex uint64
 	// CommitIndex is the highest index known committed.
 	CommitIndex uint64
-	// AppliedIndex is the highest index applied to the local FSM.
+	// AppliedIndex is raft's applied index: every entry, commands and
+	// raft's own (no-ops, barriers, configuration changes).
 	AppliedIndex uint64
 	// Peers is the number of voters in the raft configuration.
 	Peers int

@@ -3,8 +3,9 @@
 //
 // Raft carries only metadata (vbatchv1.BlobRef); the bytes live here. Every
 // blob is written through a temp file, fsynced and renamed into place, with a
-// sidecar of per-block sha256 sums so that every read, full or ranged, is
-// verified before a byte of it is handed out. A blob found corrupt is moved
+// sidecar of per-block CRC32C sums so that every read, full or ranged, is
+// verified before a byte of it is handed out (a full read checks the whole
+// sha256 as well). A blob found corrupt is moved
 // to quarantine/ so the background repair fetches a good copy from a peer.
 //
 // Layout under the store's directory:
@@ -38,8 +39,8 @@ import (
 // this size.
 const BlockSize = 1 << 20
 
-// SumBlockSize is the unit of verification: the sidecar holds one sha256
-// per SumBlockSize bytes, so a ranged read (an agent reading its chunk of
+// SumBlockSize is the unit of verification: the sidecar holds one sum per
+// SumBlockSize bytes, so a ranged read (an agent reading its chunk of
 // an input file) hashes little more than it returns. Sidecars record their
 // block size, so blobs written with another one stay readable.
 const SumBlockSize = 64 << 10
@@ -290,7 +291,7 @@ func writeBlocks(w io.Writer, sw *sumWriter, r io.Reader, buf []byte, tees []io.
 			}
 			for sub := block; len(sub) > 0; {
 				k := min(len(sub), SumBlockSize)
-				if err := sw.add(sha256.Sum256(sub[:k])); err != nil {
+				if err := sw.add(sub[:k]); err != nil {
 					return "", 0, fmt.Errorf("write sidecar: %w", mapNoSpace(err))
 				}
 				sub = sub[k:]

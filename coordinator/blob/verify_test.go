@@ -6,6 +6,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"hash/crc32"
 	"io"
 	"os"
 	"testing"
@@ -228,9 +229,9 @@ func readAll(s *Store, sha string) ([]byte, error) {
 	return io.ReadAll(rc)
 }
 
-// TestOlderBlockSizeReadable: a blob whose sidecar was written with 1 MiB
-// blocks (before SumBlockSize) reads and verifies as before, whole and in
-// ranges, and corruption in it is still caught.
+// TestOlderBlockSizeReadable: a blob whose sidecar was written by an older
+// build (sha256 sums of 1 MiB blocks) reads and verifies as before, whole
+// and in ranges, and corruption in it is still caught.
 func TestOlderBlockSizeReadable(t *testing.T) {
 	s := newStore(t)
 	b := randBytes(2*BlockSize+100, 60)
@@ -238,7 +239,7 @@ func TestOlderBlockSizeReadable(t *testing.T) {
 	// Rewrite the sidecar as the older format: one sum per 1 MiB block.
 	var side bytes.Buffer
 	var h [sumHeaderLen]byte
-	copy(h[:8], sumMagic)
+	copy(h[:8], sumMagicSHA256)
 	binary.BigEndian.PutUint64(h[8:16], BlockSize)
 	binary.BigEndian.PutUint64(h[16:24], uint64(len(b)))
 	side.Write(h[:])
@@ -292,5 +293,36 @@ func TestRangedReadHashesLittle(t *testing.T) {
 	}
 	if r := rc.(*reader); r.bs != SumBlockSize || len(*r.bufp) != 0 && cap(*r.bufp) != SumBlockSize {
 		t.Fatalf("read with block size %d", r.bs)
+	}
+}
+
+// TestSidecarHoldsCRC32C: new sidecars hold one 4-byte CRC32C per
+// SumBlockSize block, and a block whose bytes change no longer matches.
+func TestSidecarHoldsCRC32C(t *testing.T) {
+	s := newStore(t)
+	b := randBytes(3*SumBlockSize+5, 62)
+	sha := ingest(t, s, b)
+	side, err := os.ReadFile(s.sumPath(sha))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if string(side[:8]) != sumMagicCRC32C || len(side) != sumHeaderLen+4*4 {
+		t.Fatalf("sidecar %q… of %d bytes, want CRC32C header and 4 sums", side[:8], len(side))
+	}
+	for i := 0; i < 4; i++ {
+		blk := b[i*SumBlockSize : min(len(b), (i+1)*SumBlockSize)]
+		want := crc32.Checksum(blk, crc32.MakeTable(crc32.Castagnoli))
+		if got := binary.BigEndian.Uint32(side[sumHeaderLen+4*i:]); got != want {
+			t.Fatalf("block %d sum %08x, want %08x", i, got, want)
+		}
+	}
+	flipByte(t, s.path(sha), 3*SumBlockSize+1)
+	rc, err := s.OpenRange(sha, 3*SumBlockSize, 5)
+	if err == nil {
+		_, err = io.ReadAll(rc)
+		rc.Close()
+	}
+	if !errors.Is(err, ErrCorrupt) {
+		t.Fatalf("read of a changed block: %v, want ErrCorrupt", err)
 	}
 }
