@@ -37,8 +37,8 @@ func newRouter(c *Coordinator) *router {
 }
 
 // Models lists the models live agents serve, sorted by id. A model's
-// created time is the registration of the earliest registered live agent
-// serving it, which every coordinator reads the same from the state.
+// created time is the last registration of the earliest registered live
+// agent serving it, read from the replicated state.
 func (r *router) Models() []api.Model {
 	created := map[string]int64{}
 	live := r.c.pool.MembersWithRole(gossip.RoleAgent)

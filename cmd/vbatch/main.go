@@ -24,7 +24,7 @@ func main() {
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
-	root.AddCommand(coordinatorCmd(), agentCmd(), simCmd(), devCmd(), gpusCmd(), tlsCmd(), gossipCmd())
+	root.AddCommand(coordinatorCmd(), agentCmd(), simCmd(), devCmd(), gpusCmd(), tlsCmd(), gossipCmd(), blobsCmd())
 	if err := root.ExecuteContext(ctx); err != nil {
 		fmt.Fprintln(os.Stderr, "vbatch:", err)
 		os.Exit(1)

@@ -166,9 +166,10 @@ type listObject[T any] struct {
 	HasMore bool    `json:"has_more"`
 }
 
-// modelObject is OpenAI's Model object.
 // Model is a model the cluster serves: Created is when the earliest live
-// agent serving it registered (unix seconds).
+// agent serving it last registered (unix seconds; it moves forward when
+// that agent registers again, and is 0 while no agent serving it is
+// registered yet).
 type Model struct {
 	ID      string
 	Created int64

@@ -248,7 +248,7 @@ func (s *Store) ingest(r io.Reader, check func(sha string, size int64) error, te
 	if s.wrapWriter != nil {
 		w = s.wrapWriter(data)
 	}
-	shaHex, size, err := writeBlocks(w, newSumWriter(sum), r, *bufp, tees)
+	shaHex, size, err := writeBlocks(w, newSumWriter(sum, SumsCRC32C), r, *bufp, tees)
 	if err != nil {
 		return nil, err
 	}

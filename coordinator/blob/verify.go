@@ -41,24 +41,61 @@ func blockSum(block []byte) [4]byte {
 	return d
 }
 
+// SumFormat names the kind of block sums a sidecar holds.
+type SumFormat int
+
+const (
+	// SumsCRC32C is what this build writes.
+	SumsCRC32C SumFormat = iota
+	// SumsSHA256 is what builds before CRC32C sums wrote, and the only
+	// format they read.
+	SumsSHA256
+)
+
+// String returns the format's name as the command line spells it.
+func (f SumFormat) String() string {
+	if f == SumsSHA256 {
+		return "sha256"
+	}
+	return "crc32c"
+}
+
+// ParseSumFormat reads a format name ("crc32c" or "sha256").
+func ParseSumFormat(name string) (SumFormat, error) {
+	switch name {
+	case "crc32c":
+		return SumsCRC32C, nil
+	case "sha256":
+		return SumsSHA256, nil
+	}
+	return 0, fmt.Errorf("unknown block sum format %q (crc32c or sha256)", name)
+}
+
 // sumWriter streams block sums into a sidecar temp file, then writes the
 // header once the size is known.
 type sumWriter struct {
-	f  *os.File
-	bw *bufio.Writer
-	n  int64
+	f      *os.File
+	bw     *bufio.Writer
+	n      int64
+	format SumFormat
 }
 
-func newSumWriter(f *os.File) *sumWriter {
-	sw := &sumWriter{f: f, bw: bufio.NewWriterSize(f, 4096)}
+func newSumWriter(f *os.File, format SumFormat) *sumWriter {
+	sw := &sumWriter{f: f, bw: bufio.NewWriterSize(f, 4096), format: format}
 	_, _ = sw.bw.Write(make([]byte, sumHeaderLen)) // placeholder; cannot fail before Flush
 	return sw
 }
 
 // add appends the sum of the next block.
 func (sw *sumWriter) add(block []byte) error {
-	d := blockSum(block)
-	_, err := sw.bw.Write(d[:])
+	var err error
+	if sw.format == SumsSHA256 {
+		d := sha256.Sum256(block)
+		_, err = sw.bw.Write(d[:])
+	} else {
+		d := blockSum(block)
+		_, err = sw.bw.Write(d[:])
+	}
 	sw.n++
 	return err
 }
@@ -69,6 +106,9 @@ func (sw *sumWriter) finish(size int64) error {
 	}
 	var h [sumHeaderLen]byte
 	copy(h[:8], sumMagicCRC32C)
+	if sw.format == SumsSHA256 {
+		copy(h[:8], sumMagicSHA256)
+	}
 	binary.BigEndian.PutUint64(h[8:16], SumBlockSize)
 	binary.BigEndian.PutUint64(h[16:24], uint64(size))
 	_, err := sw.f.WriteAt(h[:], 0)
