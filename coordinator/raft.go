@@ -210,33 +210,29 @@ type closingStable struct {
 	closed chan struct{}
 }
 
-// Set stores a key unless the store is closing.
+// Set stores a key, or waits forever once the store is closing.
 func (s *closingStable) Set(key, val []byte) error {
-	if !s.enter() {
-		<-make(chan struct{}) // the node is shutting down
-	}
+	s.enter()
 	defer s.mu.RUnlock()
 	return s.StableStore.Set(key, val)
 }
 
-// SetUint64 stores a number unless the store is closing.
+// SetUint64 stores a number, or waits forever once the store is closing.
 func (s *closingStable) SetUint64(key []byte, val uint64) error {
-	if !s.enter() {
-		<-make(chan struct{}) // the node is shutting down
-	}
+	s.enter()
 	defer s.mu.RUnlock()
 	return s.StableStore.SetUint64(key, val)
 }
 
-// enter takes the read lock unless the store is closing.
-func (s *closingStable) enter() bool {
+// enter takes the read lock; once the store is closing it never returns
+// (the node is shutting down).
+func (s *closingStable) enter() {
 	s.mu.RLock()
 	select {
 	case <-s.closed:
 		s.mu.RUnlock()
-		return false
+		select {}
 	default:
-		return true
 	}
 }
 

@@ -2,9 +2,7 @@ package e2e
 
 import (
 	"bytes"
-	"context"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -26,11 +24,7 @@ func TestBlobSumsRewrite(t *testing.T) {
 	f := upload(t, c.client(0, ""), "sums.jsonl", input)
 	co := c.Coords[0]
 	rewrite := func() (string, error) {
-		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-		defer cancel()
-		out, err := exec.CommandContext(ctx, filepath.Join(Binaries(t), "vbatch"), "blobs", "rewrite-sums",
-			"--data-dir", co.DataDir, "--format", "sha256").CombinedOutput()
-		return string(out), err
+		return runBriefly(filepath.Join(Binaries(t), "vbatch"), "blobs", "rewrite-sums", "--data-dir", co.DataDir, "--format", "sha256")
 	}
 	if out, err := rewrite(); err == nil || !strings.Contains(out, "stop it first") {
 		t.Fatalf("rewrite-sums on a running coordinator: %v\n%s", err, out)

@@ -1,7 +1,9 @@
 package blob
 
 import (
+	"bytes"
 	"crypto/sha256"
+	"encoding/binary"
 	"encoding/hex"
 	"io"
 	"math/rand/v2"
@@ -120,4 +122,22 @@ func allFiles(t testing.TB, dir string) []string {
 		t.Fatal(err)
 	}
 	return out
+}
+
+// sha256Sidecar is the sidecar a build before CRC32C sums wrote for b, with
+// one sha256 per blockSize bytes.
+func sha256Sidecar(b []byte, blockSize int) []byte {
+	var side bytes.Buffer
+	var h [sumHeaderLen]byte
+	copy(h[:8], sumMagicSHA256)
+	binary.BigEndian.PutUint64(h[8:16], uint64(blockSize))
+	binary.BigEndian.PutUint64(h[16:24], uint64(len(b)))
+	side.Write(h[:])
+	for rest := b; len(rest) > 0; {
+		k := min(len(rest), blockSize)
+		d := sha256.Sum256(rest[:k])
+		side.Write(d[:])
+		rest = rest[k:]
+	}
+	return side.Bytes()
 }

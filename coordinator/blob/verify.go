@@ -34,13 +34,6 @@ const (
 // castagnoli is the CRC32C table (SSE4.2 and ARMv8 compute it in hardware).
 var castagnoli = crc32.MakeTable(crc32.Castagnoli)
 
-// blockSum returns the CRC32C sum of a block as the sidecar stores it.
-func blockSum(block []byte) [4]byte {
-	var d [4]byte
-	binary.BigEndian.PutUint32(d[:], crc32.Checksum(block, castagnoli))
-	return d
-}
-
 // SumFormat names the kind of block sums a sidecar holds.
 type SumFormat int
 
@@ -58,6 +51,24 @@ func (f SumFormat) String() string {
 		return "sha256"
 	}
 	return "crc32c"
+}
+
+// size is the bytes of one block sum in the format.
+func (f SumFormat) size() int64 {
+	if f == SumsSHA256 {
+		return sha256.Size
+	}
+	return crc32.Size
+}
+
+// appendSum appends block's sum in the format to dst, as the sidecar
+// stores it (CRC32C big-endian).
+func (f SumFormat) appendSum(dst, block []byte) []byte {
+	if f == SumsSHA256 {
+		d := sha256.Sum256(block)
+		return append(dst, d[:]...)
+	}
+	return binary.BigEndian.AppendUint32(dst, crc32.Checksum(block, castagnoli))
 }
 
 // ParseSumFormat reads a format name ("crc32c" or "sha256").
@@ -88,14 +99,8 @@ func newSumWriter(f *os.File, format SumFormat) *sumWriter {
 
 // add appends the sum of the next block.
 func (sw *sumWriter) add(block []byte) error {
-	var err error
-	if sw.format == SumsSHA256 {
-		d := sha256.Sum256(block)
-		_, err = sw.bw.Write(d[:])
-	} else {
-		d := blockSum(block)
-		_, err = sw.bw.Write(d[:])
-	}
+	var d [sha256.Size]byte
+	_, err := sw.bw.Write(sw.format.appendSum(d[:0], block))
 	sw.n++
 	return err
 }
@@ -179,10 +184,10 @@ type reader struct {
 	s        *Store
 	sha      string
 	f, sum   *os.File
-	size     int64 // blob size per the sidecar
-	bs       int64 // block size per the sidecar
-	sumLen   int64 // bytes per block sum: 4 (CRC32C) or 32 (sha256)
-	pos, end int64 // next byte to return, end of the range
+	size     int64     // blob size per the sidecar
+	bs       int64     // block size per the sidecar
+	format   SumFormat // of the sidecar's block sums
+	pos, end int64     // next byte to return, end of the range
 	whole    hash.Hash
 	bufp     *[]byte
 	pending  []byte // verified bytes of the current block not yet returned
@@ -196,19 +201,22 @@ func (r *reader) init(offset, length int64) error {
 	}
 	r.bs = int64(binary.BigEndian.Uint64(h[8:16]))
 	r.size = int64(binary.BigEndian.Uint64(h[16:24]))
+	known := true
 	switch string(h[:8]) {
 	case sumMagicCRC32C:
-		r.sumLen = 4
+		r.format = SumsCRC32C
 	case sumMagicSHA256:
-		r.sumLen = sha256.Size
+		r.format = SumsSHA256
+	default:
+		known = false
 	}
-	if r.sumLen == 0 || r.bs <= 0 || r.bs > maxBlockSize || r.size < 0 {
+	if !known || r.bs <= 0 || r.bs > maxBlockSize || r.size < 0 {
 		return r.corrupt("sidecar header invalid")
 	}
 	blocks := (r.size + r.bs - 1) / r.bs
 	if fi, err := r.sum.Stat(); err != nil {
 		return fmt.Errorf("stat blob %s sidecar: %w", r.sha, err)
-	} else if fi.Size() != sumHeaderLen+blocks*r.sumLen {
+	} else if fi.Size() != sumHeaderLen+blocks*r.format.size() {
 		return r.corrupt(fmt.Sprintf("sidecar has %d bytes for %d blocks", fi.Size(), blocks))
 	}
 	if fi, err := r.f.Stat(); err != nil {
@@ -272,10 +280,12 @@ func (r *reader) load() error {
 		return fmt.Errorf("read blob %s block %d: %w", r.sha, idx, err)
 	}
 	var want [sha256.Size]byte
-	if _, err := r.sum.ReadAt(want[:r.sumLen], sumHeaderLen+idx*r.sumLen); err != nil {
+	sl := r.format.size()
+	if _, err := r.sum.ReadAt(want[:sl], sumHeaderLen+idx*sl); err != nil {
 		return r.corrupt(fmt.Sprintf("sidecar entry %d: %v", idx, err))
 	}
-	if !r.blockMatches(block, want[:r.sumLen]) {
+	var got [sha256.Size]byte
+	if !bytes.Equal(r.format.appendSum(got[:0], block), want[:sl]) {
 		return r.corrupt(fmt.Sprintf("block %d hash mismatch", idx))
 	}
 	if r.whole != nil {
@@ -288,16 +298,6 @@ func (r *reader) load() error {
 	}
 	r.pending = block[r.pos-start : min(r.end, start+n)-start]
 	return nil
-}
-
-// blockMatches checks a block against its sidecar sum.
-func (r *reader) blockMatches(block, want []byte) bool {
-	if r.sumLen == sha256.Size {
-		got := sha256.Sum256(block)
-		return bytes.Equal(got[:], want)
-	}
-	got := blockSum(block)
-	return bytes.Equal(got[:], want)
 }
 
 // corrupt quarantines the blob and returns the error the caller reports.

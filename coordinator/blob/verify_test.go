@@ -2,7 +2,6 @@ package blob
 
 import (
 	"bytes"
-	"crypto/sha256"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -237,19 +236,7 @@ func TestOlderBlockSizeReadable(t *testing.T) {
 	b := randBytes(2*BlockSize+100, 60)
 	sha := ingest(t, s, b)
 	// Rewrite the sidecar as the older format: one sum per 1 MiB block.
-	var side bytes.Buffer
-	var h [sumHeaderLen]byte
-	copy(h[:8], sumMagicSHA256)
-	binary.BigEndian.PutUint64(h[8:16], BlockSize)
-	binary.BigEndian.PutUint64(h[16:24], uint64(len(b)))
-	side.Write(h[:])
-	for rest := b; len(rest) > 0; {
-		k := min(len(rest), BlockSize)
-		d := sha256.Sum256(rest[:k])
-		side.Write(d[:])
-		rest = rest[k:]
-	}
-	if err := os.WriteFile(s.sumPath(sha), side.Bytes(), 0o640); err != nil {
+	if err := os.WriteFile(s.sumPath(sha), sha256Sidecar(b, BlockSize), 0o640); err != nil {
 		t.Fatal(err)
 	}
 	got, err := readAll(s, sha)
