@@ -23,7 +23,11 @@ import (
 // voters while it arrives, so their copies are written at the same time as
 // this one; a peer that cannot keep up, or fails, gets its copy afterwards.
 func (c *Coordinator) StoreUpload(ctx context.Context, r io.Reader) (*vbatchv1.BlobRef, []string, error) {
-	fan := c.repl.StreamToPeers(ctx, c.quorum()-1)
+	need, err := c.quorum()
+	if err != nil {
+		return nil, nil, err
+	}
+	fan := c.repl.StreamToPeers(ctx, need-1)
 	ref, err := c.blobs.IngestTee(r, fan)
 	if err != nil {
 		fan.Abort(err)
@@ -43,14 +47,24 @@ func (c *Coordinator) StoreUpload(ctx context.Context, r io.Reader) (*vbatchv1.B
 }
 
 // quorum is a majority of the voters: how many nodes must hold a blob
-// before metadata referencing it commits.
-func (c *Coordinator) quorum() int {
-	return max(1, len(c.voters())/2+1)
+// before metadata referencing it commits. A node that knows no voters yet
+// (it has not bootstrapped, or has not received the configuration from
+// the leader) cannot tell what a majority is and answers unavailable
+// rather than count itself as the whole cluster.
+func (c *Coordinator) quorum() (int, error) {
+	n := len(c.voters())
+	if n == 0 {
+		return 0, fmt.Errorf("this coordinator does not know the cluster's voters yet: %w", api.ErrUnavailable)
+	}
+	return n/2 + 1, nil
 }
 
 // replicate copies a local blob onto a majority of the voters.
 func (c *Coordinator) replicate(ctx context.Context, sha string) ([]string, error) {
-	need := c.quorum()
+	need, err := c.quorum()
+	if err != nil {
+		return nil, fmt.Errorf("replicate blob %s: %w", sha[:12], err)
+	}
 	replicas, err := c.repl.Replicate(ctx, sha, need)
 	if err != nil {
 		return nil, fmt.Errorf("replicate blob %s to %d nodes: %w (%w)", sha[:12], need, api.ErrUnavailable, err)

@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/vbatch/vbatch/coordinator/api"
 	"github.com/vbatch/vbatch/fsm"
 	"github.com/vbatch/vbatch/internal/ids"
 	vbatchv1 "github.com/vbatch/vbatch/rpc/gen/vbatch/v1"
@@ -33,7 +34,7 @@ func testTiming() Timing {
 }
 
 // startCluster starts n in-process coordinators on loopback ports chosen
-// by the OS and waits for a leader.
+// by the OS and waits for a leader and for every node to know all n voters.
 func startCluster(t testing.TB, n int) []*Coordinator {
 	t.Helper()
 	var nodes []*Coordinator
@@ -59,7 +60,22 @@ func startCluster(t testing.TB, n int) []*Coordinator {
 		nodes = append(nodes, c)
 	}
 	waitLeader(t, nodes)
+	waitVoters(t, nodes, n)
 	return nodes
+}
+
+// waitVoters waits until every node's raft configuration holds n voters.
+func waitVoters(t testing.TB, nodes []*Coordinator, n int) {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for _, c := range nodes {
+		for len(c.voters()) != n {
+			if time.Now().After(deadline) {
+				t.Fatalf("%s knows %d voters, want %d", c.cfg.NodeID, len(c.voters()), n)
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
 }
 
 func waitLeader(t testing.TB, nodes []*Coordinator) *Coordinator {
@@ -84,6 +100,22 @@ func follower(nodes []*Coordinator) *Coordinator {
 		}
 	}
 	return nil
+}
+
+// TestUploadRefusedBeforeBootstrap: a coordinator that knows no voters yet
+// cannot tell what a majority is, so it refuses an upload (503) instead of
+// acknowledging a blob that only it holds.
+func TestUploadRefusedBeforeBootstrap(t *testing.T) {
+	c := startNode(t, nodeConfig(t, "lonely", 3, nil))
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	_, replicas, err := c.StoreUpload(ctx, strings.NewReader("line\n"))
+	if !errors.Is(err, api.ErrUnavailable) {
+		t.Fatalf("upload before bootstrap = %v (replicas %v), want unavailable", err, replicas)
+	}
+	if shas, err := c.blobs.List(); err != nil || len(shas) != 0 {
+		t.Fatalf("refused upload left blobs %v (err %v)", shas, err)
+	}
 }
 
 func TestForwardedWriteIsReadableEverywhere(t *testing.T) {
