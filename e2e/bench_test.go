@@ -175,6 +175,8 @@ func uploadStreaming(b *testing.B, base, path string) string {
 	return obj.ID
 }
 
+var pipelineCoordArgs = flag.String("pipeline.coord-args", "", "BenchmarkPipeline50k: extra coordinator flags, space-separated (e.g. \"--chunk-size 2000\"), to measure a setting's cost")
+
 var pipelineProfile = flag.String("pipeline.profile", "", "BenchmarkPipeline50k: write each coordinator's CPU profile of the batch run into this directory")
 
 // profileCoords fetches a CPU profile of the given length from every
@@ -215,7 +217,7 @@ func profileCoords(b *testing.B, c *Cluster, dir string, d time.Duration) func()
 // to completed, and the coordinators' CPU as a share of the agents'.
 func BenchmarkPipeline50k(b *testing.B) {
 	const n, perAgent = 50000, 64
-	c := StartCluster(b, 3, ClusterOptions{Extra: []string{"--max-requests", "50000"}})
+	c := StartCluster(b, 3, ClusterOptions{Extra: append([]string{"--max-requests", "50000"}, strings.Fields(*pipelineCoordArgs)...)})
 	var sims []*Sim
 	var agents []*Agent
 	for i := 1; i <= 2; i++ {
