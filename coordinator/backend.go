@@ -46,6 +46,12 @@ func (c *Coordinator) StoreUpload(ctx context.Context, r io.Reader) (*vbatchv1.B
 	return ref, replicas, nil
 }
 
+// HoldBlob re-confirms that a majority of voters hold a stored blob and
+// restarts its GC grace on each (a local touch, a HEAD or a push to peers).
+func (c *Coordinator) HoldBlob(ctx context.Context, sha string) ([]string, error) {
+	return c.replicate(ctx, sha)
+}
+
 // quorum is a majority of the voters: how many nodes must hold a blob
 // before metadata referencing it commits. A node that knows no voters yet
 // (it has not bootstrapped, or has not received the configuration from

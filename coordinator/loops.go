@@ -96,16 +96,43 @@ func (c *Coordinator) blobLoop(ctx context.Context) {
 			return
 		case <-t.C:
 		}
-		refs := c.referencedBlobs()
-		if n, err := c.repl.Repair(ctx, refs); err != nil {
+		if n, err := c.repl.Repair(ctx, c.referencedBlobs()); err != nil {
 			c.log.Warn("blob repair pass failed", "err", err, "repaired", n)
 		} else if n > 0 {
 			c.log.Info("blobs repaired", "count", n)
 		}
-		if n, err := c.repl.GC(refs, c.cfg.Timing.BlobGCGrace); err != nil {
-			c.log.Warn("blob gc pass failed", "err", err)
-		} else if n > 0 {
-			c.log.Info("unreferenced blobs deleted", "count", n)
+		c.blobGC(ctx)
+	}
+}
+
+// gcReadTimeout bounds the consistent read that starts a blob GC pass (or
+// the repair interval, if shorter).
+const gcReadTimeout = 5 * time.Second
+
+// blobGC deletes the local blobs nothing references, judged against a
+// state that has caught up with the cluster. A node's FSM can lag far
+// behind what the cluster committed: after a restart it holds only its
+// last snapshot until a leader tells it the commit index, and a follower
+// replaying a backlog is part way through. GC against such a state would
+// delete blobs that committed files and result parts reference, perhaps
+// the last copies. So a pass first does a consistent read (this node has
+// applied everything the leader had committed) and takes the references
+// after it; without a leader it skips the pass. Blobs referenced by later
+// commits were written or touched since, within the GC grace.
+func (c *Coordinator) blobGC(ctx context.Context) {
+	rctx, cancel := context.WithTimeout(ctx, min(gcReadTimeout, c.cfg.Timing.RepairInterval))
+	err := c.ConsistentRead(rctx)
+	cancel()
+	if err != nil {
+		if ctx.Err() == nil {
+			c.metrics.BlobGCSkipped.Inc()
+			c.log.Info("blob gc pass skipped: this node cannot confirm its state is current", "err", err)
 		}
+		return
+	}
+	if n, err := c.repl.GC(c.referencedBlobs(), c.cfg.Timing.BlobGCGrace); err != nil {
+		c.log.Warn("blob gc pass failed", "err", err)
+	} else if n > 0 {
+		c.log.Info("unreferenced blobs deleted", "count", n)
 	}
 }

@@ -41,6 +41,9 @@ type CoordinatorMetrics struct {
 	// SlowDiskTransfers counts the times this node, as leader, handed
 	// leadership away because its raft log writes stayed slow.
 	SlowDiskTransfers prometheus.Counter
+	// BlobGCSkipped counts blob garbage-collection passes skipped because
+	// this node could not confirm that its state is current.
+	BlobGCSkipped prometheus.Counter
 }
 
 // NewCoordinatorMetrics registers the coordinator metrics on reg.
@@ -75,10 +78,14 @@ func NewCoordinatorMetrics(reg prometheus.Registerer) *CoordinatorMetrics {
 			Name: "vbatch_raft_slow_disk_transfers_total",
 			Help: "Times this node, as leader, handed leadership to a follower because its own raft log writes stayed slow.",
 		}),
+		BlobGCSkipped: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "vbatch_blob_gc_skipped_total",
+			Help: "Blob garbage-collection passes this coordinator skipped because it could not confirm with a leader that its state is current (no leader, or still catching up).",
+		}),
 		HTTP:   NewHTTPMetrics(reg),
 		Chunks: NewChunkMetrics(reg),
 	}
-	reg.MustRegister(m.ApplyDuration, m.StaleResultsRefused, m.ChunksCompletedByPart, m.CommitNotices, m.XIDErrors, m.AutopilotRemoved, m.SlowDiskTransfers)
+	reg.MustRegister(m.ApplyDuration, m.StaleResultsRefused, m.ChunksCompletedByPart, m.CommitNotices, m.XIDErrors, m.AutopilotRemoved, m.SlowDiskTransfers, m.BlobGCSkipped)
 	return m
 }
 

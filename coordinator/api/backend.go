@@ -28,6 +28,12 @@ type Backend interface {
 	// StoreUpload streams r into the blob store, replicates it to a majority
 	// of voters and returns its reference and the nodes that hold it.
 	StoreUpload(ctx context.Context, r io.Reader) (ref *vbatchv1.BlobRef, replicas []string, err error)
+	// HoldBlob confirms, just before a reference to a stored blob commits,
+	// that a majority of voters still hold it, restarting its GC grace on
+	// every copy it counts; it returns the nodes that hold it. Whatever
+	// came between the store and the commit (the rest of a slow request
+	// body) cannot then have outlasted the grace.
+	HoldBlob(ctx context.Context, sha string) (replicas []string, err error)
 	// OpenFile returns the bytes of a file: the concatenation of its parts,
 	// each verified against its hash and fetched from a peer if missing here.
 	OpenFile(ctx context.Context, f *vbatchv1.File) (io.ReadCloser, error)

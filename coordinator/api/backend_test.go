@@ -41,6 +41,7 @@ type fakeBackend struct {
 	// applied counts commands that went through.
 	applied         int
 	consistentCalls int
+	holdCalls       int
 	// onConsistent runs inside ConsistentRead: a test applies the writes
 	// this node "lagged" behind on.
 	onConsistent func()
@@ -125,6 +126,16 @@ func (b *fakeBackend) StoreUpload(_ context.Context, r io.Reader) (*vbatchv1.Blo
 		b.mu.Lock()
 	}
 	return &vbatchv1.BlobRef{Sha256: h, Bytes: int64(len(data))}, []string{"c1", "c2"}, nil
+}
+
+func (b *fakeBackend) HoldBlob(_ context.Context, sha string) ([]string, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.holdCalls++
+	if _, ok := b.blobs[sha]; !ok {
+		return nil, fmt.Errorf("hold blob %s: not stored: %w", sha, ErrUnavailable)
+	}
+	return []string{"c1", "c2"}, nil
 }
 
 func (b *fakeBackend) OpenFile(_ context.Context, f *vbatchv1.File) (io.ReadCloser, error) {

@@ -152,6 +152,29 @@ func TestUploadStoreFailure(t *testing.T) {
 
 var errTestBoom = fmt.Errorf("boom")
 
+// TestUploadHoldsBlobBeforeCommit: the upload re-confirms its blob just
+// before the file's record commits; bytes lost since they were stored (GC
+// while the rest of a slow body arrived) make it a 503 that commits
+// nothing, not a file without content.
+func TestUploadHoldsBlobBeforeCommit(t *testing.T) {
+	e := rootEnv(t)
+	e.uploadOK(testRoot, "batch", batchLines(1))
+	if e.b.holdCalls != 1 {
+		t.Fatalf("HoldBlob called %d times for one upload, want 1", e.b.holdCalls)
+	}
+	applied := e.b.applied
+	e.b.onStore = func() {
+		e.b.mu.Lock()
+		clear(e.b.blobs)
+		e.b.mu.Unlock()
+	}
+	r := e.upload(testRoot, field{name: "purpose", value: "batch"}, field{name: "file", filename: "a", value: batchLines(2)})
+	r.wantError(t, http.StatusServiceUnavailable, typeServer, codeUnavailable)
+	if e.b.applied != applied {
+		t.Fatalf("a refused upload committed %d commands", e.b.applied-applied)
+	}
+}
+
 func TestGetFileAndContent(t *testing.T) {
 	e := rootEnv(t)
 	content := batchLines(2)

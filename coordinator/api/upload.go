@@ -185,7 +185,6 @@ func (a *API) uploadFile(w http.ResponseWriter, r *http.Request, p *principal) e
 		expiresSeconds    int64
 		ur                *uploadReader
 		ref               *vbatchv1.BlobRef
-		replicas          []string
 		pre               *precheck
 		fileCheck         *vbatchv1.FileCheck
 	)
@@ -213,7 +212,7 @@ func (a *API) uploadFile(w http.ResponseWriter, r *http.Request, p *principal) e
 				pre = startPrecheck(a.cfg.Validate)
 				ur.tee = pre
 			}
-			ref, replicas, err = a.b.StoreUpload(r.Context(), ur)
+			ref, _, err = a.b.StoreUpload(r.Context(), ur)
 			fileCheck = pre.finish(err)
 			if ur.tooLarge && quotaCapped {
 				return quotaExceeded("You exceeded your file storage quota: project %s has room for %d more bytes of files and this upload is larger. Delete files you no longer need and retry.",
@@ -292,7 +291,6 @@ func (a *API) uploadFile(w http.ResponseWriter, r *http.Request, p *principal) e
 		Sha256:    ref.Sha256,
 		CreatedAt: now,
 		Lines:     ur.lines(),
-		Replicas:  replicas,
 		Parts:     []*vbatchv1.BlobRef{ref},
 	}
 	if purpose == "batch" {
@@ -315,6 +313,12 @@ func (a *API) uploadFile(w http.ResponseWriter, r *http.Request, p *principal) e
 			}
 			return nil
 		}
+	}
+	// The rest of the body may have taken long after the file part was
+	// stored: make sure a majority still holds the bytes, for at least the
+	// GC grace, before the record that refers to them commits.
+	if f.Replicas, err = a.b.HoldBlob(r.Context(), ref.Sha256); err != nil {
+		return fmt.Errorf("create file %s: %w", f.Id, err)
 	}
 	if err := a.applyWithin(r.Context(), p.project, check, &vbatchv1.CreateFile{File: f}); err != nil {
 		return fmt.Errorf("create file %s: %w", f.Id, err)

@@ -109,12 +109,13 @@ func (s *Store) serveHead(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
-	size, ok := s.Stat(sha)
+	// A peer counts this answer as a copy that will outlive its commit:
+	// look and restart the GC grace in one step.
+	size, ok := s.Hold(sha)
 	if !ok {
 		w.WriteHeader(http.StatusNotFound)
 		return
 	}
-	s.touch(sha)
 	h := w.Header()
 	h.Set(HeaderSize, strconv.FormatInt(size, 10))
 	h.Set("Content-Length", strconv.FormatInt(size, 10))

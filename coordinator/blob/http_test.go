@@ -2,6 +2,7 @@ package blob
 
 import (
 	"bytes"
+	"context"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -166,5 +167,23 @@ func TestHeadRestartsGCGrace(t *testing.T) {
 	}
 	if !s.Has(headed) || s.Has(idle) {
 		t.Fatalf("after GC: headed present %v, idle present %v; want true, false", s.Has(headed), s.Has(idle))
+	}
+}
+
+func TestReplicateRestartsLocalGCGrace(t *testing.T) {
+	// A caller commits a reference right after Replicate counted the local
+	// copy: that copy must not be GC's to delete meanwhile.
+	s := newStore(t)
+	sha := ingest(t, s, []byte("counted by Replicate"))
+	age(t, s, sha, 2*time.Hour)
+	r := &Replicator{Store: s, Self: "n0"}
+	if holders, err := r.Replicate(context.Background(), sha, 1); err != nil || len(holders) != 1 {
+		t.Fatalf("Replicate = %v, %v", holders, err)
+	}
+	if n, err := r.GC(nil, time.Hour); err != nil || n != 0 || !s.Has(sha) {
+		t.Fatalf("GC after Replicate deleted %d (err %v); blob present %v", n, err, s.Has(sha))
+	}
+	if _, ok := s.Hold(strings.Repeat("0", 64)); ok {
+		t.Fatal("Hold reports a blob that is not there")
 	}
 }

@@ -100,11 +100,13 @@ func (r *Replicator) blobURL(p Peer, sha string) string {
 
 // Replicate pushes a local blob to all peers in parallel and returns once
 // need nodes, this one included, hold it: the ids holding it, this node
-// first. Pushes still running then go on in the background (bounded by
+// first. Every copy it counts, found or pushed, has its GC grace restarted,
+// so a caller that commits a reference within the grace keeps them all. Pushes still running then go on in the background (bounded by
 // StragglerTimeout). If need cannot be reached, or ctx ends first, the
 // error wraps ErrNotReplicated and the ids that did succeed are returned.
 func (r *Replicator) Replicate(ctx context.Context, sha string, need int) ([]string, error) {
-	size, ok := r.Store.Stat(sha)
+	// The local copy counts as a holder: restart its GC grace too.
+	size, ok := r.Store.Hold(sha)
 	if !ok {
 		return nil, fmt.Errorf("replicate blob %s: %w", sha, ErrNotFound)
 	}

@@ -391,13 +391,26 @@ func (s *Store) touchIfSizeLocked(sha string, size int64) (bool, error) {
 	return true, nil
 }
 
-// touch refreshes the mtime of a blob if present, restarting GC's grace.
-func (s *Store) touch(sha string) {
+// Hold reports the size of a blob that is here, and restarts its GC grace
+// in the same locked step, so a GC pass cannot delete it between the look
+// and the touch: a blob Hold reports stays at least the grace. ok is false
+// if the blob is absent (or vanished before it could be touched).
+func (s *Store) Hold(sha string) (size int64, ok bool) {
+	if !ValidSHA(sha) {
+		return 0, false
+	}
 	l := s.lockFor(sha)
 	l.Lock()
 	defer l.Unlock()
+	fi, err := os.Stat(s.path(sha))
+	if err != nil || !fi.Mode().IsRegular() {
+		return 0, false
+	}
 	now := time.Now()
-	_ = os.Chtimes(s.path(sha), now, now)
+	if err := os.Chtimes(s.path(sha), now, now); err != nil {
+		return 0, false
+	}
+	return fi.Size(), true
 }
 
 func syncDir(dir string) error {
