@@ -143,14 +143,15 @@ func TestStreamTimeoutSparesTransfer(t *testing.T) {
 		_, _ = io.WriteString(w, "late body")
 	}))
 	defer srv.Close()
-	c := NewClient(srv.URL, "", 20*time.Millisecond)
+	// Long enough for the headers on a loaded machine.
+	c := NewClient(srv.URL, "", time.Second)
 	body, err := c.Stream(context.Background(), http.MethodGet, "/v1/files/f/content", "", nil)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer body.Close()
 	// Wait past the timeout on a timer the client does not share.
-	<-time.After(60 * time.Millisecond)
+	<-time.After(1500 * time.Millisecond)
 	close(release)
 	b, err := io.ReadAll(body)
 	if err != nil || string(b) != "late body" {

@@ -17,12 +17,14 @@ import (
 	vbatchv1 "github.com/vbatch/vbatch/rpc/gen/vbatch/v1"
 )
 
-// testTiming is fast enough for tests on a loaded 2-core machine.
+// testTiming is fast enough for tests, yet slow enough that a loaded
+// 2-core machine (the e2e build running beside this package) does not
+// depose a leader that a test is still using.
 func testTiming() Timing {
 	return Timing{
-		HeartbeatTimeout:    300 * time.Millisecond,
-		ElectionTimeout:     300 * time.Millisecond,
-		LeaderLeaseTimeout:  150 * time.Millisecond,
+		HeartbeatTimeout:    500 * time.Millisecond,
+		ElectionTimeout:     500 * time.Millisecond,
+		LeaderLeaseTimeout:  300 * time.Millisecond,
 		CommitTimeout:       LANTiming().CommitTimeout, // followers rely on commit notices, as in production
 		GossipProbeInterval: 200 * time.Millisecond,
 		RepairInterval:      200 * time.Millisecond,

@@ -9,6 +9,7 @@ import (
 	"bytes"
 	"crypto/sha256"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"math/rand/v2"
@@ -227,17 +228,38 @@ func chaosGetBatch(base, id string) (*chaosBatch, error) {
 func chaosContent(base, id string) ([]byte, error) {
 	resp, err := chaosHTTP.Get(base + "/v1/files/" + id + "/content")
 	if err != nil {
-		return nil, fmt.Errorf("content %s: %w", id, err)
+		return nil, fmt.Errorf("content %s: %w: %w", id, errUnavailable, err)
 	}
 	defer resp.Body.Close()
 	b, err := io.ReadAll(resp.Body)
 	if err != nil {
-		return nil, fmt.Errorf("content %s: read: %w", id, err)
+		return nil, fmt.Errorf("content %s: read: %w: %w", id, errUnavailable, err)
+	}
+	if resp.StatusCode >= 500 {
+		return nil, fmt.Errorf("content %s: %w: status %d: %s", id, errUnavailable, resp.StatusCode, bytes.TrimSpace(b))
 	}
 	if resp.StatusCode != http.StatusOK {
 		return nil, fmt.Errorf("content %s: status %d: %s", id, resp.StatusCode, bytes.TrimSpace(b))
 	}
 	return b, nil
+}
+
+// errUnavailable marks an answer that says "not now" (5xx, or no answer):
+// the node may still be electing or catching up after the faults.
+var errUnavailable = errors.New("unavailable")
+
+// chaosContentSettled is chaosContent retried for up to 30 s while the node
+// is unavailable, so a node restarted just before the check is not taken
+// for one that lost the file; any other answer (a 404, wrong bytes) counts.
+func chaosContentSettled(base, id string) ([]byte, error) {
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		b, err := chaosContent(base, id)
+		if err == nil || !errors.Is(err, errUnavailable) || time.Now().After(deadline) {
+			return b, err
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
 }
 
 // chaosLines returns n chat lines whose custom_ids carry prefix.

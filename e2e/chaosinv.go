@@ -183,7 +183,7 @@ func check(cc *chaosCluster, h *history) *invariants {
 	sort.Strings(ids)
 	for _, id := range ids {
 		for _, co := range cc.Coords {
-			b, err := chaosContent(co.URL(), id)
+			b, err := chaosContentSettled(co.URL(), id)
 			if err != nil {
 				iv.Uploads = append(iv.Uploads, fmt.Sprintf("%s on %s: %v", id, co.ID, err))
 			} else if got := sum256(b); got != h.uploads[id] {
@@ -222,7 +222,7 @@ func checkExactlyOnce(cc *chaosCluster, iv *invariants, tb *trackedBatch) {
 		if fid == "" {
 			continue
 		}
-		data, err := chaosContent(base, fid)
+		data, err := chaosContentSettled(base, fid)
 		if err != nil {
 			iv.ExactlyOnce = append(iv.ExactlyOnce, fmt.Sprintf("%s: %v", tb.ID, err))
 			return

@@ -63,7 +63,7 @@ func (c *Cluster) httpc() *http.Client {
 }
 
 // StartCluster starts n coordinators that bootstrap together and waits
-// until they agree on a leader.
+// until they agree on a leader and each knows all n servers.
 func StartCluster(t testing.TB, n int, opts ClusterOptions) *Cluster {
 	t.Helper()
 	return StartClusterDirs(t, n, opts, nil)
@@ -111,7 +111,28 @@ func StartClusterDirs(t testing.TB, n int, opts ClusterOptions, dataDirs []strin
 		c.Coords = append(c.Coords, co)
 	}
 	c.WaitLeader(30 * time.Second)
+	c.WaitVoters(n, 30*time.Second)
 	return c
+}
+
+// WaitVoters waits until every running coordinator's raft configuration
+// lists n servers. A node can name the leader (it heard a heartbeat) before
+// the leader's entries brought it the configuration, and until then it
+// refuses uploads: it cannot tell what a majority is.
+func (c *Cluster) WaitVoters(n int, timeout time.Duration) {
+	c.t.Helper()
+	WaitFor(c.t, timeout, fmt.Sprintf("every running coordinator to know %d servers", n), func() bool {
+		for i, co := range c.Coords {
+			if co.PID() == 0 {
+				continue
+			}
+			s, err := c.StatusOf(i)
+			if err != nil || len(s.Servers) != n {
+				return false
+			}
+		}
+		return true
+	})
 }
 
 // Status is the body of GET /v1/admin/cluster/status.

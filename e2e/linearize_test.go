@@ -232,7 +232,7 @@ func linCheckOutputs(t *testing.T, cc *chaosCluster, ops []linOp, final []linBat
 			continue
 		}
 		key := b.Metadata[linMetaKey]
-		data, err := chaosContent(base, b.OutputFileID)
+		data, err := chaosContentSettled(base, b.OutputFileID)
 		if err != nil {
 			t.Errorf("batch %s: %v", b.ID, err)
 			continue

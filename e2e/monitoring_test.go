@@ -211,8 +211,12 @@ func TestMonitoringLive(t *testing.T) {
 
 	// No agent-down alert while both agents run; then SIGKILL one: gossip
 	// marks it dead and the alert fires for it, and only for it.
-	if a := agentDown(t, prom); len(a) > 0 {
-		t.Fatalf("%s already %s for %v with every agent alive", agentDownAlert, a[0].State, a[0].Labels)
+	// A pending alert alone is one evaluation in which gossip suspected a
+	// live agent on a loaded machine; only a firing one is a false alarm.
+	for _, a := range agentDown(t, prom) {
+		if a.State == "firing" {
+			t.Fatalf("%s already firing for %v with every agent alive", agentDownAlert, a.Labels)
+		}
 	}
 	killed := agents[1]
 	killed.Kill()
@@ -221,13 +225,15 @@ func TestMonitoringLive(t *testing.T) {
 	deadline = time.Now().Add(45 * time.Second)
 	for {
 		last = agentDown(t, prom)
-		if len(last) == 1 && last[0].Labels["agent"] == killed.ID && last[0].State == "firing" {
-			t.Logf("%s firing for %s %s after SIGKILL", agentDownAlert, killed.ID, time.Since(killedAt).Round(time.Second))
-			return
+		for _, a := range last {
+			if a.Labels["agent"] != killed.ID && a.State == "firing" {
+				t.Fatalf("%s firing for %s, which is alive", agentDownAlert, a.Labels["agent"])
+			}
 		}
 		for _, a := range last {
-			if a.Labels["agent"] != killed.ID {
-				t.Fatalf("%s %s for %s, which is alive", agentDownAlert, a.State, a.Labels["agent"])
+			if a.Labels["agent"] == killed.ID && a.State == "firing" {
+				t.Logf("%s firing for %s %s after SIGKILL", agentDownAlert, killed.ID, time.Since(killedAt).Round(time.Second))
+				return
 			}
 		}
 		if time.Now().After(deadline) {

@@ -171,10 +171,12 @@ func TestBatchPipeline(t *testing.T) {
 		}()
 		done := p.waitStatus(t, b.ID, openai.BatchStatusCompleted, 3*time.Minute)
 		p.exactlyOnce(t, done, n)
-		// Only lines the dead agent ran but had not committed may run twice:
-		// at most one part plus the requests in flight, per lease it held.
+		// Only lines the dead agent ran but had not committed may run twice,
+		// per lease it held: the part being committed, what finished while
+		// that commit was in flight (a loaded machine slows commits, so
+		// allow another part's worth), and the requests in flight.
 		extra := p.served(t) - before - n
-		if bound := int64(2 * (100 + 16)); extra < 0 || extra > bound {
+		if bound := int64(2 * (2*100 + 16)); extra < 0 || extra > bound {
 			t.Fatalf("engines served %d requests beyond the %d lines (bound %d): committed work ran again", extra, n, bound)
 		}
 		t.Logf("re-run after SIGKILL: %d requests", extra)

@@ -18,7 +18,9 @@ import (
 // shared mapping sees writes made through the file (bbolt relies on it).
 func TestSlowFS(t *testing.T) {
 	s := MountSlowFS(t)
-	const delay = 300 * time.Millisecond
+	// Long beside a real fsync on a busy disk, which the concurrency check
+	// below must not mistake for serialisation.
+	const delay = time.Second
 
 	dir := filepath.Join(s.Dir, "a")
 	if err := os.Mkdir(dir, 0o755); err != nil {

@@ -20,7 +20,7 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 
 func start(t *testing.T, name string, meta Meta, onEvent func(Event)) *Pool {
 	t.Helper()
-	p, err := Start(Config{Name: name, BindAddr: "127.0.0.1:0", Meta: meta, ProbeInterval: 100 * time.Millisecond, OnEvent: onEvent})
+	p, err := Start(Config{Name: name, BindAddr: "127.0.0.1:0", Meta: meta, ProbeInterval: 500 * time.Millisecond, OnEvent: onEvent})
 	if err != nil {
 		t.Fatalf("start %s: %v", name, err)
 	}

@@ -34,7 +34,7 @@ func startPool(t *testing.T, cfg Config) *Pool {
 		cfg.BindAddr = "127.0.0.1:0"
 	}
 	if cfg.ProbeInterval == 0 {
-		cfg.ProbeInterval = 100 * time.Millisecond
+		cfg.ProbeInterval = 500 * time.Millisecond // a 100 ms probe (50 ms timeout) can declare a live member dead on a loaded machine
 	}
 	if cfg.Meta.Role == "" {
 		cfg.Meta.Role = RoleAgent

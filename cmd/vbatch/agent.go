@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"os/signal"
 	"strings"
 	"time"
 
@@ -101,6 +102,8 @@ func agentCmd() *cobra.Command {
 			}
 			defer closeLog()
 			defer setupTelemetry("agent", logger)()
+			hup := catchSIGHUP()
+			defer signal.Stop(hup)
 			if len(cfg.Models) == 0 && ef.kind == "sim" {
 				cfg.Models = []string{"sim-model"}
 			}
@@ -116,7 +119,7 @@ func agentCmd() *cobra.Command {
 			}
 			defer disc.Close()
 			a := agent.New(cfg, eng, disc, logger)
-			onSIGHUP(cmd.Context(), logger, cfg.TLS.Enabled(), a.ReloadTLS)
+			onSIGHUP(cmd.Context(), hup, logger, cfg.TLS.Enabled(), a.ReloadTLS)
 			return a.Run(cmd.Context())
 		},
 	}

@@ -2,6 +2,7 @@ package main
 
 import (
 	"os"
+	"os/signal"
 
 	"github.com/spf13/cobra"
 
@@ -34,11 +35,13 @@ func coordinatorCmd() *cobra.Command {
 			}
 			defer closeLog()
 			defer setupTelemetry("coordinator", logger)()
+			hup := catchSIGHUP()
 			c, err := coordinator.Start(cfg, logger, logOut)
 			if err != nil {
+				signal.Stop(hup)
 				return err
 			}
-			onSIGHUP(cmd.Context(), logger, cfg.TLS.Enabled(), c.ReloadTLS)
+			onSIGHUP(cmd.Context(), hup, logger, cfg.TLS.Enabled(), c.ReloadTLS)
 			<-cmd.Context().Done()
 			return c.Close()
 		},

@@ -33,13 +33,21 @@ func addTLSFlags(f *pflag.FlagSet, files *tlsutil.Files, cluster *string) {
 	f.StringVar(cluster, "cluster-name", tlsutil.DefaultCluster, "cluster name: certificate roles are <role>.<cluster>.vbatch, and gossip is labelled with it")
 }
 
-// onSIGHUP handles SIGHUP until ctx ends: with TLS, certificates are read
-// again without a restart (systemctl reload). The signal is always caught,
-// so a reload never kills a node that has nothing to reload (the log file,
-// if any, is reopened by setupLogging's own handler).
-func onSIGHUP(ctx context.Context, logger *slog.Logger, tlsOn bool, reload func() error) {
+// catchSIGHUP catches SIGHUP from now on, before the node starts, so that
+// a reload arriving during start-up does not kill it (SIGHUP's default
+// action); onSIGHUP serves what it catches once the node runs.
+func catchSIGHUP() chan os.Signal {
 	ch := make(chan os.Signal, 1)
 	signal.Notify(ch, syscall.SIGHUP)
+	return ch
+}
+
+// onSIGHUP handles the SIGHUPs ch catches until ctx ends (one that came
+// during start-up first): with TLS, certificates are read again without a
+// restart (systemctl reload). The signal is always caught, so a reload
+// never kills a node that has nothing to reload (the log file, if any, is
+// reopened by setupLogging's own handler).
+func onSIGHUP(ctx context.Context, ch chan os.Signal, logger *slog.Logger, tlsOn bool, reload func() error) {
 	go func() {
 		defer signal.Stop(ch)
 		for {
