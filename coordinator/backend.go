@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"slices"
 	"sort"
 	"time"
 
@@ -52,17 +53,23 @@ func (c *Coordinator) HoldBlob(ctx context.Context, sha string) ([]string, error
 	return c.replicate(ctx, sha)
 }
 
-// quorum is a majority of the voters: how many nodes must hold a blob
-// before metadata referencing it commits. A node that knows no voters yet
-// (it has not bootstrapped, or has not received the configuration from
-// the leader) cannot tell what a majority is and answers unavailable
-// rather than count itself as the whole cluster.
+// quorum is how many nodes, this one included, must hold a blob before
+// metadata referencing it commits: a majority of the voters, plus this
+// node when it is not a voter itself (a coordinator still being promoted,
+// or one being removed), since its own copy may be gone with it. A node
+// that knows no voters yet (it has not bootstrapped, or has not received
+// the configuration from the leader) cannot tell what a majority is and
+// answers unavailable rather than count itself as the whole cluster.
 func (c *Coordinator) quorum() (int, error) {
-	n := len(c.voters())
-	if n == 0 {
+	voters := c.voters()
+	if len(voters) == 0 {
 		return 0, fmt.Errorf("this coordinator does not know the cluster's voters yet: %w", api.ErrUnavailable)
 	}
-	return n/2 + 1, nil
+	need := len(voters)/2 + 1
+	if !slices.ContainsFunc(voters, func(s raft.Server) bool { return string(s.ID) == c.cfg.NodeID }) {
+		need++
+	}
+	return need, nil
 }
 
 // replicate copies a local blob onto a majority of the voters.

@@ -11,6 +11,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hashicorp/raft"
+
 	"github.com/vbatch/vbatch/coordinator/api"
 	"github.com/vbatch/vbatch/fsm"
 	"github.com/vbatch/vbatch/internal/ids"
@@ -239,4 +241,53 @@ func TestFSMLevelGate(t *testing.T) {
 		t.Fatal(err)
 	}
 	allAt(fsm.LevelCompletePart, false, nodes[0], nodes[1])
+}
+
+// TestNonVoterUploadNeedsMajorityOfVoters: a coordinator that is not (yet)
+// a voter may disappear with its copy, so an upload through it is
+// acknowledged only once a majority of the voters hold the blob besides it.
+func TestNonVoterUploadNeedsMajorityOfVoters(t *testing.T) {
+	var nodes []*Coordinator
+	var join []string
+	for i := 1; i <= 3; i++ {
+		cfg := nodeConfig(t, fmt.Sprintf("v%d", i), 3, join)
+		cfg.ServerStabilizationTime = time.Hour // a joining node stays a non-voter
+		c := startNode(t, cfg)
+		if i == 1 {
+			join = []string{c.pool.Addr()}
+		}
+		nodes = append(nodes, c)
+	}
+	waitLeader(t, nodes)
+	waitVoters(t, nodes, 3)
+	cfg := nodeConfig(t, "staging", 3, join)
+	cfg.ServerStabilizationTime = time.Hour
+	staging := startNode(t, cfg)
+	waitFor(t, 20*time.Second, "the new coordinator to hold the configuration as a non-voter", func() bool {
+		f := staging.raftNode.raft.GetConfiguration()
+		if f.Error() != nil {
+			return false
+		}
+		for _, s := range f.Configuration().Servers {
+			if string(s.ID) == "staging" {
+				return s.Suffrage == raft.Nonvoter && len(staging.voters()) == 3
+			}
+		}
+		return false
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	_, replicas, err := staging.StoreUpload(ctx, strings.NewReader("uploaded through a non-voter\n"))
+	if err != nil {
+		t.Fatalf("upload through the non-voter: %v", err)
+	}
+	voters := 0
+	for _, id := range replicas {
+		if staging.isVoter(id) {
+			voters++
+		}
+	}
+	if voters < 2 {
+		t.Fatalf("acknowledged with replicas %v: %d voters, want a majority (2)", replicas, voters)
+	}
 }
