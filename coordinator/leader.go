@@ -31,7 +31,7 @@ const agentGrace = 3 * time.Second
 
 // leaderLoop does the leader-only work until ctx ends: validate new
 // batches, expire leases, finalize, cancel and expire batches, add new
-// coordinators to raft.
+// coordinators to raft, delete expired files.
 func (c *Coordinator) leaderLoop(ctx context.Context) {
 	// A barrier makes sure the FSM holds every committed entry before the
 	// loop acts on it.
@@ -60,6 +60,7 @@ func (c *Coordinator) leaderLoop(ctx context.Context) {
 		watch := c.fsm.Watch()
 		if c.Now().Sub(members) > time.Second {
 			c.reconcileMembers()
+			c.expireFiles(ctx)
 			members = c.Now()
 		}
 		l.tick(ctx)

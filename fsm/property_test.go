@@ -355,6 +355,22 @@ func checkResultFiles(rt *rapid.T, s *State, b *vbatchv1.Batch) {
 	if f, ok := s.Files[b.ErrorFileId]; ok && f.Lines != b.RequestCounts.Failed {
 		rt.Fatalf("batch %s: error file of %d lines, %d failed", b.Id, f.Lines, b.RequestCounts.Failed)
 	}
+	// ReferencedBlobs keeps a finished batch's part blobs only through its
+	// result files: each must be listed in the one that still exists.
+	has := func(fileID string, r *vbatchv1.BlobRef) bool {
+		f, ok := s.Files[fileID]
+		if !ok || r.GetBytes() == 0 {
+			return true // deleted by the user, or nothing to keep
+		}
+		return slices.ContainsFunc(f.Parts, func(p *vbatchv1.BlobRef) bool { return p.Sha256 == r.Sha256 })
+	}
+	for _, c := range b.Chunks {
+		for _, p := range c.Parts {
+			if !has(b.OutputFileId, p.Output) || !has(b.ErrorFileId, p.Errors) {
+				rt.Fatalf("batch %s: part %v is in no result file", b.Id, p)
+			}
+		}
+	}
 }
 
 // checkSnapshot round-trips the state through a snapshot.

@@ -142,7 +142,17 @@ func UsedByLiveBatch(s *State, fileID string) bool {
 	return false
 }
 
-// ReferencedBlobs returns every blob a file or a committed part refers to.
+// FileExpired reports whether f has an expiry (OpenAI's expires_after)
+// that has passed at nowSec (unix seconds). An expired file reads as
+// deleted; the leader deletes it once no live batch uses it.
+func FileExpired(f *vbatchv1.File, nowSec int64) bool {
+	return f.ExpiresAt > 0 && nowSec >= f.ExpiresAt
+}
+
+// ReferencedBlobs returns every blob a file, or a committed part of a
+// batch still running, refers to. A terminal batch's parts are not counted:
+// its output and error files list every one of them (finishBatch), so once
+// the user deletes those files, or they expire, the bytes can go.
 func ReferencedBlobs(s *State) map[string]struct{} {
 	refs := map[string]struct{}{}
 	add := func(r *vbatchv1.BlobRef) {
@@ -156,6 +166,9 @@ func ReferencedBlobs(s *State) map[string]struct{} {
 		}
 	}
 	for _, b := range s.Batches {
+		if IsTerminal(b.Status) {
+			continue
+		}
 		for _, c := range b.Chunks {
 			for _, p := range c.Parts {
 				add(p.Output)

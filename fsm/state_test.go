@@ -78,11 +78,17 @@ func TestReferencedBlobs(t *testing.T) {
 	s.Batches["b"] = &vbatchv1.Batch{Id: "b", Chunks: []*vbatchv1.Chunk{{Parts: []*vbatchv1.Part{
 		{Output: blob("c", 1), Errors: blob("d", 1)}, {Output: blob("", 0)},
 	}}}}
+	// A finished batch's parts are referenced through its result files
+	// only: deleting those frees the bytes.
+	s.Batches["done"] = &vbatchv1.Batch{Id: "done", Status: statusCompleted, Chunks: []*vbatchv1.Chunk{{Parts: []*vbatchv1.Part{
+		{Output: blob("e", 1)}, {Output: blob("gone", 1)},
+	}}}}
+	s.Files["out"] = &vbatchv1.File{Id: "out", BatchId: "done", Parts: []*vbatchv1.BlobRef{blob("e", 1)}}
 	got := ReferencedBlobs(s)
-	if len(got) != 4 {
+	if len(got) != 5 {
 		t.Fatalf("refs = %v", got)
 	}
-	for _, sha := range []string{"a", "b", "c", "d"} {
+	for _, sha := range []string{"a", "b", "c", "d", "e"} {
 		if _, ok := got[sha]; !ok {
 			t.Fatalf("blob %s not referenced: %v", sha, got)
 		}

@@ -116,8 +116,9 @@ func (a *API) createBatch(w http.ResponseWriter, r *http.Request, p *principal) 
 		return err
 	}
 	var input *vbatchv1.File
+	now := a.b.Now().Unix()
 	err = a.find(r, func(s *fsm.State) bool {
-		if f, ok := s.Files[req.InputFileID]; ok && f.Project == p.project {
+		if f, ok := s.Files[req.InputFileID]; ok && f.Project == p.project && !fsm.FileExpired(f, now) {
 			input = proto.Clone(f).(*vbatchv1.File)
 		}
 		return input != nil
@@ -133,7 +134,6 @@ func (a *API) createBatch(w http.ResponseWriter, r *http.Request, p *principal) 
 	if input.Purpose != "batch" {
 		return badRequest(codeInvalidFile, "input_file_id", "The input file %s has purpose '%s'; a batch needs a file uploaded with purpose 'batch'.", input.Id, input.Purpose)
 	}
-	now := a.b.Now().Unix()
 	b := &vbatchv1.Batch{
 		Id:               ids.New("batch_"),
 		Project:          p.project,

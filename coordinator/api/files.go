@@ -42,9 +42,10 @@ func (a *API) listFiles(w http.ResponseWriter, r *http.Request, p *principal) er
 		return err
 	}
 	var files []*vbatchv1.File
+	now := a.b.Now().Unix()
 	a.b.FSM().View(func(s *fsm.State) {
 		for _, f := range s.Files {
-			if f.Project == p.project && (purpose == "" || f.Purpose == purpose) {
+			if f.Project == p.project && (purpose == "" || f.Purpose == purpose) && !fsm.FileExpired(f, now) {
 				files = append(files, proto.Clone(f).(*vbatchv1.File))
 			}
 		}
@@ -72,14 +73,16 @@ func (a *API) listFiles(w http.ResponseWriter, r *http.Request, p *principal) er
 }
 
 // lookupFile returns a copy of the file id of p's project; a file of
-// another project is as missing as one that never existed.
+// another project, or one past its expiry, is as missing as one that never
+// existed.
 func (a *API) lookupFile(r *http.Request, p *principal, id string) (*vbatchv1.File, error) {
 	if err := a.consistent(r); err != nil {
 		return nil, err
 	}
 	var f *vbatchv1.File
+	now := a.b.Now().Unix()
 	err := a.find(r, func(s *fsm.State) bool {
-		if got, ok := s.Files[id]; ok && got.Project == p.project {
+		if got, ok := s.Files[id]; ok && got.Project == p.project && !fsm.FileExpired(got, now) {
 			f = proto.Clone(got).(*vbatchv1.File)
 		}
 		return f != nil
@@ -130,8 +133,9 @@ func (a *API) fileContent(w http.ResponseWriter, r *http.Request, p *principal) 
 func (a *API) deleteFile(w http.ResponseWriter, r *http.Request, p *principal) error {
 	id := r.PathValue("id")
 	var found, inUse bool
+	now := a.b.Now().Unix()
 	err := a.find(r, func(s *fsm.State) bool {
-		if f, ok := s.Files[id]; ok && f.Project == p.project {
+		if f, ok := s.Files[id]; ok && f.Project == p.project && !fsm.FileExpired(f, now) {
 			found, inUse = true, fsm.UsedByLiveBatch(s, id)
 		}
 		return found

@@ -133,6 +133,29 @@ func TestUploadExpiry(t *testing.T) {
 	}
 }
 
+// TestExpiredFileReadsAsDeleted: from its expires_at on, a file is gone
+// for every endpoint, as at OpenAI, before the leader deletes its record.
+func TestExpiredFileReadsAsDeleted(t *testing.T) {
+	e := rootEnv(t)
+	r := e.upload(testRoot, field{name: "purpose", value: "batch"}, field{name: "expires_after[anchor]", value: "created_at"},
+		field{name: "expires_after[seconds]", value: "3600"}, field{name: "file", filename: "a", value: batchLines(1)})
+	if r.status != http.StatusOK {
+		t.Fatalf("%d %s", r.status, r.body)
+	}
+	id := r.json(t)["id"].(string)
+	kept := e.uploadOK(testRoot, "batch", batchLines(1))
+	e.b.advance(3600 * time.Second)
+	e.do(http.MethodGet, "/v1/files/"+id, testRoot, nil).wantError(t, http.StatusNotFound, typeInvalidRequest, codeNotFound)
+	e.do(http.MethodGet, "/v1/files/"+id+"/content", testRoot, nil).wantError(t, http.StatusNotFound, typeInvalidRequest, codeNotFound)
+	e.do(http.MethodDelete, "/v1/files/"+id, testRoot, nil).wantError(t, http.StatusNotFound, typeInvalidRequest, codeNotFound)
+	body := fmt.Sprintf(`{"input_file_id":%q,"endpoint":"/v1/chat/completions","completion_window":"24h"}`, id)
+	e.do(http.MethodPost, "/v1/batches", testRoot, strings.NewReader(body)).wantError(t, http.StatusNotFound, typeInvalidRequest, codeNotFound)
+	list := e.do(http.MethodGet, "/v1/files", testRoot, nil)
+	if list.status != http.StatusOK || strings.Contains(string(list.body), id) || !strings.Contains(string(list.body), kept) {
+		t.Fatalf("list after expiry: %d %s", list.status, list.body)
+	}
+}
+
 func TestUploadStoreFailure(t *testing.T) {
 	e := rootEnv(t)
 	e.b.storeErr = fmt.Errorf("replicate: %w", ErrUnavailable)
