@@ -2,7 +2,6 @@ package coordinator
 
 import (
 	"context"
-	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -19,19 +18,7 @@ import (
 // file's blob stays on disk well past the grace.
 func TestBlobGCWaitsForCurrentState(t *testing.T) {
 	const grace = 500 * time.Millisecond
-	var nodes []*Coordinator
-	var join []string
-	for i := 1; i <= 3; i++ {
-		cfg := nodeConfig(t, fmt.Sprintf("g%d", i), 3, join)
-		cfg.Timing.BlobGCGrace = grace
-		c := startNode(t, cfg)
-		if i == 1 {
-			join = []string{c.pool.Addr()}
-		}
-		nodes = append(nodes, c)
-	}
-	waitLeader(t, nodes)
-	waitVoters(t, nodes, 3)
+	nodes := startCluster(t, 3, func(c *Config) { c.Timing.BlobGCGrace = grace })
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 

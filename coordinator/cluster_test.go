@@ -38,8 +38,9 @@ func testTiming() Timing {
 }
 
 // startCluster starts n in-process coordinators on loopback ports chosen
-// by the OS and waits for a leader and for every node to know all n voters.
-func startCluster(t testing.TB, n int) []*Coordinator {
+// by the OS, each config changed by edits, and waits for a leader and for
+// every node to know all n voters.
+func startCluster(t testing.TB, n int, edits ...func(*Config)) []*Coordinator {
 	t.Helper()
 	var nodes []*Coordinator
 	var join []string
@@ -52,6 +53,9 @@ func startCluster(t testing.TB, n int) []*Coordinator {
 		cfg.Join = join
 		cfg.Timing = testTiming()
 		cfg.ServerStabilizationTime = 300 * time.Millisecond
+		for _, edit := range edits {
+			edit(&cfg)
+		}
 		logger := slog.New(slog.NewTextHandler(io.Discard, nil))
 		c, err := Start(cfg, logger, io.Discard)
 		if err != nil {
@@ -247,20 +251,9 @@ func TestFSMLevelGate(t *testing.T) {
 // a voter may disappear with its copy, so an upload through it is
 // acknowledged only once a majority of the voters hold the blob besides it.
 func TestNonVoterUploadNeedsMajorityOfVoters(t *testing.T) {
-	var nodes []*Coordinator
-	var join []string
-	for i := 1; i <= 3; i++ {
-		cfg := nodeConfig(t, fmt.Sprintf("v%d", i), 3, join)
-		cfg.ServerStabilizationTime = time.Hour // a joining node stays a non-voter
-		c := startNode(t, cfg)
-		if i == 1 {
-			join = []string{c.pool.Addr()}
-		}
-		nodes = append(nodes, c)
-	}
-	waitLeader(t, nodes)
-	waitVoters(t, nodes, 3)
-	cfg := nodeConfig(t, "staging", 3, join)
+	// A joining node stays a non-voter.
+	nodes := startCluster(t, 3, func(c *Config) { c.ServerStabilizationTime = time.Hour })
+	cfg := nodeConfig(t, "staging", 3, []string{nodes[0].pool.Addr()})
 	cfg.ServerStabilizationTime = time.Hour
 	staging := startNode(t, cfg)
 	waitFor(t, 20*time.Second, "the new coordinator to hold the configuration as a non-voter", func() bool {

@@ -82,6 +82,11 @@ type Config struct {
 	// DeadServerGrace is how long a coordinator may be gone from gossip
 	// before autopilot removes it from raft (0 turns removal off).
 	DeadServerGrace time.Duration `json:"dead_server_grace"`
+	// AgentForgetAfter is how long an agent may be gone from gossip before
+	// the leader removes its registration (0: never). Hosts that come and
+	// go under new names would otherwise stay listed, and exported, for
+	// ever; an agent that comes back registers again.
+	AgentForgetAfter time.Duration `json:"agent_forget_after"`
 	// ServerStabilizationTime is how long a new coordinator must stay
 	// healthy before autopilot makes it a voter.
 	ServerStabilizationTime time.Duration `json:"server_stabilization_time"`
@@ -160,6 +165,7 @@ func DefaultConfig() Config {
 		ChunkSize:               500,
 		LeaseTTL:                30 * time.Second,
 		DeadServerGrace:         5 * time.Minute,
+		AgentForgetAfter:        24 * time.Hour,
 		ServerStabilizationTime: 10 * time.Second,
 		RaftSnapshotThreshold:   8192,
 		RaftTrailingLogs:        10240,
@@ -204,6 +210,8 @@ func (c *Config) Check() error {
 		return errors.New("lease TTL must be at least 1s")
 	case c.DeadServerGrace < 0 || c.ServerStabilizationTime < 0 || c.MinQuorum < 0:
 		return errors.New("autopilot settings must not be negative")
+	case c.AgentForgetAfter < 0:
+		return errors.New("--agent-forget-after must not be negative")
 	case c.MaxLineBytes < 0 || c.MaxTokens < 0 || c.MaxN < 0 || c.DefaultKeyRPS < 0 ||
 		c.DefaultMaxEnqueuedRequests < 0 || c.DefaultMaxFileBytes < 0:
 		return errors.New("limits and quotas must not be negative (0 means none)")

@@ -17,6 +17,7 @@ func (c *Coordinator) startLoops() {
 	c.goLoop(func() { c.autopilotCacheLoop(ctx) })
 	c.goLoop(func() { c.slowLeaderLoop(ctx) })
 	c.goLoop(func() { c.notices.loop(ctx) })
+	c.goLoop(func() { c.telemetryPruneLoop(ctx) })
 }
 
 func (c *Coordinator) stopLoops() {
