@@ -87,6 +87,9 @@ type Config struct {
 	// go under new names would otherwise stay listed, and exported, for
 	// ever; an agent that comes back registers again.
 	AgentForgetAfter time.Duration `json:"agent_forget_after"`
+	// BatchCompactAfter is how long after a batch ends the leader drops its
+	// chunk records from the state (0: never); see fsm CompactBatch.
+	BatchCompactAfter time.Duration `json:"batch_compact_after"`
 	// ServerStabilizationTime is how long a new coordinator must stay
 	// healthy before autopilot makes it a voter.
 	ServerStabilizationTime time.Duration `json:"server_stabilization_time"`
@@ -166,6 +169,7 @@ func DefaultConfig() Config {
 		LeaseTTL:                30 * time.Second,
 		DeadServerGrace:         5 * time.Minute,
 		AgentForgetAfter:        24 * time.Hour,
+		BatchCompactAfter:       time.Hour,
 		ServerStabilizationTime: 10 * time.Second,
 		RaftSnapshotThreshold:   8192,
 		RaftTrailingLogs:        10240,
@@ -210,8 +214,8 @@ func (c *Config) Check() error {
 		return errors.New("lease TTL must be at least 1s")
 	case c.DeadServerGrace < 0 || c.ServerStabilizationTime < 0 || c.MinQuorum < 0:
 		return errors.New("autopilot settings must not be negative")
-	case c.AgentForgetAfter < 0:
-		return errors.New("--agent-forget-after must not be negative")
+	case c.AgentForgetAfter < 0 || c.BatchCompactAfter < 0:
+		return errors.New("--agent-forget-after and --batch-compact-after must not be negative")
 	case c.MaxLineBytes < 0 || c.MaxTokens < 0 || c.MaxN < 0 || c.DefaultKeyRPS < 0 ||
 		c.DefaultMaxEnqueuedRequests < 0 || c.DefaultMaxFileBytes < 0:
 		return errors.New("limits and quotas must not be negative (0 means none)")

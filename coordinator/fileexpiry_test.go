@@ -10,6 +10,42 @@ import (
 	vbatchv1 "github.com/vbatch/vbatch/rpc/gen/vbatch/v1"
 )
 
+// createInputFile stores a one-request batch input through c and commits
+// it as file id of project p, expiring at expiresAt (0: never).
+func createInputFile(t testing.TB, ctx context.Context, c *Coordinator, id string, expiresAt int64) {
+	t.Helper()
+	line := `{"custom_id":"r1","method":"POST","url":"/v1/chat/completions","body":{"model":"m","messages":[]}}` + "\n"
+	ref, _, err := c.StoreUpload(ctx, strings.NewReader(line))
+	if err != nil {
+		t.Fatalf("upload %s: %v", id, err)
+	}
+	f := &vbatchv1.File{Id: id, Project: "p", Purpose: "batch", Bytes: ref.Bytes, Sha256: ref.Sha256, Lines: 1,
+		CreatedAt: 1, ExpiresAt: expiresAt, Parts: []*vbatchv1.BlobRef{ref}}
+	if _, err := c.Apply(ctx, &vbatchv1.CreateFile{File: f}); err != nil {
+		t.Fatalf("create %s: %v", id, err)
+	}
+}
+
+// createBatch commits a new batch of project p on input file fileID; the
+// leader validates and starts it (no agent serves model m, so it waits).
+func createBatch(t testing.TB, ctx context.Context, c *Coordinator, id, fileID string) {
+	t.Helper()
+	if _, err := c.Apply(ctx, &vbatchv1.CreateBatch{Batch: &vbatchv1.Batch{Id: id, Project: "p", InputFileId: fileID,
+		Endpoint: "/v1/chat/completions", CompletionWindow: "24h", ExpiresAt: c.Now().Add(time.Hour).Unix(),
+		Status: vbatchv1.BatchStatus_BATCH_STATUS_VALIDATING, RequestCounts: &vbatchv1.RequestCounts{}}}); err != nil {
+		t.Fatalf("create batch %s: %v", id, err)
+	}
+}
+
+// consistentView runs fn on c's state after a consistent read.
+func consistentView(t testing.TB, ctx context.Context, c *Coordinator, fn func(s *fsm.State)) {
+	t.Helper()
+	if err := c.ConsistentRead(ctx); err != nil {
+		t.Fatalf("consistent read: %v", err)
+	}
+	c.fsm.View(fn)
+}
+
 // TestLeaderDeletesExpiredFiles: a file past its expires_after is deleted
 // by the leader, except while a live batch still reads it; once that batch
 // ends, it goes too.
@@ -18,34 +54,14 @@ func TestLeaderDeletesExpiredFiles(t *testing.T) {
 	c := follower(nodes)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	line := `{"custom_id":"r1","method":"POST","url":"/v1/chat/completions","body":{"model":"m","messages":[]}}` + "\n"
-	ref, _, err := c.StoreUpload(ctx, strings.NewReader(line))
-	if err != nil {
-		t.Fatalf("upload: %v", err)
-	}
 	expires := c.Now().Add(2 * time.Second).Unix()
-	file := func(id string) *vbatchv1.File {
-		return &vbatchv1.File{Id: id, Project: "p", Purpose: "batch", Bytes: ref.Bytes, Sha256: ref.Sha256, Lines: 1,
-			CreatedAt: 1, ExpiresAt: expires, Parts: []*vbatchv1.BlobRef{ref}}
-	}
+	createInputFile(t, ctx, c, "file-unused", expires)
+	createInputFile(t, ctx, c, "file-input", expires)
+	createInputFile(t, ctx, c, "file-kept", 0)
 	const batch = "batch_exp"
-	for _, cmd := range []*vbatchv1.CreateFile{{File: file("file-unused")}, {File: file("file-input")}, {File: &vbatchv1.File{
-		Id: "file-kept", Project: "p", Purpose: "batch", Bytes: ref.Bytes, Sha256: ref.Sha256, Lines: 1, CreatedAt: 1, Parts: []*vbatchv1.BlobRef{ref}}}} {
-		if _, err := c.Apply(ctx, cmd); err != nil {
-			t.Fatalf("create %s: %v", cmd.File.Id, err)
-		}
-	}
-	if _, err := c.Apply(ctx, &vbatchv1.CreateBatch{Batch: &vbatchv1.Batch{Id: batch, Project: "p", InputFileId: "file-input",
-		Endpoint: "/v1/chat/completions", CompletionWindow: "24h", ExpiresAt: c.Now().Add(time.Hour).Unix(),
-		Status: vbatchv1.BatchStatus_BATCH_STATUS_VALIDATING, RequestCounts: &vbatchv1.RequestCounts{}}}); err != nil {
-		t.Fatalf("create batch: %v", err)
-	}
-	exists := func(id string) bool {
-		if err := c.ConsistentRead(ctx); err != nil {
-			t.Fatalf("consistent read: %v", err)
-		}
-		var ok bool
-		c.fsm.View(func(s *fsm.State) { _, ok = s.Files[id] })
+	createBatch(t, ctx, c, batch, "file-input")
+	exists := func(id string) (ok bool) {
+		consistentView(t, ctx, c, func(s *fsm.State) { _, ok = s.Files[id] })
 		return ok
 	}
 	waitFor(t, 20*time.Second, "the unused expired file to be deleted", func() bool { return !exists("file-unused") })
@@ -59,4 +75,36 @@ func TestLeaderDeletesExpiredFiles(t *testing.T) {
 		t.Fatalf("cancel: %v", err)
 	}
 	waitFor(t, 20*time.Second, "the expired input to be deleted once its batch ended", func() bool { return !exists("file-input") })
+}
+
+// TestLeaderCompactsFinishedBatches: BatchCompactAfter after a batch ends,
+// the leader drops its chunk records; a running batch keeps them.
+func TestLeaderCompactsFinishedBatches(t *testing.T) {
+	nodes := startCluster(t, 3, func(c *Config) { c.BatchCompactAfter = time.Millisecond })
+	c := follower(nodes)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	createInputFile(t, ctx, c, "file-in", 0)
+	createBatch(t, ctx, c, "batch_done", "file-in")
+	createBatch(t, ctx, c, "batch_live", "file-in")
+	started := func(id string) (ok bool) {
+		consistentView(t, ctx, c, func(s *fsm.State) {
+			ok = s.Batches[id].GetStatus() == vbatchv1.BatchStatus_BATCH_STATUS_IN_PROGRESS && len(s.Batches[id].Chunks) > 0
+		})
+		return ok
+	}
+	waitFor(t, 20*time.Second, "both batches to start", func() bool { return started("batch_done") && started("batch_live") })
+	if _, err := c.Apply(ctx, &vbatchv1.CancelBatch{BatchId: "batch_done", Project: "p"}); err != nil {
+		t.Fatalf("cancel: %v", err)
+	}
+	waitFor(t, 20*time.Second, "the cancelled batch to be compacted", func() (ok bool) {
+		consistentView(t, ctx, c, func(s *fsm.State) {
+			b := s.Batches["batch_done"]
+			ok = b.GetStatus() == vbatchv1.BatchStatus_BATCH_STATUS_CANCELLED && b.Compacted && len(b.Chunks) == 0
+		})
+		return ok
+	})
+	if !started("batch_live") {
+		t.Fatal("a running batch lost its chunks")
+	}
 }

@@ -31,7 +31,8 @@ const agentGrace = 3 * time.Second
 
 // leaderLoop does the leader-only work until ctx ends: validate new
 // batches, expire leases, finalize, cancel and expire batches, add new
-// coordinators to raft, delete expired files, forget long-gone agents.
+// coordinators to raft, delete expired files, compact finished batches,
+// forget long-gone agents.
 func (c *Coordinator) leaderLoop(ctx context.Context) {
 	// A barrier makes sure the FSM holds every committed entry before the
 	// loop acts on it.
@@ -62,6 +63,7 @@ func (c *Coordinator) leaderLoop(ctx context.Context) {
 		if c.Now().Sub(members) > time.Second {
 			c.reconcileMembers()
 			c.expireFiles(ctx)
+			c.compactBatches(ctx)
 			l.forgetAgents(ctx)
 			members = c.Now()
 		}

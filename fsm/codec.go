@@ -20,10 +20,14 @@ const EnvelopeVersion = 1
 //
 //   - 1: the commands up to DrainAgent.
 //   - 2: CompletePart.
-const Level = 2
+//   - 3: CompactBatch.
+const Level = 3
 
 // LevelCompletePart is the level that applies CompletePart.
 const LevelCompletePart = 2
+
+// LevelCompactBatch is the level that applies CompactBatch.
+const LevelCompactBatch = 3
 
 // commandTypes maps every command type to a constructor of its message.
 // The list only grows; see CommandType in state.proto.
@@ -42,6 +46,7 @@ var commandTypes = map[vbatchv1.CommandType]func() proto.Message{
 	vbatchv1.CommandType_COMMAND_TYPE_COMMIT_PART:    func() proto.Message { return &vbatchv1.CommitPart{} },
 	vbatchv1.CommandType_COMMAND_TYPE_COMPLETE_CHUNK: func() proto.Message { return &vbatchv1.CompleteChunk{} },
 	vbatchv1.CommandType_COMMAND_TYPE_COMPLETE_PART:  func() proto.Message { return &vbatchv1.CompletePart{} },
+	vbatchv1.CommandType_COMMAND_TYPE_COMPACT_BATCH:  func() proto.Message { return &vbatchv1.CompactBatch{} },
 	vbatchv1.CommandType_COMMAND_TYPE_RELEASE_LEASE:  func() proto.Message { return &vbatchv1.ReleaseLease{} },
 	vbatchv1.CommandType_COMMAND_TYPE_EXPIRE_LEASES:  func() proto.Message { return &vbatchv1.ExpireLeases{} },
 	vbatchv1.CommandType_COMMAND_TYPE_BEGIN_FINALIZE: func() proto.Message { return &vbatchv1.BeginFinalize{} },

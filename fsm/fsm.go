@@ -120,6 +120,8 @@ func (a *applyCtx) apply(cmd proto.Message) error {
 		return a.beginFinalize(c)
 	case *vbatchv1.FinishBatch:
 		return a.finishBatch(c)
+	case *vbatchv1.CompactBatch:
+		return a.compactBatch(c)
 	case *vbatchv1.RegisterAgent:
 		return a.registerAgent(c)
 	case *vbatchv1.RemoveAgent:

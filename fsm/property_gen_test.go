@@ -52,7 +52,7 @@ func (g *gen) command(s *State) proto.Message {
 		{1, g.createFile}, {create, g.createFile}, {1, g.deleteFile}, {1, g.createBatch}, {create, g.createBatch}, {4, g.startBatch},
 		{1, g.failBatch}, {1, g.cancelBatch}, {1, g.agentCommand}, {8, g.grant},
 		{3, g.renew}, {16, g.commit}, {6, g.complete}, {6, g.completePart}, {3, g.releaseOrExpire},
-		{1, g.extend}, {3, g.finalize}, {4, g.finish},
+		{1, g.extend}, {3, g.finalize}, {4, g.finish}, {1, g.compact},
 	}
 	total := 0
 	for _, k := range kinds {
@@ -332,6 +332,15 @@ func (g *gen) finalize(s *State) proto.Message {
 // finish draws what the leader would send: completed for a finalizing
 // batch, cancelled for a cancelling one, expired with the unrun lines as
 // extra errors; and now and then the wrong ending or a stale progress.
+// compact mostly targets a batch that ended, now and then any batch.
+func (g *gen) compact(s *State) proto.Message {
+	id := g.pick(batchesIn(s, statusCompleted, statusCancelled, statusExpired, statusFailed), g.anyBatch(s))
+	if g.oneIn(4) {
+		id = g.anyBatch(s)
+	}
+	return &vbatchv1.CompactBatch{BatchId: id}
+}
+
 func (g *gen) finish(s *State) proto.Message {
 	id := g.pick(batchesIn(s, statusFinalizing, statusCancelling, statusInProgress, statusValidating), g.anyBatch(s))
 	cmd := &vbatchv1.FinishBatch{BatchId: id, OutputFileId: g.m.newID("file-out-"), ErrorFileId: g.m.newID("file-err-")}

@@ -90,12 +90,14 @@ type model struct {
 	tokens []uint64
 	// extra is the extra_failed lines each finished batch was given.
 	extra map[string]int64
-	seq   int
-	cov   coverage
+	// counts is each batch's request counts when last seen uncompacted.
+	counts map[string]*vbatchv1.RequestCounts
+	seq    int
+	cov    coverage
 }
 
 func newModel() *model {
-	return &model{f: New(), now: time.Unix(1_700_000_000, 0), extra: map[string]int64{}}
+	return &model{f: New(), now: time.Unix(1_700_000_000, 0), extra: map[string]int64{}, counts: map[string]*vbatchv1.RequestCounts{}}
 }
 
 func (m *model) state() *State {
@@ -245,6 +247,17 @@ func (m *model) checkReapply(rt *rapid.T, cmd proto.Message) {
 }
 
 // checkStep checks what may change between two states.
+// onlyCompacted reports whether after is before compacted: the same batch
+// without chunks and marked so.
+func onlyCompacted(before, after *vbatchv1.Batch) bool {
+	if !after.Compacted || len(after.Chunks) > 0 {
+		return false
+	}
+	was := proto.Clone(before).(*vbatchv1.Batch)
+	was.Chunks, was.Compacted = nil, true
+	return proto.Equal(was, after)
+}
+
 func checkStep(rt *rapid.T, before, after *State) {
 	if after.Now < before.Now {
 		rt.Fatalf("time ran backwards: %d -> %d", before.Now, after.Now)
@@ -254,7 +267,9 @@ func checkStep(rt *rapid.T, before, after *State) {
 		if !ok {
 			rt.Fatalf("batch %s vanished", id)
 		}
-		if IsTerminal(old.Status) && !proto.Equal(old, b) {
+		// A terminal batch never changes, but for compaction dropping its
+		// internal chunk records.
+		if IsTerminal(old.Status) && !proto.Equal(old, b) && !onlyCompacted(old, b) {
 			rt.Fatalf("terminal batch %s changed", id)
 		}
 		if old.Status != b.Status && !ValidTransition(old.Status, b.Status) {
@@ -324,6 +339,19 @@ func (m *model) checkState(rt *rapid.T, s *State) {
 			}
 		}
 		rc := b.RequestCounts
+		if b.Compacted {
+			// Only a batch that ended is compacted, and it keeps its counts
+			// (the model's own record of them) but no chunk.
+			if !IsTerminal(b.Status) || len(b.Chunks) > 0 {
+				rt.Fatalf("compacted batch %s is %s with %d chunks", id, b.Status, len(b.Chunks))
+			}
+			if want := m.counts[id]; want != nil && !proto.Equal(rc, want) {
+				rt.Fatalf("compacted batch %s counts %v, before compaction %v", id, rc, want)
+			}
+			checkResultFiles(rt, s, b)
+			continue
+		}
+		m.counts[id] = proto.Clone(rc).(*vbatchv1.RequestCounts)
 		if len(b.Chunks) > 0 && next != rc.Total {
 			rt.Fatalf("batch %s: chunks cover %d of %d lines", id, next, rc.Total)
 		}

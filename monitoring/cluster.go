@@ -7,6 +7,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/vbatch/vbatch/fsm"
 	vbatchv1 "github.com/vbatch/vbatch/rpc/gen/vbatch/v1"
 )
 
@@ -205,7 +206,7 @@ func (c *ClusterCollector) collectBatches(ch chan<- prometheus.Metric) {
 			tokens[b.Model] += u.OutputTokens
 		}
 		if h, ok := durations[b.Status]; ok {
-			if end := terminalAt(b); b.InProgressAt > 0 && end >= b.InProgressAt {
+			if end := fsm.EndedAt(b); b.InProgressAt > 0 && end >= b.InProgressAt {
 				h.observe(float64(end - b.InProgressAt))
 			}
 			return
@@ -234,21 +235,6 @@ func (c *ClusterCollector) collectBatches(ch chan<- prometheus.Metric) {
 		label := strings.ToLower(strings.TrimPrefix(s.String(), "CHUNK_STATE_"))
 		ch <- prometheus.MustNewConstMetric(c.chunks, prometheus.GaugeValue, float64(chunkStates[s]), label)
 	}
-}
-
-// terminalAt is when a terminal batch reached its status, Unix seconds.
-func terminalAt(b *vbatchv1.Batch) int64 {
-	switch b.Status {
-	case vbatchv1.BatchStatus_BATCH_STATUS_COMPLETED:
-		return b.CompletedAt
-	case vbatchv1.BatchStatus_BATCH_STATUS_FAILED:
-		return b.FailedAt
-	case vbatchv1.BatchStatus_BATCH_STATUS_EXPIRED:
-		return b.ExpiredAt
-	case vbatchv1.BatchStatus_BATCH_STATUS_CANCELLED:
-		return b.CancelledAt
-	}
-	return 0
 }
 
 func (c *ClusterCollector) collectAgents(ch chan<- prometheus.Metric) {

@@ -52,6 +52,7 @@ const (
 	CommandType_COMMAND_TYPE_REMOVE_AGENT   CommandType = 19
 	CommandType_COMMAND_TYPE_DRAIN_AGENT    CommandType = 20
 	CommandType_COMMAND_TYPE_COMPLETE_PART  CommandType = 21
+	CommandType_COMMAND_TYPE_COMPACT_BATCH  CommandType = 22
 )
 
 // Enum value maps for CommandType.
@@ -79,6 +80,7 @@ var (
 		19: "COMMAND_TYPE_REMOVE_AGENT",
 		20: "COMMAND_TYPE_DRAIN_AGENT",
 		21: "COMMAND_TYPE_COMPLETE_PART",
+		22: "COMMAND_TYPE_COMPACT_BATCH",
 	}
 	CommandType_value = map[string]int32{
 		"COMMAND_TYPE_UNSPECIFIED":    0,
@@ -103,6 +105,7 @@ var (
 		"COMMAND_TYPE_REMOVE_AGENT":   19,
 		"COMMAND_TYPE_DRAIN_AGENT":    20,
 		"COMMAND_TYPE_COMPLETE_PART":  21,
+		"COMMAND_TYPE_COMPACT_BATCH":  22,
 	}
 )
 
@@ -1407,8 +1410,11 @@ type Batch struct {
 	ErrorFileId      string                 `protobuf:"bytes,21,opt,name=error_file_id,json=errorFileId,proto3" json:"error_file_id,omitempty"`
 	Usage            *Usage                 `protobuf:"bytes,22,opt,name=usage,proto3" json:"usage,omitempty"`
 	Chunks           []*Chunk               `protobuf:"bytes,23,rep,name=chunks,proto3" json:"chunks,omitempty"`
-	unknownFields    protoimpl.UnknownFields
-	sizeCache        protoimpl.SizeCache
+	// compacted: the batch ended long ago and its chunk records were dropped
+	// (CompactBatch); its counts, usage and result files stay.
+	Compacted     bool `protobuf:"varint,24,opt,name=compacted,proto3" json:"compacted,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Batch) Reset() {
@@ -1600,6 +1606,13 @@ func (x *Batch) GetChunks() []*Chunk {
 		return x.Chunks
 	}
 	return nil
+}
+
+func (x *Batch) GetCompacted() bool {
+	if x != nil {
+		return x.Compacted
+	}
+	return false
 }
 
 // GPU describes one GPU of an agent.
@@ -2544,6 +2557,52 @@ func (x *CompletePart) GetCommit() *CommitPart {
 	return nil
 }
 
+// CompactBatch drops the chunk records (leases, parts) of a batch that
+// ended: its result files already list every part.
+type CompactBatch struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	BatchId       string                 `protobuf:"bytes,1,opt,name=batch_id,json=batchId,proto3" json:"batch_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CompactBatch) Reset() {
+	*x = CompactBatch{}
+	mi := &file_vbatch_v1_state_proto_msgTypes[29]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CompactBatch) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CompactBatch) ProtoMessage() {}
+
+func (x *CompactBatch) ProtoReflect() protoreflect.Message {
+	mi := &file_vbatch_v1_state_proto_msgTypes[29]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CompactBatch.ProtoReflect.Descriptor instead.
+func (*CompactBatch) Descriptor() ([]byte, []int) {
+	return file_vbatch_v1_state_proto_rawDescGZIP(), []int{29}
+}
+
+func (x *CompactBatch) GetBatchId() string {
+	if x != nil {
+		return x.BatchId
+	}
+	return ""
+}
+
 type CompleteChunk struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	BatchId       string                 `protobuf:"bytes,1,opt,name=batch_id,json=batchId,proto3" json:"batch_id,omitempty"`
@@ -2555,7 +2614,7 @@ type CompleteChunk struct {
 
 func (x *CompleteChunk) Reset() {
 	*x = CompleteChunk{}
-	mi := &file_vbatch_v1_state_proto_msgTypes[29]
+	mi := &file_vbatch_v1_state_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2567,7 +2626,7 @@ func (x *CompleteChunk) String() string {
 func (*CompleteChunk) ProtoMessage() {}
 
 func (x *CompleteChunk) ProtoReflect() protoreflect.Message {
-	mi := &file_vbatch_v1_state_proto_msgTypes[29]
+	mi := &file_vbatch_v1_state_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2580,7 +2639,7 @@ func (x *CompleteChunk) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CompleteChunk.ProtoReflect.Descriptor instead.
 func (*CompleteChunk) Descriptor() ([]byte, []int) {
-	return file_vbatch_v1_state_proto_rawDescGZIP(), []int{29}
+	return file_vbatch_v1_state_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *CompleteChunk) GetBatchId() string {
@@ -2616,7 +2675,7 @@ type ReleaseLease struct {
 
 func (x *ReleaseLease) Reset() {
 	*x = ReleaseLease{}
-	mi := &file_vbatch_v1_state_proto_msgTypes[30]
+	mi := &file_vbatch_v1_state_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2628,7 +2687,7 @@ func (x *ReleaseLease) String() string {
 func (*ReleaseLease) ProtoMessage() {}
 
 func (x *ReleaseLease) ProtoReflect() protoreflect.Message {
-	mi := &file_vbatch_v1_state_proto_msgTypes[30]
+	mi := &file_vbatch_v1_state_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2641,7 +2700,7 @@ func (x *ReleaseLease) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReleaseLease.ProtoReflect.Descriptor instead.
 func (*ReleaseLease) Descriptor() ([]byte, []int) {
-	return file_vbatch_v1_state_proto_rawDescGZIP(), []int{30}
+	return file_vbatch_v1_state_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *ReleaseLease) GetBatchId() string {
@@ -2683,7 +2742,7 @@ type LeaseRef struct {
 
 func (x *LeaseRef) Reset() {
 	*x = LeaseRef{}
-	mi := &file_vbatch_v1_state_proto_msgTypes[31]
+	mi := &file_vbatch_v1_state_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2695,7 +2754,7 @@ func (x *LeaseRef) String() string {
 func (*LeaseRef) ProtoMessage() {}
 
 func (x *LeaseRef) ProtoReflect() protoreflect.Message {
-	mi := &file_vbatch_v1_state_proto_msgTypes[31]
+	mi := &file_vbatch_v1_state_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2708,7 +2767,7 @@ func (x *LeaseRef) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LeaseRef.ProtoReflect.Descriptor instead.
 func (*LeaseRef) Descriptor() ([]byte, []int) {
-	return file_vbatch_v1_state_proto_rawDescGZIP(), []int{31}
+	return file_vbatch_v1_state_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *LeaseRef) GetBatchId() string {
@@ -2743,7 +2802,7 @@ type ExpireLeases struct {
 
 func (x *ExpireLeases) Reset() {
 	*x = ExpireLeases{}
-	mi := &file_vbatch_v1_state_proto_msgTypes[32]
+	mi := &file_vbatch_v1_state_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2755,7 +2814,7 @@ func (x *ExpireLeases) String() string {
 func (*ExpireLeases) ProtoMessage() {}
 
 func (x *ExpireLeases) ProtoReflect() protoreflect.Message {
-	mi := &file_vbatch_v1_state_proto_msgTypes[32]
+	mi := &file_vbatch_v1_state_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2768,7 +2827,7 @@ func (x *ExpireLeases) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExpireLeases.ProtoReflect.Descriptor instead.
 func (*ExpireLeases) Descriptor() ([]byte, []int) {
-	return file_vbatch_v1_state_proto_rawDescGZIP(), []int{32}
+	return file_vbatch_v1_state_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *ExpireLeases) GetLeases() []*LeaseRef {
@@ -2796,7 +2855,7 @@ type ExtendLeases struct {
 
 func (x *ExtendLeases) Reset() {
 	*x = ExtendLeases{}
-	mi := &file_vbatch_v1_state_proto_msgTypes[33]
+	mi := &file_vbatch_v1_state_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2808,7 +2867,7 @@ func (x *ExtendLeases) String() string {
 func (*ExtendLeases) ProtoMessage() {}
 
 func (x *ExtendLeases) ProtoReflect() protoreflect.Message {
-	mi := &file_vbatch_v1_state_proto_msgTypes[33]
+	mi := &file_vbatch_v1_state_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2821,7 +2880,7 @@ func (x *ExtendLeases) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExtendLeases.ProtoReflect.Descriptor instead.
 func (*ExtendLeases) Descriptor() ([]byte, []int) {
-	return file_vbatch_v1_state_proto_rawDescGZIP(), []int{33}
+	return file_vbatch_v1_state_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *ExtendLeases) GetExpiresAt() int64 {
@@ -2840,7 +2899,7 @@ type BeginFinalize struct {
 
 func (x *BeginFinalize) Reset() {
 	*x = BeginFinalize{}
-	mi := &file_vbatch_v1_state_proto_msgTypes[34]
+	mi := &file_vbatch_v1_state_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2852,7 +2911,7 @@ func (x *BeginFinalize) String() string {
 func (*BeginFinalize) ProtoMessage() {}
 
 func (x *BeginFinalize) ProtoReflect() protoreflect.Message {
-	mi := &file_vbatch_v1_state_proto_msgTypes[34]
+	mi := &file_vbatch_v1_state_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2865,7 +2924,7 @@ func (x *BeginFinalize) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BeginFinalize.ProtoReflect.Descriptor instead.
 func (*BeginFinalize) Descriptor() ([]byte, []int) {
-	return file_vbatch_v1_state_proto_rawDescGZIP(), []int{34}
+	return file_vbatch_v1_state_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *BeginFinalize) GetBatchId() string {
@@ -2895,7 +2954,7 @@ type FinishBatch struct {
 
 func (x *FinishBatch) Reset() {
 	*x = FinishBatch{}
-	mi := &file_vbatch_v1_state_proto_msgTypes[35]
+	mi := &file_vbatch_v1_state_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2907,7 +2966,7 @@ func (x *FinishBatch) String() string {
 func (*FinishBatch) ProtoMessage() {}
 
 func (x *FinishBatch) ProtoReflect() protoreflect.Message {
-	mi := &file_vbatch_v1_state_proto_msgTypes[35]
+	mi := &file_vbatch_v1_state_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2920,7 +2979,7 @@ func (x *FinishBatch) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FinishBatch.ProtoReflect.Descriptor instead.
 func (*FinishBatch) Descriptor() ([]byte, []int) {
-	return file_vbatch_v1_state_proto_rawDescGZIP(), []int{35}
+	return file_vbatch_v1_state_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *FinishBatch) GetBatchId() string {
@@ -2981,7 +3040,7 @@ type DrainAgent struct {
 
 func (x *DrainAgent) Reset() {
 	*x = DrainAgent{}
-	mi := &file_vbatch_v1_state_proto_msgTypes[36]
+	mi := &file_vbatch_v1_state_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2993,7 +3052,7 @@ func (x *DrainAgent) String() string {
 func (*DrainAgent) ProtoMessage() {}
 
 func (x *DrainAgent) ProtoReflect() protoreflect.Message {
-	mi := &file_vbatch_v1_state_proto_msgTypes[36]
+	mi := &file_vbatch_v1_state_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3006,7 +3065,7 @@ func (x *DrainAgent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DrainAgent.ProtoReflect.Descriptor instead.
 func (*DrainAgent) Descriptor() ([]byte, []int) {
-	return file_vbatch_v1_state_proto_rawDescGZIP(), []int{36}
+	return file_vbatch_v1_state_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *DrainAgent) GetAgentId() string {
@@ -3029,7 +3088,7 @@ type Result struct {
 
 func (x *Result) Reset() {
 	*x = Result{}
-	mi := &file_vbatch_v1_state_proto_msgTypes[37]
+	mi := &file_vbatch_v1_state_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3041,7 +3100,7 @@ func (x *Result) String() string {
 func (*Result) ProtoMessage() {}
 
 func (x *Result) ProtoReflect() protoreflect.Message {
-	mi := &file_vbatch_v1_state_proto_msgTypes[37]
+	mi := &file_vbatch_v1_state_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3054,7 +3113,7 @@ func (x *Result) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Result.ProtoReflect.Descriptor instead.
 func (*Result) Descriptor() ([]byte, []int) {
-	return file_vbatch_v1_state_proto_rawDescGZIP(), []int{37}
+	return file_vbatch_v1_state_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *Result) GetCode() string {
@@ -3095,7 +3154,7 @@ type SnapshotRecord struct {
 
 func (x *SnapshotRecord) Reset() {
 	*x = SnapshotRecord{}
-	mi := &file_vbatch_v1_state_proto_msgTypes[38]
+	mi := &file_vbatch_v1_state_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3107,7 +3166,7 @@ func (x *SnapshotRecord) String() string {
 func (*SnapshotRecord) ProtoMessage() {}
 
 func (x *SnapshotRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_vbatch_v1_state_proto_msgTypes[38]
+	mi := &file_vbatch_v1_state_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3120,7 +3179,7 @@ func (x *SnapshotRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SnapshotRecord.ProtoReflect.Descriptor instead.
 func (*SnapshotRecord) Descriptor() ([]byte, []int) {
-	return file_vbatch_v1_state_proto_rawDescGZIP(), []int{38}
+	return file_vbatch_v1_state_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *SnapshotRecord) GetRecord() isSnapshotRecord_Record {
@@ -3223,7 +3282,7 @@ type SnapshotHeader struct {
 
 func (x *SnapshotHeader) Reset() {
 	*x = SnapshotHeader{}
-	mi := &file_vbatch_v1_state_proto_msgTypes[39]
+	mi := &file_vbatch_v1_state_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3235,7 +3294,7 @@ func (x *SnapshotHeader) String() string {
 func (*SnapshotHeader) ProtoMessage() {}
 
 func (x *SnapshotHeader) ProtoReflect() protoreflect.Message {
-	mi := &file_vbatch_v1_state_proto_msgTypes[39]
+	mi := &file_vbatch_v1_state_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3248,7 +3307,7 @@ func (x *SnapshotHeader) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SnapshotHeader.ProtoReflect.Descriptor instead.
 func (*SnapshotHeader) Descriptor() ([]byte, []int) {
-	return file_vbatch_v1_state_proto_rawDescGZIP(), []int{39}
+	return file_vbatch_v1_state_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *SnapshotHeader) GetVersion() uint32 {
@@ -3376,7 +3435,7 @@ const file_vbatch_v1_state_proto_rawDesc = "" +
 	"\rRequestCounts\x12\x14\n" +
 	"\x05total\x18\x01 \x01(\x03R\x05total\x12\x1c\n" +
 	"\tcompleted\x18\x02 \x01(\x03R\tcompleted\x12\x16\n" +
-	"\x06failed\x18\x03 \x01(\x03R\x06failed\"\x99\a\n" +
+	"\x06failed\x18\x03 \x01(\x03R\x06failed\"\xb7\a\n" +
 	"\x05Batch\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x18\n" +
 	"\aproject\x18\x02 \x01(\tR\aproject\x12\"\n" +
@@ -3404,7 +3463,8 @@ const file_vbatch_v1_state_proto_rawDesc = "" +
 	"\x0eoutput_file_id\x18\x14 \x01(\tR\foutputFileId\x12\"\n" +
 	"\rerror_file_id\x18\x15 \x01(\tR\verrorFileId\x12&\n" +
 	"\x05usage\x18\x16 \x01(\v2\x10.vbatch.v1.UsageR\x05usage\x12(\n" +
-	"\x06chunks\x18\x17 \x03(\v2\x10.vbatch.v1.ChunkR\x06chunks\x1a;\n" +
+	"\x06chunks\x18\x17 \x03(\v2\x10.vbatch.v1.ChunkR\x06chunks\x12\x1c\n" +
+	"\tcompacted\x18\x18 \x01(\bR\tcompacted\x1a;\n" +
 	"\rMetadataEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xc8\x02\n" +
@@ -3477,7 +3537,9 @@ const file_vbatch_v1_state_proto_rawDesc = "" +
 	"\x04part\x18\x03 \x01(\v2\x0f.vbatch.v1.PartR\x04part\x12&\n" +
 	"\x05usage\x18\x04 \x01(\v2\x10.vbatch.v1.UsageR\x05usageJ\x04\b\x05\x10\x06\"=\n" +
 	"\fCompletePart\x12-\n" +
-	"\x06commit\x18\x01 \x01(\v2\x15.vbatch.v1.CommitPartR\x06commit\"V\n" +
+	"\x06commit\x18\x01 \x01(\v2\x15.vbatch.v1.CommitPartR\x06commit\")\n" +
+	"\fCompactBatch\x12\x19\n" +
+	"\bbatch_id\x18\x01 \x01(\tR\abatchId\"V\n" +
 	"\rCompleteChunk\x12\x19\n" +
 	"\bbatch_id\x18\x01 \x01(\tR\abatchId\x12\x14\n" +
 	"\x05chunk\x18\x02 \x01(\rR\x05chunk\x12\x14\n" +
@@ -3524,7 +3586,7 @@ const file_vbatch_v1_state_proto_rawDesc = "" +
 	"\x0eSnapshotHeader\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\rR\aversion\x12\x1e\n" +
 	"\vnow_unix_ms\x18\x02 \x01(\x03R\tnowUnixMs\x12#\n" +
-	"\rapplied_index\x18\x03 \x01(\x04R\fappliedIndex*\xbb\x05\n" +
+	"\rapplied_index\x18\x03 \x01(\x04R\fappliedIndex*\xdb\x05\n" +
 	"\vCommandType\x12\x1c\n" +
 	"\x18COMMAND_TYPE_UNSPECIFIED\x10\x00\x12\x1f\n" +
 	"\x1bCOMMAND_TYPE_CREATE_API_KEY\x10\x01\x12\x1f\n" +
@@ -3548,7 +3610,8 @@ const file_vbatch_v1_state_proto_rawDesc = "" +
 	"\x1aCOMMAND_TYPE_EXTEND_LEASES\x10\x12\x12\x1d\n" +
 	"\x19COMMAND_TYPE_REMOVE_AGENT\x10\x13\x12\x1c\n" +
 	"\x18COMMAND_TYPE_DRAIN_AGENT\x10\x14\x12\x1e\n" +
-	"\x1aCOMMAND_TYPE_COMPLETE_PART\x10\x15*e\n" +
+	"\x1aCOMMAND_TYPE_COMPLETE_PART\x10\x15\x12\x1e\n" +
+	"\x1aCOMMAND_TYPE_COMPACT_BATCH\x10\x16*e\n" +
 	"\x05Scope\x12\x15\n" +
 	"\x11SCOPE_UNSPECIFIED\x10\x00\x12\x0f\n" +
 	"\vSCOPE_ADMIN\x10\x01\x12\x0f\n" +
@@ -3586,7 +3649,7 @@ func file_vbatch_v1_state_proto_rawDescGZIP() []byte {
 }
 
 var file_vbatch_v1_state_proto_enumTypes = make([]protoimpl.EnumInfo, 4)
-var file_vbatch_v1_state_proto_msgTypes = make([]protoimpl.MessageInfo, 41)
+var file_vbatch_v1_state_proto_msgTypes = make([]protoimpl.MessageInfo, 42)
 var file_vbatch_v1_state_proto_goTypes = []any{
 	(CommandType)(0),       // 0: vbatch.v1.CommandType
 	(Scope)(0),             // 1: vbatch.v1.Scope
@@ -3621,18 +3684,19 @@ var file_vbatch_v1_state_proto_goTypes = []any{
 	(*RenewLease)(nil),     // 30: vbatch.v1.RenewLease
 	(*CommitPart)(nil),     // 31: vbatch.v1.CommitPart
 	(*CompletePart)(nil),   // 32: vbatch.v1.CompletePart
-	(*CompleteChunk)(nil),  // 33: vbatch.v1.CompleteChunk
-	(*ReleaseLease)(nil),   // 34: vbatch.v1.ReleaseLease
-	(*LeaseRef)(nil),       // 35: vbatch.v1.LeaseRef
-	(*ExpireLeases)(nil),   // 36: vbatch.v1.ExpireLeases
-	(*ExtendLeases)(nil),   // 37: vbatch.v1.ExtendLeases
-	(*BeginFinalize)(nil),  // 38: vbatch.v1.BeginFinalize
-	(*FinishBatch)(nil),    // 39: vbatch.v1.FinishBatch
-	(*DrainAgent)(nil),     // 40: vbatch.v1.DrainAgent
-	(*Result)(nil),         // 41: vbatch.v1.Result
-	(*SnapshotRecord)(nil), // 42: vbatch.v1.SnapshotRecord
-	(*SnapshotHeader)(nil), // 43: vbatch.v1.SnapshotHeader
-	nil,                    // 44: vbatch.v1.Batch.MetadataEntry
+	(*CompactBatch)(nil),   // 33: vbatch.v1.CompactBatch
+	(*CompleteChunk)(nil),  // 34: vbatch.v1.CompleteChunk
+	(*ReleaseLease)(nil),   // 35: vbatch.v1.ReleaseLease
+	(*LeaseRef)(nil),       // 36: vbatch.v1.LeaseRef
+	(*ExpireLeases)(nil),   // 37: vbatch.v1.ExpireLeases
+	(*ExtendLeases)(nil),   // 38: vbatch.v1.ExtendLeases
+	(*BeginFinalize)(nil),  // 39: vbatch.v1.BeginFinalize
+	(*FinishBatch)(nil),    // 40: vbatch.v1.FinishBatch
+	(*DrainAgent)(nil),     // 41: vbatch.v1.DrainAgent
+	(*Result)(nil),         // 42: vbatch.v1.Result
+	(*SnapshotRecord)(nil), // 43: vbatch.v1.SnapshotRecord
+	(*SnapshotHeader)(nil), // 44: vbatch.v1.SnapshotHeader
+	nil,                    // 45: vbatch.v1.Batch.MetadataEntry
 }
 var file_vbatch_v1_state_proto_depIdxs = []int32{
 	0,  // 0: vbatch.v1.Envelope.type:type_name -> vbatch.v1.CommandType
@@ -3645,7 +3709,7 @@ var file_vbatch_v1_state_proto_depIdxs = []int32{
 	3,  // 7: vbatch.v1.Chunk.state:type_name -> vbatch.v1.ChunkState
 	12, // 8: vbatch.v1.Chunk.lease:type_name -> vbatch.v1.Lease
 	13, // 9: vbatch.v1.Chunk.parts:type_name -> vbatch.v1.Part
-	44, // 10: vbatch.v1.Batch.metadata:type_name -> vbatch.v1.Batch.MetadataEntry
+	45, // 10: vbatch.v1.Batch.metadata:type_name -> vbatch.v1.Batch.MetadataEntry
 	2,  // 11: vbatch.v1.Batch.status:type_name -> vbatch.v1.BatchStatus
 	15, // 12: vbatch.v1.Batch.request_counts:type_name -> vbatch.v1.RequestCounts
 	10, // 13: vbatch.v1.Batch.errors:type_name -> vbatch.v1.BatchError
@@ -3661,14 +3725,14 @@ var file_vbatch_v1_state_proto_depIdxs = []int32{
 	13, // 23: vbatch.v1.CommitPart.part:type_name -> vbatch.v1.Part
 	11, // 24: vbatch.v1.CommitPart.usage:type_name -> vbatch.v1.Usage
 	31, // 25: vbatch.v1.CompletePart.commit:type_name -> vbatch.v1.CommitPart
-	35, // 26: vbatch.v1.ExpireLeases.leases:type_name -> vbatch.v1.LeaseRef
+	36, // 26: vbatch.v1.ExpireLeases.leases:type_name -> vbatch.v1.LeaseRef
 	2,  // 27: vbatch.v1.FinishBatch.status:type_name -> vbatch.v1.BatchStatus
 	7,  // 28: vbatch.v1.FinishBatch.extra_errors:type_name -> vbatch.v1.BlobRef
 	5,  // 29: vbatch.v1.SnapshotRecord.api_key:type_name -> vbatch.v1.APIKey
 	8,  // 30: vbatch.v1.SnapshotRecord.file:type_name -> vbatch.v1.File
 	16, // 31: vbatch.v1.SnapshotRecord.batch:type_name -> vbatch.v1.Batch
 	18, // 32: vbatch.v1.SnapshotRecord.agent:type_name -> vbatch.v1.Agent
-	43, // 33: vbatch.v1.SnapshotRecord.header:type_name -> vbatch.v1.SnapshotHeader
+	44, // 33: vbatch.v1.SnapshotRecord.header:type_name -> vbatch.v1.SnapshotHeader
 	34, // [34:34] is the sub-list for method output_type
 	34, // [34:34] is the sub-list for method input_type
 	34, // [34:34] is the sub-list for extension type_name
@@ -3681,7 +3745,7 @@ func file_vbatch_v1_state_proto_init() {
 	if File_vbatch_v1_state_proto != nil {
 		return
 	}
-	file_vbatch_v1_state_proto_msgTypes[38].OneofWrappers = []any{
+	file_vbatch_v1_state_proto_msgTypes[39].OneofWrappers = []any{
 		(*SnapshotRecord_ApiKey)(nil),
 		(*SnapshotRecord_File)(nil),
 		(*SnapshotRecord_Batch)(nil),
@@ -3694,7 +3758,7 @@ func file_vbatch_v1_state_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_vbatch_v1_state_proto_rawDesc), len(file_vbatch_v1_state_proto_rawDesc)),
 			NumEnums:      4,
-			NumMessages:   41,
+			NumMessages:   42,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
