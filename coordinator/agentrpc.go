@@ -175,11 +175,12 @@ func (s *agentService) candidates(agentID string, models []string) ([]candidate,
 			models = ag.Models
 		}
 		var batches []*vbatchv1.Batch
-		for _, b := range st.Batches {
+		st.LiveBatches(func(b *vbatchv1.Batch) bool {
 			if b.Status == vbatchv1.BatchStatus_BATCH_STATUS_IN_PROGRESS && slices.Contains(models, b.Model) {
 				batches = append(batches, b)
 			}
-		}
+			return true
+		})
 		sort.Slice(batches, func(i, j int) bool {
 			if batches[i].CreatedAt != batches[j].CreatedAt {
 				return batches[i].CreatedAt < batches[j].CreatedAt

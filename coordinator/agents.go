@@ -21,13 +21,14 @@ func (c *Coordinator) Agents(ctx context.Context) ([]api.AgentInfo, error) {
 	var out []api.AgentInfo
 	c.fsm.View(func(s *fsm.State) {
 		leases := map[string]int{}
-		for _, b := range s.Batches {
+		s.LiveBatches(func(b *vbatchv1.Batch) bool {
 			for _, ch := range b.Chunks {
 				if fsm.LiveLease(ch, s.Now) {
 					leases[ch.Lease.AgentId]++
 				}
 			}
-		}
+			return true
+		})
 		for _, a := range s.Agents {
 			info := api.AgentInfo{
 				ID: a.Id, RPCAddr: a.RpcAddr, Models: append([]string(nil), a.Models...),

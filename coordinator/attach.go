@@ -96,16 +96,14 @@ func (s *agentService) confirmGone(id string) {
 func (s *agentService) liveLeases(id string) []*vbatchv1.LeaseRef {
 	var refs []*vbatchv1.LeaseRef
 	s.c.fsm.View(func(st *fsm.State) {
-		for _, b := range st.Batches {
-			if fsm.IsTerminal(b.Status) {
-				continue
-			}
+		st.LiveBatches(func(b *vbatchv1.Batch) bool {
 			for _, ch := range b.Chunks {
 				if ch.State == vbatchv1.ChunkState_CHUNK_STATE_LEASED && ch.Lease != nil && ch.Lease.AgentId == id {
 					refs = append(refs, &vbatchv1.LeaseRef{BatchId: b.Id, Chunk: ch.Index, Token: ch.Lease.Token})
 				}
 			}
-		}
+			return true
+		})
 	})
 	return refs
 }

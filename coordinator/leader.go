@@ -123,15 +123,15 @@ func (l *leader) tick(ctx context.Context) {
 	checkAgents := now.Sub(l.started) > agentGrace
 	var w work
 	c.fsm.View(func(s *fsm.State) {
-		for _, b := range s.Batches {
+		// Only batches that have not ended have work; the chunk tracker
+		// forgets the ones that did.
+		l.chunks.Retain(func(id string) bool { return !fsm.IsTerminal(s.Batches[id].GetStatus()) })
+		s.LiveBatches(func(b *vbatchv1.Batch) bool {
 			l.chunks.Observe(now, b)
-			if fsm.IsTerminal(b.Status) {
-				continue
-			}
 			// A finalizing batch has every answer: it completes, late or not.
 			if b.ExpiresAt > 0 && now.Unix() >= b.ExpiresAt && b.Status != vbatchv1.BatchStatus_BATCH_STATUS_FINALIZING {
 				w.expire = append(w.expire, proto.Clone(b).(*vbatchv1.Batch))
-				continue
+				return true
 			}
 			switch b.Status {
 			case vbatchv1.BatchStatus_BATCH_STATUS_VALIDATING:
@@ -159,7 +159,8 @@ func (l *leader) tick(ctx context.Context) {
 					w.deadAgs = append(w.deadAgs, ref)
 				}
 			}
-		}
+			return true
+		})
 	})
 	if len(w.leases) > 0 {
 		l.apply(ctx, &vbatchv1.ExpireLeases{Leases: w.leases, Reason: "lease expired"})

@@ -27,13 +27,15 @@ func (a *applyCtx) removeAgent(c *vbatchv1.RemoveAgent) error {
 	if _, ok := a.s.Agents[c.AgentId]; !ok {
 		return Reject(ErrNotFound, "agent %s", c.AgentId)
 	}
-	for _, b := range a.s.Batches {
+	// Only a batch that has not ended holds leased chunks.
+	a.s.LiveBatches(func(b *vbatchv1.Batch) bool {
 		for _, ch := range b.Chunks {
 			if ch.State == vbatchv1.ChunkState_CHUNK_STATE_LEASED && ch.Lease.GetAgentId() == c.AgentId {
 				endLease(ch)
 			}
 		}
-	}
+		return true
+	})
 	delete(a.s.Agents, c.AgentId)
 	return nil
 }

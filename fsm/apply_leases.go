@@ -202,16 +202,14 @@ func (a *applyCtx) expireLeases(c *vbatchv1.ExpireLeases) error {
 // extendLeases pushes every lease's expiry to at least c.ExpiresAt. A new
 // leader issues it: agents could not renew during the election.
 func (a *applyCtx) extendLeases(c *vbatchv1.ExtendLeases) error {
-	for _, b := range a.s.Batches {
-		if IsTerminal(b.Status) {
-			continue
-		}
+	a.s.LiveBatches(func(b *vbatchv1.Batch) bool {
 		for _, ch := range b.Chunks {
 			if ch.State == chunkLeased && ch.Lease != nil {
 				ch.Lease.ExpiresAt = max(ch.Lease.ExpiresAt, c.ExpiresAt)
 			}
 		}
-	}
+		return true
+	})
 	return nil
 }
 

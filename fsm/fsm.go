@@ -27,7 +27,9 @@ var _ raft.FSM = (*FSM)(nil)
 
 // New returns an FSM with an empty state.
 func New() *FSM {
-	return &FSM{state: NewState(), watch: make(chan struct{})}
+	s := NewState()
+	s.reindex()
+	return &FSM{state: s, watch: make(chan struct{})}
 }
 
 // View runs fn with the state under the read lock. fn must not mutate the
@@ -76,6 +78,9 @@ func (f *FSM) Apply(l *raft.Log) interface{} {
 	f.state.Now = max(f.state.Now, env.TimeUnixNano/1e6)
 	a := &applyCtx{index: l.Index, nowMs: f.state.Now, s: f.state}
 	err = a.apply(cmd)
+	if id := batchOf(cmd); id != "" {
+		f.state.touchBatch(id)
+	}
 	f.applied = l.Index
 	f.notify()
 	return ToResult(l.Index, err)
@@ -165,10 +170,24 @@ func (f *FSM) Restore(rc io.ReadCloser) error {
 	if err != nil {
 		return fmt.Errorf("fsm restore: %w", err)
 	}
+	s.reindex()
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.state = s
 	f.applied = hdr.AppliedIndex
 	f.notify()
 	return nil
+}
+
+// batchOf is the batch a command may create or move to another status
+// (the only changes the live-batch index follows), "" for any other.
+func batchOf(cmd proto.Message) string {
+	switch c := cmd.(type) {
+	case *vbatchv1.CreateBatch:
+		return c.GetBatch().GetId()
+	case *vbatchv1.FailBatch, *vbatchv1.StartBatch, *vbatchv1.CancelBatch, *vbatchv1.BeginFinalize,
+		*vbatchv1.FinishBatch, *vbatchv1.CompactBatch:
+		return c.(interface{ GetBatchId() string }).GetBatchId()
+	}
+	return ""
 }

@@ -142,6 +142,7 @@ func (m *model) step(rt *rapid.T) {
 	}
 	checkStep(rt, before, after)
 	m.checkState(rt, after)
+	m.checkIndex(rt)
 	if err == nil && g.oneIn(5) {
 		m.checkReapply(rt, cmd)
 	}
@@ -401,6 +402,31 @@ func checkResultFiles(rt *rapid.T, s *State, b *vbatchv1.Batch) {
 	}
 }
 
+// checkIndex compares the live-batch index the FSM's own state keeps
+// (not a clone's, which has none) with the batches not ended.
+func (m *model) checkIndex(rt *rapid.T) { checkIndex(rt, m.f) }
+
+func checkIndex(rt *rapid.T, f *FSM) {
+	f.View(func(s *State) {
+		if s.live == nil {
+			rt.Fatal("the FSM's state has no live-batch index")
+		}
+		indexed := map[string]bool{}
+		s.LiveBatches(func(b *vbatchv1.Batch) bool {
+			if s.Batches[b.Id] != b || IsTerminal(b.Status) {
+				rt.Fatalf("live index holds batch %s (%s), not the state's live record", b.Id, b.Status)
+			}
+			indexed[b.Id] = true
+			return true
+		})
+		for id, b := range s.Batches {
+			if !IsTerminal(b.Status) && !indexed[id] {
+				rt.Fatalf("live index misses batch %s (%s)", id, b.Status)
+			}
+		}
+	})
+}
+
 // checkSnapshot round-trips the state through a snapshot.
 func (m *model) checkSnapshot(rt *rapid.T) {
 	snap, err := m.f.Snapshot()
@@ -421,6 +447,7 @@ func (m *model) checkSnapshot(rt *rapid.T) {
 	if !got.Equal(want) || got.Now != want.Now || f.AppliedIndex() != m.index {
 		rt.Fatal("snapshot round trip changed the state")
 	}
+	checkIndex(rt, f)
 }
 
 // checkReplay applies the whole log to a fresh FSM: Apply is

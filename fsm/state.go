@@ -17,6 +17,55 @@ type State struct {
 	// time applied. It never runs backwards, and it is what lease expiry
 	// and batch expiry are judged against.
 	Now int64
+
+	// live indexes the batches that have not ended, so the paths that run
+	// many times a second (lease polls, the leader's look, quotas) walk the
+	// work in flight rather than every batch ever run. It is derived, never
+	// snapshotted: the FSM builds it for its state (New, Restore) and
+	// Apply keeps it; a state built otherwise (a clone, a test's) has none
+	// and is scanned in full.
+	live map[string]*vbatchv1.Batch
+}
+
+// LiveBatches calls fn for every batch that has not ended, in no order,
+// until fn returns false.
+func (s *State) LiveBatches(fn func(b *vbatchv1.Batch) bool) {
+	if s.live == nil {
+		for _, b := range s.Batches {
+			if !IsTerminal(b.Status) && !fn(b) {
+				return
+			}
+		}
+		return
+	}
+	for _, b := range s.live {
+		if !fn(b) {
+			return
+		}
+	}
+}
+
+// reindex builds the live-batch index from the batches.
+func (s *State) reindex() {
+	s.live = make(map[string]*vbatchv1.Batch)
+	for id, b := range s.Batches {
+		if !IsTerminal(b.Status) {
+			s.live[id] = b
+		}
+	}
+}
+
+// touchBatch brings the index up to date for one batch a command may have
+// created or moved.
+func (s *State) touchBatch(id string) {
+	if s.live == nil {
+		return // no index: scanned in full
+	}
+	if b, ok := s.Batches[id]; ok && !IsTerminal(b.Status) {
+		s.live[id] = b
+	} else {
+		delete(s.live, id)
+	}
 }
 
 // Short names for the statuses, used throughout the package.
@@ -131,15 +180,12 @@ func LiveLease(c *vbatchv1.Chunk, nowMs int64) bool {
 // UsedByLiveBatch reports whether a non-terminal batch reads or writes the
 // file.
 func UsedByLiveBatch(s *State, fileID string) bool {
-	for _, b := range s.Batches {
-		if IsTerminal(b.Status) {
-			continue
-		}
-		if b.InputFileId == fileID || b.OutputFileId == fileID || b.ErrorFileId == fileID {
-			return true
-		}
-	}
-	return false
+	used := false
+	s.LiveBatches(func(b *vbatchv1.Batch) bool {
+		used = b.InputFileId == fileID || b.OutputFileId == fileID || b.ErrorFileId == fileID
+		return !used
+	})
+	return used
 }
 
 // FileExpired reports whether f has an expiry (OpenAI's expires_after)
@@ -165,16 +211,14 @@ func ReferencedBlobs(s *State) map[string]struct{} {
 			add(p)
 		}
 	}
-	for _, b := range s.Batches {
-		if IsTerminal(b.Status) {
-			continue
-		}
+	s.LiveBatches(func(b *vbatchv1.Batch) bool {
 		for _, c := range b.Chunks {
 			for _, p := range c.Parts {
 				add(p.Output)
 				add(p.Errors)
 			}
 		}
-	}
+		return true
+	})
 	return refs
 }

@@ -80,8 +80,9 @@ func NewChunkTracker(m *ChunkMetrics) *ChunkTracker {
 }
 
 // Observe compares a batch with what the tracker last saw of it and
-// records the chunk transitions. Call it for every batch on each look at
-// the state; it returns at once for a terminal batch it does not track.
+// records the chunk transitions. Call it for every batch still running on
+// each look at the state (and Retain to forget those that ended), or for
+// every batch: it forgets a terminal one it is shown.
 func (t *ChunkTracker) Observe(now time.Time, b *vbatchv1.Batch) {
 	if t == nil || t.m == nil {
 		return
@@ -117,6 +118,19 @@ func (t *ChunkTracker) Observe(now time.Time, b *vbatchv1.Batch) {
 		cur[i] = o
 	}
 	t.batches[b.Id] = cur
+}
+
+// Retain forgets the batches keep rejects (those that ended), for a caller
+// that observes only the batches still running.
+func (t *ChunkTracker) Retain(keep func(batchID string) bool) {
+	if t == nil {
+		return
+	}
+	for id := range t.batches {
+		if !keep(id) {
+			delete(t.batches, id)
+		}
+	}
 }
 
 // transition records what happened between two sights of one chunk.

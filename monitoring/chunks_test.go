@@ -101,3 +101,15 @@ func TestChunkTrackerFreshLeaderSkipsUnknownHistory(t *testing.T) {
 		t.Fatalf("requeued = %v, want 1", v)
 	}
 }
+
+func TestChunkTrackerRetain(t *testing.T) {
+	tr := NewChunkTracker(NewChunkMetrics(prometheus.NewPedanticRegistry()))
+	for _, id := range []string{"batch_run", "batch_end"} {
+		tr.Observe(time.Unix(1000, 0), &vbatchv1.Batch{Id: id, Status: vbatchv1.BatchStatus_BATCH_STATUS_IN_PROGRESS,
+			Chunks: []*vbatchv1.Chunk{{EndLine: 10, State: vbatchv1.ChunkState_CHUNK_STATE_PENDING}}})
+	}
+	tr.Retain(func(id string) bool { return id == "batch_run" })
+	if _, ok := tr.batches["batch_end"]; ok || len(tr.batches) != 1 {
+		t.Fatalf("after Retain the tracker holds %v", tr.batches)
+	}
+}

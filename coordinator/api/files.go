@@ -41,32 +41,40 @@ func (a *API) listFiles(w http.ResponseWriter, r *http.Request, p *principal) er
 	if err := a.consistent(r); err != nil {
 		return err
 	}
-	var files []*vbatchv1.File
+	// The page is built under the read lock, copying only its own files
+	// (an output file lists a part per chunk commit), and written after.
+	var out listObject[fileObject]
 	now := a.b.Now().Unix()
 	a.b.FSM().View(func(s *fsm.State) {
+		var files []*vbatchv1.File
 		for _, f := range s.Files {
 			if f.Project == p.project && (purpose == "" || f.Purpose == purpose) && !fsm.FileExpired(f, now) {
-				files = append(files, proto.Clone(f).(*vbatchv1.File))
+				files = append(files, f)
 			}
 		}
-	})
-	slices.SortFunc(files, func(x, y *vbatchv1.File) int {
-		c := cmp.Or(cmp.Compare(x.CreatedAt, y.CreatedAt), cmp.Compare(x.Id, y.Id))
-		if order == "desc" {
-			return -c
+		slices.SortFunc(files, func(x, y *vbatchv1.File) int {
+			c := cmp.Or(cmp.Compare(x.CreatedAt, y.CreatedAt), cmp.Compare(x.Id, y.Id))
+			if order == "desc" {
+				return -c
+			}
+			return c
+		})
+		page, hasMore, perr := paginate(files, func(f *vbatchv1.File) string { return f.Id }, after, limit)
+		if perr != nil {
+			err = perr
+			return
 		}
-		return c
+		out = listObject[fileObject]{Object: "list", Data: make([]fileObject, len(page)), HasMore: hasMore}
+		for i, f := range page {
+			out.Data[i] = toFileObject(f)
+		}
+		if len(page) > 0 {
+			first, last := page[0].Id, page[len(page)-1].Id
+			out.FirstID, out.LastID = &first, &last
+		}
 	})
-	page, hasMore, err := paginate(files, func(f *vbatchv1.File) string { return f.Id }, after, limit)
 	if err != nil {
 		return err
-	}
-	out := listObject[fileObject]{Object: "list", Data: make([]fileObject, len(page)), HasMore: hasMore}
-	for i, f := range page {
-		out.Data[i] = toFileObject(f)
-	}
-	if len(page) > 0 {
-		out.FirstID, out.LastID = &page[0].Id, &page[len(page)-1].Id
 	}
 	writeJSON(w, http.StatusOK, out)
 	return nil

@@ -227,19 +227,20 @@ func (a *API) applyWithin(ctx context.Context, project string, check func(s *fsm
 // file, for the others the requests neither completed nor failed.
 func enqueuedRequests(s *fsm.State, project string) int64 {
 	var n int64
-	for _, b := range s.Batches {
-		if b.Project != project || fsm.IsTerminal(b.Status) {
-			continue
+	s.LiveBatches(func(b *vbatchv1.Batch) bool {
+		if b.Project != project {
+			return true
 		}
 		if b.Status == vbatchv1.BatchStatus_BATCH_STATUS_VALIDATING {
 			if f, ok := s.Files[b.InputFileId]; ok {
 				n += f.Lines
 			}
-			continue
+			return true
 		}
 		rc := b.GetRequestCounts()
 		n += max(0, rc.GetTotal()-rc.GetCompleted()-rc.GetFailed())
-	}
+		return true
+	})
 	return n
 }
 
