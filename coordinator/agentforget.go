@@ -16,13 +16,12 @@ import (
 const telemetryKeep = 10 * time.Minute
 
 // forgetAgents removes, on the leader, the agents gone from gossip for
-// AgentForgetAfter. absentSince is the leader's own record of when it
+// AgentForgetAfter. absentSince is this leadership's record of when it
 // first missed each one, so a new leader waits the whole time again. A
 // removed agent's leases go back to pending (long since, in practice: the
 // leader re-queues a dead agent's chunks at once), its metrics series end,
 // and an agent that comes back registers again.
-func (l *leader) forgetAgents(ctx context.Context) {
-	c := l.c
+func (c *Coordinator) forgetAgents(ctx context.Context, absentSince map[string]time.Time) {
 	if c.cfg.AgentForgetAfter <= 0 {
 		return
 	}
@@ -33,28 +32,28 @@ func (l *leader) forgetAgents(ctx context.Context) {
 	}
 	var forget []string
 	c.fsm.View(func(s *fsm.State) {
-		for id := range l.absentSince {
+		for id := range absentSince {
 			if _, ok := s.Agents[id]; !ok || alive[id] {
-				delete(l.absentSince, id)
+				delete(absentSince, id)
 			}
 		}
 		for id := range s.Agents {
 			if alive[id] {
 				continue
 			}
-			since, ok := l.absentSince[id]
+			since, ok := absentSince[id]
 			if !ok {
-				l.absentSince[id] = now
+				absentSince[id] = now
 			} else if now.Sub(since) >= c.cfg.AgentForgetAfter {
 				forget = append(forget, id)
 			}
 		}
 	})
-	for _, id := range forget {
+	for _, id := range forget[:min(len(forget), housekeepBatch)] {
 		_, err := c.Apply(ctx, &vbatchv1.RemoveAgent{AgentId: id})
 		switch {
 		case err == nil, errors.Is(err, fsm.ErrNotFound):
-			delete(l.absentSince, id)
+			delete(absentSince, id)
 			c.log.Info("agent removed: gone from gossip too long", "agent", id, "after", c.cfg.AgentForgetAfter)
 		default:
 			c.log.Warn("remove agent gone from gossip", "agent", id, "err", err)

@@ -23,6 +23,16 @@ func TestLeaderForgetsGoneAgents(t *testing.T) {
 	if _, err := live.Join([]string{nodes[0].pool.Addr()}); err != nil {
 		t.Fatalf("join: %v", err)
 	}
+	// Every coordinator, the leader among them, lists it before it
+	// registers: the test is about forgetting, not gossip's spread.
+	waitFor(t, 20*time.Second, "every coordinator's gossip to list the live agent", func() bool {
+		for _, c := range nodes {
+			if _, ok := c.pool.Member("live"); !ok {
+				return false
+			}
+		}
+		return true
+	})
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	for _, id := range []string{"live", "ghost"} {

@@ -9,10 +9,6 @@ import (
 	vbatchv1 "github.com/vbatch/vbatch/rpc/gen/vbatch/v1"
 )
 
-// compactPerSweep bounds the compactions one sweep proposes, so a cluster
-// upgraded with a long history catches up without a burst of writes.
-const compactPerSweep = 100
-
 // compactBatches proposes, on the leader, CompactBatch for batches that
 // ended more than BatchCompactAfter ago: their chunk records (every lease
 // and part) are most of the replicated state and of every snapshot, and
@@ -37,7 +33,9 @@ func (c *Coordinator) compactBatches(ctx context.Context) {
 		}
 	})
 	sort.Slice(due, func(i, j int) bool { return due[i].at < due[j].at || (due[i].at == due[j].at && due[i].id < due[j].id) })
-	for _, d := range due[:min(len(due), compactPerSweep)] {
+	// A cluster upgraded with a long history catches up a bounded number
+	// per sweep, oldest first.
+	for _, d := range due[:min(len(due), housekeepBatch)] {
 		if _, err := c.Apply(ctx, &vbatchv1.CompactBatch{BatchId: d.id}); err != nil && !errors.Is(err, fsm.ErrNotFound) {
 			c.log.Warn("compact finished batch", "batch_id", d.id, "err", err)
 			return

@@ -3,6 +3,7 @@ package coordinator
 import (
 	"context"
 	"errors"
+	"sort"
 
 	"github.com/vbatch/vbatch/fsm"
 	vbatchv1 "github.com/vbatch/vbatch/rpc/gen/vbatch/v1"
@@ -23,7 +24,8 @@ func (c *Coordinator) expireFiles(ctx context.Context) {
 			}
 		}
 	})
-	for _, id := range expired {
+	sort.Strings(expired)
+	for _, id := range expired[:min(len(expired), housekeepBatch)] {
 		_, err := c.Apply(ctx, &vbatchv1.DeleteFile{Id: id})
 		switch {
 		case err == nil:

@@ -54,7 +54,9 @@ func TestLeaderDeletesExpiredFiles(t *testing.T) {
 	c := follower(nodes)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	expires := c.Now().Add(2 * time.Second).Unix()
+	// Far enough ahead that the setup below finishes before it on a loaded
+	// machine (expiry is in whole seconds).
+	expires := c.Now().Add(5 * time.Second).Unix()
 	createInputFile(t, ctx, c, "file-unused", expires)
 	createInputFile(t, ctx, c, "file-input", expires)
 	createInputFile(t, ctx, c, "file-kept", 0)
@@ -65,6 +67,10 @@ func TestLeaderDeletesExpiredFiles(t *testing.T) {
 		return ok
 	}
 	waitFor(t, 20*time.Second, "the unused expired file to be deleted", func() bool { return !exists("file-unused") })
+	// A few sweeps past the expiry: the input stays while its batch runs.
+	waitFor(t, 20*time.Second, "three housekeeping sweeps past the expiry", func() bool {
+		return c.Now().Unix() >= expires+3
+	})
 	if !exists("file-input") {
 		t.Fatal("the input of a live batch was deleted at its expiry")
 	}

@@ -31,8 +31,8 @@ const agentGrace = 3 * time.Second
 
 // leaderLoop does the leader-only work until ctx ends: validate new
 // batches, expire leases, finalize, cancel and expire batches, add new
-// coordinators to raft, delete expired files, compact finished batches,
-// forget long-gone agents.
+// coordinators to raft; beside it, housekeeping deletes expired files,
+// compacts finished batches and forgets long-gone agents.
 func (c *Coordinator) leaderLoop(ctx context.Context) {
 	// A barrier makes sure the FSM holds every committed entry before the
 	// loop acts on it.
@@ -55,16 +55,17 @@ func (c *Coordinator) leaderLoop(ctx context.Context) {
 	if _, err := c.Apply(ctx, &vbatchv1.ExtendLeases{ExpiresAt: c.Now().Add(c.cfg.LeaseTTL).UnixMilli()}); err != nil {
 		c.log.Warn("extend leases on leadership failed", "err", err)
 	}
-	l := &leader{c: c, started: c.Now(), busy: map[string]bool{}, chunks: monitoring.NewChunkTracker(c.metrics.Chunks),
-		absentSince: map[string]time.Time{}}
+	l := &leader{c: c, started: c.Now(), busy: map[string]bool{}, chunks: monitoring.NewChunkTracker(c.metrics.Chunks)}
+	l.wg.Add(1)
+	go func() {
+		defer l.wg.Done()
+		c.housekeeping(ctx)
+	}()
 	var members time.Time
 	for {
 		watch := c.fsm.Watch()
 		if c.Now().Sub(members) > time.Second {
 			c.reconcileMembers()
-			c.expireFiles(ctx)
-			c.compactBatches(ctx)
-			l.forgetAgents(ctx)
 			members = c.Now()
 		}
 		l.tick(ctx)
@@ -98,9 +99,6 @@ type leader struct {
 	wg   sync.WaitGroup
 	// chunks turns the chunk changes each tick sees into chunk metrics.
 	chunks *monitoring.ChunkTracker
-	// absentSince is when this leader first missed each registered agent
-	// from gossip (forgetAgents).
-	absentSince map[string]time.Time
 }
 
 // work is what one look at the state found to do.
