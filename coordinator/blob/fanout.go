@@ -66,27 +66,31 @@ func (f *Fanout) live() int {
 }
 
 // Finish ends every live stream with the content's sha256 and size and
-// returns, sorted, the ids of the peers that now hold a verified copy.
+// returns, sorted, the ids of peers that hold a verified copy: as soon as
+// want of them do (or every stream has ended). A slower peer's push goes on
+// in the background, bounded by the straggler timeout, so one slow disk
+// does not hold up every upload; Replicate counts it later if it is done.
 func (f *Fanout) Finish(sha string, size int64) []string {
-	var (
-		mu      sync.Mutex
-		holders []string
-		wg      sync.WaitGroup
-	)
+	type result struct {
+		id string
+		ok bool
+	}
+	results := make(chan result, len(f.streams))
+	live := 0
 	for _, s := range f.streams {
 		if s.failed() {
 			s.Abort(errDropped) // already ended: waits for its goroutine
 			continue
 		}
-		wg.Go(func() {
-			if s.Finish(sha, size) == nil {
-				mu.Lock()
-				holders = append(holders, s.Peer.ID)
-				mu.Unlock()
-			}
-		})
+		live++
+		go func() { results <- result{s.Peer.ID, s.Finish(sha, size) == nil} }()
 	}
-	wg.Wait()
+	var holders []string
+	for ; live > 0 && len(holders) < f.want; live-- {
+		if r := <-results; r.ok {
+			holders = append(holders, r.id)
+		}
+	}
 	slices.Sort(holders)
 	return holders
 }

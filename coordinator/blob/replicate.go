@@ -98,6 +98,14 @@ func (r *Replicator) blobURL(p Peer, sha string) string {
 	return scheme + "://" + p.Addr + PathPrefix + sha
 }
 
+// stragglerTimeout is StragglerTimeout or its default.
+func (r *Replicator) stragglerTimeout() time.Duration {
+	if r.StragglerTimeout > 0 {
+		return r.StragglerTimeout
+	}
+	return DefaultStragglerTimeout
+}
+
 // Replicate pushes a local blob to all peers in parallel and returns once
 // need nodes, this one included, hold it: the ids holding it, this node
 // first. Every copy it counts, found or pushed, has its GC grace restarted,
@@ -114,11 +122,7 @@ func (r *Replicator) Replicate(ctx context.Context, sha string, need int) ([]str
 	if need <= 1 {
 		return holders, nil
 	}
-	timeout := r.StragglerTimeout
-	if timeout <= 0 {
-		timeout = DefaultStragglerTimeout
-	}
-	pushCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), timeout)
+	pushCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), r.stragglerTimeout())
 	type result struct {
 		id  string
 		err error

@@ -31,7 +31,10 @@ type node struct {
 	// stall, when set, makes streamed POSTs wait, reading nothing, until
 	// the client gives up.
 	stall atomic.Bool
-	posts atomic.Int64
+	// postGate, when set, holds streamed POSTs, before they are read,
+	// until closed: a peer slow to take and answer its stream.
+	postGate atomic.Pointer[chan struct{}]
+	posts    atomic.Int64
 }
 
 // newCluster starts n nodes, each replicating to all the others.
@@ -67,6 +70,9 @@ func newCluster(t *testing.T, n int) []*node {
 				nd.gets.Add(1)
 			case http.MethodPost:
 				nd.posts.Add(1)
+				if g := nd.postGate.Load(); g != nil {
+					<-*g
+				}
 				if nd.stall.Load() {
 					select {
 					case <-r.Context().Done():

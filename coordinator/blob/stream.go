@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/http"
 	"strconv"
+	"time"
 
 	"github.com/vbatch/vbatch/internal/bufpipe"
 )
@@ -28,6 +29,12 @@ type Stream struct {
 	done    chan struct{} // closed once the push ended, with err set
 	err     error
 	cancel  context.CancelFunc
+	// detach stops the upload's context from cancelling the push: until
+	// Finish the push lives and dies with the upload, after it the push
+	// may outlive the upload (bounded by timeout) to complete a copy the
+	// upload no longer waits for.
+	detach  func() bool
+	timeout time.Duration
 }
 
 // startedBody closes started on the first Read, which the transport makes
@@ -51,11 +58,12 @@ func (b *startedBody) Read(p []byte) (int, error) {
 // Stream starts a streamed push to p under ctx. Writes never fail: if the
 // push breaks, they are dropped and Finish reports the failure.
 func (r *Replicator) Stream(ctx context.Context, p Peer) *Stream {
-	ctx, cancel := context.WithCancel(ctx)
-	s := &Stream{Peer: p, pipe: bufpipe.New(streamBuffer), started: make(chan struct{}), done: make(chan struct{}), cancel: cancel}
+	pctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	s := &Stream{Peer: p, pipe: bufpipe.New(streamBuffer), started: make(chan struct{}), done: make(chan struct{}), cancel: cancel,
+		detach: context.AfterFunc(ctx, cancel), timeout: r.stragglerTimeout()}
 	body := &startedBody{Pipe: s.pipe, started: s.started}
 	url := r.blobURL(p, "")
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, url, body)
+	req, err := http.NewRequestWithContext(pctx, http.MethodPost, url, body)
 	if err != nil {
 		s.pipe.Close()
 		s.err = fmt.Errorf("stream blob to %s: %w", p.ID, err)
@@ -90,8 +98,13 @@ func (r *Replicator) Stream(ctx context.Context, p Peer) *Stream {
 func (s *Stream) Write(b []byte) (int, error) { return s.pipe.Write(b) }
 
 // Finish ends the content, declaring its sha256 and size, and waits for
-// the peer: nil means the peer holds a verified, durable copy.
+// the peer: nil means the peer holds a verified, durable copy. From here on
+// the push no longer ends with the upload's context, only with the
+// Replicator's straggler timeout, so a caller may stop waiting for it.
 func (s *Stream) Finish(sha string, size int64) error {
+	s.detach()
+	timer := time.AfterFunc(s.timeout, s.cancel)
+	defer timer.Stop()
 	defer s.cancel()
 	select {
 	case <-s.started:
