@@ -55,7 +55,13 @@ type Replicator struct {
 
 	mu      sync.Mutex
 	fetches map[string]*fetchCall // in-flight Fetch per sha
+	// streaming holds the streams whose content has ended and whose peer
+	// has not answered yet, by peer and sha: a push to that peer waits for
+	// the stream rather than send the same bytes again.
+	streaming sync.Map
 }
+
+func streamKey(peer, sha string) string { return peer + "/" + sha }
 
 type fetchCall struct {
 	done chan struct{}
@@ -180,6 +186,19 @@ func (r *Replicator) push(ctx context.Context, p Peer, sha string, size int64) e
 	}
 	if has {
 		return nil
+	}
+	// An upload's stream may still be delivering this blob to p (a slow
+	// disk): its outcome decides, and only a failed stream needs a PUT.
+	if v, ok := r.streaming.Load(streamKey(p.ID, sha)); ok {
+		s := v.(*Stream)
+		select {
+		case <-s.done:
+			if s.err == nil {
+				return nil
+			}
+		case <-ctx.Done():
+			return fmt.Errorf("wait for the stream to %s: %w", p.ID, ctx.Err())
+		}
 	}
 	rc, err := r.Store.Open(sha)
 	if err != nil {

@@ -35,6 +35,9 @@ type Stream struct {
 	// upload no longer waits for.
 	detach  func() bool
 	timeout time.Duration
+	// repl is the Replicator the stream belongs to: it lists the stream
+	// between Finish and the peer's answer (Replicator.streaming).
+	repl *Replicator
 }
 
 // startedBody closes started on the first Read, which the transport makes
@@ -60,7 +63,7 @@ func (b *startedBody) Read(p []byte) (int, error) {
 func (r *Replicator) Stream(ctx context.Context, p Peer) *Stream {
 	pctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	s := &Stream{Peer: p, pipe: bufpipe.New(streamBuffer), started: make(chan struct{}), done: make(chan struct{}), cancel: cancel,
-		detach: context.AfterFunc(ctx, cancel), timeout: r.stragglerTimeout()}
+		detach: context.AfterFunc(ctx, cancel), timeout: r.stragglerTimeout(), repl: r}
 	body := &startedBody{Pipe: s.pipe, started: s.started}
 	url := r.blobURL(p, "")
 	req, err := http.NewRequestWithContext(pctx, http.MethodPost, url, body)
@@ -106,6 +109,9 @@ func (s *Stream) Finish(sha string, size int64) error {
 	timer := time.AfterFunc(s.timeout, s.cancel)
 	defer timer.Stop()
 	defer s.cancel()
+	key := streamKey(s.Peer.ID, sha)
+	s.repl.streaming.Store(key, s)
+	defer s.repl.streaming.CompareAndDelete(key, s)
 	select {
 	case <-s.started:
 		s.req.Trailer[TrailerSHA][0] = sha

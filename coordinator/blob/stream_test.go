@@ -48,7 +48,9 @@ func TestStreamedReplicasMatch(t *testing.T) {
 
 // TestStreamFinishWaitsOnlyForEnough: a peer slow to take its stream (a
 // slow disk) does not hold up an upload that enough other peers hold; its
-// push completes in the background, after the upload's context ended.
+// push completes in the background, after the upload's context ended, and
+// a Replicate meanwhile waits for that stream instead of sending the bytes
+// again.
 func TestStreamFinishWaitsOnlyForEnough(t *testing.T) {
 	c := newCluster(t, 3)
 	gate := make(chan struct{})
@@ -64,7 +66,19 @@ func TestStreamFinishWaitsOnlyForEnough(t *testing.T) {
 		t.Fatalf("holders %v, want n2 alone while n1 is held", holders)
 	}
 	cancel() // the upload is over
+	type replicated struct {
+		holders []string
+		err     error
+	}
+	done := make(chan replicated, 1)
+	go func() {
+		h, err := c[0].repl.Replicate(context.Background(), ref.Sha256, 3)
+		done <- replicated{h, err}
+	}()
 	close(gate)
+	if r := <-done; r.err != nil || len(r.holders) != 3 {
+		t.Fatalf("replicate to all three = %v, %v", r.holders, r.err)
+	}
 	waitFor(t, "the slow peer's stream to complete in the background", func() bool { return c[1].store.Has(ref.Sha256) })
 	if got, err := readAll(c[1].store, ref.Sha256); err != nil || !bytes.Equal(got, b) {
 		t.Fatalf("replica on n1: %v", err)
