@@ -59,6 +59,9 @@ type Replicator struct {
 	// has not answered yet, by peer and sha: a push to that peer waits for
 	// the stream rather than send the same bytes again.
 	streaming sync.Map
+	// outliving counts, by peer id, the upload streams running on after
+	// their upload returned (*atomic.Int32; Fanout.straggle).
+	outliving sync.Map
 }
 
 func streamKey(peer, sha string) string { return peer + "/" + sha }

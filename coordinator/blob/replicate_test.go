@@ -71,7 +71,11 @@ func newCluster(t *testing.T, n int) []*node {
 			case http.MethodPost:
 				nd.posts.Add(1)
 				if g := nd.postGate.Load(); g != nil {
-					<-*g
+					select {
+					case <-*g:
+					case <-release:
+					case <-r.Context().Done():
+					}
 				}
 				if nd.stall.Load() {
 					select {

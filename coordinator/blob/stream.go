@@ -29,10 +29,9 @@ type Stream struct {
 	done    chan struct{} // closed once the push ended, with err set
 	err     error
 	cancel  context.CancelFunc
-	// detach stops the upload's context from cancelling the push: until
-	// Finish the push lives and dies with the upload, after it the push
-	// may outlive the upload (bounded by timeout) to complete a copy the
-	// upload no longer waits for.
+	// detach stops the upload's context from cancelling the push: the
+	// push lives and dies with the upload until outlive lets a straggler
+	// complete a copy the upload no longer waits for (bounded by timeout).
 	detach  func() bool
 	timeout time.Duration
 	// repl is the Replicator the stream belongs to: it lists the stream
@@ -101,28 +100,57 @@ func (r *Replicator) Stream(ctx context.Context, p Peer) *Stream {
 func (s *Stream) Write(b []byte) (int, error) { return s.pipe.Write(b) }
 
 // Finish ends the content, declaring its sha256 and size, and waits for
-// the peer: nil means the peer holds a verified, durable copy. From here on
-// the push no longer ends with the upload's context, only with the
-// Replicator's straggler timeout, so a caller may stop waiting for it.
+// the peer: nil means the peer holds a verified, durable copy.
 func (s *Stream) Finish(sha string, size int64) error {
-	s.detach()
-	timer := time.AfterFunc(s.timeout, s.cancel)
-	defer timer.Stop()
-	defer s.cancel()
-	key := streamKey(s.Peer.ID, sha)
-	s.repl.streaming.Store(key, s)
-	defer s.repl.streaming.CompareAndDelete(key, s)
-	select {
-	case <-s.started:
-		s.req.Trailer[TrailerSHA][0] = sha
-		s.req.Trailer[HeaderSize][0] = strconv.FormatInt(size, 10)
-		s.pipe.CloseWithError(nil)
-	case <-s.done:
-		// The push ended before sending anything: nothing to declare.
-		return s.err
-	}
+	s.end(sha, size)
 	<-s.done
 	return s.err
+}
+
+// end declares the content's sha256 and size without waiting: once the
+// transport has sent the request's headers (it reads the trailer keys
+// then), the trailers get their values and the body ends. Until the peer
+// answers, the stream is listed in Replicator.streaming, so a push of the
+// same blob to that peer waits for it rather than send the bytes again.
+// The outcome is s.err once s.done is closed.
+func (s *Stream) end(sha string, size int64) {
+	key := streamKey(s.Peer.ID, sha)
+	s.repl.streaming.Store(key, s)
+	go func() {
+		select {
+		case <-s.started:
+			s.req.Trailer[TrailerSHA][0] = sha
+			s.req.Trailer[HeaderSize][0] = strconv.FormatInt(size, 10)
+			s.pipe.CloseWithError(nil)
+		case <-s.done:
+			// The push ended before sending anything: nothing to declare.
+		}
+		<-s.done
+		s.repl.streaming.CompareAndDelete(key, s)
+		s.cancel()
+	}()
+}
+
+// outlive lets an ended stream go on after the upload's context ends, for
+// at most the Replicator's straggler timeout: the upload no longer waits
+// for this peer.
+func (s *Stream) outlive() {
+	s.detach()
+	timer := time.AfterFunc(s.timeout, s.cancel)
+	go func() {
+		<-s.done
+		timer.Stop()
+	}()
+}
+
+// connected reports whether the peer has started to take the stream.
+func (s *Stream) connected() bool {
+	select {
+	case <-s.started:
+		return true
+	default:
+		return false
+	}
 }
 
 // Abort ends the stream without a valid end, so the peer keeps nothing,
@@ -130,6 +158,7 @@ func (s *Stream) Finish(sha string, size int64) error {
 func (s *Stream) Abort(cause error) {
 	s.pipe.CloseWithError(fmt.Errorf("blob stream aborted: %w", cause))
 	s.cancel()
+	s.detach()
 	<-s.done
 }
 

@@ -88,6 +88,27 @@ func TestStreamFinishWaitsOnlyForEnough(t *testing.T) {
 	}
 }
 
+// TestStreamFinishEndsWithTheUpload: while the upload still waits for the
+// peers it needs, its context ending (the client went away) ends the wait.
+func TestStreamFinishEndsWithTheUpload(t *testing.T) {
+	c := newCluster(t, 2)
+	gate := make(chan struct{})
+	defer close(gate)
+	c[1].postGate.Store(&gate)
+	ctx, cancel := context.WithCancel(context.Background())
+	fan := c[0].repl.StreamToPeers(ctx, 1)
+	ref, err := c[0].store.IngestTee(bytesReader(randBytes(100, 45)), fan)
+	if err != nil {
+		t.Fatalf("ingest: %v", err)
+	}
+	done := make(chan []string, 1)
+	go func() { done <- fan.Finish(ref.Sha256, ref.Bytes) }()
+	cancel()
+	if holders := <-done; len(holders) != 0 {
+		t.Fatalf("holders %v after the upload ended, want none", holders)
+	}
+}
+
 func TestStreamAbortKeepsNothing(t *testing.T) {
 	c := newCluster(t, 3)
 	fan := c[0].repl.StreamToPeers(context.Background(), 1)
