@@ -333,3 +333,17 @@ func isStale(err error) bool {
 	}
 	return strings.Contains(strings.ToLower(err.Error()), "stale")
 }
+
+// refused reports whether a coordinator answered a call with a refusal
+// that no retry changes (a stale token, an unknown chunk, a bad request),
+// as opposed to a call that broke on the way (a coordinator that died
+// mid-stream ends it with an unexpected EOF, code unknown), which another
+// coordinator may serve.
+func refused(err error) bool {
+	switch connect.CodeOf(err) {
+	case connect.CodeFailedPrecondition, connect.CodeNotFound, connect.CodeInvalidArgument,
+		connect.CodePermissionDenied, connect.CodeUnauthenticated, connect.CodeOutOfRange:
+		return true
+	}
+	return isStale(err)
+}

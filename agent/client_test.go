@@ -6,6 +6,9 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"net/http"
+	"net/http/httptest"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -126,5 +129,57 @@ func TestRetryableErrors(t *testing.T) {
 	}
 	if !isStale(connect.NewError(connect.CodeAborted, errors.New("chunk x: stale fencing token"))) {
 		t.Error("a message saying stale is a stale answer")
+	}
+}
+
+// TestCoordClientLeavesAHungCoordinator: a coordinator that accepts calls
+// and never answers (partitioned from its leader) costs one attempt's
+// timeout, after which calls go to another: what keeps a lease renewed.
+func TestCoordClientLeavesAHungCoordinator(t *testing.T) {
+	live := newFakeCoord(t, nil)
+	liveAddr := live.serve(t)
+	release := make(chan struct{})
+	hung := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		select { // the server may not notice a client giving up
+		case <-r.Context().Done():
+		case <-release:
+		}
+	}))
+	t.Cleanup(hung.Close)
+	t.Cleanup(func() { close(release) }) // runs first
+	hungAddr := strings.TrimPrefix(hung.URL, "http://")
+	c := newCoordClient(func() []string { return []string{hungAddr, liveAddr} }, nil, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	c.retryMin, c.retryMax = time.Millisecond, 5*time.Millisecond
+	c.current = hungAddr // the one in use when it hung
+	for i := 0; i < 5; i++ {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		err := c.call(ctx, "telemetry", 200*time.Millisecond, telemetryCall)
+		cancel()
+		if err != nil {
+			t.Fatalf("call %d: %v", i, err)
+		}
+	}
+	live.with(func() {
+		if len(live.telemetry) != 5 {
+			t.Errorf("live coordinator got %d calls, want 5", len(live.telemetry))
+		}
+	})
+}
+
+func TestRefused(t *testing.T) {
+	for _, tc := range []struct {
+		err  error
+		want bool
+	}{
+		{connect.NewError(connect.CodeFailedPrecondition, errors.New("stale token")), true},
+		{connect.NewError(connect.CodeNotFound, errors.New("no chunk")), true},
+		{connect.NewError(connect.CodeInvalidArgument, errors.New("bad")), true},
+		{connect.NewError(connect.CodeUnknown, io.ErrUnexpectedEOF), false}, // a coordinator died mid-stream
+		{connect.NewError(connect.CodeUnavailable, errors.New("no leader")), false},
+		{context.DeadlineExceeded, false},
+	} {
+		if got := refused(tc.err); got != tc.want {
+			t.Errorf("refused(%v) = %v, want %v", tc.err, got, tc.want)
+		}
 	}
 }

@@ -12,7 +12,9 @@ import (
 )
 
 // Per-attempt bounds of the lease's unary calls. A part is replicated to a
-// quorum before it commits, so PutResults gets the longest.
+// quorum before it commits, so PutResults gets the longest; every attempt
+// is also kept under half the lease TTL (attemptTimeout), so that a hung or
+// partitioned coordinator is left for another while the lease still lives.
 const (
 	putAttemptTimeout   = time.Minute
 	unaryAttemptTimeout = 30 * time.Second
@@ -20,6 +22,14 @@ const (
 	// a new line before the reader gives up.
 	readNoProgressMax = 3
 )
+
+// attemptTimeout is limit, or half the lease TTL if that is shorter.
+func (r *leaseRun) attemptTimeout(limit time.Duration) time.Duration {
+	if ttl := time.Duration(r.a.leaseTTL.Load()); ttl > 0 {
+		return min(limit, ttl/2)
+	}
+	return limit
+}
 
 // readLoop streams the lease's input lines from its progress to its end
 // into out, reconnecting (to any coordinator) from the next unread line
@@ -62,7 +72,7 @@ func (r *leaseRun) readLoop(ctx context.Context, out chan<- numberedLine) {
 		if ctx.Err() != nil {
 			return
 		}
-		if err != nil && !retryable(err) {
+		if err != nil && refused(err) {
 			r.readErr = fmt.Errorf("chunk %s/%d from line %d: %w", r.l.BatchId, r.l.Chunk, next, err)
 			return
 		}
@@ -127,10 +137,13 @@ func (r *leaseRun) renewLoop() {
 	}
 }
 
-// renew makes one Renew call.
+// renew makes one Renew call. Each attempt gets a third of the renew
+// interval, so a coordinator that hangs (or cannot reach the leader) is
+// marked bad and the renewal moves to another within the same interval.
 func (r *leaseRun) renew(ctx context.Context) (vbatchv1.LeaseVerdict, error) {
 	var verdict vbatchv1.LeaseVerdict
-	err := r.a.coords.call(ctx, "renew", 0, func(ctx context.Context, c vbatchv1connect.AgentServiceClient) error {
+	attempt := max(time.Duration(r.a.renewInterval.Load())/3, 500*time.Millisecond)
+	err := r.a.coords.call(ctx, "renew", attempt, func(ctx context.Context, c vbatchv1connect.AgentServiceClient) error {
 		resp, err := c.Renew(ctx, connect.NewRequest(&vbatchv1.RenewRequest{BatchId: r.l.BatchId, Chunk: r.l.Chunk, Token: r.l.Token}))
 		if err == nil {
 			verdict = resp.Msg.Verdict
@@ -153,7 +166,7 @@ func (r *leaseRun) putResults(p part) (*vbatchv1.PutResultsResponse, error) {
 		Usage:    p.usage,
 		Complete: p.to == r.l.EndLine,
 	}
-	err := r.a.coords.call(r.tokenCtx, "put results", putAttemptTimeout, func(ctx context.Context, c vbatchv1connect.AgentServiceClient) error {
+	err := r.a.coords.call(r.tokenCtx, "put results", r.attemptTimeout(putAttemptTimeout), func(ctx context.Context, c vbatchv1connect.AgentServiceClient) error {
 		resp, err := c.PutResults(ctx, connect.NewRequest(req))
 		if err == nil {
 			out = resp.Msg
@@ -168,7 +181,7 @@ func (r *leaseRun) putResults(p part) (*vbatchv1.PutResultsResponse, error) {
 
 // complete marks the chunk done.
 func (r *leaseRun) complete() error {
-	err := r.a.coords.call(r.tokenCtx, "complete", unaryAttemptTimeout, func(ctx context.Context, c vbatchv1connect.AgentServiceClient) error {
+	err := r.a.coords.call(r.tokenCtx, "complete", r.attemptTimeout(unaryAttemptTimeout), func(ctx context.Context, c vbatchv1connect.AgentServiceClient) error {
 		_, err := c.Complete(ctx, connect.NewRequest(&vbatchv1.CompleteRequest{BatchId: r.l.BatchId, Chunk: r.l.Chunk, Token: r.l.Token}))
 		return err
 	})
