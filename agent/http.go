@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"github.com/vbatch/vbatch/internal/httpsafe"
 	"io"
+	"log/slog"
 	"net"
 	"net/http"
 	"time"
@@ -30,7 +31,12 @@ var onlinePaths = []string{"/v1/chat/completions", "/v1/completions", "/v1/embed
 func (a *Agent) Handler() http.Handler {
 	mux := http.NewServeMux()
 	engine := &engineGatherer{url: a.eng.MetricsURL, agentID: a.id, client: &http.Client{}}
-	mux.Handle("GET /metrics", promhttp.HandlerFor(prometheus.Gatherers{a.metrics.registry, engine}, promhttp.HandlerOpts{}))
+	// An engine whose metrics cannot be read or merged must not take the
+	// agent's own figures down with it: serve what gathers, log the rest.
+	mux.Handle("GET /metrics", promhttp.HandlerFor(prometheus.Gatherers{a.metrics.registry, engine}, promhttp.HandlerOpts{
+		ErrorHandling: promhttp.ContinueOnError,
+		ErrorLog:      slog.NewLogLogger(a.log.Handler(), slog.LevelWarn),
+	}))
 	mux.HandleFunc("GET /metrics/engine", a.handleEngineMetrics)
 	mux.HandleFunc("GET /health", a.handleHealth)
 	for _, p := range onlinePaths {

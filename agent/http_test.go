@@ -89,6 +89,31 @@ func TestHTTPSurface(t *testing.T) {
 	}
 }
 
+// TestMetricsSurviveBrokenEngineMetrics: an engine serving metrics that do
+// not parse costs its own series, not the agent's whole scrape.
+func TestMetricsSurviveBrokenEngineMetrics(t *testing.T) {
+	engineMetrics := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_, _ = io.WriteString(w, "vllm:broken{{{ not exposition format\n")
+	}))
+	defer engineMetrics.Close()
+	coord := newFakeCoord(t, inputLines(1))
+	eng := newFakeEngine()
+	eng.metrics = engineMetrics.URL + "/metrics"
+	startAgent(t, coord, eng, nil)
+	var base string
+	waitFor(t, "the agent to register", func() bool {
+		coord.with(func() {
+			if a := coord.registered["agent-test"]; a != nil {
+				base = "http://" + a.RpcAddr
+			}
+		})
+		return base != ""
+	})
+	if code, body := get(t, base+"/metrics"); code != 200 || !strings.Contains(body, "vbatch_agent_leases_held") {
+		t.Fatalf("/metrics with broken engine metrics: %d %.200s", code, body)
+	}
+}
+
 func TestTelemetryReports(t *testing.T) {
 	coord := newFakeCoord(t, nil)
 	startAgent(t, coord, newFakeEngine(), func(c *Config) { c.TelemetryInterval = 10 * time.Millisecond })
