@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -298,5 +299,71 @@ func TestToProtoAndDescribe(t *testing.T) {
 	}
 	if got := Describe(nil); got != "no GPUs" {
 		t.Fatalf("Describe(nil) = %q", got)
+	}
+}
+
+// TestXIDWatchRearmsAfterFailure: an event wait that fails (a GPU fell off
+// the bus) does not end XID watching: the watch is armed again and a later
+// XID is still recorded. A host without XID events stops it for good.
+func TestXIDWatchRearmsAfterFailure(t *testing.T) {
+	lib := dgx()
+	var created atomic.Int32
+	events := make(chan nvml.EventData, 1)
+	lib.EventSetCreateFunc = func() (nvml.EventSet, nvml.Return) {
+		first := created.Add(1) == 1
+		return &mock.EventSet{
+			WaitFunc: func(timeout uint32) (nvml.EventData, nvml.Return) {
+				if first {
+					return nvml.EventData{}, nvml.ERROR_GPU_IS_LOST
+				}
+				select {
+				case e := <-events:
+					return e, nvml.SUCCESS
+				case <-time.After(10 * time.Millisecond):
+					return nvml.EventData{}, nvml.ERROR_TIMEOUT
+				}
+			},
+			FreeFunc: func() nvml.Return { return nvml.SUCCESS },
+		}, nvml.SUCCESS
+	}
+	for _, d := range lib.Devices {
+		dev := d.(*dgxa100.Device)
+		dev.GetSupportedEventTypesFunc = func() (uint64, nvml.Return) { return nvml.EventTypeXidCriticalError, nvml.SUCCESS }
+		dev.RegisterEventsFunc = func(uint64, nvml.EventSet) nvml.Return { return nvml.SUCCESS }
+	}
+	n := NewNVMLWithLibrary(lib, nil)
+	n.xidRetry = time.Millisecond
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		n.watchXIDs(ctx)
+	}()
+	events <- nvml.EventData{Device: lib.Devices[1], EventType: nvml.EventTypeXidCriticalError, EventData: 79}
+	deadline := time.Now().Add(10 * time.Second)
+	var got []uint64
+	for len(got) == 0 && time.Now().Before(deadline) {
+		got = n.XIDEvents()
+		time.Sleep(5 * time.Millisecond)
+	}
+	cancel()
+	<-done
+	if len(got) != 1 || got[0] != 79 || created.Load() < 2 {
+		t.Fatalf("XIDs %v after %d event sets, want [79] from a re-armed watch", got, created.Load())
+	}
+
+	// Without XID support it stops at once.
+	for _, d := range lib.Devices {
+		d.(*dgxa100.Device).GetSupportedEventTypesFunc = func() (uint64, nvml.Return) { return 0, nvml.ERROR_NOT_SUPPORTED }
+	}
+	stopped := make(chan struct{})
+	go func() {
+		defer close(stopped)
+		n.watchXIDs(context.Background())
+	}()
+	select {
+	case <-stopped:
+	case <-time.After(10 * time.Second):
+		t.Fatal("watch kept going on a host without XID events")
 	}
 }

@@ -7,6 +7,7 @@ import (
 	"io"
 	"log/slog"
 	"sync"
+	"time"
 
 	"github.com/NVIDIA/go-nvml/pkg/nvml"
 )
@@ -21,6 +22,9 @@ type NVML struct {
 	lib       nvml.Interface
 	log       *slog.Logger
 	autoWatch bool
+	// xidRetry is the first wait before the XID watch is armed again
+	// after it failed; it doubles up to xidRetryMax.
+	xidRetry time.Duration
 
 	mu     sync.Mutex
 	state  nvmlState
@@ -57,7 +61,41 @@ func newNVML(lib nvml.Interface, logger *slog.Logger, autoWatch bool) *NVML {
 	if logger == nil {
 		logger = slog.New(slog.NewTextHandler(io.Discard, nil))
 	}
-	return &NVML{lib: lib, log: logger, autoWatch: autoWatch}
+	return &NVML{lib: lib, log: logger, autoWatch: autoWatch, xidRetry: xidRetryMin}
+}
+
+// Bounds of the wait before an XID watch that failed is armed again.
+const (
+	xidRetryMin = 5 * time.Second
+	xidRetryMax = time.Minute
+)
+
+// ErrNoXIDEvents means XID errors cannot be watched on this host at all:
+// NVML is unavailable, or no GPU supports XID events.
+var ErrNoXIDEvents = errors.New("no XID events on this host")
+
+// watchXIDs runs WatchXID until ctx ends. A watch that fails (a GPU that
+// fell off the bus fails the event wait, just when XIDs matter most) is
+// armed again with back-off; only a host without XID events stops it.
+func (n *NVML) watchXIDs(ctx context.Context) {
+	wait := n.xidRetry
+	for {
+		err := n.WatchXID(ctx, n.recordXID)
+		if ctx.Err() != nil {
+			return
+		}
+		if err == nil || errors.Is(err, ErrNoXIDEvents) {
+			n.log.Info("not watching for GPU XID errors", "err", err)
+			return
+		}
+		n.log.Warn("GPU XID watch failed; arming it again", "err", err, "in", wait)
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(wait):
+		}
+		wait = min(2*wait, xidRetryMax)
+	}
 }
 
 // ready initializes NVML on first use and reports whether it is usable.
@@ -81,9 +119,7 @@ func (n *NVML) ready() bool {
 		n.cancel, n.done = cancel, make(chan struct{})
 		go func() {
 			defer close(n.done)
-			if err := n.WatchXID(ctx, n.recordXID); err != nil {
-				n.log.Info("not watching for GPU XID errors", "err", err)
-			}
+			n.watchXIDs(ctx)
 		}()
 	}
 	return true
@@ -152,11 +188,12 @@ func (n *NVML) device(i int) Info {
 }
 
 // WatchXID calls fn for every XID error (a GPU fault reported by the
-// driver) until ctx ends. It returns an error at once when NVML is absent
-// or no GPU supports XID events, and nil when ctx ends.
+// driver) until ctx ends. It returns an error wrapping ErrNoXIDEvents at
+// once when NVML is absent or no GPU supports XID events, another error
+// when NVML fails on the way, and nil when ctx ends.
 func (n *NVML) WatchXID(ctx context.Context, fn func(gpu int, xid uint64)) error {
 	if !n.ready() {
-		return errors.New("nvml unavailable")
+		return fmt.Errorf("nvml unavailable: %w", ErrNoXIDEvents)
 	}
 	set, ret := n.lib.EventSetCreate()
 	if ret != nvml.SUCCESS {
@@ -184,7 +221,7 @@ func (n *NVML) WatchXID(ctx context.Context, fn func(gpu int, xid uint64)) error
 		registered++
 	}
 	if registered == 0 {
-		return errors.New("no GPU supports XID events")
+		return fmt.Errorf("no GPU supports XID events: %w", ErrNoXIDEvents)
 	}
 	for ctx.Err() == nil {
 		// A short wait keeps the loop responsive to ctx.
