@@ -63,7 +63,7 @@ type Config struct {
 	// RetryBackoffMax caps the retry back-off.
 	RetryBackoffMax time.Duration `json:"retry_backoff_max"`
 	// RequestTimeout bounds one engine request; a request that runs past it
-	// counts as a connection error (and is retried).
+	// on a healthy engine becomes an error line without a retry.
 	RequestTimeout time.Duration `json:"request_timeout"`
 	// EngineFailureTimeout is how long the engine may stay unhealthy while
 	// the agent holds a lease before the lease is released with reason

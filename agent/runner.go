@@ -89,7 +89,9 @@ func backoffDelay(base, max time.Duration, attempt int, jitter float64) time.Dur
 // run sends one input line to the engine and renders its result line. It
 // retries connection errors and retryable statuses up to retryMax times;
 // while the engine reports itself unhealthy a connection error waits for it
-// instead of spending a retry. It returns errAbandoned once ctx ends.
+// instead of spending a retry; a request that runs out its timeout on a
+// healthy engine becomes an error line at once. It returns errAbandoned
+// once ctx ends.
 func (r *runner) run(ctx context.Context, lineNo int64, raw []byte) (lineResult, error) {
 	res := lineResult{line: lineNo}
 	in, err := parseInputLine(raw)
@@ -117,6 +119,12 @@ func (r *runner) run(ctx context.Context, lineNo int64, raw []byte) (lineResult,
 				return res, errAbandoned
 			}
 			continue
+		}
+		if err != nil && errors.Is(err, context.DeadlineExceeded) {
+			// The request used its whole timeout on a healthy engine: a retry
+			// would most likely spend it again, holding back every later
+			// line of the chunk (parts commit in order) for as long.
+			return r.fail(res, in, fmt.Sprintf("engine request timed out after %s; not retried", r.timeout))
 		}
 		if attempt >= r.retryMax {
 			if err != nil {

@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -241,5 +242,33 @@ func TestParseUsage(t *testing.T) {
 		if u.InputTokens != tc.in || u.OutputTokens != tc.out || u.TotalTokens != tc.total || u.CachedTokens != tc.cached || u.ReasoningTokens != tc.reasoning {
 			t.Errorf("%s: usage %+v", tc.body, u)
 		}
+	}
+}
+
+// hangEngine never answers: each call waits for its context.
+type hangEngine struct{ scriptEngine }
+
+func (e *hangEngine) Do(ctx context.Context, path string, body []byte) (int, []byte, error) {
+	e.calls.Add(1)
+	<-ctx.Done()
+	return 0, nil, fmt.Errorf("post %s: %w", path, ctx.Err())
+}
+
+// TestTimedOutRequestIsNotRetried: a request that uses its whole timeout
+// on a healthy engine becomes an error line at once instead of holding its
+// chunk back for retryMax more timeouts.
+func TestTimedOutRequestIsNotRetried(t *testing.T) {
+	eng := &hangEngine{}
+	r := testRunner(eng, 3)
+	r.timeout = 20 * time.Millisecond
+	res, err := r.run(context.Background(), 0, []byte(chatLine))
+	if err != nil || res.errLine == nil || res.output != nil {
+		t.Fatalf("err %v, output %q, error line %q", err, res.output, res.errLine)
+	}
+	if n := eng.calls.Load(); n != 1 {
+		t.Fatalf("%d engine calls for a request that timed out, want 1", n)
+	}
+	if !strings.Contains(string(res.errLine), "timed out") {
+		t.Fatalf("error line %s", res.errLine)
 	}
 }
