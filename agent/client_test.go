@@ -42,9 +42,16 @@ func TestCoordClientFailsOver(t *testing.T) {
 	c := newCoordClient(func() []string { return []string{dead, liveAddr} }, nil, slog.New(slog.NewTextHandler(io.Discard, nil)))
 	c.retryMin, c.retryMax = time.Millisecond, 5*time.Millisecond
 	// Whichever one it tries first, every call lands on the live one.
+	callsLandOn(t, c, live, time.Second)
+}
+
+// callsLandOn makes five telemetry calls through c, each attempt bounded
+// by attempt, and checks that all of them reached live.
+func callsLandOn(t *testing.T, c *coordClient, live *fakeCoord, attempt time.Duration) {
+	t.Helper()
 	for i := 0; i < 5; i++ {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		err := c.call(ctx, "telemetry", time.Second, telemetryCall)
+		err := c.call(ctx, "telemetry", attempt, telemetryCall)
 		cancel()
 		if err != nil {
 			t.Fatalf("call %d: %v", i, err)
@@ -151,19 +158,7 @@ func TestCoordClientLeavesAHungCoordinator(t *testing.T) {
 	c := newCoordClient(func() []string { return []string{hungAddr, liveAddr} }, nil, slog.New(slog.NewTextHandler(io.Discard, nil)))
 	c.retryMin, c.retryMax = time.Millisecond, 5*time.Millisecond
 	c.current = hungAddr // the one in use when it hung
-	for i := 0; i < 5; i++ {
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		err := c.call(ctx, "telemetry", 200*time.Millisecond, telemetryCall)
-		cancel()
-		if err != nil {
-			t.Fatalf("call %d: %v", i, err)
-		}
-	}
-	live.with(func() {
-		if len(live.telemetry) != 5 {
-			t.Errorf("live coordinator got %d calls, want 5", len(live.telemetry))
-		}
-	})
+	callsLandOn(t, c, live, 200*time.Millisecond)
 }
 
 func TestRefused(t *testing.T) {

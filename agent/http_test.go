@@ -25,16 +25,24 @@ func get(t *testing.T, url string) (int, string) {
 	return resp.StatusCode, string(b)
 }
 
-func TestHTTPSurface(t *testing.T) {
+// agentWithEngineMetrics starts an agent on a fake engine whose /metrics
+// serves metrics, leased a chunk of the given number of input lines.
+func agentWithEngineMetrics(t *testing.T, lines int, metrics string) (*fakeCoord, *fakeEngine) {
+	t.Helper()
 	engineMetrics := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "text/plain; version=0.0.4")
-		_, _ = io.WriteString(w, "vllm:num_requests_running 3\n")
+		_, _ = io.WriteString(w, metrics)
 	}))
-	defer engineMetrics.Close()
-	coord := newFakeCoord(t, inputLines(20))
+	t.Cleanup(engineMetrics.Close)
+	coord := newFakeCoord(t, inputLines(lines))
 	eng := newFakeEngine()
 	eng.metrics = engineMetrics.URL + "/metrics"
 	startAgent(t, coord, eng, nil)
+	return coord, eng
+}
+
+func TestHTTPSurface(t *testing.T) {
+	coord, eng := agentWithEngineMetrics(t, 20, "vllm:num_requests_running 3\n")
 	waitFor(t, "chunk completed", func() bool { var s string; coord.with(func() { s = coord.state }); return s == "done" })
 
 	// The agent registered its HTTP address as its rpc_addr.
@@ -92,14 +100,7 @@ func TestHTTPSurface(t *testing.T) {
 // TestMetricsSurviveBrokenEngineMetrics: an engine serving metrics that do
 // not parse costs its own series, not the agent's whole scrape.
 func TestMetricsSurviveBrokenEngineMetrics(t *testing.T) {
-	engineMetrics := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		_, _ = io.WriteString(w, "vllm:broken{{{ not exposition format\n")
-	}))
-	defer engineMetrics.Close()
-	coord := newFakeCoord(t, inputLines(1))
-	eng := newFakeEngine()
-	eng.metrics = engineMetrics.URL + "/metrics"
-	startAgent(t, coord, eng, nil)
+	coord, _ := agentWithEngineMetrics(t, 1, "vllm:broken{{{ not exposition format\n")
 	var base string
 	waitFor(t, "the agent to register", func() bool {
 		coord.with(func() {

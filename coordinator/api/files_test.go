@@ -121,13 +121,21 @@ func TestUploadNotMultipart(t *testing.T) {
 	r.wantError(t, http.StatusBadRequest, typeInvalidRequest, codeInvalidValue)
 }
 
-func TestUploadExpiry(t *testing.T) {
-	e := rootEnv(t)
+// uploadExpiring uploads a one-line batch file that expires seconds after
+// its creation and fails the test unless the upload succeeds.
+func uploadExpiring(t *testing.T, e *env, seconds int) response {
+	t.Helper()
 	r := e.upload(testRoot, field{name: "purpose", value: "batch"}, field{name: "expires_after[anchor]", value: "created_at"},
-		field{name: "expires_after[seconds]", value: "7200"}, field{name: "file", filename: "a", value: batchLines(1)})
+		field{name: "expires_after[seconds]", value: strconv.Itoa(seconds)}, field{name: "file", filename: "a", value: batchLines(1)})
 	if r.status != http.StatusOK {
 		t.Fatalf("%d %s", r.status, r.body)
 	}
+	return r
+}
+
+func TestUploadExpiry(t *testing.T) {
+	e := rootEnv(t)
+	r := uploadExpiring(t, e, 7200)
 	if got := r.json(t)["expires_at"]; got != float64(1_700_000_000+7200) {
 		t.Fatalf("expires_at %v", got)
 	}
@@ -137,12 +145,7 @@ func TestUploadExpiry(t *testing.T) {
 // for every endpoint, as at OpenAI, before the leader deletes its record.
 func TestExpiredFileReadsAsDeleted(t *testing.T) {
 	e := rootEnv(t)
-	r := e.upload(testRoot, field{name: "purpose", value: "batch"}, field{name: "expires_after[anchor]", value: "created_at"},
-		field{name: "expires_after[seconds]", value: "3600"}, field{name: "file", filename: "a", value: batchLines(1)})
-	if r.status != http.StatusOK {
-		t.Fatalf("%d %s", r.status, r.body)
-	}
-	id := r.json(t)["id"].(string)
+	id := uploadExpiring(t, e, 3600).json(t)["id"].(string)
 	kept := e.uploadOK(testRoot, "batch", batchLines(1))
 	e.b.advance(3600 * time.Second)
 	e.do(http.MethodGet, "/v1/files/"+id, testRoot, nil).wantError(t, http.StatusNotFound, typeInvalidRequest, codeNotFound)

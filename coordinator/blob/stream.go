@@ -17,8 +17,9 @@ const streamBuffer = 8 << 20
 // Stream pushes a blob to one peer while the blob is still being received,
 // so the peer writes its copy at the same time as this node instead of
 // after it. Write the content to it as it arrives (Store.IngestTee), then
-// call Finish with the content's sha256 and size, or Abort. The peer keeps
-// the blob only after Finish, and only if its copy matches.
+// end it with the content's sha256 and size (through Fanout.Finish), or
+// Abort it. The peer keeps the blob only after a valid end, and only if its
+// copy matches.
 type Stream struct {
 	// Peer is the node the stream goes to.
 	Peer Peer
@@ -35,7 +36,7 @@ type Stream struct {
 	detach  func() bool
 	timeout time.Duration
 	// repl is the Replicator the stream belongs to: it lists the stream
-	// between Finish and the peer's answer (Replicator.streaming).
+	// between its end and the peer's answer (Replicator.streaming).
 	repl *Replicator
 }
 
@@ -58,7 +59,7 @@ func (b *startedBody) Read(p []byte) (int, error) {
 }
 
 // Stream starts a streamed push to p under ctx. Writes never fail: if the
-// push breaks, they are dropped and Finish reports the failure.
+// push breaks, they are dropped and the stream's outcome reports the failure.
 func (r *Replicator) Stream(ctx context.Context, p Peer) *Stream {
 	pctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	s := &Stream{Peer: p, pipe: bufpipe.New(streamBuffer), started: make(chan struct{}), done: make(chan struct{}), cancel: cancel,
@@ -74,7 +75,7 @@ func (r *Replicator) Stream(ctx context.Context, p Peer) *Stream {
 	}
 	req.ContentLength = -1
 	req.Header.Set("Content-Type", "application/octet-stream")
-	// The keys must be declared up front; Finish fills in the values by
+	// The keys must be declared up front; end fills in the values by
 	// writing into these slices, never into the map, which the transport
 	// reads while it writes the headers.
 	req.Trailer = http.Header{TrailerSHA: make([]string, 1), HeaderSize: make([]string, 1)}
@@ -98,14 +99,6 @@ func (r *Replicator) Stream(ctx context.Context, p Peer) *Stream {
 // Write hands content to the stream; it waits only while the peer is more
 // than a few MiB behind, and never fails.
 func (s *Stream) Write(b []byte) (int, error) { return s.pipe.Write(b) }
-
-// Finish ends the content, declaring its sha256 and size, and waits for
-// the peer: nil means the peer holds a verified, durable copy.
-func (s *Stream) Finish(sha string, size int64) error {
-	s.end(sha, size)
-	<-s.done
-	return s.err
-}
 
 // end declares the content's sha256 and size without waiting: once the
 // transport has sent the request's headers (it reads the trailer keys
@@ -162,6 +155,6 @@ func (s *Stream) Abort(cause error) {
 	<-s.done
 }
 
-// failed reports whether the push already ended, which before Finish can
+// failed reports whether the push already ended, which before its end can
 // only be a failure.
 func (s *Stream) failed() bool { return s.pipe.ReaderClosed() }
