@@ -18,9 +18,11 @@ import (
 // shared mapping sees writes made through the file (bbolt relies on it).
 func TestSlowFS(t *testing.T) {
 	s := MountSlowFS(t)
-	// Long beside a real fsync on a busy disk, which the concurrency check
-	// below must not mistake for serialisation.
-	const delay = time.Second
+	// Long beside a real fsync, which the concurrency check below must not
+	// mistake for serialisation, yet short: the longer a FUSE call blocks,
+	// the likelier a runtime signal interrupts it (EINTR from fdatasync,
+	// which a 1 s delay hit in CI).
+	const delay = 300 * time.Millisecond
 
 	dir := filepath.Join(s.Dir, "a")
 	if err := os.Mkdir(dir, 0o755); err != nil {
