@@ -190,29 +190,54 @@ func (a *Agent) Run(ctx context.Context) error {
 
 	<-ctx.Done()
 	a.log.Info("agent shutting down")
-	hard := time.AfterFunc(a.cfg.ShutdownTimeout, cancelLife)
+	deadline := time.Now().Add(a.cfg.ShutdownTimeout)
+	// Leases get the shutdown budget less what leaving and stopping the
+	// engine need; past that their requests and calls are cut off.
+	hard := time.AfterFunc(a.cfg.ShutdownTimeout-shutdownReserve(a.cfg.ShutdownTimeout), cancelLife)
 	defer hard.Stop()
 	a.stop(reasonShutdown)
 	<-a.done
 	loops.Wait()
-	a.shutdown(srv)
+	a.shutdownBy(srv, deadline)
 	return nil
 }
 
-// shutdown leaves gossip and stops the HTTP server and the engine. It has
-// its own ShutdownTimeout: the engine must be stopped even when draining
-// the leases used up the first one.
+// shutdownReserve is the part of a shutdown budget kept for leaving gossip,
+// stopping the HTTP server and stopping the engine: a third, at most 40 s.
+func shutdownReserve(total time.Duration) time.Duration {
+	return min(total/3, 40*time.Second)
+}
+
+// Bounds of the steps before the engine stops, so that slow online
+// requests or an unreachable gossip pool leave the engine its stop grace.
+const (
+	leaveTimeout      = 5 * time.Second
+	httpShutdownTimeout = 5 * time.Second
+)
+
+// shutdown leaves gossip and stops the HTTP server and the engine within
+// a fresh shutdown reserve; used when Run fails before its main loop.
 func (a *Agent) shutdown(srv *http.Server) {
-	ctx, cancel := context.WithTimeout(context.Background(), a.cfg.ShutdownTimeout)
+	a.shutdownBy(srv, time.Now().Add(shutdownReserve(a.cfg.ShutdownTimeout)))
+}
+
+// shutdownBy leaves gossip and stops the HTTP server and the engine, all
+// by deadline: the engine is stopped even when the steps before it or the
+// drain overran, killed outright (VLLM) once the deadline passes.
+func (a *Agent) shutdownBy(srv *http.Server, deadline time.Time) {
+	ctx, cancel := context.WithDeadline(context.Background(), deadline)
 	defer cancel()
 	if a.pool != nil {
-		if err := a.pool.Leave(5 * time.Second); err != nil {
+		if err := a.pool.Leave(max(min(leaveTimeout, time.Until(deadline)), 0)); err != nil {
 			a.log.Warn("leave gossip", "err", err)
 		}
 	}
-	if err := srv.Shutdown(ctx); err != nil {
-		a.log.Warn("stop http server", "err", err)
+	hctx, hcancel := context.WithTimeout(ctx, httpShutdownTimeout)
+	if err := srv.Shutdown(hctx); err != nil {
+		a.log.Warn("stop http server; closing open connections", "err", err)
+		_ = srv.Close()
 	}
+	hcancel()
 	if err := a.eng.Stop(ctx); err != nil {
 		a.log.Warn("stop engine", "err", err)
 	}

@@ -75,7 +75,11 @@ type Config struct {
 	// agent runs them again.
 	DrainTimeout time.Duration `json:"drain_timeout"`
 	// ShutdownTimeout bounds the whole shutdown after Run's context ends:
-	// draining leases, leaving gossip, stopping the engine.
+	// draining leases, leaving gossip, stopping the engine. The last
+	// shutdownReserve of it (a third, at most 40 s) is kept for leaving
+	// gossip and stopping the engine, so a drain that overruns cannot eat
+	// the engine's stop grace. The service manager's stop timeout must be
+	// longer (the systemd unit's TimeoutStopSec is 150 s).
 	ShutdownTimeout time.Duration `json:"shutdown_timeout"`
 	// TelemetryInterval is how often GPU and engine figures are sent.
 	TelemetryInterval time.Duration `json:"telemetry_interval"`
@@ -124,7 +128,7 @@ func DefaultConfig() Config {
 		RequestTimeout:       10 * time.Minute,
 		EngineFailureTimeout: time.Minute,
 		DrainTimeout:         time.Minute,
-		ShutdownTimeout:      90 * time.Second,
+		ShutdownTimeout:      2 * time.Minute,
 		TelemetryInterval:    5 * time.Second,
 		ClusterName:          tlsutil.DefaultCluster,
 	}
