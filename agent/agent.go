@@ -211,7 +211,7 @@ func shutdownReserve(total time.Duration) time.Duration {
 // Bounds of the steps before the engine stops, so that slow online
 // requests or an unreachable gossip pool leave the engine its stop grace.
 const (
-	leaveTimeout      = 5 * time.Second
+	leaveTimeout        = 5 * time.Second
 	httpShutdownTimeout = 5 * time.Second
 )
 

@@ -83,6 +83,16 @@ type Config struct {
 	ShutdownTimeout time.Duration `json:"shutdown_timeout"`
 	// TelemetryInterval is how often GPU and engine figures are sent.
 	TelemetryInterval time.Duration `json:"telemetry_interval"`
+	// InputIdleTimeout is how long a chunk's input stream may go without a
+	// message while the agent waits for one (not while it holds lines back
+	// because the engine is busy) before the agent gives up on that
+	// coordinator and reads on from another: a coordinator that hangs
+	// would otherwise stall the chunk while renewals keep its lease alive.
+	InputIdleTimeout time.Duration `json:"input_idle_timeout"`
+	// InputBufferBytes bounds the input bytes each held lease reads ahead
+	// of the lines it has started. A line larger than the bound is still
+	// read, alone.
+	InputBufferBytes int64 `json:"input_buffer_bytes"`
 
 	// TLS names the agent's certificate, key and the cluster's CA. Set,
 	// the agent talks to coordinators over mutual TLS, serves its HTTP
@@ -130,6 +140,8 @@ func DefaultConfig() Config {
 		DrainTimeout:         time.Minute,
 		ShutdownTimeout:      2 * time.Minute,
 		TelemetryInterval:    5 * time.Second,
+		InputIdleTimeout:     30 * time.Second,
+		InputBufferBytes:     32 << 20,
 		ClusterName:          tlsutil.DefaultCluster,
 	}
 }
@@ -154,6 +166,9 @@ func (c *Config) Validate() error {
 			errs = append(errs, fmt.Errorf("%s must be positive, got %d", name, v))
 		}
 	}
+	if c.InputBufferBytes <= 0 {
+		errs = append(errs, fmt.Errorf("input buffer bytes must be positive, got %d", c.InputBufferBytes))
+	}
 	if c.RetryMax < 0 {
 		errs = append(errs, fmt.Errorf("retry max must not be negative, got %d", c.RetryMax))
 	}
@@ -162,6 +177,7 @@ func (c *Config) Validate() error {
 		"retry backoff max": c.RetryBackoffMax, "request timeout": c.RequestTimeout,
 		"engine failure timeout": c.EngineFailureTimeout, "drain timeout": c.DrainTimeout,
 		"shutdown timeout": c.ShutdownTimeout, "telemetry interval": c.TelemetryInterval,
+		"input idle timeout": c.InputIdleTimeout,
 	}
 	for name, d := range durations {
 		if d <= 0 {

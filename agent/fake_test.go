@@ -58,6 +58,17 @@ type fakeCoord struct {
 	// Hooks, set before the agent starts; called with mu held.
 	renewHook func(f *fakeCoord) vbatchv1.LeaseVerdict
 	putHook   func(f *fakeCoord, req *vbatchv1.PutResultsRequest) error
+	// inputHook picks where a ReadInput stream from line from, taken by
+	// the named server (see serveAs), stops sending: it then hangs, open,
+	// until the client gives up. A line at or past the end never stalls.
+	inputHook func(f *fakeCoord, server string, from int64) (stallAt int64)
+
+	// reads records every ReadInput as "server@from".
+	reads []string
+	// unhang releases stalled streams when the test ends, so its servers
+	// can close.
+	unhang     chan struct{}
+	unhangOnce sync.Once
 }
 
 var _ vbatchv1connect.AgentServiceHandler = (*fakeCoord)(nil)
@@ -68,16 +79,27 @@ const (
 )
 
 func newFakeCoord(t *testing.T, lines [][]byte) *fakeCoord {
-	return &fakeCoord{t: t, lines: lines, registered: map[string]*vbatchv1.Agent{}, state: "pending", dead: map[uint64]bool{}, renewMs: 30}
+	return &fakeCoord{t: t, lines: lines, registered: map[string]*vbatchv1.Agent{}, state: "pending", dead: map[uint64]bool{}, renewMs: 30, unhang: make(chan struct{})}
 }
 
 // serve starts the fake on a loopback port and returns its address.
-func (f *fakeCoord) serve(t *testing.T) string {
+func (f *fakeCoord) serve(t *testing.T) string { return f.serveAs(t, "") }
+
+// serverKey carries the name of the server that took a call.
+type serverKey struct{}
+
+// serveAs starts one more server of the same fake, as one coordinator of
+// several sharing one state, and returns its address. Its calls carry name
+// (ReadInput records it and passes it to inputHook).
+func (f *fakeCoord) serveAs(t *testing.T, name string) string {
 	mux := http.NewServeMux()
 	path, h := vbatchv1connect.NewAgentServiceHandler(f)
-	mux.Handle(path, h)
+	mux.Handle(path, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		h.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), serverKey{}, name)))
+	}))
 	srv := httptest.NewServer(mux)
 	t.Cleanup(srv.Close)
+	t.Cleanup(func() { f.unhangOnce.Do(func() { close(f.unhang) }) }) // runs first
 	return srv.Listener.Addr().String()
 }
 
@@ -152,19 +174,32 @@ func (f *fakeCoord) Renew(_ context.Context, req *connect.Request[vbatchv1.Renew
 }
 
 func (f *fakeCoord) ReadInput(ctx context.Context, req *connect.Request[vbatchv1.ReadInputRequest], stream *connect.ServerStream[vbatchv1.ReadInputResponse]) error {
+	server, _ := ctx.Value(serverKey{}).(string)
 	f.mu.Lock()
 	err := f.checkToken("read input", req.Msg.Token)
 	lines := f.lines
+	f.reads = append(f.reads, fmt.Sprintf("%s@%d", server, req.Msg.FromLine))
+	stallAt := int64(len(lines))
+	if f.inputHook != nil {
+		stallAt = min(stallAt, f.inputHook(f, server, req.Msg.FromLine))
+	}
 	f.mu.Unlock()
 	if err != nil {
 		return err
 	}
 	const batch = 64
-	for from := req.Msg.FromLine; from < int64(len(lines)); from += batch {
-		to := min(from+batch, int64(len(lines)))
+	for from := req.Msg.FromLine; from < stallAt; from += batch {
+		to := min(from+batch, stallAt)
 		if err := stream.Send(&vbatchv1.ReadInputResponse{FirstLine: from, Lines: lines[from:to]}); err != nil {
 			return err
 		}
+	}
+	if stallAt < int64(len(lines)) {
+		select { // a hung coordinator: the stream stays open, silent
+		case <-ctx.Done():
+		case <-f.unhang:
+		}
+		return connect.NewError(connect.CodeUnavailable, errors.New("stalled stream ended"))
 	}
 	return nil
 }

@@ -130,8 +130,11 @@ func (r *leaseRun) cancel() { r.cancelOnce.Do(func() { close(r.cancelled) }) }
 func (r *leaseRun) run() string {
 	readCtx, stopReading := context.WithCancel(r.tokenCtx)
 	defer stopReading()
+	// The reader runs ahead of the lines started by at most 256 lines and
+	// InputBufferBytes bytes: lines can be megabytes each.
 	lines := make(chan numberedLine, 256)
-	go r.readLoop(readCtx, lines)
+	budget := newByteBudget(r.a.cfg.InputBufferBytes)
+	go r.readLoop(readCtx, lines, budget)
 	go r.renewLoop()
 
 	// The tick drives time-based flushes and the engine health check.
@@ -197,6 +200,7 @@ func (r *leaseRun) run() string {
 				}
 				continue
 			}
+			budget.release(int64(len(ln.raw)))
 			pending = &ln
 		case slots <- struct{}{}:
 			r.inflight++

@@ -2,7 +2,9 @@ package agent
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"sync"
 	"time"
 
 	"connectrpc.com/connect"
@@ -31,61 +33,166 @@ func (r *leaseRun) attemptTimeout(limit time.Duration) time.Duration {
 	return limit
 }
 
+// errInputIdle marks an input stream that sent nothing for
+// InputIdleTimeout while the reader waited for it.
+var errInputIdle = errors.New("input stream idle")
+
 // readLoop streams the lease's input lines from its progress to its end
 // into out, reconnecting (to any coordinator) from the next unread line
-// when a stream breaks. It closes out when done; r.readErr says why it
-// stopped early.
-func (r *leaseRun) readLoop(ctx context.Context, out chan<- numberedLine) {
+// when a stream breaks or goes idle. Each line takes its size from budget
+// before it is queued; the main loop gives it back when it takes the line.
+// It closes out when done; r.readErr says why it stopped early.
+//
+// A stream that ends, or goes idle, without a new line counts towards
+// readNoProgressMax; one that brings a line resets the count. Other
+// retryable failures (no coordinator reachable, no leader) are retried by
+// the client until the lease ends, as for every other call.
+func (r *leaseRun) readLoop(ctx context.Context, out chan<- numberedLine, budget *byteBudget) {
 	defer close(out)
 	next, end := r.l.Progress, r.l.EndLine
 	noProgress := 0
 	for next < end && ctx.Err() == nil {
-		before := next
+		progressed, stalled := false, false
 		err := r.a.coords.call(ctx, "read input", 0, func(ctx context.Context, c vbatchv1connect.AgentServiceClient) error {
-			stream, err := c.ReadInput(ctx, connect.NewRequest(&vbatchv1.ReadInputRequest{
-				BatchId: r.l.BatchId, Chunk: r.l.Chunk, Token: r.l.Token, FromLine: next,
-			}))
-			if err != nil {
+			from := next
+			err := r.readStream(ctx, c, &next, out, budget)
+			progressed = next > from
+			if progressed {
+				noProgress = 0
+			}
+			if !errors.Is(err, errInputIdle) || progressed {
 				return err
 			}
-			defer stream.Close()
-			for stream.Receive() {
-				msg := stream.Msg()
-				for i, raw := range msg.Lines {
-					n := msg.FirstLine + int64(i)
-					if n < next {
-						continue // already have it
-					}
-					if n > next || n >= end {
-						return fmt.Errorf("input stream sent line %d, want %d (chunk ends at %d)", n, next, end)
-					}
-					select {
-					case out <- numberedLine{n: n, raw: raw}:
-						next++
-					case <-ctx.Done():
-						return ctx.Err()
-					}
-				}
+			// An idle stream is retryable, so that the client marks this
+			// coordinator bad and reads on from another, unless it is one
+			// stream too many without a line.
+			if noProgress++; noProgress >= readNoProgressMax {
+				stalled = true
+				return fmt.Errorf("input stream idle for %s; %d streams in a row brought no line", r.a.cfg.InputIdleTimeout, noProgress)
 			}
-			return stream.Err()
+			return err
 		})
 		if ctx.Err() != nil {
 			return
 		}
-		if err != nil && refused(err) {
+		switch {
+		case stalled || (err != nil && refused(err)):
 			r.readErr = fmt.Errorf("chunk %s/%d from line %d: %w", r.l.BatchId, r.l.Chunk, next, err)
 			return
-		}
-		if next == before {
-			noProgress++
-			if noProgress >= readNoProgressMax {
-				r.readErr = fmt.Errorf("chunk %s/%d: input ended at line %d of %d", r.l.BatchId, r.l.Chunk, next, end)
-				return
-			}
-			sleepCtx(ctx, time.Duration(noProgress)*500*time.Millisecond)
+		case progressed:
 			continue
 		}
-		noProgress = 0
+		noProgress++
+		if noProgress >= readNoProgressMax {
+			r.readErr = fmt.Errorf("chunk %s/%d: input ended at line %d of %d", r.l.BatchId, r.l.Chunk, next, end)
+			return
+		}
+		sleepCtx(ctx, time.Duration(noProgress)*500*time.Millisecond)
+	}
+}
+
+// readStream reads one input stream from *next on into out, advancing
+// *next past every line it queues. While it waits for a message (and only
+// then: not while out or budget hold it back) an idle timer runs; if no
+// message comes within InputIdleTimeout the stream is cancelled and
+// readStream returns a retryable error wrapping errInputIdle.
+func (r *leaseRun) readStream(ctx context.Context, c vbatchv1connect.AgentServiceClient, next *int64, out chan<- numberedLine, budget *byteBudget) error {
+	end := r.l.EndLine
+	timeout := r.a.cfg.InputIdleTimeout
+	streamCtx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	// The timer runs only while the reader waits on the stream. Its Stop
+	// reports false once it has fired: the stream is then cancelled (or
+	// about to be), whatever the call that was waiting returned.
+	idle := time.AfterFunc(timeout, cancel)
+	defer idle.Stop()
+	idleErr := func() error {
+		return connect.NewError(connect.CodeDeadlineExceeded, fmt.Errorf("%w: no message for %s", errInputIdle, timeout))
+	}
+	stream, err := c.ReadInput(streamCtx, connect.NewRequest(&vbatchv1.ReadInputRequest{
+		BatchId: r.l.BatchId, Chunk: r.l.Chunk, Token: r.l.Token, FromLine: *next,
+	}))
+	if err != nil {
+		if !idle.Stop() {
+			return idleErr()
+		}
+		return err
+	}
+	defer stream.Close()
+	for {
+		ok := stream.Receive()
+		if !idle.Stop() {
+			return idleErr()
+		}
+		if !ok {
+			return stream.Err()
+		}
+		msg := stream.Msg()
+		for i, raw := range msg.Lines {
+			n := msg.FirstLine + int64(i)
+			if n < *next {
+				continue // already have it
+			}
+			if n > *next || n >= end {
+				return fmt.Errorf("input stream sent line %d, want %d (chunk ends at %d)", n, *next, end)
+			}
+			if err := budget.acquire(ctx, int64(len(raw))); err != nil {
+				return err
+			}
+			select {
+			case out <- numberedLine{n: n, raw: raw}:
+				*next++
+			case <-ctx.Done():
+				return ctx.Err()
+			}
+		}
+		idle.Reset(timeout)
+	}
+}
+
+// byteBudget bounds the input bytes queued between a lease's reader and
+// its main loop. It has one taker (the reader) and any number of givers.
+type byteBudget struct {
+	limit int64
+	// freed wakes a taker waiting for room; it holds at most one signal.
+	freed chan struct{}
+
+	mu   sync.Mutex
+	used int64
+}
+
+func newByteBudget(limit int64) *byteBudget {
+	return &byteBudget{limit: limit, freed: make(chan struct{}, 1)}
+}
+
+// acquire takes n bytes, waiting until they fit under the limit or until
+// nothing is queued (so a line larger than the whole budget still goes
+// through, alone). It returns ctx's error if ctx ends first.
+func (b *byteBudget) acquire(ctx context.Context, n int64) error {
+	for {
+		b.mu.Lock()
+		if b.used == 0 || b.used+n <= b.limit {
+			b.used += n
+			b.mu.Unlock()
+			return nil
+		}
+		b.mu.Unlock()
+		select {
+		case <-b.freed:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+}
+
+// release gives back n bytes taken by acquire.
+func (b *byteBudget) release(n int64) {
+	b.mu.Lock()
+	b.used -= n
+	b.mu.Unlock()
+	select {
+	case b.freed <- struct{}{}:
+	default: // a wake-up is already pending
 	}
 }
 

@@ -9,7 +9,7 @@ import (
 // stopRecorder is a fake engine that records the deadline Stop was given.
 type stopRecorder struct {
 	*fakeEngine
-	stopCalled  chan time.Time // when Stop ran
+	stopCalled   chan time.Time // when Stop ran
 	stopDeadline chan time.Time // the deadline of Stop's context
 }
 
