@@ -8,52 +8,12 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"os"
-	"os/signal"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
 	"github.com/vbatch/vbatch/sim"
 )
-
-// TestMain lets the test binary stand in for vllm: with VBATCH_FAKE_VLLM=1
-// it parses `serve MODEL --host H --port P`, takes the API key from
-// VLLM_API_KEY as vLLM does, and serves the simulator there until SIGTERM.
-func TestMain(m *testing.M) {
-	if os.Getenv("VBATCH_FAKE_VLLM") == "1" {
-		os.Exit(fakeVLLM(os.Args[1:]))
-	}
-	os.Exit(m.Run())
-}
-
-func fakeVLLM(args []string) int {
-	if len(args) < 2 || args[0] != "serve" {
-		fmt.Fprintln(os.Stderr, "usage: vllm serve MODEL [flags]")
-		return 2
-	}
-	cfg := sim.Config{Models: []string{args[1]}, APIKey: os.Getenv("VLLM_API_KEY")}
-	var host, port string
-	for i := 2; i+1 < len(args); i += 2 {
-		switch args[i] {
-		case "--host":
-			host = args[i+1]
-		case "--port":
-			port = args[i+1]
-		case "--served-model-name":
-			cfg.Models = []string{args[i+1]}
-		}
-	}
-	cfg.Addr = host + ":" + port
-	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM)
-	defer stop()
-	fmt.Printf("fake vllm serving %s on %s\n", cfg.Models[0], cfg.Addr)
-	if err := sim.Run(ctx, cfg); err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		return 1
-	}
-	return 0
-}
 
 const chatReq = `{"model":"%s","messages":[{"role":"user","content":"hello there"}],"max_tokens":5}`
 

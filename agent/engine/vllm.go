@@ -40,16 +40,49 @@ type VLLMConfig struct {
 	// 200 (downloading and loading a large model takes minutes). Zero means
 	// 30 minutes.
 	HealthTimeout time.Duration
-	// StopGrace is how long Stop waits after SIGTERM before SIGKILL. Zero
-	// means 30 seconds.
+	// StopGrace is how long Stop, and the hang watchdog, wait after SIGTERM
+	// before SIGKILL. Zero means 30 seconds.
 	StopGrace time.Duration
+	// HangTimeout is how long a vLLM that was healthy may fail every
+	// /health check (answering an error, or nothing) while its process
+	// lives on, e.g. with a deadlocked engine core, before it is taken for
+	// hung: it is then stopped like Stop does and restarted with the usual
+	// back-off. Zero means 2 minutes. It should span several health polls
+	// (every 5 seconds, each allowed 5 seconds).
+	HangTimeout time.Duration
+	// Owner marks the agent's vLLM processes: every child gets
+	// VBATCH_VLLM_OWNER=Owner in its environment, and its workers inherit
+	// it. Before each start, processes of the agent's user that carry
+	// exactly this value are left over from an earlier run (workers that
+	// outlived an agent killed with SIGKILL hold GPU memory) and are
+	// killed. The agent passes its absolute data directory, so agents with
+	// different data directories on one host leave each other alone. Empty
+	// disables the marking and the clean-up; the clean-up works on Linux
+	// only.
+	Owner string
 }
+
+// ownerEnv is the environment variable that carries VLLMConfig.Owner.
+const ownerEnv = "VBATCH_VLLM_OWNER"
 
 // Back-off of the restarts of a vLLM that exited.
 const (
 	defaultBackoffMin  = time.Second
 	defaultBackoffMax  = 30 * time.Second
 	defaultStableAfter = time.Minute
+)
+
+// Defaults of the health checks and of the clean-up before a start.
+const (
+	defaultHangTimeout  = 2 * time.Minute
+	defaultHealthPoll   = 5 * time.Second
+	defaultProbeTimeout = 5 * time.Second
+	// defaultErrProbeTimeout bounds the /health probe a failed request
+	// starts; it is short because the request's caller waits for it.
+	defaultErrProbeTimeout = 2 * time.Second
+	// defaultStrayWait bounds the wait for killed leftover processes to
+	// end (a process that held GPU memory may take seconds to release it).
+	defaultStrayWait = 15 * time.Second
 )
 
 // VLLM is an engine that runs `vllm serve` as a child process on a free
@@ -64,8 +97,20 @@ type VLLM struct {
 	// Timings, shortened by tests.
 	backoffMin, backoffMax, stableAfter time.Duration
 	healthPoll, startPoll               time.Duration
+	probeTimeout, errProbeTimeout       time.Duration
+	strayWait                           time.Duration
 
-	healthy atomic.Bool
+	// healthy is what Healthy reports. The supervisor's own findings go
+	// through setHealthy, which counts them in healthGen; the probe after
+	// a failed request stores its result only if none came meanwhile
+	// (see probeAfterError).
+	healthy   atomic.Bool
+	healthMu  sync.Mutex
+	healthGen uint64
+	// probeDone, guarded by healthMu, is closed when the probe after a
+	// failed request now in flight ends; nil when none is.
+	probeDone chan struct{}
+	hangKills atomic.Int64 // hung children the watchdog killed
 
 	mu       sync.Mutex
 	cur      *vllmProc
@@ -101,20 +146,26 @@ func NewVLLM(cfg VLLMConfig) *VLLM {
 	if cfg.StopGrace <= 0 {
 		cfg.StopGrace = 30 * time.Second
 	}
+	if cfg.HangTimeout <= 0 {
+		cfg.HangTimeout = defaultHangTimeout
+	}
 	log := cfg.Logger
 	if log == nil {
 		log = slog.New(slog.NewTextHandler(io.Discard, nil))
 	}
 	return &VLLM{
-		cfg:         cfg,
-		log:         log,
-		up:          newUpstream(nil),
-		models:      servedModelNames(cfg.Model, cfg.Args),
-		backoffMin:  defaultBackoffMin,
-		backoffMax:  defaultBackoffMax,
-		stableAfter: defaultStableAfter,
-		healthPoll:  5 * time.Second,
-		startPoll:   500 * time.Millisecond,
+		cfg:             cfg,
+		log:             log,
+		up:              newUpstream(nil),
+		models:          servedModelNames(cfg.Model, cfg.Args),
+		backoffMin:      defaultBackoffMin,
+		backoffMax:      defaultBackoffMax,
+		stableAfter:     defaultStableAfter,
+		healthPoll:      defaultHealthPoll,
+		startPoll:       500 * time.Millisecond,
+		probeTimeout:    defaultProbeTimeout,
+		errProbeTimeout: defaultErrProbeTimeout,
+		strayWait:       defaultStrayWait,
 	}
 }
 
@@ -194,9 +245,11 @@ func (e *VLLM) Start(ctx context.Context) error {
 	return nil
 }
 
-// launch starts a child on a fresh port and waits until it is healthy. A
-// child that exits or does not become healthy in time is killed.
+// launch kills what is left of an earlier run (see VLLMConfig.Owner),
+// starts a child on a fresh port and waits until it is healthy. A child that
+// exits or does not become healthy in time is killed.
 func (e *VLLM) launch(ctx context.Context, key string) (*vllmProc, error) {
+	e.killLeftovers(ctx)
 	port, err := freePort()
 	if err != nil {
 		return nil, err
@@ -209,6 +262,11 @@ func (e *VLLM) launch(ctx context.Context, key string) (*vllmProc, error) {
 	cmd.Env = append(os.Environ(), "VLLM_API_KEY="+key)
 	if e.cfg.GPUs != "" {
 		cmd.Env = append(cmd.Env, "CUDA_VISIBLE_DEVICES="+e.cfg.GPUs)
+	}
+	if e.cfg.Owner != "" {
+		// exec.Cmd keeps the last of duplicate variables: this value wins
+		// over one the agent may have inherited.
+		cmd.Env = append(cmd.Env, ownerEnv+"="+e.cfg.Owner)
 	}
 	p := &vllmProc{
 		cmd:    cmd,
@@ -252,7 +310,7 @@ func (e *VLLM) launch(ctx context.Context, key string) (*vllmProc, error) {
 	e.mu.Lock()
 	e.loaded = d
 	e.mu.Unlock()
-	e.healthy.Store(true)
+	e.setHealthy(true)
 	e.log.Info("vllm healthy", "pid", p.pid, "load_duration", d.String())
 	return p, nil
 }
@@ -267,7 +325,7 @@ func (e *VLLM) waitHealthy(ctx context.Context, p *vllmProc) error {
 	t := time.NewTicker(e.startPoll)
 	defer t.Stop()
 	for {
-		if e.healthOnce(ctx) {
+		if e.healthOnce(ctx, e.probeTimeout) {
 			return nil
 		}
 		select {
@@ -280,14 +338,6 @@ func (e *VLLM) waitHealthy(ctx context.Context, p *vllmProc) error {
 	}
 }
 
-// healthOnce asks /health once.
-func (e *VLLM) healthOnce(ctx context.Context) bool {
-	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-	defer cancel()
-	status, _, err := e.up.get(ctx, "/health", 4096)
-	return err == nil && status == http.StatusOK
-}
-
 // supervise watches the running child p and restarts it whenever it exits,
 // until Stop.
 func (e *VLLM) supervise(p *vllmProc, key string) {
@@ -295,7 +345,7 @@ func (e *VLLM) supervise(p *vllmProc, key string) {
 	backoff := time.Duration(0)
 	for {
 		e.watch(p)
-		e.healthy.Store(false)
+		e.setHealthy(false)
 		e.reap(p)
 		if e.life.Err() != nil {
 			return
@@ -329,26 +379,6 @@ func (e *VLLM) supervise(p *vllmProc, key string) {
 	}
 }
 
-// watch checks the child's health until it exits or the engine stops.
-func (e *VLLM) watch(p *vllmProc) {
-	t := time.NewTicker(e.healthPoll)
-	defer t.Stop()
-	for {
-		select {
-		case <-p.exited:
-			return
-		case <-e.life.Done():
-			<-p.exited // Stop is ending it
-			return
-		case <-t.C:
-			ok := e.healthOnce(e.life)
-			if ok != e.healthy.Swap(ok) {
-				e.log.Warn("vllm health changed", "pid", p.pid, "healthy", ok)
-			}
-		}
-	}
-}
-
 // reap kills whatever is left of p's process group once its leader exited.
 func (e *VLLM) reap(p *vllmProc) {
 	if err := signalGroup(p.pid, sigKill); err != nil {
@@ -375,31 +405,48 @@ func (e *VLLM) Stop(ctx context.Context) error {
 	if cancel == nil {
 		return nil
 	}
-	e.healthy.Store(false)
+	e.setHealthy(false)
 	var err error
 	if p != nil {
-		if serr := signalGroup(p.pid, sigTerm); serr != nil {
-			err = fmt.Errorf("vllm engine: sigterm %d: %w", p.pid, serr)
+		if serr := e.terminate(ctx, p); serr != nil {
+			err = fmt.Errorf("vllm engine: %w", serr)
 		}
-		grace := time.NewTimer(e.cfg.StopGrace)
-		select {
-		case <-p.exited:
-		case <-grace.C:
-			e.log.Warn("vllm did not stop in time; killing", "pid", p.pid, "grace", e.cfg.StopGrace.String())
-		case <-ctx.Done():
-		}
-		grace.Stop()
-		// Workers that outlive the leader are killed too.
-		_ = signalGroup(p.pid, sigKill)
-		<-p.exited
 	}
 	<-done
 	return err
 }
 
-// Do implements Engine.
+// terminate sends SIGTERM to p's process group, SIGKILL after StopGrace
+// (or when ctx ends), and returns once the leader exited. Only a failed
+// SIGTERM is an error.
+func (e *VLLM) terminate(ctx context.Context, p *vllmProc) error {
+	var err error
+	if serr := signalGroup(p.pid, sigTerm); serr != nil {
+		err = fmt.Errorf("sigterm %d: %w", p.pid, serr)
+	}
+	grace := time.NewTimer(e.cfg.StopGrace)
+	defer grace.Stop()
+	select {
+	case <-p.exited:
+	case <-grace.C:
+		e.log.Warn("vllm did not stop in time; killing", "pid", p.pid, "grace", e.cfg.StopGrace.String())
+	case <-ctx.Done():
+	}
+	// Workers that outlive the leader are killed too.
+	_ = signalGroup(p.pid, sigKill)
+	<-p.exited
+	return err
+}
+
+// Do implements Engine. A request that fails for another reason than ctx
+// ending (vLLM crashed or stopped listening) probes /health at once, so
+// Healthy turns false before the caller looks, not at the next poll.
 func (e *VLLM) Do(ctx context.Context, path string, body []byte) (int, []byte, error) {
-	return e.up.do(ctx, path, body)
+	status, b, err := e.up.do(ctx, path, body)
+	if err != nil && ctx.Err() == nil {
+		e.probeAfterError(ctx)
+	}
+	return status, b, err
 }
 
 // Proxy implements Engine.
@@ -429,6 +476,11 @@ func (e *VLLM) MetricsURL() string { return e.up.metricsURL() }
 
 // Healthy implements Engine.
 func (e *VLLM) Healthy() bool { return e.healthy.Load() }
+
+// HangKills returns how many times the hang watchdog stopped a vLLM that
+// lived on but failed its health checks for HangTimeout (each is then
+// restarted, which Restarts counts).
+func (e *VLLM) HangKills() int { return int(e.hangKills.Load()) }
 
 // Restarts returns how many times the supervisor restarted vLLM.
 func (e *VLLM) Restarts() int {

@@ -8,12 +8,14 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -129,6 +131,9 @@ func TestVLLMSupervisor(t *testing.T) {
 	// SIGKILL is delivered asynchronously.
 	waitFor(t, "the killed vllm's process group to be gone", func() bool { return !groupLive(old) })
 	do()
+	if e.HangKills() != 0 {
+		t.Fatalf("a crash counted as %d hang kills", e.HangKills())
+	}
 	if !strings.Contains(logs.String(), "fake vllm serving fake") || !strings.Contains(logs.String(), "vllm exited; restarting") {
 		t.Fatalf("logs lack child output or the restart:\n%s", logs)
 	}
@@ -208,5 +213,166 @@ func TestVLLMRefusesReservedArgs(t *testing.T) {
 		if err := e.Start(context.Background()); err == nil || !strings.Contains(err.Error(), "may not be given") {
 			t.Errorf("args %q: Start = %v, want a refusal", args, err)
 		}
+	}
+}
+
+func TestVLLMHangWatchdog(t *testing.T) {
+	cases := []struct {
+		name  string
+		sig   syscall.Signal
+		grace time.Duration
+		// killed: the hung child ignores SIGTERM, so the watchdog needs
+		// SIGKILL after the grace period.
+		killed bool
+	}{
+		{"health answers 503", syscall.SIGUSR2, 20 * time.Second, false},
+		{"no answer at all", syscall.SIGSTOP, 100 * time.Millisecond, true},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			ctx := context.Background()
+			logs := &syncBuffer{}
+			e := fastVLLM(VLLMConfig{
+				Bin:         fakeVLLMScript(t, ""),
+				Model:       "m",
+				Logger:      slog.New(slog.NewTextHandler(logs, nil)),
+				HangTimeout: 300 * time.Millisecond,
+				StopGrace:   c.grace,
+			})
+			e.probeTimeout = 200 * time.Millisecond
+			if err := e.Start(ctx); err != nil {
+				t.Fatal(err)
+			}
+			defer e.Stop(ctx)
+			old := e.PID()
+			if err := syscall.Kill(old, c.sig); err != nil {
+				t.Fatal(err)
+			}
+			waitFor(t, "the hung vllm to be replaced by a healthy one", func() bool {
+				return e.HangKills() == 1 && e.Restarts() == 1 && e.PID() != old && e.Healthy()
+			})
+			waitFor(t, "the hung vllm's process group to be gone", func() bool { return !groupLive(old) })
+			if status, body, err := e.Do(ctx, "/v1/chat/completions", fmt.Appendf(nil, chatReq, "m")); err != nil || status != 200 {
+				t.Fatalf("Do after the restart: %d %s %v", status, body, err)
+			}
+			out := logs.String()
+			if !strings.Contains(out, "vllm hung") {
+				t.Fatalf("no hang warning in the logs:\n%s", out)
+			}
+			if got := strings.Contains(out, "did not stop in time"); got != c.killed {
+				t.Fatalf("SIGKILL after the grace period: %v, want %v; logs:\n%s", got, c.killed, out)
+			}
+		})
+	}
+}
+
+func TestVLLMDoNoticesCrash(t *testing.T) {
+	// The child stops serving but lives on, and the health poll is too
+	// slow to matter: only the failed request can tell.
+	ctx := context.Background()
+	e := fastVLLM(VLLMConfig{Bin: fakeVLLMScript(t, ""), Model: "m"})
+	e.healthPoll = time.Hour
+	if err := e.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	defer e.Stop(ctx)
+	if err := syscall.Kill(e.PID(), syscall.SIGUSR1); err != nil {
+		t.Fatal(err)
+	}
+	var err error
+	waitFor(t, "a request to fail", func() bool {
+		_, _, err = e.Do(ctx, "/v1/chat/completions", fmt.Appendf(nil, chatReq, "m"))
+		return err != nil
+	})
+	if e.Healthy() {
+		t.Fatalf("healthy right after a request failed with %v", err)
+	}
+}
+
+func TestVLLMDoProbesOneAtATime(t *testing.T) {
+	var calls, inflight, maxInflight atomic.Int32
+	release, end := make(chan struct{}), make(chan struct{})
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path != "/health" {
+			// A connection reset: the server died under the request.
+			if c, _, err := w.(http.Hijacker).Hijack(); err == nil {
+				c.Close()
+			}
+			return
+		}
+		calls.Add(1)
+		n := inflight.Add(1)
+		defer inflight.Add(-1)
+		for m := maxInflight.Load(); n > m && !maxInflight.CompareAndSwap(m, n); m = maxInflight.Load() {
+		}
+		select { // held until the test lets it answer
+		case <-release:
+		case <-end:
+		}
+		w.WriteHeader(http.StatusServiceUnavailable)
+	}))
+	defer srv.Close()
+	defer close(end)
+	e := NewVLLM(VLLMConfig{Model: "m"})
+	e.errProbeTimeout = time.Minute // the probe lasts until released
+	e.up.set(srv.URL, "")
+	e.setHealthy(true)
+	ctx := context.Background()
+	failingDo := func(ctx context.Context) {
+		if _, _, err := e.Do(ctx, "/v1/chat/completions", fmt.Appendf(nil, chatReq, "m")); err == nil {
+			t.Error("Do against a dying server succeeded")
+		}
+	}
+
+	// 64 requests fail at once: one probes, the others wait for its
+	// answer, and every one of them returns to a caller that reads the
+	// health after the failure.
+	const n = 64
+	var returned, sawHealthy atomic.Int32
+	var wg sync.WaitGroup
+	for range n {
+		wg.Go(func() {
+			failingDo(ctx)
+			if e.Healthy() {
+				sawHealthy.Add(1)
+			}
+			returned.Add(1)
+		})
+	}
+	waitFor(t, "the probe", func() bool { return calls.Load() == 1 })
+	if r := returned.Load(); r != 0 {
+		t.Fatalf("%d failed requests returned before the probe answered", r)
+	}
+	release <- struct{}{}
+	wg.Wait()
+	if calls.Load() != 1 || maxInflight.Load() != 1 {
+		t.Fatalf("%d probes, %d at once; want 1", calls.Load(), maxInflight.Load())
+	}
+	if e.Healthy() || sawHealthy.Load() != 0 {
+		t.Fatalf("healthy after the probe got 503 (%d callers saw healthy)", sawHealthy.Load())
+	}
+
+	// A request whose caller gave up says nothing about the engine.
+	e.setHealthy(true)
+	cctx, cancel := context.WithCancel(ctx)
+	cancel()
+	failingDo(cctx)
+	if calls.Load() != 1 || !e.Healthy() {
+		t.Fatalf("a canceled request probed (%d probes) or changed health (%v)", calls.Load(), e.Healthy())
+	}
+
+	// The next failure probes again; a finding of the supervisor made
+	// while the probe runs wins over the probe's older answer.
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		failingDo(ctx)
+	}()
+	waitFor(t, "the second probe", func() bool { return calls.Load() == 2 })
+	e.setHealthy(true)
+	release <- struct{}{}
+	<-done
+	if !e.Healthy() {
+		t.Fatal("a probe older than the supervisor's finding overrode it")
 	}
 }

@@ -5,6 +5,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"strings"
 	"time"
 
@@ -50,8 +51,10 @@ func (e *engineFlags) simConfig(models []string) sim.Config {
 	}
 }
 
-// build makes the engine the flags ask for.
-func (e *engineFlags) build(models []string, logger *slog.Logger) (engine.Engine, error) {
+// build makes the engine the flags ask for. dataDir is the agent's data
+// directory: its absolute path marks the agent's vLLM processes, so that
+// ones left over from an earlier run are found and killed.
+func (e *engineFlags) build(models []string, dataDir string, logger *slog.Logger) (engine.Engine, error) {
 	switch e.kind {
 	case "sim":
 		return engine.NewSim(e.simConfig(models)), nil
@@ -64,12 +67,21 @@ func (e *engineFlags) build(models []string, logger *slog.Logger) (engine.Engine
 		if len(models) != 1 {
 			return nil, fmt.Errorf("--engine vllm serves exactly one --model, got %d", len(models))
 		}
+		var owner string
+		if dataDir != "" {
+			abs, err := filepath.Abs(dataDir)
+			if err != nil {
+				return nil, fmt.Errorf("data dir %s: %w", dataDir, err)
+			}
+			owner = abs
+		}
 		return engine.NewVLLM(engine.VLLMConfig{
 			Bin:    e.vllmBin,
 			Model:  models[0],
 			Args:   strings.Fields(e.vllmArgs),
 			GPUs:   e.gpus,
 			Logger: logger.With("logger", "vllm"),
+			Owner:  owner,
 		}), nil
 	}
 	return nil, fmt.Errorf("unknown --engine %q (vllm, openai or sim)", e.kind)
@@ -107,7 +119,7 @@ func agentCmd() *cobra.Command {
 			if len(cfg.Models) == 0 && ef.kind == "sim" {
 				cfg.Models = []string{"sim-model"}
 			}
-			eng, err := ef.build(cfg.Models, logger)
+			eng, err := ef.build(cfg.Models, cfg.DataDir, logger)
 			if err != nil {
 				return err
 			}
