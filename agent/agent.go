@@ -23,6 +23,7 @@ import (
 
 	"github.com/vbatch/vbatch/agent/engine"
 	"github.com/vbatch/vbatch/agent/gpu"
+	"github.com/vbatch/vbatch/fsm"
 	"github.com/vbatch/vbatch/gossip"
 	"github.com/vbatch/vbatch/internal/tlsutil"
 	vbatchv1 "github.com/vbatch/vbatch/rpc/gen/vbatch/v1"
@@ -41,6 +42,7 @@ const (
 	reasonDrain         = "drain"
 	reasonCancelled     = "cancelled"
 	reasonEngineFailure = "engine failure"
+	reasonEngineCrash   = fsm.ReleaseEngineCrash
 	reasonInputFailure  = "input read failure"
 	reasonCommitFailure = "commit failure"
 	reasonLineFailure   = "line failure"

@@ -37,12 +37,14 @@ type fakeCoord struct {
 	parts      []*vbatchv1.PutResultsRequest
 	completes  int
 	releases   []string
-	leases     int
-	telemetry  []*vbatchv1.TelemetryRequest
-	attached   []string
-	violations []string
-	putCalls   int
-	renewMs    int64
+	// releaseReqs are the Release requests, with their crash fields.
+	releaseReqs []*vbatchv1.ReleaseRequest
+	leases      int
+	telemetry   []*vbatchv1.TelemetryRequest
+	attached    []string
+	violations  []string
+	putCalls    int
+	renewMs     int64
 
 	// completeWithPart makes the fake complete the chunk with a part that
 	// asks for it, as current coordinators do; unset, it ignores the
@@ -56,6 +58,7 @@ type fakeCoord struct {
 	attachGate chan struct{}
 
 	// Hooks, set before the agent starts; called with mu held.
+	leaseHook func(f *fakeCoord, resp *vbatchv1.LeaseResponse)
 	renewHook func(f *fakeCoord) vbatchv1.LeaseVerdict
 	putHook   func(f *fakeCoord, req *vbatchv1.PutResultsRequest) error
 	// inputHook picks where a ReadInput stream from line from, taken by
@@ -144,6 +147,9 @@ func (f *fakeCoord) Lease(ctx context.Context, req *connect.Request[vbatchv1.Lea
 			Granted: true, BatchId: fakeBatch, Chunk: 0, Token: f.token, Endpoint: "/v1/chat/completions",
 			Model: fakeModel, StartLine: 0, EndLine: int64(len(f.lines)), Progress: f.progress,
 			ExpiresAtUnixMs: time.Now().Add(2 * time.Second).UnixMilli(),
+		}
+		if f.leaseHook != nil {
+			f.leaseHook(f, resp)
 		}
 		f.mu.Unlock()
 		return connect.NewResponse(resp), nil
@@ -261,6 +267,7 @@ func (f *fakeCoord) Release(_ context.Context, req *connect.Request[vbatchv1.Rel
 		return nil, err
 	}
 	f.releases = append(f.releases, req.Msg.Reason)
+	f.releaseReqs = append(f.releaseReqs, req.Msg)
 	f.state = "released"
 	return connect.NewResponse(&vbatchv1.ReleaseResponse{}), nil
 }

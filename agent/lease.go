@@ -42,17 +42,23 @@ type leaseRun struct {
 	drainTimeout time.Duration
 
 	// ---- owned by run ----
-	buffer       map[int64]lineResult
-	next         int64 // first line not yet sent in a part
-	readyEnd     int64 // buffer holds every line of [next, readyEnd)
-	committed    int64 // the coordinator's progress as last acknowledged
-	done         bool  // the coordinator marked the chunk done with the last part
-	inflight     int
-	committing   bool
-	commitBroken bool
-	lastFlush    time.Time
-	stopping     string // why the lease is winding down; "" while running
-	isRevoked    bool
+	buffer        map[int64]lineResult
+	next          int64 // first line not yet sent in a part
+	readyEnd      int64 // buffer holds every line of [next, readyEnd)
+	committed     int64 // the coordinator's progress as last acknowledged
+	done          bool  // the coordinator marked the chunk done with the last part
+	inflight      int
+	committing    bool
+	commitBroken  bool
+	lastFlush     time.Time
+	stopping      string // why the lease is winding down; "" while running
+	isRevoked     bool
+	startedEnd    int64 // one past the last line started
+	aloneInFlight bool  // an isolated line is running
+	// crashedAlone is the line the engine crashed under while it ran alone;
+	// -1 when none.
+	crashedAlone int64
+	crashed      bool // the engine crashed under a request of this lease
 }
 
 // numberedLine is an input line with its line number in the input file.
@@ -102,6 +108,8 @@ func (a *Agent) processLease(l *vbatchv1.LeaseResponse) {
 		next:         l.Progress,
 		readyEnd:     l.Progress,
 		committed:    l.Progress,
+		startedEnd:   l.Progress,
+		crashedAlone: -1,
 		lastFlush:    time.Now(),
 	}
 	r.tokenCtx, r.dropToken = context.WithCancel(a.life)
@@ -175,12 +183,16 @@ func (r *leaseRun) run() string {
 			r.startCommit()
 		}
 
-		// Offer the slot channel only when a line waits to start.
+		// Offer the slot channel only when a line waits to start, and may:
+		// an isolated line starts only once nothing else of the lease is in
+		// flight, and nothing starts beside it.
 		var slots chan struct{}
 		var in <-chan numberedLine
 		if r.stopping == "" && !r.isRevoked {
 			if pending != nil {
-				slots = r.a.runner.slots
+				if !r.aloneInFlight && (!r.isolated(pending.n) || r.inflight == 0) {
+					slots = r.a.runner.slots
+				}
 			} else if !inputDone {
 				in = lines
 			}
@@ -204,10 +216,14 @@ func (r *leaseRun) run() string {
 			pending = &ln
 		case slots <- struct{}{}:
 			r.inflight++
-			go r.runLine(*pending)
+			mode := r.modeOf(pending.n)
+			r.aloneInFlight = mode.alone
+			r.startedEnd = max(r.startedEnd, pending.n+1)
+			go r.runLine(*pending, mode)
 			pending = nil
 		case d := <-r.results:
 			r.inflight--
+			r.aloneInFlight = false
 			r.accept(d, startStop)
 		case o := <-r.commitDone:
 			r.committing = false
@@ -232,6 +248,9 @@ func (r *leaseRun) run() string {
 				unhealthySince = time.Now()
 			} else if time.Since(unhealthySince) > r.a.cfg.EngineFailureTimeout {
 				startStop(reasonEngineFailure)
+				// Requests waiting for the engine were never sent, and
+				// any in flight on an engine down this long are lost.
+				r.cancelReqs()
 			}
 		}
 	}
@@ -249,11 +268,31 @@ func (r *leaseRun) markRevoked() {
 	r.log.Warn("lease revoked; dropping uncommitted results", "committed", r.committed)
 }
 
+// isolated reports whether line n must run alone (fsm.Isolation).
+func (r *leaseRun) isolated(n int64) bool { return n < r.l.IsolateUntil }
+
+// modeOf says how line n runs: alone when isolated; the line at the
+// lease's progress that already crashed the engine alone is failed at the
+// limit, or on its next crash one short of it.
+func (r *leaseRun) modeOf(n int64) lineMode {
+	m := lineMode{alone: r.isolated(n)}
+	if n == r.l.Progress && r.l.HeadCrashes > 0 {
+		m.alone = true
+		m.headCrashes = r.l.HeadCrashes
+		m.failNow = r.l.HeadCrashes >= fsm.HeadCrashLimit
+		m.failOnCrash = r.l.HeadCrashes+1 >= fsm.HeadCrashLimit
+	}
+	return m
+}
+
 // runLine runs one line on the engine and reports it; the slot it holds is
 // given back before the report so a busy main loop never holds the engine
 // idle.
-func (r *leaseRun) runLine(ln numberedLine) {
-	res, err := r.a.runner.run(r.reqCtx, ln.n, ln.raw)
+func (r *leaseRun) runLine(ln numberedLine, mode lineMode) {
+	res, err := r.a.runner.run(r.reqCtx, ln.n, ln.raw, mode)
+	if errors.Is(err, errEngineCrashed) && mode.alone {
+		res.crashedAlone = true
+	}
 	r.a.runner.release()
 	res.line = ln.n
 	r.results <- lineDone{res: res, err: err}
@@ -262,6 +301,20 @@ func (r *leaseRun) runLine(ln numberedLine) {
 // accept takes a finished line into the buffer.
 func (r *leaseRun) accept(d lineDone, startStop func(string)) {
 	if r.isRevoked {
+		return
+	}
+	if errors.Is(d.err, errEngineCrashed) {
+		// The engine died under the lease's requests: the others in flight
+		// died with it. Commit what finished in order and release with the
+		// crash, so the coordinator can isolate the lines that were running.
+		if !r.crashed {
+			r.crashed = true
+			if d.res.crashedAlone {
+				r.crashedAlone = d.res.line
+			}
+			startStop(reasonEngineCrash)
+			r.cancelReqs()
+		}
 		return
 	}
 	if d.err != nil {
@@ -377,6 +430,15 @@ func (r *leaseRun) finish() string {
 	reason := r.stopping
 	if reason == "" {
 		reason = reasonCommitFailure
+	}
+	if reason == reasonEngineCrash {
+		// Alone only when every line before the crashed one is committed:
+		// the coordinator counts it against the line at its progress.
+		alone := r.crashedAlone >= 0 && r.committed == r.crashedAlone && !r.commitBroken
+		if err := r.releaseCrash(alone); err != nil {
+			r.log.Error("release lease", "reason", reason, "err", err)
+		}
+		return chunkReleased
 	}
 	if err := r.release(reason); err != nil {
 		r.log.Error("release lease", "reason", reason, "err", err)

@@ -300,14 +300,27 @@ func (r *leaseRun) complete() error {
 
 // release hands the lease back; the chunk keeps its committed progress.
 func (r *leaseRun) release(reason string) error {
+	return r.sendRelease(&vbatchv1.ReleaseRequest{BatchId: r.l.BatchId, Chunk: r.l.Chunk, Token: r.l.Token, Reason: reason})
+}
+
+// releaseCrash hands the lease back after the engine crashed under it,
+// with the lines started and whether the line at the committed progress
+// ran alone.
+func (r *leaseRun) releaseCrash(alone bool) error {
+	return r.sendRelease(&vbatchv1.ReleaseRequest{BatchId: r.l.BatchId, Chunk: r.l.Chunk, Token: r.l.Token,
+		Reason: reasonEngineCrash, StartedEnd: r.startedEnd, Alone: alone})
+}
+
+// sendRelease sends a Release, trying other coordinators as calls do.
+func (r *leaseRun) sendRelease(req *vbatchv1.ReleaseRequest) error {
 	ctx, cancel := context.WithTimeout(r.tokenCtx, 2*unaryAttemptTimeout)
 	defer cancel()
 	err := r.a.coords.call(ctx, "release", unaryAttemptTimeout, func(ctx context.Context, c vbatchv1connect.AgentServiceClient) error {
-		_, err := c.Release(ctx, connect.NewRequest(&vbatchv1.ReleaseRequest{BatchId: r.l.BatchId, Chunk: r.l.Chunk, Token: r.l.Token, Reason: reason}))
+		_, err := c.Release(ctx, connect.NewRequest(req))
 		return err
 	})
 	if err != nil {
-		return fmt.Errorf("chunk %s/%d release (%s): %w", r.l.BatchId, r.l.Chunk, reason, err)
+		return fmt.Errorf("chunk %s/%d release (%s): %w", r.l.BatchId, r.l.Chunk, req.Reason, err)
 	}
 	return nil
 }

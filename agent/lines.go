@@ -58,6 +58,7 @@ type outputError struct {
 const (
 	errCodeEngineUnavailable = "engine_unavailable"
 	errCodeInvalidRequest    = "invalid_request"
+	errCodeEngineCrashed     = "engine_crashed"
 )
 
 // encodeLine renders l as one JSONL line ending in a newline. The engine's

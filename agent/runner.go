@@ -8,6 +8,7 @@ import (
 	"math/rand/v2"
 	"net/http"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/vbatch/vbatch/agent/engine"
@@ -20,20 +21,49 @@ import (
 // committed: the next lease of the chunk runs it again.
 var errAbandoned = errors.New("line abandoned")
 
+// errEngineCrashed means the engine died while the line's request was in
+// flight: the line has no result, and the lease stops and reports the
+// crash so that the coordinator can find a request that crashes it.
+var errEngineCrashed = errors.New("engine crashed under the request")
+
+// lineMode says how a line runs.
+type lineMode struct {
+	// alone runs the request with no other batch request of this agent on
+	// the engine (an isolated line, see fsm.Isolation).
+	alone bool
+	// failOnCrash makes a crash under an alone request an error line
+	// instead of errEngineCrashed: the line already crashed the engine
+	// alone as often as the limit allows but once.
+	failOnCrash bool
+	// failNow renders the line an error line without running it: it
+	// crashed the engine alone as often as the limit allows.
+	failNow bool
+	// headCrashes is how often the line crashed the engine alone before,
+	// for the error line's message.
+	headCrashes uint32
+}
+
 // lineResult is a finished line: exactly one of output and errLine is set.
 type lineResult struct {
 	line    int64
 	output  []byte // a JSONL line for the output file
 	errLine []byte // a JSONL line for the error file
 	usage   *vbatchv1.Usage
+	// crashedAlone marks a line without a result whose request ran alone
+	// when the engine crashed.
+	crashedAlone bool
 }
 
 // runner sends batch lines to the engine. Its slots bound the requests in
 // flight across every chunk the agent holds; callers take a slot before
 // run and give it back after.
 type runner struct {
-	eng        engine.Engine
-	slots      chan struct{}
+	eng   engine.Engine
+	slots chan struct{}
+	// exclusive is held shared by every batch request in flight and alone
+	// by an isolated one, so that nothing else of this agent's batches runs
+	// beside it.
+	exclusive  sync.RWMutex
 	retryMax   int
 	backoff    time.Duration
 	backoffMax time.Duration
@@ -87,12 +117,15 @@ func backoffDelay(base, max time.Duration, attempt int, jitter float64) time.Dur
 }
 
 // run sends one input line to the engine and renders its result line. It
-// retries connection errors and retryable statuses up to retryMax times;
-// while the engine reports itself unhealthy a connection error waits for it
-// instead of spending a retry; a request that runs out its timeout on a
-// healthy engine becomes an error line at once. It returns errAbandoned
-// once ctx ends.
-func (r *runner) run(ctx context.Context, lineNo int64, raw []byte) (lineResult, error) {
+// sends nothing while the engine reports itself unhealthy: the line waits
+// for it (the lease gives up on an engine that stays down,
+// EngineFailureTimeout). A connection error after which the engine is
+// unhealthy is a crash under the request: errEngineCrashed, or an error
+// line when mode.failOnCrash. Other connection errors and retryable
+// statuses are retried up to retryMax times; a request that runs out its
+// timeout on a healthy engine becomes an error line at once. It returns
+// errAbandoned once ctx ends.
+func (r *runner) run(ctx context.Context, lineNo int64, raw []byte, mode lineMode) (lineResult, error) {
 	res := lineResult{line: lineNo}
 	in, err := parseInputLine(raw)
 	if err != nil {
@@ -103,8 +136,15 @@ func (r *runner) run(ctx context.Context, lineNo int64, raw []byte) (lineResult,
 		res.errLine, err = encodeLine(outputLine{ID: r.newID("batch_req_"), CustomID: cid, Error: &outputError{Code: errCodeInvalidRequest, Message: err.Error()}})
 		return res, err
 	}
+	if mode.failNow {
+		r.metrics.CrashingRequests.Inc()
+		return r.failCode(res, in, errCodeEngineCrashed, fmt.Sprintf("the engine crashed each of the %d times it ran this request alone; not run again", mode.headCrashes))
+	}
 	for attempt := 0; ; {
-		status, body, err := r.do(ctx, in)
+		if !r.waitHealthy(ctx) {
+			return res, errAbandoned
+		}
+		status, body, err := r.do(ctx, in, mode.alone)
 		if ctx.Err() != nil {
 			return res, errAbandoned
 		}
@@ -112,13 +152,14 @@ func (r *runner) run(ctx context.Context, lineNo int64, raw []byte) (lineResult,
 			return r.finish(res, in, status, body)
 		}
 		if err != nil && !r.eng.Healthy() {
-			// The engine is down or restarting: waiting for it keeps a crash
-			// from turning the rest of the chunk into error lines. The lease
-			// gives up on an engine that stays down (EngineFailureTimeout).
-			if !r.waitHealthy(ctx) {
-				return res, errAbandoned
+			r.metrics.EngineCrashes.Inc()
+			if mode.alone && mode.failOnCrash {
+				r.metrics.CrashingRequests.Inc()
+				r.log.Warn("request crashed the engine alone again; failing it", "custom_id", in.CustomID, "line", lineNo, "crashes", mode.headCrashes+1)
+				return r.failCode(res, in, errCodeEngineCrashed, fmt.Sprintf("the engine crashed each of the %d times it ran this request alone; not run again", mode.headCrashes+1))
 			}
-			continue
+			r.log.Warn("engine crashed under a request", "custom_id", in.CustomID, "line", lineNo, "alone", mode.alone, "err", err)
+			return res, errEngineCrashed
 		}
 		if err != nil && errors.Is(err, context.DeadlineExceeded) {
 			// The request used its whole timeout on a healthy engine: a retry
@@ -144,8 +185,16 @@ func (r *runner) run(ctx context.Context, lineNo int64, raw []byte) (lineResult,
 	}
 }
 
-// do makes one engine call and records its metrics.
-func (r *runner) do(ctx context.Context, in inputLine) (int, []byte, error) {
+// do makes one engine call, alone on the engine or beside others, and
+// records its metrics.
+func (r *runner) do(ctx context.Context, in inputLine, alone bool) (int, []byte, error) {
+	if alone {
+		r.exclusive.Lock()
+		defer r.exclusive.Unlock()
+	} else {
+		r.exclusive.RLock()
+		defer r.exclusive.RUnlock()
+	}
 	actx, cancel := context.WithTimeout(ctx, r.timeout)
 	defer cancel()
 	start := time.Now()
@@ -200,10 +249,16 @@ func (r *runner) finish(res lineResult, in inputLine, status int, body []byte) (
 
 // fail renders a request that got no response.
 func (r *runner) fail(res lineResult, in inputLine, msg string) (lineResult, error) {
+	return r.failCode(res, in, errCodeEngineUnavailable, msg)
+}
+
+// failCode renders a request without a response as an error line with
+// code.
+func (r *runner) failCode(res lineResult, in inputLine, code, msg string) (lineResult, error) {
 	b, err := encodeLine(outputLine{
 		ID:       r.newID("batch_req_"),
 		CustomID: &in.CustomID,
-		Error:    &outputError{Code: errCodeEngineUnavailable, Message: msg},
+		Error:    &outputError{Code: code, Message: msg},
 	})
 	res.errLine = b
 	return res, err

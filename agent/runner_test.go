@@ -84,7 +84,7 @@ func TestLineFormatsGolden(t *testing.T) {
 	for _, tc := range cases {
 		eng := &scriptEngine{doFn: func(int64, []byte) (int, []byte, error) { return tc.status, []byte(tc.body), tc.err }}
 		r := testRunner(eng, 1)
-		res, err := r.run(context.Background(), 0, []byte(tc.line))
+		res, err := r.run(context.Background(), 0, []byte(tc.line), lineMode{})
 		if err != nil {
 			t.Fatalf("%s: %v", tc.name, err)
 		}
@@ -123,7 +123,7 @@ func TestRetryRules(t *testing.T) {
 		{429, retryMax + 1}, {500, retryMax + 1}, {502, retryMax + 1}, {503, retryMax + 1}, {504, retryMax + 1},
 	} {
 		eng := &scriptEngine{doFn: func(int64, []byte) (int, []byte, error) { return tc.status, []byte(`{}`), nil }}
-		res, err := testRunner(eng, retryMax).run(context.Background(), 0, []byte(chatLine))
+		res, err := testRunner(eng, retryMax).run(context.Background(), 0, []byte(chatLine), lineMode{})
 		if err != nil {
 			t.Fatalf("status %d: %v", tc.status, err)
 		}
@@ -146,7 +146,7 @@ func TestRetryThenSuccess(t *testing.T) {
 		}
 		return 200, []byte(`{"usage":{"prompt_tokens":1,"completion_tokens":2}}`), nil
 	}}
-	res, err := testRunner(eng, 3).run(context.Background(), 0, []byte(chatLine))
+	res, err := testRunner(eng, 3).run(context.Background(), 0, []byte(chatLine), lineMode{})
 	if err != nil || res.output == nil || eng.calls.Load() != 3 {
 		t.Fatalf("err %v, output %q, calls %d", err, res.output, eng.calls.Load())
 	}
@@ -186,7 +186,7 @@ func TestCancelStopsRetries(t *testing.T) {
 	r := testRunner(eng, 10)
 	r.backoff, r.backoffMax = time.Hour, time.Hour
 	start := time.Now()
-	_, err := r.run(ctx, 0, []byte(chatLine))
+	_, err := r.run(ctx, 0, []byte(chatLine), lineMode{})
 	if !errors.Is(err, errAbandoned) {
 		t.Fatalf("err %v, want errAbandoned", err)
 	}
@@ -200,7 +200,7 @@ func TestCancelStopsRetries(t *testing.T) {
 	r = testRunner(eng, 10)
 	r.backoff, r.backoffMax = time.Hour, time.Hour
 	done := make(chan error, 1)
-	go func() { _, err := r.run(ctx, 0, []byte(chatLine)); done <- err }()
+	go func() { _, err := r.run(ctx, 0, []byte(chatLine), lineMode{}); done <- err }()
 	waitFor(t, "first call", func() bool { return eng.calls.Load() == 1 })
 	cancel()
 	if err := <-done; !errors.Is(err, errAbandoned) || eng.calls.Load() != 1 {
@@ -208,21 +208,133 @@ func TestCancelStopsRetries(t *testing.T) {
 	}
 }
 
-func TestUnhealthyEngineWaitsWithoutSpendingRetries(t *testing.T) {
+// TestUnhealthyEngineGetsNoRequest: a line waits while the engine reports
+// itself unhealthy (restarting) and is sent once it is back, spending no
+// retry.
+func TestUnhealthyEngineGetsNoRequest(t *testing.T) {
 	var healthChecks atomic.Int64
 	eng := &scriptEngine{
-		doFn: func(call int64, _ []byte) (int, []byte, error) {
-			if call == 1 {
-				return 0, nil, errors.New("connection refused")
-			}
-			return http.StatusOK, []byte(`{}`), nil
-		},
+		doFn: func(int64, []byte) (int, []byte, error) { return http.StatusOK, []byte(`{}`), nil },
 		// Unhealthy for the first few looks, as an engine restarting.
 		healthy: func() bool { return healthChecks.Add(1) > 5 },
 	}
-	res, err := testRunner(eng, 0).run(context.Background(), 0, []byte(chatLine))
+	r := testRunner(eng, 0)
+	r.healthPoll = time.Millisecond
+	res, err := r.run(context.Background(), 0, []byte(chatLine), lineMode{})
 	if err != nil || res.output == nil {
 		t.Fatalf("err %v, output %q, error line %q", err, res.output, res.errLine)
+	}
+	if n := eng.calls.Load(); n != 1 || healthChecks.Load() < 6 {
+		t.Fatalf("%d engine calls after %d health looks, want 1 after the engine came back", n, healthChecks.Load())
+	}
+}
+
+// crashEngine dies under its first request: the request loses its
+// connection and the engine reports itself unhealthy from then on, until
+// revive.
+type crashEngine struct {
+	scriptEngine
+	down atomic.Bool
+}
+
+func newCrashEngine() *crashEngine {
+	e := &crashEngine{}
+	e.doFn = func(int64, []byte) (int, []byte, error) {
+		e.down.Store(true)
+		return 0, nil, errors.New("read: connection reset by peer")
+	}
+	e.healthy = func() bool { return !e.down.Load() }
+	return e
+}
+
+// TestCrashUnderRequest: a request the engine dies under has no result
+// (errEngineCrashed, for the lease to report) and spends no retry; alone
+// at one crash short of the limit it becomes an engine_crashed error line;
+// at the limit it is not sent at all.
+func TestCrashUnderRequest(t *testing.T) {
+	eng := newCrashEngine()
+	r := testRunner(eng, 3)
+	res, err := r.run(context.Background(), 4, []byte(chatLine), lineMode{})
+	if !errors.Is(err, errEngineCrashed) || res.output != nil || res.errLine != nil {
+		t.Fatalf("crash: err %v, output %q, error line %q", err, res.output, res.errLine)
+	}
+	if n := eng.calls.Load(); n != 1 {
+		t.Fatalf("%d calls for a request the engine died under, want 1", n)
+	}
+	if got := counter(t, r.metrics.EngineCrashes); got != 1 {
+		t.Fatalf("engine crashes counted %v, want 1", got)
+	}
+
+	eng = newCrashEngine()
+	r = testRunner(eng, 3)
+	res, err = r.run(context.Background(), 4, []byte(chatLine), lineMode{alone: true, failOnCrash: true, headCrashes: 1})
+	if err != nil || res.errLine == nil || !strings.Contains(string(res.errLine), `"code":"engine_crashed"`) || !strings.Contains(string(res.errLine), "each of the 2 times") {
+		t.Fatalf("crash alone at the limit: err %v, error line %q", err, res.errLine)
+	}
+
+	eng = newCrashEngine()
+	r = testRunner(eng, 3)
+	res, err = r.run(context.Background(), 4, []byte(chatLine), lineMode{alone: true, failNow: true, headCrashes: 2})
+	if err != nil || res.errLine == nil || eng.calls.Load() != 0 || !strings.Contains(string(res.errLine), `"code":"engine_crashed"`) {
+		t.Fatalf("past the limit: err %v, %d calls, error line %q", err, eng.calls.Load(), res.errLine)
+	}
+	if got := counter(t, r.metrics.CrashingRequests); got != 1 {
+		t.Fatalf("crashing requests counted %v, want 1", got)
+	}
+}
+
+// TestAloneRequestRunsAlone: a request run alone never overlaps another
+// batch request of the runner, while shared ones overlap each other.
+func TestAloneRequestRunsAlone(t *testing.T) {
+	var running, aloneRunning, mostShared atomic.Int64
+	var overlaps atomic.Int64
+	eng := &scriptEngine{doFn: func(_ int64, body []byte) (int, []byte, error) {
+		alone := strings.Contains(string(body), "alone-model")
+		n := running.Add(1)
+		if alone {
+			aloneRunning.Add(1)
+			if n != 1 {
+				overlaps.Add(1)
+			}
+		} else if aloneRunning.Load() > 0 {
+			overlaps.Add(1)
+		}
+		if m := mostShared.Load(); !alone && n > m {
+			mostShared.CompareAndSwap(m, n)
+		}
+		time.Sleep(2 * time.Millisecond)
+		if alone {
+			aloneRunning.Add(-1)
+		}
+		running.Add(-1)
+		return http.StatusOK, []byte(`{}`), nil
+	}}
+	r := testRunner(eng, 0)
+	aloneLine := strings.Replace(chatLine, `"model":"m"`, `"model":"alone-model"`, 1)
+	if aloneLine == chatLine {
+		t.Fatal("test line has no model to replace")
+	}
+	var wg sync.WaitGroup
+	for i := range 40 {
+		wg.Go(func() {
+			line, mode := chatLine, lineMode{}
+			if i%8 == 3 {
+				line, mode = aloneLine, lineMode{alone: true}
+			}
+			if _, err := r.run(context.Background(), int64(i), []byte(line), mode); err != nil {
+				t.Error(err)
+			}
+		})
+	}
+	wg.Wait()
+	if n := overlaps.Load(); n != 0 {
+		t.Fatalf("%d times a request ran beside an alone one", n)
+	}
+	if eng.calls.Load() != 40 {
+		t.Fatalf("%d calls, want 40", eng.calls.Load())
+	}
+	if mostShared.Load() < 2 {
+		t.Fatalf("shared requests never overlapped: the test proved nothing")
 	}
 }
 
@@ -261,7 +373,7 @@ func TestTimedOutRequestIsNotRetried(t *testing.T) {
 	eng := &hangEngine{}
 	r := testRunner(eng, 3)
 	r.timeout = 20 * time.Millisecond
-	res, err := r.run(context.Background(), 0, []byte(chatLine))
+	res, err := r.run(context.Background(), 0, []byte(chatLine), lineMode{})
 	if err != nil || res.errLine == nil || res.output != nil {
 		t.Fatalf("err %v, output %q, error line %q", err, res.output, res.errLine)
 	}

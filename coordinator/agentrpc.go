@@ -38,8 +38,13 @@ type AgentTelemetry struct {
 
 var _ vbatchv1connect.AgentServiceHandler = (*agentService)(nil)
 
-// readBatchLines is how many input lines one ReadInput message carries.
-const readBatchLines = 256
+// One ReadInput message carries at most readBatchLines input lines, and
+// is sent once it holds readBatchBytes, so that long lines (big prompts,
+// images) keep messages, and what an agent holds in flight, small.
+const (
+	readBatchLines = 256
+	readBatchBytes = 1 << 20
+)
 
 func (s *agentService) ttl() time.Duration { return s.c.cfg.LeaseTTL }
 
@@ -221,6 +226,7 @@ func (s *agentService) leaseResponse(batchID string, chunk uint32, token uint64)
 		ch := b.Chunks[chunk]
 		resp.Endpoint, resp.Model = b.Endpoint, b.Model
 		resp.StartLine, resp.EndLine, resp.Progress = ch.StartLine, ch.EndLine, ch.Progress
+		resp.IsolateUntil, resp.HeadCrashes = fsm.Isolation(ch)
 		if ch.Lease != nil {
 			resp.ExpiresAtUnixMs = ch.Lease.ExpiresAt
 		}
@@ -316,6 +322,7 @@ func (s *agentService) ReadInput(ctx context.Context, req *connect.Request[vbatc
 	br := bufio.NewReaderSize(rc, 1<<20)
 	line := ch.StartLine
 	msg := &vbatchv1.ReadInputResponse{}
+	size := 0
 	for line < ch.EndLine {
 		b, err := br.ReadBytes('\n')
 		if len(b) == 0 && err != nil {
@@ -326,11 +333,12 @@ func (s *agentService) ReadInput(ctx context.Context, req *connect.Request[vbatc
 				msg.FirstLine = line
 			}
 			msg.Lines = append(msg.Lines, bytes.TrimRight(b, "\r\n"))
-			if len(msg.Lines) == readBatchLines {
+			size += len(b)
+			if len(msg.Lines) == readBatchLines || size >= readBatchBytes {
 				if err := stream.Send(msg); err != nil {
 					return err
 				}
-				msg = &vbatchv1.ReadInputResponse{}
+				msg, size = &vbatchv1.ReadInputResponse{}, 0
 			}
 		}
 		line++
@@ -477,11 +485,26 @@ func (s *agentService) Release(ctx context.Context, req *connect.Request[vbatchv
 	if err := s.authorizeLease(ctx, m.BatchId, m.Chunk, m.Token); err != nil {
 		return nil, err
 	}
-	_, err := s.c.Apply(ctx, &vbatchv1.ReleaseLease{BatchId: m.BatchId, Chunk: m.Chunk, Token: m.Token, Reason: m.Reason})
+	cmd := releaseCommand(m, s.c.clusterAtFSMLevel(fsm.LevelCrashCounts))
+	if m.Reason == fsm.ReleaseEngineCrash {
+		s.c.log.Warn("engine crashed under a lease", "batch", m.BatchId, "chunk", m.Chunk, "started_end", m.StartedEnd, "alone", m.Alone)
+	}
+	_, err := s.c.Apply(ctx, cmd)
 	if err != nil && !errors.Is(err, fsm.ErrStaleToken) {
 		return nil, rpcError(err)
 	}
 	return connect.NewResponse(&vbatchv1.ReleaseResponse{}), nil
+}
+
+// releaseCommand is the command for a Release: the crash fields go along
+// only when every server applies them (crashCounts), so that no server
+// counts a crash its peers ignore.
+func releaseCommand(m *vbatchv1.ReleaseRequest, crashCounts bool) *vbatchv1.ReleaseLease {
+	cmd := &vbatchv1.ReleaseLease{BatchId: m.BatchId, Chunk: m.Chunk, Token: m.Token, Reason: m.Reason}
+	if m.Reason == fsm.ReleaseEngineCrash && crashCounts {
+		cmd.StartedEnd, cmd.Alone = m.StartedEnd, m.Alone
+	}
+	return cmd
 }
 
 // Telemetry keeps the agent's latest report in memory.

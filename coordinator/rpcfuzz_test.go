@@ -130,7 +130,7 @@ func agentCommands(s *agentService, now time.Time, msg proto.Message) ([]proto.M
 	case *vbatchv1.CompleteRequest:
 		return []proto.Message{&vbatchv1.CompleteChunk{BatchId: m.BatchId, Chunk: m.Chunk, Token: m.Token}}, nil
 	case *vbatchv1.ReleaseRequest:
-		return []proto.Message{&vbatchv1.ReleaseLease{BatchId: m.BatchId, Chunk: m.Chunk, Token: m.Token, Reason: m.Reason}}, nil
+		return []proto.Message{releaseCommand(m, true)}, nil
 	case *vbatchv1.TelemetryRequest:
 		if m.AgentId == "" {
 			return nil, errRefused
@@ -194,16 +194,22 @@ func FuzzAgentRPC(f *testing.F) {
 		}
 		f.Add(uint8(i), data)
 	}
-	// A stale token, a part past the chunk, and a chunk out of range.
+	// A stale token, a part past the chunk, a chunk out of range, and
+	// engine-crash releases (alone, and with started lines past the chunk).
 	for _, m := range []proto.Message{
 		&vbatchv1.PutResultsRequest{BatchId: fuzzBatch, Chunk: 0, Token: token - 1, FromLine: 0, ToLine: 1, Succeeded: 1},
 		&vbatchv1.PutResultsRequest{BatchId: fuzzBatch, Chunk: 0, Token: token, FromLine: 0, ToLine: 9, Succeeded: 9},
 		&vbatchv1.CompleteRequest{BatchId: fuzzBatch, Chunk: 7, Token: token},
+		&vbatchv1.ReleaseRequest{BatchId: fuzzBatch, Chunk: 0, Token: token, Reason: fsm.ReleaseEngineCrash, StartedEnd: 99},
+		&vbatchv1.ReleaseRequest{BatchId: fuzzBatch, Chunk: 0, Token: token, Reason: fsm.ReleaseEngineCrash, StartedEnd: -5, Alone: true},
 	} {
 		data, _ := proto.Marshal(m)
 		kind := uint8(4)
-		if _, ok := m.(*vbatchv1.CompleteRequest); ok {
+		switch m.(type) {
+		case *vbatchv1.CompleteRequest:
 			kind = 5
+		case *vbatchv1.ReleaseRequest:
+			kind = 6
 		}
 		f.Add(kind, data)
 	}

@@ -292,27 +292,7 @@ func TestVLLMEngineSupervision(t *testing.T) {
 		t.Skip("e2e: runs real processes")
 	}
 	c := StartCluster(t, 3, ClusterOptions{})
-	dir := t.TempDir()
-	pidFile := filepath.Join(dir, "vllm.pid")
-	script := filepath.Join(dir, "vllm")
-	// vllm serve MODEL --host H --port P --api-key K [args...]
-	body := fmt.Sprintf(`#!/bin/sh
-[ "$1" = serve ] || exit 2
-model=$2; shift 2
-while [ $# -gt 0 ]; do
-  case "$1" in
-    --host) host=$2; shift 2;;
-    --port) port=$2; shift 2;;
-    --api-key) key=$2; shift 2;;
-    *) shift;;
-  esac
-done
-echo $$ > %s
-exec %s sim --addr "$host:$port" --model "$model" --api-key "$key" --latency 1ms
-`, pidFile, c.Bin)
-	if err := os.WriteFile(script, []byte(body), 0o755); err != nil {
-		t.Fatal(err)
-	}
+	script, pidFile := standInVLLM(t, c.Bin, "--latency", "1ms")
 	c.StartAgent(t, "gpu1", "--engine", "vllm", "--vllm-bin", script)
 	cl := c.client(0, "")
 	chat := func() error {
@@ -332,6 +312,38 @@ exec %s sim --addr "$host:$port" --model "$model" --api-key "$key" --latency 1ms
 		pid, err := pidOf(pidFile)
 		return err == nil && pid != first && chat() == nil
 	})
+}
+
+// standInVLLM writes a stand-in `vllm` executable that answers `vllm
+// serve MODEL --host H --port P [args...]` by exec'ing `vbatch sim` there
+// with simArgs, writing its pid to the returned pid file first.
+func standInVLLM(t *testing.T, bin string, simArgs ...string) (script, pidFile string) {
+	t.Helper()
+	dir := t.TempDir()
+	pidFile = filepath.Join(dir, "vllm.pid")
+	script = filepath.Join(dir, "vllm")
+	quoted := make([]string, len(simArgs))
+	for i, a := range simArgs {
+		quoted[i] = "'" + strings.ReplaceAll(a, "'", `'\''`) + "'"
+	}
+	body := fmt.Sprintf(`#!/bin/sh
+[ "$1" = serve ] || exit 2
+model=$2; shift 2
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --host) host=$2; shift 2;;
+    --port) port=$2; shift 2;;
+    --api-key) key=$2; shift 2;;
+    *) shift;;
+  esac
+done
+echo $$ > %s
+exec %s sim --addr "$host:$port" --model "$model" --api-key "$key" %s
+`, pidFile, bin, strings.Join(quoted, " "))
+	if err := os.WriteFile(script, []byte(body), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	return script, pidFile
 }
 
 func readPID(t *testing.T, path string) int {

@@ -138,7 +138,7 @@ func (a *applyCtx) commitPartThen(c *vbatchv1.CommitPart, complete bool) error {
 		return Reject(ErrInvalid, "chunk %s/%d: part [%d,%d) cannot complete a chunk that ends at %d", b.Id, ch.Index, p.FromLine, p.ToLine, ch.EndLine)
 	}
 	ch.Parts = append(ch.Parts, proto.Clone(p).(*vbatchv1.Part))
-	ch.Progress = p.ToLine
+	advance(ch, p.ToLine)
 	b.RequestCounts.Completed += p.Succeeded
 	b.RequestCounts.Failed += p.Failed
 	AddUsage(b.Usage, c.Usage)
@@ -180,8 +180,68 @@ func (a *applyCtx) releaseLease(c *vbatchv1.ReleaseLease) error {
 	if ch.State != chunkLeased || ch.Lease.GetToken() != c.Token {
 		return Reject(ErrStaleToken, "chunk %s/%d: token %d is not its lease", b.Id, ch.Index, c.Token)
 	}
+	if c.Reason == ReleaseEngineCrash {
+		countCrash(ch, c)
+	}
 	endLease(ch)
 	return nil
+}
+
+// ReleaseEngineCrash is the release reason of a lease whose engine died
+// under its requests.
+const ReleaseEngineCrash = "engine_crash"
+
+// Crash limits. A chunk whose engine crashed IsolateAfterCrashes times
+// under the same started lines has them run one at a time (the lease's
+// isolate_until); a line that crashes the engine alone
+// HeadCrashLimit times is failed instead of run again.
+const (
+	IsolateAfterCrashes = 2
+	HeadCrashLimit      = 2
+)
+
+// countCrash records a release for an engine crash. A crash while the line
+// at progress ran alone counts against that line; any other counts against
+// the lines started, [progress, started_end). Releases without the crash
+// fields (from a cluster below LevelCrashCounts) count nothing.
+func countCrash(ch *vbatchv1.Chunk, c *vbatchv1.ReleaseLease) {
+	end := min(c.StartedEnd, ch.EndLine)
+	switch {
+	case ch.Progress >= ch.EndLine:
+		// Every line is committed: nothing left to suspect.
+	case c.Alone:
+		ch.HeadCrashes++
+	case end > ch.Progress:
+		ch.Crashes++
+		ch.CrashWindowEnd = max(ch.CrashWindowEnd, end)
+	}
+}
+
+// advance moves a chunk's progress to line. The head line changed, so its
+// crash count restarts; once progress passes every line that was started
+// at the counted crashes, they are forgotten.
+func advance(ch *vbatchv1.Chunk, line int64) {
+	if line != ch.Progress {
+		ch.HeadCrashes = 0
+	}
+	ch.Progress = line
+	if line >= ch.CrashWindowEnd {
+		ch.Crashes, ch.CrashWindowEnd = 0, 0
+	}
+}
+
+// Isolation returns the lease advice for a chunk: the exclusive end of the
+// lines to run one at a time (0 when none) and the crashes of the line at
+// progress while it ran alone.
+func Isolation(ch *vbatchv1.Chunk) (isolateUntil int64, headCrashes uint32) {
+	if ch.Crashes >= IsolateAfterCrashes && ch.CrashWindowEnd > ch.Progress {
+		isolateUntil = ch.CrashWindowEnd
+	}
+	if ch.HeadCrashes > 0 {
+		// The line at progress crashed the engine alone: it stays isolated.
+		isolateUntil = max(isolateUntil, ch.Progress+1)
+	}
+	return isolateUntil, ch.HeadCrashes
 }
 
 // expireLeases ends the named leases. A ref whose lease already ended or

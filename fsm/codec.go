@@ -21,13 +21,18 @@ const EnvelopeVersion = 1
 //   - 1: the commands up to DrainAgent.
 //   - 2: CompletePart.
 //   - 3: CompactBatch.
-const Level = 3
+//   - 4: ReleaseLease counts engine crashes (started_end, alone).
+const Level = 4
 
 // LevelCompletePart is the level that applies CompletePart.
 const LevelCompletePart = 2
 
 // LevelCompactBatch is the level that applies CompactBatch.
 const LevelCompactBatch = 3
+
+// LevelCrashCounts is the level whose ReleaseLease counts engine crashes
+// on the chunk; below it the crash fields must be left unset.
+const LevelCrashCounts = 4
 
 // commandTypes maps every command type to a constructor of its message.
 // The list only grows; see CommandType in state.proto.

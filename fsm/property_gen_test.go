@@ -310,7 +310,15 @@ func (g *gen) releaseOrExpire(s *State) proto.Message {
 	}
 	id, chunk, c := g.chunk(s, isLeased)
 	if g.oneIn(2) {
-		return &vbatchv1.ReleaseLease{BatchId: id, Chunk: chunk, Token: g.token(c), Reason: "drain"}
+		cmd := &vbatchv1.ReleaseLease{BatchId: id, Chunk: chunk, Token: g.token(c), Reason: "drain"}
+		if g.oneIn(2) {
+			// The engine died under the lease: it had started some lines
+			// past progress, or ran the head line alone.
+			cmd.Reason = ReleaseEngineCrash
+			cmd.Alone = g.oneIn(3)
+			cmd.StartedEnd = c.Progress + int64(g.r.IntN(int(c.EndLine-c.Progress)+2))
+		}
+		return cmd
 	}
 	refs := []*vbatchv1.LeaseRef{{BatchId: id, Chunk: chunk, Token: g.token(c)}}
 	if g.oneIn(2) {

@@ -316,6 +316,12 @@ func (m *model) checkState(rt *rapid.T, s *State) {
 			if line != c.Progress || c.Progress > c.EndLine {
 				rt.Fatalf("batch %s chunk %d: parts end at %d, progress %d, end %d", id, i, line, c.Progress, c.EndLine)
 			}
+			if (c.Crashes == 0) != (c.CrashWindowEnd == 0) || (c.Crashes > 0 && (c.CrashWindowEnd <= c.Progress || c.CrashWindowEnd > c.EndLine)) {
+				rt.Fatalf("batch %s chunk %d: %d crashes over [%d,%d), end %d", id, i, c.Crashes, c.Progress, c.CrashWindowEnd, c.EndLine)
+			}
+			if c.HeadCrashes > 0 && c.Progress >= c.EndLine {
+				rt.Fatalf("batch %s chunk %d: %d head crashes with every line committed", id, i, c.HeadCrashes)
+			}
 			switch c.State {
 			case chunkPending:
 				if c.Lease != nil {

@@ -20,6 +20,11 @@ type AgentMetrics struct {
 	InferenceDuration prometheus.Histogram
 	// ChunksProcessed counts leases the agent finished, by outcome.
 	ChunksProcessed *prometheus.CounterVec
+	// EngineCrashes counts batch requests the engine died under.
+	EngineCrashes prometheus.Counter
+	// CrashingRequests counts batch requests failed with code
+	// engine_crashed: they crashed the engine each time they ran alone.
+	CrashingRequests prometheus.Counter
 }
 
 // NewAgentMetrics registers the agent metrics on reg.
@@ -50,7 +55,15 @@ func NewAgentMetrics(reg prometheus.Registerer) *AgentMetrics {
 			Name: "vllm_chunks_processed_total",
 			Help: "Chunk leases the agent finished, by outcome (completed, released, revoked, failed).",
 		}, []string{LabelStatus}),
+		EngineCrashes: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "vbatch_agent_engine_crashes_total",
+			Help: "Batch requests the engine died under (the engine was unhealthy after the request lost its connection).",
+		}),
+		CrashingRequests: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "vbatch_agent_crashing_requests_total",
+			Help: "Batch requests failed with code engine_crashed because the engine crashed each time they ran alone.",
+		}),
 	}
-	reg.MustRegister(m.Requests, m.LeasesHeld, m.PartsCommitted, m.TokensGenerated, m.InferenceDuration, m.ChunksProcessed)
+	reg.MustRegister(m.Requests, m.LeasesHeld, m.PartsCommitted, m.TokensGenerated, m.InferenceDuration, m.ChunksProcessed, m.EngineCrashes, m.CrashingRequests)
 	return m
 }

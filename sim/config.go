@@ -66,7 +66,13 @@ type Config struct {
 	// answered that many inference requests, to test engine failure.
 	CrashAfter int64
 
-	// Crash is called by CrashAfter. Nil means os.Exit(1), which is what a
+	// CrashOn, when set, makes the simulator call Crash whenever an
+	// inference request whose body contains it has run for Latency: a
+	// request that crashes the engine (a "poison" request), to test that
+	// the fleet isolates and fails it instead of crashing forever.
+	CrashOn string
+
+	// Crash is called by CrashAfter and CrashOn. Nil means os.Exit(1), which is what a
 	// standalone simulator should do; an embedded one sets its own.
 	Crash func()
 

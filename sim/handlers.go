@@ -1,6 +1,7 @@
 package sim
 
 import (
+	"bytes"
 	"encoding/base64"
 	"encoding/binary"
 	"encoding/json"
@@ -55,6 +56,15 @@ func (s *Server) inference(k kind) http.HandlerFunc {
 		st := s.models[j.model]
 		if !s.acquire(r.Context(), st) {
 			return // the client went away while queued
+		}
+		if s.cfg.CrashOn != "" && bytes.Contains(body, []byte(s.cfg.CrashOn)) {
+			// The poison request runs a moment, beside the others, then
+			// takes the engine down.
+			if sleep(r.Context(), s.cfg.Latency) {
+				s.cfg.Crash()
+			}
+			s.release(st)
+			return
 		}
 		status := s.run(w, r, j, body, arrival)
 		s.release(st)

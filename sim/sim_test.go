@@ -489,6 +489,26 @@ func TestCrashAfter(t *testing.T) {
 	}
 }
 
+// TestCrashOn: every request carrying the poison text crashes the
+// simulator, and no other does.
+func TestCrashOn(t *testing.T) {
+	crashed := make(chan struct{}, 10)
+	s := New(Config{CrashOn: "POISON", Latency: time.Millisecond, Crash: func() { crashed <- struct{}{} }})
+	want := 0
+	for i, prompt := range []string{"fine", "a POISON pill", "fine again", "POISON"} {
+		rec := httptest.NewRecorder()
+		s.Handler().ServeHTTP(rec, httptest.NewRequest("POST", "/v1/completions", strings.NewReader(fmt.Sprintf(`{"prompt":%q}`, prompt))))
+		if strings.Contains(prompt, "POISON") {
+			want++
+		} else if rec.Code != 200 {
+			t.Fatalf("request %d (%q): status %d", i, prompt, rec.Code)
+		}
+		if got := len(crashed); got != want {
+			t.Fatalf("after request %d (%q): %d crashes, want %d", i, prompt, got, want)
+		}
+	}
+}
+
 func TestRunServesAndStops(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	s := New(Config{})

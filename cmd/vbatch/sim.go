@@ -29,6 +29,7 @@ func simCmd() *cobra.Command {
 	f.Float64Var(&cfg.SpikeRate, "spike-rate", 0, "fraction of requests with a latency spike")
 	f.DurationVar(&cfg.SpikeLatency, "spike-latency", time.Second, "extra latency of a spike")
 	f.Int64Var(&cfg.CrashAfter, "crash-after", 0, "exit after this many requests (0: never)")
+	f.StringVar(&cfg.CrashOn, "crash-on", "", "exit whenever a request whose body contains this text has run for --latency (a poison request)")
 	f.StringVar(&cfg.APIKey, "api-key", "", "require this bearer key")
 	return cmd
 }

@@ -329,8 +329,18 @@ type LeaseResponse struct {
 	// progress is the first line to run; lines before it are committed.
 	Progress        int64 `protobuf:"varint,9,opt,name=progress,proto3" json:"progress,omitempty"`
 	ExpiresAtUnixMs int64 `protobuf:"varint,10,opt,name=expires_at_unix_ms,json=expiresAtUnixMs,proto3" json:"expires_at_unix_ms,omitempty"`
-	unknownFields   protoimpl.UnknownFields
-	sizeCache       protoimpl.SizeCache
+	// isolate_until, when above progress, asks the agent to run the lines
+	// [progress, isolate_until) one at a time, each alone on its engine:
+	// the engine crashed repeatedly while they were in flight, and running
+	// them alone finds the one that crashes it.
+	IsolateUntil int64 `protobuf:"varint,11,opt,name=isolate_until,json=isolateUntil,proto3" json:"isolate_until,omitempty"`
+	// head_crashes is how many times the engine crashed while the line at
+	// progress ran alone. The agent fails that line (error code
+	// "engine_crashed") instead of running it once this reaches the limit
+	// (2), and when it crashes the engine alone again at limit-1.
+	HeadCrashes   uint32 `protobuf:"varint,12,opt,name=head_crashes,json=headCrashes,proto3" json:"head_crashes,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *LeaseResponse) Reset() {
@@ -429,6 +439,20 @@ func (x *LeaseResponse) GetProgress() int64 {
 func (x *LeaseResponse) GetExpiresAtUnixMs() int64 {
 	if x != nil {
 		return x.ExpiresAtUnixMs
+	}
+	return 0
+}
+
+func (x *LeaseResponse) GetIsolateUntil() int64 {
+	if x != nil {
+		return x.IsolateUntil
+	}
+	return 0
+}
+
+func (x *LeaseResponse) GetHeadCrashes() uint32 {
+	if x != nil {
+		return x.HeadCrashes
 	}
 	return 0
 }
@@ -949,11 +973,18 @@ func (*CompleteResponse) Descriptor() ([]byte, []int) {
 }
 
 type ReleaseRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	BatchId       string                 `protobuf:"bytes,1,opt,name=batch_id,json=batchId,proto3" json:"batch_id,omitempty"`
-	Chunk         uint32                 `protobuf:"varint,2,opt,name=chunk,proto3" json:"chunk,omitempty"`
-	Token         uint64                 `protobuf:"varint,3,opt,name=token,proto3" json:"token,omitempty"`
-	Reason        string                 `protobuf:"bytes,4,opt,name=reason,proto3" json:"reason,omitempty"`
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	BatchId string                 `protobuf:"bytes,1,opt,name=batch_id,json=batchId,proto3" json:"batch_id,omitempty"`
+	Chunk   uint32                 `protobuf:"varint,2,opt,name=chunk,proto3" json:"chunk,omitempty"`
+	Token   uint64                 `protobuf:"varint,3,opt,name=token,proto3" json:"token,omitempty"`
+	Reason  string                 `protobuf:"bytes,4,opt,name=reason,proto3" json:"reason,omitempty"`
+	// With reason "engine_crash" (the engine died under requests of this
+	// lease): started_end is the exclusive end of the lines the lease had
+	// started, and alone says the crash came while the line at the chunk's
+	// progress ran alone on the engine (an isolated run, every earlier line
+	// committed).
+	StartedEnd    int64 `protobuf:"varint,5,opt,name=started_end,json=startedEnd,proto3" json:"started_end,omitempty"`
+	Alone         bool  `protobuf:"varint,6,opt,name=alone,proto3" json:"alone,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1014,6 +1045,20 @@ func (x *ReleaseRequest) GetReason() string {
 		return x.Reason
 	}
 	return ""
+}
+
+func (x *ReleaseRequest) GetStartedEnd() int64 {
+	if x != nil {
+		return x.StartedEnd
+	}
+	return 0
+}
+
+func (x *ReleaseRequest) GetAlone() bool {
+	if x != nil {
+		return x.Alone
+	}
+	return false
 }
 
 type ReleaseResponse struct {
@@ -1273,7 +1318,7 @@ const file_vbatch_v1_agent_proto_rawDesc = "" +
 	"\fLeaseRequest\x12\x19\n" +
 	"\bagent_id\x18\x01 \x01(\tR\aagentId\x12\x16\n" +
 	"\x06models\x18\x02 \x03(\tR\x06models\x12\x17\n" +
-	"\await_ms\x18\x03 \x01(\x03R\x06waitMs\"\xa5\x02\n" +
+	"\await_ms\x18\x03 \x01(\x03R\x06waitMs\"\xed\x02\n" +
 	"\rLeaseResponse\x12\x18\n" +
 	"\agranted\x18\x01 \x01(\bR\agranted\x12\x19\n" +
 	"\bbatch_id\x18\x02 \x01(\tR\abatchId\x12\x14\n" +
@@ -1286,7 +1331,9 @@ const file_vbatch_v1_agent_proto_rawDesc = "" +
 	"\bend_line\x18\b \x01(\x03R\aendLine\x12\x1a\n" +
 	"\bprogress\x18\t \x01(\x03R\bprogress\x12+\n" +
 	"\x12expires_at_unix_ms\x18\n" +
-	" \x01(\x03R\x0fexpiresAtUnixMs\"U\n" +
+	" \x01(\x03R\x0fexpiresAtUnixMs\x12#\n" +
+	"\risolate_until\x18\v \x01(\x03R\fisolateUntil\x12!\n" +
+	"\fhead_crashes\x18\f \x01(\rR\vheadCrashes\"U\n" +
 	"\fRenewRequest\x12\x19\n" +
 	"\bbatch_id\x18\x01 \x01(\tR\abatchId\x12\x14\n" +
 	"\x05chunk\x18\x02 \x01(\rR\x05chunk\x12\x14\n" +
@@ -1323,12 +1370,15 @@ const file_vbatch_v1_agent_proto_rawDesc = "" +
 	"\bbatch_id\x18\x01 \x01(\tR\abatchId\x12\x14\n" +
 	"\x05chunk\x18\x02 \x01(\rR\x05chunk\x12\x14\n" +
 	"\x05token\x18\x03 \x01(\x04R\x05token\"\x12\n" +
-	"\x10CompleteResponse\"o\n" +
+	"\x10CompleteResponse\"\xa6\x01\n" +
 	"\x0eReleaseRequest\x12\x19\n" +
 	"\bbatch_id\x18\x01 \x01(\tR\abatchId\x12\x14\n" +
 	"\x05chunk\x18\x02 \x01(\rR\x05chunk\x12\x14\n" +
 	"\x05token\x18\x03 \x01(\x04R\x05token\x12\x16\n" +
-	"\x06reason\x18\x04 \x01(\tR\x06reason\"\x11\n" +
+	"\x06reason\x18\x04 \x01(\tR\x06reason\x12\x1f\n" +
+	"\vstarted_end\x18\x05 \x01(\x03R\n" +
+	"startedEnd\x12\x14\n" +
+	"\x05alone\x18\x06 \x01(\bR\x05alone\"\x11\n" +
 	"\x0fReleaseResponse\"\xa7\x02\n" +
 	"\vEngineStats\x12\x14\n" +
 	"\x05model\x18\x01 \x01(\tR\x05model\x12\x16\n" +

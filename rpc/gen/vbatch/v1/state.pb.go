@@ -1216,9 +1216,17 @@ type Chunk struct {
 	State       ChunkState `protobuf:"varint,6,opt,name=state,proto3,enum=vbatch.v1.ChunkState" json:"state,omitempty"`
 	Attempts    uint32     `protobuf:"varint,7,opt,name=attempts,proto3" json:"attempts,omitempty"`
 	// progress is the next input line to run; lines before it are committed.
-	Progress      int64   `protobuf:"varint,8,opt,name=progress,proto3" json:"progress,omitempty"`
-	Lease         *Lease  `protobuf:"bytes,9,opt,name=lease,proto3" json:"lease,omitempty"`
-	Parts         []*Part `protobuf:"bytes,10,rep,name=parts,proto3" json:"parts,omitempty"`
+	Progress int64   `protobuf:"varint,8,opt,name=progress,proto3" json:"progress,omitempty"`
+	Lease    *Lease  `protobuf:"bytes,9,opt,name=lease,proto3" json:"lease,omitempty"`
+	Parts    []*Part `protobuf:"bytes,10,rep,name=parts,proto3" json:"parts,omitempty"`
+	// crashes counts the leases that ended because the engine crashed under
+	// this chunk's requests since progress last passed crash_window_end,
+	// the exclusive end of the lines started at those crashes.
+	Crashes        uint32 `protobuf:"varint,11,opt,name=crashes,proto3" json:"crashes,omitempty"`
+	CrashWindowEnd int64  `protobuf:"varint,12,opt,name=crash_window_end,json=crashWindowEnd,proto3" json:"crash_window_end,omitempty"`
+	// head_crashes counts the crashes while the line at progress ran alone;
+	// it restarts at zero whenever progress moves.
+	HeadCrashes   uint32 `protobuf:"varint,13,opt,name=head_crashes,json=headCrashes,proto3" json:"head_crashes,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1321,6 +1329,27 @@ func (x *Chunk) GetParts() []*Part {
 		return x.Parts
 	}
 	return nil
+}
+
+func (x *Chunk) GetCrashes() uint32 {
+	if x != nil {
+		return x.Crashes
+	}
+	return 0
+}
+
+func (x *Chunk) GetCrashWindowEnd() int64 {
+	if x != nil {
+		return x.CrashWindowEnd
+	}
+	return 0
+}
+
+func (x *Chunk) GetHeadCrashes() uint32 {
+	if x != nil {
+		return x.HeadCrashes
+	}
+	return 0
 }
 
 // RequestCounts is the OpenAI request_counts object.
@@ -2663,12 +2692,17 @@ func (x *CompleteChunk) GetToken() uint64 {
 	return 0
 }
 
+// ReleaseLease hands a lease back. With reason "engine_crash" (FSM level
+// 4) it also counts the crash on the chunk: alone when the line at progress
+// ran alone, else over the lines [progress, started_end).
 type ReleaseLease struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	BatchId       string                 `protobuf:"bytes,1,opt,name=batch_id,json=batchId,proto3" json:"batch_id,omitempty"`
 	Chunk         uint32                 `protobuf:"varint,2,opt,name=chunk,proto3" json:"chunk,omitempty"`
 	Token         uint64                 `protobuf:"varint,3,opt,name=token,proto3" json:"token,omitempty"`
 	Reason        string                 `protobuf:"bytes,4,opt,name=reason,proto3" json:"reason,omitempty"`
+	StartedEnd    int64                  `protobuf:"varint,5,opt,name=started_end,json=startedEnd,proto3" json:"started_end,omitempty"`
+	Alone         bool                   `protobuf:"varint,6,opt,name=alone,proto3" json:"alone,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2729,6 +2763,20 @@ func (x *ReleaseLease) GetReason() string {
 		return x.Reason
 	}
 	return ""
+}
+
+func (x *ReleaseLease) GetStartedEnd() int64 {
+	if x != nil {
+		return x.StartedEnd
+	}
+	return 0
+}
+
+func (x *ReleaseLease) GetAlone() bool {
+	if x != nil {
+		return x.Alone
+	}
+	return false
 }
 
 type LeaseRef struct {
@@ -3417,7 +3465,7 @@ const file_vbatch_v1_state_proto_rawDesc = "" +
 	"\x06errors\x18\x04 \x01(\v2\x12.vbatch.v1.BlobRefR\x06errors\x12\x1c\n" +
 	"\tsucceeded\x18\x05 \x01(\x03R\tsucceeded\x12\x16\n" +
 	"\x06failed\x18\x06 \x01(\x03R\x06failed\x12\x14\n" +
-	"\x05token\x18\a \x01(\x04R\x05token\"\xcd\x02\n" +
+	"\x05token\x18\a \x01(\x04R\x05token\"\xb4\x03\n" +
 	"\x05Chunk\x12\x14\n" +
 	"\x05index\x18\x01 \x01(\rR\x05index\x12\x1d\n" +
 	"\n" +
@@ -3431,7 +3479,10 @@ const file_vbatch_v1_state_proto_rawDesc = "" +
 	"\bprogress\x18\b \x01(\x03R\bprogress\x12&\n" +
 	"\x05lease\x18\t \x01(\v2\x10.vbatch.v1.LeaseR\x05lease\x12%\n" +
 	"\x05parts\x18\n" +
-	" \x03(\v2\x0f.vbatch.v1.PartR\x05parts\"[\n" +
+	" \x03(\v2\x0f.vbatch.v1.PartR\x05parts\x12\x18\n" +
+	"\acrashes\x18\v \x01(\rR\acrashes\x12(\n" +
+	"\x10crash_window_end\x18\f \x01(\x03R\x0ecrashWindowEnd\x12!\n" +
+	"\fhead_crashes\x18\r \x01(\rR\vheadCrashes\"[\n" +
 	"\rRequestCounts\x12\x14\n" +
 	"\x05total\x18\x01 \x01(\x03R\x05total\x12\x1c\n" +
 	"\tcompleted\x18\x02 \x01(\x03R\tcompleted\x12\x16\n" +
@@ -3543,12 +3594,15 @@ const file_vbatch_v1_state_proto_rawDesc = "" +
 	"\rCompleteChunk\x12\x19\n" +
 	"\bbatch_id\x18\x01 \x01(\tR\abatchId\x12\x14\n" +
 	"\x05chunk\x18\x02 \x01(\rR\x05chunk\x12\x14\n" +
-	"\x05token\x18\x03 \x01(\x04R\x05token\"m\n" +
+	"\x05token\x18\x03 \x01(\x04R\x05token\"\xa4\x01\n" +
 	"\fReleaseLease\x12\x19\n" +
 	"\bbatch_id\x18\x01 \x01(\tR\abatchId\x12\x14\n" +
 	"\x05chunk\x18\x02 \x01(\rR\x05chunk\x12\x14\n" +
 	"\x05token\x18\x03 \x01(\x04R\x05token\x12\x16\n" +
-	"\x06reason\x18\x04 \x01(\tR\x06reason\"Q\n" +
+	"\x06reason\x18\x04 \x01(\tR\x06reason\x12\x1f\n" +
+	"\vstarted_end\x18\x05 \x01(\x03R\n" +
+	"startedEnd\x12\x14\n" +
+	"\x05alone\x18\x06 \x01(\bR\x05alone\"Q\n" +
 	"\bLeaseRef\x12\x19\n" +
 	"\bbatch_id\x18\x01 \x01(\tR\abatchId\x12\x14\n" +
 	"\x05chunk\x18\x02 \x01(\rR\x05chunk\x12\x14\n" +
