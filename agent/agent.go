@@ -229,8 +229,11 @@ func (a *Agent) shutdown(srv *http.Server) {
 func (a *Agent) shutdownBy(srv *http.Server, deadline time.Time) {
 	ctx, cancel := context.WithDeadline(context.Background(), deadline)
 	defer cancel()
-	if a.pool != nil {
-		if err := a.pool.Leave(max(min(leaveTimeout, time.Until(deadline)), 0)); err != nil {
+	// memberlist's Leave waits without a limit when given none: with the
+	// budget spent, the engine's stop comes first and gossip finds the
+	// agent gone on its own.
+	if d := min(leaveTimeout, time.Until(deadline)); a.pool != nil && d > 0 {
+		if err := a.pool.Leave(d); err != nil {
 			a.log.Warn("leave gossip", "err", err)
 		}
 	}

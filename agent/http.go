@@ -107,7 +107,12 @@ func (a *Agent) handleOnline(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	tw := &trackingWriter{ResponseWriter: w}
-	if err := a.eng.Proxy(r.Context(), r.URL.Path, body, tw); err != nil {
+	// Online requests share the engine like batch requests do, so a batch
+	// line isolated to find a request that crashes the engine runs alone.
+	a.runner.exclusive.RLock()
+	err = a.eng.Proxy(r.Context(), r.URL.Path, body, tw)
+	a.runner.exclusive.RUnlock()
+	if err != nil {
 		a.log.Warn("online request", "path", r.URL.Path, "err", err)
 		if !tw.wrote {
 			writeOpenAIError(w, http.StatusBadGateway, "api_error", fmt.Sprintf("engine: %v", err))

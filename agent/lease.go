@@ -5,6 +5,7 @@ import (
 	"errors"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/vbatch/vbatch/fsm"
@@ -59,6 +60,8 @@ type leaseRun struct {
 	// -1 when none.
 	crashedAlone int64
 	crashed      bool // the engine crashed under a request of this lease
+	// onEngine counts the lease's requests on the engine now.
+	onEngine atomic.Int64
 }
 
 // numberedLine is an input line with its line number in the input file.
@@ -247,10 +250,17 @@ func (r *leaseRun) run() string {
 			} else if unhealthySince.IsZero() {
 				unhealthySince = time.Now()
 			} else if time.Since(unhealthySince) > r.a.cfg.EngineFailureTimeout {
-				startStop(reasonEngineFailure)
-				// Requests waiting for the engine were never sent, and
-				// any in flight on an engine down this long are lost.
-				r.cancelReqs()
+				if r.onEngine.Load() > 0 {
+					// The engine went down, and stayed down, under requests
+					// of this lease: it hung (or died) under them. Counted as
+					// a crash, so a request that hangs the engine is found as
+					// one that crashes it is.
+					r.noteCrash(-1)
+					r.log.Warn("engine down under requests of the lease", "on_engine", r.onEngine.Load())
+					startStop(reasonEngineCrash)
+				} else {
+					startStop(reasonEngineFailure)
+				}
 			}
 		}
 	}
@@ -275,7 +285,7 @@ func (r *leaseRun) isolated(n int64) bool { return n < r.l.IsolateUntil }
 // lease's progress that already crashed the engine alone is failed at the
 // limit, or on its next crash one short of it.
 func (r *leaseRun) modeOf(n int64) lineMode {
-	m := lineMode{alone: r.isolated(n)}
+	m := lineMode{alone: r.isolated(n), onEngine: &r.onEngine}
 	if n == r.l.Progress && r.l.HeadCrashes > 0 {
 		m.alone = true
 		m.headCrashes = r.l.HeadCrashes
@@ -298,6 +308,20 @@ func (r *leaseRun) runLine(ln numberedLine, mode lineMode) {
 	r.results <- lineDone{res: res, err: err}
 }
 
+// noteCrash records that the engine went down under the lease's requests;
+// aloneLine is the line that ran alone on it then, -1 when none did. The
+// lease is released as a crash whatever else made it stop.
+func (r *leaseRun) noteCrash(aloneLine int64) {
+	if r.crashed {
+		return
+	}
+	r.crashed = true
+	if aloneLine < 0 && r.aloneInFlight {
+		aloneLine = r.startedEnd - 1 // nothing starts beside an alone line
+	}
+	r.crashedAlone = aloneLine
+}
+
 // accept takes a finished line into the buffer.
 func (r *leaseRun) accept(d lineDone, startStop func(string)) {
 	if r.isRevoked {
@@ -307,14 +331,13 @@ func (r *leaseRun) accept(d lineDone, startStop func(string)) {
 		// The engine died under the lease's requests: the others in flight
 		// died with it. Commit what finished in order and release with the
 		// crash, so the coordinator can isolate the lines that were running.
-		if !r.crashed {
-			r.crashed = true
-			if d.res.crashedAlone {
-				r.crashedAlone = d.res.line
-			}
-			startStop(reasonEngineCrash)
-			r.cancelReqs()
+		line := int64(-1)
+		if d.res.crashedAlone {
+			line = d.res.line
 		}
+		r.noteCrash(line)
+		startStop(reasonEngineCrash)
+		r.cancelReqs()
 		return
 	}
 	if d.err != nil {
@@ -431,7 +454,7 @@ func (r *leaseRun) finish() string {
 	if reason == "" {
 		reason = reasonCommitFailure
 	}
-	if reason == reasonEngineCrash {
+	if r.crashed {
 		// Alone only when every line before the crashed one is committed:
 		// the coordinator counts it against the line at its progress.
 		alone := r.crashedAlone >= 0 && r.committed == r.crashedAlone && !r.commitBroken

@@ -185,7 +185,42 @@ func TestDrainReleasesHeldLease(t *testing.T) {
 	})
 }
 
+// TestEngineFailureReleasesLease: an engine that goes down with none of
+// the lease's requests on it (they wait for it) and stays down past
+// EngineFailureTimeout has the lease released as an engine failure, not
+// counted as a crash.
 func TestEngineFailureReleasesLease(t *testing.T) {
+	coord := newFakeCoord(t, inputLines(250))
+	eng := newFakeEngine()
+	eng.do = func(_ context.Context, line int) (int, []byte, error) {
+		if line == 99 {
+			// Answered, then the engine goes down.
+			eng.mu.Lock()
+			eng.healthy = false
+			eng.mu.Unlock()
+		}
+		return 200, okBody(line), nil
+	}
+	startAgent(t, coord, eng, func(c *Config) {
+		c.PartLines = 50
+		c.PartInterval = 10 * time.Millisecond
+		c.EngineFailureTimeout = 100 * time.Millisecond
+		c.DrainTimeout = 50 * time.Millisecond
+	})
+	waitFor(t, "release", func() bool { return len(releasesOf(coord)) == 1 })
+	noViolations(t, coord)
+	rel := releasesOf(coord)[0]
+	if p := progressOf(coord); rel.Reason != reasonEngineFailure || rel.StartedEnd != 0 || p == 250 {
+		t.Errorf("release %v at progress %d; want an engine failure without crash fields", rel, p)
+	}
+	committedLines(t, coord)
+}
+
+// TestEngineHungUnderRequestsIsACrash: an engine that goes down while the
+// lease's requests are on it, and stays down (hung under them), ends the
+// lease as a crash over the lines started, so a request that hangs the
+// engine is isolated like one that crashes it.
+func TestEngineHungUnderRequestsIsACrash(t *testing.T) {
 	coord := newFakeCoord(t, inputLines(250))
 	eng := newFakeEngine()
 	eng.do = blockFrom(100, make(chan struct{}))
@@ -199,13 +234,12 @@ func TestEngineFailureReleasesLease(t *testing.T) {
 	eng.mu.Lock()
 	eng.healthy = false
 	eng.mu.Unlock()
-	waitFor(t, "release", func() bool { var n int; coord.with(func() { n = len(coord.releases) }); return n == 1 })
+	waitFor(t, "release", func() bool { return len(releasesOf(coord)) == 1 })
 	noViolations(t, coord)
-	coord.with(func() {
-		if coord.releases[0] != reasonEngineFailure || coord.progress != 100 {
-			t.Errorf("releases %v, progress %d", coord.releases, coord.progress)
-		}
-	})
+	rel := releasesOf(coord)[0]
+	if rel.Reason != reasonEngineCrash || rel.Alone || rel.StartedEnd <= 100 || progressOf(coord) != 100 {
+		t.Errorf("release %v at progress %d; want engine_crash over lines past 100", rel, progressOf(coord))
+	}
 }
 
 func TestShutdownReleasesHeldLease(t *testing.T) {

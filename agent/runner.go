@@ -6,9 +6,11 @@ import (
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
+	"net"
 	"net/http"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/vbatch/vbatch/agent/engine"
@@ -26,6 +28,10 @@ var errAbandoned = errors.New("line abandoned")
 // crash so that the coordinator can find a request that crashes it.
 var errEngineCrashed = errors.New("engine crashed under the request")
 
+// errEngineDown means a request was not sent: the engine was unhealthy by
+// the time the request could go.
+var errEngineDown = errors.New("engine unhealthy; request not sent")
+
 // lineMode says how a line runs.
 type lineMode struct {
 	// alone runs the request with no other batch request of this agent on
@@ -41,6 +47,10 @@ type lineMode struct {
 	// headCrashes is how often the line crashed the engine alone before,
 	// for the error line's message.
 	headCrashes uint32
+	// onEngine, when set, counts the line's requests that are on the
+	// engine (sent, not yet answered): the lease tells an engine that went
+	// down under its requests from one that was down before they went.
+	onEngine *atomic.Int64
 }
 
 // lineResult is a finished line: exactly one of output and errLine is set.
@@ -144,12 +154,17 @@ func (r *runner) run(ctx context.Context, lineNo int64, raw []byte, mode lineMod
 		if !r.waitHealthy(ctx) {
 			return res, errAbandoned
 		}
-		status, body, err := r.do(ctx, in, mode.alone)
+		status, body, err := r.do(ctx, in, mode)
 		if ctx.Err() != nil {
 			return res, errAbandoned
 		}
 		if err == nil && !retryableStatus(status) {
 			return r.finish(res, in, status, body)
+		}
+		if err != nil && (errors.Is(err, errEngineDown) || notSent(err)) && !r.eng.Healthy() {
+			// The engine went down before this request reached it: wait
+			// for it again; the request is not to blame.
+			continue
 		}
 		if err != nil && !r.eng.Healthy() {
 			r.metrics.EngineCrashes.Inc()
@@ -186,14 +201,23 @@ func (r *runner) run(ctx context.Context, lineNo int64, raw []byte, mode lineMod
 }
 
 // do makes one engine call, alone on the engine or beside others, and
-// records its metrics.
-func (r *runner) do(ctx context.Context, in inputLine, alone bool) (int, []byte, error) {
-	if alone {
+// records its metrics. It sends nothing (errEngineDown) if the engine is
+// unhealthy once its turn comes: waiting for the lock may have outlasted
+// the engine.
+func (r *runner) do(ctx context.Context, in inputLine, mode lineMode) (int, []byte, error) {
+	if mode.alone {
 		r.exclusive.Lock()
 		defer r.exclusive.Unlock()
 	} else {
 		r.exclusive.RLock()
 		defer r.exclusive.RUnlock()
+	}
+	if !r.eng.Healthy() {
+		return 0, nil, errEngineDown
+	}
+	if mode.onEngine != nil {
+		mode.onEngine.Add(1)
+		defer mode.onEngine.Add(-1)
 	}
 	actx, cancel := context.WithTimeout(ctx, r.timeout)
 	defer cancel()
@@ -209,6 +233,13 @@ func (r *runner) do(ctx context.Context, in inputLine, alone bool) (int, []byte,
 	}
 	r.metrics.observeRequest(code, time.Since(start))
 	return status, body, err
+}
+
+// notSent reports whether err says the request never reached the engine
+// (its connection could not be made), which says nothing about the request.
+func notSent(err error) bool {
+	var op *net.OpError
+	return errors.As(err, &op) && op.Op == "dial"
 }
 
 // waitHealthy waits until the engine is healthy; false when ctx ended.

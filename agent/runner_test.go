@@ -8,12 +8,15 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
+	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -382,5 +385,88 @@ func TestTimedOutRequestIsNotRetried(t *testing.T) {
 	}
 	if !strings.Contains(string(res.errLine), "timed out") {
 		t.Fatalf("error line %s", res.errLine)
+	}
+}
+
+// TestAloneLineNotBlamedForAnotherCrash: an alone line that waited for the
+// lock while another request crashed the engine is not sent to the dead
+// engine (nor blamed for it): it waits for the engine and then runs.
+func TestAloneLineNotBlamedForAnotherCrash(t *testing.T) {
+	var down atomic.Bool
+	crash := make(chan struct{})
+	eng := &scriptEngine{
+		doFn: func(_ int64, body []byte) (int, []byte, error) {
+			if strings.Contains(string(body), "poison-model") {
+				<-crash
+				down.Store(true)
+				return 0, nil, errors.New("read: connection reset by peer")
+			}
+			if down.Load() {
+				return 0, nil, &url.Error{Op: "Post", URL: "http://127.0.0.1:1", Err: &net.OpError{Op: "dial", Net: "tcp", Err: syscall.ECONNREFUSED}}
+			}
+			return http.StatusOK, []byte(`{}`), nil
+		},
+		healthy: func() bool { return !down.Load() },
+	}
+	r := testRunner(eng, 3)
+	r.healthPoll = time.Millisecond
+	poisonLine := strings.Replace(chatLine, `"model":"m"`, `"model":"poison-model"`, 1)
+	poisonErr := make(chan error, 1)
+	go func() {
+		_, err := r.run(context.Background(), 1, []byte(poisonLine), lineMode{})
+		poisonErr <- err
+	}()
+	waitFor(t, "the poison request on the engine", func() bool { return eng.calls.Load() == 1 })
+	aloneDone := make(chan lineResult, 1)
+	go func() {
+		res, err := r.run(context.Background(), 2, []byte(chatLine), lineMode{alone: true, failOnCrash: true, headCrashes: 1})
+		if err != nil {
+			t.Error(err)
+		}
+		aloneDone <- res
+	}()
+	// The alone line waits for the lock behind the poison request.
+	time.Sleep(20 * time.Millisecond)
+	close(crash)
+	if err := <-poisonErr; !errors.Is(err, errEngineCrashed) {
+		t.Fatalf("poison request: %v, want errEngineCrashed", err)
+	}
+	select {
+	case res := <-aloneDone:
+		t.Fatalf("alone line finished on a dead engine: output %q, error line %q", res.output, res.errLine)
+	case <-time.After(50 * time.Millisecond):
+	}
+	down.Store(false)
+	res := <-aloneDone
+	if res.output == nil || res.errLine != nil {
+		t.Fatalf("alone line: output %q, error line %q; want an output", res.output, res.errLine)
+	}
+}
+
+// TestDialFailureIsNotACrash: a request whose connection could not even be
+// made, to an engine found down, waits for the engine instead of counting
+// as a crash under it.
+func TestDialFailureIsNotACrash(t *testing.T) {
+	var calls atomic.Int64
+	var down atomic.Bool
+	eng := &scriptEngine{
+		doFn: func(int64, []byte) (int, []byte, error) {
+			if calls.Add(1) == 1 {
+				down.Store(true)
+				time.AfterFunc(20*time.Millisecond, func() { down.Store(false) })
+				return 0, nil, &url.Error{Op: "Post", URL: "http://127.0.0.1:1", Err: &net.OpError{Op: "dial", Net: "tcp", Err: syscall.ECONNREFUSED}}
+			}
+			return http.StatusOK, []byte(`{}`), nil
+		},
+		healthy: func() bool { return !down.Load() },
+	}
+	r := testRunner(eng, 0)
+	r.healthPoll = time.Millisecond
+	res, err := r.run(context.Background(), 0, []byte(chatLine), lineMode{alone: true, failOnCrash: true, headCrashes: 1})
+	if err != nil || res.output == nil {
+		t.Fatalf("err %v, output %q, error line %q", err, res.output, res.errLine)
+	}
+	if got := counter(t, r.metrics.EngineCrashes); got != 0 {
+		t.Fatalf("a dial failure counted %v crashes", got)
 	}
 }

@@ -311,7 +311,7 @@ func (s *agentService) ReadInput(ctx context.Context, req *connect.Request[vbatc
 		return connect.NewError(connect.CodeFailedPrecondition, fmt.Errorf("batch %s: input file missing", m.BatchId))
 	}
 	sha := input.Parts[0].Sha256
-	if err := s.c.repl.Ensure(ctx, sha); err != nil {
+	if err := whileKeptAlive(ctx, stream, func() error { return s.c.repl.Ensure(ctx, sha) }); err != nil {
 		return connect.NewError(connect.CodeUnavailable, err)
 	}
 	rc, err := s.c.blobs.OpenRange(sha, ch.StartOffset, ch.EndOffset-ch.StartOffset)
@@ -494,6 +494,36 @@ func (s *agentService) Release(ctx context.Context, req *connect.Request[vbatchv
 		return nil, rpcError(err)
 	}
 	return connect.NewResponse(&vbatchv1.ReleaseResponse{}), nil
+}
+
+// readKeepalive is how often ReadInput sends an empty message while it
+// prepares the stream (fetching the input from a peer can take a while),
+// so that the agent's idle timeout (30 s by default) does not take a slow
+// start for a hung coordinator.
+var readKeepalive = 10 * time.Second
+
+// whileKeptAlive runs fn, sending an empty message on stream every
+// readKeepalive until it returns.
+func whileKeptAlive(ctx context.Context, stream *connect.ServerStream[vbatchv1.ReadInputResponse], fn func() error) error {
+	done := make(chan error, 1)
+	go func() { done <- fn() }()
+	t := time.NewTicker(readKeepalive)
+	defer t.Stop()
+	for {
+		select {
+		case err := <-done:
+			return err
+		case <-t.C:
+			if err := stream.Send(&vbatchv1.ReadInputResponse{}); err != nil {
+				// The agent went away; fn ends with ctx.
+				<-done
+				return fmt.Errorf("keepalive: %w", err)
+			}
+		case <-ctx.Done():
+			<-done
+			return ctx.Err()
+		}
+	}
 }
 
 // releaseCommand is the command for a Release: the crash fields go along
