@@ -25,6 +25,7 @@ import (
 	"github.com/vbatch/vbatch/agent/gpu"
 	"github.com/vbatch/vbatch/fsm"
 	"github.com/vbatch/vbatch/gossip"
+	"github.com/vbatch/vbatch/internal/dirlock"
 	"github.com/vbatch/vbatch/internal/tlsutil"
 	vbatchv1 "github.com/vbatch/vbatch/rpc/gen/vbatch/v1"
 	"github.com/vbatch/vbatch/rpc/gen/vbatch/v1/vbatchv1connect"
@@ -126,6 +127,15 @@ func (a *Agent) Run(ctx context.Context) error {
 	}
 	if err := a.setupTLS(); err != nil {
 		return err
+	}
+	if a.cfg.DataDir != "" {
+		// One agent per data dir: its vLLM children are marked with it, and
+		// an agent kills the marked processes it did not start.
+		unlock, err := dirlock.Lock(a.cfg.DataDir, "agent.lock")
+		if err != nil {
+			return fmt.Errorf("agent: %w", err)
+		}
+		defer unlock()
 	}
 	id, err := a.cfg.nodeID()
 	if err != nil {

@@ -18,6 +18,7 @@ import (
 
 	"github.com/vbatch/vbatch/fsm"
 	"github.com/vbatch/vbatch/gossip"
+	"github.com/vbatch/vbatch/internal/dirlock"
 	vbatchv1 "github.com/vbatch/vbatch/rpc/gen/vbatch/v1"
 )
 
@@ -348,4 +349,19 @@ func TestAttachesWhileRunning(t *testing.T) {
 		coord.with(func() { ids = coord.attached })
 		return len(ids) > 0 && ids[0] == "agent-test"
 	})
+}
+
+// TestSecondAgentOnTheSameDataDirRefused: an agent does not start on a data
+// dir another agent holds (their vLLM processes would carry the same mark
+// and each would kill the other's as leftovers).
+func TestSecondAgentOnTheSameDataDirRefused(t *testing.T) {
+	coord := newFakeCoord(t, nil)
+	h := startAgent(t, coord, newFakeEngine(), nil)
+	waitFor(t, "the first agent registered", func() bool { var n int; coord.with(func() { n = coord.registers }); return n > 0 })
+	cfg := h.a.cfg
+	cfg.NodeID = "agent-two"
+	err := New(cfg, newFakeEngine(), fakeGPUs{}, nil).Run(context.Background())
+	if !errors.Is(err, dirlock.ErrLocked) {
+		t.Fatalf("second agent on %s: %v, want ErrLocked", cfg.DataDir, err)
+	}
 }

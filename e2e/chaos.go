@@ -287,6 +287,7 @@ type fault struct {
 // faultKinds are the faults a schedule draws from.
 var faultKinds = []string{
 	"kill-leader", "kill-follower", "kill-agent", "stop-agent", "stop-leader", "kill-all-coordinators",
+	"kill-engine",
 }
 
 // injector runs one schedule's faults on the test goroutine.
@@ -345,6 +346,16 @@ func (in *injector) inject() {
 		f.Target = a.ID
 		f.Held = in.between(chaosLeaseTTL+time.Second, 2*chaosLeaseTTL)
 		in.freeze(a.Proc, f.Held)
+	case "kill-engine":
+		// The engine dies under the agent's requests: a crash the lease
+		// reports, and, repeated on a chunk, isolation of its lines.
+		i := in.rng.IntN(len(cc.sims))
+		s := cc.sims[i]
+		f.Target = fmt.Sprintf("sim%d", i+1)
+		f.Held = in.between(200*time.Millisecond, 4*time.Second)
+		s.Kill()
+		time.Sleep(f.Held)
+		s.Restart(in.t)
 	case "kill-all-coordinators":
 		f.Target = "c1,c2,c3"
 		f.Held = in.between(200*time.Millisecond, 3*time.Second)

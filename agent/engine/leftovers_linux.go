@@ -139,3 +139,40 @@ func processGone(pid int) bool {
 	state := b[i+2]
 	return state == 'Z' || state == 'X'
 }
+
+// groupRunning reports whether any process of group pgid still runs:
+// zombies (dead, holding nothing, waiting for a parent that may never reap
+// them, as in a container without an init) do not count.
+func groupRunning(pgid int) bool {
+	if pgid <= 0 || !groupAlive(pgid) {
+		return false
+	}
+	ents, err := os.ReadDir("/proc")
+	if err != nil {
+		return groupAlive(pgid)
+	}
+	for _, ent := range ents {
+		pid, err := strconv.Atoi(ent.Name())
+		if err != nil {
+			continue
+		}
+		b, err := os.ReadFile("/proc/" + ent.Name() + "/stat")
+		if err != nil {
+			continue
+		}
+		// pid (comm) state ppid pgrp ...; comm may hold spaces and
+		// parentheses.
+		i := bytes.LastIndexByte(b, ')')
+		if i < 0 || i+2 >= len(b) {
+			continue
+		}
+		f := strings.Fields(string(b[i+2:]))
+		if len(f) < 3 || f[0] == "Z" || f[0] == "X" {
+			continue
+		}
+		if g, err := strconv.Atoi(f[2]); err == nil && g == pgid && pid > 0 {
+			return true
+		}
+	}
+	return false
+}

@@ -150,3 +150,35 @@ func TestWaitGone(t *testing.T) {
 		t.Fatal("the zombie was reaped; the test proves nothing")
 	}
 }
+
+// TestGroupRunningIgnoresZombies: a process group counts as running while
+// a live process is in it, and not once only zombies are left, which a
+// container without an init may never reap.
+func TestGroupRunningIgnoresZombies(t *testing.T) {
+	// The leader never waits for its child, which exits at once: a zombie
+	// in the group for as long as the leader lives.
+	cmd := exec.Command("sh", "-c", "sleep 0.01 & exec sleep 1000")
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	pgid := cmd.Process.Pid
+	defer func() { _ = syscall.Kill(-pgid, syscall.SIGKILL); _ = cmd.Wait() }()
+	if !groupRunning(pgid) {
+		t.Fatal("a group with a live leader reads as not running")
+	}
+	if err := cmd.Process.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	_ = cmd.Wait()
+	deadline := time.Now().Add(10 * time.Second)
+	for groupRunning(pgid) {
+		if time.Now().After(deadline) {
+			t.Fatal("group still running once its leader was killed and only its child's zombie can be left")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	if groupRunning(0) || groupRunning(-1) {
+		t.Fatal("no group reads as running")
+	}
+}

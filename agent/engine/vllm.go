@@ -110,7 +110,9 @@ type VLLM struct {
 	// probeDone, guarded by healthMu, is closed when the probe after a
 	// failed request now in flight ends; nil when none is.
 	probeDone chan struct{}
-	hangKills atomic.Int64 // hung children the watchdog killed
+	// probeWaiters counts failed requests waiting for that probe's answer.
+	probeWaiters atomic.Int32
+	hangKills    atomic.Int64 // hung children the watchdog killed
 
 	mu       sync.Mutex
 	cur      *vllmProc
@@ -301,9 +303,12 @@ func (e *VLLM) launch(ctx context.Context, key string) (*vllmProc, error) {
 	}()
 	e.log.Info("vllm started", "pid", p.pid, "port", port, "model", e.cfg.Model)
 
+	// A new child: no probe of the old one may report on it.
+	e.setHealthy(false)
 	e.up.set(p.base, key)
 	if err := e.waitHealthy(ctx, p); err != nil {
 		e.kill(p)
+		e.setHealthy(false) // a probe may have reached it before it failed
 		return nil, err
 	}
 	d := time.Since(p.started)
@@ -342,6 +347,7 @@ func (e *VLLM) waitHealthy(ctx context.Context, p *vllmProc) error {
 // until Stop.
 func (e *VLLM) supervise(p *vllmProc, key string) {
 	defer close(e.done)
+	defer e.setHealthy(false)
 	backoff := time.Duration(0)
 	for {
 		e.watch(p)
@@ -379,17 +385,53 @@ func (e *VLLM) supervise(p *vllmProc, key string) {
 	}
 }
 
-// reap kills whatever is left of p's process group once its leader exited.
+// reap kills whatever is left of p's process group once its leader exited
+// and waits (up to strayWait) until the group is gone: workers still
+// exiting hold GPU memory the next start needs.
 func (e *VLLM) reap(p *vllmProc) {
 	if err := signalGroup(p.pid, sigKill); err != nil {
 		e.log.Warn("kill vllm process group", "pgid", p.pid, "err", err)
+	}
+	deadline := time.Now().Add(e.strayWait)
+	for groupRunning(p.pid) {
+		if time.Now().After(deadline) {
+			e.log.Warn("vllm process group still alive after SIGKILL", "pgid", p.pid, "waited", e.strayWait.String())
+			return
+		}
+		time.Sleep(10 * time.Millisecond)
 	}
 }
 
 // kill ends p's whole process group at once and waits for the leader.
 func (e *VLLM) kill(p *vllmProc) {
 	_ = signalGroup(p.pid, sigKill)
-	<-p.exited
+	e.waitExit(context.Background(), p)
+}
+
+// killWait bounds the wait for a child to exit after SIGKILL: a process
+// stuck in the kernel (a GPU driver hang) may never exit, and the agent
+// must still stop.
+const killWait = 10 * time.Second
+
+// waitExit waits for p's leader to exit after SIGKILL, until ctx ends and
+// at most killWait; false when it did not.
+func (e *VLLM) waitExit(ctx context.Context, p *vllmProc) bool {
+	t := time.NewTimer(killWait)
+	defer t.Stop()
+	select {
+	case <-p.exited:
+		return true
+	case <-t.C:
+	case <-ctx.Done():
+		// Give the SIGKILL just sent a moment even when ctx is spent.
+		select {
+		case <-p.exited:
+			return true
+		case <-time.After(time.Second):
+		}
+	}
+	e.log.Error("vllm did not exit after SIGKILL (stuck in the kernel?)", "pid", p.pid)
+	return false
 }
 
 // Stop sends SIGTERM to vLLM's process group, SIGKILL after StopGrace (or
@@ -412,7 +454,17 @@ func (e *VLLM) Stop(ctx context.Context) error {
 			err = fmt.Errorf("vllm engine: %w", serr)
 		}
 	}
-	<-done
+	select {
+	case <-done:
+	case <-ctx.Done():
+		// The supervisor waits on a child that does not exit; the agent
+		// stops anyway.
+		select {
+		case <-done:
+		case <-time.After(killWait):
+			return errors.Join(err, fmt.Errorf("vllm engine: supervisor still waiting on pid %d: %w", p.pid, ctx.Err()))
+		}
+	}
 	return err
 }
 
@@ -420,6 +472,11 @@ func (e *VLLM) Stop(ctx context.Context) error {
 // (or when ctx ends), and returns once the leader exited. Only a failed
 // SIGTERM is an error.
 func (e *VLLM) terminate(ctx context.Context, p *vllmProc) error {
+	if hasExited(p) {
+		// Waited for already, and its group reaped: the pid may name
+		// another process group by now.
+		return nil
+	}
 	var err error
 	if serr := signalGroup(p.pid, sigTerm); serr != nil {
 		err = fmt.Errorf("sigterm %d: %w", p.pid, serr)
@@ -434,7 +491,9 @@ func (e *VLLM) terminate(ctx context.Context, p *vllmProc) error {
 	}
 	// Workers that outlive the leader are killed too.
 	_ = signalGroup(p.pid, sigKill)
-	<-p.exited
+	if !e.waitExit(ctx, p) {
+		err = errors.Join(err, fmt.Errorf("pid %d did not exit after SIGKILL", p.pid))
+	}
 	return err
 }
 

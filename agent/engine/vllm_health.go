@@ -39,6 +39,8 @@ func (e *VLLM) probeAfterError(ctx context.Context) {
 	e.healthMu.Lock()
 	if running := e.probeDone; running != nil {
 		e.healthMu.Unlock()
+		e.probeWaiters.Add(1)
+		defer e.probeWaiters.Add(-1)
 		select {
 		case <-running:
 		case <-ctx.Done():

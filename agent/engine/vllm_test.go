@@ -339,7 +339,9 @@ func TestVLLMDoProbesOneAtATime(t *testing.T) {
 			returned.Add(1)
 		})
 	}
-	waitFor(t, "the probe", func() bool { return calls.Load() == 1 })
+	waitFor(t, "the probe, with every other failed request waiting for it", func() bool {
+		return calls.Load() == 1 && e.probeWaiters.Load() == n-1
+	})
 	if r := returned.Load(); r != 0 {
 		t.Fatalf("%d failed requests returned before the probe answered", r)
 	}
