@@ -16,6 +16,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/vbatch/vbatch/fsm"
+	"github.com/vbatch/vbatch/gossip"
 	vbatchv1 "github.com/vbatch/vbatch/rpc/gen/vbatch/v1"
 	"github.com/vbatch/vbatch/rpc/gen/vbatch/v1/vbatchv1connect"
 )
@@ -109,7 +110,7 @@ func (s *agentService) Lease(ctx context.Context, req *connect.Request[vbatchv1.
 				}
 				return nil, rpcError(err)
 			}
-			return connect.NewResponse(s.leaseResponse(cand.batch.Id, cand.chunk.Index, idx)), nil
+			return connect.NewResponse(s.leaseResponse(m.AgentId, cand.batch.Id, cand.chunk.Index, idx)), nil
 		}
 		remaining := time.Until(deadline)
 		if remaining <= 0 {
@@ -167,6 +168,7 @@ type candidate struct {
 func (s *agentService) candidates(agentID string, models []string) ([]candidate, bool) {
 	var out []candidate
 	registered := false
+	alive := s.aliveAgents()
 	s.c.fsm.View(func(st *fsm.State) {
 		ag, ok := st.Agents[agentID]
 		if !ok {
@@ -192,10 +194,16 @@ func (s *agentService) candidates(agentID string, models []string) ([]candidate,
 			}
 			return batches[i].Id < batches[j].Id
 		})
+		others := map[string]bool{} // model → another live agent serves it
 		for _, b := range batches {
+			o, ok := others[b.Model]
+			if !ok {
+				o = othersServing(st, alive, agentID, b.Model)
+				others[b.Model] = o
+			}
 			var pending []candidate
 			for _, ch := range b.Chunks {
-				if ch.State == vbatchv1.ChunkState_CHUNK_STATE_PENDING {
+				if ch.State == vbatchv1.ChunkState_CHUNK_STATE_PENDING && !fsm.AvoidFor(ch, agentID, o) {
 					pending = append(pending, candidate{batch: b, chunk: ch})
 				}
 			}
@@ -216,8 +224,33 @@ func (s *agentService) candidates(agentID string, models []string) ([]candidate,
 	return out, registered
 }
 
-func (s *agentService) leaseResponse(batchID string, chunk uint32, token uint64) *vbatchv1.LeaseResponse {
+// aliveAgents returns the agents gossip lists as alive (none without a
+// gossip pool, as in the RPC fuzz tests).
+func (s *agentService) aliveAgents() map[string]bool {
+	alive := map[string]bool{}
+	if s.c.pool == nil {
+		return alive
+	}
+	for _, m := range s.c.pool.MembersWithRole(gossip.RoleAgent) {
+		alive[m.Name] = true
+	}
+	return alive
+}
+
+// othersServing reports whether an agent other than agentID, alive in
+// gossip, registered and not draining, serves model.
+func othersServing(st *fsm.State, alive map[string]bool, agentID, model string) bool {
+	for id, a := range st.Agents {
+		if id != agentID && alive[id] && !a.Draining && slices.Contains(a.Models, model) {
+			return true
+		}
+	}
+	return false
+}
+
+func (s *agentService) leaseResponse(agentID, batchID string, chunk uint32, token uint64) *vbatchv1.LeaseResponse {
 	resp := &vbatchv1.LeaseResponse{Granted: true, BatchId: batchID, Chunk: chunk, Token: token}
+	alive := s.aliveAgents()
 	s.c.fsm.View(func(st *fsm.State) {
 		b := st.Batches[batchID]
 		if b == nil || int(chunk) >= len(b.Chunks) {
@@ -226,7 +259,7 @@ func (s *agentService) leaseResponse(batchID string, chunk uint32, token uint64)
 		ch := b.Chunks[chunk]
 		resp.Endpoint, resp.Model = b.Endpoint, b.Model
 		resp.StartLine, resp.EndLine, resp.Progress = ch.StartLine, ch.EndLine, ch.Progress
-		resp.IsolateUntil, resp.HeadCrashes = fsm.Isolation(ch)
+		resp.IsolateUntil, resp.HeadCrashes = fsm.Isolation(ch, agentID, othersServing(st, alive, agentID, b.Model))
 		if ch.Lease != nil {
 			resp.ExpiresAtUnixMs = ch.Lease.ExpiresAt
 		}

@@ -116,7 +116,7 @@ func runSchedule(t *testing.T, seed uint64) scheduleResult {
 // printChaosTable writes one row per schedule to stdout.
 func printChaosTable(results []scheduleResult) {
 	w := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(w, "SEED\tFAULTS\tKINDS\tBATCHES\tLINES\tUPLOADS\tCLIENT_ERRS\tEXACTLY_ONCE\tUPLOAD_SHA\tMONOTONIC\tTERMINAL\tSTALE_REFUSED\tWINDOW\tDRAIN")
+	fmt.Fprintln(w, "SEED\tFAULTS\tKINDS\tBATCHES\tLINES\tUPLOADS\tCLIENT_ERRS\tEXACTLY_ONCE\tUPLOAD_SHA\tMONOTONIC\tTERMINAL\tSTALE_REFUSED\tENGINE_CRASHED\tWINDOW\tDRAIN")
 	for _, r := range results {
 		fmt.Fprintln(w, chaosRow(r))
 	}
@@ -140,9 +140,9 @@ func chaosRow(r scheduleResult) string {
 		ks = append(ks, fmt.Sprintf("%s=%d", k, n))
 	}
 	sort.Strings(ks)
-	return fmt.Sprintf("%d\t%d\t%s\t%d\t%d\t%d\t%d\t%s\t%s\t%s\t%s\t%d\t%s\t%s", r.Seed, len(r.Faults), strings.Join(ks, ","),
+	return fmt.Sprintf("%d\t%d\t%s\t%d\t%d\t%d\t%d\t%s\t%s\t%s\t%s\t%d\t%d\t%s\t%s", r.Seed, len(r.Faults), strings.Join(ks, ","),
 		r.Batches, r.Lines, r.Uploads, r.ClientErrors, verdict(r.Inv.ExactlyOnce), verdict(r.Inv.Uploads),
-		verdict(r.Inv.Monotonic), verdict(r.Inv.Terminal), r.Stale, r.Window.Round(time.Second), r.Drain.Round(time.Second))
+		verdict(r.Inv.Monotonic), verdict(r.Inv.Terminal), r.Stale, r.Inv.EngineCrashed, r.Window.Round(time.Second), r.Drain.Round(time.Second))
 }
 
 // BenchmarkFailover kills the leader failover.trials times and measures

@@ -11,11 +11,11 @@ import (
 )
 
 // TestPoisonRequestIsIsolated runs a batch with one request that crashes
-// the engine every time it runs: an agent with the vllm engine supervising
-// a stand-in that exits whenever it gets that request. The crashes are
+// the engine every time it runs: two agents with the vllm engine, each
+// supervising a stand-in that exits whenever it gets that request. The crashes are
 // reported with the leases; the coordinator has the lines that were in
-// flight run one at a time; the poison request, once it crashed the engine
-// alone twice, lands in the error file as engine_crashed, and every other
+// flight run one at a time; the poison request, once it crashed both
+// engines alone, lands in the error file as engine_crashed, and every other
 // request in the output file, each exactly once.
 func TestPoisonRequestIsIsolated(t *testing.T) {
 	if testing.Short() {
@@ -23,9 +23,13 @@ func TestPoisonRequestIsIsolated(t *testing.T) {
 	}
 	const n, poison = 150, 77
 	c := StartCluster(t, 3, ClusterOptions{Extra: []string{"--chunk-size", "50"}})
-	script, _ := standInVLLM(t, c.Bin, "--latency", "20ms", "--crash-on", "POISON-PILL")
-	c.StartAgent(t, "gpu1", "--engine", "vllm", "--vllm-bin", script, "--concurrency", "16")
-	c.WaitAgents(t, 1)
+	// Two agents: a line is failed only once both engines crashed under
+	// it alone, so that one failing GPU cannot condemn it.
+	for _, id := range []string{"gpu1", "gpu2"} {
+		script, _ := standInVLLM(t, c.Bin, "--latency", "20ms", "--crash-on", "POISON-PILL")
+		c.StartAgent(t, id, "--engine", "vllm", "--vllm-bin", script, "--concurrency", "16")
+	}
+	c.WaitAgents(t, 2)
 
 	p := &pipeline{Cluster: c}
 	cl := c.client(0, "")

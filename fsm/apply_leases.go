@@ -1,6 +1,8 @@
 package fsm
 
 import (
+	"slices"
+
 	"google.golang.org/protobuf/proto"
 
 	vbatchv1 "github.com/vbatch/vbatch/rpc/gen/vbatch/v1"
@@ -211,6 +213,9 @@ func countCrash(ch *vbatchv1.Chunk, c *vbatchv1.ReleaseLease) {
 		// Every line is committed: nothing left to suspect.
 	case c.Alone:
 		ch.HeadCrashes++
+		if agent := ch.Lease.GetAgentId(); !slices.Contains(ch.HeadCrashAgents, agent) {
+			ch.HeadCrashAgents = append(ch.HeadCrashAgents, agent)
+		}
 	case end > ch.Progress:
 		ch.Crashes++
 		ch.CrashWindowEnd = max(ch.CrashWindowEnd, end)
@@ -222,7 +227,7 @@ func countCrash(ch *vbatchv1.Chunk, c *vbatchv1.ReleaseLease) {
 // at the counted crashes, they are forgotten.
 func advance(ch *vbatchv1.Chunk, line int64) {
 	if line != ch.Progress {
-		ch.HeadCrashes = 0
+		ch.HeadCrashes, ch.HeadCrashAgents = 0, nil
 	}
 	ch.Progress = line
 	if line >= ch.CrashWindowEnd {
@@ -230,10 +235,14 @@ func advance(ch *vbatchv1.Chunk, line int64) {
 	}
 }
 
-// Isolation returns the lease advice for a chunk: the exclusive end of the
-// lines to run one at a time (0 when none) and the crashes of the line at
-// progress while it ran alone.
-func Isolation(ch *vbatchv1.Chunk) (isolateUntil int64, headCrashes uint32) {
+// Isolation returns the lease advice for a chunk granted to agent: the
+// exclusive end of the lines to run one at a time (0 when none) and how
+// often the line at progress crashed the engine alone, as that agent is to
+// count it. Where other agents serve the model (othersServe), crashes count
+// once per distinct agent other than this one: an agent whose engine dies
+// under every request (a failing GPU) cannot condemn a line on its own, and
+// its own earlier crash never counts against its next run.
+func Isolation(ch *vbatchv1.Chunk, agent string, othersServe bool) (isolateUntil int64, headCrashes uint32) {
 	if ch.Crashes >= IsolateAfterCrashes && ch.CrashWindowEnd > ch.Progress {
 		isolateUntil = ch.CrashWindowEnd
 	}
@@ -241,7 +250,23 @@ func Isolation(ch *vbatchv1.Chunk) (isolateUntil int64, headCrashes uint32) {
 		// The line at progress crashed the engine alone: it stays isolated.
 		isolateUntil = max(isolateUntil, ch.Progress+1)
 	}
-	return isolateUntil, ch.HeadCrashes
+	if !othersServe {
+		return isolateUntil, ch.HeadCrashes
+	}
+	for _, a := range ch.HeadCrashAgents {
+		if a != agent {
+			headCrashes++
+		}
+	}
+	return isolateUntil, headCrashes
+}
+
+// AvoidFor reports whether agent should not be granted the chunk while
+// other agents serve its model: its own engine is the only one that
+// crashed under the line at progress, alone. Another agent's run tells
+// whether the line or the engine is to blame.
+func AvoidFor(ch *vbatchv1.Chunk, agent string, othersServe bool) bool {
+	return othersServe && ch.HeadCrashes > 0 && len(ch.HeadCrashAgents) == 1 && ch.HeadCrashAgents[0] == agent
 }
 
 // expireLeases ends the named leases. A ref whose lease already ended or

@@ -319,6 +319,9 @@ func (m *model) checkState(rt *rapid.T, s *State) {
 			if (c.Crashes == 0) != (c.CrashWindowEnd == 0) || (c.Crashes > 0 && (c.CrashWindowEnd <= c.Progress || c.CrashWindowEnd > c.EndLine)) {
 				rt.Fatalf("batch %s chunk %d: %d crashes over [%d,%d), end %d", id, i, c.Crashes, c.Progress, c.CrashWindowEnd, c.EndLine)
 			}
+			if int(c.HeadCrashes) < len(c.HeadCrashAgents) || (c.HeadCrashes > 0) != (len(c.HeadCrashAgents) > 0) {
+				rt.Fatalf("batch %s chunk %d: %d head crashes by agents %v", id, i, c.HeadCrashes, c.HeadCrashAgents)
+			}
 			if c.HeadCrashes > 0 && c.Progress >= c.EndLine {
 				rt.Fatalf("batch %s chunk %d: %d head crashes with every line committed", id, i, c.HeadCrashes)
 			}

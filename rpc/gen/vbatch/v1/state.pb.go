@@ -1225,10 +1225,13 @@ type Chunk struct {
 	Crashes        uint32 `protobuf:"varint,11,opt,name=crashes,proto3" json:"crashes,omitempty"`
 	CrashWindowEnd int64  `protobuf:"varint,12,opt,name=crash_window_end,json=crashWindowEnd,proto3" json:"crash_window_end,omitempty"`
 	// head_crashes counts the crashes while the line at progress ran alone;
-	// it restarts at zero whenever progress moves.
-	HeadCrashes   uint32 `protobuf:"varint,13,opt,name=head_crashes,json=headCrashes,proto3" json:"head_crashes,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	// it restarts at zero whenever progress moves. head_crash_agents are the
+	// distinct agents whose engine crashed so, in order: where other agents
+	// serve the model, a line is failed only once two agents crashed on it.
+	HeadCrashes     uint32   `protobuf:"varint,13,opt,name=head_crashes,json=headCrashes,proto3" json:"head_crashes,omitempty"`
+	HeadCrashAgents []string `protobuf:"bytes,14,rep,name=head_crash_agents,json=headCrashAgents,proto3" json:"head_crash_agents,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
 }
 
 func (x *Chunk) Reset() {
@@ -1350,6 +1353,13 @@ func (x *Chunk) GetHeadCrashes() uint32 {
 		return x.HeadCrashes
 	}
 	return 0
+}
+
+func (x *Chunk) GetHeadCrashAgents() []string {
+	if x != nil {
+		return x.HeadCrashAgents
+	}
+	return nil
 }
 
 // RequestCounts is the OpenAI request_counts object.
@@ -3465,7 +3475,7 @@ const file_vbatch_v1_state_proto_rawDesc = "" +
 	"\x06errors\x18\x04 \x01(\v2\x12.vbatch.v1.BlobRefR\x06errors\x12\x1c\n" +
 	"\tsucceeded\x18\x05 \x01(\x03R\tsucceeded\x12\x16\n" +
 	"\x06failed\x18\x06 \x01(\x03R\x06failed\x12\x14\n" +
-	"\x05token\x18\a \x01(\x04R\x05token\"\xb4\x03\n" +
+	"\x05token\x18\a \x01(\x04R\x05token\"\xe0\x03\n" +
 	"\x05Chunk\x12\x14\n" +
 	"\x05index\x18\x01 \x01(\rR\x05index\x12\x1d\n" +
 	"\n" +
@@ -3482,7 +3492,8 @@ const file_vbatch_v1_state_proto_rawDesc = "" +
 	" \x03(\v2\x0f.vbatch.v1.PartR\x05parts\x12\x18\n" +
 	"\acrashes\x18\v \x01(\rR\acrashes\x12(\n" +
 	"\x10crash_window_end\x18\f \x01(\x03R\x0ecrashWindowEnd\x12!\n" +
-	"\fhead_crashes\x18\r \x01(\rR\vheadCrashes\"[\n" +
+	"\fhead_crashes\x18\r \x01(\rR\vheadCrashes\x12*\n" +
+	"\x11head_crash_agents\x18\x0e \x03(\tR\x0fheadCrashAgents\"[\n" +
 	"\rRequestCounts\x12\x14\n" +
 	"\x05total\x18\x01 \x01(\x03R\x05total\x12\x1c\n" +
 	"\tcompleted\x18\x02 \x01(\x03R\tcompleted\x12\x16\n" +
