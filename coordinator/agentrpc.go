@@ -225,16 +225,32 @@ func (s *agentService) candidates(agentID string, models []string) ([]candidate,
 }
 
 // aliveAgents returns the agents gossip lists as alive (none without a
-// gossip pool, as in the RPC fuzz tests).
+// gossip pool, as in the RPC fuzz tests), less those whose latest
+// telemetry reports no engine loaded: they take no leases.
 func (s *agentService) aliveAgents() map[string]bool {
 	alive := map[string]bool{}
 	if s.c.pool == nil {
 		return alive
 	}
+	tel := s.latestTelemetry()
 	for _, m := range s.c.pool.MembersWithRole(gossip.RoleAgent) {
-		alive[m.Name] = true
+		alive[m.Name] = engineLoaded(tel[m.Name].Report)
 	}
 	return alive
+}
+
+// engineLoaded reports whether a telemetry report shows a loaded engine;
+// true without a report (none yet).
+func engineLoaded(r *vbatchv1.TelemetryRequest) bool {
+	if r == nil || len(r.Engines) == 0 {
+		return true
+	}
+	for _, e := range r.Engines {
+		if e.Loaded {
+			return true
+		}
+	}
+	return false
 }
 
 // othersServing reports whether an agent other than agentID, alive in

@@ -9,6 +9,7 @@ import (
 
 	"connectrpc.com/connect"
 
+	"github.com/vbatch/vbatch/fsm"
 	vbatchv1 "github.com/vbatch/vbatch/rpc/gen/vbatch/v1"
 	"github.com/vbatch/vbatch/rpc/gen/vbatch/v1/vbatchv1connect"
 )
@@ -56,5 +57,30 @@ func TestReadInputKeepsAliveWhilePreparing(t *testing.T) {
 	}
 	if empty < 2 || lines != 1 {
 		t.Fatalf("%d keepalives and %d lines, want at least 2 keepalives, then the line", empty, lines)
+	}
+}
+
+// TestOthersServing: another agent serves a model when it is alive with a
+// loaded engine, registered for the model and not draining.
+func TestOthersServing(t *testing.T) {
+	st := &fsm.State{Agents: map[string]*vbatchv1.Agent{
+		"a": {Id: "a", Models: []string{"m"}},
+		"b": {Id: "b", Models: []string{"m"}},
+		"c": {Id: "c", Models: []string{"m"}, Draining: true},
+		"d": {Id: "d", Models: []string{"other"}},
+	}}
+	alive := map[string]bool{"a": true, "b": true, "c": true, "d": true}
+	if !othersServing(st, alive, "a", "m") {
+		t.Fatal("b serves m beside a")
+	}
+	alive["b"] = false // dead, or its engine is not loaded
+	if othersServing(st, alive, "a", "m") {
+		t.Fatal("only a draining agent and one of another model are left, yet others serve m")
+	}
+	if !engineLoaded(nil) || !engineLoaded(&vbatchv1.TelemetryRequest{}) {
+		t.Fatal("no report yet must not read as unloaded")
+	}
+	if engineLoaded(&vbatchv1.TelemetryRequest{Engines: []*vbatchv1.EngineStats{{Loaded: false}}}) {
+		t.Fatal("an engine reported not loaded reads as loaded")
 	}
 }
