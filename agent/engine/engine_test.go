@@ -9,6 +9,8 @@ import (
 	"net/http/httptest"
 	"os"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -215,5 +217,51 @@ func TestStatsBody(t *testing.T) {
 		if err != nil || (st.TokensPerSecond > 0) != c.positive || st.TokensPerSecond < 0 {
 			t.Fatalf("total %d: %+v %v", c.total, st, err)
 		}
+	}
+}
+
+// TestOpenAIProbesOnceForManyFailures: requests that fail together (the
+// server went down under them) share one health probe and all see its
+// answer.
+func TestOpenAIProbesOnceForManyFailures(t *testing.T) {
+	var probes atomic.Int32
+	release := make(chan struct{})
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/health" {
+			probes.Add(1)
+			<-release
+			w.WriteHeader(http.StatusServiceUnavailable)
+			return
+		}
+		if c, _, err := w.(http.Hijacker).Hijack(); err == nil {
+			c.Close() // the server died under the request
+		}
+	}))
+	defer srv.Close()
+	e := NewOpenAI(srv.URL, "", []string{"m"}, nil)
+	e.healthy.Store(true)
+	const n = 32
+	var wg sync.WaitGroup
+	var sawHealthy atomic.Int32
+	for range n {
+		wg.Go(func() {
+			if _, _, err := e.Do(context.Background(), "/v1/chat/completions", []byte(`{}`)); err == nil {
+				t.Error("Do against a dying server succeeded")
+			}
+			if e.Healthy() {
+				sawHealthy.Add(1)
+			}
+		})
+	}
+	waitFor(t, "one probe with every other failed request waiting", func() bool {
+		return probes.Load() == 1 && e.probeWaiters.Load() == n-1
+	})
+	close(release)
+	wg.Wait()
+	if p := probes.Load(); p != 1 {
+		t.Fatalf("%d probes for %d failures at once, want 1", p, n)
+	}
+	if sawHealthy.Load() != 0 {
+		t.Fatalf("%d failed requests still saw the server healthy", sawHealthy.Load())
 	}
 }
