@@ -3,6 +3,7 @@ package agent
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"github.com/vbatch/vbatch/internal/httpsafe"
 	"io"
@@ -99,25 +100,45 @@ func (a *Agent) handleEngineMetrics(w http.ResponseWriter, r *http.Request) {
 	_, _ = io.Copy(w, resp.Body)
 }
 
-// handleOnline passes an online request to the engine.
+// handleOnline passes an online request to the engine. An engine that is
+// down gets nothing: the answer is 503 before a byte is sent, so the
+// coordinator tries another agent. A stream the engine breaks off after
+// the answer started is aborted, so the client sees a cut connection
+// rather than a response that looks complete.
 func (a *Agent) handleOnline(w http.ResponseWriter, r *http.Request) {
 	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxProxyBody))
 	if err != nil {
-		writeOpenAIError(w, http.StatusRequestEntityTooLarge, "invalid_request_error", fmt.Sprintf("read request body: %v", err))
+		status := http.StatusBadRequest
+		if errors.As(err, new(*http.MaxBytesError)) {
+			status = http.StatusRequestEntityTooLarge
+		}
+		writeOpenAIError(w, status, "invalid_request_error", fmt.Sprintf("read request body: %v", err))
 		return
 	}
+	if !a.eng.Healthy() {
+		writeOpenAIError(w, http.StatusServiceUnavailable, "server_error", "the engine on this agent is not serving (starting or restarting)")
+		return
+	}
+	ctx, cancel := context.WithTimeout(r.Context(), a.cfg.RequestTimeout)
+	defer cancel()
 	tw := &trackingWriter{ResponseWriter: w}
 	// Online requests share the engine like batch requests do, so a batch
 	// line isolated to find a request that crashes the engine runs alone.
 	a.runner.exclusive.RLock()
-	err = a.eng.Proxy(r.Context(), r.URL.Path, body, tw)
+	err = a.eng.Proxy(ctx, r.URL.Path, body, tw)
 	a.runner.exclusive.RUnlock()
-	if err != nil {
-		a.log.Warn("online request", "path", r.URL.Path, "err", err)
-		if !tw.wrote {
-			writeOpenAIError(w, http.StatusBadGateway, "api_error", fmt.Sprintf("engine: %v", err))
-		}
+	if err == nil {
+		return
 	}
+	if r.Context().Err() != nil {
+		a.log.Debug("online request ended by the client", "path", r.URL.Path, "err", err)
+		return
+	}
+	a.log.Warn("online request", "path", r.URL.Path, "err", err)
+	if tw.wrote {
+		panic(http.ErrAbortHandler)
+	}
+	writeOpenAIError(w, http.StatusBadGateway, "api_error", "the engine did not answer")
 }
 
 // writeOpenAIError writes an OpenAI error object.

@@ -57,7 +57,10 @@ func (a *Agent) telemetryReport(ctx context.Context) *vbatchv1.TelemetryRequest 
 	sctx, cancel := context.WithTimeout(ctx, a.cfg.TelemetryInterval)
 	defer cancel()
 	if st, err := a.eng.Stats(sctx); err != nil {
+		// Still say whether the engine serves: coordinators route online
+		// requests and isolated chunks by it.
 		a.log.Debug("engine stats", "err", err)
+		req.Engines = []*vbatchv1.EngineStats{{Model: firstOf(a.models), Loaded: a.eng.Healthy()}}
 	} else {
 		req.Engines = engineStatsToProto(st)
 	}
@@ -76,4 +79,12 @@ func (a *Agent) discoverGPUs() []*vbatchv1.GPU {
 		return nil
 	}
 	return gpusToProto(infos)
+}
+
+// firstOf returns the first of names, "" when there is none.
+func firstOf(names []string) string {
+	if len(names) == 0 {
+		return ""
+	}
+	return names[0]
 }

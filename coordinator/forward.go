@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"net/http"
 	"strconv"
 	"time"
@@ -335,6 +336,10 @@ func newAgentTransport(store *tlsutil.Store) http.RoundTripper {
 // accepts only that role's certificates.
 func peerTransport(store *tlsutil.Store, role string) *http.Transport {
 	tr := &http.Transport{
+		// Peers share a LAN: a connection that takes seconds to open is to
+		// a node that is gone, and the caller should move on.
+		DialContext:         (&net.Dialer{Timeout: 5 * time.Second, KeepAlive: 15 * time.Second}).DialContext,
+		TLSHandshakeTimeout: 10 * time.Second,
 		MaxIdleConnsPerHost: 32,
 		IdleConnTimeout:     90 * time.Second,
 	}

@@ -2,6 +2,7 @@ package coordinator
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -13,6 +14,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/vbatch/vbatch/coordinator/api"
 	"github.com/vbatch/vbatch/fsm"
@@ -30,6 +32,7 @@ type router struct {
 	c        *Coordinator
 	mu       sync.Mutex
 	inflight map[string]*atomic.Int64
+	bodies   atomic.Int64 // bytes of the online request bodies held now
 }
 
 func newRouter(c *Coordinator) *router {
@@ -74,17 +77,47 @@ func (r *router) counter(agent string) *atomic.Int64 {
 	return n
 }
 
-// pick returns the least-loaded live agent serving model.
-func (r *router) pick(model string) (gossip.Member, error) {
+// Online routing bounds.
+const (
+	// onlineAttempts is how many agents one online request may be tried
+	// on: another is tried only while nothing was sent to the client.
+	onlineAttempts = 3
+	// onlineBodyBudget bounds the online request bodies this coordinator
+	// holds at once (each is kept for its request's life, to retry it).
+	onlineBodyBudget = 1 << 30
+	// telemetryFresh is how old an agent's report may be and still steer
+	// routing; an older one says nothing of its load now.
+	telemetryFresh = time.Minute
+)
+
+// errRetryAgent makes the proxy leave a failed agent for the next one.
+var errRetryAgent = errors.New("agent could not serve the request")
+
+// pick returns the least-loaded live agent serving model, other than those
+// in skip: alive in gossip, not draining, and not reporting its engine
+// down.
+func (r *router) pick(model string, skip map[string]bool) (gossip.Member, error) {
 	tel := r.c.agents.latestTelemetry()
+	draining := map[string]bool{}
+	r.c.fsm.View(func(st *fsm.State) {
+		for id, a := range st.Agents {
+			if a.Draining {
+				draining[id] = true
+			}
+		}
+	})
+	now := r.c.Now()
 	var best gossip.Member
 	bestLoad := int64(-1)
 	for _, m := range r.c.pool.MembersWithRole(gossip.RoleAgent) {
-		if !slices.Contains(m.Meta.Models, model) || m.Meta.RPCAddr == "" {
+		if skip[m.Name] || draining[m.Name] || !slices.Contains(m.Meta.Models, model) || m.Meta.RPCAddr == "" {
 			continue
 		}
 		load := r.counter(m.Name).Load()
-		if t, ok := tel[m.Name]; ok {
+		if t, ok := tel[m.Name]; ok && now.Sub(t.ReceivedAt) < telemetryFresh {
+			if !engineLoaded(t.Report) {
+				continue
+			}
 			for _, e := range t.Report.GetEngines() {
 				load += e.RequestsRunning + e.RequestsWaiting
 			}
@@ -100,8 +133,12 @@ func (r *router) pick(model string) (gossip.Member, error) {
 }
 
 // ServeInference proxies one online request, streaming SSE through as it
-// arrives. It returns api.ErrNoAgent (wrapped) before writing anything when no
-// agent serves the model, and an error for a body it cannot read.
+// arrives. It returns api.ErrNoAgent (wrapped) before writing anything when
+// no agent serves the model, api.ErrInvalidJSON or another error for a body
+// it cannot use, and api.ErrOverloaded when it holds too many bodies. An
+// agent that cannot be reached, or answers 502/503 (its engine is down),
+// is left for the next best one, up to onlineAttempts, while nothing has
+// been sent to the client.
 func (r *router) ServeInference(w http.ResponseWriter, req *http.Request) error {
 	body, err := io.ReadAll(io.LimitReader(req.Body, maxOnlineBody+1))
 	if err != nil {
@@ -114,18 +151,49 @@ func (r *router) ServeInference(w http.ResponseWriter, req *http.Request) error 
 		Model string `json:"model"`
 	}
 	if err := json.Unmarshal(body, &head); err != nil {
-		return fmt.Errorf("invalid JSON body: %w", err)
+		return fmt.Errorf("%w: %v", api.ErrInvalidJSON, err)
 	}
 	if head.Model == "" {
 		return errors.New("model is required")
 	}
-	agent, err := r.pick(head.Model)
-	if err != nil {
-		return err
+	if r.bodies.Add(int64(len(body))) > onlineBodyBudget && len(body) > 0 {
+		r.bodies.Add(-int64(len(body)))
+		return api.ErrOverloaded
 	}
+	defer r.bodies.Add(-int64(len(body)))
+	tried := map[string]bool{}
+	var last error
+	for attempt := 1; attempt <= onlineAttempts; attempt++ {
+		agent, err := r.pick(head.Model, tried)
+		if err != nil {
+			if last == nil {
+				return err // no agent serves the model at all
+			}
+			break
+		}
+		tried[agent.Name] = true
+		last = r.forward(w, req, body, agent, attempt < onlineAttempts)
+		if !errors.Is(last, errRetryAgent) {
+			return nil // answered, or the error was written
+		}
+		r.c.log.Info("online request: trying another agent", "agent", agent.Name, "err", last)
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(http.StatusBadGateway)
+	_, _ = fmt.Fprintf(w, `{"error":{"message":%q,"type":"server_error","param":null,"code":"agent_unreachable"}}`,
+		fmt.Sprintf("No agent serving %s could take the request (%d tried).", head.Model, len(tried)))
+	return nil
+}
+
+// forward proxies the request to one agent. With retry set, a failure
+// before anything reached the client (the agent unreachable, or its 502
+// or 503) writes nothing and returns errRetryAgent; otherwise failures are
+// answered here.
+func (r *router) forward(w http.ResponseWriter, req *http.Request, body []byte, agent gossip.Member, retry bool) error {
 	n := r.counter(agent.Name)
 	n.Add(1)
 	defer n.Add(-1)
+	var failed error
 	target := &url.URL{Scheme: r.c.scheme(), Host: agent.Meta.RPCAddr}
 	proxy := &httputil.ReverseProxy{
 		Rewrite: func(pr *httputil.ProxyRequest) {
@@ -133,16 +201,35 @@ func (r *router) ServeInference(w http.ResponseWriter, req *http.Request) error 
 			pr.Out.Header.Del("Authorization")
 			pr.Out.ContentLength = int64(len(body))
 			pr.Out.Body = io.NopCloser(bytes.NewReader(body))
+			pr.Out.GetBody = func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(body)), nil }
+		},
+		ModifyResponse: func(resp *http.Response) error {
+			if retry && (resp.StatusCode == http.StatusBadGateway || resp.StatusCode == http.StatusServiceUnavailable) {
+				return fmt.Errorf("%w: agent answered %d", errRetryAgent, resp.StatusCode)
+			}
+			return nil
 		},
 		FlushInterval: -1,
 		Transport:     r.c.agentTransport,
-		ErrorHandler: func(w http.ResponseWriter, _ *http.Request, err error) {
+		ErrorHandler: func(w http.ResponseWriter, pr *http.Request, err error) {
+			if pr.Context().Err() != nil {
+				r.c.log.Debug("online request ended by the client", "agent", agent.Name, "err", err)
+				return
+			}
+			if retry {
+				failed = fmt.Errorf("%w: %v", errRetryAgent, err)
+				return
+			}
 			r.c.log.Warn("online inference proxy failed", "agent", agent.Name, "err", err)
+			status, code := http.StatusBadGateway, "agent_unreachable"
+			if errors.Is(err, context.DeadlineExceeded) {
+				status, code = http.StatusGatewayTimeout, "agent_timeout"
+			}
 			w.Header().Set("Content-Type", "application/json")
-			w.WriteHeader(http.StatusBadGateway)
-			_, _ = fmt.Fprintf(w, `{"error":{"message":%q,"type":"server_error","param":null,"code":"agent_unreachable"}}`, "agent "+agent.Name+" did not answer")
+			w.WriteHeader(status)
+			_, _ = fmt.Fprintf(w, `{"error":{"message":%q,"type":"server_error","param":null,"code":%q}}`, "agent "+agent.Name+" did not answer", code)
 		},
 	}
 	proxy.ServeHTTP(w, req)
-	return nil
+	return failed
 }

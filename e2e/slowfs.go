@@ -17,6 +17,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"sync"
 	"sync/atomic"
 	"syscall"
 	"testing"
@@ -36,6 +37,9 @@ type SlowFS struct {
 
 	server *fuse.Server
 	delay  atomic.Int64 // nanoseconds each fsync sleeps first
+	// stop ends sleeping fsyncs when the mount goes away.
+	stop     chan struct{}
+	stopOnce sync.Once
 
 	fsyncs, fdatasyncs, dirFsyncs, delayed atomic.Int64
 	slept                                  atomic.Int64 // nanoseconds
@@ -83,7 +87,7 @@ func MountSlowFS(t testing.TB) *SlowFS {
 	if why := SlowFSUnavailable(); why != "" {
 		t.Skipf("slow fsync filesystem: %s", why)
 	}
-	s := &SlowFS{Backing: t.TempDir(), Dir: t.TempDir()}
+	s := &SlowFS{Backing: t.TempDir(), Dir: t.TempDir(), stop: make(chan struct{})}
 	lb, err := fs.NewLoopbackRoot(s.Backing)
 	if err != nil {
 		t.Fatalf("loopback root over %s: %v", s.Backing, err)
@@ -124,6 +128,7 @@ func MountSlowFS(t testing.TB) *SlowFS {
 // the server to stop.
 func (s *SlowFS) unmount() error {
 	s.SetDelay(0)
+	s.stopOnce.Do(func() { close(s.stop) })
 	err := s.server.Unmount()
 	if err == nil {
 		return nil
@@ -159,9 +164,13 @@ func (s *SlowFS) Stats() SlowFSStats {
 // fuseFsyncDatasync is the FsyncFlags bit fdatasync(2) sets.
 const fuseFsyncDatasync = 1
 
-// wait counts one fsync and sleeps the current delay, or less if the
-// request is interrupted.
-func (s *SlowFS) wait(ctx context.Context, dir bool, flags uint32) syscall.Errno {
+// wait counts one fsync and sleeps the current delay (less only when the
+// mount goes away). A kernel interrupt of the request is not honoured: a
+// real disk's fsync sleeps uninterruptibly and never fails with EINTR,
+// while the kernel interrupts a FUSE request whenever a signal reaches the
+// caller, which Go's runtime sends its threads for preemption; honouring it
+// made raft's log appends fail with "interrupted system call".
+func (s *SlowFS) wait(_ context.Context, dir bool, flags uint32) syscall.Errno {
 	switch {
 	case dir:
 		s.dirFsyncs.Add(1)
@@ -181,10 +190,9 @@ func (s *SlowFS) wait(ctx context.Context, dir bool, flags uint32) syscall.Errno
 	defer func() { s.slept.Add(int64(time.Since(start))) }()
 	select {
 	case <-tm.C:
-		return 0
-	case <-ctx.Done():
-		return syscall.EINTR
+	case <-s.stop:
 	}
+	return 0
 }
 
 // slowNode is a loopback node whose fsyncs wait first.

@@ -19,9 +19,9 @@ import (
 func TestSlowFS(t *testing.T) {
 	s := MountSlowFS(t)
 	// Long beside a real fsync, which the concurrency check below must not
-	// mistake for serialisation, yet short: the longer a FUSE call blocks,
-	// the likelier a runtime signal interrupts it (EINTR from fdatasync,
-	// which a 1 s delay hit in CI).
+	// mistake for serialisation. (A runtime signal that interrupts the
+	// FUSE call no longer ends it with EINTR: SlowFS.wait ignores kernel
+	// interrupts, as a real disk's fsync cannot be interrupted.)
 	const delay = 300 * time.Millisecond
 
 	dir := filepath.Join(s.Dir, "a")

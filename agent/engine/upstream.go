@@ -111,6 +111,9 @@ func (u *upstream) do(ctx context.Context, path string, body []byte) (int, []byt
 	return resp.StatusCode, b, nil
 }
 
+// proxyWriteTimeout bounds each write of a proxied answer to the client.
+const proxyWriteTimeout = 30 * time.Second
+
 // proxiedHeaders are the response headers Proxy passes on.
 var proxiedHeaders = []string{"Content-Type", "Cache-Control", "X-Request-Id"}
 
@@ -136,6 +139,9 @@ func (u *upstream) proxy(ctx context.Context, path string, body []byte, w http.R
 	for {
 		n, rerr := resp.Body.Read(buf)
 		if n > 0 {
+			// A client that stops reading is cut off: the request holds
+			// the engine (and the agent's shared engine lock) meanwhile.
+			_ = rc.SetWriteDeadline(time.Now().Add(proxyWriteTimeout))
 			if _, err := w.Write(buf[:n]); err != nil {
 				return fmt.Errorf("proxy %s: write to client: %w", path, err)
 			}

@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/url"
 	"os"
 	"os/exec"
 	"slices"
@@ -508,9 +509,14 @@ func (e *VLLM) Do(ctx context.Context, path string, body []byte) (int, []byte, e
 	return status, b, err
 }
 
-// Proxy implements Engine.
+// Proxy implements Engine. A request that could not reach vLLM (not one
+// whose client went away) probes /health at once, as Do does.
 func (e *VLLM) Proxy(ctx context.Context, path string, body []byte, w http.ResponseWriter) error {
-	return e.up.proxy(ctx, path, body, w)
+	err := e.up.proxy(ctx, path, body, w)
+	if err != nil && ctx.Err() == nil && errors.As(err, new(*url.Error)) {
+		e.probeAfterError(ctx)
+	}
+	return err
 }
 
 // Models implements Engine: the served model names.

@@ -14,6 +14,14 @@ import (
 // requested model; it is answered with 503.
 var ErrNoAgent = errors.New("no live agent serves this model")
 
+// ErrInvalidJSON is returned by Config.Inference for a body that is not a
+// JSON object; it is answered with 400 invalid_json.
+var ErrInvalidJSON = errors.New("the body is not a JSON object")
+
+// ErrOverloaded is returned by Config.Inference when this server carries as
+// many online request bodies as it may; it is answered with 503.
+var ErrOverloaded = errors.New("too many online requests in flight")
+
 // inference hands an online request to the router. With Limits.MaxTokens
 // or Limits.MaxN set, the body is read first (within its cap) and a request
 // asking for more than they allow is answered 400, as OpenAI answers a
@@ -42,6 +50,10 @@ func (a *API) inference(w http.ResponseWriter, r *http.Request, _ *principal) er
 		return nil
 	case errors.Is(err, ErrNoAgent):
 		return &apiError{status: http.StatusServiceUnavailable, typ: typeServer, code: "model_unavailable", param: "model", message: sentence(err), cause: err}
+	case errors.Is(err, ErrOverloaded):
+		return &apiError{status: http.StatusServiceUnavailable, typ: typeServer, code: "overloaded", message: "The server is currently overloaded with online requests; please retry later.", cause: err}
+	case errors.Is(err, ErrInvalidJSON):
+		return badRequest(codeInvalidJSON, "", "We could not parse the JSON body of your request. The API expects a JSON object; see https://platform.openai.com/docs/api-reference.")
 	}
 	if tooLarge := bodyTooLarge(err); tooLarge != nil {
 		return tooLarge
