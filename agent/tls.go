@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/http"
 
+	"github.com/vbatch/vbatch/internal/netutil"
 	"github.com/vbatch/vbatch/internal/tlsutil"
 	"github.com/vbatch/vbatch/monitoring"
 )
@@ -14,6 +15,9 @@ import (
 // that differs is an error, and an unset one is taken from the certificate.
 func (a *Agent) setupTLS() error {
 	if !a.cfg.TLS.Enabled() {
+		if !netutil.IsLoopback(a.cfg.MetricsAddr) {
+			a.log.Warn("TLS is off: the online-inference endpoint on --metrics-addr serves the engine to anyone who can reach it, with no key (docs/security.md)", "metrics_addr", a.cfg.MetricsAddr)
+		}
 		return nil
 	}
 	s, err := tlsutil.Load(a.cfg.TLS, a.cfg.ClusterName, tlsutil.RoleAgent)
