@@ -85,62 +85,6 @@ func (c *Coordinator) replicate(ctx context.Context, sha string) ([]string, erro
 	return replicas, nil
 }
 
-// OpenFile returns the content of a file: its parts in order, each fetched
-// from a peer if missing here and verified as it is read.
-func (c *Coordinator) OpenFile(ctx context.Context, f *vbatchv1.File) (io.ReadCloser, error) {
-	parts := f.GetParts()
-	for _, p := range parts {
-		if err := c.repl.Ensure(ctx, p.Sha256); err != nil {
-			if errors.Is(err, blob.ErrNoSpace) {
-				// This node cannot hold the copy it lacks; another can serve.
-				return nil, fmt.Errorf("file %s: blob %s: %w (%w)", f.Id, p.Sha256, api.ErrUnavailable, err)
-			}
-			return nil, fmt.Errorf("file %s: blob %s: %w", f.Id, p.Sha256, err)
-		}
-	}
-	return &multiBlobReader{c: c, parts: parts}, nil
-}
-
-// multiBlobReader reads a sequence of blobs, opening each when reached so
-// only one file is open at a time.
-type multiBlobReader struct {
-	c     *Coordinator
-	parts []*vbatchv1.BlobRef
-	cur   io.ReadCloser
-}
-
-func (m *multiBlobReader) Read(p []byte) (int, error) {
-	for {
-		if m.cur == nil {
-			if len(m.parts) == 0 {
-				return 0, io.EOF
-			}
-			rc, err := m.c.blobs.Open(m.parts[0].Sha256)
-			if err != nil {
-				return 0, fmt.Errorf("open blob %s: %w", m.parts[0].Sha256, err)
-			}
-			m.cur, m.parts = rc, m.parts[1:]
-		}
-		n, err := m.cur.Read(p)
-		if errors.Is(err, io.EOF) {
-			_ = m.cur.Close()
-			m.cur = nil
-			if n > 0 {
-				return n, nil
-			}
-			continue
-		}
-		return n, err
-	}
-}
-
-func (m *multiBlobReader) Close() error {
-	if m.cur != nil {
-		return m.cur.Close()
-	}
-	return nil
-}
-
 // ClusterStatus asks every server of the raft configuration for its view.
 func (c *Coordinator) ClusterStatus(ctx context.Context) (*api.ClusterStatus, error) {
 	f := c.raftNode.raft.GetConfiguration()

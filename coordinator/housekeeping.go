@@ -17,9 +17,11 @@ const (
 )
 
 // housekeeping runs, while this node leads, the leader's slow chores:
-// deleting expired files, forgetting long-gone agents and compacting
-// finished batches.
+// deleting expired files, forgetting long-gone agents, compacting finished
+// batches and merging their result files' parts.
 func (c *Coordinator) housekeeping(ctx context.Context) {
+	// Merging reads and writes whole files: it runs beside the rest.
+	go c.mergeLoop(ctx)
 	absentSince := map[string]time.Time{}
 	tick := time.NewTicker(housekeepEvery)
 	defer tick.Stop()

@@ -21,7 +21,8 @@ const EnvelopeVersion = 1
 //   - 1: the commands up to DrainAgent.
 //   - 2: CompletePart.
 //   - 3: CompactBatch.
-//   - 4: ReleaseLease counts engine crashes (started_end, alone).
+//   - 4: ReleaseLease counts engine crashes (started_end, alone);
+//     MergeFileParts.
 const Level = 4
 
 // LevelCompletePart is the level that applies CompletePart.
@@ -34,31 +35,35 @@ const LevelCompactBatch = 3
 // on the chunk; below it the crash fields must be left unset.
 const LevelCrashCounts = 4
 
+// LevelMergeFileParts is the level that applies MergeFileParts.
+const LevelMergeFileParts = 4
+
 // commandTypes maps every command type to a constructor of its message.
 // The list only grows; see CommandType in state.proto.
 var commandTypes = map[vbatchv1.CommandType]func() proto.Message{
-	vbatchv1.CommandType_COMMAND_TYPE_CREATE_API_KEY: func() proto.Message { return &vbatchv1.CreateAPIKey{} },
-	vbatchv1.CommandType_COMMAND_TYPE_REVOKE_API_KEY: func() proto.Message { return &vbatchv1.RevokeAPIKey{} },
-	vbatchv1.CommandType_COMMAND_TYPE_CREATE_FILE:    func() proto.Message { return &vbatchv1.CreateFile{} },
-	vbatchv1.CommandType_COMMAND_TYPE_DELETE_FILE:    func() proto.Message { return &vbatchv1.DeleteFile{} },
-	vbatchv1.CommandType_COMMAND_TYPE_CREATE_BATCH:   func() proto.Message { return &vbatchv1.CreateBatch{} },
-	vbatchv1.CommandType_COMMAND_TYPE_FAIL_BATCH:     func() proto.Message { return &vbatchv1.FailBatch{} },
-	vbatchv1.CommandType_COMMAND_TYPE_START_BATCH:    func() proto.Message { return &vbatchv1.StartBatch{} },
-	vbatchv1.CommandType_COMMAND_TYPE_CANCEL_BATCH:   func() proto.Message { return &vbatchv1.CancelBatch{} },
-	vbatchv1.CommandType_COMMAND_TYPE_REGISTER_AGENT: func() proto.Message { return &vbatchv1.RegisterAgent{} },
-	vbatchv1.CommandType_COMMAND_TYPE_GRANT_LEASE:    func() proto.Message { return &vbatchv1.GrantLease{} },
-	vbatchv1.CommandType_COMMAND_TYPE_RENEW_LEASE:    func() proto.Message { return &vbatchv1.RenewLease{} },
-	vbatchv1.CommandType_COMMAND_TYPE_COMMIT_PART:    func() proto.Message { return &vbatchv1.CommitPart{} },
-	vbatchv1.CommandType_COMMAND_TYPE_COMPLETE_CHUNK: func() proto.Message { return &vbatchv1.CompleteChunk{} },
-	vbatchv1.CommandType_COMMAND_TYPE_COMPLETE_PART:  func() proto.Message { return &vbatchv1.CompletePart{} },
-	vbatchv1.CommandType_COMMAND_TYPE_COMPACT_BATCH:  func() proto.Message { return &vbatchv1.CompactBatch{} },
-	vbatchv1.CommandType_COMMAND_TYPE_RELEASE_LEASE:  func() proto.Message { return &vbatchv1.ReleaseLease{} },
-	vbatchv1.CommandType_COMMAND_TYPE_EXPIRE_LEASES:  func() proto.Message { return &vbatchv1.ExpireLeases{} },
-	vbatchv1.CommandType_COMMAND_TYPE_BEGIN_FINALIZE: func() proto.Message { return &vbatchv1.BeginFinalize{} },
-	vbatchv1.CommandType_COMMAND_TYPE_FINISH_BATCH:   func() proto.Message { return &vbatchv1.FinishBatch{} },
-	vbatchv1.CommandType_COMMAND_TYPE_EXTEND_LEASES:  func() proto.Message { return &vbatchv1.ExtendLeases{} },
-	vbatchv1.CommandType_COMMAND_TYPE_REMOVE_AGENT:   func() proto.Message { return &vbatchv1.RemoveAgent{} },
-	vbatchv1.CommandType_COMMAND_TYPE_DRAIN_AGENT:    func() proto.Message { return &vbatchv1.DrainAgent{} },
+	vbatchv1.CommandType_COMMAND_TYPE_CREATE_API_KEY:   func() proto.Message { return &vbatchv1.CreateAPIKey{} },
+	vbatchv1.CommandType_COMMAND_TYPE_REVOKE_API_KEY:   func() proto.Message { return &vbatchv1.RevokeAPIKey{} },
+	vbatchv1.CommandType_COMMAND_TYPE_CREATE_FILE:      func() proto.Message { return &vbatchv1.CreateFile{} },
+	vbatchv1.CommandType_COMMAND_TYPE_DELETE_FILE:      func() proto.Message { return &vbatchv1.DeleteFile{} },
+	vbatchv1.CommandType_COMMAND_TYPE_CREATE_BATCH:     func() proto.Message { return &vbatchv1.CreateBatch{} },
+	vbatchv1.CommandType_COMMAND_TYPE_FAIL_BATCH:       func() proto.Message { return &vbatchv1.FailBatch{} },
+	vbatchv1.CommandType_COMMAND_TYPE_START_BATCH:      func() proto.Message { return &vbatchv1.StartBatch{} },
+	vbatchv1.CommandType_COMMAND_TYPE_CANCEL_BATCH:     func() proto.Message { return &vbatchv1.CancelBatch{} },
+	vbatchv1.CommandType_COMMAND_TYPE_REGISTER_AGENT:   func() proto.Message { return &vbatchv1.RegisterAgent{} },
+	vbatchv1.CommandType_COMMAND_TYPE_GRANT_LEASE:      func() proto.Message { return &vbatchv1.GrantLease{} },
+	vbatchv1.CommandType_COMMAND_TYPE_RENEW_LEASE:      func() proto.Message { return &vbatchv1.RenewLease{} },
+	vbatchv1.CommandType_COMMAND_TYPE_COMMIT_PART:      func() proto.Message { return &vbatchv1.CommitPart{} },
+	vbatchv1.CommandType_COMMAND_TYPE_COMPLETE_CHUNK:   func() proto.Message { return &vbatchv1.CompleteChunk{} },
+	vbatchv1.CommandType_COMMAND_TYPE_COMPLETE_PART:    func() proto.Message { return &vbatchv1.CompletePart{} },
+	vbatchv1.CommandType_COMMAND_TYPE_COMPACT_BATCH:    func() proto.Message { return &vbatchv1.CompactBatch{} },
+	vbatchv1.CommandType_COMMAND_TYPE_MERGE_FILE_PARTS: func() proto.Message { return &vbatchv1.MergeFileParts{} },
+	vbatchv1.CommandType_COMMAND_TYPE_RELEASE_LEASE:    func() proto.Message { return &vbatchv1.ReleaseLease{} },
+	vbatchv1.CommandType_COMMAND_TYPE_EXPIRE_LEASES:    func() proto.Message { return &vbatchv1.ExpireLeases{} },
+	vbatchv1.CommandType_COMMAND_TYPE_BEGIN_FINALIZE:   func() proto.Message { return &vbatchv1.BeginFinalize{} },
+	vbatchv1.CommandType_COMMAND_TYPE_FINISH_BATCH:     func() proto.Message { return &vbatchv1.FinishBatch{} },
+	vbatchv1.CommandType_COMMAND_TYPE_EXTEND_LEASES:    func() proto.Message { return &vbatchv1.ExtendLeases{} },
+	vbatchv1.CommandType_COMMAND_TYPE_REMOVE_AGENT:     func() proto.Message { return &vbatchv1.RemoveAgent{} },
+	vbatchv1.CommandType_COMMAND_TYPE_DRAIN_AGENT:      func() proto.Message { return &vbatchv1.DrainAgent{} },
 }
 
 // typeByName maps a command message's full name to its type.

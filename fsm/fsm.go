@@ -127,6 +127,8 @@ func (a *applyCtx) apply(cmd proto.Message) error {
 		return a.finishBatch(c)
 	case *vbatchv1.CompactBatch:
 		return a.compactBatch(c)
+	case *vbatchv1.MergeFileParts:
+		return a.mergeFileParts(c)
 	case *vbatchv1.RegisterAgent:
 		return a.registerAgent(c)
 	case *vbatchv1.RemoveAgent:

@@ -52,7 +52,7 @@ func (g *gen) command(s *State) proto.Message {
 		{1, g.createFile}, {create, g.createFile}, {1, g.deleteFile}, {1, g.createBatch}, {create, g.createBatch}, {4, g.startBatch},
 		{1, g.failBatch}, {1, g.cancelBatch}, {1, g.agentCommand}, {8, g.grant},
 		{3, g.renew}, {16, g.commit}, {6, g.complete}, {6, g.completePart}, {3, g.releaseOrExpire},
-		{1, g.extend}, {3, g.finalize}, {4, g.finish}, {1, g.compact},
+		{1, g.extend}, {3, g.finalize}, {4, g.finish}, {1, g.compact}, {2, g.merge},
 	}
 	total := 0
 	for _, k := range kinds {
@@ -347,6 +347,35 @@ func (g *gen) compact(s *State) proto.Message {
 		id = g.anyBatch(s)
 	}
 	return &vbatchv1.CompactBatch{BatchId: id}
+}
+
+// merge mostly merges a file of several parts as the leader does (its
+// parts, a blob of their total size), now and then with stale parts, a
+// wrong size or a file of one part.
+func (g *gen) merge(s *State) proto.Message {
+	var multi []string
+	for _, id := range sorted(s.Files) {
+		if len(s.Files[id].Parts) > 1 {
+			multi = append(multi, id)
+		}
+	}
+	id := g.pick(multi, g.pick(sorted(s.Files), "file-none"))
+	cmd := &vbatchv1.MergeFileParts{FileId: id, Merged: &vbatchv1.BlobRef{Sha256: g.m.newID("merged-")}}
+	f, ok := s.Files[id]
+	if !ok {
+		return cmd
+	}
+	for _, p := range f.Parts {
+		cmd.Parts = append(cmd.Parts, proto.Clone(p).(*vbatchv1.BlobRef))
+		cmd.Merged.Bytes += p.Bytes
+	}
+	switch {
+	case g.oneIn(10) && len(cmd.Parts) > 0:
+		cmd.Parts = cmd.Parts[1:]
+	case g.oneIn(10):
+		cmd.Merged.Bytes++
+	}
+	return cmd
 }
 
 func (g *gen) finish(s *State) proto.Message {

@@ -44,6 +44,9 @@ type CoordinatorMetrics struct {
 	// BlobGCSkipped counts blob garbage-collection passes skipped because
 	// this node could not confirm that its state is current.
 	BlobGCSkipped prometheus.Counter
+	// FilesMerged counts result files whose parts this node, as leader,
+	// merged into one blob.
+	FilesMerged prometheus.Counter
 }
 
 // NewCoordinatorMetrics registers the coordinator metrics on reg.
@@ -82,10 +85,14 @@ func NewCoordinatorMetrics(reg prometheus.Registerer) *CoordinatorMetrics {
 			Name: "vbatch_blob_gc_skipped_total",
 			Help: "Blob garbage-collection passes this coordinator skipped because it could not confirm with a leader that its state is current (no leader, or still catching up).",
 		}),
+		FilesMerged: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "vbatch_files_merged_total",
+			Help: "Result files whose parts this coordinator, as leader, merged into one blob.",
+		}),
 		HTTP:   NewHTTPMetrics(reg),
 		Chunks: NewChunkMetrics(reg),
 	}
-	reg.MustRegister(m.ApplyDuration, m.StaleResultsRefused, m.ChunksCompletedByPart, m.CommitNotices, m.XIDErrors, m.AutopilotRemoved, m.SlowDiskTransfers, m.BlobGCSkipped)
+	reg.MustRegister(m.ApplyDuration, m.StaleResultsRefused, m.ChunksCompletedByPart, m.CommitNotices, m.XIDErrors, m.AutopilotRemoved, m.SlowDiskTransfers, m.BlobGCSkipped, m.FilesMerged)
 	return m
 }
 

@@ -70,7 +70,7 @@ func coordinatorCmd() *cobra.Command {
 	f.StringVar(&cfg.AuditLog, "audit-log", "", "file for audit records (rotated); default: the main log")
 	f.DurationVar(&cfg.LeaseTTL, "lease-ttl", cfg.LeaseTTL, "lease time to live without renewal")
 	f.DurationVar(&cfg.DeadServerGrace, "dead-server-grace", cfg.DeadServerGrace, "autopilot removes a coordinator gone from gossip this long (0: never)")
-	f.DurationVar(&cfg.BatchCompactAfter, "batch-compact-after", cfg.BatchCompactAfter, "drop a finished batch's chunk records from the replicated state this long after it ends (0: never); its counts and result files stay")
+	f.DurationVar(&cfg.BatchCompactAfter, "batch-compact-after", cfg.BatchCompactAfter, "drop a finished batch's chunk records from the replicated state, and merge its result files' parts into one blob each, this long after it ends (0: never); its counts and result files stay")
 	f.DurationVar(&cfg.AgentForgetAfter, "agent-forget-after", cfg.AgentForgetAfter, "the leader removes an agent gone from gossip this long (0: never); it registers again if it comes back")
 	f.DurationVar(&cfg.ServerStabilizationTime, "server-stabilization-time", cfg.ServerStabilizationTime, "a new coordinator votes once healthy this long")
 	f.IntVar(&cfg.MinQuorum, "min-quorum", cfg.MinQuorum, "autopilot never removes dead coordinators below this many voters")

@@ -30,29 +30,30 @@ const (
 type CommandType int32
 
 const (
-	CommandType_COMMAND_TYPE_UNSPECIFIED    CommandType = 0
-	CommandType_COMMAND_TYPE_CREATE_API_KEY CommandType = 1
-	CommandType_COMMAND_TYPE_REVOKE_API_KEY CommandType = 2
-	CommandType_COMMAND_TYPE_CREATE_FILE    CommandType = 3
-	CommandType_COMMAND_TYPE_DELETE_FILE    CommandType = 4
-	CommandType_COMMAND_TYPE_CREATE_BATCH   CommandType = 5
-	CommandType_COMMAND_TYPE_FAIL_BATCH     CommandType = 6
-	CommandType_COMMAND_TYPE_START_BATCH    CommandType = 7
-	CommandType_COMMAND_TYPE_CANCEL_BATCH   CommandType = 8
-	CommandType_COMMAND_TYPE_REGISTER_AGENT CommandType = 9
-	CommandType_COMMAND_TYPE_GRANT_LEASE    CommandType = 10
-	CommandType_COMMAND_TYPE_RENEW_LEASE    CommandType = 11
-	CommandType_COMMAND_TYPE_COMMIT_PART    CommandType = 12
-	CommandType_COMMAND_TYPE_COMPLETE_CHUNK CommandType = 13
-	CommandType_COMMAND_TYPE_RELEASE_LEASE  CommandType = 14
-	CommandType_COMMAND_TYPE_EXPIRE_LEASES  CommandType = 15
-	CommandType_COMMAND_TYPE_BEGIN_FINALIZE CommandType = 16
-	CommandType_COMMAND_TYPE_FINISH_BATCH   CommandType = 17
-	CommandType_COMMAND_TYPE_EXTEND_LEASES  CommandType = 18
-	CommandType_COMMAND_TYPE_REMOVE_AGENT   CommandType = 19
-	CommandType_COMMAND_TYPE_DRAIN_AGENT    CommandType = 20
-	CommandType_COMMAND_TYPE_COMPLETE_PART  CommandType = 21
-	CommandType_COMMAND_TYPE_COMPACT_BATCH  CommandType = 22
+	CommandType_COMMAND_TYPE_UNSPECIFIED      CommandType = 0
+	CommandType_COMMAND_TYPE_CREATE_API_KEY   CommandType = 1
+	CommandType_COMMAND_TYPE_REVOKE_API_KEY   CommandType = 2
+	CommandType_COMMAND_TYPE_CREATE_FILE      CommandType = 3
+	CommandType_COMMAND_TYPE_DELETE_FILE      CommandType = 4
+	CommandType_COMMAND_TYPE_CREATE_BATCH     CommandType = 5
+	CommandType_COMMAND_TYPE_FAIL_BATCH       CommandType = 6
+	CommandType_COMMAND_TYPE_START_BATCH      CommandType = 7
+	CommandType_COMMAND_TYPE_CANCEL_BATCH     CommandType = 8
+	CommandType_COMMAND_TYPE_REGISTER_AGENT   CommandType = 9
+	CommandType_COMMAND_TYPE_GRANT_LEASE      CommandType = 10
+	CommandType_COMMAND_TYPE_RENEW_LEASE      CommandType = 11
+	CommandType_COMMAND_TYPE_COMMIT_PART      CommandType = 12
+	CommandType_COMMAND_TYPE_COMPLETE_CHUNK   CommandType = 13
+	CommandType_COMMAND_TYPE_RELEASE_LEASE    CommandType = 14
+	CommandType_COMMAND_TYPE_EXPIRE_LEASES    CommandType = 15
+	CommandType_COMMAND_TYPE_BEGIN_FINALIZE   CommandType = 16
+	CommandType_COMMAND_TYPE_FINISH_BATCH     CommandType = 17
+	CommandType_COMMAND_TYPE_EXTEND_LEASES    CommandType = 18
+	CommandType_COMMAND_TYPE_REMOVE_AGENT     CommandType = 19
+	CommandType_COMMAND_TYPE_DRAIN_AGENT      CommandType = 20
+	CommandType_COMMAND_TYPE_COMPLETE_PART    CommandType = 21
+	CommandType_COMMAND_TYPE_COMPACT_BATCH    CommandType = 22
+	CommandType_COMMAND_TYPE_MERGE_FILE_PARTS CommandType = 23
 )
 
 // Enum value maps for CommandType.
@@ -81,31 +82,33 @@ var (
 		20: "COMMAND_TYPE_DRAIN_AGENT",
 		21: "COMMAND_TYPE_COMPLETE_PART",
 		22: "COMMAND_TYPE_COMPACT_BATCH",
+		23: "COMMAND_TYPE_MERGE_FILE_PARTS",
 	}
 	CommandType_value = map[string]int32{
-		"COMMAND_TYPE_UNSPECIFIED":    0,
-		"COMMAND_TYPE_CREATE_API_KEY": 1,
-		"COMMAND_TYPE_REVOKE_API_KEY": 2,
-		"COMMAND_TYPE_CREATE_FILE":    3,
-		"COMMAND_TYPE_DELETE_FILE":    4,
-		"COMMAND_TYPE_CREATE_BATCH":   5,
-		"COMMAND_TYPE_FAIL_BATCH":     6,
-		"COMMAND_TYPE_START_BATCH":    7,
-		"COMMAND_TYPE_CANCEL_BATCH":   8,
-		"COMMAND_TYPE_REGISTER_AGENT": 9,
-		"COMMAND_TYPE_GRANT_LEASE":    10,
-		"COMMAND_TYPE_RENEW_LEASE":    11,
-		"COMMAND_TYPE_COMMIT_PART":    12,
-		"COMMAND_TYPE_COMPLETE_CHUNK": 13,
-		"COMMAND_TYPE_RELEASE_LEASE":  14,
-		"COMMAND_TYPE_EXPIRE_LEASES":  15,
-		"COMMAND_TYPE_BEGIN_FINALIZE": 16,
-		"COMMAND_TYPE_FINISH_BATCH":   17,
-		"COMMAND_TYPE_EXTEND_LEASES":  18,
-		"COMMAND_TYPE_REMOVE_AGENT":   19,
-		"COMMAND_TYPE_DRAIN_AGENT":    20,
-		"COMMAND_TYPE_COMPLETE_PART":  21,
-		"COMMAND_TYPE_COMPACT_BATCH":  22,
+		"COMMAND_TYPE_UNSPECIFIED":      0,
+		"COMMAND_TYPE_CREATE_API_KEY":   1,
+		"COMMAND_TYPE_REVOKE_API_KEY":   2,
+		"COMMAND_TYPE_CREATE_FILE":      3,
+		"COMMAND_TYPE_DELETE_FILE":      4,
+		"COMMAND_TYPE_CREATE_BATCH":     5,
+		"COMMAND_TYPE_FAIL_BATCH":       6,
+		"COMMAND_TYPE_START_BATCH":      7,
+		"COMMAND_TYPE_CANCEL_BATCH":     8,
+		"COMMAND_TYPE_REGISTER_AGENT":   9,
+		"COMMAND_TYPE_GRANT_LEASE":      10,
+		"COMMAND_TYPE_RENEW_LEASE":      11,
+		"COMMAND_TYPE_COMMIT_PART":      12,
+		"COMMAND_TYPE_COMPLETE_CHUNK":   13,
+		"COMMAND_TYPE_RELEASE_LEASE":    14,
+		"COMMAND_TYPE_EXPIRE_LEASES":    15,
+		"COMMAND_TYPE_BEGIN_FINALIZE":   16,
+		"COMMAND_TYPE_FINISH_BATCH":     17,
+		"COMMAND_TYPE_EXTEND_LEASES":    18,
+		"COMMAND_TYPE_REMOVE_AGENT":     19,
+		"COMMAND_TYPE_DRAIN_AGENT":      20,
+		"COMMAND_TYPE_COMPLETE_PART":    21,
+		"COMMAND_TYPE_COMPACT_BATCH":    22,
+		"COMMAND_TYPE_MERGE_FILE_PARTS": 23,
 	}
 )
 
@@ -2642,6 +2645,70 @@ func (x *CompactBatch) GetBatchId() string {
 	return ""
 }
 
+// MergeFileParts replaces a result file's parts with one blob holding
+// their bytes in order (the leader wrote it and a majority holds it), so a
+// file costs one blob on disk instead of one per part. parts are the parts
+// it replaces, as the leader read them. FSM level 4.
+type MergeFileParts struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	FileId        string                 `protobuf:"bytes,1,opt,name=file_id,json=fileId,proto3" json:"file_id,omitempty"`
+	Parts         []*BlobRef             `protobuf:"bytes,2,rep,name=parts,proto3" json:"parts,omitempty"`
+	Merged        *BlobRef               `protobuf:"bytes,3,opt,name=merged,proto3" json:"merged,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *MergeFileParts) Reset() {
+	*x = MergeFileParts{}
+	mi := &file_vbatch_v1_state_proto_msgTypes[30]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *MergeFileParts) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*MergeFileParts) ProtoMessage() {}
+
+func (x *MergeFileParts) ProtoReflect() protoreflect.Message {
+	mi := &file_vbatch_v1_state_proto_msgTypes[30]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use MergeFileParts.ProtoReflect.Descriptor instead.
+func (*MergeFileParts) Descriptor() ([]byte, []int) {
+	return file_vbatch_v1_state_proto_rawDescGZIP(), []int{30}
+}
+
+func (x *MergeFileParts) GetFileId() string {
+	if x != nil {
+		return x.FileId
+	}
+	return ""
+}
+
+func (x *MergeFileParts) GetParts() []*BlobRef {
+	if x != nil {
+		return x.Parts
+	}
+	return nil
+}
+
+func (x *MergeFileParts) GetMerged() *BlobRef {
+	if x != nil {
+		return x.Merged
+	}
+	return nil
+}
+
 type CompleteChunk struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	BatchId       string                 `protobuf:"bytes,1,opt,name=batch_id,json=batchId,proto3" json:"batch_id,omitempty"`
@@ -2653,7 +2720,7 @@ type CompleteChunk struct {
 
 func (x *CompleteChunk) Reset() {
 	*x = CompleteChunk{}
-	mi := &file_vbatch_v1_state_proto_msgTypes[30]
+	mi := &file_vbatch_v1_state_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2665,7 +2732,7 @@ func (x *CompleteChunk) String() string {
 func (*CompleteChunk) ProtoMessage() {}
 
 func (x *CompleteChunk) ProtoReflect() protoreflect.Message {
-	mi := &file_vbatch_v1_state_proto_msgTypes[30]
+	mi := &file_vbatch_v1_state_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2678,7 +2745,7 @@ func (x *CompleteChunk) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CompleteChunk.ProtoReflect.Descriptor instead.
 func (*CompleteChunk) Descriptor() ([]byte, []int) {
-	return file_vbatch_v1_state_proto_rawDescGZIP(), []int{30}
+	return file_vbatch_v1_state_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *CompleteChunk) GetBatchId() string {
@@ -2719,7 +2786,7 @@ type ReleaseLease struct {
 
 func (x *ReleaseLease) Reset() {
 	*x = ReleaseLease{}
-	mi := &file_vbatch_v1_state_proto_msgTypes[31]
+	mi := &file_vbatch_v1_state_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2731,7 +2798,7 @@ func (x *ReleaseLease) String() string {
 func (*ReleaseLease) ProtoMessage() {}
 
 func (x *ReleaseLease) ProtoReflect() protoreflect.Message {
-	mi := &file_vbatch_v1_state_proto_msgTypes[31]
+	mi := &file_vbatch_v1_state_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2744,7 +2811,7 @@ func (x *ReleaseLease) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReleaseLease.ProtoReflect.Descriptor instead.
 func (*ReleaseLease) Descriptor() ([]byte, []int) {
-	return file_vbatch_v1_state_proto_rawDescGZIP(), []int{31}
+	return file_vbatch_v1_state_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *ReleaseLease) GetBatchId() string {
@@ -2800,7 +2867,7 @@ type LeaseRef struct {
 
 func (x *LeaseRef) Reset() {
 	*x = LeaseRef{}
-	mi := &file_vbatch_v1_state_proto_msgTypes[32]
+	mi := &file_vbatch_v1_state_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2812,7 +2879,7 @@ func (x *LeaseRef) String() string {
 func (*LeaseRef) ProtoMessage() {}
 
 func (x *LeaseRef) ProtoReflect() protoreflect.Message {
-	mi := &file_vbatch_v1_state_proto_msgTypes[32]
+	mi := &file_vbatch_v1_state_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2825,7 +2892,7 @@ func (x *LeaseRef) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LeaseRef.ProtoReflect.Descriptor instead.
 func (*LeaseRef) Descriptor() ([]byte, []int) {
-	return file_vbatch_v1_state_proto_rawDescGZIP(), []int{32}
+	return file_vbatch_v1_state_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *LeaseRef) GetBatchId() string {
@@ -2860,7 +2927,7 @@ type ExpireLeases struct {
 
 func (x *ExpireLeases) Reset() {
 	*x = ExpireLeases{}
-	mi := &file_vbatch_v1_state_proto_msgTypes[33]
+	mi := &file_vbatch_v1_state_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2872,7 +2939,7 @@ func (x *ExpireLeases) String() string {
 func (*ExpireLeases) ProtoMessage() {}
 
 func (x *ExpireLeases) ProtoReflect() protoreflect.Message {
-	mi := &file_vbatch_v1_state_proto_msgTypes[33]
+	mi := &file_vbatch_v1_state_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2885,7 +2952,7 @@ func (x *ExpireLeases) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExpireLeases.ProtoReflect.Descriptor instead.
 func (*ExpireLeases) Descriptor() ([]byte, []int) {
-	return file_vbatch_v1_state_proto_rawDescGZIP(), []int{33}
+	return file_vbatch_v1_state_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *ExpireLeases) GetLeases() []*LeaseRef {
@@ -2913,7 +2980,7 @@ type ExtendLeases struct {
 
 func (x *ExtendLeases) Reset() {
 	*x = ExtendLeases{}
-	mi := &file_vbatch_v1_state_proto_msgTypes[34]
+	mi := &file_vbatch_v1_state_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2925,7 +2992,7 @@ func (x *ExtendLeases) String() string {
 func (*ExtendLeases) ProtoMessage() {}
 
 func (x *ExtendLeases) ProtoReflect() protoreflect.Message {
-	mi := &file_vbatch_v1_state_proto_msgTypes[34]
+	mi := &file_vbatch_v1_state_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2938,7 +3005,7 @@ func (x *ExtendLeases) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExtendLeases.ProtoReflect.Descriptor instead.
 func (*ExtendLeases) Descriptor() ([]byte, []int) {
-	return file_vbatch_v1_state_proto_rawDescGZIP(), []int{34}
+	return file_vbatch_v1_state_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *ExtendLeases) GetExpiresAt() int64 {
@@ -2957,7 +3024,7 @@ type BeginFinalize struct {
 
 func (x *BeginFinalize) Reset() {
 	*x = BeginFinalize{}
-	mi := &file_vbatch_v1_state_proto_msgTypes[35]
+	mi := &file_vbatch_v1_state_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2969,7 +3036,7 @@ func (x *BeginFinalize) String() string {
 func (*BeginFinalize) ProtoMessage() {}
 
 func (x *BeginFinalize) ProtoReflect() protoreflect.Message {
-	mi := &file_vbatch_v1_state_proto_msgTypes[35]
+	mi := &file_vbatch_v1_state_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2982,7 +3049,7 @@ func (x *BeginFinalize) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BeginFinalize.ProtoReflect.Descriptor instead.
 func (*BeginFinalize) Descriptor() ([]byte, []int) {
-	return file_vbatch_v1_state_proto_rawDescGZIP(), []int{35}
+	return file_vbatch_v1_state_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *BeginFinalize) GetBatchId() string {
@@ -3012,7 +3079,7 @@ type FinishBatch struct {
 
 func (x *FinishBatch) Reset() {
 	*x = FinishBatch{}
-	mi := &file_vbatch_v1_state_proto_msgTypes[36]
+	mi := &file_vbatch_v1_state_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3024,7 +3091,7 @@ func (x *FinishBatch) String() string {
 func (*FinishBatch) ProtoMessage() {}
 
 func (x *FinishBatch) ProtoReflect() protoreflect.Message {
-	mi := &file_vbatch_v1_state_proto_msgTypes[36]
+	mi := &file_vbatch_v1_state_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3037,7 +3104,7 @@ func (x *FinishBatch) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FinishBatch.ProtoReflect.Descriptor instead.
 func (*FinishBatch) Descriptor() ([]byte, []int) {
-	return file_vbatch_v1_state_proto_rawDescGZIP(), []int{36}
+	return file_vbatch_v1_state_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *FinishBatch) GetBatchId() string {
@@ -3098,7 +3165,7 @@ type DrainAgent struct {
 
 func (x *DrainAgent) Reset() {
 	*x = DrainAgent{}
-	mi := &file_vbatch_v1_state_proto_msgTypes[37]
+	mi := &file_vbatch_v1_state_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3110,7 +3177,7 @@ func (x *DrainAgent) String() string {
 func (*DrainAgent) ProtoMessage() {}
 
 func (x *DrainAgent) ProtoReflect() protoreflect.Message {
-	mi := &file_vbatch_v1_state_proto_msgTypes[37]
+	mi := &file_vbatch_v1_state_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3123,7 +3190,7 @@ func (x *DrainAgent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DrainAgent.ProtoReflect.Descriptor instead.
 func (*DrainAgent) Descriptor() ([]byte, []int) {
-	return file_vbatch_v1_state_proto_rawDescGZIP(), []int{37}
+	return file_vbatch_v1_state_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *DrainAgent) GetAgentId() string {
@@ -3146,7 +3213,7 @@ type Result struct {
 
 func (x *Result) Reset() {
 	*x = Result{}
-	mi := &file_vbatch_v1_state_proto_msgTypes[38]
+	mi := &file_vbatch_v1_state_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3158,7 +3225,7 @@ func (x *Result) String() string {
 func (*Result) ProtoMessage() {}
 
 func (x *Result) ProtoReflect() protoreflect.Message {
-	mi := &file_vbatch_v1_state_proto_msgTypes[38]
+	mi := &file_vbatch_v1_state_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3171,7 +3238,7 @@ func (x *Result) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Result.ProtoReflect.Descriptor instead.
 func (*Result) Descriptor() ([]byte, []int) {
-	return file_vbatch_v1_state_proto_rawDescGZIP(), []int{38}
+	return file_vbatch_v1_state_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *Result) GetCode() string {
@@ -3212,7 +3279,7 @@ type SnapshotRecord struct {
 
 func (x *SnapshotRecord) Reset() {
 	*x = SnapshotRecord{}
-	mi := &file_vbatch_v1_state_proto_msgTypes[39]
+	mi := &file_vbatch_v1_state_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3224,7 +3291,7 @@ func (x *SnapshotRecord) String() string {
 func (*SnapshotRecord) ProtoMessage() {}
 
 func (x *SnapshotRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_vbatch_v1_state_proto_msgTypes[39]
+	mi := &file_vbatch_v1_state_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3237,7 +3304,7 @@ func (x *SnapshotRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SnapshotRecord.ProtoReflect.Descriptor instead.
 func (*SnapshotRecord) Descriptor() ([]byte, []int) {
-	return file_vbatch_v1_state_proto_rawDescGZIP(), []int{39}
+	return file_vbatch_v1_state_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *SnapshotRecord) GetRecord() isSnapshotRecord_Record {
@@ -3340,7 +3407,7 @@ type SnapshotHeader struct {
 
 func (x *SnapshotHeader) Reset() {
 	*x = SnapshotHeader{}
-	mi := &file_vbatch_v1_state_proto_msgTypes[40]
+	mi := &file_vbatch_v1_state_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3352,7 +3419,7 @@ func (x *SnapshotHeader) String() string {
 func (*SnapshotHeader) ProtoMessage() {}
 
 func (x *SnapshotHeader) ProtoReflect() protoreflect.Message {
-	mi := &file_vbatch_v1_state_proto_msgTypes[40]
+	mi := &file_vbatch_v1_state_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3365,7 +3432,7 @@ func (x *SnapshotHeader) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SnapshotHeader.ProtoReflect.Descriptor instead.
 func (*SnapshotHeader) Descriptor() ([]byte, []int) {
-	return file_vbatch_v1_state_proto_rawDescGZIP(), []int{40}
+	return file_vbatch_v1_state_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *SnapshotHeader) GetVersion() uint32 {
@@ -3601,7 +3668,11 @@ const file_vbatch_v1_state_proto_rawDesc = "" +
 	"\fCompletePart\x12-\n" +
 	"\x06commit\x18\x01 \x01(\v2\x15.vbatch.v1.CommitPartR\x06commit\")\n" +
 	"\fCompactBatch\x12\x19\n" +
-	"\bbatch_id\x18\x01 \x01(\tR\abatchId\"V\n" +
+	"\bbatch_id\x18\x01 \x01(\tR\abatchId\"\x7f\n" +
+	"\x0eMergeFileParts\x12\x17\n" +
+	"\afile_id\x18\x01 \x01(\tR\x06fileId\x12(\n" +
+	"\x05parts\x18\x02 \x03(\v2\x12.vbatch.v1.BlobRefR\x05parts\x12*\n" +
+	"\x06merged\x18\x03 \x01(\v2\x12.vbatch.v1.BlobRefR\x06merged\"V\n" +
 	"\rCompleteChunk\x12\x19\n" +
 	"\bbatch_id\x18\x01 \x01(\tR\abatchId\x12\x14\n" +
 	"\x05chunk\x18\x02 \x01(\rR\x05chunk\x12\x14\n" +
@@ -3651,7 +3722,7 @@ const file_vbatch_v1_state_proto_rawDesc = "" +
 	"\x0eSnapshotHeader\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\rR\aversion\x12\x1e\n" +
 	"\vnow_unix_ms\x18\x02 \x01(\x03R\tnowUnixMs\x12#\n" +
-	"\rapplied_index\x18\x03 \x01(\x04R\fappliedIndex*\xdb\x05\n" +
+	"\rapplied_index\x18\x03 \x01(\x04R\fappliedIndex*\xfe\x05\n" +
 	"\vCommandType\x12\x1c\n" +
 	"\x18COMMAND_TYPE_UNSPECIFIED\x10\x00\x12\x1f\n" +
 	"\x1bCOMMAND_TYPE_CREATE_API_KEY\x10\x01\x12\x1f\n" +
@@ -3676,7 +3747,8 @@ const file_vbatch_v1_state_proto_rawDesc = "" +
 	"\x19COMMAND_TYPE_REMOVE_AGENT\x10\x13\x12\x1c\n" +
 	"\x18COMMAND_TYPE_DRAIN_AGENT\x10\x14\x12\x1e\n" +
 	"\x1aCOMMAND_TYPE_COMPLETE_PART\x10\x15\x12\x1e\n" +
-	"\x1aCOMMAND_TYPE_COMPACT_BATCH\x10\x16*e\n" +
+	"\x1aCOMMAND_TYPE_COMPACT_BATCH\x10\x16\x12!\n" +
+	"\x1dCOMMAND_TYPE_MERGE_FILE_PARTS\x10\x17*e\n" +
 	"\x05Scope\x12\x15\n" +
 	"\x11SCOPE_UNSPECIFIED\x10\x00\x12\x0f\n" +
 	"\vSCOPE_ADMIN\x10\x01\x12\x0f\n" +
@@ -3714,7 +3786,7 @@ func file_vbatch_v1_state_proto_rawDescGZIP() []byte {
 }
 
 var file_vbatch_v1_state_proto_enumTypes = make([]protoimpl.EnumInfo, 4)
-var file_vbatch_v1_state_proto_msgTypes = make([]protoimpl.MessageInfo, 42)
+var file_vbatch_v1_state_proto_msgTypes = make([]protoimpl.MessageInfo, 43)
 var file_vbatch_v1_state_proto_goTypes = []any{
 	(CommandType)(0),       // 0: vbatch.v1.CommandType
 	(Scope)(0),             // 1: vbatch.v1.Scope
@@ -3750,18 +3822,19 @@ var file_vbatch_v1_state_proto_goTypes = []any{
 	(*CommitPart)(nil),     // 31: vbatch.v1.CommitPart
 	(*CompletePart)(nil),   // 32: vbatch.v1.CompletePart
 	(*CompactBatch)(nil),   // 33: vbatch.v1.CompactBatch
-	(*CompleteChunk)(nil),  // 34: vbatch.v1.CompleteChunk
-	(*ReleaseLease)(nil),   // 35: vbatch.v1.ReleaseLease
-	(*LeaseRef)(nil),       // 36: vbatch.v1.LeaseRef
-	(*ExpireLeases)(nil),   // 37: vbatch.v1.ExpireLeases
-	(*ExtendLeases)(nil),   // 38: vbatch.v1.ExtendLeases
-	(*BeginFinalize)(nil),  // 39: vbatch.v1.BeginFinalize
-	(*FinishBatch)(nil),    // 40: vbatch.v1.FinishBatch
-	(*DrainAgent)(nil),     // 41: vbatch.v1.DrainAgent
-	(*Result)(nil),         // 42: vbatch.v1.Result
-	(*SnapshotRecord)(nil), // 43: vbatch.v1.SnapshotRecord
-	(*SnapshotHeader)(nil), // 44: vbatch.v1.SnapshotHeader
-	nil,                    // 45: vbatch.v1.Batch.MetadataEntry
+	(*MergeFileParts)(nil), // 34: vbatch.v1.MergeFileParts
+	(*CompleteChunk)(nil),  // 35: vbatch.v1.CompleteChunk
+	(*ReleaseLease)(nil),   // 36: vbatch.v1.ReleaseLease
+	(*LeaseRef)(nil),       // 37: vbatch.v1.LeaseRef
+	(*ExpireLeases)(nil),   // 38: vbatch.v1.ExpireLeases
+	(*ExtendLeases)(nil),   // 39: vbatch.v1.ExtendLeases
+	(*BeginFinalize)(nil),  // 40: vbatch.v1.BeginFinalize
+	(*FinishBatch)(nil),    // 41: vbatch.v1.FinishBatch
+	(*DrainAgent)(nil),     // 42: vbatch.v1.DrainAgent
+	(*Result)(nil),         // 43: vbatch.v1.Result
+	(*SnapshotRecord)(nil), // 44: vbatch.v1.SnapshotRecord
+	(*SnapshotHeader)(nil), // 45: vbatch.v1.SnapshotHeader
+	nil,                    // 46: vbatch.v1.Batch.MetadataEntry
 }
 var file_vbatch_v1_state_proto_depIdxs = []int32{
 	0,  // 0: vbatch.v1.Envelope.type:type_name -> vbatch.v1.CommandType
@@ -3774,7 +3847,7 @@ var file_vbatch_v1_state_proto_depIdxs = []int32{
 	3,  // 7: vbatch.v1.Chunk.state:type_name -> vbatch.v1.ChunkState
 	12, // 8: vbatch.v1.Chunk.lease:type_name -> vbatch.v1.Lease
 	13, // 9: vbatch.v1.Chunk.parts:type_name -> vbatch.v1.Part
-	45, // 10: vbatch.v1.Batch.metadata:type_name -> vbatch.v1.Batch.MetadataEntry
+	46, // 10: vbatch.v1.Batch.metadata:type_name -> vbatch.v1.Batch.MetadataEntry
 	2,  // 11: vbatch.v1.Batch.status:type_name -> vbatch.v1.BatchStatus
 	15, // 12: vbatch.v1.Batch.request_counts:type_name -> vbatch.v1.RequestCounts
 	10, // 13: vbatch.v1.Batch.errors:type_name -> vbatch.v1.BatchError
@@ -3790,19 +3863,21 @@ var file_vbatch_v1_state_proto_depIdxs = []int32{
 	13, // 23: vbatch.v1.CommitPart.part:type_name -> vbatch.v1.Part
 	11, // 24: vbatch.v1.CommitPart.usage:type_name -> vbatch.v1.Usage
 	31, // 25: vbatch.v1.CompletePart.commit:type_name -> vbatch.v1.CommitPart
-	36, // 26: vbatch.v1.ExpireLeases.leases:type_name -> vbatch.v1.LeaseRef
-	2,  // 27: vbatch.v1.FinishBatch.status:type_name -> vbatch.v1.BatchStatus
-	7,  // 28: vbatch.v1.FinishBatch.extra_errors:type_name -> vbatch.v1.BlobRef
-	5,  // 29: vbatch.v1.SnapshotRecord.api_key:type_name -> vbatch.v1.APIKey
-	8,  // 30: vbatch.v1.SnapshotRecord.file:type_name -> vbatch.v1.File
-	16, // 31: vbatch.v1.SnapshotRecord.batch:type_name -> vbatch.v1.Batch
-	18, // 32: vbatch.v1.SnapshotRecord.agent:type_name -> vbatch.v1.Agent
-	44, // 33: vbatch.v1.SnapshotRecord.header:type_name -> vbatch.v1.SnapshotHeader
-	34, // [34:34] is the sub-list for method output_type
-	34, // [34:34] is the sub-list for method input_type
-	34, // [34:34] is the sub-list for extension type_name
-	34, // [34:34] is the sub-list for extension extendee
-	0,  // [0:34] is the sub-list for field type_name
+	7,  // 26: vbatch.v1.MergeFileParts.parts:type_name -> vbatch.v1.BlobRef
+	7,  // 27: vbatch.v1.MergeFileParts.merged:type_name -> vbatch.v1.BlobRef
+	37, // 28: vbatch.v1.ExpireLeases.leases:type_name -> vbatch.v1.LeaseRef
+	2,  // 29: vbatch.v1.FinishBatch.status:type_name -> vbatch.v1.BatchStatus
+	7,  // 30: vbatch.v1.FinishBatch.extra_errors:type_name -> vbatch.v1.BlobRef
+	5,  // 31: vbatch.v1.SnapshotRecord.api_key:type_name -> vbatch.v1.APIKey
+	8,  // 32: vbatch.v1.SnapshotRecord.file:type_name -> vbatch.v1.File
+	16, // 33: vbatch.v1.SnapshotRecord.batch:type_name -> vbatch.v1.Batch
+	18, // 34: vbatch.v1.SnapshotRecord.agent:type_name -> vbatch.v1.Agent
+	45, // 35: vbatch.v1.SnapshotRecord.header:type_name -> vbatch.v1.SnapshotHeader
+	36, // [36:36] is the sub-list for method output_type
+	36, // [36:36] is the sub-list for method input_type
+	36, // [36:36] is the sub-list for extension type_name
+	36, // [36:36] is the sub-list for extension extendee
+	0,  // [0:36] is the sub-list for field type_name
 }
 
 func init() { file_vbatch_v1_state_proto_init() }
@@ -3810,7 +3885,7 @@ func file_vbatch_v1_state_proto_init() {
 	if File_vbatch_v1_state_proto != nil {
 		return
 	}
-	file_vbatch_v1_state_proto_msgTypes[39].OneofWrappers = []any{
+	file_vbatch_v1_state_proto_msgTypes[40].OneofWrappers = []any{
 		(*SnapshotRecord_ApiKey)(nil),
 		(*SnapshotRecord_File)(nil),
 		(*SnapshotRecord_Batch)(nil),
@@ -3823,7 +3898,7 @@ func file_vbatch_v1_state_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_vbatch_v1_state_proto_rawDesc), len(file_vbatch_v1_state_proto_rawDesc)),
 			NumEnums:      4,
-			NumMessages:   42,
+			NumMessages:   43,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
