@@ -93,6 +93,11 @@ func (c *Coordinator) mergeFile(ctx context.Context, f *vbatchv1.File) error {
 	if _, err := c.replicate(ctx, ref.Sha256); err != nil {
 		return err
 	}
+	// Copying a large file may have taken longer than the GC grace: hold
+	// the copies again (as an upload does) just before the swap commits.
+	if _, err := c.HoldBlob(ctx, ref.Sha256); err != nil {
+		return err
+	}
 	if _, err := c.Apply(ctx, &vbatchv1.MergeFileParts{FileId: f.Id, Parts: f.Parts, Merged: ref}); err != nil {
 		return fmt.Errorf("commit merge: %w", err)
 	}
