@@ -91,6 +91,9 @@ type multiBlobReader struct {
 }
 
 func (m *multiBlobReader) Read(p []byte) (int, error) {
+	if err := m.ctx.Err(); err != nil {
+		return 0, err // a merge whose leadership ended, a client gone
+	}
 	for {
 		if m.cur == nil {
 			if len(m.parts) == 0 {

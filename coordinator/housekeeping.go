@@ -2,6 +2,7 @@ package coordinator
 
 import (
 	"context"
+	"sync"
 	"time"
 )
 
@@ -20,8 +21,11 @@ const (
 // deleting expired files, forgetting long-gone agents, compacting finished
 // batches and merging their result files' parts.
 func (c *Coordinator) housekeeping(ctx context.Context) {
-	// Merging reads and writes whole files: it runs beside the rest.
-	go c.mergeLoop(ctx)
+	// Merging reads and writes whole files: it runs beside the rest, and
+	// housekeeping returns only once it has stopped.
+	var merging sync.WaitGroup
+	merging.Go(func() { c.mergeLoop(ctx) })
+	defer merging.Wait()
 	absentSince := map[string]time.Time{}
 	tick := time.NewTicker(housekeepEvery)
 	defer tick.Stop()

@@ -19,6 +19,13 @@ import (
 const (
 	mergeEvery      = 10 * time.Second
 	mergeSweepBytes = 256 << 20
+	// mergeRetryAfter is how long a file whose merge failed is left
+	// alone, so that one bad file does not hold up the others.
+	mergeRetryAfter = 10 * time.Minute
+	// mergeFreeFactor is how many times a file's size the data dir must
+	// have free before it is merged: its parts and the merged blob share
+	// the disk until the GC removes the parts.
+	mergeFreeFactor = 3
 )
 
 // mergeLoop merges, while this node leads, the parts of result files older
@@ -29,18 +36,21 @@ const (
 func (c *Coordinator) mergeLoop(ctx context.Context) {
 	tick := time.NewTicker(mergeEvery)
 	defer tick.Stop()
+	failed := map[string]time.Time{}
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-tick.C:
 		}
-		c.mergeSweep(ctx)
+		c.mergeSweep(ctx, failed)
 	}
 }
 
-// mergeSweep merges due files, oldest first, up to mergeSweepBytes.
-func (c *Coordinator) mergeSweep(ctx context.Context) {
+// mergeSweep merges due files, oldest first, up to mergeSweepBytes,
+// skipping those in failed (file id → when it failed) until
+// mergeRetryAfter has passed.
+func (c *Coordinator) mergeSweep(ctx context.Context, failed map[string]time.Time) {
 	after := c.cfg.BatchCompactAfter
 	if after <= 0 || !c.clusterAtFSMLevel(fsm.LevelMergeFileParts) {
 		return
@@ -57,16 +67,32 @@ func (c *Coordinator) mergeSweep(ctx context.Context) {
 	sort.Slice(due, func(i, j int) bool {
 		return due[i].CreatedAt < due[j].CreatedAt || (due[i].CreatedAt == due[j].CreatedAt && due[i].Id < due[j].Id)
 	})
+	now := time.Now()
+	for id, at := range failed {
+		if now.Sub(at) >= mergeRetryAfter {
+			delete(failed, id)
+		}
+	}
 	var written int64
 	for _, f := range due {
 		if written >= mergeSweepBytes || ctx.Err() != nil {
 			return
 		}
+		if _, ok := failed[f.Id]; ok {
+			continue
+		}
+		if free, err := diskFree(c.cfg.DataDir); err == nil && free < uint64(mergeFreeFactor*f.Bytes) {
+			continue // too big for the space left; smaller files may fit
+		}
 		if err := c.mergeFile(ctx, f); err != nil {
-			if ctx.Err() == nil && !errors.Is(err, fsm.ErrNotFound) && !errors.Is(err, fsm.ErrConflict) {
-				c.log.Warn("merge result file parts", "file_id", f.Id, "parts", len(f.Parts), "err", err)
+			if ctx.Err() != nil {
+				return
 			}
-			return
+			if !errors.Is(err, fsm.ErrNotFound) && !errors.Is(err, fsm.ErrConflict) {
+				c.log.Warn("merge result file parts; retrying later", "file_id", f.Id, "parts", len(f.Parts), "retry_after", mergeRetryAfter.String(), "err", err)
+			}
+			failed[f.Id] = now
+			continue
 		}
 		written += f.Bytes
 		c.metrics.FilesMerged.Inc()

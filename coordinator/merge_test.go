@@ -60,7 +60,7 @@ func TestMergeFileParts(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	leader.mergeSweep(ctx)
+	leader.mergeSweep(ctx, map[string]time.Time{})
 	if got := testutil.ToFloat64(leader.metrics.FilesMerged); got != 1 {
 		t.Fatalf("files merged %v, want 1", got)
 	}
@@ -110,7 +110,7 @@ func TestMergeFileParts(t *testing.T) {
 		}
 	}
 	// Nothing is left to merge, and the merge does not run twice.
-	leader.mergeSweep(ctx)
+	leader.mergeSweep(ctx, map[string]time.Time{})
 	if got := testutil.ToFloat64(leader.metrics.FilesMerged); got != 1 {
 		t.Fatalf("files merged %v after a second sweep, want 1", got)
 	}
@@ -118,5 +118,43 @@ func TestMergeFileParts(t *testing.T) {
 	leader.fsm.View(func(st *fsm.State) { refs = fsm.ReferencedBlobs(st) })
 	if _, ok := refs[parts[0].Sha256]; ok {
 		t.Fatal("a merged part is still referenced")
+	}
+}
+
+// TestMergeSkipsAFileThatFails: a file whose merge fails (a part lost on
+// every node) is left for mergeRetryAfter, and newer files are merged.
+func TestMergeSkipsAFileThatFails(t *testing.T) {
+	nodes := startCluster(t, 1, func(c *Config) { c.BatchCompactAfter = time.Nanosecond })
+	leader := waitLeader(t, nodes)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	create := func(id string, createdAt int64, lose bool) {
+		t.Helper()
+		var parts []*vbatchv1.BlobRef
+		var size int64
+		for i := range 2 {
+			ref, err := leader.blobs.Ingest(bytes.NewReader(fmt.Appendf(nil, "%s part %d\n", id, i)))
+			if err != nil {
+				t.Fatal(err)
+			}
+			parts, size = append(parts, ref), size+ref.Bytes
+		}
+		f := &vbatchv1.File{Id: id, Project: "p", Purpose: "batch_output", Bytes: size, Lines: 2, CreatedAt: createdAt, Parts: parts}
+		if _, err := leader.Apply(ctx, &vbatchv1.CreateFile{File: f}); err != nil {
+			t.Fatal(err)
+		}
+		if lose {
+			_ = leader.blobs.Delete(parts[1].Sha256)
+		}
+	}
+	create("file-a", 1, true)
+	create("file-b", 2, false)
+	failed := map[string]time.Time{}
+	leader.mergeSweep(ctx, failed)
+	if f := leader.currentFile("file-b"); len(f.Parts) != 1 {
+		t.Fatalf("file-b has %d parts after a sweep: held up by file-a", len(f.Parts))
+	}
+	if _, ok := failed["file-a"]; !ok || len(leader.currentFile("file-a").Parts) != 2 {
+		t.Fatalf("file-a not left for later: failed %v", failed)
 	}
 }

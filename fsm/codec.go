@@ -21,9 +21,9 @@ const EnvelopeVersion = 1
 //   - 1: the commands up to DrainAgent.
 //   - 2: CompletePart.
 //   - 3: CompactBatch.
-//   - 4: ReleaseLease counts engine crashes (started_end, alone);
-//     MergeFileParts.
-const Level = 4
+//   - 4: ReleaseLease counts engine crashes (started_end, alone).
+//   - 5: MergeFileParts.
+const Level = 5
 
 // LevelCompletePart is the level that applies CompletePart.
 const LevelCompletePart = 2
@@ -35,8 +35,9 @@ const LevelCompactBatch = 3
 // on the chunk; below it the crash fields must be left unset.
 const LevelCrashCounts = 4
 
-// LevelMergeFileParts is the level that applies MergeFileParts.
-const LevelMergeFileParts = 4
+// LevelMergeFileParts is the level that applies MergeFileParts. (Builds
+// at level 4 shipped without it: reusing 4 would have them stop on it.)
+const LevelMergeFileParts = 5
 
 // commandTypes maps every command type to a constructor of its message.
 // The list only grows; see CommandType in state.proto.

@@ -90,6 +90,9 @@ type model struct {
 	tokens []uint64
 	// extra is the extra_failed lines each finished batch was given.
 	extra map[string]int64
+	// merged are the files whose parts MergeFileParts replaced, with the
+	// parts they had.
+	merged map[string][]*vbatchv1.BlobRef
 	// counts is each batch's request counts when last seen uncompacted.
 	counts map[string]*vbatchv1.RequestCounts
 	seq    int
@@ -97,7 +100,7 @@ type model struct {
 }
 
 func newModel() *model {
-	return &model{f: New(), now: time.Unix(1_700_000_000, 0), extra: map[string]int64{}, counts: map[string]*vbatchv1.RequestCounts{}}
+	return &model{f: New(), now: time.Unix(1_700_000_000, 0), extra: map[string]int64{}, merged: map[string][]*vbatchv1.BlobRef{}, counts: map[string]*vbatchv1.RequestCounts{}}
 }
 
 func (m *model) state() *State {
@@ -170,6 +173,10 @@ func (m *model) count(cmd proto.Message, err error, before, after *State) {
 // checks the rules that only that command's success implies.
 func (m *model) accepted(rt *rapid.T, before, after *State, cmd proto.Message) {
 	switch c := cmd.(type) {
+	case *vbatchv1.MergeFileParts:
+		if was := before.Files[c.FileId]; len(was.Parts) > 1 {
+			m.merged[c.FileId] = was.Parts
+		}
 	case *vbatchv1.GrantLease:
 		m.tokens = append(m.tokens, m.index)
 		if l := after.Batches[c.BatchId].Chunks[c.Chunk].Lease; l.Token != m.index {
@@ -367,7 +374,7 @@ func (m *model) checkState(rt *rapid.T, s *State) {
 			if want := m.counts[id]; want != nil && !proto.Equal(rc, want) {
 				rt.Fatalf("compacted batch %s counts %v, before compaction %v", id, rc, want)
 			}
-			checkResultFiles(rt, s, b)
+			m.checkResultFiles(rt, s, b)
 			continue
 		}
 		m.counts[id] = proto.Clone(rc).(*vbatchv1.RequestCounts)
@@ -377,7 +384,7 @@ func (m *model) checkState(rt *rapid.T, s *State) {
 		if rc.Completed != completed || rc.Failed != failed+m.extra[id] || rc.Completed+rc.Failed > rc.Total {
 			rt.Fatalf("batch %s counts %v; parts say %d/%d, extra %d", id, rc, completed, failed, m.extra[id])
 		}
-		checkResultFiles(rt, s, b)
+		m.checkResultFiles(rt, s, b)
 	}
 	for id, f := range s.Files {
 		if f.BatchId != "" && !IsTerminal(s.Batches[f.BatchId].GetStatus()) {
@@ -386,7 +393,7 @@ func (m *model) checkState(rt *rapid.T, s *State) {
 	}
 }
 
-func checkResultFiles(rt *rapid.T, s *State, b *vbatchv1.Batch) {
+func (m *model) checkResultFiles(rt *rapid.T, s *State, b *vbatchv1.Batch) {
 	if !IsTerminal(b.Status) {
 		if b.OutputFileId != "" || b.ErrorFileId != "" {
 			rt.Fatalf("live batch %s has result files", b.Id)
@@ -409,10 +416,11 @@ func checkResultFiles(rt *rapid.T, s *State, b *vbatchv1.Batch) {
 		if !ok || r.GetBytes() == 0 {
 			return true // deleted by the user, or nothing to keep
 		}
-		if len(f.Parts) == 1 && f.Parts[0].Bytes == f.Bytes {
-			return true // one blob holds the whole file: merged
+		parts := f.Parts
+		if was, ok := m.merged[fileID]; ok {
+			parts = was // merged: its one blob holds these parts' bytes
 		}
-		return slices.ContainsFunc(f.Parts, func(p *vbatchv1.BlobRef) bool { return p.Sha256 == r.Sha256 })
+		return slices.ContainsFunc(parts, func(p *vbatchv1.BlobRef) bool { return p.Sha256 == r.Sha256 })
 	}
 	for _, c := range b.Chunks {
 		for _, p := range c.Parts {

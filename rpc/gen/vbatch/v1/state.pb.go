@@ -2648,7 +2648,7 @@ func (x *CompactBatch) GetBatchId() string {
 // MergeFileParts replaces a result file's parts with one blob holding
 // their bytes in order (the leader wrote it and a majority holds it), so a
 // file costs one blob on disk instead of one per part. parts are the parts
-// it replaces, as the leader read them. FSM level 4.
+// it replaces, as the leader read them. FSM level 5.
 type MergeFileParts struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	FileId        string                 `protobuf:"bytes,1,opt,name=file_id,json=fileId,proto3" json:"file_id,omitempty"`
