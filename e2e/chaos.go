@@ -44,7 +44,10 @@ type chaosCluster struct {
 
 func startChaosCluster(t testing.TB) *chaosCluster {
 	t.Helper()
-	c := StartCluster(t, 3, ClusterOptions{Extra: []string{"--lease-ttl", chaosLeaseTTL.String()}})
+	// Finished batches are compacted and their result files merged 5 s
+	// after they end, so both happen under the faults and under the
+	// clients' reads of those files.
+	c := StartCluster(t, 3, ClusterOptions{Extra: []string{"--lease-ttl", chaosLeaseTTL.String(), "--batch-compact-after", "5s"}})
 	cc := &chaosCluster{Cluster: c, banked: make([]int64, 3)}
 	for i := 1; i <= 3; i++ {
 		s := c.StartSim(t, fmt.Sprintf("sim%d", i), "--latency", "10ms")

@@ -101,6 +101,14 @@ func runSchedule(t *testing.T, seed uint64) scheduleResult {
 	r := scheduleResult{Seed: seed, Faults: in.log, Window: window, Drain: time.Since(healed)}
 	r.Inv = check(cc, h)
 	r.Stale = cc.staleTotal()
+	var merged float64
+	for i := range cc.Coords {
+		if m, err := scrapeUnlabeled(chaosHTTP, cc.Coords[i].URL(), map[string]bool{"vbatch_files_merged_total": true}); err == nil {
+			merged += m["vbatch_files_merged_total"]
+		}
+	}
+	// A lower bound: a coordinator's counter starts again when it restarts.
+	t.Logf("result files merged under the faults (counters of the coordinators now running): %.0f", merged)
 	h.mu.Lock()
 	r.Batches, r.Uploads, r.ClientErrors, r.Lines = len(h.batches), len(h.uploads), h.errs, r.Inv.Lines
 	h.mu.Unlock()
