@@ -43,13 +43,7 @@ type harness struct {
 // The agent is stopped when the test ends (or earlier through h.stop).
 func startAgent(t *testing.T, coord *fakeCoord, eng *fakeEngine, mutate func(*Config)) *harness {
 	t.Helper()
-	addr := coord.serve(t)
-	cfg := DefaultConfig()
-	cfg.NodeID = "agent-test"
-	cfg.DataDir = t.TempDir()
-	cfg.MetricsAddr = "127.0.0.1:0"
-	cfg.Coordinators = func() []string { return []string{addr} }
-	cfg.LeaseWait = 100 * time.Millisecond
+	cfg := testConfig(t, coord, "agent-test")
 	cfg.Concurrency = 8
 	cfg.PartLines = 100
 	cfg.PartInterval = 20 * time.Millisecond
@@ -68,6 +62,21 @@ func startAgent(t *testing.T, coord *fakeCoord, eng *fakeEngine, mutate func(*Co
 	a := New(cfg, eng, fakeGPUs{}, logger)
 	stop := runAgent(t, a)
 	return &harness{a: a, coord: coord, eng: eng, stop: stop}
+}
+
+// testConfig is an agent config for tests: node id, a temporary data dir,
+// an OS-chosen address, coord (served now) as its only coordinator, and a
+// short lease poll.
+func testConfig(t *testing.T, coord *fakeCoord, id string) Config {
+	t.Helper()
+	addr := coord.serve(t)
+	cfg := DefaultConfig()
+	cfg.NodeID = id
+	cfg.DataDir = t.TempDir()
+	cfg.MetricsAddr = "127.0.0.1:0"
+	cfg.Coordinators = func() []string { return []string{addr} }
+	cfg.LeaseWait = 100 * time.Millisecond
+	return cfg
 }
 
 // runAgent runs a until the test ends or stop is called; stop returns

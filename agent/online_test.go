@@ -27,13 +27,7 @@ func (e breakingEngine) Proxy(_ context.Context, _ string, _ []byte, w http.Resp
 func TestOnlineFailures(t *testing.T) {
 	coord := newFakeCoord(t, nil)
 	fe := newFakeEngine()
-	addr := coord.serve(t)
-	cfg := DefaultConfig()
-	cfg.NodeID = "agent-online"
-	cfg.DataDir = t.TempDir()
-	cfg.MetricsAddr = "127.0.0.1:0"
-	cfg.Coordinators = func() []string { return []string{addr} }
-	a := New(cfg, breakingEngine{fe}, fakeGPUs{}, nil)
+	a := New(testConfig(t, coord, "agent-online"), breakingEngine{fe}, fakeGPUs{}, nil)
 	runAgent(t, a)
 	waitFor(t, "registered", func() bool { var n int; coord.with(func() { n = coord.registers }); return n > 0 })
 	var base string

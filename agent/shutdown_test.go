@@ -34,13 +34,7 @@ func TestShutdownKeepsItsBudget(t *testing.T) {
 	}
 	eng := &stopRecorder{fakeEngine: fe, stopCalled: make(chan time.Time, 1), stopDeadline: make(chan time.Time, 1)}
 	const budget = 3 * time.Second
-	addr := coord.serve(t)
-	cfg := DefaultConfig()
-	cfg.NodeID = "agent-shutdown"
-	cfg.DataDir = t.TempDir()
-	cfg.MetricsAddr = "127.0.0.1:0"
-	cfg.Coordinators = func() []string { return []string{addr} }
-	cfg.LeaseWait = 100 * time.Millisecond
+	cfg := testConfig(t, coord, "agent-shutdown")
 	cfg.DrainTimeout = time.Hour
 	cfg.ShutdownTimeout = budget
 	a := New(cfg, eng, fakeGPUs{}, nil)

@@ -10,7 +10,6 @@ import (
 
 	"github.com/vbatch/vbatch/coordinator/api"
 	"github.com/vbatch/vbatch/coordinator/blob"
-	"github.com/vbatch/vbatch/fsm"
 	vbatchv1 "github.com/vbatch/vbatch/rpc/gen/vbatch/v1"
 )
 
@@ -24,7 +23,7 @@ func (c *Coordinator) OpenFile(ctx context.Context, f *vbatchv1.File) (io.ReadCl
 	err := c.holdParts(ctx, f)
 	if err != nil && errors.Is(err, blob.ErrNotFound) {
 		// Merged since f was read: the current parts hold the same bytes.
-		if cur := c.currentFile(f.Id); cur != nil && !sameParts(cur.Parts, f.Parts) {
+		if cur := c.file(f.Id); cur != nil && !sameParts(cur.Parts, f.Parts) {
 			f, err = cur, c.holdParts(ctx, cur)
 		}
 	}
@@ -50,18 +49,6 @@ func (c *Coordinator) holdParts(ctx context.Context, f *vbatchv1.File) error {
 		}
 	}
 	return nil
-}
-
-// currentFile returns a copy of file id as the local state has it; nil if
-// it is gone.
-func (c *Coordinator) currentFile(id string) *vbatchv1.File {
-	var f *vbatchv1.File
-	c.fsm.View(func(st *fsm.State) {
-		if cur, ok := st.Files[id]; ok {
-			f = proto.Clone(cur).(*vbatchv1.File)
-		}
-	})
-	return f
 }
 
 // sameParts reports whether two part lists are equal.
@@ -128,7 +115,7 @@ func (m *multiBlobReader) Read(p []byte) (int, error) {
 // part the reader had not opened yet was deleted because the parts were
 // merged into one blob (docs/architecture.md, Blob store).
 func (m *multiBlobReader) relay() error {
-	cur := m.c.currentFile(m.fileID)
+	cur := m.c.file(m.fileID)
 	if cur == nil {
 		return fmt.Errorf("file %s: deleted while being read", m.fileID)
 	}

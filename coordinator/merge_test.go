@@ -47,10 +47,10 @@ func TestMergeFileParts(t *testing.T) {
 	if reader == leader {
 		reader = nodes[1]
 	}
-	waitFor(t, 10*time.Second, "the reader to know the file", func() bool { return reader.currentFile("file-out") != nil })
+	waitFor(t, 10*time.Second, "the reader to know the file", func() bool { return reader.file("file-out") != nil })
 
 	// A download starts on the parts and reads into the first.
-	rc, err := reader.OpenFile(ctx, reader.currentFile("file-out"))
+	rc, err := reader.OpenFile(ctx, reader.file("file-out"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -67,7 +67,7 @@ func TestMergeFileParts(t *testing.T) {
 	var merged *vbatchv1.BlobRef
 	waitFor(t, 10*time.Second, "every node to apply the merge", func() bool {
 		for _, c := range nodes {
-			f := c.currentFile("file-out")
+			f := c.file("file-out")
 			if f == nil || len(f.Parts) != 1 {
 				return false
 			}
@@ -99,7 +99,7 @@ func TestMergeFileParts(t *testing.T) {
 	}
 	// A new read on every node, from the merged blob.
 	for _, c := range nodes {
-		rc, err := c.OpenFile(ctx, c.currentFile("file-out"))
+		rc, err := c.OpenFile(ctx, c.file("file-out"))
 		if err != nil {
 			t.Fatalf("%s: open merged file: %v", c.cfg.NodeID, err)
 		}
@@ -151,10 +151,10 @@ func TestMergeSkipsAFileThatFails(t *testing.T) {
 	create("file-b", 2, false)
 	failed := map[string]time.Time{}
 	leader.mergeSweep(ctx, failed)
-	if f := leader.currentFile("file-b"); len(f.Parts) != 1 {
+	if f := leader.file("file-b"); len(f.Parts) != 1 {
 		t.Fatalf("file-b has %d parts after a sweep: held up by file-a", len(f.Parts))
 	}
-	if _, ok := failed["file-a"]; !ok || len(leader.currentFile("file-a").Parts) != 2 {
+	if _, ok := failed["file-a"]; !ok || len(leader.file("file-a").Parts) != 2 {
 		t.Fatalf("file-a not left for later: failed %v", failed)
 	}
 }

@@ -254,7 +254,7 @@ func TestOpenAIProbesOnceForManyFailures(t *testing.T) {
 		})
 	}
 	waitFor(t, "one probe with every other failed request waiting", func() bool {
-		return probes.Load() == 1 && e.probeWaiters.Load() == n-1
+		return probes.Load() == 1 && e.probe.waiters.Load() == n-1
 	})
 	close(release)
 	wg.Wait()

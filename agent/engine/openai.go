@@ -21,12 +21,8 @@ type OpenAI struct {
 	healthPoll time.Duration
 	healthy    atomic.Bool
 
-	// probeMu guards probeDone: closed when the probe after a failed
-	// request now in flight ends; nil when none is.
-	probeMu   sync.Mutex
-	probeDone chan struct{}
-	// probeWaiters counts failed requests waiting for that probe's answer.
-	probeWaiters atomic.Int32
+	// probe runs the health probes after failed requests, one at a time.
+	probe probeGate
 
 	mu     sync.Mutex
 	cancel context.CancelFunc
@@ -139,30 +135,10 @@ func (e *OpenAI) Do(ctx context.Context, path string, body []byte) (int, []byte,
 	return status, b, err
 }
 
-// probeAfterError checks the server's health after a request failed. One
-// probe runs at a time: requests that fail meanwhile (all of them, when the
-// server went down under many) wait for its answer rather than each send
-// their own to a server that is struggling.
+// probeAfterError checks the server's health after a request failed, one
+// probe at a time (probeGate).
 func (e *OpenAI) probeAfterError(ctx context.Context) {
-	e.probeMu.Lock()
-	if running := e.probeDone; running != nil {
-		e.probeMu.Unlock()
-		e.probeWaiters.Add(1)
-		defer e.probeWaiters.Add(-1)
-		select {
-		case <-running:
-		case <-ctx.Done():
-		}
-		return
-	}
-	done := make(chan struct{})
-	e.probeDone = done
-	e.probeMu.Unlock()
-	e.healthy.Store(e.up.probe(context.WithoutCancel(ctx)))
-	e.probeMu.Lock()
-	e.probeDone = nil
-	e.probeMu.Unlock()
-	close(done)
+	e.probe.run(ctx, func() { e.healthy.Store(e.up.probe(context.WithoutCancel(ctx))) })
 }
 
 // Proxy implements Engine.

@@ -108,12 +108,9 @@ type VLLM struct {
 	healthy   atomic.Bool
 	healthMu  sync.Mutex
 	healthGen uint64
-	// probeDone, guarded by healthMu, is closed when the probe after a
-	// failed request now in flight ends; nil when none is.
-	probeDone chan struct{}
-	// probeWaiters counts failed requests waiting for that probe's answer.
-	probeWaiters atomic.Int32
-	hangKills    atomic.Int64 // hung children the watchdog killed
+	// probe runs the health probes after failed requests, one at a time.
+	probe     probeGate
+	hangKills atomic.Int64 // hung children the watchdog killed
 
 	mu       sync.Mutex
 	cur      *vllmProc

@@ -25,43 +25,26 @@ func (e *VLLM) setHealthy(ok bool) bool {
 }
 
 // probeAfterError checks /health after a request failed and stores the
-// answer, so a crash is seen by every request it fails. One probe runs at a
-// time: a caller that finds one in flight waits for its answer (or for its
-// own ctx) rather than add load to a server that is struggling already, so
-// that no failed request reads a health that predates the failure. The
-// probe outlives the caller's ctx (by at most errProbeTimeout) so a caller
-// giving up does not make it fail.
+// answer, so a crash is seen by every request it fails; one probe runs at
+// a time (probeGate). The probe outlives the caller's ctx (by at most
+// errProbeTimeout) so a caller giving up does not make it fail.
 //
 // A finding of the supervisor made while the probe ran wins: the probe may
 // have asked a child that has exited since (its "healthy" would then hide
 // the restart) or one that has become healthy since.
 func (e *VLLM) probeAfterError(ctx context.Context) {
-	e.healthMu.Lock()
-	if running := e.probeDone; running != nil {
+	e.probe.run(ctx, func() {
+		e.healthMu.Lock()
+		gen := e.healthGen
 		e.healthMu.Unlock()
-		e.probeWaiters.Add(1)
-		defer e.probeWaiters.Add(-1)
-		select {
-		case <-running:
-		case <-ctx.Done():
+		ok := e.healthOnce(context.WithoutCancel(ctx), e.errProbeTimeout)
+		e.healthMu.Lock()
+		changed := e.healthGen == gen && e.healthy.Swap(ok) != ok
+		e.healthMu.Unlock()
+		if changed {
+			e.log.Warn("vllm health changed after a failed request", "pid", e.PID(), "healthy", ok)
 		}
-		return
-	}
-	done := make(chan struct{})
-	e.probeDone = done
-	gen := e.healthGen
-	e.healthMu.Unlock()
-
-	ok := e.healthOnce(context.WithoutCancel(ctx), e.errProbeTimeout)
-
-	e.healthMu.Lock()
-	changed := e.healthGen == gen && e.healthy.Swap(ok) != ok
-	e.probeDone = nil
-	e.healthMu.Unlock()
-	close(done)
-	if changed {
-		e.log.Warn("vllm health changed after a failed request", "pid", e.PID(), "healthy", ok)
-	}
+	})
 }
 
 // watch checks the child's health every healthPoll until it exits or the

@@ -340,7 +340,7 @@ func TestVLLMDoProbesOneAtATime(t *testing.T) {
 		})
 	}
 	waitFor(t, "the probe, with every other failed request waiting for it", func() bool {
-		return calls.Load() == 1 && e.probeWaiters.Load() == n-1
+		return calls.Load() == 1 && e.probe.waiters.Load() == n-1
 	})
 	if r := returned.Load(); r != 0 {
 		t.Fatalf("%d failed requests returned before the probe answered", r)
