@@ -166,9 +166,20 @@ type candidate struct {
 // candidates lists grantable chunks for an agent: oldest batch first, and
 // within a batch a random rotation so racing agents rarely collide.
 func (s *agentService) candidates(agentID string, models []string) ([]candidate, bool) {
-	var out []candidate
-	registered := false
-	alive := s.aliveAgents()
+	out, registered, needAlive := s.collectCandidates(agentID, models, nil)
+	if needAlive {
+		// A pending chunk's head line crashed an engine alone: whether this
+		// agent may have it depends on which other agents serve the model,
+		// which only gossip knows (and is not asked under the FSM lock).
+		out, registered, _ = s.collectCandidates(agentID, models, s.aliveAgents())
+	}
+	return out, registered
+}
+
+// collectCandidates does the work of candidates. With alive nil it stops
+// and reports needAlive at the first pending chunk whose grant depends on
+// the agents alive (fsm.AvoidFor).
+func (s *agentService) collectCandidates(agentID string, models []string, alive map[string]bool) (out []candidate, registered, needAlive bool) {
 	s.c.fsm.View(func(st *fsm.State) {
 		ag, ok := st.Agents[agentID]
 		if !ok {
@@ -196,16 +207,26 @@ func (s *agentService) candidates(agentID string, models []string) ([]candidate,
 		})
 		others := map[string]bool{} // model → another live agent serves it
 		for _, b := range batches {
-			o, ok := others[b.Model]
-			if !ok {
-				o = othersServing(st, alive, agentID, b.Model)
-				others[b.Model] = o
-			}
 			var pending []candidate
 			for _, ch := range b.Chunks {
-				if ch.State == vbatchv1.ChunkState_CHUNK_STATE_PENDING && !fsm.AvoidFor(ch, agentID, o) {
-					pending = append(pending, candidate{batch: b, chunk: ch})
+				if ch.State != vbatchv1.ChunkState_CHUNK_STATE_PENDING {
+					continue
 				}
+				if ch.HeadCrashes > 0 {
+					if alive == nil {
+						needAlive = true
+						return
+					}
+					o, ok := others[b.Model]
+					if !ok {
+						o = othersServing(st, alive, agentID, b.Model)
+						others[b.Model] = o
+					}
+					if fsm.AvoidFor(ch, agentID, o) {
+						continue
+					}
+				}
+				pending = append(pending, candidate{batch: b, chunk: ch})
 			}
 			if len(pending) > 1 {
 				k := rand.IntN(min(len(pending), 4))
@@ -221,22 +242,31 @@ func (s *agentService) candidates(agentID string, models []string) ([]candidate,
 			out[i] = candidate{batch: &vbatchv1.Batch{Id: out[i].batch.Id}, chunk: &vbatchv1.Chunk{Index: out[i].chunk.Index}}
 		}
 	})
-	return out, registered
+	return out, registered, needAlive
 }
 
 // aliveAgents returns the agents gossip lists as alive (none without a
-// gossip pool, as in the RPC fuzz tests), less those whose latest
-// telemetry reports no engine loaded: they take no leases.
+// gossip pool, as in the RPC fuzz tests), each true when its telemetry
+// lets it take work (serving): one whose engine is down takes no leases.
 func (s *agentService) aliveAgents() map[string]bool {
 	alive := map[string]bool{}
 	if s.c.pool == nil {
 		return alive
 	}
 	tel := s.latestTelemetry()
+	now := s.c.Now()
 	for _, m := range s.c.pool.MembersWithRole(gossip.RoleAgent) {
-		alive[m.Name] = engineLoaded(tel[m.Name].Report)
+		t, ok := tel[m.Name]
+		alive[m.Name] = serving(t, ok, now)
 	}
 	return alive
+}
+
+// serving reports whether an agent's latest telemetry lets it take work:
+// there is none fresh enough (telemetryFresh) to say otherwise, or it
+// shows a loaded engine.
+func serving(t AgentTelemetry, ok bool, now time.Time) bool {
+	return !ok || now.Sub(t.ReceivedAt) >= telemetryFresh || engineLoaded(t.Report)
 }
 
 // engineLoaded reports whether a telemetry report shows a loaded engine;
@@ -266,7 +296,7 @@ func othersServing(st *fsm.State, alive map[string]bool, agentID, model string) 
 
 func (s *agentService) leaseResponse(agentID, batchID string, chunk uint32, token uint64) *vbatchv1.LeaseResponse {
 	resp := &vbatchv1.LeaseResponse{Granted: true, BatchId: batchID, Chunk: chunk, Token: token}
-	alive := s.aliveAgents()
+	headCrashed := false
 	s.c.fsm.View(func(st *fsm.State) {
 		b := st.Batches[batchID]
 		if b == nil || int(chunk) >= len(b.Chunks) {
@@ -275,11 +305,22 @@ func (s *agentService) leaseResponse(agentID, batchID string, chunk uint32, toke
 		ch := b.Chunks[chunk]
 		resp.Endpoint, resp.Model = b.Endpoint, b.Model
 		resp.StartLine, resp.EndLine, resp.Progress = ch.StartLine, ch.EndLine, ch.Progress
-		resp.IsolateUntil, resp.HeadCrashes = fsm.Isolation(ch, agentID, othersServing(st, alive, agentID, b.Model))
+		resp.IsolateUntil, resp.HeadCrashes = fsm.Isolation(ch, agentID, false)
+		headCrashed = ch.HeadCrashes > 0
 		if ch.Lease != nil {
 			resp.ExpiresAtUnixMs = ch.Lease.ExpiresAt
 		}
 	})
+	if headCrashed {
+		// How this agent counts the head line's crashes depends on which
+		// other agents serve the model (gossip, asked outside the FSM lock).
+		alive := s.aliveAgents()
+		s.c.fsm.View(func(st *fsm.State) {
+			if b := st.Batches[batchID]; b != nil && int(chunk) < len(b.Chunks) {
+				_, resp.HeadCrashes = fsm.Isolation(b.Chunks[chunk], agentID, othersServing(st, alive, agentID, b.Model))
+			}
+		})
+	}
 	return resp
 }
 

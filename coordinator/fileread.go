@@ -37,6 +37,9 @@ func (c *Coordinator) OpenFile(ctx context.Context, f *vbatchv1.File) (io.ReadCl
 // need be, and restarts each one's GC grace.
 func (c *Coordinator) holdParts(ctx context.Context, f *vbatchv1.File) error {
 	for _, p := range f.GetParts() {
+		if _, ok := c.blobs.Hold(p.Sha256); ok {
+			continue // here, and its grace restarted
+		}
 		if err := c.repl.Ensure(ctx, p.Sha256); err != nil {
 			if errors.Is(err, blob.ErrNoSpace) {
 				// This node cannot hold the copy it lacks; another can serve.

@@ -113,11 +113,12 @@ func (r *router) pick(model string, skip map[string]bool) (gossip.Member, error)
 		if skip[m.Name] || draining[m.Name] || !slices.Contains(m.Meta.Models, model) || m.Meta.RPCAddr == "" {
 			continue
 		}
+		t, ok := tel[m.Name]
+		if !serving(t, ok, now) {
+			continue
+		}
 		load := r.counter(m.Name).Load()
-		if t, ok := tel[m.Name]; ok && now.Sub(t.ReceivedAt) < telemetryFresh {
-			if !engineLoaded(t.Report) {
-				continue
-			}
+		if ok && now.Sub(t.ReceivedAt) < telemetryFresh {
 			for _, e := range t.Report.GetEngines() {
 				load += e.RequestsRunning + e.RequestsWaiting
 			}

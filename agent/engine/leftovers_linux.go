@@ -121,23 +121,43 @@ func procComm(pid int) string {
 	return strings.TrimSpace(string(b))
 }
 
+// procStat reads the state letter and process group of pid from
+// /proc/PID/stat ("pid (comm) state ppid pgrp ..."; comm may hold spaces
+// and parentheses). The error wraps os.ErrNotExist for a pid that is gone.
+func procStat(pid int) (state byte, pgrp int, err error) {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	if err != nil {
+		return 0, 0, err
+	}
+	i := bytes.LastIndexByte(b, ')')
+	if i < 0 || i+2 >= len(b) {
+		return 0, 0, fmt.Errorf("/proc/%d/stat: unexpected format", pid)
+	}
+	f := strings.Fields(string(b[i+2:]))
+	if len(f) < 3 {
+		return 0, 0, fmt.Errorf("/proc/%d/stat: unexpected format", pid)
+	}
+	pgrp, err = strconv.Atoi(f[2])
+	if err != nil {
+		return 0, 0, fmt.Errorf("/proc/%d/stat: process group: %w", pid, err)
+	}
+	return f[0][0], pgrp, nil
+}
+
+// dead reports whether a state letter is a zombie's or a dead process's.
+func dead(state byte) bool { return state == 'Z' || state == 'X' }
+
 // processGone reports whether pid no longer runs: it does not exist, or is
 // a zombie whose parent has not collected it yet.
 func processGone(pid int) bool {
 	if err := unix.Kill(pid, 0); errors.Is(err, unix.ESRCH) {
 		return true
 	}
-	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	state, _, err := procStat(pid)
 	if err != nil {
 		return errors.Is(err, os.ErrNotExist)
 	}
-	// pid (comm) state ...; comm may hold spaces and parentheses.
-	i := bytes.LastIndexByte(b, ')')
-	if i < 0 || i+2 >= len(b) {
-		return false
-	}
-	state := b[i+2]
-	return state == 'Z' || state == 'X'
+	return dead(state)
 }
 
 // groupRunning reports whether any process of group pgid still runs:
@@ -149,28 +169,14 @@ func groupRunning(pgid int) bool {
 	}
 	ents, err := os.ReadDir("/proc")
 	if err != nil {
-		return groupAlive(pgid)
+		return true // kill(2) found the group; /proc cannot say more
 	}
 	for _, ent := range ents {
 		pid, err := strconv.Atoi(ent.Name())
 		if err != nil {
 			continue
 		}
-		b, err := os.ReadFile("/proc/" + ent.Name() + "/stat")
-		if err != nil {
-			continue
-		}
-		// pid (comm) state ppid pgrp ...; comm may hold spaces and
-		// parentheses.
-		i := bytes.LastIndexByte(b, ')')
-		if i < 0 || i+2 >= len(b) {
-			continue
-		}
-		f := strings.Fields(string(b[i+2:]))
-		if len(f) < 3 || f[0] == "Z" || f[0] == "X" {
-			continue
-		}
-		if g, err := strconv.Atoi(f[2]); err == nil && g == pgid && pid > 0 {
+		if state, g, err := procStat(pid); err == nil && g == pgid && !dead(state) {
 			return true
 		}
 	}
