@@ -89,6 +89,8 @@ func BenchmarkUpload200MB(b *testing.B) {
 	}
 }
 
+var uploadProfile = flag.String("upload.profile", "", "BenchmarkUpload200MB: write each coordinator's 3 s CPU profile of the first upload into this directory")
+
 func benchUpload(b *testing.B, nodes int) {
 	c := StartCluster(b, nodes, ClusterOptions{Extra: []string{"--max-requests", "100000"}})
 	leader := c.WaitLeader(20 * time.Second)
@@ -118,6 +120,10 @@ func benchUpload(b *testing.B, nodes int) {
 	idle := procStatusKB(pid, "VmRSS")
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
+		var profiled func()
+		if *uploadProfile != "" && i == 0 {
+			profiled = profileCoords(b, c, filepath.Join(*uploadProfile, fmt.Sprintf("nodes%d", nodes)), 3*time.Second)
+		}
 		start := time.Now()
 		id := uploadStreaming(b, c.Coords[fol].URL(), input)
 		cl := c.client(fol, "")
@@ -133,6 +139,11 @@ func benchUpload(b *testing.B, nodes int) {
 		b.ReportMetric(mbps, "MB/s")
 		b.ReportMetric(dd, "dd_MB/s")
 		b.ReportMetric(mbps/dd, "ratio_to_dd")
+		if profiled != nil {
+			b.StopTimer()
+			profiled()
+			b.StartTimer()
+		}
 	}
 	b.StopTimer()
 	peak := procStatusKB(pid, "VmHWM")
