@@ -26,6 +26,7 @@ import (
 	"github.com/vbatch/vbatch/fsm"
 	"github.com/vbatch/vbatch/gossip"
 	"github.com/vbatch/vbatch/internal/dirlock"
+	"github.com/vbatch/vbatch/internal/ids"
 	"github.com/vbatch/vbatch/internal/tlsutil"
 	vbatchv1 "github.com/vbatch/vbatch/rpc/gen/vbatch/v1"
 	"github.com/vbatch/vbatch/rpc/gen/vbatch/v1/vbatchv1connect"
@@ -300,13 +301,20 @@ func (a *Agent) ID() string { return a.id }
 // the agent stops taking leases.
 func (a *Agent) leaseWorker() {
 	wait := time.Second
+	att := newLeaseAttempt()
 	for a.stopCtx.Err() == nil {
 		if !a.eng.Healthy() {
 			sleepCtx(a.stopCtx, time.Second)
 			continue
 		}
 		gen := a.regGen.Load()
-		lease, err := a.lease(a.stopCtx)
+		lease, err := a.lease(a.stopCtx, att)
+		if err == nil {
+			// Answered: the next poll is a new attempt. Until then every
+			// call repeats this one, which may have been granted a lease
+			// whose answer was lost.
+			att = newLeaseAttempt()
+		}
 		switch {
 		case a.stopCtx.Err() != nil && (err != nil || !lease.Granted):
 			return
@@ -331,11 +339,23 @@ func (a *Agent) leaseWorker() {
 	}
 }
 
-// lease makes one long poll for a chunk.
-func (a *Agent) lease(ctx context.Context) (*vbatchv1.LeaseResponse, error) {
+// leaseAttempt is one logical long poll for a chunk, which may take
+// several calls: every call after the first tells the coordinator that an
+// earlier one may have been granted a lease the agent never heard of.
+type leaseAttempt struct {
+	id   string
+	sent bool
+}
+
+func newLeaseAttempt() *leaseAttempt { return &leaseAttempt{id: ids.Random(16)} }
+
+// lease makes one long poll for a chunk, as part of the attempt att.
+func (a *Agent) lease(ctx context.Context, att *leaseAttempt) (*vbatchv1.LeaseResponse, error) {
 	var resp *vbatchv1.LeaseResponse
-	req := &vbatchv1.LeaseRequest{AgentId: a.id, Models: a.models, WaitMs: a.cfg.LeaseWait.Milliseconds()}
+	req := &vbatchv1.LeaseRequest{AgentId: a.id, Models: a.models, WaitMs: a.cfg.LeaseWait.Milliseconds(), RequestId: att.id}
 	err := a.coords.call(ctx, "lease", a.cfg.LeaseWait+15*time.Second, func(ctx context.Context, c vbatchv1connect.AgentServiceClient) error {
+		req.Retry = att.sent
+		att.sent = true
 		r, err := c.Lease(ctx, connect.NewRequest(req))
 		if err == nil {
 			resp = r.Msg

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"connectrpc.com/connect"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/vbatch/vbatch/agent/engine"
 	"github.com/vbatch/vbatch/agent/gpu"
@@ -40,6 +41,16 @@ type fakeCoord struct {
 	// releaseReqs are the Release requests, with their crash fields.
 	releaseReqs []*vbatchv1.ReleaseRequest
 	leases      int
+	// leaseReqs are the Lease requests, in order.
+	leaseReqs []*vbatchv1.LeaseRequest
+	// loseGrants is how many grants the fake makes and then answers with
+	// an error, as if the answer were lost on the way; a retry of the
+	// same attempt (retry set, same request id) gets the grant again,
+	// counted in resumed.
+	loseGrants int
+	grantReq   string
+	grantResp  *vbatchv1.LeaseResponse
+	resumed    int
 	telemetry   []*vbatchv1.TelemetryRequest
 	attached    []string
 	violations  []string
@@ -135,6 +146,13 @@ func (f *fakeCoord) Register(_ context.Context, req *connect.Request[vbatchv1.Re
 func (f *fakeCoord) Lease(ctx context.Context, req *connect.Request[vbatchv1.LeaseRequest]) (*connect.Response[vbatchv1.LeaseResponse], error) {
 	f.mu.Lock()
 	f.leases++
+	f.leaseReqs = append(f.leaseReqs, proto.CloneOf(req.Msg))
+	if req.Msg.Retry && f.state == "leased" && f.grantReq != "" && req.Msg.RequestId == f.grantReq {
+		f.resumed++
+		resp := proto.CloneOf(f.grantResp)
+		f.mu.Unlock()
+		return connect.NewResponse(resp), nil
+	}
 	ag, ok := f.registered[req.Msg.AgentId]
 	if !ok {
 		f.mu.Unlock()
@@ -150,6 +168,12 @@ func (f *fakeCoord) Lease(ctx context.Context, req *connect.Request[vbatchv1.Lea
 		}
 		if f.leaseHook != nil {
 			f.leaseHook(f, resp)
+		}
+		f.grantReq, f.grantResp = req.Msg.RequestId, proto.CloneOf(resp)
+		if f.loseGrants > 0 {
+			f.loseGrants--
+			f.mu.Unlock()
+			return nil, connect.NewError(connect.CodeUnavailable, errors.New("answer lost"))
 		}
 		f.mu.Unlock()
 		return connect.NewResponse(resp), nil

@@ -267,3 +267,34 @@ func TestShutdownReleasesHeldLease(t *testing.T) {
 		t.Errorf("engine started %v stopped %v", eng.started, eng.stopped)
 	}
 }
+
+// TestLostLeaseAnswerIsAskedForAgain: when a Lease call was granted but its
+// answer never arrived, the agent's next call repeats the same attempt
+// (same request id, retry set), so the coordinator can give it the lease
+// it holds instead of leaving the chunk leased to nobody until its TTL.
+func TestLostLeaseAnswerIsAskedForAgain(t *testing.T) {
+	coord := newFakeCoord(t, inputLines(20))
+	coord.loseGrants = 1
+	startAgent(t, coord, newFakeEngine(), nil)
+	waitFor(t, "chunk completed", func() bool { var n int; coord.with(func() { n = coord.completes }); return n == 1 })
+	noViolations(t, coord)
+	committedLines(t, coord)
+	coord.with(func() {
+		if coord.resumed != 1 {
+			t.Fatalf("lease resumed %d times, want 1", coord.resumed)
+		}
+		if coord.token != 7 {
+			t.Errorf("chunk granted anew (token %d): the lost grant was not the one run", coord.token)
+		}
+		// Every call of the granted attempt: the first, then the retry.
+		var calls []*vbatchv1.LeaseRequest
+		for _, r := range coord.leaseReqs {
+			if r.RequestId == coord.grantReq {
+				calls = append(calls, r)
+			}
+		}
+		if coord.grantReq == "" || len(calls) != 2 || calls[0].Retry || !calls[1].Retry {
+			t.Errorf("calls of the granted attempt %q: %v, want a first call and one retry", coord.grantReq, calls)
+		}
+	})
+}

@@ -95,6 +95,16 @@ func (s *agentService) Lease(ctx context.Context, req *connect.Request[vbatchv1.
 		}
 		return nil, connect.NewError(connect.CodeUnavailable, fmt.Errorf("agent %s is not alive in gossip yet; retry once it has (re)joined", m.AgentId))
 	}
+	if m.Retry && m.RequestId != "" {
+		resp, err := s.resumeGrant(ctx, m.AgentId, m.RequestId)
+		if err != nil || resp != nil {
+			return connect.NewResponse(resp), err
+		}
+	}
+	grant := &vbatchv1.GrantLease{AgentId: m.AgentId}
+	if s.c.clusterAtFSMLevel(fsm.LevelLeaseRequestID) {
+		grant.RequestId = m.RequestId
+	}
 	for {
 		watch := s.c.fsm.Watch()
 		cands, registered := s.candidates(m.AgentId, m.Models)
@@ -102,8 +112,9 @@ func (s *agentService) Lease(ctx context.Context, req *connect.Request[vbatchv1.
 			return nil, connect.NewError(connect.CodeNotFound, fmt.Errorf("agent %s is not registered", m.AgentId))
 		}
 		for _, cand := range cands {
-			expires := s.c.Now().Add(s.ttl())
-			idx, err := s.c.Apply(ctx, &vbatchv1.GrantLease{BatchId: cand.batch.Id, Chunk: cand.chunk.Index, AgentId: m.AgentId, ExpiresAt: expires.UnixMilli()})
+			grant.BatchId, grant.Chunk = cand.batch.Id, cand.chunk.Index
+			grant.ExpiresAt = s.c.Now().Add(s.ttl()).UnixMilli()
+			idx, err := s.c.Apply(ctx, grant)
 			if err != nil {
 				if errors.Is(err, fsm.ErrConflict) || errors.Is(err, fsm.ErrStaleToken) {
 					continue
@@ -130,6 +141,47 @@ func (s *agentService) Lease(ctx context.Context, req *connect.Request[vbatchv1.
 		case <-time.After(min(remaining, time.Second)):
 		}
 	}
+}
+
+// resumeGrant answers a retried lease attempt whose earlier call may have
+// been granted a lease while its answer was lost: after a consistent read
+// (every grant committed so far is applied here) it returns that lease if
+// it is live, so the agent runs it now rather than the chunk waiting out
+// its TTL. A lease found on a batch being cancelled is released instead,
+// so the cancel need not wait for it. nil, nil: no such lease, grant anew.
+func (s *agentService) resumeGrant(ctx context.Context, agentID, requestID string) (*vbatchv1.LeaseResponse, error) {
+	if err := s.c.ConsistentRead(ctx); err != nil {
+		return nil, rpcError(err)
+	}
+	var (
+		batchID string
+		chunk   uint32
+		token   uint64
+		running bool
+		found   bool
+		nowMs   = s.c.Now().UnixMilli()
+	)
+	s.c.fsm.View(func(st *fsm.State) {
+		b, ch, ok := fsm.GrantedTo(st, agentID, requestID)
+		if !ok || ch.Lease.ExpiresAt <= nowMs {
+			return
+		}
+		batchID, chunk, token, found = b.Id, ch.Index, ch.Lease.Token, true
+		running = b.Status == vbatchv1.BatchStatus_BATCH_STATUS_IN_PROGRESS
+	})
+	if !found {
+		return nil, nil
+	}
+	if running {
+		s.c.log.Info("lease answer was lost; granting it again", "agent", agentID, "batch", batchID, "chunk", chunk, "token", token)
+		s.c.metrics.LeasesResumed.Inc()
+		return s.leaseResponse(agentID, batchID, chunk, token), nil
+	}
+	_, err := s.c.Apply(ctx, &vbatchv1.ReleaseLease{BatchId: batchID, Chunk: chunk, Token: token, Reason: fsm.ReleaseUnclaimed})
+	if err != nil && !errors.Is(err, fsm.ErrStaleToken) {
+		return nil, rpcError(err)
+	}
+	return nil, nil
 }
 
 // gossipPollGap is how often a Lease from an agent gossip does not list

@@ -101,14 +101,16 @@ func runSchedule(t *testing.T, seed uint64) scheduleResult {
 	r := scheduleResult{Seed: seed, Faults: in.log, Window: window, Drain: time.Since(healed)}
 	r.Inv = check(cc, h)
 	r.Stale = cc.staleTotal()
-	var merged float64
+	var merged, resumed float64
 	for i := range cc.Coords {
-		if m, err := scrapeUnlabeled(chaosHTTP, cc.Coords[i].URL(), map[string]bool{"vbatch_files_merged_total": true}); err == nil {
+		want := map[string]bool{"vbatch_files_merged_total": true, "vbatch_leases_resumed_total": true}
+		if m, err := scrapeUnlabeled(chaosHTTP, cc.Coords[i].URL(), want); err == nil {
 			merged += m["vbatch_files_merged_total"]
+			resumed += m["vbatch_leases_resumed_total"]
 		}
 	}
-	// A lower bound: a coordinator's counter starts again when it restarts.
-	t.Logf("result files merged under the faults (counters of the coordinators now running): %.0f", merged)
+	// Lower bounds: a coordinator's counters start again when it restarts.
+	t.Logf("result files merged under the faults (counters of the coordinators now running): %.0f; lost lease answers given again: %.0f", merged, resumed)
 	h.mu.Lock()
 	r.Batches, r.Uploads, r.ClientErrors, r.Lines = len(h.batches), len(h.uploads), h.errs, r.Inv.Lines
 	h.mu.Unlock()

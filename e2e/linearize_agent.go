@@ -130,14 +130,26 @@ func (a *linAgent) client(rng *rand.Rand) (string, vbatchv1connect.AgentServiceC
 
 // work is one lease worker, recorded as client id, until ctx ends.
 func (a *linAgent) work(ctx context.Context, client int, rng *rand.Rand) {
+	// One lease attempt may take several calls: every call after the
+	// first asks for a lease an earlier call was granted while its answer
+	// was lost, so the attempt is one operation from its first call to
+	// its answer.
+	var attempt string
+	var call int64
 	for ctx.Err() == nil {
 		cctx, cancel := context.WithTimeout(ctx, linRPCTimeout)
 		node, cl := a.client(rng)
-		call := a.rec.now()
+		retry := attempt != ""
+		if !retry {
+			attempt, call = fmt.Sprintf("%s-%d-%d", a.id, client, rng.Uint64()), a.rec.now()
+		}
 		resp, err := cl.Lease(cctx, connect.NewRequest(&vbatchv1.LeaseRequest{
-			AgentId: a.id, Models: []string{"sim-model"}, WaitMs: 1000,
+			AgentId: a.id, Models: []string{"sim-model"}, WaitMs: 1000, RequestId: attempt, Retry: retry,
 		}))
 		cancel()
+		if err == nil {
+			attempt = ""
+		}
 		if err != nil {
 			if ctx.Err() == nil && linRPCResult(err) == resUnknown {
 				a.rec.mu.Lock()

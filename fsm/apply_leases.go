@@ -37,6 +37,29 @@ func endLease(ch *vbatchv1.Chunk) {
 	}
 }
 
+// GrantedTo finds the live lease that agentID's lease attempt requestID
+// was granted, if any: the answer to a Lease call the agent never
+// received. It walks the chunks of the batches that are running or being
+// cancelled.
+func GrantedTo(s *State, agentID, requestID string) (b *vbatchv1.Batch, ch *vbatchv1.Chunk, ok bool) {
+	if requestID == "" {
+		return nil, nil, false
+	}
+	s.LiveBatches(func(lb *vbatchv1.Batch) bool {
+		if !leaseWritable(lb) {
+			return true
+		}
+		for _, c := range lb.Chunks {
+			if l := c.Lease; l != nil && l.RequestId == requestID && l.AgentId == agentID && LiveLease(c, s.Now) {
+				b, ch, ok = lb, c, true
+				return false
+			}
+		}
+		return true
+	})
+	return b, ch, ok
+}
+
 // holds reports whether token is the chunk's lease and the lease is live.
 func (a *applyCtx) holds(ch *vbatchv1.Chunk, token uint64) bool {
 	return LiveLease(ch, a.nowMs) && ch.Lease.Token == token
@@ -76,7 +99,7 @@ func (a *applyCtx) grantLease(c *vbatchv1.GrantLease) error {
 	if c.ExpiresAt <= a.nowMs {
 		return Reject(ErrInvalid, "lease on %s/%d would expire at %d, before now %d", b.Id, ch.Index, c.ExpiresAt, a.nowMs)
 	}
-	ch.Lease = &vbatchv1.Lease{AgentId: c.AgentId, Token: a.index, GrantedAt: a.nowMs, ExpiresAt: c.ExpiresAt}
+	ch.Lease = &vbatchv1.Lease{AgentId: c.AgentId, Token: a.index, GrantedAt: a.nowMs, ExpiresAt: c.ExpiresAt, RequestId: c.RequestId}
 	ch.State = chunkLeased
 	ch.Attempts++
 	return nil
@@ -192,6 +215,11 @@ func (a *applyCtx) releaseLease(c *vbatchv1.ReleaseLease) error {
 // ReleaseEngineCrash is the release reason of a lease whose engine died
 // under its requests.
 const ReleaseEngineCrash = "engine_crash"
+
+// ReleaseUnclaimed is the release reason of a lease whose grant never
+// reached its agent (the answer was lost) and whose batch is being
+// cancelled: the coordinator hands it back for the agent.
+const ReleaseUnclaimed = "unclaimed"
 
 // Crash limits. A chunk whose engine crashed IsolateAfterCrashes times
 // under the same started lines has them run one at a time (the lease's

@@ -245,3 +245,41 @@ func TestExtendLeases(t *testing.T) {
 		t.Fatalf("extend leased a pending chunk: %v", c)
 	}
 }
+
+// A grant records the agent's lease attempt, and GrantedTo finds the live
+// lease of that attempt (and no other) while the batch runs or is being
+// cancelled, so a lost Lease answer can be given again.
+func TestGrantedToFindsTheAttemptsLiveLease(t *testing.T) {
+	h := running(t, 20, 10)
+	cmd := grantCmd(h, 1, "a1")
+	cmd.RequestId = "att-1"
+	tok := h.MustApply(t, cmd)
+	if got := h.chunk(1).Lease.GetRequestId(); got != "att-1" {
+		t.Fatalf("lease records attempt %q, want att-1", got)
+	}
+	grant(t, h, 0, "a1") // a grant from an older build: no attempt
+	find := func(agent, id string) (uint32, uint64, bool) {
+		_, ch, ok := GrantedTo(h.State(), agent, id)
+		if !ok {
+			return 0, 0, false
+		}
+		return ch.Index, ch.Lease.Token, true
+	}
+	if c, got, ok := find("a1", "att-1"); !ok || c != 1 || got != tok {
+		t.Fatalf("GrantedTo(a1, att-1) = chunk %d token %d %v, want chunk 1 token %d", c, got, ok, tok)
+	}
+	for _, q := range [][2]string{{"a1", "att-2"}, {"a2", "att-1"}, {"a1", ""}} {
+		if _, _, ok := find(q[0], q[1]); ok {
+			t.Errorf("GrantedTo(%s, %q) found a lease", q[0], q[1])
+		}
+	}
+	h.MustApply(t, &vbatchv1.CancelBatch{BatchId: batch, Project: proj})
+	if _, _, ok := find("a1", "att-1"); !ok {
+		t.Error("a lease on a batch being cancelled is not found")
+	}
+	h.Advance(leaseTTL)
+	h.MustApply(t, &vbatchv1.RegisterAgent{Agent: &vbatchv1.Agent{Id: "a3"}}) // the FSM's clock moves with commands
+	if _, _, ok := find("a1", "att-1"); ok {
+		t.Error("an expired lease is found")
+	}
+}

@@ -23,7 +23,8 @@ const EnvelopeVersion = 1
 //   - 3: CompactBatch.
 //   - 4: ReleaseLease counts engine crashes (started_end, alone).
 //   - 5: MergeFileParts.
-const Level = 5
+//   - 6: GrantLease records the agent's lease attempt (request_id).
+const Level = 6
 
 // LevelCompletePart is the level that applies CompletePart.
 const LevelCompletePart = 2
@@ -38,6 +39,10 @@ const LevelCrashCounts = 4
 // LevelMergeFileParts is the level that applies MergeFileParts. (Builds
 // at level 4 shipped without it: reusing 4 would have them stop on it.)
 const LevelMergeFileParts = 5
+
+// LevelLeaseRequestID is the level whose GrantLease records the agent's
+// lease attempt in the lease; below it request_id must be left unset.
+const LevelLeaseRequestID = 6
 
 // commandTypes maps every command type to a constructor of its message.
 // The list only grows; see CommandType in state.proto.

@@ -241,7 +241,9 @@ func (g *gen) ttl() time.Duration {
 func (g *gen) grant(s *State) proto.Message {
 	id, chunk, _ := g.chunk(s, isPending)
 	ttl := g.ttl()
-	return &vbatchv1.GrantLease{BatchId: id, Chunk: chunk, AgentId: g.pick(agentIDs, "ghost"), ExpiresAt: g.m.now.Add(ttl).UnixMilli()}
+	// Attempts repeat now and then: two live leases may share one.
+	return &vbatchv1.GrantLease{BatchId: id, Chunk: chunk, AgentId: g.pick(agentIDs, "ghost"), ExpiresAt: g.m.now.Add(ttl).UnixMilli(),
+		RequestId: g.pick([]string{"att-1", "att-2", "att-3"}, "")}
 }
 
 func (g *gen) renew(s *State) proto.Message {

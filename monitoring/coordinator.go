@@ -47,6 +47,9 @@ type CoordinatorMetrics struct {
 	// FilesMerged counts result files whose parts this node, as leader,
 	// merged into one blob.
 	FilesMerged prometheus.Counter
+	// LeasesResumed counts leases this node gave again to an agent whose
+	// Lease call was granted but never answered (the answer was lost).
+	LeasesResumed prometheus.Counter
 }
 
 // NewCoordinatorMetrics registers the coordinator metrics on reg.
@@ -89,10 +92,14 @@ func NewCoordinatorMetrics(reg prometheus.Registerer) *CoordinatorMetrics {
 			Name: "vbatch_files_merged_total",
 			Help: "Result files whose parts this coordinator, as leader, merged into one blob.",
 		}),
+		LeasesResumed: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "vbatch_leases_resumed_total",
+			Help: "Leases this coordinator gave again to an agent that retried a Lease call whose grant it never received (the answer was lost), instead of leaving the chunk idle until the lease ran out.",
+		}),
 		HTTP:   NewHTTPMetrics(reg),
 		Chunks: NewChunkMetrics(reg),
 	}
-	reg.MustRegister(m.ApplyDuration, m.StaleResultsRefused, m.ChunksCompletedByPart, m.CommitNotices, m.XIDErrors, m.AutopilotRemoved, m.SlowDiskTransfers, m.BlobGCSkipped, m.FilesMerged)
+	reg.MustRegister(m.ApplyDuration, m.StaleResultsRefused, m.ChunksCompletedByPart, m.CommitNotices, m.XIDErrors, m.AutopilotRemoved, m.SlowDiskTransfers, m.BlobGCSkipped, m.FilesMerged, m.LeasesResumed)
 	return m
 }
 

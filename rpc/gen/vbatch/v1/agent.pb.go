@@ -259,7 +259,17 @@ type LeaseRequest struct {
 	AgentId string                 `protobuf:"bytes,1,opt,name=agent_id,json=agentId,proto3" json:"agent_id,omitempty"`
 	Models  []string               `protobuf:"bytes,2,rep,name=models,proto3" json:"models,omitempty"`
 	// wait_ms bounds the long poll.
-	WaitMs        int64 `protobuf:"varint,3,opt,name=wait_ms,json=waitMs,proto3" json:"wait_ms,omitempty"`
+	WaitMs int64 `protobuf:"varint,3,opt,name=wait_ms,json=waitMs,proto3" json:"wait_ms,omitempty"`
+	// request_id names this lease attempt. The agent keeps it across
+	// retries until some call of the attempt is answered, and a grant
+	// records it in the lease, so an answer lost on the way (a coordinator
+	// died, a connection broke) can be given again rather than leave the
+	// chunk leased to an agent that does not know it until the lease ends.
+	RequestId string `protobuf:"bytes,4,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
+	// retry is set on every call of an attempt after its first: the
+	// coordinator then looks for a live lease the attempt was granted
+	// (after a consistent read) before it grants another.
+	Retry         bool `protobuf:"varint,5,opt,name=retry,proto3" json:"retry,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -313,6 +323,20 @@ func (x *LeaseRequest) GetWaitMs() int64 {
 		return x.WaitMs
 	}
 	return 0
+}
+
+func (x *LeaseRequest) GetRequestId() string {
+	if x != nil {
+		return x.RequestId
+	}
+	return ""
+}
+
+func (x *LeaseRequest) GetRetry() bool {
+	if x != nil {
+		return x.Retry
+	}
+	return false
 }
 
 type LeaseResponse struct {
@@ -1314,11 +1338,14 @@ const file_vbatch_v1_agent_proto_rawDesc = "" +
 	"\x10RegisterResponse\x12 \n" +
 	"\flease_ttl_ms\x18\x01 \x01(\x03R\n" +
 	"leaseTtlMs\x12*\n" +
-	"\x11renew_interval_ms\x18\x02 \x01(\x03R\x0frenewIntervalMs\"Z\n" +
+	"\x11renew_interval_ms\x18\x02 \x01(\x03R\x0frenewIntervalMs\"\x8f\x01\n" +
 	"\fLeaseRequest\x12\x19\n" +
 	"\bagent_id\x18\x01 \x01(\tR\aagentId\x12\x16\n" +
 	"\x06models\x18\x02 \x03(\tR\x06models\x12\x17\n" +
-	"\await_ms\x18\x03 \x01(\x03R\x06waitMs\"\xed\x02\n" +
+	"\await_ms\x18\x03 \x01(\x03R\x06waitMs\x12\x1d\n" +
+	"\n" +
+	"request_id\x18\x04 \x01(\tR\trequestId\x12\x14\n" +
+	"\x05retry\x18\x05 \x01(\bR\x05retry\"\xed\x02\n" +
 	"\rLeaseResponse\x12\x18\n" +
 	"\agranted\x18\x01 \x01(\bR\agranted\x12\x19\n" +
 	"\bbatch_id\x18\x02 \x01(\tR\abatchId\x12\x14\n" +
