@@ -51,11 +51,11 @@ type fakeCoord struct {
 	grantReq   string
 	grantResp  *vbatchv1.LeaseResponse
 	resumed    int
-	telemetry   []*vbatchv1.TelemetryRequest
-	attached    []string
-	violations  []string
-	putCalls    int
-	renewMs     int64
+	telemetry  []*vbatchv1.TelemetryRequest
+	attached   []string
+	violations []string
+	putCalls   int
+	renewMs    int64
 
 	// completeWithPart makes the fake complete the chunk with a part that
 	// asks for it, as current coordinators do; unset, it ignores the
