@@ -52,6 +52,11 @@ type Config struct {
 	// PartInterval commits whatever finished lines are ready in order at
 	// least this often.
 	PartInterval time.Duration `json:"part_interval"`
+	// PartBytes bounds a part's output and error bytes: a part is cut
+	// before the line that would take it past the bound (a single larger
+	// line is a part alone), so a part of long answers stays one modest
+	// message and one quick replication.
+	PartBytes int64 `json:"part_bytes"`
 	// LeaseWait bounds one long poll for a lease.
 	LeaseWait time.Duration `json:"lease_wait"`
 	// RetryMax is how many times a request that failed with a connection
@@ -131,6 +136,7 @@ func DefaultConfig() Config {
 		MaxLeases:            2,
 		PartLines:            500,
 		PartInterval:         2 * time.Second,
+		PartBytes:            16 << 20,
 		LeaseWait:            10 * time.Second,
 		RetryMax:             3,
 		RetryBackoff:         200 * time.Millisecond,
@@ -168,6 +174,9 @@ func (c *Config) Validate() error {
 	}
 	if c.InputBufferBytes <= 0 {
 		errs = append(errs, fmt.Errorf("input buffer bytes must be positive, got %d", c.InputBufferBytes))
+	}
+	if c.PartBytes <= 0 {
+		errs = append(errs, fmt.Errorf("part bytes must be positive, got %d", c.PartBytes))
 	}
 	if c.RetryMax < 0 {
 		errs = append(errs, fmt.Errorf("retry max must not be negative, got %d", c.RetryMax))

@@ -206,6 +206,10 @@ func (r *leaseRun) run() string {
 				switch {
 				case r.readErr == nil:
 					inputDone = true
+				case errors.Is(r.readErr, context.Canceled):
+					// The token was dropped or the agent's life ended: the
+					// signal that did it ends the lease, not this.
+					lines = nil
 				case isStale(r.readErr) || isNotFound(r.readErr):
 					r.log.Warn("input refused: lease lost", "err", r.readErr)
 					r.markRevoked()
@@ -369,13 +373,20 @@ func (r *leaseRun) flushDue() bool {
 	return ready >= int64(r.a.cfg.PartLines) || time.Since(r.lastFlush) >= r.a.cfg.PartInterval
 }
 
-// startCommit cuts the next part (at most PartLines lines) from the ready
-// prefix and hands it to a committer goroutine.
+// startCommit cuts the next part (at most PartLines lines, and PartBytes
+// bytes unless its first line alone is larger) from the ready prefix and
+// hands it to a committer goroutine.
 func (r *leaseRun) startCommit() {
-	to := min(r.readyEnd, r.next+int64(r.a.cfg.PartLines))
-	p := part{from: r.next, to: to, usage: &vbatchv1.Usage{}}
-	for n := p.from; n < p.to; n++ {
+	limit := min(r.readyEnd, r.next+int64(r.a.cfg.PartLines))
+	p := part{from: r.next, usage: &vbatchv1.Usage{}}
+	var size int64
+	for n := p.from; n < limit; n++ {
 		res := r.buffer[n]
+		size += int64(len(res.output) + len(res.errLine))
+		if n > p.from && size > r.a.cfg.PartBytes {
+			break
+		}
+		p.to = n + 1
 		delete(r.buffer, n)
 		if res.output != nil {
 			p.output = append(p.output, res.output...)
@@ -386,7 +397,7 @@ func (r *leaseRun) startCommit() {
 			p.failed++
 		}
 	}
-	r.next = to
+	r.next = p.to
 	r.committing = true
 	r.lastFlush = time.Now()
 	go func() {

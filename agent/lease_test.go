@@ -298,3 +298,68 @@ func TestLostLeaseAnswerIsAskedForAgain(t *testing.T) {
 		}
 	})
 }
+
+// TestPartsCutAtPartBytes: a part holds at most PartBytes of results
+// (a single larger line alone), however many lines PartLines allows.
+func TestPartsCutAtPartBytes(t *testing.T) {
+	coord := newFakeCoord(t, inputLines(40))
+	eng := newFakeEngine()
+	eng.do = func(_ context.Context, line int) (int, []byte, error) {
+		body := okBody(line)
+		if line == 10 {
+			// One answer larger than a part may hold.
+			body = []byte(fmt.Sprintf(`{"id":"x","big":"%s"}`, strings.Repeat("y", 5000)))
+		}
+		return 200, body, nil
+	}
+	const limit = 2000
+	startAgent(t, coord, eng, func(c *Config) {
+		c.PartLines = 500
+		c.PartInterval = time.Minute
+		c.PartBytes = limit
+	})
+	waitFor(t, "chunk completed", func() bool {
+		var n int
+		coord.with(func() { n = coord.completes + coord.partCompletes })
+		return n == 1
+	})
+	noViolations(t, coord)
+	committedLines(t, coord)
+	coord.with(func() {
+		if len(coord.parts) < 3 {
+			t.Fatalf("%d parts, want the 40 lines cut by bytes into several", len(coord.parts))
+		}
+		for _, p := range coord.parts {
+			size := len(p.Output) + len(p.Errors)
+			if size > limit && p.ToLine-p.FromLine != 1 {
+				t.Errorf("part [%d,%d) holds %d bytes, over %d with more than one line", p.FromLine, p.ToLine, size, limit)
+			}
+			if p.FromLine <= 10 && p.ToLine > 10 && p.ToLine-p.FromLine != 1 {
+				t.Errorf("the oversized line 10 shares part [%d,%d)", p.FromLine, p.ToLine)
+			}
+		}
+	})
+}
+
+// TestPartRetriedForAtMostATTL: a part the coordinators keep refusing
+// with a retryable error, while renewals succeed, is given up after one
+// lease TTL and the lease released, rather than held (and any drain
+// blocked) for ever.
+func TestPartRetriedForAtMostATTL(t *testing.T) {
+	coord := newFakeCoord(t, inputLines(20))
+	coord.putHook = func(*fakeCoord, *vbatchv1.PutResultsRequest) error {
+		return connect.NewError(connect.CodeUnavailable, errors.New("no quorum for blobs"))
+	}
+	startAgent(t, coord, newFakeEngine(), nil)
+	// The fake grants 2 s leases.
+	start := time.Now()
+	waitFor(t, "lease released", func() bool { var n int; coord.with(func() { n = len(coord.releases) }); return n > 0 })
+	if el := time.Since(start); el > 8*time.Second {
+		t.Errorf("released after %v, want about one TTL (2 s)", el)
+	}
+	coord.with(func() {
+		if coord.releases[0] != reasonCommitFailure || coord.completes != 0 || coord.progress != 0 {
+			t.Errorf("releases %v completes %d progress %d", coord.releases, coord.completes, coord.progress)
+		}
+	})
+}

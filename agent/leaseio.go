@@ -51,6 +51,11 @@ func (r *leaseRun) readLoop(ctx context.Context, out chan<- numberedLine, budget
 	defer close(out)
 	next, end := r.l.Progress, r.l.EndLine
 	noProgress := 0
+	defer func() {
+		if next < end && r.readErr == nil && ctx.Err() != nil {
+			r.readErr = ctx.Err()
+		}
+	}()
 	for next < end && ctx.Err() == nil {
 		progressed, stalled := false, false
 		err := r.a.coords.call(ctx, "read input", 0, func(ctx context.Context, c vbatchv1connect.AgentServiceClient) error {
@@ -273,7 +278,13 @@ func (r *leaseRun) putResults(p part) (*vbatchv1.PutResultsResponse, error) {
 		Usage:    p.usage,
 		Complete: p.to == r.l.EndLine,
 	}
-	err := r.a.coords.call(r.tokenCtx, "put results", r.attemptTimeout(putAttemptTimeout), func(ctx context.Context, c vbatchv1connect.AgentServiceClient) error {
+	// A part is retried (on any coordinator) for at most one lease TTL:
+	// one that keeps failing while renewals succeed (the coordinators
+	// cannot store blobs on a quorum) would otherwise hold the lease, and
+	// any drain, for ever. The lease is then released as a commit failure.
+	ctx, cancel := context.WithTimeout(r.tokenCtx, r.partRetryLimit())
+	defer cancel()
+	err := r.a.coords.call(ctx, "put results", r.attemptTimeout(putAttemptTimeout), func(ctx context.Context, c vbatchv1connect.AgentServiceClient) error {
 		resp, err := c.PutResults(ctx, connect.NewRequest(req))
 		if err == nil {
 			out = resp.Msg
@@ -311,9 +322,32 @@ func (r *leaseRun) releaseCrash(alone bool) error {
 		Reason: reasonEngineCrash, StartedEnd: r.startedEnd, Alone: alone})
 }
 
-// sendRelease sends a Release, trying other coordinators as calls do.
+// partRetryLimit is how long one part is retried: a lease TTL.
+func (r *leaseRun) partRetryLimit() time.Duration {
+	if ttl := time.Duration(r.a.leaseTTL.Load()); ttl > 0 {
+		return ttl
+	}
+	return putAttemptTimeout
+}
+
+// lateReleaseTimeout bounds a Release sent after the agent's shutdown
+// budget for leases ran out, from the time kept for leaving.
+const lateReleaseTimeout = 5 * time.Second
+
+// sendRelease sends a Release, trying other coordinators as calls do. A
+// lease whose calls were cut off by the end of the agent's life (not by
+// losing its token) is still handed back, briefly: that saves the chunk
+// waiting out its TTL.
 func (r *leaseRun) sendRelease(req *vbatchv1.ReleaseRequest) error {
-	ctx, cancel := context.WithTimeout(r.tokenCtx, 2*unaryAttemptTimeout)
+	parent, limit := r.tokenCtx, 2*unaryAttemptTimeout
+	select {
+	case <-r.revoked:
+	default:
+		if r.tokenCtx.Err() != nil {
+			parent, limit = context.WithoutCancel(r.tokenCtx), lateReleaseTimeout
+		}
+	}
+	ctx, cancel := context.WithTimeout(parent, limit)
 	defer cancel()
 	err := r.a.coords.call(ctx, "release", unaryAttemptTimeout, func(ctx context.Context, c vbatchv1connect.AgentServiceClient) error {
 		_, err := c.Release(ctx, connect.NewRequest(req))

@@ -56,4 +56,11 @@ func TestShutdownKeepsItsBudget(t *testing.T) {
 	if returned > budget+2*time.Second {
 		t.Errorf("Run returned %v after the signal, budget %v", returned, budget)
 	}
+	// The lease's calls were cut off with the budget, yet it was handed
+	// back rather than left to run out its TTL.
+	coord.with(func() {
+		if len(coord.releases) != 1 || coord.releases[0] != reasonShutdown {
+			t.Errorf("releases %v, want one %q", coord.releases, reasonShutdown)
+		}
+	})
 }

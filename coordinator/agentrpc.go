@@ -6,6 +6,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"math/rand/v2"
 	"slices"
 	"sort"
@@ -450,7 +451,9 @@ func (s *agentService) ReadInput(ctx context.Context, req *connect.Request[vbatc
 		return lerr
 	}
 	if input == nil || len(input.Parts) != 1 {
-		return connect.NewError(connect.CodeFailedPrecondition, fmt.Errorf("batch %s: input file missing", m.BatchId))
+		// Not FailedPrecondition: agents read that as a stale token and
+		// drop the lease without releasing it.
+		return connect.NewError(connect.CodeInternal, fmt.Errorf("batch %s: input file missing", m.BatchId))
 	}
 	sha := input.Parts[0].Sha256
 	if err := whileKeptAlive(ctx, stream, func() error { return s.c.repl.Ensure(ctx, sha) }); err != nil {
@@ -461,32 +464,46 @@ func (s *agentService) ReadInput(ctx context.Context, req *connect.Request[vbatc
 		return connect.NewError(connect.CodeInternal, err)
 	}
 	defer rc.Close()
-	br := bufio.NewReaderSize(rc, 1<<20)
-	line := ch.StartLine
+	return sendInputLines(rc, ch.StartLine, ch.EndLine, m.FromLine, stream.Send)
+}
+
+// sendInputLines reads the chunk's lines [start, end) from r and sends
+// those from from on, whole lines only, in messages of at most
+// readBatchLines lines or about readBatchBytes. Only the chunk's last line
+// may end without a newline (at the end of the file). A read that fails
+// (a block that fails verification: the copy is quarantined and fetched
+// again on the next read) ends the stream as Unavailable before the
+// partial line, so the agent reads on from there, here or elsewhere.
+func sendInputLines(r io.Reader, start, end, from int64, send func(*vbatchv1.ReadInputResponse) error) error {
+	br := bufio.NewReaderSize(r, 1<<20)
 	msg := &vbatchv1.ReadInputResponse{}
 	size := 0
-	for line < ch.EndLine {
+	for line := start; line < end; line++ {
 		b, err := br.ReadBytes('\n')
-		if len(b) == 0 && err != nil {
-			return connect.NewError(connect.CodeInternal, fmt.Errorf("read input line %d: %w", line, err))
+		switch {
+		case err == nil:
+		case !errors.Is(err, io.EOF):
+			return connect.NewError(connect.CodeUnavailable, fmt.Errorf("read input line %d: %w", line, err))
+		case len(b) == 0 || line != end-1:
+			return connect.NewError(connect.CodeDataLoss, fmt.Errorf("read input line %d: the input ends before line %d", line, end))
 		}
-		if line >= m.FromLine {
-			if len(msg.Lines) == 0 {
-				msg.FirstLine = line
-			}
-			msg.Lines = append(msg.Lines, bytes.TrimRight(b, "\r\n"))
-			size += len(b)
-			if len(msg.Lines) == readBatchLines || size >= readBatchBytes {
-				if err := stream.Send(msg); err != nil {
-					return err
-				}
-				msg, size = &vbatchv1.ReadInputResponse{}, 0
-			}
+		if line < from {
+			continue
 		}
-		line++
+		if len(msg.Lines) == 0 {
+			msg.FirstLine = line
+		}
+		msg.Lines = append(msg.Lines, bytes.TrimRight(b, "\r\n"))
+		size += len(b)
+		if len(msg.Lines) == readBatchLines || size >= readBatchBytes {
+			if err := send(msg); err != nil {
+				return err
+			}
+			msg, size = &vbatchv1.ReadInputResponse{}, 0
+		}
 	}
 	if len(msg.Lines) > 0 {
-		return stream.Send(msg)
+		return send(msg)
 	}
 	return nil
 }

@@ -2,8 +2,12 @@ package coordinator
 
 import (
 	"context"
+	"errors"
+	"io"
 	"net/http"
 	"net/http/httptest"
+	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -82,5 +86,58 @@ func TestOthersServing(t *testing.T) {
 	}
 	if engineLoaded(&vbatchv1.TelemetryRequest{Engines: []*vbatchv1.EngineStats{{Loaded: false}}}) {
 		t.Fatal("an engine reported not loaded reads as loaded")
+	}
+}
+
+// failingReader returns data, then err.
+type failingReader struct {
+	data []byte
+	err  error
+}
+
+func (f *failingReader) Read(p []byte) (int, error) {
+	if len(f.data) == 0 {
+		return 0, f.err
+	}
+	n := copy(p, f.data)
+	f.data = f.data[n:]
+	return n, nil
+}
+
+// TestSendInputLinesSendsWholeLinesOnly: the input stream carries whole
+// lines from the requested one on; only the chunk's last line may lack
+// its newline; a read that fails mid-line (a block that failed
+// verification) or input that ends early sends no partial line.
+func TestSendInputLinesSendsWholeLinesOnly(t *testing.T) {
+	collect := func(r io.Reader, start, end, from int64) ([]string, int64, error) {
+		var got []string
+		first := int64(-1)
+		err := sendInputLines(r, start, end, from, func(m *vbatchv1.ReadInputResponse) error {
+			if first < 0 {
+				first = m.FirstLine
+			}
+			for _, l := range m.Lines {
+				got = append(got, string(l))
+			}
+			return nil
+		})
+		return got, first, err
+	}
+	got, first, err := collect(strings.NewReader("a\r\nb\nc"), 10, 13, 11)
+	if err != nil || first != 11 || strings.Join(got, ",") != "b,c" {
+		t.Fatalf("from line 11 of a file ending without a newline: %q from %d, %v", got, first, err)
+	}
+	bad := errors.New("block 3 hash mismatch")
+	got, _, err = collect(&failingReader{data: []byte("a\nbb"), err: bad}, 0, 3, 0)
+	if connect.CodeOf(err) != connect.CodeUnavailable || !errors.Is(err, bad) || slices.Contains(got, "bb") {
+		t.Fatalf("read failing mid-line: sent %q, err %v; want no partial line and Unavailable", got, err)
+	}
+	got, _, err = collect(&failingReader{data: []byte("a\nbb"), err: bad}, 0, 2, 0)
+	if connect.CodeOf(err) != connect.CodeUnavailable || slices.Contains(got, "bb") {
+		t.Fatalf("read failing in the last line: sent %q, err %v", got, err)
+	}
+	got, _, err = collect(strings.NewReader("a\nb"), 0, 3, 0)
+	if connect.CodeOf(err) != connect.CodeDataLoss || slices.Contains(got, "b") {
+		t.Fatalf("input ending two lines early: sent %q, err %v", got, err)
 	}
 }

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"google.golang.org/protobuf/proto"
@@ -50,9 +51,17 @@ func (c *Coordinator) leaderLoop(ctx context.Context) {
 		case <-time.After(100 * time.Millisecond):
 		}
 	}
-	// Agents could not renew during the election: give every live lease a
-	// fresh TTL rather than punish them for it.
-	if _, err := c.Apply(ctx, &vbatchv1.ExtendLeases{ExpiresAt: c.Now().Add(c.cfg.LeaseTTL).UnixMilli()}); err != nil {
+	// Agents could not renew during the election: give every lease a
+	// fresh TTL rather than punish them for it, except leases their agents
+	// have surely given up (an agent drops a lease once its renewals,
+	// every TTL/3, failed for a TTL: at most about one renew interval
+	// after it expired).
+	now := c.Now()
+	extend := &vbatchv1.ExtendLeases{ExpiresAt: now.Add(c.cfg.LeaseTTL).UnixMilli()}
+	if c.clusterAtFSMLevel(fsm.LevelLeaseRequestID) {
+		extend.GoneBefore = now.Add(-c.cfg.LeaseTTL/3 - extendGrace).UnixMilli()
+	}
+	if _, err := c.Apply(ctx, extend); err != nil {
 		c.log.Warn("extend leases on leadership failed", "err", err)
 	}
 	l := &leader{c: c, started: c.Now(), busy: map[string]bool{}, chunks: monitoring.NewChunkTracker(c.metrics.Chunks)}
@@ -311,6 +320,10 @@ func (l *leader) expire(ctx context.Context, b *vbatchv1.Batch) error {
 	return nil
 }
 
+// extendGrace is the margin, past one renew interval, within which an
+// expired lease's agent may still hold it when a new leader extends leases.
+const extendGrace = 5 * time.Second
+
 // expiredLines streams the batch_expired lines of the given input line
 // ranges into a replicated blob.
 func (l *leader) expiredLines(ctx context.Context, b *vbatchv1.Batch, ranges [][2]int64) (*vbatchv1.BlobRef, int64, error) {
@@ -325,10 +338,22 @@ func (l *leader) expiredLines(ctx context.Context, b *vbatchv1.Batch, ranges [][
 	}
 	defer rc.Close()
 	pr, pw := io.Pipe()
+	// The scan reads rc until it returns: every return below waits for it
+	// first (rc's buffers go back to a pool on Close), and a failed store
+	// makes its next read fail rather than scan on to the end.
 	var n int64
+	var stop atomic.Bool
+	done := make(chan struct{})
+	defer func() {
+		stop.Store(true)
+		pr.CloseWithError(errScanStopped)
+		<-done
+	}()
 	go func() {
+		defer close(done)
 		seq := 0
-		err := validate.ScanCustomIDs(rc, ranges[0][0], ranges[len(ranges)-1][1], func(line int64, customID string) {
+		src := stoppableReader{r: rc, stop: &stop}
+		err := validate.ScanCustomIDs(src, ranges[0][0], ranges[len(ranges)-1][1], func(line int64, customID string) {
 			for _, r := range ranges {
 				if line >= r[0] && line < r[1] {
 					seq++
@@ -344,13 +369,29 @@ func (l *leader) expiredLines(ctx context.Context, b *vbatchv1.Batch, ranges [][
 	}()
 	ref, err := c.blobs.Ingest(pr)
 	if err != nil {
-		pr.CloseWithError(err)
 		return nil, 0, fmt.Errorf("store expired lines: %w", err)
 	}
+	<-done // the scan wrote its last line before the pipe's EOF; n is final
 	if _, err := c.replicate(ctx, ref.Sha256); err != nil {
 		return nil, 0, err
 	}
 	return ref, n, nil
+}
+
+// errScanStopped ends a scan whose output is no longer wanted.
+var errScanStopped = errors.New("scan stopped")
+
+// stoppableReader fails every read once stop is set.
+type stoppableReader struct {
+	r    io.Reader
+	stop *atomic.Bool
+}
+
+func (s stoppableReader) Read(p []byte) (int, error) {
+	if s.stop.Load() {
+		return 0, errScanStopped
+	}
+	return s.r.Read(p)
 }
 
 func allDone(b *vbatchv1.Batch) bool {

@@ -317,7 +317,7 @@ func (a *applyCtx) expireLeases(c *vbatchv1.ExpireLeases) error {
 func (a *applyCtx) extendLeases(c *vbatchv1.ExtendLeases) error {
 	a.s.LiveBatches(func(b *vbatchv1.Batch) bool {
 		for _, ch := range b.Chunks {
-			if ch.State == chunkLeased && ch.Lease != nil {
+			if ch.State == chunkLeased && ch.Lease != nil && ch.Lease.ExpiresAt > c.GoneBefore {
 				ch.Lease.ExpiresAt = max(ch.Lease.ExpiresAt, c.ExpiresAt)
 			}
 		}

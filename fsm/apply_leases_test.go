@@ -283,3 +283,23 @@ func TestGrantedToFindsTheAttemptsLiveLease(t *testing.T) {
 		t.Error("an expired lease is found")
 	}
 }
+
+// A new leader leaves alone the leases that expired before gone_before:
+// their agents have given them up, and extending them would strand their
+// chunks for another TTL. Leases that expired since are still extended.
+func TestExtendLeasesLeavesGoneLeases(t *testing.T) {
+	h := running(t, 30, 10)
+	grant(t, h, 0, "a1")
+	h.Advance(20 * time.Second)
+	grant(t, h, 1, "a2")
+	h.Advance(40 * time.Second) // lease 0 ran out 30 s ago, lease 1 10 s ago
+	gone, lease1 := h.chunk(0).Lease.ExpiresAt, h.chunk(1).Lease.ExpiresAt
+	target := h.Clock.Add(leaseTTL).UnixMilli()
+	h.MustApply(t, &vbatchv1.ExtendLeases{ExpiresAt: target, GoneBefore: h.Clock.Add(-15 * time.Second).UnixMilli()})
+	if got := h.chunk(0).Lease.ExpiresAt; got != gone {
+		t.Errorf("lease gone for 30 s expires at %d, want left at %d", got, gone)
+	}
+	if got := h.chunk(1).Lease.ExpiresAt; got != target || got == lease1 {
+		t.Errorf("lease expired 10 s ago expires at %d, want extended to %d", got, target)
+	}
+}

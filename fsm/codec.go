@@ -23,7 +23,8 @@ const EnvelopeVersion = 1
 //   - 3: CompactBatch.
 //   - 4: ReleaseLease counts engine crashes (started_end, alone).
 //   - 5: MergeFileParts.
-//   - 6: GrantLease records the agent's lease attempt (request_id).
+//   - 6: GrantLease records the agent's lease attempt (request_id);
+//     ExtendLeases may leave leases long expired alone (gone_before).
 const Level = 6
 
 // LevelCompletePart is the level that applies CompletePart.
@@ -41,7 +42,8 @@ const LevelCrashCounts = 4
 const LevelMergeFileParts = 5
 
 // LevelLeaseRequestID is the level whose GrantLease records the agent's
-// lease attempt in the lease; below it request_id must be left unset.
+// lease attempt in the lease and whose ExtendLeases honours gone_before;
+// below it both fields must be left unset.
 const LevelLeaseRequestID = 6
 
 // commandTypes maps every command type to a constructor of its message.

@@ -332,7 +332,11 @@ func (g *gen) releaseOrExpire(s *State) proto.Message {
 
 func (g *gen) extend(*State) proto.Message {
 	ttl := g.ttl()
-	return &vbatchv1.ExtendLeases{ExpiresAt: g.m.now.Add(ttl).UnixMilli()}
+	cmd := &vbatchv1.ExtendLeases{ExpiresAt: g.m.now.Add(ttl).UnixMilli()}
+	if g.oneIn(2) {
+		cmd.GoneBefore = g.m.now.Add(-time.Duration(g.between(0, 40)) * time.Second).UnixMilli()
+	}
+	return cmd
 }
 
 func (g *gen) finalize(s *State) proto.Message {

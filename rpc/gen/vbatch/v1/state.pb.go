@@ -2991,8 +2991,13 @@ func (x *ExpireLeases) GetReason() string {
 // ExtendLeases pushes every live lease's expiry to at least expires_at; a new
 // leader issues it so agents are not punished for the election.
 type ExtendLeases struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	ExpiresAt     int64                  `protobuf:"varint,1,opt,name=expires_at,json=expiresAt,proto3" json:"expires_at,omitempty"`
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	ExpiresAt int64                  `protobuf:"varint,1,opt,name=expires_at,json=expiresAt,proto3" json:"expires_at,omitempty"`
+	// gone_before (FSM level 6), when set, leaves alone the leases that
+	// expired at or before it: their agents have given them up (an agent
+	// drops a lease it could not renew for a TTL), and extending them
+	// would strand their chunks for another TTL.
+	GoneBefore    int64 `protobuf:"varint,2,opt,name=gone_before,json=goneBefore,proto3" json:"gone_before,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -3030,6 +3035,13 @@ func (*ExtendLeases) Descriptor() ([]byte, []int) {
 func (x *ExtendLeases) GetExpiresAt() int64 {
 	if x != nil {
 		return x.ExpiresAt
+	}
+	return 0
+}
+
+func (x *ExtendLeases) GetGoneBefore() int64 {
+	if x != nil {
+		return x.GoneBefore
 	}
 	return 0
 }
@@ -3714,10 +3726,12 @@ const file_vbatch_v1_state_proto_rawDesc = "" +
 	"\x05token\x18\x03 \x01(\x04R\x05token\"S\n" +
 	"\fExpireLeases\x12+\n" +
 	"\x06leases\x18\x01 \x03(\v2\x13.vbatch.v1.LeaseRefR\x06leases\x12\x16\n" +
-	"\x06reason\x18\x02 \x01(\tR\x06reason\"-\n" +
+	"\x06reason\x18\x02 \x01(\tR\x06reason\"N\n" +
 	"\fExtendLeases\x12\x1d\n" +
 	"\n" +
-	"expires_at\x18\x01 \x01(\x03R\texpiresAt\"*\n" +
+	"expires_at\x18\x01 \x01(\x03R\texpiresAt\x12\x1f\n" +
+	"\vgone_before\x18\x02 \x01(\x03R\n" +
+	"goneBefore\"*\n" +
 	"\rBeginFinalize\x12\x19\n" +
 	"\bbatch_id\x18\x01 \x01(\tR\abatchId\"\xa9\x02\n" +
 	"\vFinishBatch\x12\x19\n" +
