@@ -281,6 +281,10 @@ func (c *Coordinator) blobPeers() []blob.Peer {
 	return peers
 }
 
+// AtFSMLevel reports whether every server of the raft configuration
+// advertises at least the given FSM level (api.Backend).
+func (c *Coordinator) AtFSMLevel(level int) bool { return c.clusterAtFSMLevel(level) }
+
 // clusterAtFSMLevel reports whether every server of the raft configuration
 // (non-voters too: they apply every entry) advertises in gossip an FSM
 // level of at least level, so a command of that level may be proposed. A

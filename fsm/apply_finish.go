@@ -152,6 +152,9 @@ func (a *applyCtx) resultFile(b *vbatchv1.Batch, id, suffix string, lines int64,
 		Parts:     parts,
 		BatchId:   b.Id,
 	}
+	if secs := b.OutputExpiresAfterSeconds; secs > 0 {
+		f.ExpiresAt = f.CreatedAt + secs
+	}
 	for _, p := range parts {
 		f.Bytes += p.Bytes
 	}

@@ -220,3 +220,31 @@ func TestFinishExpiredNeedsAnExpiry(t *testing.T) {
 	h.Advance(1000 * time.Hour)
 	refused(t, h, ErrConflict, finish(statusExpired))
 }
+
+// A batch's output_expires_after_seconds dates its result files from
+// their creation.
+func TestFinishDatesResultFilesByOutputExpiry(t *testing.T) {
+	h := NewHarness()
+	h.MustApply(t, inputFile("file-in", 25))
+	nb := newBatch(h)
+	nb.Batch.OutputExpiresAfterSeconds = 3600
+	h.MustApply(t, nb)
+	h.MustApply(t, &vbatchv1.StartBatch{BatchId: batch, Model: "m", Total: 25, Chunks: chunking(25, 10)})
+	h.MustApply(t, &vbatchv1.RegisterAgent{Agent: &vbatchv1.Agent{Id: "a1", Models: []string{"m"}}})
+	for c := uint32(0); c < 3; c++ {
+		runChunk(t, h, c, 3)
+	}
+	h.MustApply(t, &vbatchv1.BeginFinalize{BatchId: batch})
+	h.Advance(time.Minute)
+	h.MustApply(t, finish(statusCompleted))
+	s := h.State()
+	for _, id := range []string{"file-out", "file-err"} {
+		f := s.Files[id]
+		if f == nil || f.ExpiresAt != f.CreatedAt+3600 {
+			t.Errorf("%s = %v, want expiring 3600 s after its creation", id, f)
+		}
+	}
+	if f := s.Files["file-in"]; f.ExpiresAt != 0 {
+		t.Errorf("the input file got an expiry: %v", f)
+	}
+}

@@ -24,7 +24,8 @@ const EnvelopeVersion = 1
 //   - 4: ReleaseLease counts engine crashes (started_end, alone).
 //   - 5: MergeFileParts.
 //   - 6: GrantLease records the agent's lease attempt (request_id);
-//     ExtendLeases may leave leases long expired alone (gone_before).
+//     ExtendLeases may leave leases long expired alone (gone_before); a
+//     batch's output_expires_after_seconds dates its result files.
 const Level = 6
 
 // LevelCompletePart is the level that applies CompletePart.
@@ -45,6 +46,10 @@ const LevelMergeFileParts = 5
 // lease attempt in the lease and whose ExtendLeases honours gone_before;
 // below it both fields must be left unset.
 const LevelLeaseRequestID = 6
+
+// LevelOutputExpiry is the level that dates a batch's result files by its
+// output_expires_after_seconds; below it the field must be left unset.
+const LevelOutputExpiry = 6
 
 // commandTypes maps every command type to a constructor of its message.
 // The list only grows; see CommandType in state.proto.

@@ -17,6 +17,7 @@ import (
 
 	"github.com/vbatch/vbatch/coordinator/validate"
 	"github.com/vbatch/vbatch/fsm"
+	"github.com/vbatch/vbatch/internal/httpsafe"
 	"github.com/vbatch/vbatch/internal/ids"
 	"github.com/vbatch/vbatch/monitoring"
 )
@@ -35,6 +36,8 @@ const (
 	// MaxInferenceBodyBytes caps an online inference request, images
 	// inline as data URLs included.
 	MaxInferenceBodyBytes = 32 << 20
+	// jsonBodyTime bounds the arrival of a maxJSONBody-capped body.
+	jsonBodyTime = time.Minute
 )
 
 // Config tunes the API.
@@ -288,6 +291,9 @@ func (a *API) serveEndpoint(w http.ResponseWriter, r *http.Request, ep endpoint,
 	}
 	switch {
 	case ep.maxBody == 0:
+		// A JSON body of at most 1 MiB has a minute to arrive, however
+		// slowly it trickles in.
+		httpsafe.BodyDeadline(r, time.Now().Add(jsonBodyTime))
 		r.Body = http.MaxBytesReader(w, r.Body, maxJSONBody)
 	case ep.maxBody > 0:
 		r.Body = http.MaxBytesReader(w, r.Body, ep.maxBody)

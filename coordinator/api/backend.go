@@ -46,6 +46,10 @@ type Backend interface {
 	DrainAgent(ctx context.Context, id string) error
 	// Now is the clock used to stamp ids and timestamps.
 	Now() time.Time
+	// AtFSMLevel reports whether every server of the raft configuration
+	// applies the commands of the given FSM level (fsm.Level), so that a
+	// command or field of that level may be proposed.
+	AtFSMLevel(level int) bool
 }
 
 // ClusterStatus is the body of GET /v1/admin/cluster/status.

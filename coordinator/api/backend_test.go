@@ -52,6 +52,8 @@ type fakeBackend struct {
 	onApply       func(cmd proto.Message)
 	status        *ClusterStatus
 	panicOnStatus bool
+	// level is the FSM level every server applies; 0 is fsm.Level.
+	level int
 }
 
 func newFakeBackend() *fakeBackend {
@@ -168,6 +170,16 @@ func (b *fakeBackend) DrainAgent(_ context.Context, id string) error {
 		return fsm.ErrNotFound
 	}
 	return nil
+}
+
+func (b *fakeBackend) AtFSMLevel(level int) bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	have := b.level
+	if have == 0 {
+		have = fsm.Level
+	}
+	return have >= level
 }
 
 func (b *fakeBackend) Now() time.Time {

@@ -55,10 +55,11 @@ func parseWindow(s string) (int64, error) {
 
 // createBatchRequest is the body of POST /v1/batches.
 type createBatchRequest struct {
-	InputFileID        string            `json:"input_file_id"`
-	Endpoint           string            `json:"endpoint"`
-	CompletionWindow   string            `json:"completion_window"`
-	Metadata           map[string]string `json:"metadata"`
+	InputFileID      string `json:"input_file_id"`
+	Endpoint         string `json:"endpoint"`
+	CompletionWindow string `json:"completion_window"`
+	// Metadata values are pointers so that a JSON null is told from "".
+	Metadata           map[string]*string `json:"metadata"`
 	OutputExpiresAfter *struct {
 		Anchor  string `json:"anchor"`
 		Seconds int64  `json:"seconds"`
@@ -83,7 +84,11 @@ func (req *createBatchRequest) check() error {
 	if len(req.Metadata) > maxMetadataPairs {
 		return invalidValue("metadata", "Invalid 'metadata': at most %d key-value pairs are allowed, got %d.", maxMetadataPairs, len(req.Metadata))
 	}
-	for k, v := range req.Metadata {
+	for k, pv := range req.Metadata {
+		if pv == nil {
+			return invalidValue("metadata", "Invalid 'metadata': the value of %q is null; values must be strings.", k)
+		}
+		v := *pv
 		if utf8.RuneCountInString(k) > maxMetadataKey {
 			return invalidValue("metadata", "Invalid 'metadata': key %q is longer than %d characters.", k, maxMetadataKey)
 		}
@@ -100,6 +105,18 @@ func (req *createBatchRequest) check() error {
 		}
 	}
 	return nil
+}
+
+// metadata is the request's metadata, checked to hold no null.
+func (req *createBatchRequest) metadata() map[string]string {
+	if req.Metadata == nil {
+		return nil
+	}
+	m := make(map[string]string, len(req.Metadata))
+	for k, v := range req.Metadata {
+		m[k] = *v
+	}
+	return m
 }
 
 // createBatch serves POST /v1/batches.
@@ -140,11 +157,20 @@ func (a *API) createBatch(w http.ResponseWriter, r *http.Request, p *principal) 
 		InputFileId:      input.Id,
 		Endpoint:         req.Endpoint,
 		CompletionWindow: req.CompletionWindow,
-		Metadata:         req.Metadata,
+		Metadata:         req.metadata(),
 		Status:           vbatchv1.BatchStatus_BATCH_STATUS_VALIDATING,
 		CreatedAt:        now,
 		ExpiresAt:        now + window,
 		RequestCounts:    &vbatchv1.RequestCounts{},
+	}
+	if e := req.OutputExpiresAfter; e != nil {
+		if !a.b.AtFSMLevel(fsm.LevelOutputExpiry) {
+			// A server of an older build would not date the result files
+			// and its state would differ from its peers'.
+			return &apiError{status: http.StatusServiceUnavailable, typ: typeServer, code: codeUnavailable,
+				message: "'output_expires_after' is not available until every coordinator runs a build that supports it; retry after the upgrade, or create the batch without it."}
+		}
+		b.OutputExpiresAfterSeconds = e.Seconds
 	}
 	setAuditTarget(r, "", b.Id)
 	var check func(s *fsm.State) error

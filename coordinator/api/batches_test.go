@@ -110,6 +110,7 @@ func TestCreateBatchErrors(t *testing.T) {
 		{"long metadata key", ok(func(m map[string]any) { m["metadata"] = map[string]string{strings.Repeat("k", 65): "v"} }), codeInvalidValue, "metadata"},
 		{"long metadata value", ok(func(m map[string]any) { m["metadata"] = map[string]string{"k": strings.Repeat("v", 513)} }), codeInvalidValue, "metadata"},
 		{"metadata not strings", ok(func(m map[string]any) { m["metadata"] = map[string]int{"k": 1} }), codeInvalidJSON, "metadata"},
+		{"null metadata value", ok(func(m map[string]any) { m["metadata"] = map[string]any{"k": nil} }), codeInvalidValue, "metadata"},
 		{"bad output expiry", ok(func(m map[string]any) {
 			m["output_expires_after"] = map[string]any{"anchor": "created_at", "seconds": 5}
 		}), codeInvalidValue, "output_expires_after.seconds"},
@@ -309,5 +310,46 @@ func TestWriteWithoutLeader(t *testing.T) {
 		wantError(t, 503, typeServer, codeUnavailable)
 	if e.b.snapshot() != before {
 		t.Fatal("state changed")
+	}
+}
+
+// TestOutputExpiresAfterIsKept: output_expires_after goes into the batch
+// (its result files expire by it), and while an older coordinator that
+// would ignore it is in the cluster the batch is refused with 503 rather
+// than created without it.
+func TestOutputExpiresAfterIsKept(t *testing.T) {
+	e := rootEnv(t)
+	in := e.uploadOK(testRoot, "batch", batchLines(2))
+	body := map[string]any{
+		"input_file_id": in, "endpoint": "/v1/embeddings", "completion_window": "24h",
+		"output_expires_after": map[string]any{"anchor": "created_at", "seconds": 7200},
+	}
+	r := e.postJSON("/v1/batches", testRoot, body)
+	if r.status != 200 {
+		t.Fatalf("%d %s", r.status, r.body)
+	}
+	id := r.json(t)["id"].(string)
+	e.b.f.View(func(s *fsm.State) {
+		if got := s.Batches[id].GetOutputExpiresAfterSeconds(); got != 7200 {
+			t.Errorf("batch keeps output_expires_after %d s, want 7200", got)
+		}
+	})
+	e.b.mu.Lock()
+	e.b.level = fsm.LevelOutputExpiry - 1
+	e.b.mu.Unlock()
+	var before int
+	e.b.f.View(func(s *fsm.State) { before = len(s.Batches) })
+	r = e.postJSON("/v1/batches", testRoot, body)
+	if r.status != http.StatusServiceUnavailable || !strings.Contains(string(r.body), "output_expires_after") {
+		t.Fatalf("below the level: %d %s, want 503 naming output_expires_after", r.status, r.body)
+	}
+	e.b.f.View(func(s *fsm.State) {
+		if len(s.Batches) != before {
+			t.Errorf("a refused batch changed the state: %d batches, was %d", len(s.Batches), before)
+		}
+	})
+	delete(body, "output_expires_after")
+	if r = e.postJSON("/v1/batches", testRoot, body); r.status != 200 {
+		t.Fatalf("without the field, below the level: %d %s", r.status, r.body)
 	}
 }

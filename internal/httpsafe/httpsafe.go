@@ -52,6 +52,13 @@ func BodyIdleTimeout(h http.Handler, d time.Duration) http.Handler {
 		}
 		b := &idleBody{ReadCloser: r.Body, rc: http.NewResponseController(w), d: d}
 		r.Body = b
+		// The deadline starts now, not at the first read: a handler that
+		// answers without reading the body (a 401, a 404) has the server
+		// drain it before the answer goes out, and a client that sends
+		// nothing would hold that for ever. (The server only watches the
+		// connection in the background once the body is read to its end,
+		// so the deadline cannot end a long response early.)
+		_ = b.rc.SetReadDeadline(time.Now().Add(d))
 		h.ServeHTTP(w, r)
 		// A body left unread is drained by the server after the handler
 		// returns, under the deadline of the last read, so that too is
@@ -59,23 +66,39 @@ func BodyIdleTimeout(h http.Handler, d time.Duration) http.Handler {
 	})
 }
 
+// BodyDeadline bounds the whole of r's body, on top of the idle bound:
+// no read of it goes past t. It reports false when r's body is not one
+// BodyIdleTimeout wrapped (call it before wrapping the body again).
+func BodyDeadline(r *http.Request, t time.Time) bool {
+	b, ok := r.Body.(*idleBody)
+	if ok {
+		b.until = t
+	}
+	return ok
+}
+
 // idleBody moves the read deadline before each read, and clears it once
 // the body is read to its end: the server then watches the connection for
 // the client going away, and a deadline there would end long responses.
 type idleBody struct {
 	io.ReadCloser
-	rc  *http.ResponseController
-	d   time.Duration
-	eof bool
+	rc    *http.ResponseController
+	d     time.Duration
+	until time.Time // BodyDeadline's bound; zero: none
+	eof   bool
 }
 
 func (b *idleBody) Read(p []byte) (int, error) {
 	if b.eof {
 		return 0, io.EOF
 	}
+	deadline := time.Now().Add(b.d)
+	if !b.until.IsZero() && b.until.Before(deadline) {
+		deadline = b.until
+	}
 	// An error means the connection cannot take deadlines (a test
 	// recorder); reading on without one is what it did before.
-	_ = b.rc.SetReadDeadline(time.Now().Add(b.d))
+	_ = b.rc.SetReadDeadline(deadline)
 	n, err := b.ReadCloser.Read(p)
 	if err == io.EOF {
 		b.eof = true

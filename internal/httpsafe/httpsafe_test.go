@@ -118,3 +118,61 @@ func TestLongAnswerAfterBodyIsNotCut(t *testing.T) {
 		t.Fatalf("%d %q", resp.StatusCode, b)
 	}
 }
+
+// TestUnreadStalledBodyIsCut: a handler that answers without reading the
+// body (a 401) has the server drain the body before the answer goes out;
+// a client that then sends nothing is cut off, not waited on for ever.
+func TestUnreadStalledBodyIsCut(t *testing.T) {
+	refuse := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		http.Error(w, "no key", http.StatusUnauthorized)
+	})
+	addr := serve(t, refuse, Timeouts{Header: time.Second, BodyIdle: 200 * time.Millisecond, Idle: time.Second})
+	conn, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	fmt.Fprint(conn, "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\nab")
+	_ = conn.SetReadDeadline(time.Now().Add(5 * time.Second))
+	start := time.Now()
+	resp, _ := io.ReadAll(conn)
+	if el := time.Since(start); el > 3*time.Second {
+		t.Fatalf("unread stalled body held the connection %v", el)
+	}
+	if !strings.Contains(string(resp), "401") {
+		t.Fatalf("answer %q, want the 401", resp)
+	}
+}
+
+// TestBodyDeadlineBoundsATrickle: a body that keeps sending a byte within
+// every idle bound is still cut at its BodyDeadline.
+func TestBodyDeadlineBoundsATrickle(t *testing.T) {
+	h := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if !BodyDeadline(r, time.Now().Add(300*time.Millisecond)) {
+			t.Error("BodyDeadline did not find the wrapped body")
+		}
+		readAll(w, r)
+	})
+	addr := serve(t, h, Timeouts{Header: time.Second, BodyIdle: time.Second, Idle: time.Second})
+	conn, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	fmt.Fprint(conn, "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n")
+	start := time.Now()
+	for i := 0; i < 30 && time.Since(start) < 3*time.Second; i++ {
+		if _, err := conn.Write([]byte("x")); err != nil {
+			break // cut off
+		}
+		time.Sleep(100 * time.Millisecond) // a trickle: one byte per tenth of the idle bound
+	}
+	_ = conn.SetReadDeadline(time.Now().Add(5 * time.Second))
+	resp, _ := io.ReadAll(conn)
+	if strings.Contains(string(resp), "200 OK") {
+		t.Fatalf("trickled body accepted: %q", resp)
+	}
+	if el := time.Since(start); el > 4*time.Second {
+		t.Fatalf("trickle held the connection %v", el)
+	}
+}

@@ -1464,9 +1464,13 @@ type Batch struct {
 	Chunks           []*Chunk               `protobuf:"bytes,23,rep,name=chunks,proto3" json:"chunks,omitempty"`
 	// compacted: the batch ended long ago and its chunk records were dropped
 	// (CompactBatch); its counts, usage and result files stay.
-	Compacted     bool `protobuf:"varint,24,opt,name=compacted,proto3" json:"compacted,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Compacted bool `protobuf:"varint,24,opt,name=compacted,proto3" json:"compacted,omitempty"`
+	// output_expires_after_seconds (FSM level 6), when positive, makes the
+	// batch's output and error files expire that long after they are
+	// created (OpenAI's output_expires_after, anchor created_at).
+	OutputExpiresAfterSeconds int64 `protobuf:"varint,25,opt,name=output_expires_after_seconds,json=outputExpiresAfterSeconds,proto3" json:"output_expires_after_seconds,omitempty"`
+	unknownFields             protoimpl.UnknownFields
+	sizeCache                 protoimpl.SizeCache
 }
 
 func (x *Batch) Reset() {
@@ -1665,6 +1669,13 @@ func (x *Batch) GetCompacted() bool {
 		return x.Compacted
 	}
 	return false
+}
+
+func (x *Batch) GetOutputExpiresAfterSeconds() int64 {
+	if x != nil {
+		return x.OutputExpiresAfterSeconds
+	}
+	return 0
 }
 
 // GPU describes one GPU of an agent.
@@ -3597,7 +3608,7 @@ const file_vbatch_v1_state_proto_rawDesc = "" +
 	"\rRequestCounts\x12\x14\n" +
 	"\x05total\x18\x01 \x01(\x03R\x05total\x12\x1c\n" +
 	"\tcompleted\x18\x02 \x01(\x03R\tcompleted\x12\x16\n" +
-	"\x06failed\x18\x03 \x01(\x03R\x06failed\"\xb7\a\n" +
+	"\x06failed\x18\x03 \x01(\x03R\x06failed\"\xf8\a\n" +
 	"\x05Batch\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x18\n" +
 	"\aproject\x18\x02 \x01(\tR\aproject\x12\"\n" +
@@ -3626,7 +3637,8 @@ const file_vbatch_v1_state_proto_rawDesc = "" +
 	"\rerror_file_id\x18\x15 \x01(\tR\verrorFileId\x12&\n" +
 	"\x05usage\x18\x16 \x01(\v2\x10.vbatch.v1.UsageR\x05usage\x12(\n" +
 	"\x06chunks\x18\x17 \x03(\v2\x10.vbatch.v1.ChunkR\x06chunks\x12\x1c\n" +
-	"\tcompacted\x18\x18 \x01(\bR\tcompacted\x1a;\n" +
+	"\tcompacted\x18\x18 \x01(\bR\tcompacted\x12?\n" +
+	"\x1coutput_expires_after_seconds\x18\x19 \x01(\x03R\x19outputExpiresAfterSeconds\x1a;\n" +
 	"\rMetadataEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xc8\x02\n" +
