@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"slices"
 	"strconv"
+	"time"
 
 	"google.golang.org/protobuf/proto"
 
@@ -19,6 +20,11 @@ const (
 	defaultFileLimit = 10000
 	maxFileLimit     = 10000
 )
+
+// downloadWriteTimeout bounds each write of a file's content to the client:
+// a client that stops reading is cut off after it, instead of holding the
+// file open and its buffers for good. A variable so tests can shorten it.
+var downloadWriteTimeout = 30 * time.Second
 
 // listFiles serves GET /v1/files: the project's files ordered by created_at
 // then id (order=desc by default, as OpenAI), optionally of one purpose,
@@ -128,13 +134,44 @@ func (a *API) fileContent(w http.ResponseWriter, r *http.Request, p *principal) 
 	w.Header().Set("Content-Type", "application/octet-stream")
 	w.Header().Set("Content-Length", strconv.FormatInt(f.Bytes, 10))
 	w.WriteHeader(http.StatusOK)
-	if n, err := io.Copy(w, rc); err != nil || n != f.Bytes {
+	// net/http clears the deadline once the response is finished (its last
+	// bytes flushed under the last one set), before the next request.
+	dw := &deadlineWriter{w: w, rc: http.NewResponseController(w), d: downloadWriteTimeout}
+	if n, err := io.Copy(dw, rc); err != nil || n != f.Bytes {
 		// The status is sent: the short body (against Content-Length) is
 		// how the client learns of the failure.
 		a.log.Error("file content cut short", "request_id", r.Header.Get(requestIDHeader), "file", f.Id,
 			"sent", n, "bytes", f.Bytes, "err", err)
 	}
 	return nil
+}
+
+// deadlineChunk is the most a deadlineWriter hands on under one deadline.
+const deadlineChunk = 32 << 10
+
+// deadlineWriter gives each write to the client, of at most deadlineChunk
+// bytes whatever the size its source writes in, d to complete, so the
+// deadline follows progress: a slow reader that keeps reading is served to
+// the end, one that stops is cut off.
+type deadlineWriter struct {
+	w  io.Writer
+	rc *http.ResponseController
+	d  time.Duration
+}
+
+func (d *deadlineWriter) Write(p []byte) (int, error) {
+	n := 0
+	for n < len(p) {
+		// A writer without deadlines (not a net/http server's) is written
+		// without one.
+		_ = d.rc.SetWriteDeadline(time.Now().Add(d.d))
+		k, err := d.w.Write(p[n:min(len(p), n+deadlineChunk)])
+		n += k
+		if err != nil {
+			return n, err
+		}
+	}
+	return n, nil
 }
 
 // deleteFile serves DELETE /v1/files/{id}; 409 while a live batch uses it.

@@ -1,7 +1,11 @@
 package api
 
 import (
+	"bufio"
+	"context"
 	"fmt"
+	"io"
+	"net"
 	"net/http"
 	"slices"
 	"strconv"
@@ -355,5 +359,100 @@ func TestUploadRecordsCheck(t *testing.T) {
 				t.Fatalf("check %v gives %+v, %v; want %+v", f.Check, got, ok, want)
 			}
 		})
+	}
+}
+
+// closeSignalBackend tells when a handler let go of a file it opened.
+type closeSignalBackend struct {
+	*fakeBackend
+	closed chan struct{}
+}
+
+func (b *closeSignalBackend) OpenFile(ctx context.Context, f *vbatchv1.File) (io.ReadCloser, error) {
+	rc, err := b.fakeBackend.OpenFile(ctx, f)
+	if err != nil {
+		return nil, err
+	}
+	return struct {
+		io.Reader
+		io.Closer
+	}{rc, closerFunc(func() error { close(b.closed); return rc.Close() })}, nil
+}
+
+type closerFunc func() error
+
+func (f closerFunc) Close() error { return f() }
+
+// TestDownloadCutsOffStalledReader: a client that stops reading a file's
+// content is cut off once a write makes no progress for the write timeout,
+// instead of holding the file open for good.
+func TestDownloadCutsOffStalledReader(t *testing.T) {
+	orig := downloadWriteTimeout
+	downloadWriteTimeout = 200 * time.Millisecond
+	t.Cleanup(func() { downloadWriteTimeout = orig })
+	b := &closeSignalBackend{fakeBackend: newFakeBackend(), closed: make(chan struct{})}
+	a := New(b, Config{RootKey: testRoot, MaxUploadBytes: 64 << 20}, nil)
+	e := &env{t: t, b: b.fakeBackend, api: a, srv: newServer(t, a)}
+	// Far more than the socket buffers between the two ends hold.
+	id := e.uploadOK(testRoot, "user_data", strings.Repeat("x", 48<<20))
+	conn, err := net.Dial("tcp", strings.TrimPrefix(e.srv.URL, "http://"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	fmt.Fprintf(conn, "GET /v1/files/%s/content HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer %s\r\n\r\n", id, testRoot)
+	resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
+	if err != nil || resp.StatusCode != http.StatusOK {
+		t.Fatalf("download: %v %v", resp, err)
+	}
+	// Read no more of it.
+	select {
+	case <-b.closed:
+	case <-time.After(10 * time.Second):
+		t.Fatal("a download the client stopped reading still holds its file")
+	}
+}
+
+// TestDownloadSlowReaderServed: the write timeout follows progress: a client
+// that reads slowly but steadily gets the whole file, though that takes
+// longer than the timeout.
+func TestDownloadSlowReaderServed(t *testing.T) {
+	orig := downloadWriteTimeout
+	downloadWriteTimeout = time.Second
+	t.Cleanup(func() { downloadWriteTimeout = orig })
+	e := newEnv(t, Config{RootKey: testRoot, MaxUploadBytes: 64 << 20})
+	content := strings.Repeat("y", 32<<20)
+	id := e.uploadOK(testRoot, "user_data", content)
+	req, err := http.NewRequest(http.MethodGet, e.srv.URL+"/v1/files/"+id+"/content", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("Authorization", "Bearer "+testRoot)
+	resp, err := e.srv.Client().Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	start := time.Now()
+	var got int
+	buf := make([]byte, 1<<20)
+	for {
+		// A MiB at a time with a pause between, far less than the timeout:
+		// a server write waits for a few MiB to drain at most.
+		n, err := io.ReadFull(resp.Body, buf)
+		got += n
+		if err == io.EOF || err == io.ErrUnexpectedEOF && got == len(content) {
+			break
+		}
+		if err != nil {
+			t.Fatalf("after %d bytes: %v", got, err)
+		}
+		time.Sleep(downloadWriteTimeout / 24)
+	}
+	if got != len(content) {
+		t.Fatalf("read %d bytes of %d", got, len(content))
+	}
+	if d := time.Since(start); d < downloadWriteTimeout {
+		t.Fatalf("read in %v, within a single write timeout: nothing tested", d)
 	}
 }

@@ -66,6 +66,10 @@ type uploadReader struct {
 	longLine int64
 	// tee, when set, gets every byte read.
 	tee io.Writer
+	// readErr is the part's read error other than io.EOF (a body cut
+	// short, or past its cap): the client's fault, whatever the store
+	// makes of it.
+	readErr error
 }
 
 func (u *uploadReader) Read(p []byte) (int, error) {
@@ -77,6 +81,9 @@ func (u *uploadReader) Read(p []byte) (int, error) {
 		p = p[:room]
 	}
 	n, err := u.r.Read(p)
+	if err != nil && err != io.EOF && u.readErr == nil {
+		u.readErr = err
+	}
 	u.n += int64(n)
 	if n > 0 {
 		u.count(p[:n])
@@ -157,7 +164,7 @@ func (a *API) uploadFile(w http.ResponseWriter, r *http.Request, p *principal) e
 		return &apiError{status: http.StatusRequestEntityTooLarge, typ: typeInvalidRequest, code: codeFileTooLarge, param: "file",
 			message: fmt.Sprintf("The file is larger than the maximum of %d bytes.", a.cfg.MaxUploadBytes)}
 	}
-	ct, _, err := mime.ParseMediaType(r.Header.Get("Content-Type"))
+	ct, params, err := mime.ParseMediaType(r.Header.Get("Content-Type"))
 	if err != nil || ct != "multipart/form-data" {
 		return badRequest(codeInvalidValue, "", "The request must be multipart/form-data with the fields 'file' and 'purpose'.")
 	}
@@ -174,11 +181,16 @@ func (a *API) uploadFile(w http.ResponseWriter, r *http.Request, p *principal) e
 			streamMax, quotaCapped = room, true
 		}
 	}
-	r.Body = http.MaxBytesReader(w, r.Body, a.cfg.MaxUploadBytes+formSlack)
-	mr, err := r.MultipartReader()
-	if err != nil {
-		return badRequest(codeInvalidValue, "", "The multipart body cannot be read: %v.", err)
+	boundary := params["boundary"]
+	if boundary == "" {
+		return badRequest(codeInvalidValue, "", "The multipart body cannot be read: the Content-Type has no boundary.")
 	}
+	// NextPart also answers a bare io.EOF when the body ends just after a
+	// part's delimiter, so the end of the form is trusted only once the
+	// closing delimiter went by.
+	r.Body = http.MaxBytesReader(w, r.Body, a.cfg.MaxUploadBytes+formSlack)
+	closing := newCloseWatch(r.Body, boundary)
+	mr := multipart.NewReader(closing, boundary)
 	var (
 		purpose, filename string
 		expiresAnchor     string
@@ -191,8 +203,13 @@ func (a *API) uploadFile(w http.ResponseWriter, r *http.Request, p *principal) e
 	defer func() { pre.finish(errUploadEnded) }()
 	for {
 		part, err := mr.NextPart()
-		if errors.Is(err, io.EOF) {
+		if err == io.EOF && closing.seen {
 			break
+		}
+		if err == io.EOF {
+			// The body ended after a delimiter, without the closing one:
+			// cut short, like a "multipart: NextPart: EOF".
+			return a.malformed(io.ErrUnexpectedEOF)
 		}
 		if err != nil {
 			return a.malformed(err)
@@ -222,11 +239,13 @@ func (a *API) uploadFile(w http.ResponseWriter, r *http.Request, p *principal) e
 				return &apiError{status: http.StatusRequestEntityTooLarge, typ: typeInvalidRequest, code: codeFileTooLarge, param: "file",
 					message: fmt.Sprintf("The file is larger than the maximum of %d bytes.", a.cfg.MaxUploadBytes), cause: err}
 			}
+			if ur.readErr != nil {
+				// The file part could not be read to its end (the body was
+				// cut short, or passed its cap): the store kept nothing,
+				// and the request is the client's to fix.
+				return a.malformed(ur.readErr)
+			}
 			if err != nil {
-				var mbe *http.MaxBytesError
-				if errors.As(err, &mbe) || errors.Is(err, io.ErrUnexpectedEOF) {
-					return a.malformed(err)
-				}
 				return fmt.Errorf("store upload: %w", err)
 			}
 		case "purpose", "expires_after[anchor]", "expires_after[seconds]":
@@ -340,6 +359,36 @@ func (a *API) malformed(err error) error {
 			message: fmt.Sprintf("The request body is larger than the maximum of %d bytes.", mbe.Limit), cause: err}
 	}
 	return badRequest(codeInvalidValue, "", "The multipart body is malformed: %v.", err)
+}
+
+// closeWatch passes a multipart body through and records whether its
+// closing delimiter ("\n--boundary--": a delimiter ends a line, in "\r\n"
+// or "\n", or opens the body) went by. A client picks its boundary so that
+// the content never holds it.
+type closeWatch struct {
+	r     io.Reader
+	delim []byte
+	tail  []byte // the last bytes read, up to len(delim)-1, to match across reads
+	seen  bool
+}
+
+func newCloseWatch(r io.Reader, boundary string) *closeWatch {
+	return &closeWatch{r: r, delim: []byte("\n--" + boundary + "--"), tail: []byte("\n")}
+}
+
+func (c *closeWatch) Read(p []byte) (int, error) {
+	n, err := c.r.Read(p)
+	if n > 0 && !c.seen {
+		keep := len(c.delim) - 1
+		b := p[:n]
+		edge := append(c.tail, b[:min(n, keep)]...)
+		c.seen = bytes.Contains(edge, c.delim) || bytes.Contains(b, c.delim)
+		if n >= keep {
+			edge = b
+		}
+		c.tail = append(c.tail[:0], edge[max(0, len(edge)-keep):]...) // copy handles the overlap
+	}
+	return n, err
 }
 
 // readField reads a small form field.

@@ -2,9 +2,18 @@ package api
 
 import (
 	"bytes"
+	"context"
+	"fmt"
 	"io"
 	"math/rand/v2"
+	"net"
+	"net/http"
+	"strings"
 	"testing"
+	"time"
+
+	"github.com/vbatch/vbatch/coordinator/blob"
+	vbatchv1 "github.com/vbatch/vbatch/rpc/gen/vbatch/v1"
 )
 
 // refCount is the byte-at-a-time definition of what uploadReader counts.
@@ -68,4 +77,128 @@ func (c *choppyReader) Read(p []byte) (int, error) {
 		p = p[:1+c.rng.IntN(min(len(p), 17))]
 	}
 	return c.r.Read(p)
+}
+
+// blobBackend is fakeBackend with uploads going to a real blob store, so a
+// test sees what the store keeps. stored gets StoreUpload's outcomes (the
+// first few: a test that does not read them never blocks an upload).
+type blobBackend struct {
+	*fakeBackend
+	store  *blob.Store
+	stored chan error
+}
+
+func (b *blobBackend) StoreUpload(_ context.Context, r io.Reader) (*vbatchv1.BlobRef, []string, error) {
+	ref, err := b.store.Ingest(r)
+	select {
+	case b.stored <- err:
+	default:
+	}
+	if err != nil {
+		return nil, nil, fmt.Errorf("ingest: %w", err)
+	}
+	return ref, []string{"c1", "c2"}, nil
+}
+
+func (b *blobBackend) HoldBlob(_ context.Context, sha string) ([]string, error) {
+	if !b.store.Has(sha) {
+		return nil, fmt.Errorf("hold blob %s: %w", sha, ErrUnavailable)
+	}
+	return []string{"c1", "c2"}, nil
+}
+
+func blobEnv(t *testing.T) (*env, *blobBackend) {
+	t.Helper()
+	s, err := blob.Open(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := &blobBackend{fakeBackend: newFakeBackend(), store: s, stored: make(chan error, 8)}
+	a := New(b, Config{RootKey: testRoot}, nil)
+	return &env{t: t, b: b.fakeBackend, api: a, srv: newServer(t, a)}, b
+}
+
+// wantNothingStored fails unless the store holds no blob and the state no
+// file.
+func wantNothingStored(t *testing.T, e *env, b *blobBackend, what string) {
+	t.Helper()
+	if list, err := b.store.List(); err != nil || len(list) != 0 {
+		t.Fatalf("%s: store holds %v (%v)", what, list, err)
+	}
+	if snap := e.b.snapshot(); snap != "" {
+		t.Fatalf("%s: state changed: %s", what, snap)
+	}
+}
+
+const cutBoundary = "cutb"
+
+// cutForm is a multipart form, purpose then file, its body without the
+// closing delimiter: tail follows the file's content.
+func cutForm(content, tail string) string {
+	return "--" + cutBoundary + "\r\nContent-Disposition: form-data; name=\"purpose\"\r\n\r\nbatch\r\n" +
+		"--" + cutBoundary + "\r\nContent-Disposition: form-data; name=\"file\"; filename=\"in.jsonl\"\r\n" +
+		"Content-Type: application/octet-stream\r\n\r\n" + content + tail
+}
+
+// TestUploadCutShortStoresNothing: a chunked body that ends cleanly but
+// before the form's closing delimiter, wherever it stops, is a 400 that
+// keeps no blob and commits no file, not a file of the bytes that came.
+func TestUploadCutShortStoresNothing(t *testing.T) {
+	e, b := blobEnv(t)
+	content := batchLines(3)
+	post := func(body string) response {
+		// A reader of unknown length: the client sends it chunked.
+		return e.do(http.MethodPost, "/v1/files", testRoot, io.MultiReader(strings.NewReader(body)),
+			"Content-Type", "multipart/form-data; boundary="+cutBoundary)
+	}
+	for _, c := range []struct{ name, body string }{
+		{"in the file", cutForm(content[:len(content)-7], "")},
+		{"in the delimiter", cutForm(content, "\r\n--"+cutBoundary)},
+		{"after a delimiter", cutForm(content, "\r\n--"+cutBoundary+"\r\n")},
+		{"in the next part's headers", cutForm(content, "\r\n--"+cutBoundary+"\r\nContent-Disposition: form-data; name=\"x\"\r\n")},
+		{"in the next part", cutForm(content, "\r\n--"+cutBoundary+"\r\nContent-Disposition: form-data; name=\"x\"\r\n\r\nva")},
+	} {
+		r := post(c.body)
+		r.wantError(t, http.StatusBadRequest, typeInvalidRequest, codeInvalidValue)
+		if !strings.Contains(string(r.body), "malformed") {
+			t.Fatalf("%s: message %s", c.name, r.body)
+		}
+		// The store's GC would collect a blob stored for a refused upload,
+		// but a body cut inside the file must not leave one at all.
+		if c.name == "in the file" {
+			wantNothingStored(t, e, b, c.name)
+		}
+		if snap := e.b.snapshot(); snap != "" {
+			t.Fatalf("%s: state changed: %s", c.name, snap)
+		}
+	}
+	// The same form, closed, is a file.
+	if r := post(cutForm(content, "\r\n--"+cutBoundary+"--\r\n")); r.status != http.StatusOK {
+		t.Fatalf("closed form: %d %s", r.status, r.body)
+	}
+}
+
+// TestUploadClientGoneMidFile: a client that disconnects in the middle of
+// the file (its Content-Length not reached) leaves no blob behind.
+func TestUploadClientGoneMidFile(t *testing.T) {
+	e, b := blobEnv(t)
+	body := cutForm(batchLines(100), "\r\n--"+cutBoundary+"--\r\n")
+	conn, err := net.Dial("tcp", strings.TrimPrefix(e.srv.URL, "http://"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	fmt.Fprintf(conn, "POST /v1/files HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer %s\r\n"+
+		"Content-Type: multipart/form-data; boundary=%s\r\nContent-Length: %d\r\n\r\n%s",
+		testRoot, cutBoundary, len(body), body[:len(body)/2])
+	_ = conn.(*net.TCPConn).CloseWrite()
+	select {
+	case err := <-b.stored:
+		if err == nil {
+			t.Fatal("the first half of a file was stored as a whole one")
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the upload never reached the store")
+	}
+	wantNothingStored(t, e, b, "client gone mid-file")
 }

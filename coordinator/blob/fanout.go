@@ -20,7 +20,9 @@ var errDropped = errors.New("peer fell behind; it gets the blob after the commit
 // peer's buffer is full and more peers than want are still streaming, that
 // peer's stream is dropped instead of waited for. With want or fewer left,
 // writes wait for the slowest, since those copies are needed before the
-// upload can be acknowledged.
+// upload can be acknowledged, but never on a peer that made no progress for
+// the idle timeout: its stream fails, and with too few copies Replicate
+// fails the upload.
 type Fanout struct {
 	ctx     context.Context
 	repl    *Replicator
@@ -48,7 +50,7 @@ func (r *Replicator) StreamToPeers(ctx context.Context, want int) *Fanout {
 func (f *Fanout) Write(b []byte) (int, error) {
 	var waitOn []*Stream
 	for _, s := range f.streams {
-		if s.failed() || s.pipe.TryWrite(b) {
+		if s.failed() || s.tryWrite(b) {
 			continue
 		}
 		waitOn = append(waitOn, s)

@@ -12,6 +12,9 @@ import (
 // received, or quarantined after failing verification) is fetched from a
 // peer. It returns how many it fetched; failures do not stop the pass and
 // come back joined. A quarantined copy is dropped once a good one is back.
+// Each blob's fetch is bounded by RepairTimeout, and a peer that stalls is
+// given up after IdleTimeout, so one bad peer cannot hold up the pass (and
+// the GC that follows it).
 func (r *Replicator) Repair(ctx context.Context, referenced map[string]struct{}) (int, error) {
 	shas := make([]string, 0, len(referenced))
 	for sha := range referenced {
@@ -28,7 +31,10 @@ func (r *Replicator) Repair(ctx context.Context, referenced map[string]struct{})
 			break
 		}
 		quarantined := r.Store.Quarantined(sha)
-		if err := r.Fetch(ctx, sha); err != nil {
+		bctx, cancel := context.WithTimeout(ctx, r.repairTimeout())
+		err := r.Fetch(bctx, sha)
+		cancel()
+		if err != nil {
 			errs = append(errs, fmt.Errorf("repair blob %s: %w", sha, err))
 			continue
 		}

@@ -22,6 +22,14 @@ var ErrNotReplicated = errors.New("blob not replicated to enough nodes")
 // enough nodes hold the blob, when Replicator.StragglerTimeout is zero.
 const DefaultStragglerTimeout = 10 * time.Minute
 
+// DefaultIdleTimeout aborts a transfer whose peer makes no progress for
+// this long, when Replicator.IdleTimeout is zero.
+const DefaultIdleTimeout = 30 * time.Second
+
+// DefaultRepairTimeout bounds the repair of one blob, when
+// Replicator.RepairTimeout is zero.
+const DefaultRepairTimeout = 10 * time.Minute
+
 // Peer is another coordinator that holds blobs.
 type Peer struct {
 	// ID is the peer's node id, as reported in replica lists.
@@ -52,6 +60,17 @@ type Replicator struct {
 	// the background once enough nodes hold the blob (zero: 10 minutes).
 	// Too short and the remaining peers get their copy from Repair instead.
 	StragglerTimeout time.Duration
+	// IdleTimeout aborts a push, fetch or stream whose peer makes no
+	// progress for that long while it is the peer's turn: it reads none of
+	// the bytes waiting for it, sends none of a blob, or does not answer
+	// once it has them all (zero: 30 seconds). It must exceed a peer's
+	// fsync of a large blob; too long and a stalled peer holds an upload,
+	// or the repair loop, that long.
+	IdleTimeout time.Duration
+	// RepairTimeout bounds the fetch of one blob by Repair, so that a peer
+	// that trickles bytes cannot hold the loop (zero: 10 minutes). Too
+	// short and large blobs are never repaired.
+	RepairTimeout time.Duration
 
 	mu      sync.Mutex
 	fetches map[string]*fetchCall // in-flight Fetch per sha
@@ -107,6 +126,22 @@ func (r *Replicator) blobURL(p Peer, sha string) string {
 	return scheme + "://" + p.Addr + PathPrefix + sha
 }
 
+// idleTimeout is IdleTimeout or its default.
+func (r *Replicator) idleTimeout() time.Duration {
+	if r.IdleTimeout > 0 {
+		return r.IdleTimeout
+	}
+	return DefaultIdleTimeout
+}
+
+// repairTimeout is RepairTimeout or its default.
+func (r *Replicator) repairTimeout() time.Duration {
+	if r.RepairTimeout > 0 {
+		return r.RepairTimeout
+	}
+	return DefaultRepairTimeout
+}
+
 // stragglerTimeout is StragglerTimeout or its default.
 func (r *Replicator) stragglerTimeout() time.Duration {
 	if r.StragglerTimeout > 0 {
@@ -117,8 +152,10 @@ func (r *Replicator) stragglerTimeout() time.Duration {
 
 // Replicate pushes a local blob to all peers in parallel and returns once
 // need nodes, this one included, hold it: the ids holding it, this node
-// first. Every copy it counts, found or pushed, has its GC grace restarted,
-// so a caller that commits a reference within the grace keeps them all. Pushes still running then go on in the background (bounded by
+// first. Every copy it counts, found or pushed, has its GC grace restarted
+// (the local one again as it returns, however long the pushes took), so a
+// caller that commits a reference within the grace keeps them all. Pushes
+// still running then go on in the background (bounded by
 // StragglerTimeout). If need cannot be reached, or ctx ends first, the
 // error wraps ErrNotReplicated and the ids that did succeed are returned.
 func (r *Replicator) Replicate(ctx context.Context, sha string, need int) ([]string, error) {
@@ -129,6 +166,15 @@ func (r *Replicator) Replicate(ctx context.Context, sha string, need int) ([]str
 	}
 	holders := []string{r.Self}
 	if need <= 1 {
+		return holders, nil
+	}
+	// The pushes may outlast the GC grace the Hold above started: hold the
+	// local copy again once they are done, and fail if it is gone.
+	rehold := func() ([]string, error) {
+		if _, ok := r.Store.Hold(sha); !ok {
+			return holders[1:], notReplicated(sha, len(holders)-1, need,
+				[]error{fmt.Errorf("local copy gone during the push: %w", ErrNotFound)})
+		}
 		return holders, nil
 	}
 	pushCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), r.stragglerTimeout())
@@ -172,7 +218,7 @@ func (r *Replicator) Replicate(ctx context.Context, sha string, need int) ([]str
 		}
 	}()
 	slices.Sort(holders[1:])
-	return holders, nil
+	return rehold()
 }
 
 func notReplicated(sha string, have, need int, errs []error) error {
@@ -181,7 +227,8 @@ func notReplicated(sha string, have, need int, errs []error) error {
 }
 
 // push makes sure peer p holds the blob: a HEAD first, and a streamed PUT
-// from the verified local copy when it does not.
+// from the verified local copy when it does not; the PUT is aborted once
+// the peer makes no progress for the idle timeout.
 func (r *Replicator) push(ctx context.Context, p Peer, sha string, size int64) error {
 	has, err := r.peerHas(ctx, p, sha, size)
 	if err != nil {
@@ -207,7 +254,14 @@ func (r *Replicator) push(ctx context.Context, p Peer, sha string, size int64) e
 	if err != nil {
 		return err
 	}
-	var body io.ReadCloser = rc
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	wd := newWatchdog(r.idleTimeout(), nil, cancel)
+	defer wd.stop()
+	var body io.ReadCloser = struct {
+		io.Reader
+		io.Closer
+	}{&progressReader{r: rc, wd: wd}, rc}
 	if size == 0 {
 		_ = rc.Close()
 		body = http.NoBody
@@ -222,7 +276,7 @@ func (r *Replicator) push(ctx context.Context, p Peer, sha string, size int64) e
 	req.Header.Set("Content-Type", "application/octet-stream")
 	resp, err := r.client().Do(req)
 	if err != nil {
-		return fmt.Errorf("put blob: %w", err)
+		return fmt.Errorf("put blob: %w", wd.explain(err))
 	}
 	defer drainClose(resp.Body)
 	if resp.StatusCode/100 != 2 {
@@ -231,15 +285,20 @@ func (r *Replicator) push(ctx context.Context, p Peer, sha string, size int64) e
 	return nil
 }
 
-// peerHas asks p whether it holds the blob with the given size.
+// peerHas asks p whether it holds the blob with the given size; a peer
+// that does not answer within the idle timeout is an error.
 func (r *Replicator) peerHas(ctx context.Context, p Peer, sha string, size int64) (bool, error) {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	wd := newWatchdog(r.idleTimeout(), nil, cancel)
+	defer wd.stop()
 	req, err := http.NewRequestWithContext(ctx, http.MethodHead, r.blobURL(p, sha), nil)
 	if err != nil {
 		return false, fmt.Errorf("head blob: %w", err)
 	}
 	resp, err := r.client().Do(req)
 	if err != nil {
-		return false, fmt.Errorf("head blob: %w", err)
+		return false, fmt.Errorf("head blob: %w", wd.explain(err))
 	}
 	drainClose(resp.Body)
 	return resp.StatusCode == http.StatusOK && resp.Header.Get(HeaderSize) == strconv.FormatInt(size, 10), nil
@@ -349,15 +408,20 @@ func (r *Replicator) fetch(ctx context.Context, sha string) error {
 	return errors.Join(append([]error{fmt.Errorf("fetch blob %s from %d peers", sha, len(peers))}, errs...)...)
 }
 
-// fetchFrom streams the blob from p into the store, verifying it.
+// fetchFrom streams the blob from p into the store, verifying it. The
+// transfer is aborted once the peer sends nothing for the idle timeout.
 func (r *Replicator) fetchFrom(ctx context.Context, p Peer, sha string) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	wd := newWatchdog(r.idleTimeout(), nil, cancel)
+	defer wd.stop()
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, r.blobURL(p, sha), nil)
 	if err != nil {
 		return fmt.Errorf("get blob: %w", err)
 	}
 	resp, err := r.client().Do(req)
 	if err != nil {
-		return fmt.Errorf("get blob: %w", err)
+		return fmt.Errorf("get blob: %w", wd.explain(err))
 	}
 	defer drainClose(resp.Body)
 	switch {
@@ -370,8 +434,8 @@ func (r *Replicator) fetchFrom(ctx context.Context, p Peer, sha string) error {
 	if err != nil || size < 0 || (resp.ContentLength >= 0 && resp.ContentLength != size) {
 		return fmt.Errorf("get blob: bad size headers %s=%q Content-Length=%d", HeaderSize, resp.Header.Get(HeaderSize), resp.ContentLength)
 	}
-	if _, err := r.Store.IngestExpected(resp.Body, sha, size); err != nil {
-		return err
+	if _, err := r.Store.IngestExpected(&progressReader{r: resp.Body, wd: wd}, sha, size); err != nil {
+		return wd.explain(err)
 	}
 	return nil
 }

@@ -35,6 +35,7 @@ type node struct {
 	// until closed: a peer slow to take and answer its stream.
 	postGate atomic.Pointer[chan struct{}]
 	posts    atomic.Int64
+	heads    atomic.Int64
 }
 
 // newCluster starts n nodes, each replicating to all the others.
@@ -60,6 +61,7 @@ func newCluster(t *testing.T, n int) []*node {
 					return
 				}
 			case http.MethodHead:
+				nd.heads.Add(1)
 				if g := nd.gate.Load(); g != nil {
 					select {
 					case <-*g:
@@ -304,5 +306,140 @@ func TestFetchConcurrent(t *testing.T) {
 	}
 	if data, err := readAll(c[0].store, sha); err != nil || !bytes.Equal(data, b) {
 		t.Fatalf("copy after concurrent fetches: %v", err)
+	}
+}
+
+// within runs f and fails the test if it has not returned after d: the
+// bugs these tests guard against are hangs.
+func within(t *testing.T, d time.Duration, what string, f func()) {
+	t.Helper()
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		f()
+	}()
+	select {
+	case <-done:
+	case <-time.After(d):
+		t.Fatalf("%s still running after %v", what, d)
+	}
+}
+
+// stalledPeer serves GET of any blob by sending its headers and the first
+// bytes of a size-byte body, then nothing: a peer whose disk or network
+// hung mid-transfer. With trickle set it sends one more byte now and then
+// instead, never reaching the end. Other blobs are 404.
+func stalledPeer(t *testing.T, sha string, size int64, trickle bool) Peer {
+	t.Helper()
+	release := make(chan struct{})
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method != http.MethodGet || r.URL.Path != PathPrefix+sha {
+			http.NotFound(w, r)
+			return
+		}
+		w.Header().Set(HeaderSize, fmt.Sprint(size))
+		w.Header().Set("Content-Length", fmt.Sprint(size))
+		_, _ = w.Write(make([]byte, 1000))
+		http.NewResponseController(w).Flush()
+		for {
+			select {
+			case <-r.Context().Done():
+				return
+			case <-release:
+				return
+			case <-time.After(20 * time.Millisecond):
+			}
+			if trickle {
+				_, _ = w.Write([]byte{0})
+				http.NewResponseController(w).Flush()
+			}
+		}
+	}))
+	t.Cleanup(srv.Close)
+	t.Cleanup(func() { close(release) }) // runs before the server closes
+	return Peer{ID: "stalled", Addr: strings.TrimPrefix(srv.URL, "http://")}
+}
+
+// TestFetchAbortsStalledPeer: a peer that stops sending mid-blob is given
+// up after the idle timeout, and fetches that joined its transfer end with
+// it instead of waiting on it for good.
+func TestFetchAbortsStalledPeer(t *testing.T) {
+	s := newStore(t)
+	sha := shaOf([]byte("never arrives whole"))
+	peer := stalledPeer(t, sha, 4*BlockSize, false)
+	r := &Replicator{Store: s, Self: "n0", Client: &http.Client{}, IdleTimeout: 200 * time.Millisecond,
+		Peers: func() []Peer { return []Peer{peer} }}
+	errs := make(chan error, 3)
+	within(t, 10*time.Second, "fetches from a stalled peer", func() {
+		var wg sync.WaitGroup
+		for range 3 {
+			wg.Go(func() { errs <- r.Ensure(context.Background(), sha) })
+		}
+		wg.Wait()
+	})
+	close(errs)
+	for err := range errs {
+		if !errors.Is(err, errStalled) {
+			t.Fatalf("fetch from a stalled peer: err = %v, want errStalled", err)
+		}
+	}
+	if files := allFiles(t, s.Dir()); len(files) != 0 {
+		t.Fatalf("files kept from a stalled fetch: %v", files)
+	}
+}
+
+// TestRepairBoundsEachBlob: a peer that trickles a blob, too slowly to ever
+// finish yet never idle, costs its blob's repair deadline, not the pass:
+// the next blob is repaired and Repair returns.
+func TestRepairBoundsEachBlob(t *testing.T) {
+	c := newCluster(t, 2)
+	good := randBytes(BlockSize+3, 60)
+	shaGood := ingest(t, c[1].store, good)
+	shaSlow := shaOf([]byte("only on the trickling peer"))
+	// Sort so the trickled blob comes first in the pass.
+	for shaSlow > shaGood {
+		shaSlow = shaOf([]byte(shaSlow))
+	}
+	slow := stalledPeer(t, shaSlow, 4*BlockSize, true)
+	peers := c[0].repl.Peers
+	c[0].repl.Peers = func() []Peer { return append(peers(), slow) }
+	c[0].repl.RepairTimeout = 300 * time.Millisecond
+	var n int
+	var err error
+	within(t, 10*time.Second, "Repair with a trickling peer", func() {
+		n, err = c[0].repl.Repair(context.Background(), map[string]struct{}{shaSlow: {}, shaGood: {}})
+	})
+	if n != 1 || !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("Repair = %d, %v; want 1 and the trickled blob's deadline", n, err)
+	}
+	if got, err := readAll(c[0].store, shaGood); err != nil || !bytes.Equal(got, good) {
+		t.Fatalf("repaired blob: %v", err)
+	}
+}
+
+// TestReplicateHoldsLocalCopyAfterPush: a push that outlasts the GC grace
+// does not leave the local copy Replicate counted at GC's mercy.
+func TestReplicateHoldsLocalCopyAfterPush(t *testing.T) {
+	c := newCluster(t, 2)
+	sha := ingest(t, c[0].store, randBytes(BlockSize, 61))
+	gate := make(chan struct{})
+	c[1].gate.Store(&gate)
+	type replicated struct {
+		holders []string
+		err     error
+	}
+	done := make(chan replicated, 1)
+	go func() {
+		h, err := c[0].repl.Replicate(context.Background(), sha, 2)
+		done <- replicated{h, err}
+	}()
+	waitFor(t, "the push to start", func() bool { return c[1].heads.Load() > 0 })
+	age(t, c[0].store, sha, 2*time.Hour) // the push took longer than the grace
+	close(gate)
+	if r := <-done; r.err != nil || len(r.holders) != 2 {
+		t.Fatalf("Replicate = %v, %v", r.holders, r.err)
+	}
+	if n, err := c[0].repl.GC(nil, time.Hour); err != nil || n != 0 || !c[0].store.Has(sha) {
+		t.Fatalf("GC right after Replicate deleted %d (err %v); local copy present %v", n, err, c[0].store.Has(sha))
 	}
 }

@@ -120,7 +120,7 @@ func Open(dir string) (*Store, error) {
 		return nil, fmt.Errorf("blob store %s: clear tmp: %w", dir, err)
 	}
 	for _, d := range []string{s.blobsDir, s.tmpDir, s.quarDir} {
-		if err := os.MkdirAll(d, 0o750); err != nil {
+		if err := mkdirDurable(d); err != nil {
 			return nil, fmt.Errorf("blob store %s: %w", dir, err)
 		}
 	}
@@ -128,6 +128,33 @@ func Open(dir string) (*Store, error) {
 		return nil, fmt.Errorf("blob store %s: %w", dir, err)
 	}
 	return s, nil
+}
+
+// mkdirDurable creates d and any missing parents, and fsyncs the parent of
+// each directory it created: a blob committed under a directory whose own
+// entry was lost in a crash would be lost with it.
+func mkdirDurable(d string) error {
+	var created []string
+	for p := filepath.Clean(d); ; p = filepath.Dir(p) {
+		if _, err := os.Stat(p); err == nil {
+			break
+		} else if !errors.Is(err, fs.ErrNotExist) {
+			return fmt.Errorf("stat %s: %w", p, err)
+		}
+		created = append(created, p)
+		if filepath.Dir(p) == p {
+			break
+		}
+	}
+	if err := os.MkdirAll(d, 0o750); err != nil {
+		return err
+	}
+	for _, p := range created {
+		if err := syncDir(filepath.Dir(p)); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // Dir is the directory the store lives in.
@@ -159,9 +186,12 @@ func (s *Store) path(sha string) string    { return filepath.Join(s.blobsDir, sh
 func (s *Store) sumPath(sha string) string { return s.path(sha) + ".sum" }
 
 // Ingest streams r into the store and returns its ref. Memory use is one
-// block whatever the size of r. If the blob already exists the new copy is
-// dropped and the existing one is marked recently used (so GC's grace
-// starts over). A full disk yields an error wrapping ErrNoSpace.
+// block whatever the size of r. The content ends only where r returns
+// io.EOF: any other error, io.ErrUnexpectedEOF included (a multipart part
+// cut short), fails the ingest and keeps nothing. If the blob already
+// exists the new copy, just verified, replaces it (healing a copy that
+// rotted on disk), so GC's grace starts over. A full disk yields an error
+// wrapping ErrNoSpace.
 func (s *Store) Ingest(r io.Reader) (*vbatchv1.BlobRef, error) {
 	return s.ingest(r, nil, nil)
 }
@@ -201,20 +231,15 @@ func matches(gotSHA string, gotSize int64, wantSHA string, wantSize int64) error
 
 // IngestExpected is Ingest for content whose sha256 and size are known in
 // advance, as when receiving a replica: it reads at most size+1 bytes and
-// keeps nothing unless the content matches (else ErrMismatch). If the blob
-// is already here it returns at once without reading r.
+// keeps nothing unless the content matches (else ErrMismatch). A copy
+// already here is replaced by the verified new one, not trusted for its
+// size: it may have rotted since it was stored.
 func (s *Store) IngestExpected(r io.Reader, sha string, size int64) (*vbatchv1.BlobRef, error) {
 	if err := checkSHA(sha); err != nil {
 		return nil, err
 	}
 	if size < 0 {
 		return nil, fmt.Errorf("blob %s: negative size %d: %w", sha, size, ErrMismatch)
-	}
-	if ok, err := s.touchIfSize(sha, size); err != nil || ok {
-		if err != nil {
-			return nil, err
-		}
-		return &vbatchv1.BlobRef{Sha256: sha, Bytes: size}, nil
 	}
 	return s.ingest(io.LimitReader(r, size+1), func(gotSHA string, gotSize int64) error {
 		return matches(gotSHA, gotSize, sha, size)
@@ -263,7 +288,7 @@ func (s *Store) ingest(r io.Reader, check func(sha string, size int64) error, te
 	if err := syncClose(sum); err != nil {
 		return nil, fmt.Errorf("blob %s sidecar: %w", shaHex, err)
 	}
-	if err := s.commit(shaHex, size, data.Name(), sum.Name()); err != nil {
+	if err := s.commit(shaHex, data.Name(), sum.Name()); err != nil {
 		return nil, err
 	}
 	return &vbatchv1.BlobRef{Sha256: shaHex, Bytes: size}, nil
@@ -271,13 +296,14 @@ func (s *Store) ingest(r io.Reader, check func(sha string, size int64) error, te
 
 // writeBlocks copies r to w one block at a time, hashing the whole stream
 // and each block, and writes the sidecar through sw; each block goes to the
-// tees first. Read errors come back as they are; write errors are mapped so
-// that ENOSPC wraps ErrNoSpace.
+// tees first. The content ends only at r's io.EOF; other read errors come
+// back as they are; write errors are mapped so that ENOSPC wraps
+// ErrNoSpace.
 func writeBlocks(w io.Writer, sw *sumWriter, r io.Reader, buf []byte, tees []io.Writer) (string, int64, error) {
 	whole := sha256.New()
 	var size int64
 	for {
-		n, rerr := io.ReadFull(r, buf)
+		n, rerr := readBlock(r, buf)
 		if n > 0 {
 			block := buf[:n]
 			for _, t := range tees {
@@ -298,7 +324,7 @@ func writeBlocks(w io.Writer, sw *sumWriter, r io.Reader, buf []byte, tees []io.
 			}
 			size += int64(n)
 		}
-		if rerr == io.EOF || rerr == io.ErrUnexpectedEOF {
+		if rerr == io.EOF {
 			break
 		}
 		if rerr != nil {
@@ -309,6 +335,22 @@ func writeBlocks(w io.Writer, sw *sumWriter, r io.Reader, buf []byte, tees []io.
 		return "", 0, fmt.Errorf("write sidecar: %w", mapNoSpace(err))
 	}
 	return hex.EncodeToString(whole.Sum(nil)), size, nil
+}
+
+// readBlock fills buf from r as io.ReadFull does, but hands r's error on
+// as it is: io.EOF only when r itself ended, never io.ErrUnexpectedEOF of
+// its own making, so that a source that reports being cut short (as a
+// multipart part or an HTTP body does) is not taken for a complete one.
+func readBlock(r io.Reader, buf []byte) (int, error) {
+	n := 0
+	for n < len(buf) {
+		k, err := r.Read(buf[n:])
+		n += k
+		if err != nil {
+			return n, err
+		}
+	}
+	return n, nil
 }
 
 // mapNoSpace makes a disk-full error wrap ErrNoSpace (keeping the cause).
@@ -330,25 +372,27 @@ func syncClose(f *os.File) error {
 	return nil
 }
 
-// commit renames the sidecar and then the bytes into place, each followed
-// by a directory fsync, so a blob visible after a crash always has its
-// sidecar. If an intact copy is already there the temps are left for the
-// caller to drop and the existing copy is touched instead.
-func (s *Store) commit(sha string, size int64, dataTmp, sumTmp string) error {
+// commit renames the sidecar and then the bytes into place and fsyncs the
+// directory, so a blob visible after a crash always has its sidecar. A copy
+// already there is replaced, not trusted: the new one was just verified
+// and the old one may have rotted. Both describe the same content, so a
+// reader that opens the pair under the lock, before or after, gets a
+// consistent pair. If the directory fsync fails the renamed files are
+// removed: a blob that may not survive a crash must not be counted as a
+// replica.
+func (s *Store) commit(sha, dataTmp, sumTmp string) error {
 	l := s.lockFor(sha)
 	l.Lock()
 	defer l.Unlock()
-	if ok, err := s.touchIfSizeLocked(sha, size); err != nil || ok {
-		return err
-	}
 	fan := filepath.Dir(s.path(sha))
 	if i := fanIndex(sha); !s.fanReady[i] {
-		if err := os.Mkdir(fan, 0o750); err == nil {
-			if err := syncDir(s.blobsDir); err != nil {
-				return fmt.Errorf("blob %s: %w", sha, err)
-			}
-		} else if !errors.Is(err, fs.ErrExist) {
+		// A directory that already exists may have been made by a process
+		// that crashed before its entry was synced: sync it either way.
+		if err := os.Mkdir(fan, 0o750); err != nil && !errors.Is(err, fs.ErrExist) {
 			return fmt.Errorf("blob %s: %w", sha, mapNoSpace(err))
+		}
+		if err := syncDir(s.blobsDir); err != nil {
+			return fmt.Errorf("blob %s: %w", sha, err)
 		}
 		s.fanReady[i] = true
 	}
@@ -363,32 +407,11 @@ func (s *Store) commit(sha string, size int64, dataTmp, sumTmp string) error {
 		return fmt.Errorf("blob %s: place blob: %w", sha, mapNoSpace(err))
 	}
 	if err := syncDir(fan); err != nil {
+		_ = os.Remove(s.path(sha))
+		_ = os.Remove(s.sumPath(sha))
 		return fmt.Errorf("blob %s: %w", sha, err)
 	}
 	return nil
-}
-
-// touchIfSize reports whether the blob exists with the given size, and if
-// so refreshes its mtime so GC treats it as recently written.
-func (s *Store) touchIfSize(sha string, size int64) (bool, error) {
-	l := s.lockFor(sha)
-	l.Lock()
-	defer l.Unlock()
-	return s.touchIfSizeLocked(sha, size)
-}
-
-func (s *Store) touchIfSizeLocked(sha string, size int64) (bool, error) {
-	fi, err := os.Stat(s.path(sha))
-	if err != nil || fi.Size() != size {
-		// Absent, or a copy of the wrong size (certainly corrupt) that the
-		// caller's new copy will replace.
-		return false, nil
-	}
-	now := time.Now()
-	if err := os.Chtimes(s.path(sha), now, now); err != nil {
-		return false, fmt.Errorf("blob %s: touch: %w", sha, err)
-	}
-	return true, nil
 }
 
 // Hold reports the size of a blob that is here, and restarts its GC grace
@@ -413,7 +436,10 @@ func (s *Store) Hold(sha string) (size int64, ok bool) {
 	return fi.Size(), true
 }
 
-func syncDir(dir string) error {
+// syncDir fsyncs a directory, making the entries created, renamed or
+// removed in it durable. It is a variable so that tests can watch it and
+// make it fail.
+var syncDir = func(dir string) error {
 	d, err := os.Open(dir)
 	if err != nil {
 		return fmt.Errorf("open dir %s: %w", dir, err)

@@ -3,11 +3,14 @@ package blob
 import (
 	"bytes"
 	"errors"
+	"fmt"
 	"io"
+	"mime/multipart"
 	"os"
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -116,9 +119,13 @@ func TestIngestExpected(t *testing.T) {
 	if err != nil || ref.Sha256 != sha || ref.Bytes != int64(len(b)) {
 		t.Fatalf("IngestExpected = %v, %v", ref, err)
 	}
-	// Already present: returns without reading the body.
-	if _, err := s.IngestExpected(failReader{}, sha, int64(len(b))); err != nil {
-		t.Fatalf("IngestExpected of a present blob read its body: %v", err)
+	// Already present: the copy there is not trusted for its size, so the
+	// body is read, and one that fails leaves that copy as it was.
+	if _, err := s.IngestExpected(failReader{}, sha, int64(len(b))); err == nil {
+		t.Fatal("IngestExpected of a present blob with a failing body succeeded")
+	}
+	if got, err := readAll(s, sha); err != nil || !bytes.Equal(got, b) {
+		t.Fatalf("present copy after a failed re-ingest: %v", err)
 	}
 }
 
@@ -242,3 +249,152 @@ func TestIngestReadError(t *testing.T) {
 type errReader struct{ err error }
 
 func (e errReader) Read([]byte) (int, error) { return 0, e.err }
+
+// cutShortReader yields b, then io.ErrUnexpectedEOF, as a multipart part or
+// an HTTP body does when the sender stopped early.
+type cutShortReader struct{ b []byte }
+
+func (c *cutShortReader) Read(p []byte) (int, error) {
+	if len(c.b) == 0 {
+		return 0, io.ErrUnexpectedEOF
+	}
+	n := copy(p, c.b)
+	c.b = c.b[n:]
+	return n, nil
+}
+
+// TestIngestSourceCutShort: a source that reports being cut short is not
+// content that ended; whatever its length against the block size, nothing
+// is kept.
+func TestIngestSourceCutShort(t *testing.T) {
+	s := newStore(t)
+	for _, n := range []int{0, 10, BlockSize, BlockSize + 10} {
+		_, err := s.Ingest(&cutShortReader{b: randBytes(n, uint64(n))})
+		if !errors.Is(err, io.ErrUnexpectedEOF) {
+			t.Fatalf("%d bytes then ErrUnexpectedEOF: err = %v", n, err)
+		}
+		if files := allFiles(t, s.Dir()); len(files) != 0 {
+			t.Fatalf("%d bytes then ErrUnexpectedEOF: kept %v", n, files)
+		}
+	}
+	// A multipart file part whose body ends without its delimiter.
+	body := "--b\r\nContent-Disposition: form-data; name=\"file\"; filename=\"x\"\r\n\r\ntruncated content"
+	part, err := multipart.NewReader(strings.NewReader(body), "b").NextPart()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ref, err := s.Ingest(part); err == nil {
+		t.Fatalf("truncated multipart part stored as %v", ref)
+	}
+	if files := allFiles(t, s.Dir()); len(files) != 0 {
+		t.Fatalf("truncated multipart part: kept %v", files)
+	}
+}
+
+// TestIngestReplacesRottedCopy: a copy that rotted on disk (same size,
+// other bytes, in the blob or its sidecar) is replaced by a verified
+// re-upload or replica, not kept for its size.
+func TestIngestReplacesRottedCopy(t *testing.T) {
+	s := newStore(t)
+	b := randBytes(2*BlockSize+9, 5)
+	for _, rot := range []string{"blob", "sidecar"} {
+		for _, via := range []string{"Ingest", "IngestExpected"} {
+			sha := ingest(t, s, b)
+			path := s.path(sha)
+			if rot == "sidecar" {
+				path = s.sumPath(sha)
+			}
+			flipByte(t, path, sumHeaderLen+3)
+			if via == "Ingest" {
+				ingest(t, s, b)
+			} else if _, err := s.IngestExpected(bytesReader(b), sha, int64(len(b))); err != nil {
+				t.Fatal(err)
+			}
+			if got, err := readAll(s, sha); err != nil || !bytes.Equal(got, b) {
+				t.Fatalf("rotted %s, then %s: read back: %v", rot, via, err)
+			}
+			if left := dirEntries(t, s.tmpDir); len(left) != 0 {
+				t.Fatalf("tmp not empty: %v", left)
+			}
+			if err := s.Delete(sha); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+}
+
+// watchSyncDir replaces syncDir for the test: fail, when set, decides
+// which directories fail; the returned func lists the directories synced.
+func watchSyncDir(t *testing.T, fail func(dir string) bool) func() []string {
+	t.Helper()
+	var mu sync.Mutex
+	var synced []string
+	orig := syncDir
+	syncDir = func(dir string) error {
+		if fail != nil && fail(dir) {
+			return fmt.Errorf("fsync dir %s: %w", dir, syscall.EIO)
+		}
+		mu.Lock()
+		synced = append(synced, filepath.Clean(dir))
+		mu.Unlock()
+		return orig(dir)
+	}
+	t.Cleanup(func() { syncDir = orig })
+	return func() []string {
+		mu.Lock()
+		defer mu.Unlock()
+		return slices.Clone(synced)
+	}
+}
+
+// TestCommitSyncsExistingFanDir: a fan-out directory found already there
+// (made by a process that may have crashed before syncing it) is synced
+// into blobs/ before a blob is placed in it.
+func TestCommitSyncsExistingFanDir(t *testing.T) {
+	s := newStore(t)
+	b := []byte("in a fan-out dir someone else made")
+	sha := shaOf(b)
+	if err := os.Mkdir(filepath.Dir(s.path(sha)), 0o750); err != nil {
+		t.Fatal(err)
+	}
+	synced := watchSyncDir(t, nil)
+	ingest(t, s, b)
+	if !slices.Contains(synced(), filepath.Clean(s.blobsDir)) {
+		t.Fatalf("blobs/ not synced for an existing fan-out dir; synced %v", synced())
+	}
+}
+
+// TestCommitDirSyncFailureKeepsNothing: a blob whose directory entry could
+// not be made durable is removed, not left to be counted as a replica.
+func TestCommitDirSyncFailureKeepsNothing(t *testing.T) {
+	s := newStore(t)
+	b := randBytes(BlockSize+1, 6)
+	sha := shaOf(b)
+	fan := filepath.Clean(filepath.Dir(s.path(sha)))
+	watchSyncDir(t, func(dir string) bool { return filepath.Clean(dir) == fan })
+	if _, err := s.Ingest(bytesReader(b)); !errors.Is(err, syscall.EIO) {
+		t.Fatalf("err = %v, want the fsync's EIO", err)
+	}
+	if s.Has(sha) {
+		t.Fatal("blob visible after its directory fsync failed")
+	}
+	if files := allFiles(t, s.Dir()); len(files) != 0 {
+		t.Fatalf("files kept: %v", files)
+	}
+}
+
+// TestOpenSyncsCreatedDirs: the directories Open creates are synced into
+// their parents, the store's own directory included.
+func TestOpenSyncsCreatedDirs(t *testing.T) {
+	root := t.TempDir()
+	dir := filepath.Join(root, "a", "store")
+	synced := watchSyncDir(t, nil)
+	if _, err := Open(dir); err != nil {
+		t.Fatal(err)
+	}
+	for _, parent := range []string{root, filepath.Join(root, "a"), dir} {
+		if !slices.Contains(synced(), parent) {
+			t.Fatalf("%s not synced after Open created entries in it; synced %v", parent, synced())
+		}
+	}
+}

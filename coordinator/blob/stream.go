@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/http"
 	"strconv"
+	"sync/atomic"
 	"time"
 
 	"github.com/vbatch/vbatch/internal/bufpipe"
@@ -19,7 +20,9 @@ const streamBuffer = 8 << 20
 // after it. Write the content to it as it arrives (Store.IngestTee), then
 // end it with the content's sha256 and size (through Fanout.Finish), or
 // Abort it. The peer keeps the blob only after a valid end, and only if its
-// copy matches.
+// copy matches. A peer that makes no progress for the Replicator's idle
+// timeout while bytes wait for it, or while the upload waits for its
+// answer, fails the stream, so that no write or Finish waits on it for good.
 type Stream struct {
 	// Peer is the node the stream goes to.
 	Peer Peer
@@ -38,24 +41,38 @@ type Stream struct {
 	// repl is the Replicator the stream belongs to: it lists the stream
 	// between its end and the peer's answer (Replicator.streaming).
 	repl *Replicator
+
+	// written and read count the bytes handed to the pipe and taken by the
+	// transport; ended and outliving follow end and outlive. Together they
+	// tell the watchdog whether the stream waits on the peer (bytes wait
+	// for it, or the upload waits for its answer) or on its source.
+	written, read    atomic.Int64
+	ended, outliving atomic.Bool
+	wd               *watchdog
 }
 
 // startedBody closes started on the first Read, which the transport makes
 // only after writing the request's headers, where it reads the trailers
 // (the race detector sees a value written before then): from then on it
 // leaves them alone until the body's end, so their values may be set.
+// It also counts what the transport takes, as the peer's progress.
 type startedBody struct {
 	*bufpipe.Pipe
-	started chan struct{}
-	once    bool
+	s    *Stream
+	once bool
 }
 
 func (b *startedBody) Read(p []byte) (int, error) {
 	if !b.once {
 		b.once = true
-		close(b.started)
+		close(b.s.started)
 	}
-	return b.Pipe.Read(p)
+	n, err := b.Pipe.Read(p)
+	if n > 0 {
+		b.s.read.Add(int64(n))
+		b.s.wd.progress()
+	}
+	return n, err
 }
 
 // Stream starts a streamed push to p under ctx. Writes never fail: if the
@@ -64,10 +81,15 @@ func (r *Replicator) Stream(ctx context.Context, p Peer) *Stream {
 	pctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	s := &Stream{Peer: p, pipe: bufpipe.New(streamBuffer), started: make(chan struct{}), done: make(chan struct{}), cancel: cancel,
 		detach: context.AfterFunc(ctx, cancel), timeout: r.stragglerTimeout(), repl: r}
-	body := &startedBody{Pipe: s.pipe, started: s.started}
+	s.wd = newWatchdog(r.idleTimeout(), s.waitsOnPeer, func() {
+		s.pipe.Close() // unblocks a Write waiting for room
+		s.cancel()
+	})
+	body := &startedBody{Pipe: s.pipe, s: s}
 	url := r.blobURL(p, "")
 	req, err := http.NewRequestWithContext(pctx, http.MethodPost, url, body)
 	if err != nil {
+		s.wd.stop()
 		s.pipe.Close()
 		s.err = fmt.Errorf("stream blob to %s: %w", p.ID, err)
 		close(s.done)
@@ -82,10 +104,11 @@ func (r *Replicator) Stream(ctx context.Context, p Peer) *Stream {
 	s.req = req
 	go func() {
 		defer close(s.done)
+		defer s.wd.stop()
 		resp, err := r.client().Do(req)
 		s.pipe.Close()
 		if err != nil {
-			s.err = fmt.Errorf("stream blob to %s: %w", p.ID, err)
+			s.err = fmt.Errorf("stream blob to %s: %w", p.ID, s.wd.explain(err))
 			return
 		}
 		defer drainClose(resp.Body)
@@ -97,8 +120,38 @@ func (r *Replicator) Stream(ctx context.Context, p Peer) *Stream {
 }
 
 // Write hands content to the stream; it waits only while the peer is more
-// than a few MiB behind, and never fails.
-func (s *Stream) Write(b []byte) (int, error) { return s.pipe.Write(b) }
+// than a few MiB behind (at most the idle timeout without progress), and
+// never fails.
+func (s *Stream) Write(b []byte) (int, error) {
+	n, err := s.pipe.Write(b)
+	s.wrote(n)
+	return n, err
+}
+
+// tryWrite is Write that never waits (bufpipe.Pipe.TryWrite).
+func (s *Stream) tryWrite(b []byte) bool {
+	if !s.pipe.TryWrite(b) {
+		return false
+	}
+	s.wrote(len(b))
+	return true
+}
+
+func (s *Stream) wrote(n int) {
+	if n > 0 {
+		s.written.Add(int64(n))
+		s.wd.progress()
+	}
+}
+
+// waitsOnPeer reports whether the stream waits on its peer: bytes are
+// buffered that it has not taken, or the upload waits for its answer. A
+// stream that outlives its upload waits for the answer under the straggler
+// timeout instead (a slow disk's fsync), and one whose source is slow
+// waits on nobody.
+func (s *Stream) waitsOnPeer() bool {
+	return s.written.Load() > s.read.Load() || (s.ended.Load() && !s.outliving.Load())
+}
 
 // end declares the content's sha256 and size without waiting: once the
 // transport has sent the request's headers (it reads the trailer keys
@@ -107,6 +160,8 @@ func (s *Stream) Write(b []byte) (int, error) { return s.pipe.Write(b) }
 // same blob to that peer waits for it rather than send the bytes again.
 // The outcome is s.err once s.done is closed.
 func (s *Stream) end(sha string, size int64) {
+	s.ended.Store(true)
+	s.wd.progress() // the answer is due within the idle timeout from now
 	key := streamKey(s.Peer.ID, sha)
 	s.repl.streaming.Store(key, s)
 	go func() {
@@ -128,6 +183,7 @@ func (s *Stream) end(sha string, size int64) {
 // at most the Replicator's straggler timeout: the upload no longer waits
 // for this peer.
 func (s *Stream) outlive() {
+	s.outliving.Store(true)
 	s.detach()
 	timer := time.AfterFunc(s.timeout, s.cancel)
 	go func() {

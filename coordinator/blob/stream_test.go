@@ -9,6 +9,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 )
 
 // streamUpload ingests b on c[0] while streaming it to the peers, as an
@@ -184,5 +185,50 @@ func TestStreamToDeadPeerDoesNotFailTheUpload(t *testing.T) {
 	}
 	if got, err := readAll(c[1].store, sha); err != nil || !bytes.Equal(got, b) {
 		t.Fatalf("replica on n1: %v", err)
+	}
+}
+
+// TestStreamAbortsPeerThatStopsReading: with no peer to spare, an upload
+// waits for its stream, but not on a peer that stopped reading: after the
+// idle timeout the stream fails, the ingest completes, and Replicate,
+// whose push the peer does not answer either, fails instead of hanging.
+func TestStreamAbortsPeerThatStopsReading(t *testing.T) {
+	c := newCluster(t, 2)
+	c[0].repl.IdleTimeout = 200 * time.Millisecond
+	c[1].stall.Store(true)
+	c[1].hang.Store(true)
+	b := randBytes(4*streamBuffer, 46)
+	var sha string
+	var holders []string
+	within(t, 20*time.Second, "an upload streamed to a peer that stopped reading", func() {
+		sha, holders = streamUpload(t, c, b, 1)
+	})
+	if len(holders) != 0 {
+		t.Fatalf("holders %v, want none", holders)
+	}
+	var err error
+	within(t, 20*time.Second, "Replicate to a peer that does not answer", func() {
+		_, err = c[0].repl.Replicate(context.Background(), sha, 2)
+	})
+	if !errors.Is(err, ErrNotReplicated) || !errors.Is(err, errStalled) {
+		t.Fatalf("Replicate = %v, want ErrNotReplicated from a stalled push", err)
+	}
+}
+
+// TestStreamFinishGivesUpOnSilentPeer: a peer that takes the whole stream
+// but never answers does not hold Finish while the upload's context lives
+// on (the server does not end it while the handler is not reading).
+func TestStreamFinishGivesUpOnSilentPeer(t *testing.T) {
+	c := newCluster(t, 2)
+	c[0].repl.IdleTimeout = 200 * time.Millisecond
+	gate := make(chan struct{})
+	defer close(gate)
+	c[1].postGate.Store(&gate)
+	var holders []string
+	within(t, 10*time.Second, "Finish with a peer that never answers", func() {
+		_, holders = streamUpload(t, c, randBytes(100, 47), 1)
+	})
+	if len(holders) != 0 {
+		t.Fatalf("holders %v, want none", holders)
 	}
 }

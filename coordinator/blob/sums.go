@@ -54,15 +54,15 @@ func (s *Store) rewriteSum(sha string, format SumFormat) error {
 	defer s.sumPool.Put(bufp)
 	var size int64
 	for {
-		// Every block but the last is whole: ReadFull fills it.
-		n, rerr := io.ReadFull(rc, *bufp)
+		// Every block but the last is whole: readBlock fills it.
+		n, rerr := readBlock(rc, *bufp)
 		if n > 0 {
 			if err := sw.add((*bufp)[:n]); err != nil {
 				return fmt.Errorf("blob %s sidecar: %w", sha, mapNoSpace(err))
 			}
 			size += int64(n)
 		}
-		if rerr == io.EOF || rerr == io.ErrUnexpectedEOF {
+		if rerr == io.EOF {
 			break
 		}
 		if rerr != nil {
