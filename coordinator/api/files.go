@@ -58,14 +58,22 @@ func (a *API) listFiles(w http.ResponseWriter, r *http.Request, p *principal) er
 				files = append(files, f)
 			}
 		}
-		slices.SortFunc(files, func(x, y *vbatchv1.File) int {
+		byPosition := func(x, y *vbatchv1.File) int {
 			c := cmp.Or(cmp.Compare(x.CreatedAt, y.CreatedAt), cmp.Compare(x.Id, y.Id))
 			if order == "desc" {
 				return -c
 			}
 			return c
-		})
-		page, hasMore, perr := paginate(files, func(f *vbatchv1.File) string { return f.Id }, after, limit)
+		}
+		slices.SortFunc(files, byPosition)
+		// The cursor is looked up among all the project's files, so that a
+		// cursor the list leaves out (it expired since the last page, or
+		// has another purpose) still gives the place to go on from.
+		var cursor *vbatchv1.File
+		if f, ok := s.Files[after]; ok && f.Project == p.project {
+			cursor = f
+		}
+		page, hasMore, perr := pageAfter(files, after, cursor != nil, limit, func(f *vbatchv1.File) bool { return byPosition(f, cursor) > 0 })
 		if perr != nil {
 			err = perr
 			return
@@ -215,6 +223,25 @@ func parseLimit(s string, def, max int) (int, error) {
 		return 0, invalidValue("limit", "Invalid value for 'limit': %q; it must be an integer between 1 and %d.", s, max)
 	}
 	return n, nil
+}
+
+// pageAfter is paginate for a list sorted by position whose cursor may be
+// missing from it: the page starts at the first item past the cursor
+// (past turns from false to true along the list). known tells whether
+// after names an object with a position; an unknown cursor is refused.
+func pageAfter[T any](items []T, after string, known bool, limit int, past func(T) bool) ([]T, bool, error) {
+	start := 0
+	if after != "" {
+		if !known {
+			return nil, false, invalidValue("after", "Invalid value for 'after': %q is not an object of this list.", after)
+		}
+		start = len(items)
+		if i := slices.IndexFunc(items, past); i >= 0 {
+			start = i
+		}
+	}
+	end := min(start+limit, len(items))
+	return items[start:end], end < len(items), nil
 }
 
 // paginate returns the page of at most limit items after the item with id

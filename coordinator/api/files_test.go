@@ -312,8 +312,38 @@ func TestListFilesPagination(t *testing.T) {
 	if len(got) != 0 || more || first != nil || last != nil {
 		t.Fatalf("empty page %v %v %v %v", got, more, first, last)
 	}
+	// A cursor the filtered list leaves out still gives its place: paging
+	// batch files from the user_data one goes on after it.
+	got, _, _, _ = page("?order=asc&purpose=batch&after=" + ids[2])
+	if fmt.Sprint(got) != fmt.Sprint([]string{ids[3], ids[4]}) {
+		t.Fatalf("after a cursor of another purpose: %v, want %v", got, ids[3:])
+	}
 	for _, q := range []string{"?limit=0", "?limit=10001", "?limit=x", "?order=up", "?after=file-nope"} {
 		e.do(http.MethodGet, "/v1/files"+q, testRoot, nil).wantError(t, 400, typeInvalidRequest, codeInvalidValue)
+	}
+}
+
+// TestListFilesAfterExpiredCursor: a page's last file expiring before the
+// next page is asked for does not break the paging.
+func TestListFilesAfterExpiredCursor(t *testing.T) {
+	e := rootEnv(t)
+	var ids []string
+	for i := range 3 {
+		if i == 1 {
+			ids = append(ids, uploadExpiring(t, e, 3600).json(t)["id"].(string))
+		} else {
+			ids = append(ids, e.uploadOK(testRoot, "batch", batchLines(1)))
+		}
+		e.b.advance(time.Second)
+	}
+	e.b.advance(2 * time.Hour) // ids[1] has expired
+	r := e.do(http.MethodGet, "/v1/files?order=asc&after="+ids[1], testRoot, nil)
+	if r.status != 200 {
+		t.Fatalf("after an expired cursor: %d %s", r.status, r.body)
+	}
+	data := r.json(t)["data"].([]any)
+	if len(data) != 1 || data[0].(map[string]any)["id"] != ids[2] {
+		t.Fatalf("after an expired cursor: %s, want only %s", r.body, ids[2])
 	}
 }
 

@@ -222,7 +222,13 @@ func (a *API) uploadFile(w http.ResponseWriter, r *http.Request, p *principal) e
 			if purpose != "" && !uploadPurposes[purpose] {
 				return badPurpose(purpose)
 			}
+			if !hasFilename(part) {
+				return badRequest(codeInvalidValue, "file", "The 'file' field must be a file upload (a form part with a filename), not a plain field.")
+			}
 			filename = part.FileName()
+			if len(filename) > maxFilenameBytes {
+				return invalidValue("file", "Invalid 'file': the filename is longer than %d bytes.", maxFilenameBytes)
+			}
 			ur = &uploadReader{r: part, max: streamMax, maxLine: int64(a.cfg.Validate.MaxLineBytes)}
 			if purpose == "" || purpose == "batch" {
 				// The purpose often follows the file: check it anyway.
@@ -255,6 +261,9 @@ func (a *API) uploadFile(w http.ResponseWriter, r *http.Request, p *principal) e
 			}
 			switch name {
 			case "purpose":
+				if purpose != "" {
+					return invalidValue("purpose", "Invalid 'purpose': the form gives it more than once.")
+				}
 				purpose = v
 			case "expires_after[anchor]":
 				expiresAnchor = v
@@ -344,6 +353,21 @@ func (a *API) uploadFile(w http.ResponseWriter, r *http.Request, p *principal) e
 	}
 	writeJSON(w, http.StatusOK, toFileObject(f))
 	return nil
+}
+
+// maxFilenameBytes bounds an uploaded file's name, which every
+// coordinator keeps in its replicated state and lists.
+const maxFilenameBytes = 255
+
+// hasFilename reports whether a form part is a file upload: its
+// Content-Disposition names a filename (possibly empty).
+func hasFilename(part *multipart.Part) bool {
+	_, params, err := mime.ParseMediaType(part.Header.Get("Content-Disposition"))
+	if err != nil {
+		return false
+	}
+	_, ok := params["filename"]
+	return ok
 }
 
 func badPurpose(purpose string) *apiError {

@@ -202,3 +202,36 @@ func TestUploadClientGoneMidFile(t *testing.T) {
 	}
 	wantNothingStored(t, e, b, "client gone mid-file")
 }
+
+// TestUploadFormFieldsRefused: a filename too long to keep in every
+// coordinator's state, a 'file' that is a plain field, and a purpose given
+// twice are each a 400 naming the field, storing nothing.
+func TestUploadFormFieldsRefused(t *testing.T) {
+	e, b := blobEnv(t)
+	part := func(disposition, value string) string {
+		return "--" + cutBoundary + "\r\nContent-Disposition: form-data; " + disposition + "\r\n\r\n" + value + "\r\n"
+	}
+	content := batchLines(2)
+	for _, c := range []struct{ name, body, param string }{
+		{"long filename", part(`name="purpose"`, "batch") + part(`name="file"; filename="`+strings.Repeat("a", 256)+`"`, content), "file"},
+		{"plain file field", part(`name="purpose"`, "batch") + part(`name="file"`, content), "file"},
+		{"purpose twice", part(`name="purpose"`, "fine-tune") + part(`name="file"; filename="in.jsonl"`, content) + part(`name="purpose"`, "batch"), "purpose"},
+	} {
+		r := e.do(http.MethodPost, "/v1/files", testRoot, strings.NewReader(c.body+"--"+cutBoundary+"--\r\n"),
+			"Content-Type", "multipart/form-data; boundary="+cutBoundary)
+		er := r.wantError(t, http.StatusBadRequest, typeInvalidRequest, codeInvalidValue)
+		if er["param"] != c.param {
+			t.Errorf("%s: param %v, want %s", c.name, er["param"], c.param)
+		}
+		if c.name != "purpose twice" {
+			wantNothingStored(t, e, b, c.name)
+		} else if snap := e.b.snapshot(); snap != "" {
+			t.Fatalf("%s: state changed: %s", c.name, snap)
+		}
+	}
+	// A 255-byte name is fine.
+	body := part(`name="purpose"`, "batch") + part(`name="file"; filename="`+strings.Repeat("a", 255)+`"`, content) + "--" + cutBoundary + "--\r\n"
+	if r := e.do(http.MethodPost, "/v1/files", testRoot, strings.NewReader(body), "Content-Type", "multipart/form-data; boundary="+cutBoundary); r.status != 200 {
+		t.Fatalf("255-byte filename: %d %s", r.status, r.body)
+	}
+}
