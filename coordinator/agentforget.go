@@ -50,7 +50,7 @@ func (c *Coordinator) forgetAgents(ctx context.Context, absentSince map[string]t
 		}
 	})
 	for _, id := range forget[:min(len(forget), housekeepBatch)] {
-		_, err := c.Apply(ctx, &vbatchv1.RemoveAgent{AgentId: id})
+		_, err := c.applyAsLeader(ctx, &vbatchv1.RemoveAgent{AgentId: id})
 		switch {
 		case err == nil, errors.Is(err, fsm.ErrNotFound):
 			delete(absentSince, id)

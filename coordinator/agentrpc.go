@@ -148,8 +148,9 @@ func (s *agentService) Lease(ctx context.Context, req *connect.Request[vbatchv1.
 // been granted a lease while its answer was lost: after a consistent read
 // (every grant committed so far is applied here) it returns that lease if
 // it is live, so the agent runs it now rather than the chunk waiting out
-// its TTL. A lease found on a batch being cancelled is released instead,
-// so the cancel need not wait for it. nil, nil: no such lease, grant anew.
+// its TTL. A lease found on a batch being cancelled, or past its window, is
+// released instead, so the cancel or the expiry need not wait for it.
+// nil, nil: no such lease to give, grant anew.
 func (s *agentService) resumeGrant(ctx context.Context, agentID, requestID string) (*vbatchv1.LeaseResponse, error) {
 	if err := s.c.ConsistentRead(ctx); err != nil {
 		return nil, rpcError(err)
@@ -168,7 +169,7 @@ func (s *agentService) resumeGrant(ctx context.Context, agentID, requestID strin
 			return
 		}
 		batchID, chunk, token, found = b.Id, ch.Index, ch.Lease.Token, true
-		running = b.Status == vbatchv1.BatchStatus_BATCH_STATUS_IN_PROGRESS
+		running = b.Status == vbatchv1.BatchStatus_BATCH_STATUS_IN_PROGRESS && !pastWindow(b, nowMs/1000)
 	})
 	if !found {
 		return nil, nil
@@ -245,9 +246,12 @@ func (s *agentService) collectCandidates(agentID string, models []string, alive 
 		if len(models) == 0 {
 			models = ag.Models
 		}
+		// A batch past its window takes no more leases: the leader is
+		// expiring it, from progress that must hold still.
+		nowSec := s.c.Now().Unix()
 		var batches []*vbatchv1.Batch
 		st.LiveBatches(func(b *vbatchv1.Batch) bool {
-			if b.Status == vbatchv1.BatchStatus_BATCH_STATUS_IN_PROGRESS && slices.Contains(models, b.Model) {
+			if b.Status == vbatchv1.BatchStatus_BATCH_STATUS_IN_PROGRESS && slices.Contains(models, b.Model) && !pastWindow(b, nowSec) {
 				batches = append(batches, b)
 			}
 			return true

@@ -36,7 +36,7 @@ func (c *Coordinator) compactBatches(ctx context.Context) {
 	// A cluster upgraded with a long history catches up a bounded number
 	// per sweep, oldest first.
 	for _, d := range due[:min(len(due), housekeepBatch)] {
-		if _, err := c.Apply(ctx, &vbatchv1.CompactBatch{BatchId: d.id}); err != nil && !errors.Is(err, fsm.ErrNotFound) {
+		if _, err := c.applyAsLeader(ctx, &vbatchv1.CompactBatch{BatchId: d.id}); err != nil && !errors.Is(err, fsm.ErrNotFound) {
 			c.log.Warn("compact finished batch", "batch_id", d.id, "err", err)
 			return
 		}

@@ -26,7 +26,7 @@ func (c *Coordinator) expireFiles(ctx context.Context) {
 	})
 	sort.Strings(expired)
 	for _, id := range expired[:min(len(expired), housekeepBatch)] {
-		_, err := c.Apply(ctx, &vbatchv1.DeleteFile{Id: id})
+		_, err := c.applyAsLeader(ctx, &vbatchv1.DeleteFile{Id: id})
 		switch {
 		case err == nil:
 			c.log.Info("expired file deleted", "file", id)

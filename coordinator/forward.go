@@ -69,6 +69,53 @@ func (c *Coordinator) Apply(ctx context.Context, cmd proto.Message) (uint64, err
 	}
 }
 
+// errNotLeading refuses a leader's decision on a node that no longer leads.
+var errNotLeading = errors.New("this node no longer leads")
+
+// applyAsLeader proposes cmd, a decision the leader loop or its chores
+// made from this node's state, on this node only: it never forwards, and
+// it gives up once this node does not lead. Forwarded to a new leader, an
+// old leader's decision would be applied after the new leader's barrier,
+// to a state it was not made from (a batch expired with no lines just
+// after a StartBatch racing it, a lease expired just after the new leader
+// extended it). Instead, either the entry made it into the log before
+// leadership changed, and the new leader's barrier covers it before that
+// leader decides anything, or it is lost and the new leader decides anew.
+func (c *Coordinator) applyAsLeader(ctx context.Context, cmd proto.Message) (uint64, error) {
+	data, err := fsm.Encode(cmd, c.Now())
+	if err != nil {
+		return 0, err
+	}
+	if _, ok := ctx.Deadline(); !ok {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, 15*time.Second)
+		defer cancel()
+	}
+	backoff := 10 * time.Millisecond
+	for {
+		r := c.raftNode.raft
+		if r.State() != raft.Leader {
+			return 0, errNotLeading
+		}
+		res, err := c.applyLocal(data)
+		if err == nil {
+			return res.Index, fsm.FromResult(res)
+		}
+		if errors.Is(err, raft.ErrNotLeader) || errors.Is(err, raft.ErrLeadershipLost) || errors.Is(err, raft.ErrLeadershipTransferInProgress) {
+			return 0, fmt.Errorf("%w: %w", errNotLeading, err)
+		}
+		if !retryable(err) {
+			return 0, err
+		}
+		select {
+		case <-ctx.Done():
+			return 0, fmt.Errorf("%w: %v", ErrNoLeader, err)
+		case <-time.After(backoff):
+		}
+		backoff = min(2*backoff, applyRetryMax)
+	}
+}
+
 // applyOnce applies on this node if it leads, else forwards once.
 func (c *Coordinator) applyOnce(ctx context.Context, data []byte) (*vbatchv1.Result, error) {
 	r := c.raftNode.raft
@@ -197,6 +244,22 @@ func (c *Coordinator) readIndex() (uint64, error) {
 	return idx, nil
 }
 
+// verifyLeader confirms with a quorum that r still leads, until ctx ends.
+// raft may never answer a verification it had in flight when it shut down
+// (the node is closing): the wait must not outlive ctx, or the loop that
+// asked would hold up the node's close for ever.
+func verifyLeader(ctx context.Context, r *raft.Raft) error {
+	f := r.VerifyLeader()
+	done := make(chan error, 1)
+	go func() { done <- f.Error() }()
+	select {
+	case err := <-done:
+		return err
+	case <-ctx.Done():
+		return fmt.Errorf("verify leader: %w", ctx.Err())
+	}
+}
+
 func (c *Coordinator) leaderIndex(ctx context.Context) (uint64, error) {
 	r := c.raftNode.raft
 	if r.State() == raft.Leader {
@@ -207,7 +270,7 @@ func (c *Coordinator) leaderIndex(ctx context.Context) (uint64, error) {
 		if err != nil {
 			return 0, fmt.Errorf("%w: %w", errRaftApply, err)
 		}
-		if err := r.VerifyLeader().Error(); err != nil {
+		if err := verifyLeader(ctx, r); err != nil {
 			return 0, fmt.Errorf("verify leader: %w", err)
 		}
 		return idx, nil
@@ -292,7 +355,7 @@ func (s *clusterService) VerifyLeader(ctx context.Context, _ *connect.Request[vb
 	if err != nil {
 		return nil, connect.NewError(connect.CodeUnavailable, err)
 	}
-	if err := r.VerifyLeader().Error(); err != nil {
+	if err := verifyLeader(ctx, r); err != nil {
 		return nil, connect.NewError(connect.CodeUnavailable, err)
 	}
 	return connect.NewResponse(&vbatchv1.VerifyLeaderResponse{Index: idx}), nil

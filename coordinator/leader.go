@@ -61,10 +61,10 @@ func (c *Coordinator) leaderLoop(ctx context.Context) {
 	if c.clusterAtFSMLevel(fsm.LevelLeaseRequestID) {
 		extend.GoneBefore = now.Add(-c.cfg.LeaseTTL/3 - extendGrace).UnixMilli()
 	}
-	if _, err := c.Apply(ctx, extend); err != nil {
+	if _, err := c.applyAsLeader(ctx, extend); err != nil {
 		c.log.Warn("extend leases on leadership failed", "err", err)
 	}
-	l := &leader{c: c, started: c.Now(), busy: map[string]bool{}, chunks: monitoring.NewChunkTracker(c.metrics.Chunks)}
+	l := &leader{c: c, started: c.Now(), busy: map[string]bool{}, failures: map[string]int{}, chunks: monitoring.NewChunkTracker(c.metrics.Chunks)}
 	l.wg.Add(1)
 	go func() {
 		defer l.wg.Done()
@@ -105,7 +105,10 @@ type leader struct {
 	mu sync.Mutex
 	// busy marks batches with a validation or expiry running.
 	busy map[string]bool
-	wg   sync.WaitGroup
+	// failures counts each batch's background work failed in a row: the
+	// next try waits longer, up to backgroundRetryMax.
+	failures map[string]int
+	wg       sync.WaitGroup
 	// chunks turns the chunk changes each tick sees into chunk metrics.
 	chunks *monitoring.ChunkTracker
 }
@@ -133,10 +136,20 @@ func (l *leader) tick(ctx context.Context) {
 		// Only batches that have not ended have work; the chunk tracker
 		// forgets the ones that did.
 		l.chunks.Retain(func(id string) bool { return !fsm.IsTerminal(s.Batches[id].GetStatus()) })
+		l.mu.Lock()
+		for id := range l.failures {
+			if fsm.IsTerminal(s.Batches[id].GetStatus()) {
+				delete(l.failures, id)
+			}
+		}
+		l.mu.Unlock()
 		s.LiveBatches(func(b *vbatchv1.Batch) bool {
 			l.chunks.Observe(now, b)
-			// A finalizing batch has every answer: it completes, late or not.
-			if b.ExpiresAt > 0 && now.Unix() >= b.ExpiresAt && b.Status != vbatchv1.BatchStatus_BATCH_STATUS_FINALIZING {
+			// A batch with every answer (finalizing, or running with every
+			// chunk done) completes, late or not.
+			done := b.Status == vbatchv1.BatchStatus_BATCH_STATUS_FINALIZING ||
+				(b.Status == vbatchv1.BatchStatus_BATCH_STATUS_IN_PROGRESS && allDone(b))
+			if pastWindow(b, now.Unix()) && !done {
 				w.expire = append(w.expire, proto.Clone(b).(*vbatchv1.Batch))
 				return true
 			}
@@ -189,23 +202,35 @@ func (l *leader) tick(ctx context.Context) {
 	}
 }
 
-// apply proposes a leader command; rejections are expected when the state
-// moved on (another tick, an agent's write) and are only logged at debug.
-func (l *leader) apply(ctx context.Context, cmd proto.Message) {
-	_, err := l.c.Apply(ctx, cmd)
+// apply proposes a leader command (on this node only: applyAsLeader);
+// rejections are expected when the state moved on (another tick, an
+// agent's write) and are only logged at debug. It returns the error.
+func (l *leader) apply(ctx context.Context, cmd proto.Message) error {
+	_, err := l.c.applyAsLeader(ctx, cmd)
 	if err == nil {
-		return
+		return nil
 	}
 	attrs := []any{"cmd", fmt.Sprintf("%T", cmd), "err", err}
 	if b, ok := cmd.(interface{ GetBatchId() string }); ok && b.GetBatchId() != "" {
 		attrs = append(attrs, "batch_id", b.GetBatchId())
 	}
 	switch {
-	case errors.Is(err, fsm.ErrConflict), errors.Is(err, fsm.ErrStaleToken), errors.Is(err, fsm.ErrNotFound):
+	case refusal(err):
 		l.c.log.DebugContext(ctx, "leader command refused", attrs...)
 	default:
 		l.c.log.WarnContext(ctx, "leader command failed", attrs...)
 	}
+	return err
+}
+
+// backgroundRetryMax caps the pause before a batch's failed background
+// work is tried again.
+const backgroundRetryMax = time.Minute
+
+// refusal reports whether err is the FSM refusing a command because the
+// state moved on, or this node no longer leading: expected, not a fault.
+func refusal(err error) bool {
+	return errors.Is(err, fsm.ErrConflict) || errors.Is(err, fsm.ErrStaleToken) || errors.Is(err, fsm.ErrNotFound) || errors.Is(err, errNotLeading)
 }
 
 // background runs fn for a batch unless one is already running for it.
@@ -226,12 +251,30 @@ func (l *leader) background(ctx context.Context, batchID string, fn func(context
 			delete(l.busy, batchID)
 			l.mu.Unlock()
 		}()
-		if err := fn(ctx); err != nil && ctx.Err() == nil {
-			l.c.log.Warn("batch work failed; will retry", "batch_id", batchID, "err", err)
-			select {
-			case <-ctx.Done():
-			case <-time.After(time.Second):
-			}
+		err := fn(ctx)
+		l.mu.Lock()
+		if err == nil {
+			delete(l.failures, batchID)
+		} else {
+			l.failures[batchID]++
+		}
+		n := l.failures[batchID]
+		l.mu.Unlock()
+		if err == nil || ctx.Err() != nil {
+			return
+		}
+		// An input that cannot be read, or an expiry refused again and
+		// again, must not have the leader read the input several times a
+		// second: each failure in a row doubles the pause.
+		wait := min(time.Second<<min(n-1, 6), backgroundRetryMax)
+		if refusal(err) {
+			l.c.log.Debug("batch work refused; will retry", "batch_id", batchID, "err", err, "retry_in", wait)
+		} else {
+			l.c.log.Warn("batch work failed; will retry", "batch_id", batchID, "err", err, "retry_in", wait)
+		}
+		select {
+		case <-ctx.Done():
+		case <-time.After(wait):
 		}
 	}()
 }
@@ -299,6 +342,18 @@ func (l *leader) validateInput(ctx context.Context, input *vbatchv1.File, endpoi
 // lines were computed from, so a part committed meanwhile makes the FSM
 // refuse it and the next tick tries again: no line lands twice.
 func (l *leader) expire(ctx context.Context, b *vbatchv1.Batch) error {
+	// Past its window the batch takes no more results: its leases end
+	// first (and no new ones are granted), so the progress the expired
+	// lines are computed from holds still, and the next look expires it.
+	var live []*vbatchv1.LeaseRef
+	for _, ch := range b.Chunks {
+		if ch.State == vbatchv1.ChunkState_CHUNK_STATE_LEASED && ch.Lease != nil {
+			live = append(live, &vbatchv1.LeaseRef{BatchId: b.Id, Chunk: ch.Index, Token: ch.Lease.Token})
+		}
+	}
+	if len(live) > 0 {
+		return l.apply(ctx, &vbatchv1.ExpireLeases{Leases: live, Reason: "batch expired"})
+	}
 	cmd := l.finishCmd(b, vbatchv1.BatchStatus_BATCH_STATUS_EXPIRED)
 	if len(b.Chunks) > 0 {
 		ranges := make([][2]int64, 0, len(b.Chunks))
@@ -316,8 +371,9 @@ func (l *leader) expire(ctx context.Context, b *vbatchv1.Batch) error {
 			cmd.ExtraErrors, cmd.ExtraFailed = ref, n
 		}
 	}
-	l.apply(ctx, cmd)
-	return nil
+	// Refused when the progress moved after all (a part applied between
+	// the look and now): the next try, after a pause, computes again.
+	return l.apply(ctx, cmd)
 }
 
 // extendGrace is the margin, past one renew interval, within which an
@@ -353,7 +409,7 @@ func (l *leader) expiredLines(ctx context.Context, b *vbatchv1.Batch, ranges [][
 		defer close(done)
 		seq := 0
 		src := stoppableReader{r: rc, stop: &stop}
-		err := validate.ScanCustomIDs(src, ranges[0][0], ranges[len(ranges)-1][1], func(line int64, customID string) {
+		err := validate.ScanCustomIDs(src, ranges[0][0], ranges[len(ranges)-1][1], c.cfg.MaxLineBytes, func(line int64, customID string) {
 			for _, r := range ranges {
 				if line >= r[0] && line < r[1] {
 					seq++
@@ -392,6 +448,12 @@ func (s stoppableReader) Read(p []byte) (int, error) {
 		return 0, errScanStopped
 	}
 	return s.r.Read(p)
+}
+
+// pastWindow reports whether b's completion window has ended at nowSec
+// (unix seconds): it then takes no more leases, and the leader expires it.
+func pastWindow(b *vbatchv1.Batch, nowSec int64) bool {
+	return b.ExpiresAt > 0 && nowSec >= b.ExpiresAt
 }
 
 func allDone(b *vbatchv1.Batch) bool {

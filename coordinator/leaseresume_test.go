@@ -2,6 +2,7 @@ package coordinator
 
 import (
 	"context"
+	"errors"
 	"testing"
 	"time"
 
@@ -82,4 +83,31 @@ func TestLostLeaseAnswerIsGivenAgain(t *testing.T) {
 	if el := time.Since(start); el >= leader.cfg.LeaseTTL {
 		t.Errorf("cancel took %v, not shorter than the lease TTL %v", el, leader.cfg.LeaseTTL)
 	}
+}
+
+// TestLeaderDecisionsAreNotForwarded: a decision of the leader loop is
+// applied on the node that made it only; once that node no longer leads,
+// it is refused rather than forwarded to the new leader, which would apply
+// it to a state it was not made from.
+func TestLeaderDecisionsAreNotForwarded(t *testing.T) {
+	nodes := startCluster(t, 3)
+	leader := waitLeader(t, nodes)
+	fol := follower(nodes)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	_, err := fol.applyAsLeader(ctx, &vbatchv1.RegisterAgent{Agent: &vbatchv1.Agent{Id: "from-follower"}})
+	if !errors.Is(err, errNotLeading) {
+		t.Fatalf("leader decision on a follower: %v, want errNotLeading", err)
+	}
+	if _, err := leader.applyAsLeader(ctx, &vbatchv1.RegisterAgent{Agent: &vbatchv1.Agent{Id: "from-leader"}}); err != nil {
+		t.Fatal(err)
+	}
+	consistentView(t, ctx, fol, func(s *fsm.State) {
+		if _, ok := s.Agents["from-follower"]; ok {
+			t.Error("the follower's decision was applied")
+		}
+		if _, ok := s.Agents["from-leader"]; !ok {
+			t.Error("the leader's decision was not applied")
+		}
+	})
 }

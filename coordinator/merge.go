@@ -124,7 +124,7 @@ func (c *Coordinator) mergeFile(ctx context.Context, f *vbatchv1.File) error {
 	if _, err := c.HoldBlob(ctx, ref.Sha256); err != nil {
 		return err
 	}
-	if _, err := c.Apply(ctx, &vbatchv1.MergeFileParts{FileId: f.Id, Parts: f.Parts, Merged: ref}); err != nil {
+	if _, err := c.applyAsLeader(ctx, &vbatchv1.MergeFileParts{FileId: f.Id, Parts: f.Parts, Merged: ref}); err != nil {
 		return fmt.Errorf("commit merge: %w", err)
 	}
 	c.log.Info("merged result file parts", "file_id", f.Id, "parts", len(f.Parts), "bytes", f.Bytes, "sha256", ref.Sha256)

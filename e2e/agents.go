@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/http"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -65,7 +66,8 @@ type Agent struct {
 }
 
 // StartAgent starts an agent that joins the cluster with the given engine
-// flags (for example --engine openai --engine-url ...).
+// flags (for example --engine openai --engine-url ...). It serves
+// sim-model unless the flags name models (--model).
 func (c *Cluster) StartAgent(t testing.TB, id string, engineArgs ...string) *Agent {
 	t.Helper()
 	ports := FreePorts(t, 2)
@@ -75,8 +77,10 @@ func (c *Cluster) StartAgent(t testing.TB, id string, engineArgs ...string) *Age
 		join = append(join, co.Gossip)
 	}
 	args := []string{"agent", "--node-id", id, "--data-dir", filepath.Join(c.Dir, id),
-		"--join", strings.Join(join, ","), "--gossip-addr", a.Gossip, "--metrics-addr", a.HTTP,
-		"--model", "sim-model"}
+		"--join", strings.Join(join, ","), "--gossip-addr", a.Gossip, "--metrics-addr", a.HTTP}
+	if !slices.Contains(engineArgs, "--model") {
+		args = append(args, "--model", "sim-model")
+	}
 	args = append(args, engineArgs...)
 	if c.AgentFlags != nil {
 		args = append(args, c.AgentFlags(id)...)

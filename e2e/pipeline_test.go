@@ -36,7 +36,11 @@ func startPipeline(t *testing.T) *pipeline {
 		p.agents = append(p.agents, c.StartAgent(t, fmt.Sprintf("agent%d", i),
 			"--engine", "openai", "--engine-url", "http://"+s.Addr, "--concurrency", "16", "--part-lines", "100"))
 	}
-	c.WaitAgents(t, 2)
+	// An agent of its own for slow-model, slow enough that a batch of it
+	// is still running when its one-minute window ends.
+	p.agents = append(p.agents, c.StartAgent(t, "slowagent", "--model", "slow-model",
+		"--engine", "sim", "--sim-latency", "100ms", "--concurrency", "4", "--part-lines", "20"))
+	c.WaitAgents(t, 3)
 	return p
 }
 
@@ -139,6 +143,9 @@ func TestBatchPipeline(t *testing.T) {
 	// A batch for a model nobody serves, with a one-minute window: it waits,
 	// then expires with one batch_expired line per request.
 	expiring := p.submit(t, 300, "unserved-model", "1m")
+	// One that agents are busy with when its window ends: it must end
+	// then, not once its agents run out of work.
+	busy := p.submit(t, 6000, "slow-model", "1m")
 
 	t.Run("10k exactly once", func(t *testing.T) {
 		b := p.submit(t, 10000, "sim-model", "24h")
@@ -167,7 +174,7 @@ func TestBatchPipeline(t *testing.T) {
 		p.agents[0].Kill()
 		defer func() {
 			p.agents[0].Restart(t)
-			p.WaitAgents(t, 2)
+			p.WaitAgents(t, 3)
 		}()
 		done := p.waitStatus(t, b.ID, openai.BatchStatusCompleted, 3*time.Minute)
 		p.exactlyOnce(t, done, n)
@@ -207,7 +214,7 @@ func TestBatchPipeline(t *testing.T) {
 		done := p.waitStatus(t, b.ID, openai.BatchStatusCompleted, 3*time.Minute)
 		p.exactlyOnce(t, done, n)
 		t.Logf("stale results refused during the freeze: %d", p.staleRefused(t)-refusedBefore)
-		p.WaitAgents(t, 2)
+		p.WaitAgents(t, 3)
 	})
 
 	t.Run("cancel mid-batch", func(t *testing.T) {
@@ -281,6 +288,23 @@ func TestBatchPipeline(t *testing.T) {
 		}
 		if done.RequestCounts.Failed != 300 || done.ExpiredAt == 0 {
 			t.Fatalf("expired batch = %+v", done.RequestCounts)
+		}
+	})
+
+	t.Run("busy expiry", func(t *testing.T) {
+		done := p.waitStatus(t, busy.ID, openai.BatchStatusExpired, 2*time.Minute)
+		out, errs := p.exactlyOnce(t, done, 6000)
+		for _, l := range errs {
+			if !strings.Contains(l, `"batch_expired"`) {
+				t.Fatalf("expired line without batch_expired: %s", l)
+			}
+		}
+		// Past its window the batch takes no more leases and its leases
+		// end: it expires within seconds, with work left undone.
+		late := done.ExpiredAt - done.ExpiresAt
+		t.Logf("busy batch expired %d s after its window with %d answered, %d batch_expired", late, len(out), len(errs))
+		if late > 20 || len(out) == 0 || len(errs) == 0 {
+			t.Fatalf("busy batch expired %d s late with %d answered and %d expired lines", late, len(out), len(errs))
 		}
 	})
 }

@@ -46,7 +46,7 @@ func FuzzValidate(f *testing.F) {
 		// Every request line yields its custom_id, all distinct.
 		seen := map[string]bool{}
 		var n int64
-		err = ScanCustomIDs(bytes.NewReader(data), 0, res.Total, func(line int64, id string) {
+		err = ScanCustomIDs(bytes.NewReader(data), 0, res.Total, 0, func(line int64, id string) {
 			if line != n || seen[id] {
 				t.Fatalf("line %d id %q (expected line %d, seen %v)", line, id, n, seen[id])
 			}

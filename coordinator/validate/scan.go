@@ -15,8 +15,12 @@ import (
 // 0-based line number and custom_id of every line in [from, to). It stops
 // reading once line to is reached. A line in range that is not a request
 // with a custom_id is an error: the file was validated before it ran.
-func ScanCustomIDs(r io.Reader, from, to int64, fn func(line int64, customID string)) error {
-	lr := newLineReader(r, DefaultMaxLineBytes)
+// maxLine is the line size the file was validated with (0: the default).
+func ScanCustomIDs(r io.Reader, from, to int64, maxLine int, fn func(line int64, customID string)) error {
+	if maxLine <= 0 {
+		maxLine = DefaultMaxLineBytes
+	}
+	lr := newLineReader(r, maxLine)
 	var ls lineScan
 	for i := int64(0); i < to; i++ {
 		l, err := lr.next()
@@ -30,7 +34,7 @@ func ScanCustomIDs(r io.Reader, from, to int64, fn func(line int64, customID str
 			continue
 		}
 		if l.tooLong {
-			return fmt.Errorf("scan custom ids: line %d is longer than %d bytes", i+1, DefaultMaxLineBytes)
+			return fmt.Errorf("scan custom ids: line %d is longer than %d bytes", i+1, maxLine)
 		}
 		if !ls.scan(l.data) {
 			return fmt.Errorf("scan custom ids: line %d is not a JSON object", i+1)

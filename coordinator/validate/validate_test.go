@@ -270,7 +270,7 @@ func TestValidateGolden(t *testing.T) {
 func TestScanCustomIDs(t *testing.T) {
 	in := req("a", "m") + "\n" + req("b", "m") + "\n" + req("c", "m") + "\n" + req("d", "m") + "\n"
 	var got []string
-	err := ScanCustomIDs(strings.NewReader(in), 1, 3, func(line int64, id string) {
+	err := ScanCustomIDs(strings.NewReader(in), 1, 3, 0, func(line int64, id string) {
 		got = append(got, fmt.Sprintf("%d:%s", line, id))
 	})
 	if err != nil {
@@ -280,14 +280,24 @@ func TestScanCustomIDs(t *testing.T) {
 		t.Fatalf("got %v, want %s", got, want)
 	}
 	// It stops at line to: the broken line after it is never parsed.
-	if err := ScanCustomIDs(strings.NewReader(req("a", "m")+"\nbroken\n"), 0, 1, func(int64, string) {}); err != nil {
+	if err := ScanCustomIDs(strings.NewReader(req("a", "m")+"\nbroken\n"), 0, 1, 0, func(int64, string) {}); err != nil {
 		t.Fatal(err)
 	}
-	if err := ScanCustomIDs(strings.NewReader(req("a", "m")+"\nbroken\n"), 0, 2, func(int64, string) {}); err == nil {
+	if err := ScanCustomIDs(strings.NewReader(req("a", "m")+"\nbroken\n"), 0, 2, 0, func(int64, string) {}); err == nil {
 		t.Fatal("a broken line in range must be an error")
 	}
-	if err := ScanCustomIDs(strings.NewReader(req("a", "m")), 0, 2, func(int64, string) {}); err == nil {
+	if err := ScanCustomIDs(strings.NewReader(req("a", "m")), 0, 2, 0, func(int64, string) {}); err == nil {
 		t.Fatal("a range past the end must be an error")
+	}
+	// A line longer than the default, in a file validated with a larger
+	// cap, is scanned with that cap.
+	long := `{"custom_id":"big","method":"POST","url":"/v1/chat/completions","body":{"model":"m","pad":"` + strings.Repeat("x", DefaultMaxLineBytes) + `"}}` + "\n"
+	if err := ScanCustomIDs(strings.NewReader(long), 0, 1, 0, func(int64, string) {}); err == nil {
+		t.Fatal("a line over the default cap scanned with it must be an error")
+	}
+	var id string
+	if err := ScanCustomIDs(strings.NewReader(long), 0, 1, 2*DefaultMaxLineBytes, func(_ int64, cid string) { id = cid }); err != nil || id != "big" {
+		t.Fatalf("a line under the file's own cap: id %q, %v", id, err)
 	}
 }
 
