@@ -23,9 +23,10 @@ const DefaultAddr = "http://127.0.0.1:8000"
 // maxErrorBody bounds how much of an error answer is read.
 const maxErrorBody = 1 << 20
 
-// errHeaderTimeout is the cause of a stream cancelled because its answer's
-// headers did not arrive within Client.Timeout.
-var errHeaderTimeout = errors.New("no answer within the timeout")
+// errStalled is the cause of a stream cancelled because it made no
+// progress (sent no byte of the request, got no answer, or no byte of the
+// answer) for Client.Timeout.
+var errStalled = errors.New("no answer within the timeout")
 
 // Client talks to one coordinator's HTTP API. Any coordinator serves the
 // whole API, so one address is enough.
@@ -35,7 +36,10 @@ type Client struct {
 	// APIKey is sent as a bearer token when not empty.
 	APIKey string
 	// Timeout bounds each JSON call, and for streamed uploads and downloads
-	// the wait for the answer's headers; zero means no limit.
+	// how long the transfer may go without progress (a byte of the request
+	// sent, the answer's headers, a byte of the answer), so a large upload
+	// or download that keeps moving takes as long as it needs and one that
+	// stalls fails; zero means no limit.
 	Timeout time.Duration
 	// Consistent asks the server to answer reads from the raft leader
 	// rather than from its own, possibly lagging, copy of the state.
@@ -155,39 +159,81 @@ func (c *Client) Do(ctx context.Context, method, path string, in, out any) error
 }
 
 // Stream sends a request with a streamed body (may be nil) and returns the
-// answer's body for the caller to read and close. Client.Timeout bounds only
-// the wait for the answer's headers, not the transfer.
+// answer's body for the caller to read and close. Client.Timeout bounds
+// how long the exchange may make no progress, not the whole transfer.
 func (c *Client) Stream(ctx context.Context, method, path, contentType string, body io.Reader) (io.ReadCloser, error) {
 	ctx, cancel := context.WithCancelCause(ctx)
+	var wd *time.Timer
+	progress := func() {}
+	if c.Timeout > 0 {
+		wd = time.AfterFunc(c.Timeout, func() { cancel(errStalled) })
+		progress = func() { wd.Reset(c.Timeout) }
+	}
+	stop := func() {
+		if wd != nil {
+			wd.Stop()
+		}
+		cancel(nil)
+	}
+	if body != nil {
+		body = &progressReader{r: body, progress: progress}
+	}
 	req, err := c.newRequest(ctx, method, path, body)
 	if err != nil {
-		cancel(nil)
+		stop()
 		return nil, err
 	}
 	if contentType != "" {
 		req.Header.Set("Content-Type", contentType)
 	}
-	var timer *time.Timer
-	if c.Timeout > 0 {
-		timer = time.AfterFunc(c.Timeout, func() { cancel(errHeaderTimeout) })
-	}
 	resp, err := c.httpClient().Do(req)
-	if timer != nil {
-		timer.Stop()
-	}
 	if err != nil {
-		if cause := context.Cause(ctx); errors.Is(cause, errHeaderTimeout) {
-			err = fmt.Errorf("%s %s: %w (%s)", method, path, cause, c.Timeout)
-		}
-		cancel(nil)
+		err = c.stalled(ctx, method, path, err)
+		stop()
 		return nil, err
 	}
+	progress()
 	if err := checkResponse(resp); err != nil {
 		resp.Body.Close()
-		cancel(nil)
+		stop()
 		return nil, err
 	}
-	return &cancelOnClose{ReadCloser: resp.Body, cancel: func() { cancel(nil) }}, nil
+	in := &progressReader{r: resp.Body, progress: progress, fail: func(err error) error { return c.stalled(ctx, method, path, err) }}
+	return &cancelOnClose{ReadCloser: readCloser{in, resp.Body}, cancel: stop}, nil
+}
+
+// stalled names the timeout in err when the stream was cancelled for
+// making no progress.
+func (c *Client) stalled(ctx context.Context, method, path string, err error) error {
+	if cause := context.Cause(ctx); errors.Is(cause, errStalled) {
+		return fmt.Errorf("%s %s: %w (%s without progress)", method, path, cause, c.Timeout)
+	}
+	return err
+}
+
+// progressReader calls progress after every read that moved bytes, and
+// passes read errors through fail (when set).
+type progressReader struct {
+	r        io.Reader
+	progress func()
+	fail     func(error) error
+}
+
+func (p *progressReader) Read(b []byte) (int, error) {
+	n, err := p.r.Read(b)
+	if n > 0 {
+		p.progress()
+	}
+	if err != nil && err != io.EOF && p.fail != nil {
+		err = p.fail(err)
+	}
+	return n, err
+}
+
+// readCloser reads from one reader and closes another.
+type readCloser struct {
+	io.Reader
+	io.Closer
 }
 
 // cancelOnClose releases a stream's context when its body is closed.

@@ -132,30 +132,76 @@ func TestClientTimeout(t *testing.T) {
 	}
 }
 
-func TestStreamTimeoutSparesTransfer(t *testing.T) {
-	// The headers come at once and the body only after the timeout has
-	// passed: the transfer must not be cut.
-	release := make(chan struct{})
-	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+// TestStreamTimeoutBoundsPausesNotTransfers: a download whose bytes keep
+// coming takes longer than the timeout and is not cut; one that stops
+// sending is cut after the timeout, however long it ran.
+func TestStreamTimeoutBoundsPausesNotTransfers(t *testing.T) {
+	stall := make(chan struct{})
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		w.WriteHeader(200)
-		w.(http.Flusher).Flush()
-		<-release
-		_, _ = io.WriteString(w, "late body")
+		for i := 0; i < 6; i++ {
+			_, _ = io.WriteString(w, "x")
+			w.(http.Flusher).Flush()
+			<-time.After(100 * time.Millisecond) // pacing the body, not a wait for a condition
+		}
+		if r.URL.Query().Get("stall") != "" {
+			select {
+			case <-stall:
+			case <-r.Context().Done():
+			}
+		}
 	}))
 	defer srv.Close()
-	// Long enough for the headers on a loaded machine.
-	c := NewClient(srv.URL, "", time.Second)
+	defer close(stall)
+	// A timeout shorter than the whole body, longer than its pauses (with
+	// room for a loaded machine).
+	c := NewClient(srv.URL, "", 400*time.Millisecond)
 	body, err := c.Stream(context.Background(), http.MethodGet, "/v1/files/f/content", "", nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer body.Close()
-	// Wait past the timeout on a timer the client does not share.
-	<-time.After(1500 * time.Millisecond)
-	close(release)
 	b, err := io.ReadAll(body)
-	if err != nil || string(b) != "late body" {
-		t.Errorf("body = %q, %v", b, err)
+	body.Close()
+	if err != nil || string(b) != "xxxxxx" {
+		t.Errorf("steady body = %q, %v", b, err)
+	}
+	body, err = c.Stream(context.Background(), http.MethodGet, "/v1/files/f/content?stall=1", "", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer body.Close()
+	_, err = io.ReadAll(body)
+	if err == nil || !strings.Contains(err.Error(), "without progress") {
+		t.Errorf("stalled body: %v, want cut for no progress", err)
+	}
+}
+
+// TestStreamTimeoutSparesSlowUpload: an upload that keeps sending takes
+// longer than the timeout and still gets its answer.
+func TestStreamTimeoutSparesSlowUpload(t *testing.T) {
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		n, _ := io.Copy(io.Discard, r.Body)
+		_, _ = io.WriteString(w, strings.Repeat("y", int(n)))
+	}))
+	defer srv.Close()
+	c := NewClient(srv.URL, "", 400*time.Millisecond)
+	pr, pw := io.Pipe()
+	go func() {
+		for i := 0; i < 6; i++ {
+			if _, err := pw.Write([]byte("x")); err != nil {
+				return
+			}
+			<-time.After(100 * time.Millisecond)
+		}
+		pw.Close()
+	}()
+	body, err := c.Stream(context.Background(), http.MethodPost, "/v1/files", "application/octet-stream", pr)
+	if err != nil {
+		t.Fatalf("slow upload: %v", err)
+	}
+	defer body.Close()
+	if b, err := io.ReadAll(body); err != nil || len(b) != 6 {
+		t.Errorf("answer %q, %v", b, err)
 	}
 }
 

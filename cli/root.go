@@ -102,7 +102,7 @@ func newRootCmd(e *env) *cobra.Command {
 	pf.StringVar(&e.addr, "addr", "", "coordinator address (default $VBATCH_ADDR, $OPENAI_BASE_URL or "+DefaultAddr+")")
 	pf.StringVar(&e.apiKey, "api-key", "", "API key (default $VBATCH_API_KEY or $OPENAI_API_KEY)")
 	pf.StringVarP(&e.output, "output", "o", "table", "output format: table or json")
-	pf.DurationVar(&e.timeout, "timeout", 30*time.Second, "limit on each API call; for uploads and downloads, on the wait for the answer (0: none)")
+	pf.DurationVar(&e.timeout, "timeout", 30*time.Second, "limit on each API call; for uploads and downloads, on a pause in the transfer or the wait for the answer (0: none)")
 	pf.StringVar(&e.caCert, "ca-cert", "", "PEM CA certificate that signed the coordinators' HTTPS certificates (default $VBATCH_CA_CERT)")
 	pf.StringVar(&e.serverName, "tls-server-name", "", "name to expect on the coordinator's certificate, e.g. server.global.vbatch (default $VBATCH_TLS_SERVER_NAME)")
 	pf.BoolVar(&e.consistent, "consistent", false, "read from the raft leader instead of the nearest coordinator's copy")
