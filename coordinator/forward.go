@@ -36,6 +36,13 @@ const applyTimeout = 10 * time.Second
 // retries until ctx ends (commands carry proposer-made ids, so a retry of a
 // write that did commit is an idempotent no-op).
 func (c *Coordinator) Apply(ctx context.Context, cmd proto.Message) (uint64, error) {
+	return c.applyWith(ctx, cmd, c.applyOnce)
+}
+
+// applyWith encodes cmd and makes attempts with once until one succeeds,
+// fails for good (not retryable, or errNotLeading), or ctx ends (15 s when
+// it has no deadline); then waits until this node has applied it.
+func (c *Coordinator) applyWith(ctx context.Context, cmd proto.Message, once func(context.Context, []byte) (*vbatchv1.Result, error)) (uint64, error) {
 	data, err := fsm.Encode(cmd, c.Now())
 	if err != nil {
 		return 0, err
@@ -50,14 +57,14 @@ func (c *Coordinator) Apply(ctx context.Context, cmd proto.Message) (uint64, err
 	// doubling to 500 ms cost about 0.6 s of every failover).
 	backoff := 10 * time.Millisecond
 	for {
-		res, err := c.applyOnce(ctx, data)
+		res, err := once(ctx, data)
 		if err == nil {
 			if werr := c.waitApplied(ctx, res.Index); werr != nil {
 				return res.Index, werr
 			}
 			return res.Index, fsm.FromResult(res)
 		}
-		if !retryable(err) {
+		if errors.Is(err, errNotLeading) || !retryable(err) {
 			return 0, err
 		}
 		select {
@@ -82,38 +89,19 @@ var errNotLeading = errors.New("this node no longer leads")
 // leadership changed, and the new leader's barrier covers it before that
 // leader decides anything, or it is lost and the new leader decides anew.
 func (c *Coordinator) applyAsLeader(ctx context.Context, cmd proto.Message) (uint64, error) {
-	data, err := fsm.Encode(cmd, c.Now())
-	if err != nil {
-		return 0, err
+	return c.applyWith(ctx, cmd, c.applyHere)
+}
+
+// applyHere applies on this node while it leads; it never forwards.
+func (c *Coordinator) applyHere(_ context.Context, data []byte) (*vbatchv1.Result, error) {
+	if c.raftNode.raft.State() != raft.Leader {
+		return nil, errNotLeading
 	}
-	if _, ok := ctx.Deadline(); !ok {
-		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeout(ctx, 15*time.Second)
-		defer cancel()
+	res, err := c.applyLocal(data)
+	if errors.Is(err, raft.ErrNotLeader) || errors.Is(err, raft.ErrLeadershipLost) || errors.Is(err, raft.ErrLeadershipTransferInProgress) {
+		return nil, fmt.Errorf("%w: %w", errNotLeading, err)
 	}
-	backoff := 10 * time.Millisecond
-	for {
-		r := c.raftNode.raft
-		if r.State() != raft.Leader {
-			return 0, errNotLeading
-		}
-		res, err := c.applyLocal(data)
-		if err == nil {
-			return res.Index, fsm.FromResult(res)
-		}
-		if errors.Is(err, raft.ErrNotLeader) || errors.Is(err, raft.ErrLeadershipLost) || errors.Is(err, raft.ErrLeadershipTransferInProgress) {
-			return 0, fmt.Errorf("%w: %w", errNotLeading, err)
-		}
-		if !retryable(err) {
-			return 0, err
-		}
-		select {
-		case <-ctx.Done():
-			return 0, fmt.Errorf("%w: %v", ErrNoLeader, err)
-		case <-time.After(backoff):
-		}
-		backoff = min(2*backoff, applyRetryMax)
-	}
+	return res, err
 }
 
 // applyOnce applies on this node if it leads, else forwards once.
