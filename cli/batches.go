@@ -5,6 +5,7 @@ import (
 	"maps"
 	"net/http"
 	"net/url"
+	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -109,8 +110,15 @@ func (p *createParams) addFlags(cmd *cobra.Command) {
 	cmd.Flags().StringArrayVar(&p.metadata, "metadata", nil, "metadata key=value (repeatable)")
 }
 
+// windowFormat is a completion window as the API takes it: a whole number
+// of minutes or hours (the server checks the range).
+var windowFormat = regexp.MustCompile(`^[1-9][0-9]{0,6}[mh]$`)
+
 // body is the JSON of POST /v1/batches.
 func (p *createParams) body(inputFileID string) (map[string]any, error) {
+	if !windowFormat.MatchString(p.window) {
+		return nil, fmt.Errorf("--window %q: want a whole number of minutes or hours, such as 24h or 90m", p.window)
+	}
 	body := map[string]any{"input_file_id": inputFileID, "endpoint": p.endpoint, "completion_window": p.window}
 	if len(p.metadata) > 0 {
 		md := make(map[string]string, len(p.metadata))

@@ -246,6 +246,12 @@ func writeUploadForm(mw *multipart.Writer, purpose, filename string, src io.Read
 // out.part renamed when complete so a failed download leaves no partial
 // file under the final name. It returns the bytes written.
 func (e *env) download(ctx context.Context, id, out string) (int64, error) {
+	if out != "-" && out != "" {
+		// Refused before the transfer, not after it.
+		if st, err := os.Stat(out); err == nil && st.IsDir() {
+			return 0, fmt.Errorf("download %s: %s is a directory; name the file to write", id, out)
+		}
+	}
 	body, err := e.client.Stream(ctx, http.MethodGet, "/v1/files/"+url.PathEscape(id)+"/content", "", nil)
 	if err != nil {
 		return 0, err
@@ -264,6 +270,11 @@ func (e *env) download(ctx context.Context, id, out string) (int64, error) {
 		return 0, fmt.Errorf("download %s: %w", id, err)
 	}
 	n, err := io.Copy(f, body)
+	if err == nil {
+		// On disk before it takes the final name: a crash right after
+		// must not leave a short file that reads as the download.
+		err = f.Sync()
+	}
 	if cerr := f.Close(); err == nil {
 		err = cerr
 	}

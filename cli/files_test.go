@@ -216,3 +216,17 @@ func TestFilesDelete(t *testing.T) {
 	r = f.run("files", "delete", "file-abc", "-o", "json").ok(t)
 	checkSameJSON(t, r.stdout, body)
 }
+
+// TestFilesDownloadToDirectoryRefused: a target that is a directory is
+// refused before anything is transferred.
+func TestFilesDownloadToDirectoryRefused(t *testing.T) {
+	f := newFakeServer(t)
+	dir := t.TempDir()
+	r := f.run("files", "download", "file-abc", "-f", dir)
+	if r.code == 0 || !strings.Contains(r.stderr, "is a directory") {
+		t.Fatalf("exit %d, stderr %q: want the directory refused", r.code, r.stderr)
+	}
+	if n := len(f.requests()); n != 0 {
+		t.Errorf("%d requests sent: %+v", n, f.requests())
+	}
+}

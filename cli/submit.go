@@ -47,6 +47,11 @@ func batchesSubmitCmd(e *env) *cobra.Command {
 			if poll <= 0 {
 				return &usageError{cmd: cmd.CommandPath(), err: fmt.Errorf("--poll must be positive, not %s", poll)}
 			}
+			// The flags are checked before the upload, so a typo does not
+			// leave an upload behind.
+			if _, err := cp.body(""); err != nil {
+				return &usageError{cmd: cmd.CommandPath(), err: err}
+			}
 			start := e.now()
 			f, _, err := e.uploadFile(cmd.Context(), args[0], "batch")
 			if err != nil {
@@ -60,7 +65,7 @@ func batchesSubmitCmd(e *env) *cobra.Command {
 			var b batchObject
 			raw, err := e.call(cmd.Context(), http.MethodPost, "/v1/batches", body, &b)
 			if err != nil {
-				return err
+				return fmt.Errorf("%w\nThe file stays uploaded as %s: create the batch with vbctl batches create --input-file %s", err, f.ID, f.ID)
 			}
 			fmt.Fprintf(e.stderr, "Created batch %s\n", b.ID)
 			if !wait {

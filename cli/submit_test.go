@@ -311,3 +311,18 @@ func TestFormatting(t *testing.T) {
 		}
 	}
 }
+
+// TestBatchesSubmitBadWindowUploadsNothing: a --window the API cannot take
+// is refused before the file is uploaded, so nothing is left behind.
+func TestBatchesSubmitBadWindowUploadsNothing(t *testing.T) {
+	f := newFakeServer(t)
+	f.handle("POST /v1/files", uploadHandler(t, "batch"))
+	input, _ := writeInput(t, t.TempDir(), 10)
+	r := f.run("batches", "submit", input, "--window", "1s")
+	if r.code == 0 || !strings.Contains(r.stderr, "--window") {
+		t.Fatalf("exit %d, stderr %q: want a refused --window", r.code, r.stderr)
+	}
+	if n := len(f.requests()); n != 0 {
+		t.Errorf("%d requests sent for a refused --window: %+v", n, f.requests())
+	}
+}
