@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net/http"
 	"path/filepath"
 	"sync"
 	"time"
@@ -56,7 +57,9 @@ type Cluster struct {
 	coords []*coordinator.Coordinator
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
-	errs   chan error
+
+	mu   sync.Mutex
+	errs []error // agents' Run errors, as they ended
 }
 
 // Start starts the coordinators and agents and returns once the cluster has
@@ -68,7 +71,7 @@ func Start(ctx context.Context, cfg Config) (*Cluster, error) {
 	if cfg.Agents < 0 {
 		return nil, errors.New("agents must not be negative")
 	}
-	cl := &Cluster{errs: make(chan error, 16)}
+	cl := &Cluster{}
 	var join []string
 	for i := 0; i < 3; i++ {
 		p := cfg.BasePort + 100*i
@@ -113,15 +116,54 @@ func Start(ctx context.Context, cfg Config) (*Cluster, error) {
 		sc.Models = []string{Model}
 		logger := monitoring.NewLogger(cfg.LogOut, cfg.LogLevel, "agent").With("node_id", n.ID)
 		a := agent.New(ac, engine.NewSim(sc), gpu.NewSimulated(1, int64(j+1)), logger)
+		ended := make(chan struct{})
 		cl.wg.Add(1)
 		go func() {
 			defer cl.wg.Done()
+			defer close(ended)
 			if err := a.Run(actx); err != nil {
-				cl.errs <- fmt.Errorf("agent %s: %w", n.ID, err)
+				logger.Error("agent stopped", "err", err)
+				cl.mu.Lock()
+				cl.errs = append(cl.errs, fmt.Errorf("agent %s: %w", n.ID, err))
+				cl.mu.Unlock()
 			}
 		}()
+		// Ready means every agent serves: one that cannot bind its
+		// address fails the start instead of being missed.
+		if err := waitListening(ctx, n.HTTP, ended, 30*time.Second); err != nil {
+			err = errors.Join(fmt.Errorf("agent %s: %w", n.ID, err), cl.Stop(context.Background()))
+			return nil, err
+		}
 	}
 	return cl, nil
+}
+
+// waitListening waits until the agent at addr answers its health check
+// (a connection alone could be another process holding the port), the
+// agent ends (ended closes) or timeout passes.
+func waitListening(ctx context.Context, addr string, ended <-chan struct{}, timeout time.Duration) error {
+	deadline := time.Now().Add(timeout)
+	hc := &http.Client{Timeout: time.Second}
+	for {
+		resp, err := hc.Get("http://" + addr + "/health")
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				return nil
+			}
+			err = fmt.Errorf("health: %s", resp.Status)
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("not serving on %s after %s: %w", addr, timeout, err)
+		}
+		select {
+		case <-ended:
+			return fmt.Errorf("stopped before serving on %s", addr)
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
 }
 
 func addr(port int) string { return fmt.Sprintf("127.0.0.1:%d", port) }
@@ -163,11 +205,9 @@ func (cl *Cluster) Stop(ctx context.Context) error {
 	case <-done:
 	case <-ctx.Done():
 	}
-	close(cl.errs)
-	var errs []error
-	for err := range cl.errs {
-		errs = append(errs, err)
-	}
+	cl.mu.Lock()
+	errs := append([]error(nil), cl.errs...)
+	cl.mu.Unlock()
 	errs = append(errs, cl.stopCoordinators())
 	return errors.Join(errs...)
 }
