@@ -162,6 +162,12 @@ func (c *Client) Do(ctx context.Context, method, path string, in, out any) error
 // answer's body for the caller to read and close. Client.Timeout bounds
 // how long the exchange may make no progress, not the whole transfer.
 func (c *Client) Stream(ctx context.Context, method, path, contentType string, body io.Reader) (io.ReadCloser, error) {
+	rc, _, err := c.StreamWithHeader(ctx, method, path, contentType, body)
+	return rc, err
+}
+
+// StreamWithHeader is Stream that also returns the answer's header.
+func (c *Client) StreamWithHeader(ctx context.Context, method, path, contentType string, body io.Reader) (io.ReadCloser, http.Header, error) {
 	ctx, cancel := context.WithCancelCause(ctx)
 	var wd *time.Timer
 	progress := func() {}
@@ -181,7 +187,7 @@ func (c *Client) Stream(ctx context.Context, method, path, contentType string, b
 	req, err := c.newRequest(ctx, method, path, body)
 	if err != nil {
 		stop()
-		return nil, err
+		return nil, nil, err
 	}
 	if contentType != "" {
 		req.Header.Set("Content-Type", contentType)
@@ -190,16 +196,16 @@ func (c *Client) Stream(ctx context.Context, method, path, contentType string, b
 	if err != nil {
 		err = c.stalled(ctx, method, path, err)
 		stop()
-		return nil, err
+		return nil, nil, err
 	}
 	progress()
 	if err := checkResponse(resp); err != nil {
 		resp.Body.Close()
 		stop()
-		return nil, err
+		return nil, nil, err
 	}
 	in := &progressReader{r: resp.Body, progress: progress, fail: func(err error) error { return c.stalled(ctx, method, path, err) }}
-	return &cancelOnClose{ReadCloser: readCloser{in, resp.Body}, cancel: stop}, nil
+	return &cancelOnClose{ReadCloser: readCloser{in, resp.Body}, cancel: stop}, resp.Header, nil
 }
 
 // stalled names the timeout in err when the stream was cancelled for

@@ -7,6 +7,7 @@ import (
 	"io"
 	"net/http"
 	"os"
+	"strconv"
 	"strings"
 
 	"github.com/spf13/cobra"
@@ -115,11 +116,14 @@ func clusterSnapshotCmd(e *env) *cobra.Command {
 			"coordinators' blob stores: back up their data dirs as well (docs/operations.md).",
 		Args: exactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			n, err := e.saveSnapshot(cmd.Context(), args[0])
+			n, index, err := e.saveSnapshot(cmd.Context(), args[0])
 			if err != nil {
 				return err
 			}
-			fmt.Fprintf(e.stderr, "Wrote %s (%s)\n", args[0], fmtBytes(n))
+			if e.jsonOut() {
+				return e.printJSON(map[string]any{"path": args[0], "bytes": n, "index": index})
+			}
+			fmt.Fprintf(e.stderr, "Wrote %s (%s, raft index %d)\n", args[0], fmtBytes(n), index)
 			return nil
 		},
 	})
@@ -145,17 +149,19 @@ func clusterSnapshotCmd(e *env) *cobra.Command {
 	return cmd
 }
 
-// saveSnapshot streams the snapshot to out.part and renames it to out.
-func (e *env) saveSnapshot(ctx context.Context, out string) (int64, error) {
-	body, err := e.client.Stream(ctx, http.MethodGet, "/v1/admin/cluster/snapshot", "", nil)
+// saveSnapshot streams the snapshot to out.part and renames it to out. It
+// returns the bytes written and the raft index the snapshot reflects.
+func (e *env) saveSnapshot(ctx context.Context, out string) (int64, uint64, error) {
+	body, hdr, err := e.client.StreamWithHeader(ctx, http.MethodGet, "/v1/admin/cluster/snapshot", "", nil)
 	if err != nil {
-		return 0, withContext(err, "snapshot save")
+		return 0, 0, withContext(err, "snapshot save")
 	}
 	defer body.Close()
+	index, _ := strconv.ParseUint(hdr.Get("X-Vbatch-Snapshot-Index"), 10, 64)
 	tmp := out + ".part"
 	f, err := os.OpenFile(tmp, os.O_CREATE|os.O_TRUNC|os.O_WRONLY, 0o600)
 	if err != nil {
-		return 0, fmt.Errorf("snapshot save: %w", err)
+		return 0, 0, fmt.Errorf("snapshot save: %w", err)
 	}
 	n, err := io.Copy(f, body)
 	if err == nil {
@@ -169,9 +175,9 @@ func (e *env) saveSnapshot(ctx context.Context, out string) (int64, error) {
 	}
 	if err != nil {
 		os.Remove(tmp)
-		return n, fmt.Errorf("snapshot save to %s: %w", out, err)
+		return n, 0, fmt.Errorf("snapshot save to %s: %w", out, err)
 	}
-	return n, nil
+	return n, index, nil
 }
 
 // restoreSnapshot sends the file at path to be restored and returns the

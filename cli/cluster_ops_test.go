@@ -2,6 +2,7 @@ package cli
 
 import (
 	"bytes"
+	"fmt"
 	"io"
 	"net/http"
 	"os"
@@ -74,6 +75,7 @@ func TestClusterSnapshotSaveRestore(t *testing.T) {
 	snap := bytes.Repeat([]byte{0, 1, 2, 0xff}, 5000)
 	f.handle("GET /v1/admin/cluster/snapshot", func(w http.ResponseWriter, _ *http.Request) {
 		w.Header().Set("Content-Type", "application/octet-stream")
+		w.Header().Set("X-Vbatch-Snapshot-Index", "777")
 		_, _ = w.Write(snap)
 	})
 	var got []byte
@@ -91,12 +93,16 @@ func TestClusterSnapshotSaveRestore(t *testing.T) {
 	if _, err := os.Stat(out + ".part"); !os.IsNotExist(err) {
 		t.Errorf(".part left behind: %v", err)
 	}
-	if !strings.HasPrefix(r.stderr, "Wrote "+out) {
-		t.Errorf("stderr = %q", r.stderr)
+	if !strings.HasPrefix(r.stderr, "Wrote "+out) || !strings.Contains(r.stderr, "raft index 777") {
+		t.Errorf("stderr = %q, want the file and the raft index", r.stderr)
+	}
+	r = f.run("cluster", "snapshot", "save", out, "-o", "json").ok(t)
+	if want := fmt.Sprintf(`{"bytes":%d,"index":777,"path":%q}`, len(snap), out); !strings.Contains(strings.Join(strings.Fields(r.stdout), ""), want) {
+		t.Errorf("json = %q, want %s", r.stdout, want)
 	}
 
 	r = f.run("cluster", "snapshot", "restore", out).ok(t)
-	req := f.requests()[1]
+	req := f.requests()[2]
 	checkRequest(t, req, "POST", "/v1/admin/cluster/snapshot/restore", "")
 	if req.ContentType != "application/octet-stream" || !bytes.Equal(got, snap) {
 		t.Errorf("restore sent %q, %d bytes", req.ContentType, len(got))
