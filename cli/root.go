@@ -124,6 +124,11 @@ func (e *env) setup(fs *pflag.FlagSet) error {
 	}
 	if !fs.Changed("addr") {
 		e.addr = firstEnv(DefaultAddr, "VBATCH_ADDR", "OPENAI_BASE_URL")
+		if os.Getenv("VBATCH_ADDR") == "" && os.Getenv("OPENAI_BASE_URL") != "" {
+			// A shell set up for another OpenAI-compatible service would
+			// send vbatch's calls (and key) there: say so.
+			fmt.Fprintf(e.stderr, "vbctl: VBATCH_ADDR is not set; using OPENAI_BASE_URL (%s)\n", e.addr)
+		}
 	}
 	if !fs.Changed("api-key") {
 		e.apiKey = firstEnv("", "VBATCH_API_KEY", "OPENAI_API_KEY")

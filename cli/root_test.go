@@ -61,9 +61,13 @@ func TestEnvFallbacks(t *testing.T) {
 			default:
 				t.Setenv(tc.addrVia, f.srv.URL)
 			}
-			runEnv(t, context.Background(), append(args, "files", "list")...).ok(t)
+			r := runEnv(t, context.Background(), append(args, "files", "list")...).ok(t)
 			if got := f.only().Auth; got != tc.wantAuth {
 				t.Errorf("Authorization = %q, want %q", got, tc.wantAuth)
+			}
+			// Taking the address from OPENAI_BASE_URL is said on stderr.
+			if warned := strings.Contains(r.stderr, "using OPENAI_BASE_URL"); warned != (tc.addrVia == "OPENAI_BASE_URL") {
+				t.Errorf("stderr %q: warning about OPENAI_BASE_URL %v, want %v", r.stderr, warned, tc.addrVia == "OPENAI_BASE_URL")
 			}
 		})
 	}
