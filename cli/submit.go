@@ -134,7 +134,8 @@ func endedExit(b *batchObject) error {
 func (e *env) follow(ctx context.Context, id string, poll time.Duration) (*batchObject, json.RawMessage, error) {
 	p := &progress{e: e}
 	path := "/v1/batches/" + url.PathEscape(id)
-	var failingSince time.Time
+	var failingSince, modelChecked time.Time
+	modelWarned := false
 	timer := time.NewTimer(0)
 	defer timer.Stop()
 	for {
@@ -169,9 +170,42 @@ func (e *env) follow(ctx context.Context, id string, poll time.Duration) (*batch
 				p.done()
 				return &b, raw, nil
 			}
+			if b.Status == "in_progress" && !modelWarned && e.now().Sub(modelChecked) >= modelCheckEvery {
+				modelChecked = e.now()
+				if served, known := e.modelServed(ctx, b.Model); known && !served {
+					modelWarned = true
+					p.note(fmt.Sprintf("Warning: no live agent serves model %s; the batch waits for one until it expires (%s)", b.Model, fmtTime(b.ExpiresAt)))
+				}
+			}
 		}
 		timer.Reset(poll)
 	}
+}
+
+// modelCheckEvery is how often a batch being followed has its model
+// looked up among the models live agents serve.
+const modelCheckEvery = 30 * time.Second
+
+// modelServed reports whether a live agent serves model (GET /v1/models);
+// known is false when that could not be told.
+func (e *env) modelServed(ctx context.Context, model string) (served, known bool) {
+	if model == "" {
+		return false, false
+	}
+	var list struct {
+		Data []struct {
+			ID string `json:"id"`
+		} `json:"data"`
+	}
+	if _, err := e.call(ctx, http.MethodGet, "/v1/models", nil, &list); err != nil {
+		return false, false
+	}
+	for _, m := range list.Data {
+		if m.ID == model {
+			return true, true
+		}
+	}
+	return false, true
 }
 
 // progress draws a batch's progress on stderr: redrawn in place on a

@@ -77,8 +77,12 @@ func TestBatchesSubmitWait(t *testing.T) {
 		trail = append(trail, q.Method+" "+q.Path)
 	}
 	want := []string{"POST /v1/files", "POST /v1/batches"}
-	for range 6 {
+	for i := range 6 {
 		want = append(want, "GET /v1/batches/batch_s")
+		if i == 1 {
+			// Once running, its model is looked up among those served.
+			want = append(want, "GET /v1/models")
+		}
 	}
 	want = append(want, "GET /v1/files/file-o/content", "GET /v1/files/file-e/content")
 	if strings.Join(trail, "\n") != strings.Join(want, "\n") {
@@ -206,9 +210,13 @@ func TestBatchesWatch(t *testing.T) {
 	final := batchJSON("batch_w", "completed", 2, 2, 0, "file-o", "")
 	batchSequence(f, "batch_w", batchJSON("batch_w", "in_progress", 2, 1, 0, "", ""), final)
 
+	f.reply("GET /v1/models", 200, `{"object":"list","data":[{"id":"llama-3-8b","object":"model"}]}`)
 	r := f.run("batches", "watch", "batch_w", "--poll", "1ms").ok(t)
-	if n := len(f.requests()); n != 2 {
-		t.Errorf("%d requests, want 2 polls and no download", n)
+	if n := len(f.requests()); n != 3 {
+		t.Errorf("%d requests, want 2 polls, a model lookup and no download", n)
+	}
+	if strings.Contains(r.stderr, "no live agent") {
+		t.Errorf("warned about a served model: %q", r.stderr)
 	}
 	if !strings.HasPrefix(r.stdout, "ID             batch_w\nSTATUS         completed\n") {
 		t.Errorf("stdout:\n%s", r.stdout)
@@ -324,5 +332,19 @@ func TestBatchesSubmitBadWindowUploadsNothing(t *testing.T) {
 	}
 	if n := len(f.requests()); n != 0 {
 		t.Errorf("%d requests sent for a refused --window: %+v", n, f.requests())
+	}
+}
+
+// TestBatchesWatchWarnsOfUnservedModel: a running batch whose model no
+// live agent serves is pointed out, once, instead of showing no progress
+// until its window ends.
+func TestBatchesWatchWarnsOfUnservedModel(t *testing.T) {
+	f := newFakeServer(t)
+	running := batchJSON("batch_u", "in_progress", 2, 0, 0, "", "")
+	batchSequence(f, "batch_u", running, running, running, batchJSON("batch_u", "cancelled", 2, 0, 0, "", ""))
+	f.reply("GET /v1/models", 200, `{"object":"list","data":[{"id":"other-model","object":"model"}]}`)
+	r := f.run("batches", "watch", "batch_u", "--poll", "1ms")
+	if n := strings.Count(r.stderr, "no live agent serves model llama-3-8b"); n != 1 {
+		t.Errorf("stderr %q: warned %d times, want once", r.stderr, n)
 	}
 }
