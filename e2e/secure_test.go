@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -282,10 +283,16 @@ func TestSecureCluster(t *testing.T) {
 	if err != nil || code != http.StatusOK {
 		t.Fatalf("metrics: %d %v", code, err)
 	}
-	wantExpiry := fmt.Sprintf("vbatch_tls_certificate_expiry_timestamp_seconds %d", next.NotAfter.Unix())
-	wantExpiryE := fmt.Sprintf("vbatch_tls_certificate_expiry_timestamp_seconds %.9e", float64(next.NotAfter.Unix()))
-	if m := string(body); !strings.Contains(m, wantExpiry) && !strings.Contains(m, wantExpiryE) {
-		t.Errorf("metrics lack %q", wantExpiry)
+	// Compared as a number: the exposition format writes the shortest
+	// float (1.7958988e+09 for ...800), not a fixed layout.
+	var gotExpiry float64
+	for _, line := range strings.Split(string(body), "\n") {
+		if v, ok := strings.CutPrefix(line, "vbatch_tls_certificate_expiry_timestamp_seconds "); ok {
+			gotExpiry, _ = strconv.ParseFloat(strings.TrimSpace(v), 64)
+		}
+	}
+	if int64(gotExpiry) != next.NotAfter.Unix() {
+		t.Errorf("vbatch_tls_certificate_expiry_timestamp_seconds = %v, want %d", gotExpiry, next.NotAfter.Unix())
 	}
 	if !strings.Contains(string(body), "vbatch_autopilot_failure_tolerance") {
 		t.Errorf("metrics lack the autopilot figures")
