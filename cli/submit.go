@@ -91,18 +91,25 @@ func batchesSubmitCmd(e *env) *cobra.Command {
 
 func batchesWatchCmd(e *env) *cobra.Command {
 	var poll time.Duration
+	var outDir string
 	cmd := &cobra.Command{
 		Use:   "watch ID",
-		Short: "Show a batch's progress until it ends",
-		Long:  "Show a batch's progress on stderr until it ends, then print the batch." + endedHelp,
-		Args:  exactArgs(1),
+		Short: "Show a batch's progress until it ends; with --output-dir, download its results",
+		Long: "Show a batch's progress on stderr until it ends, then print the batch. With\n" +
+			"--output-dir, download its output and error files there as submit --wait does (and\n" +
+			"print its summary instead): the way to pick up a submit --wait that was interrupted." + endedHelp,
+		Args: exactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if poll <= 0 {
 				return &usageError{cmd: cmd.CommandPath(), err: fmt.Errorf("--poll must be positive, not %s", poll)}
 			}
+			start := e.now()
 			b, raw, err := e.follow(cmd.Context(), args[0], poll)
 			if err != nil {
 				return err
+			}
+			if outDir != "" {
+				return e.finish(cmd.Context(), b, raw, outDir, start)
 			}
 			if e.jsonOut() {
 				err = e.printRaw(raw)
@@ -116,6 +123,7 @@ func batchesWatchCmd(e *env) *cobra.Command {
 		},
 	}
 	cmd.Flags().DurationVar(&poll, "poll", time.Second, "how often to ask for the batch's progress")
+	cmd.Flags().StringVar(&outDir, "output-dir", "", "download the output and error files into this directory once the batch ends")
 	return cmd
 }
 
@@ -272,7 +280,7 @@ func (p *progress) done() {
 }
 
 func (p *progress) interrupted(id string) {
-	p.note(fmt.Sprintf("Batch %s carries on in the cluster; follow it with: vbctl batches watch %s", id, id))
+	p.note(fmt.Sprintf("Batch %s carries on in the cluster; follow it (and download its results) with: vbctl batches watch %s --output-dir DIR", id, id))
 }
 
 // progressLine renders "[#####.....] 5230/10000 done 12 failed  870 req/s

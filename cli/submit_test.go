@@ -262,7 +262,7 @@ func TestBatchesWatchInterrupted(t *testing.T) {
 	if r.code != ExitInterrupted {
 		t.Errorf("exit %d, want %d", r.code, ExitInterrupted)
 	}
-	if !strings.Contains(r.stderr, "Batch batch_i carries on in the cluster; follow it with: vbctl batches watch batch_i\n") ||
+	if !strings.Contains(r.stderr, "Batch batch_i carries on in the cluster; follow it (and download its results) with: vbctl batches watch batch_i --output-dir DIR\n") ||
 		!strings.HasSuffix(r.stderr, "Error: interrupted\n") {
 		t.Errorf("stderr:\n%s", r.stderr)
 	}
@@ -346,5 +346,25 @@ func TestBatchesWatchWarnsOfUnservedModel(t *testing.T) {
 	r := f.run("batches", "watch", "batch_u", "--poll", "1ms")
 	if n := strings.Count(r.stderr, "no live agent serves model llama-3-8b"); n != 1 {
 		t.Errorf("stderr %q: warned %d times, want once", r.stderr, n)
+	}
+}
+
+// TestBatchesWatchDownloads: watch --output-dir picks up where an
+// interrupted submit --wait left off: it follows the batch and downloads
+// its output and error files.
+func TestBatchesWatchDownloads(t *testing.T) {
+	f := newFakeServer(t)
+	final := batchJSON("batch_d", "completed", 10, 9, 1, "file-o", "file-e")
+	batchSequence(f, "batch_d", batchJSON("batch_d", "in_progress", 10, 5, 0, "", ""), final)
+	serveContent(f, map[string]string{"file-o": outputContent, "file-e": errorContent})
+	dir := filepath.Join(t.TempDir(), "results")
+	f.run("batches", "watch", "batch_d", "--poll", "1ms", "--output-dir", dir).ok(t)
+	for path, want := range map[string]string{
+		filepath.Join(dir, "batch_d_output.jsonl"): outputContent,
+		filepath.Join(dir, "batch_d_error.jsonl"):  errorContent,
+	} {
+		if got, err := os.ReadFile(path); err != nil || string(got) != want {
+			t.Errorf("%s = %q, %v; want %q", path, got, err, want)
+		}
 	}
 }
