@@ -74,6 +74,16 @@ func (p *pipeline) waitDone(t *testing.T, id string, atLeast int64) *openai.Batc
 	})
 }
 
+// allExpired fails the test unless every error line is batch_expired.
+func allExpired(t *testing.T, errs []string) {
+	t.Helper()
+	for _, l := range errs {
+		if !strings.Contains(l, `"batch_expired"`) {
+			t.Fatalf("expired line without batch_expired: %s", l)
+		}
+	}
+}
+
 func (p *pipeline) waitStatus(t *testing.T, id string, s openai.BatchStatus, timeout time.Duration) *openai.Batch {
 	t.Helper()
 	return waitBatch(t, p.client(p.Running(-1)[0], ""), id, timeout, statusIs(s))
@@ -281,11 +291,7 @@ func TestBatchPipeline(t *testing.T) {
 	t.Run("expiry", func(t *testing.T) {
 		done := p.waitStatus(t, expiring.ID, openai.BatchStatusExpired, 2*time.Minute)
 		_, errs := p.exactlyOnce(t, done, 300)
-		for _, l := range errs {
-			if !strings.Contains(l, `"batch_expired"`) {
-				t.Fatalf("expired line without batch_expired: %s", l)
-			}
-		}
+		allExpired(t, errs)
 		if done.RequestCounts.Failed != 300 || done.ExpiredAt == 0 {
 			t.Fatalf("expired batch = %+v", done.RequestCounts)
 		}
@@ -294,11 +300,7 @@ func TestBatchPipeline(t *testing.T) {
 	t.Run("busy expiry", func(t *testing.T) {
 		done := p.waitStatus(t, busy.ID, openai.BatchStatusExpired, 2*time.Minute)
 		out, errs := p.exactlyOnce(t, done, 6000)
-		for _, l := range errs {
-			if !strings.Contains(l, `"batch_expired"`) {
-				t.Fatalf("expired line without batch_expired: %s", l)
-			}
-		}
+		allExpired(t, errs)
 		// Past its window the batch takes no more leases and its leases
 		// end: it expires within seconds, with work left undone.
 		late := done.ExpiredAt - done.ExpiresAt
