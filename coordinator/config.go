@@ -105,6 +105,15 @@ type Config struct {
 	// Timing holds raft and gossip timings; zero values take LAN defaults.
 	Timing Timing `json:"-"`
 
+	// BlobScrubInterval is the time from the start of one blob scrub pass
+	// to the next (0: never). A pass reads every stored blob through the
+	// verifying reader: a copy that rotted on disk is quarantined and the
+	// repair pass fetches a good one from a peer (blob.Scrubber).
+	BlobScrubInterval time.Duration `json:"blob_scrub_interval"`
+	// BlobScrubRate bounds the bytes per second a scrub pass reads (0: no
+	// bound).
+	BlobScrubRate int64 `json:"blob_scrub_rate"`
+
 	// SlowDiskThreshold: a leader whose raft log writes take longer than
 	// this (median of the last few seconds), three checks in a row, while
 	// a voter's are at least four times faster, hands leadership to that
@@ -174,6 +183,8 @@ func DefaultConfig() Config {
 		RaftSnapshotThreshold:   8192,
 		RaftTrailingLogs:        10240,
 		SlowDiskThreshold:       100 * time.Millisecond,
+		BlobScrubInterval:       24 * time.Hour,
+		BlobScrubRate:           32 << 20,
 		ClusterName:             tlsutil.DefaultCluster,
 		Timing:                  LANTiming(),
 	}
@@ -216,6 +227,8 @@ func (c *Config) Check() error {
 		return errors.New("autopilot settings must not be negative")
 	case c.AgentForgetAfter < 0 || c.BatchCompactAfter < 0:
 		return errors.New("--agent-forget-after and --batch-compact-after must not be negative")
+	case c.BlobScrubInterval < 0 || c.BlobScrubRate < 0:
+		return errors.New("--blob-scrub-interval and --blob-scrub-rate must not be negative (0 means never and no bound)")
 	case c.MaxLineBytes < 0 || c.MaxTokens < 0 || c.MaxN < 0 || c.DefaultKeyRPS < 0 ||
 		c.DefaultMaxEnqueuedRequests < 0 || c.DefaultMaxFileBytes < 0:
 		return errors.New("limits and quotas must not be negative (0 means none)")

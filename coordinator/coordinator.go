@@ -56,6 +56,9 @@ type Coordinator struct {
 	router     *router
 	blobs      *blob.Store
 	repl       *blob.Replicator
+	scrub      *blob.Scrubber
+	// blobHealth is what the last repair pass found (blobhealth.go).
+	blobHealth blobHealth
 
 	registry *prometheus.Registry
 	metrics  *monitoring.CoordinatorMetrics
@@ -201,6 +204,12 @@ func Start(cfg Config, logger *slog.Logger, logOut io.Writer) (c *Coordinator, e
 		Client: c.httpClient,
 		Scheme: c.scheme(),
 		Logger: c.log.With("logger", "blob"),
+	}
+	c.scrub = &blob.Scrubber{
+		Store:    c.blobs,
+		Rate:     cfg.BlobScrubRate,
+		Interval: cfg.BlobScrubInterval,
+		Log:      c.log.With("logger", "blob"),
 	}
 	c.notices = newCommitNotices(c.raftNode.raft, c.metrics.CommitNotices)
 	c.life, c.stop = context.WithCancel(context.Background())

@@ -18,6 +18,9 @@ func (c *Coordinator) startLoops() {
 	c.goLoop(func() { c.slowLeaderLoop(ctx) })
 	c.goLoop(func() { c.notices.loop(ctx) })
 	c.goLoop(func() { c.telemetryPruneLoop(ctx) })
+	if c.cfg.BlobScrubInterval > 0 {
+		c.goLoop(func() { c.scrub.Run(ctx) })
+	}
 }
 
 func (c *Coordinator) stopLoops() {
@@ -91,17 +94,22 @@ func (r *leaderRun) stop() {
 func (c *Coordinator) blobLoop(ctx context.Context) {
 	t := time.NewTicker(c.cfg.Timing.RepairInterval)
 	defer t.Stop()
+	// The store's content is known at once; what is missing only after a
+	// repair pass against a state that has caught up.
+	c.blobHealth.update(c.blobs, nil)
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-t.C:
 		}
-		if n, err := c.repl.Repair(ctx, c.referencedBlobs()); err != nil {
+		referenced := c.referencedBlobs()
+		if n, err := c.repl.Repair(ctx, referenced); err != nil {
 			c.log.Warn("blob repair pass failed", "err", err, "repaired", n)
 		} else if n > 0 {
 			c.log.Info("blobs repaired", "count", n)
 		}
+		c.blobHealth.update(c.blobs, referenced)
 		c.blobGC(ctx)
 	}
 }

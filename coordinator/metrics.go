@@ -19,6 +19,7 @@ func (c *Coordinator) registerCollectors() {
 	c.registry.MustRegister(
 		monitoring.NewClusterCollector(clusterView{c: c}),
 		monitoring.NewAutopilotCollector(c.autopilotView),
+		monitoring.NewBlobCollector(blobView{c: c}),
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 	)

@@ -45,7 +45,8 @@ func definedNames() (names, hists []string) {
 	NewAgentMetrics(reg)
 	cluster := NewClusterCollector(emptyView{})
 	reg.MustRegister(cluster)
-	reg.MustRegister(NewAutopilotCollector(func() *AutopilotView { return nil }), NewCertExpiryGauge(func() int64 { return 0 }))
+	reg.MustRegister(NewAutopilotCollector(func() *AutopilotView { return nil }), NewCertExpiryGauge(func() int64 { return 0 }),
+		NewBlobCollector(nil))
 	seen := map[string]bool{}
 	for _, c := range reg.cs {
 		hist := false

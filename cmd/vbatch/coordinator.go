@@ -80,6 +80,8 @@ func coordinatorCmd() *cobra.Command {
 	f.Uint64Var(&cfg.RaftSnapshotThreshold, "raft-snapshot-threshold", cfg.RaftSnapshotThreshold, "raft log entries between snapshots")
 	f.Uint64Var(&cfg.RaftTrailingLogs, "raft-trailing-logs", cfg.RaftTrailingLogs, "raft log entries kept after a snapshot")
 	f.DurationVar(&cfg.SlowDiskThreshold, "raft-slow-disk-threshold", cfg.SlowDiskThreshold, "a leader whose raft log writes stay slower than this, while a voter's are 4x faster, hands leadership to it (0: never)")
+	f.DurationVar(&cfg.BlobScrubInterval, "blob-scrub-interval", cfg.BlobScrubInterval, "start a pass verifying every stored blob this often; a rotted copy is quarantined and fetched again from a peer (0: never)")
+	f.Int64Var(&cfg.BlobScrubRate, "blob-scrub-rate", cfg.BlobScrubRate, "most bytes per second a blob scrub pass reads (0: no bound)")
 	addTLSFlags(f, &cfg.TLS, &cfg.ClusterName)
 	addGossipKeyFlags(f, &cfg.GossipKey, &cfg.GossipKeyFile)
 	addLogFlags(f, &lf)

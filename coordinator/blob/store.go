@@ -29,6 +29,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -86,6 +87,9 @@ type Store struct {
 	// a commit skips the mkdir; each entry is read and set under its
 	// directory's lock. Fan-out directories are never removed.
 	fanReady [256]bool
+	// corrupt counts the copies moved to quarantine after failing
+	// verification (Corruptions).
+	corrupt atomic.Int64
 }
 
 // lockFor returns the lock of sha's fan-out directory (sha is normally a

@@ -353,11 +353,16 @@ func (s *Store) quarantine(sha string, opened *os.File) error {
 	if err := os.Rename(s.sumPath(sha), filepath.Join(s.quarDir, sha+".sum")); err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return fmt.Errorf("quarantine blob %s sidecar: %w", sha, err)
 	}
+	s.corrupt.Add(1)
 	if err := syncDir(filepath.Dir(s.path(sha))); err != nil {
 		return fmt.Errorf("quarantine blob %s: %w", sha, err)
 	}
 	return nil
 }
+
+// Corruptions is how many copies this store has moved to quarantine since
+// it was opened: blobs that failed verification on a read or a scrub.
+func (s *Store) Corruptions() int64 { return s.corrupt.Load() }
 
 // Quarantined reports whether a corrupt copy of the blob sits in
 // quarantine.
