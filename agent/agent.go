@@ -186,6 +186,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	loops.Go(func() { a.telemetryLoop(loopCtx) })
 	loops.Go(func() { a.attachLoop(loopCtx) })
 	if err := a.register(ctx); err != nil && ctx.Err() == nil {
+		a.logRegisterError("register", err)
 		a.stop(reasonShutdown)
 		stopLoops()
 		loops.Wait()
@@ -284,7 +285,7 @@ func (a *Agent) Drain(ctx context.Context) error {
 		return fmt.Errorf("agent drain: %w", ctx.Err())
 	}
 	if err := a.register(ctx); err != nil {
-		a.log.Warn("register as draining", "err", err)
+		a.logRegisterError("register as draining", err)
 	}
 	select {
 	case <-a.done:
@@ -322,7 +323,7 @@ func (a *Agent) leaseWorker() {
 			// The coordinators forgot this agent (it was declared dead).
 			a.log.Info("coordinator does not know this agent; registering again")
 			if err := a.reregister(a.stopCtx, gen); err != nil && a.stopCtx.Err() == nil {
-				a.log.Warn("register again", "err", err)
+				a.logRegisterError("register again", err)
 				sleepCtx(a.stopCtx, wait)
 			}
 			continue

@@ -2,7 +2,9 @@ package agent
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"time"
 
@@ -10,6 +12,7 @@ import (
 
 	"github.com/vbatch/vbatch/gossip"
 	"github.com/vbatch/vbatch/internal/netutil"
+	"github.com/vbatch/vbatch/monitoring"
 	vbatchv1 "github.com/vbatch/vbatch/rpc/gen/vbatch/v1"
 	"github.com/vbatch/vbatch/rpc/gen/vbatch/v1/vbatchv1connect"
 )
@@ -70,6 +73,17 @@ func (a *Agent) registerLocked(ctx context.Context) error {
 	return nil
 }
 
+// logRegisterError logs a failed registration: at error level when the
+// coordinators refuse this agent's node id (it is a coordinator's), which
+// needs an operator, else as a warning.
+func (a *Agent) logRegisterError(msg string, err error) {
+	if connect.CodeOf(err) == connect.CodeAlreadyExists {
+		a.log.Error(msg+": the coordinators refuse this agent's node id; give it its own --node-id", "err", err)
+		return
+	}
+	a.log.Warn(msg, "err", err)
+}
+
 // startGossip joins the gossip pool as an agent and keeps rejoining the
 // Join addresses whenever no coordinator is in view.
 func (a *Agent) startGossip(ctx context.Context) error {
@@ -95,6 +109,14 @@ func (a *Agent) startGossip(ctx context.Context) error {
 		return fmt.Errorf("agent %s: %w", a.id, err)
 	}
 	a.pool = pool
+	a.metrics.registry.MustRegister(monitoring.NewGossipNameConflicts(pool.NameConflicts))
+	// One join before anything else: an agent whose id the pool already
+	// lists at another address (a cloned host, a coordinator's id) would
+	// run invisible to the pool, its twin taking its leases' liveness.
+	// Other failures (no coordinator up yet) are joinLoop's to retry.
+	if _, err := pool.Join(a.cfg.Join); errors.Is(err, gossip.ErrNameConflict) {
+		return fmt.Errorf("agent %s: %w", a.id, err)
+	}
 	go a.joinLoop(ctx)
 	return nil
 }
@@ -110,7 +132,13 @@ func (a *Agent) joinLoop(ctx context.Context) {
 			continue
 		}
 		if _, err := a.pool.Join(a.cfg.Join); err != nil {
-			a.log.Warn("join gossip", "addrs", a.cfg.Join, "err", err, "retry_in", wait)
+			level := slog.LevelWarn
+			if errors.Is(err, gossip.ErrNameConflict) {
+				// The pool lists this agent's id at another node: nothing
+				// reaches this one until that node goes.
+				level = slog.LevelError
+			}
+			a.log.Log(ctx, level, "join gossip", "addrs", a.cfg.Join, "err", err, "retry_in", wait)
 			sleepCtx(ctx, wait)
 			wait = min(2*wait, 15*time.Second)
 			continue

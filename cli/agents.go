@@ -114,7 +114,9 @@ func (e *env) waitDrained(ctx context.Context, id string, poll time.Duration) er
 		case <-timer.C:
 		}
 		var l agentList
-		_, err := e.call(ctx, http.MethodGet, "/v1/admin/agents", nil, &l)
+		// Read through the leader: a follower behind it could report the
+		// agent's last lease gone before it is.
+		_, err := e.call(ctx, http.MethodGet, "/v1/admin/agents?consistent=true", nil, &l)
 		switch {
 		case err != nil && (ctx.Err() != nil || !temporary(err)):
 			return err

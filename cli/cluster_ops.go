@@ -51,16 +51,24 @@ func clusterTransferCmd(e *env) *cobra.Command {
 }
 
 func clusterRemovePeerCmd(e *env) *cobra.Command {
-	return &cobra.Command{
+	var force bool
+	cmd := &cobra.Command{
 		Use:   "remove-peer ID",
 		Short: "Remove a coordinator from the raft configuration",
 		Long: "Remove the coordinator ID from the raft configuration, for a dead node that will not\n" +
 			"come back or one being retired. The leader cannot be removed: transfer leadership\n" +
 			"first. A removed node that is still running is not added back for 10 minutes, or\n" +
-			"until it restarts; stop it first (see docs/operations.md).",
+			"until it restarts; stop it first (see docs/operations.md).\n\n" +
+			"The leader refuses (409 unsafe_removal) a removal after which the healthy voters\n" +
+			"would not be a majority of the remaining ones: the cluster would lose its leader.\n" +
+			"--force removes anyway.",
 		Args: exactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			raw, err := e.call(cmd.Context(), http.MethodPost, "/v1/admin/cluster/remove-peer", map[string]string{"id": args[0]}, nil)
+			body := map[string]any{"id": args[0]}
+			if force {
+				body["force"] = true
+			}
+			raw, err := e.call(cmd.Context(), http.MethodPost, "/v1/admin/cluster/remove-peer", body, nil)
 			if err != nil {
 				return err
 			}
@@ -71,6 +79,8 @@ func clusterRemovePeerCmd(e *env) *cobra.Command {
 			return nil
 		},
 	}
+	cmd.Flags().BoolVar(&force, "force", false, "remove even if the healthy voters left would not be a majority (the cluster loses its leader)")
+	return cmd
 }
 
 func clusterJoinCmd(e *env) *cobra.Command {

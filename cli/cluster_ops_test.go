@@ -34,6 +34,10 @@ func TestClusterRemovePeer(t *testing.T) {
 			writeBody(w, 409, openAIError("Server 'c1' is the leader; transfer leadership away from it first.", "invalid_request_error", "conflict"))
 			return
 		}
+		if strings.Contains(string(body), `"c2"`) && !strings.Contains(string(body), `"force":true`) {
+			writeBody(w, 409, openAIError("Removing 'c2' would leave 2 voters of which 1 are healthy (c1), not a majority (2).", "invalid_request_error", "unsafe_removal"))
+			return
+		}
 		writeBody(w, 200, `{"id":"c3","removed":true}`)
 	})
 	r := f.run("cluster", "remove-peer", "c3").ok(t)
@@ -47,6 +51,13 @@ func TestClusterRemovePeer(t *testing.T) {
 	if r.code == 0 || !strings.Contains(r.stderr, "is the leader") {
 		t.Errorf("removing the leader: exit %d, stderr %q", r.code, r.stderr)
 	}
+	r = f.run("cluster", "remove-peer", "c2")
+	if r.code == 0 || !strings.Contains(r.stderr, "1 are healthy") {
+		t.Errorf("unsafe removal: exit %d, stderr %q", r.code, r.stderr)
+	}
+	f.run("cluster", "remove-peer", "--force", "c2").ok(t)
+	reqs := f.requests()
+	checkJSONBody(t, reqs[len(reqs)-1], `{"id":"c2","force":true}`)
 	if r := f.run("cluster", "remove-peer"); r.code != 1 || !strings.Contains(r.stderr, "--help' for usage") {
 		t.Errorf("no id: exit %d, stderr %q, want a usage error", r.code, r.stderr)
 	}

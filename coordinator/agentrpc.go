@@ -59,6 +59,10 @@ func (s *agentService) Register(ctx context.Context, req *connect.Request[vbatch
 	if err := s.authorizeAgent(ctx, a.Id); err != nil {
 		return nil, err
 	}
+	if err := s.c.checkAgentID(a.Id); err != nil {
+		s.c.log.Error("refused to register an agent under a coordinator's node id", "agent", a.Id, "rpc_addr", a.RpcAddr, "err", err)
+		return nil, err
+	}
 	a = proto.Clone(a).(*vbatchv1.Agent)
 	a.RegisteredAt = s.c.Now().Unix()
 	if _, err := s.c.Apply(ctx, &vbatchv1.RegisterAgent{Agent: a}); err != nil {
@@ -106,6 +110,7 @@ func (s *agentService) Lease(ctx context.Context, req *connect.Request[vbatchv1.
 	if s.c.clusterAtFSMLevel(fsm.LevelLeaseRequestID) {
 		grant.RequestId = m.RequestId
 	}
+	grant.WithinWindow = s.c.clusterAtFSMLevel(fsm.LevelExpiryChecks)
 	for {
 		watch := s.c.fsm.Watch()
 		cands, registered := s.candidates(m.AgentId, m.Models)
@@ -190,11 +195,12 @@ func (s *agentService) resumeGrant(ctx context.Context, agentID, requestID strin
 // looks again.
 const gossipPollGap = 20 * time.Millisecond
 
-// waitListed waits until gossip lists agent id as alive, until deadline or
-// the end of ctx, and reports whether it does.
+// waitListed waits until gossip lists agent id as an alive agent, until
+// deadline or the end of ctx, and reports whether it does. A coordinator
+// under that name does not count: the leader would expire the lease.
 func (s *agentService) waitListed(ctx context.Context, id string, deadline time.Time) bool {
 	for {
-		if _, alive := s.c.pool.Member(id); alive {
+		if _, alive := s.c.pool.MemberWithRole(id, gossip.RoleAgent); alive {
 			return true
 		}
 		remaining := time.Until(deadline)
@@ -384,6 +390,12 @@ func (s *agentService) leaseResponse(agentID, batchID string, chunk uint32, toke
 // Renew extends a live lease and tells the agent whether to go on.
 func (s *agentService) Renew(ctx context.Context, req *connect.Request[vbatchv1.RenewRequest]) (*connect.Response[vbatchv1.RenewResponse], error) {
 	m := req.Msg
+	// The token is the raft index that granted the lease: once this node
+	// has applied it, local state knows the lease, and authorizeLease
+	// cannot mistake a lease it has not seen yet for an ended one.
+	if err := s.c.waitApplied(ctx, m.Token); err != nil {
+		return nil, connect.NewError(connect.CodeUnavailable, err)
+	}
 	if err := s.authorizeLease(ctx, m.BatchId, m.Chunk, m.Token); err != nil {
 		return nil, err
 	}
@@ -633,6 +645,10 @@ func (s *agentService) storePart(ctx context.Context, data []byte) (*vbatchv1.Bl
 // Complete marks a fully committed chunk done.
 func (s *agentService) Complete(ctx context.Context, req *connect.Request[vbatchv1.CompleteRequest]) (*connect.Response[vbatchv1.CompleteResponse], error) {
 	m := req.Msg
+	// As in Renew: authorizeLease needs the lease's grant applied here.
+	if err := s.c.waitApplied(ctx, m.Token); err != nil {
+		return nil, connect.NewError(connect.CodeUnavailable, err)
+	}
 	if err := s.authorizeLease(ctx, m.BatchId, m.Chunk, m.Token); err != nil {
 		return nil, err
 	}
@@ -645,6 +661,10 @@ func (s *agentService) Complete(ctx context.Context, req *connect.Request[vbatch
 // Release hands a lease back; its chunk keeps its committed progress.
 func (s *agentService) Release(ctx context.Context, req *connect.Request[vbatchv1.ReleaseRequest]) (*connect.Response[vbatchv1.ReleaseResponse], error) {
 	m := req.Msg
+	// As in Renew: authorizeLease needs the lease's grant applied here.
+	if err := s.c.waitApplied(ctx, m.Token); err != nil {
+		return nil, connect.NewError(connect.CodeUnavailable, err)
+	}
 	if err := s.authorizeLease(ctx, m.BatchId, m.Chunk, m.Token); err != nil {
 		return nil, err
 	}
@@ -722,6 +742,13 @@ func (s *agentService) store(r *vbatchv1.TelemetryRequest, receivedAt time.Time)
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	old, ok := s.telemetry[r.AgentId]
+	// Reports are ordered by the agent's clock. A report held for a while
+	// gives way to any new one, so an agent whose clock stepped back (a
+	// bad RTC corrected by NTP after boot, a restart) is not ignored until
+	// real time catches up with its old reports.
+	if ok && receivedAt.Sub(old.ReceivedAt) > telemetryStale {
+		ok = false
+	}
 	if ok && old.Report.SentAtUnixMs > r.SentAtUnixMs {
 		return
 	}
@@ -730,6 +757,10 @@ func (s *agentService) store(r *vbatchv1.TelemetryRequest, receivedAt time.Time)
 	}
 	s.telemetry[r.AgentId] = &AgentTelemetry{Report: r, ReceivedAt: receivedAt}
 }
+
+// telemetryStale is how long a held report orders the ones after it;
+// agents report every few seconds.
+const telemetryStale = 30 * time.Second
 
 // latestTelemetry returns a copy of the telemetry map.
 func (s *agentService) latestTelemetry() map[string]AgentTelemetry {

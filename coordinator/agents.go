@@ -34,15 +34,18 @@ func (c *Coordinator) Agents(ctx context.Context) ([]api.AgentInfo, error) {
 				ID: a.Id, RPCAddr: a.RpcAddr, Models: append([]string(nil), a.Models...),
 				LiveLeases: leases[a.Id], RegisteredAt: a.RegisteredAt, GPUs: a.Gpus,
 			}
+			// A drained agent that was then stopped (retired) is dead.
 			switch {
+			case !alive[a.Id]:
+				info.State = "dead"
 			case a.Draining:
 				info.State = "draining"
-			case alive[a.Id]:
+			default:
 				info.State = "alive"
+			}
+			if alive[a.Id] {
 				// Gossip probed it within the last few probe intervals.
 				info.LastSeen = c.Now().Unix()
-			default:
-				info.State = "dead"
 			}
 			if t, ok := tel[a.Id]; ok {
 				info.LastSeen = max(info.LastSeen, t.ReceivedAt.Unix())

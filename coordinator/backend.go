@@ -97,7 +97,7 @@ func (c *Coordinator) ClusterStatus(ctx context.Context) (*api.ClusterStatus, er
 		cs := api.ClusterServer{ID: string(s.ID), RaftAddr: string(s.Address), Suffrage: suffrage(s.Suffrage), State: "unknown"}
 		if string(s.ID) == c.cfg.NodeID {
 			cs.FSMLevel = fsm.Level
-		} else if m, ok := c.pool.Member(string(s.ID)); ok {
+		} else if m, ok := c.coordinatorMember(string(s.ID)); ok {
 			cs.FSMLevel = max(m.Meta.FSM, 1)
 		}
 		if addr, ok := c.rpcAddrOf(string(s.ID)); ok {

@@ -52,6 +52,9 @@ func (v blobView) ScrubbedBytes() int64 { return v.c.scrub.ScrubbedBytes() }
 // LastScrubPass implements monitoring.BlobView.
 func (v blobView) LastScrubPass() time.Time { return v.c.scrub.LastPass() }
 
+// ScrubRunningSince implements monitoring.BlobView.
+func (v blobView) ScrubRunningSince() time.Time { return v.c.scrub.PassRunningSince() }
+
 // Stored implements monitoring.BlobView.
 func (v blobView) Stored() (missing, count int, bytes int64, ok bool) {
 	h := &v.c.blobHealth

@@ -3,6 +3,7 @@ package coordinator
 import (
 	"context"
 	"errors"
+	"fmt"
 	"sort"
 	"time"
 
@@ -14,9 +15,33 @@ import (
 	vbatchv1 "github.com/vbatch/vbatch/rpc/gen/vbatch/v1"
 )
 
-// joinLoop keeps trying the --join addresses until one answers, so that
-// coordinators may start in any order.
+// firstJoin tries the --join addresses once, before the coordinator serves
+// anything, so that a coordinator whose node id the pool already lists at
+// another address (another coordinator or an agent was given the same id)
+// refuses to start rather than run invisible to the pool. Other failures
+// (no peer up yet) are left to joinLoop.
+func (c *Coordinator) firstJoin() error {
+	if len(c.cfg.Join) == 0 {
+		return nil
+	}
+	if _, err := c.pool.Join(c.cfg.Join); errors.Is(err, gossip.ErrNameConflict) {
+		return fmt.Errorf("coordinator %s: %w", c.cfg.NodeID, err)
+	}
+	return nil
+}
+
+// joinLoop joins the gossip pool through the --join addresses, then keeps
+// this node in it for good: after a network cut longer than memberlist's
+// memory of the dead, nothing else would bring the two sides together
+// again (rejoin.go).
 func (c *Coordinator) joinLoop(ctx context.Context) {
+	c.initialJoin(ctx)
+	c.rejoinLoop(ctx)
+}
+
+// initialJoin keeps trying the --join addresses until one answers, so that
+// coordinators may start in any order.
+func (c *Coordinator) initialJoin(ctx context.Context) {
 	if len(c.cfg.Join) == 0 {
 		return
 	}
@@ -27,6 +52,11 @@ func (c *Coordinator) joinLoop(ctx context.Context) {
 		if err == nil && n > 0 && len(c.pool.Members()) > 1 {
 			c.log.Info("joined gossip pool", "contacted", n, "members", len(c.pool.Members()))
 			return
+		}
+		if errors.Is(err, gossip.ErrNameConflict) {
+			// Start checked this, but the pool was out of reach then: this
+			// node is invisible to it until the other node goes.
+			c.log.Error("gossip pool lists this node's id at another node; this coordinator cannot join it", "err", err)
 		}
 		select {
 		case <-ctx.Done():
@@ -62,7 +92,7 @@ func (c *Coordinator) bootstrapLoop(ctx context.Context) {
 		if len(coords) < c.cfg.BootstrapExpect {
 			continue
 		}
-		if c.peerHasCluster(ctx, coords) {
+		if has, _ := c.peerHasCluster(ctx, coords); has {
 			c.log.Info("found an existing raft cluster; waiting to be added by its leader")
 			return
 		}
@@ -90,8 +120,11 @@ func (c *Coordinator) bootstrapLoop(ctx context.Context) {
 
 // peerHasCluster asks the other coordinators whether they already belong to
 // a raft cluster (a term or log entries), in which case this node must wait
-// to be added rather than bootstrap a second cluster.
-func (c *Coordinator) peerHasCluster(ctx context.Context, coords []gossip.Member) bool {
+// to be added rather than bootstrap a second cluster. justBootstrapped
+// reports that every peer answered and none holds more than the bootstrap
+// configuration, nor knows a leader: nothing has been committed yet.
+func (c *Coordinator) peerHasCluster(ctx context.Context, coords []gossip.Member) (has, justBootstrapped bool) {
+	justBootstrapped = true
 	for _, m := range coords {
 		if m.Name == c.cfg.NodeID {
 			continue
@@ -99,15 +132,22 @@ func (c *Coordinator) peerHasCluster(ctx context.Context, coords []gossip.Member
 		cctx, cancel := context.WithTimeout(ctx, time.Second)
 		resp, err := c.clusterClient(m.Meta.RPCAddr).Status(cctx, connect.NewRequest(&vbatchv1.StatusRequest{}))
 		cancel()
-		if err == nil && (resp.Msg.LastIndex > 0 || resp.Msg.LeaderId != "") {
-			return true
+		if err != nil {
+			justBootstrapped = false
+			continue
+		}
+		if resp.Msg.LastIndex > 0 || resp.Msg.LeaderId != "" {
+			has = true
+		}
+		if resp.Msg.LastIndex > 1 || resp.Msg.LeaderId != "" {
+			justBootstrapped = false
 		}
 	}
-	return false
+	return has, has && justBootstrapped
 }
 
 // reconcileMembers runs on the leader: every live coordinator that gossip
-// knows but raft does not is added as a voter (a new or replaced node),
+// knows but raft does not is added as a non-voter (a new or replaced node),
 // except one remove-peer took out recently (see removedPeers).
 func (c *Coordinator) reconcileMembers() {
 	r := c.raftNode.raft
@@ -119,8 +159,10 @@ func (c *Coordinator) reconcileMembers() {
 		return
 	}
 	known := map[raft.ServerID]raft.ServerAddress{}
+	voter := map[raft.ServerID]bool{}
 	for _, s := range future.Configuration().Servers {
 		known[s.ID] = s.Address
+		voter[s.ID] = s.Suffrage == raft.Voter
 	}
 	for _, m := range c.pool.MembersWithRole(gossip.RoleCoordinator) {
 		addr, ok := known[raft.ServerID(m.Name)]
@@ -147,7 +189,7 @@ func (c *Coordinator) reconcileMembers() {
 		// time and promotes it. A known server whose address changed keeps
 		// its suffrage.
 		add, kind := r.AddNonvoter, "non-voter"
-		if ok && c.isVoter(m.Name) {
+		if ok && voter[raft.ServerID(m.Name)] {
 			add, kind = r.AddVoter, "voter"
 		}
 		c.log.Info("adding coordinator to raft", "node", m.Name, "raft_addr", m.Meta.RaftAddr, "as", kind)

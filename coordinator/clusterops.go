@@ -35,7 +35,8 @@ const transferWait = 5 * time.Second
 // it on a quorum).
 const restoreTimeout = time.Minute
 
-// restoreIndexGap is how far past its last log index the leader installs a
+// restoreIndexGap is how far past its last log index, or past the
+// snapshot's own applied index when that is higher, the leader installs a
 // restored snapshot. The snapshot's header carries that index, so every
 // node's FSM reports the right applied index after the restore; the gap
 // absorbs entries appended between reading the last index and the restore.
@@ -124,6 +125,9 @@ func fromConnect(err error) error {
 	if !errors.As(err, &ce) {
 		return err
 	}
+	if unsafe, ok := unsafeFromConnect(ce); ok {
+		return unsafe
+	}
 	switch ce.Code() {
 	case connect.CodeNotFound:
 		return fmt.Errorf("%w: %s", api.ErrUnknownPeer, ce.Message())
@@ -137,6 +141,9 @@ func fromConnect(err error) error {
 
 // toConnect is fromConnect's inverse, for the leader's handlers.
 func toConnect(err error) error {
+	if ce, ok := unsafeToConnect(err); ok {
+		return ce
+	}
 	switch {
 	case errors.Is(err, api.ErrUnknownPeer):
 		return connect.NewError(connect.CodeNotFound, err)
@@ -229,13 +236,19 @@ func (c *Coordinator) server(id string) (raft.Server, bool) {
 }
 
 // RemovePeer removes a server (not the leader) from the raft configuration
-// and keeps it from being re-added at once (see removedPeers).
-func (c *Coordinator) RemovePeer(ctx context.Context, id string) error {
+// and keeps it from being re-added at once (see removedPeers). Unless force
+// is set, the leader refuses a removal that would leave no healthy majority
+// of voters (see removalSafety).
+func (c *Coordinator) RemovePeer(ctx context.Context, id string, force bool) error {
 	c.removed.add(id, c.Now())
 	err := c.onLeader(ctx,
-		func() error { return c.removeLocal(id) },
+		func() error { return c.removeLocal(ctx, id, force) },
 		func(cl vbatchv1connect.ClusterServiceClient) error {
-			_, err := cl.RemovePeer(ctx, connect.NewRequest(&vbatchv1.RemovePeerRequest{Id: id}))
+			req := connect.NewRequest(&vbatchv1.RemovePeerRequest{Id: id})
+			if force {
+				req.Header().Set(forceRemovalHeader, "true")
+			}
+			_, err := cl.RemovePeer(ctx, req)
 			return err
 		})
 	if err != nil {
@@ -246,7 +259,7 @@ func (c *Coordinator) RemovePeer(ctx context.Context, id string) error {
 }
 
 // removeLocal runs on the leader.
-func (c *Coordinator) removeLocal(id string) error {
+func (c *Coordinator) removeLocal(ctx context.Context, id string, force bool) error {
 	r := c.raftNode.raft
 	if r.State() != raft.Leader {
 		return raft.ErrNotLeader
@@ -254,15 +267,24 @@ func (c *Coordinator) removeLocal(id string) error {
 	if id == c.cfg.NodeID {
 		return fmt.Errorf("%w: %s", api.ErrPeerIsLeader, id)
 	}
-	if _, ok := c.server(id); !ok {
+	srv, ok := c.server(id)
+	if !ok {
 		return fmt.Errorf("%w: %s", api.ErrUnknownPeer, id)
+	}
+	if srv.Suffrage == raft.Voter {
+		if err := c.removalSafety(ctx, id); err != nil {
+			if !force {
+				return err
+			}
+			c.log.Warn("forced removal leaves no healthy majority of voters", "node", id, "err", err)
+		}
 	}
 	c.removed.add(id, c.Now())
 	if err := r.RemoveServer(raft.ServerID(id), 0, 5*time.Second).Error(); err != nil {
 		c.removed.forget(id)
 		return fmt.Errorf("raft remove server: %w", err)
 	}
-	c.log.Info("removed server from raft", "node", id)
+	c.log.Info("removed server from raft", "node", id, "forced", force)
 	if _, err := c.commitBarrier("remove peer"); err != nil {
 		c.log.Warn("commit after configuration change", "err", err)
 	}
@@ -352,12 +374,16 @@ func (c *Coordinator) restoreLocal(snapshot []byte) (uint64, error) {
 	if r.State() != raft.Leader {
 		return 0, raft.ErrNotLeader
 	}
-	st, _, err := fsm.ReadSnapshot(bytes.NewReader(snapshot))
+	st, hdr, err := fsm.ReadSnapshot(bytes.NewReader(snapshot))
 	if err != nil {
 		return 0, fmt.Errorf("%w: %v", api.ErrInvalidSnapshot, err)
 	}
 	// raft installs a user snapshot at max(meta.Index, last index) + 1.
-	index := r.LastIndex() + restoreIndexGap
+	// The restored state holds leases whose tokens are raft indexes up to
+	// the snapshot's applied index, which on a rebuilt cluster (indexes
+	// restarted at 1) may be past this log's end: install above both, so a
+	// lease granted after the restore never reuses a restored token.
+	index := max(r.LastIndex(), hdr.AppliedIndex) + restoreIndexGap
 	var buf bytes.Buffer
 	if err := fsm.WriteSnapshot(&buf, st, index); err != nil {
 		return 0, fmt.Errorf("re-encode snapshot: %w", err)
@@ -381,9 +407,11 @@ func (s *clusterService) TransferLeadership(ctx context.Context, req *connect.Re
 	return connect.NewResponse(&vbatchv1.TransferLeadershipResponse{Leader: leader}), nil
 }
 
-// RemovePeer removes a server if this node leads.
+// RemovePeer removes a server if this node leads. The force flag travels
+// in the forceRemovalHeader (RemovePeerRequest has no field for it).
 func (s *clusterService) RemovePeer(ctx context.Context, req *connect.Request[vbatchv1.RemovePeerRequest]) (*connect.Response[vbatchv1.RemovePeerResponse], error) {
-	if err := s.c.removeLocal(req.Msg.Id); err != nil {
+	force := req.Header().Get(forceRemovalHeader) == "true"
+	if err := s.c.removeLocal(ctx, req.Msg.Id, force); err != nil {
 		return nil, toConnect(err)
 	}
 	return connect.NewResponse(&vbatchv1.RemovePeerResponse{}), nil

@@ -166,13 +166,13 @@ func TestRemovePeerIsNotReAdded(t *testing.T) {
 	rest := others(nodes, leader)
 	via, victim := rest[0], rest[1]
 
-	if err := via.RemovePeer(ctx, leader.cfg.NodeID); !errors.Is(err, api.ErrPeerIsLeader) {
+	if err := via.RemovePeer(ctx, leader.cfg.NodeID, false); !errors.Is(err, api.ErrPeerIsLeader) {
 		t.Fatalf("remove leader = %v, want ErrPeerIsLeader", err)
 	}
-	if err := via.RemovePeer(ctx, "c9"); !errors.Is(err, api.ErrUnknownPeer) {
+	if err := via.RemovePeer(ctx, "c9", false); !errors.Is(err, api.ErrUnknownPeer) {
 		t.Fatalf("remove unknown = %v, want ErrUnknownPeer", err)
 	}
-	if err := via.RemovePeer(ctx, victim.cfg.NodeID); err != nil {
+	if err := via.RemovePeer(ctx, victim.cfg.NodeID, false); err != nil {
 		t.Fatalf("remove %s: %v", victim.cfg.NodeID, err)
 	}
 	if _, ok := serverIDs(t, leader)[victim.cfg.NodeID]; ok {
@@ -236,7 +236,7 @@ func TestOlderBuildIsNotAdded(t *testing.T) {
 	// The victim advertises the older level before it is removed, so the
 	// leader's own reconcile loop cannot add it back in between.
 	setLevel(fsm.Level - 1)
-	if err := leader.RemovePeer(ctx, victim.cfg.NodeID); err != nil {
+	if err := leader.RemovePeer(ctx, victim.cfg.NodeID, false); err != nil {
 		t.Fatalf("remove %s: %v", victim.cfg.NodeID, err)
 	}
 	leader.removed.add(victim.cfg.NodeID, leader.Now().Add(-removedHold)) // no hold

@@ -7,6 +7,7 @@ import (
 
 	"github.com/vbatch/vbatch/coordinator/api"
 	"github.com/vbatch/vbatch/coordinator/validate"
+	"github.com/vbatch/vbatch/gossip"
 	"github.com/vbatch/vbatch/internal/netutil"
 	"github.com/vbatch/vbatch/internal/tlsutil"
 )
@@ -119,6 +120,10 @@ type Config struct {
 	// a voter's are at least four times faster, hands leadership to that
 	// voter. Zero turns the check off.
 	SlowDiskThreshold time.Duration `json:"raft_slow_disk_threshold"`
+
+	// gossipTransport, if set, wraps the gossip network transport: tests
+	// cut a coordinator off the gossip network with it.
+	gossipTransport gossip.TransportWrapper
 }
 
 // Timing holds the cluster's timers. The defaults suit a LAN: a dead

@@ -139,7 +139,7 @@ func Start(cfg Config, logger *slog.Logger, logOut io.Writer) (c *Coordinator, e
 	c.router = newRouter(c)
 	c.autopilot = &autopilotDelegate{c: c}
 	c.logOut = logOut
-	if err := c.openAudit(logger); err != nil {
+	if err := c.openAudit(logOut); err != nil {
 		return nil, err
 	}
 	var closers []func() error
@@ -191,10 +191,16 @@ func Start(cfg Config, logger *slog.Logger, logOut io.Writer) (c *Coordinator, e
 			FSM:      fsm.Level,
 		},
 		ProbeInterval: cfg.Timing.GossipProbeInterval,
+		WrapTransport: cfg.gossipTransport,
 		OnEvent:       c.onMemberEvent,
 		Logger:        logger,
 	})
 	if err != nil {
+		return nil, err
+	}
+	pool := c.pool // c is nil once Start returns an error
+	closers = append(closers, func() error { return pool.Leave(time.Second) })
+	if err = c.firstJoin(); err != nil {
 		return nil, err
 	}
 	c.repl = &blob.Replicator{
@@ -229,14 +235,16 @@ func Start(cfg Config, logger *slog.Logger, logOut io.Writer) (c *Coordinator, e
 	return c, nil
 }
 
-// Close stops the servers, leaves gossip and shuts raft down. Calls after
-// the first return the first call's result.
+// Close hands leadership to another voter if this node leads, stops the
+// servers, leaves gossip and shuts raft down. Calls after the first return
+// the first call's result.
 func (c *Coordinator) Close() error {
 	c.closeOnce.Do(func() { c.closeErr = c.close() })
 	return c.closeErr
 }
 
 func (c *Coordinator) close() error {
+	c.handOffLeadership()
 	c.stopLoops()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
@@ -269,7 +277,7 @@ func (c *Coordinator) rpcAddrOf(id string) (string, bool) {
 	if id == c.cfg.NodeID {
 		return c.rpcAdvertise, true
 	}
-	m, ok := c.pool.Member(id)
+	m, ok := c.coordinatorMember(id)
 	if !ok || m.Meta.RPCAddr == "" {
 		return "", false
 	}
@@ -311,7 +319,7 @@ func (c *Coordinator) clusterAtFSMLevel(level int) bool {
 			}
 			continue
 		}
-		m, ok := c.pool.Member(string(s.ID))
+		m, ok := c.coordinatorMember(string(s.ID))
 		if !ok || max(m.Meta.FSM, 1) < level {
 			return false
 		}
@@ -350,3 +358,36 @@ func (c *Coordinator) onMemberEvent(e gossip.Event) {
 }
 
 var _ api.Backend = (*Coordinator)(nil)
+
+// keyFreshnessBeats is how many raft heartbeat timeouts, and keyFreshnessMin
+// the least time, a follower may go without hearing from the leader before
+// its copy of the API keys is no longer trusted: heartbeats arrive many
+// times a second, so such a node is cut off (not merely in an election).
+const (
+	keyFreshnessBeats = 10
+	keyFreshnessMin   = 10 * time.Second
+)
+
+// keyFreshness is how long StateFresh trusts this node's state without
+// word from the leader.
+func (c *Coordinator) keyFreshness() time.Duration {
+	return max(keyFreshnessBeats*c.cfg.Timing.HeartbeatTimeout, keyFreshnessMin)
+}
+
+// StateFresh implements api.Backend: nil while this node leads, or heard
+// from the leader within keyFreshness.
+func (c *Coordinator) StateFresh() error {
+	keyFreshness := c.keyFreshness()
+	r := c.raftNode.raft
+	if r.State() == raft.Leader {
+		return nil
+	}
+	last := r.LastContact()
+	if last.IsZero() {
+		return fmt.Errorf("no contact with a raft leader since this coordinator started: %w", api.ErrUnavailable)
+	}
+	if d := time.Since(last); d > keyFreshness {
+		return fmt.Errorf("no contact with the raft leader for %s: %w", d.Round(time.Second), api.ErrUnavailable)
+	}
+	return nil
+}

@@ -76,8 +76,16 @@ type multiBlobReader struct {
 	parts  []*vbatchv1.BlobRef // not opened yet
 	cur    io.ReadCloser
 	off    int64 // file bytes returned so far
+	// curSha is the blob cur reads, curPos the offset in it of cur's next
+	// byte and curEnd where cur stops, so a copy found corrupt part way
+	// can be fetched again and read on from the same byte.
+	curSha         string
+	curPos, curEnd int64
 	// relaid is set once the reader moved to the file's current parts.
 	relaid bool
+	// refetched holds the blobs whose local copy was found corrupt and
+	// fetched again from a peer during this read (once each).
+	refetched map[string]bool
 }
 
 func (m *multiBlobReader) Read(p []byte) (int, error) {
@@ -89,19 +97,26 @@ func (m *multiBlobReader) Read(p []byte) (int, error) {
 			if len(m.parts) == 0 {
 				return 0, io.EOF
 			}
-			rc, err := m.c.blobs.Open(m.parts[0].Sha256)
+			next := m.parts[0]
+			rc, err := m.c.blobs.Open(next.Sha256)
 			if errors.Is(err, blob.ErrNotFound) && !m.relaid {
 				if rerr := m.relay(); rerr == nil {
 					continue
 				}
 			}
+			if errors.Is(err, blob.ErrCorrupt) {
+				// Quarantined by the open: read a good copy from a peer.
+				rc, err = m.refetch(next.Sha256, 0, next.Bytes, err)
+			}
 			if err != nil {
-				return 0, fmt.Errorf("open blob %s: %w", m.parts[0].Sha256, err)
+				return 0, fmt.Errorf("open blob %s: %w", next.Sha256, err)
 			}
 			m.cur, m.parts = rc, m.parts[1:]
+			m.curSha, m.curPos, m.curEnd = next.Sha256, 0, next.Bytes
 		}
 		n, err := m.cur.Read(p)
 		m.off += int64(n)
+		m.curPos += int64(n)
 		if errors.Is(err, io.EOF) {
 			_ = m.cur.Close()
 			m.cur = nil
@@ -110,8 +125,47 @@ func (m *multiBlobReader) Read(p []byte) (int, error) {
 			}
 			continue
 		}
+		if errors.Is(err, blob.ErrCorrupt) {
+			// Every byte returned so far was verified; the copy is in
+			// quarantine now. Go on from the same byte of a good copy.
+			_ = m.cur.Close()
+			m.cur = nil
+			rc, rerr := m.refetch(m.curSha, m.curPos, m.curEnd, err)
+			if rerr != nil {
+				return n, rerr
+			}
+			m.cur = rc
+			if n > 0 {
+				return n, nil
+			}
+			continue
+		}
 		return n, err
 	}
+}
+
+// refetch fetches a good copy of sha from a peer after this node's copy
+// failed verification (cause), and opens it from pos to end. A blob is
+// fetched once per read: a second failure is returned.
+func (m *multiBlobReader) refetch(sha string, pos, end int64, cause error) (io.ReadCloser, error) {
+	if m.refetched[sha] {
+		return nil, fmt.Errorf("file %s: blob %s: %w", m.fileID, sha, cause)
+	}
+	if m.refetched == nil {
+		m.refetched = map[string]bool{}
+	}
+	m.refetched[sha] = true
+	m.c.log.Warn("stored copy corrupt while serving a file; reading a good copy from a peer",
+		"file_id", m.fileID, "sha", sha, "offset", pos, "err", cause)
+	if err := m.c.repl.Ensure(m.ctx, sha); err != nil {
+		return nil, fmt.Errorf("file %s: blob %s corrupt here, and no peer copy: %w", m.fileID, sha, err)
+	}
+	rc, err := m.c.blobs.OpenRange(sha, pos, end-pos)
+	if err != nil {
+		return nil, fmt.Errorf("file %s: blob %s from %d: %w", m.fileID, sha, pos, err)
+	}
+	m.curSha, m.curPos, m.curEnd = sha, pos, end
+	return rc, nil
 }
 
 // relay goes on from the same file offset in the file's current parts: a
@@ -134,6 +188,7 @@ func (m *multiBlobReader) relay() error {
 				return fmt.Errorf("file %s: blob %s from %d: %w", m.fileID, p.Sha256, m.off-start, err)
 			}
 			m.cur, m.parts = rc, cur.Parts[i+1:]
+			m.curSha, m.curPos, m.curEnd = p.Sha256, m.off-start, p.Bytes
 			return nil
 		}
 		start += p.Bytes

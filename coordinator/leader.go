@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -121,6 +122,8 @@ type work struct {
 	finish   []*vbatchv1.FinishBatch
 	leases   []*vbatchv1.LeaseRef
 	deadAgs  []*vbatchv1.LeaseRef
+	// cancelEnds are the leases of cancelling batches past their window.
+	cancelEnds []*vbatchv1.LeaseRef
 }
 
 func (l *leader) tick(ctx context.Context) {
@@ -149,6 +152,18 @@ func (l *leader) tick(ctx context.Context) {
 			// chunk done) completes, late or not.
 			done := b.Status == vbatchv1.BatchStatus_BATCH_STATUS_FINALIZING ||
 				(b.Status == vbatchv1.BatchStatus_BATCH_STATUS_IN_PROGRESS && allDone(b))
+			cancelling := b.Status == vbatchv1.BatchStatus_BATCH_STATUS_CANCELLING
+			if pastWindow(b, now.Unix()) && cancelling {
+				// The user's cancel wins over the window: its leases end
+				// now (the batch takes no more results) and it ends
+				// cancelled with what was committed, not expired.
+				if ends := liveLeaseRefs(b); len(ends) > 0 {
+					w.cancelEnds = append(w.cancelEnds, ends...)
+				} else {
+					w.finish = append(w.finish, l.finishCmd(b, vbatchv1.BatchStatus_BATCH_STATUS_CANCELLED))
+				}
+				return true
+			}
 			if pastWindow(b, now.Unix()) && !done {
 				w.expire = append(w.expire, proto.Clone(b).(*vbatchv1.Batch))
 				return true
@@ -187,6 +202,9 @@ func (l *leader) tick(ctx context.Context) {
 	}
 	if len(w.deadAgs) > 0 {
 		l.apply(ctx, &vbatchv1.ExpireLeases{Leases: w.deadAgs, Reason: "agent declared dead by gossip"})
+	}
+	if len(w.cancelEnds) > 0 {
+		l.apply(ctx, &vbatchv1.ExpireLeases{Leases: w.cancelEnds, Reason: "batch cancelled past its window"})
 	}
 	for _, id := range w.finalize {
 		l.apply(ctx, &vbatchv1.BeginFinalize{BatchId: id})
@@ -345,16 +363,15 @@ func (l *leader) expire(ctx context.Context, b *vbatchv1.Batch) error {
 	// Past its window the batch takes no more results: its leases end
 	// first (and no new ones are granted), so the progress the expired
 	// lines are computed from holds still, and the next look expires it.
-	var live []*vbatchv1.LeaseRef
-	for _, ch := range b.Chunks {
-		if ch.State == vbatchv1.ChunkState_CHUNK_STATE_LEASED && ch.Lease != nil {
-			live = append(live, &vbatchv1.LeaseRef{BatchId: b.Id, Chunk: ch.Index, Token: ch.Lease.Token})
-		}
-	}
-	if len(live) > 0 {
+	if live := liveLeaseRefs(b); len(live) > 0 {
 		return l.apply(ctx, &vbatchv1.ExpireLeases{Leases: live, Reason: "batch expired"})
 	}
 	cmd := l.finishCmd(b, vbatchv1.BatchStatus_BATCH_STATUS_EXPIRED)
+	// Said explicitly, an empty expected progress (a batch still
+	// validating) is checked too: if StartBatch commits before this
+	// command, the command is refused instead of expiring a batch with
+	// chunks and no batch_expired line for any of them.
+	cmd.ProgressGiven = l.c.clusterAtFSMLevel(fsm.LevelExpiryChecks)
 	if len(b.Chunks) > 0 {
 		ranges := make([][2]int64, 0, len(b.Chunks))
 		for _, ch := range b.Chunks {
@@ -409,7 +426,7 @@ func (l *leader) expiredLines(ctx context.Context, b *vbatchv1.Batch, ranges [][
 		defer close(done)
 		seq := 0
 		src := stoppableReader{r: rc, stop: &stop}
-		err := validate.ScanCustomIDs(src, ranges[0][0], ranges[len(ranges)-1][1], c.cfg.MaxLineBytes, func(line int64, customID string) {
+		err := validate.ScanCustomIDs(src, ranges[0][0], ranges[len(ranges)-1][1], expiryLineCap(c.cfg.MaxLineBytes, input.Bytes), func(line int64, customID string) {
 			for _, r := range ranges {
 				if line >= r[0] && line < r[1] {
 					seq++
@@ -434,6 +451,17 @@ func (l *leader) expiredLines(ctx context.Context, b *vbatchv1.Batch, ranges [][
 	return ref, n, nil
 }
 
+// expiryLineCap is the longest line the expiry scan of an input of
+// fileBytes accepts. The lines were validated when the batch started,
+// perhaps under a larger --max-line-bytes than this coordinator's (a
+// setting lowered since, or a leader whose flags differ): refusing a line
+// validation accepted would leave the batch unable to expire, for ever.
+// So the cap is the file's size; the scan's buffer grows only to the
+// longest line actually read, which validation bounded.
+func expiryLineCap(configured int, fileBytes int64) int {
+	return max(configured, validate.DefaultMaxLineBytes, int(min(fileBytes, math.MaxInt32)))
+}
+
 // errScanStopped ends a scan whose output is no longer wanted.
 var errScanStopped = errors.New("scan stopped")
 
@@ -454,6 +482,17 @@ func (s stoppableReader) Read(p []byte) (int, error) {
 // (unix seconds): it then takes no more leases, and the leader expires it.
 func pastWindow(b *vbatchv1.Batch, nowSec int64) bool {
 	return b.ExpiresAt > 0 && nowSec >= b.ExpiresAt
+}
+
+// liveLeaseRefs names every lease b's chunks hold.
+func liveLeaseRefs(b *vbatchv1.Batch) []*vbatchv1.LeaseRef {
+	var out []*vbatchv1.LeaseRef
+	for _, ch := range b.Chunks {
+		if ch.State == vbatchv1.ChunkState_CHUNK_STATE_LEASED && ch.Lease != nil {
+			out = append(out, &vbatchv1.LeaseRef{BatchId: b.Id, Chunk: ch.Index, Token: ch.Lease.Token})
+		}
+	}
+	return out
 }
 
 func allDone(b *vbatchv1.Batch) bool {

@@ -20,6 +20,7 @@ func (c *Coordinator) registerCollectors() {
 		monitoring.NewClusterCollector(clusterView{c: c}),
 		monitoring.NewAutopilotCollector(c.autopilotView),
 		monitoring.NewBlobCollector(blobView{c: c}),
+		monitoring.NewGossipNameConflicts(c.gossipNameConflicts),
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 	)
@@ -97,7 +98,7 @@ func (v clusterView) Raft() monitoring.RaftView {
 			rv.PeersAlive++
 			continue
 		}
-		if _, ok := v.c.pool.Member(string(s.ID)); ok {
+		if _, ok := v.c.coordinatorMember(string(s.ID)); ok {
 			rv.PeersAlive++
 		}
 	}

@@ -39,30 +39,61 @@ func newRouter(c *Coordinator) *router {
 	return &router{c: c, inflight: map[string]*atomic.Int64{}}
 }
 
-// Models lists the models live agents serve, sorted by id. A model's
-// created time is the last registration of the earliest registered live
-// agent serving it, read from the replicated state.
+// Models lists the models live registered agents serve, sorted by id: the
+// models routeable by pick, draining agents' included. A model's created
+// time is the last registration of the earliest registered live agent
+// serving it.
 func (r *router) Models() []api.Model {
 	created := map[string]int64{}
-	live := r.c.pool.MembersWithRole(gossip.RoleAgent)
-	r.c.fsm.View(func(st *fsm.State) {
-		for _, m := range live {
-			at := int64(0)
-			if ag := st.Agents[m.Name]; ag != nil {
-				at = ag.RegisteredAt
-			}
-			for _, model := range m.Meta.Models {
-				if old, ok := created[model]; !ok || (at > 0 && (old == 0 || at < old)) {
-					created[model] = at
-				}
+	for _, a := range r.liveAgents() {
+		for _, model := range a.member.Meta.Models {
+			if old, ok := created[model]; !ok || (a.registeredAt > 0 && (old == 0 || a.registeredAt < old)) {
+				created[model] = a.registeredAt
 			}
 		}
-	})
+	}
 	out := make([]api.Model, 0, len(created))
 	for id, at := range created {
 		out = append(out, api.Model{ID: id, Created: at})
 	}
 	slices.SortFunc(out, func(a, b api.Model) int { return strings.Compare(a.ID, b.ID) })
+	return out
+}
+
+// liveAgent is an agent online requests may go to, as liveAgents finds it.
+type liveAgent struct {
+	// member is the agent's gossip member, its Meta.Models cut down to the
+	// models it registered and its Meta.RPCAddr the registered address,
+	// when the registration has one.
+	member       gossip.Member
+	registeredAt int64
+	draining     bool
+}
+
+// liveAgents lists the agents that are both alive in gossip and registered
+// in the replicated state. Registration needs an agent certificate when TLS
+// is on, while the gossip key alone lets anyone announce an agent: gossip
+// says which registered agents are alive, never which agents exist, what
+// they serve or where.
+func (r *router) liveAgents() []liveAgent {
+	members := r.c.pool.MembersWithRole(gossip.RoleAgent)
+	out := make([]liveAgent, 0, len(members))
+	r.c.fsm.View(func(st *fsm.State) {
+		for _, m := range members {
+			ag := st.Agents[m.Name]
+			if ag == nil {
+				continue
+			}
+			// The registration (checked against the agent's certificate)
+			// lists every model; gossip's announcement may leave some out
+			// to fit its size limit.
+			m.Meta.Models = slices.Clone(ag.Models)
+			if ag.RpcAddr != "" {
+				m.Meta.RPCAddr = ag.RpcAddr
+			}
+			out = append(out, liveAgent{member: m, registeredAt: ag.RegisteredAt, draining: ag.Draining})
+		}
+	})
 	return out
 }
 
@@ -94,23 +125,16 @@ const (
 var errRetryAgent = errors.New("agent could not serve the request")
 
 // pick returns the least-loaded live agent serving model, other than those
-// in skip: alive in gossip, not draining, and not reporting its engine
-// down.
+// in skip: registered, alive in gossip, not draining, and not reporting its
+// engine down.
 func (r *router) pick(model string, skip map[string]bool) (gossip.Member, error) {
 	tel := r.c.agents.latestTelemetry()
-	draining := map[string]bool{}
-	r.c.fsm.View(func(st *fsm.State) {
-		for id, a := range st.Agents {
-			if a.Draining {
-				draining[id] = true
-			}
-		}
-	})
 	now := r.c.Now()
 	var best gossip.Member
 	bestLoad := int64(-1)
-	for _, m := range r.c.pool.MembersWithRole(gossip.RoleAgent) {
-		if skip[m.Name] || draining[m.Name] || !slices.Contains(m.Meta.Models, model) || m.Meta.RPCAddr == "" {
+	for _, a := range r.liveAgents() {
+		m := a.member
+		if skip[m.Name] || a.draining || !slices.Contains(m.Meta.Models, model) || m.Meta.RPCAddr == "" {
 			continue
 		}
 		t, ok := tel[m.Name]

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net/http"
 	"strings"
@@ -119,10 +120,13 @@ func (s *agentService) authorizeLease(ctx context.Context, batchID string, chunk
 }
 
 // openAudit sets up the audit log: a rotated JSON file when AuditLog is
-// set, else the main log with logger "audit".
-func (c *Coordinator) openAudit(logger *slog.Logger) error {
+// set, else the main log's output (logOut) with logger "audit". The latter
+// gets a handler of its own, in the main log's format, that writes every
+// level: sharing the main logger would drop every record, all written at
+// INFO, under --log-level warn or error.
+func (c *Coordinator) openAudit(logOut io.Writer) error {
 	if c.cfg.AuditLog == "" {
-		c.audit = logger.With("logger", "audit", "node_id", c.cfg.NodeID)
+		c.audit = monitoring.NewLogger(logOut, "debug", "audit").With("node_id", c.cfg.NodeID)
 		return nil
 	}
 	w, err := monitoring.NewRotatingWriter(c.cfg.AuditLog, 100<<20, 10)

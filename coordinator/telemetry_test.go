@@ -60,4 +60,20 @@ func TestTelemetryReachesEveryCoordinator(t *testing.T) {
 	if n := testutil.ToFloat64(nodes[1].metrics.XIDErrors.WithLabelValues("gpu-01")); n != 2 {
 		t.Errorf("after repeats: %v XID errors, want 2", n)
 	}
+	// The agent's clock stepped back an hour: once the report held is
+	// stale, its reports count again (XIDs included) rather than being
+	// ignored until real time catches up.
+	held := nodes[1].agents.latestTelemetry()["gpu-01"].ReceivedAt
+	stepped := &vbatchv1.TelemetryRequest{AgentId: "gpu-01", SentAtUnixMs: report.SentAtUnixMs - 3600_000, XidEvents: report.XidEvents[:1]}
+	nodes[1].agents.store(stepped, held.Add(time.Second))
+	if got := nodes[1].agents.latestTelemetry()["gpu-01"]; got.Report.SentAtUnixMs != report.SentAtUnixMs {
+		t.Fatal("a report from a clock an hour behind replaced a fresh one")
+	}
+	nodes[1].agents.store(stepped, held.Add(telemetryStale+time.Second))
+	if got := nodes[1].agents.latestTelemetry()["gpu-01"]; got.Report.SentAtUnixMs != stepped.SentAtUnixMs {
+		t.Fatal("a stale report kept out the agent's reports after its clock stepped back")
+	}
+	if n := testutil.ToFloat64(nodes[1].metrics.XIDErrors.WithLabelValues("gpu-01")); n != 3 {
+		t.Errorf("after the clock step: %v XID errors, want 3", n)
+	}
 }

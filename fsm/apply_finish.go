@@ -83,7 +83,7 @@ func (a *applyCtx) checkFinish(b *vbatchv1.Batch, c *vbatchv1.FinishBatch) error
 	default:
 		return Reject(ErrInvalid, "batch %s: a batch cannot finish as %s", b.Id, c.Status)
 	}
-	if len(c.ExpectedProgress) > 0 {
+	if len(c.ExpectedProgress) > 0 || c.ProgressGiven {
 		if len(c.ExpectedProgress) != len(b.Chunks) {
 			return Reject(ErrConflict, "batch %s: expected progress of %d chunks, batch has %d", b.Id, len(c.ExpectedProgress), len(b.Chunks))
 		}

@@ -248,3 +248,33 @@ func TestFinishDatesResultFilesByOutputExpiry(t *testing.T) {
 		t.Errorf("the input file got an expiry: %v", f)
 	}
 }
+
+// TestExpiryFromValidatingRefusedOnceStarted: the leader computed an
+// expiry from the batch while it was still validating (no chunks, no
+// lines to expire), and StartBatch committed before it. From level 7 the
+// command says its (empty) expected progress is given, and is refused
+// rather than expire a batch whose requests land in no file.
+func TestExpiryFromValidatingRefusedOnceStarted(t *testing.T) {
+	h := validating(t, 10)
+	h.Advance(25 * time.Hour)
+	fromValidating := finish(statusExpired)
+	fromValidating.ProgressGiven = true
+	h.MustApply(t, &vbatchv1.StartBatch{BatchId: batch, Model: "m", Total: 10, Chunks: chunking(10, 5)})
+	refused(t, h, ErrConflict, fromValidating)
+
+	exp := finish(statusExpired)
+	exp.ProgressGiven, exp.ExpectedProgress = true, []int64{0, 5}
+	exp.ExtraErrors, exp.ExtraFailed = blob("expired", 100), 10
+	h.MustApply(t, exp)
+	if b := h.batch(batch); b.Status != statusExpired || b.RequestCounts.Failed != 10 {
+		t.Fatalf("expired batch = %v", b)
+	}
+
+	// A batch that is still validating expires with nothing to write.
+	h = validating(t, 10)
+	h.Advance(25 * time.Hour)
+	h.MustApply(t, fromValidating)
+	if b := h.batch(batch); b.Status != statusExpired {
+		t.Fatalf("validating batch = %v, want expired", b)
+	}
+}

@@ -83,6 +83,9 @@ func (a *applyCtx) grantLease(c *vbatchv1.GrantLease) error {
 	if b.Status != statusInProgress {
 		return Reject(ErrConflict, "batch %s is %s, not in progress", b.Id, b.Status)
 	}
+	if c.WithinWindow && b.ExpiresAt > 0 && a.sec() >= b.ExpiresAt {
+		return Reject(ErrConflict, "batch %s: its window ended at %d, now is %d", b.Id, b.ExpiresAt, a.sec())
+	}
 	switch {
 	case ch.State == chunkDone:
 		return Reject(ErrConflict, "chunk %s/%d is done", b.Id, ch.Index)

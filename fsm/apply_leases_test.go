@@ -303,3 +303,20 @@ func TestExtendLeasesLeavesGoneLeases(t *testing.T) {
 		t.Errorf("lease expired 10 s ago expires at %d, want extended to %d", got, target)
 	}
 }
+
+// TestGrantLeaseWithinWindow: from level 7 a grant is refused once the
+// batch's window has ended at the leader's time, whatever the clock of the
+// coordinator that proposed it; below it the grant is judged as before.
+func TestGrantLeaseWithinWindow(t *testing.T) {
+	h := running(t, 20, 10)
+	inside := grantCmd(h, 0, "a1")
+	inside.WithinWindow = true
+	h.MustApply(t, inside)
+
+	h.Advance(24 * time.Hour)
+	late := grantCmd(h, 1, "a1")
+	late.WithinWindow = true
+	refused(t, h, ErrConflict, late)
+	late.WithinWindow = false
+	h.MustApply(t, late)
+}

@@ -4,7 +4,9 @@ import (
 	"fmt"
 	"time"
 
+	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/reflect/protoreflect"
 
 	vbatchv1 "github.com/vbatch/vbatch/rpc/gen/vbatch/v1"
 )
@@ -26,7 +28,10 @@ const EnvelopeVersion = 1
 //   - 6: GrantLease records the agent's lease attempt (request_id);
 //     ExtendLeases may leave leases long expired alone (gone_before); a
 //     batch's output_expires_after_seconds dates its result files.
-const Level = 6
+//   - 7: FinishBatch may say its expected_progress is given even when empty
+//     (progress_given); GrantLease may refuse a grant past the batch's
+//     window (within_window).
+const Level = 7
 
 // LevelCompletePart is the level that applies CompletePart.
 const LevelCompletePart = 2
@@ -50,6 +55,10 @@ const LevelLeaseRequestID = 6
 // LevelOutputExpiry is the level that dates a batch's result files by its
 // output_expires_after_seconds; below it the field must be left unset.
 const LevelOutputExpiry = 6
+
+// LevelExpiryChecks is the level that honours FinishBatch.progress_given
+// and GrantLease.within_window; below it both must be left unset.
+const LevelExpiryChecks = 7
 
 // commandTypes maps every command type to a constructor of its message.
 // The list only grows; see CommandType in state.proto.
@@ -103,6 +112,14 @@ func Encode(cmd proto.Message, now time.Time) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
+	// Fields this build does not know can only have come in with a
+	// request (an agent's Register or PutResults, parsed by a codec that
+	// keeps them); committed, they would stop every server (Decode). They
+	// are dropped: this build proposes only what it applies.
+	if hasUnknownDeep(cmd.ProtoReflect()) {
+		cmd = proto.Clone(cmd)
+		dropUnknown(cmd.ProtoReflect())
+	}
 	payload, err := proto.Marshal(cmd)
 	if err != nil {
 		return nil, fmt.Errorf("encode %T: %w", cmd, err)
@@ -133,7 +150,55 @@ func Decode(data []byte) (*vbatchv1.Envelope, proto.Message, error) {
 	if err := proto.Unmarshal(env.Payload, cmd); err != nil {
 		return nil, nil, fmt.Errorf("decode %s: %w", env.Type, err)
 	}
+	// A field this build does not know is a newer level's (proposed only
+	// once every server applies it): applying the command without it could
+	// change the state differently from the servers that know it. Refuse,
+	// as for an unknown command type, so an older build stops rather than
+	// diverge.
+	if path := unknownField(env.ProtoReflect(), "envelope"); path != "" {
+		return nil, nil, fmt.Errorf("decode %s: %s holds a field this build does not know (written by a newer vbatch?)", env.Type, path)
+	}
+	if path := unknownField(cmd.ProtoReflect(), env.Type.String()); path != "" {
+		return nil, nil, fmt.Errorf("decode %s: %s holds a field this build does not know (written by a newer vbatch?)", env.Type, path)
+	}
 	return env, cmd, nil
+}
+
+// unknownField returns the path of the first message under m (m itself
+// included) that holds fields its schema does not define, or "". Fields
+// whose numbers the schema reserves (retired ones, which old log entries
+// may still carry and this build ignores by design) do not count.
+func unknownField(m protoreflect.Message, path string) string {
+	if !onlyReserved(m.Descriptor(), m.GetUnknown()) {
+		if path == "" {
+			path = string(m.Descriptor().Name())
+		}
+		return path
+	}
+	found := ""
+	m.Range(func(fd protoreflect.FieldDescriptor, v protoreflect.Value) bool {
+		sub := path + "." + string(fd.Name())
+		switch {
+		case fd.IsMap():
+			if fd.MapValue().Message() != nil {
+				v.Map().Range(func(_ protoreflect.MapKey, mv protoreflect.Value) bool {
+					found = unknownField(mv.Message(), sub)
+					return found == ""
+				})
+			}
+		case fd.IsList():
+			if fd.Message() != nil {
+				l := v.List()
+				for i := 0; i < l.Len() && found == ""; i++ {
+					found = unknownField(l.Get(i).Message(), sub)
+				}
+			}
+		case fd.Message() != nil:
+			found = unknownField(v.Message(), sub)
+		}
+		return found == ""
+	})
+	return found
 }
 
 // Stamp replaces the time of an encoded envelope; the leader stamps every
@@ -145,4 +210,65 @@ func Stamp(data []byte, now time.Time) ([]byte, error) {
 	}
 	env.TimeUnixNano = now.UnixNano()
 	return proto.Marshal(env)
+}
+
+// onlyReserved reports whether every field in raw (unknown bytes of a
+// message of type d) has a number d reserves.
+func onlyReserved(d protoreflect.MessageDescriptor, raw protoreflect.RawFields) bool {
+	for len(raw) > 0 {
+		num, typ, n := protowire.ConsumeTag(raw)
+		if n < 0 || !d.ReservedRanges().Has(num) {
+			return false
+		}
+		raw = raw[n:]
+		m := protowire.ConsumeFieldValue(num, typ, raw)
+		if m < 0 {
+			return false
+		}
+		raw = raw[m:]
+	}
+	return true
+}
+
+// hasUnknownDeep reports whether m or any message under it holds unknown
+// bytes, reserved numbers included.
+func hasUnknownDeep(m protoreflect.Message) bool {
+	found := false
+	walkMessages(m, func(sub protoreflect.Message) {
+		if len(sub.GetUnknown()) > 0 {
+			found = true
+		}
+	})
+	return found
+}
+
+// dropUnknown clears the unknown bytes of m and of every message under it.
+func dropUnknown(m protoreflect.Message) {
+	walkMessages(m, func(sub protoreflect.Message) { sub.SetUnknown(nil) })
+}
+
+// walkMessages calls fn on m and on every message set under it.
+func walkMessages(m protoreflect.Message, fn func(protoreflect.Message)) {
+	fn(m)
+	m.Range(func(fd protoreflect.FieldDescriptor, v protoreflect.Value) bool {
+		switch {
+		case fd.IsMap():
+			if fd.MapValue().Message() != nil {
+				v.Map().Range(func(_ protoreflect.MapKey, mv protoreflect.Value) bool {
+					walkMessages(mv.Message(), fn)
+					return true
+				})
+			}
+		case fd.IsList():
+			if fd.Message() != nil {
+				l := v.List()
+				for i := 0; i < l.Len(); i++ {
+					walkMessages(l.Get(i).Message(), fn)
+				}
+			}
+		case fd.Message() != nil:
+			walkMessages(v.Message(), fn)
+		}
+		return true
+	})
 }

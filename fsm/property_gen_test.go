@@ -243,7 +243,7 @@ func (g *gen) grant(s *State) proto.Message {
 	ttl := g.ttl()
 	// Attempts repeat now and then: two live leases may share one.
 	return &vbatchv1.GrantLease{BatchId: id, Chunk: chunk, AgentId: g.pick(agentIDs, "ghost"), ExpiresAt: g.m.now.Add(ttl).UnixMilli(),
-		RequestId: g.pick([]string{"att-1", "att-2", "att-3"}, "")}
+		RequestId: g.pick([]string{"att-1", "att-2", "att-3"}, ""), WithinWindow: g.oneIn(2)}
 }
 
 func (g *gen) renew(s *State) proto.Message {
@@ -400,6 +400,7 @@ func (g *gen) finish(s *State) proto.Message {
 		return cmd
 	}
 	cmd.Status = statusExpired
+	cmd.ProgressGiven = g.oneIn(2)
 	var left int64
 	for _, c := range b.Chunks {
 		cmd.ExpectedProgress = append(cmd.ExpectedProgress, c.Progress)

@@ -99,6 +99,15 @@ type Config struct {
 	// refused and two clusters sharing a network never merge. At most 255
 	// bytes; empty means no label.
 	Label string
+	// GossipToTheDeadTime is how long memberlist keeps a dead member and
+	// gossips to it, after which it forgets it: a member cut off longer
+	// than this is never contacted again unless someone joins it. 0 means
+	// 60 probe intervals (30 s at the default probe interval, memberlist's
+	// LAN default).
+	GossipToTheDeadTime time.Duration
+	// WrapTransport, if set, wraps the network transport memberlist uses
+	// (tests cut a member off the network with it). Nil in production.
+	WrapTransport TransportWrapper
 }
 
 // Pool is this node's membership in the gossip pool.
@@ -116,6 +125,7 @@ type Pool struct {
 	nodes   map[string]*memberlist.Node
 
 	keyringState
+	conflictState
 }
 
 // Start creates the memberlist and its listeners. It does not join anyone:
@@ -150,6 +160,15 @@ func Start(cfg Config) (*Pool, error) {
 	mc.PushPullInterval = 10 * probe
 	mc.SuspicionMult = 3
 	mc.TCPTimeout = 2 * time.Second
+	mc.GossipToTheDeadTime = cfg.GossipToTheDeadTime
+	if mc.GossipToTheDeadTime == 0 {
+		mc.GossipToTheDeadTime = 60 * probe
+	}
+	// A node that comes back at a new address after it was declared dead
+	// (re-addressed, or its port changed) may take its name back after a
+	// few probe intervals rather than be refused as a conflict until the
+	// dead entry is forgotten.
+	mc.DeadNodeReclaimTime = 10 * probe
 	logger := cfg.Logger
 	if logger == nil {
 		logger = slog.New(slog.NewTextHandler(io.Discard, nil))
@@ -171,11 +190,15 @@ func Start(cfg Config) (*Pool, error) {
 	p.pending = map[string]*pendingOp{}
 	p.inbox = make(chan []byte, 64)
 	p.done = make(chan struct{})
-	if p.meta, err = encodeMeta(cfg.Meta); err != nil {
+	if p.meta, err = p.announceMeta(cfg.Meta); err != nil {
 		return nil, err
 	}
 	mc.Delegate = &delegate{pool: p}
 	mc.Events = &events{pool: p}
+	mc.Conflict = &conflictDelegate{pool: p}
+	if err := setupTransport(mc, cfg); err != nil {
+		return nil, err
+	}
 	list, err := memberlist.Create(mc)
 	if err != nil {
 		return nil, fmt.Errorf("gossip: start on %s: %w", cfg.BindAddr, err)
@@ -187,11 +210,24 @@ func Start(cfg Config) (*Pool, error) {
 }
 
 // Join contacts the given gossip addresses; it succeeds if any answered.
+// It fails with ErrNameConflict when the pool answers that it already
+// lists this node's name at another address: another node has this node's
+// id, and this one would be invisible to the pool. The caller should stop.
+// A node that restarts on its old address keeps its name (memberlist
+// refutes the old entry), so only a different address conflicts.
 func (p *Pool) Join(addrs []string) (int, error) {
+	seq, _ := p.selfConflicts()
 	n, err := p.list.Join(addrs)
+	// memberlist merges the answering member's view within Join, so a
+	// conflict over our name is reported before it returns.
+	if after, other := p.selfConflicts(); after != seq {
+		p.nameTaken.Store(true)
+		return n, p.nameConflictError(addrs, other)
+	}
 	if err != nil && n == 0 {
 		return 0, fmt.Errorf("gossip: join %v: %w", addrs, err)
 	}
+	p.nameTaken.Store(false)
 	return n, nil
 }
 
@@ -233,7 +269,20 @@ func (p *Pool) MembersWithRole(role string) []Member {
 	return out
 }
 
-// Member returns the live member named name.
+// MemberWithRole returns the live member named name if it has role.
+// Coordinators and agents share the pool's name space, so a caller that
+// means a coordinator (or an agent) asks for that role: a node of the
+// other kind given the same id must not pass for it.
+func (p *Pool) MemberWithRole(name, role string) (Member, bool) {
+	m, ok := p.Member(name)
+	if !ok || m.Meta.Role != role {
+		return Member{}, false
+	}
+	return m, true
+}
+
+// Member returns the live member named name, whatever its role; see
+// MemberWithRole.
 func (p *Pool) Member(name string) (Member, bool) {
 	p.nodesMu.Lock()
 	n := p.nodes[name]
@@ -246,7 +295,7 @@ func (p *Pool) Member(name string) (Member, bool) {
 
 // UpdateMeta replaces this node's metadata and gossips it.
 func (p *Pool) UpdateMeta(m Meta) error {
-	b, err := encodeMeta(m)
+	b, err := p.announceMeta(m)
 	if err != nil {
 		return err
 	}
@@ -262,8 +311,9 @@ func (p *Pool) Addr() string {
 	return n.Address()
 }
 
-// Leave announces departure and stops the listeners. Calling it again is a
-// no-op (memberlist itself panics on a second Leave).
+// Leave announces departure and stops the listeners; it only stops them
+// after a Join failed with ErrNameConflict. Calling it again is a no-op
+// (memberlist itself panics on a second Leave).
 func (p *Pool) Leave(timeout time.Duration) error {
 	p.mu.Lock()
 	left := p.left
@@ -273,26 +323,55 @@ func (p *Pool) Leave(timeout time.Duration) error {
 		return nil
 	}
 	defer p.stopKeyring()
-	err := p.list.Leave(timeout)
+	var err error
+	if p.nameTaken.Load() {
+		// The pool lists our name at another node: a leave message, which
+		// names no address, would mark that node as gone.
+		p.logger.Warn("not announcing leave: the pool lists this node's name at another address", "name", p.cfg.Name)
+	} else {
+		err = p.list.Leave(timeout)
+	}
 	if serr := p.list.Shutdown(); err == nil {
 		err = serr
 	}
 	return err
 }
 
+// announceMeta encodes m as encodeMeta does, with a warning when models
+// had to be left out (the agent's raft registration, which online routing
+// and leasing use, keeps them all).
+func (p *Pool) announceMeta(m Meta) ([]byte, error) {
+	b, dropped, err := fitMeta(m)
+	if err == nil && dropped > 0 {
+		p.logger.Warn("models left out of this node's gossip announcement, which is limited to 512 bytes; its registration lists them all",
+			"announced", len(m.Models)-dropped, "left_out", dropped)
+	}
+	return b, err
+}
+
+// encodeMeta encodes m within memberlist's limit, leaving out models from
+// the end of the list until it fits.
 func encodeMeta(m Meta) ([]byte, error) {
+	b, _, err := fitMeta(m)
+	return b, err
+}
+
+// fitMeta is encodeMeta, also saying how many models it left out.
+func fitMeta(m Meta) ([]byte, int, error) {
 	b, err := json.Marshal(m)
 	if err != nil {
-		return nil, fmt.Errorf("gossip: encode meta: %w", err)
+		return nil, 0, fmt.Errorf("gossip: encode meta: %w", err)
 	}
+	dropped := 0
 	for len(b) > memberlist.MetaMaxSize && len(m.Models) > 0 {
 		m.Models = m.Models[:len(m.Models)-1]
+		dropped++
 		b, _ = json.Marshal(m)
 	}
 	if len(b) > memberlist.MetaMaxSize {
-		return nil, fmt.Errorf("gossip: meta is %d bytes, limit %d", len(b), memberlist.MetaMaxSize)
+		return nil, 0, fmt.Errorf("gossip: meta is %d bytes, limit %d", len(b), memberlist.MetaMaxSize)
 	}
-	return b, nil
+	return b, dropped, nil
 }
 
 func toMember(n *memberlist.Node) (Member, bool) {

@@ -7,6 +7,9 @@ import (
 
 // listAgents serves GET /v1/admin/agents.
 func (a *API) listAgents(w http.ResponseWriter, r *http.Request, _ *principal) error {
+	if err := a.consistent(r); err != nil {
+		return err
+	}
 	agents, err := a.b.Agents(r.Context())
 	if err != nil {
 		return err

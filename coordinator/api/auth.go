@@ -114,6 +114,14 @@ func (a *API) authenticate(r *http.Request) (*principal, *apiError) {
 	if a.cfg.RootKey != "" && subtle.ConstantTimeCompare([]byte(key), []byte(a.cfg.RootKey)) == 1 {
 		return &principal{project: defaultProject, keyID: "root", scopes: []vbatchv1.Scope{vbatchv1.Scope_SCOPE_ADMIN}, limits: defaults}, nil
 	}
+	if isStoredKeyForm(key) {
+		// Keys live in the replicated state: on a node cut off from the
+		// leader, a key revoked (or created) since would be judged wrong.
+		if err := a.b.StateFresh(); err != nil {
+			return nil, &apiError{status: http.StatusServiceUnavailable, typ: typeServer, code: codeUnavailable,
+				message: "This coordinator has lost contact with the cluster and cannot check API keys. Retry through another coordinator."}
+		}
+	}
 	if p := a.lookupKey(key); p != nil {
 		return p, nil
 	}
@@ -124,7 +132,7 @@ func (a *API) authenticate(r *http.Request) (*principal, *apiError) {
 // the same clear prefix is a candidate, and the salted hashes are compared
 // in constant time.
 func (a *API) lookupKey(key string) *principal {
-	if len(key) != len(keyPrefix)+keyRandomLen || !strings.HasPrefix(key, keyPrefix) {
+	if !isStoredKeyForm(key) {
 		return nil
 	}
 	prefix := key[:keyPrefixLen]
@@ -143,6 +151,11 @@ func (a *API) lookupKey(key string) *principal {
 		}
 	})
 	return found
+}
+
+// isStoredKeyForm reports whether key has the form of a stored key.
+func isStoredKeyForm(key string) bool {
+	return len(key) == len(keyPrefix)+keyRandomLen && strings.HasPrefix(key, keyPrefix)
 }
 
 func hashKey(salt []byte, key string) [sha256.Size]byte {

@@ -1,6 +1,7 @@
 package api
 
 import (
+	"fmt"
 	"net/http"
 	"strings"
 	"testing"
@@ -170,5 +171,33 @@ func TestKeyLookupPrefixCollision(t *testing.T) {
 	}
 	if p := e.api.lookupKey(k1[:len(k1)-1] + "!"); p != nil {
 		t.Fatalf("a wrong key matched %+v", p)
+	}
+}
+
+// TestStoredKeysNeedAFreshState: a coordinator cut off from the leader
+// cannot know whether a key was revoked since: stored keys get 503 (retry
+// elsewhere) rather than being judged on a stale copy; the root key,
+// which is configuration, still works.
+func TestStoredKeysNeedAFreshState(t *testing.T) {
+	e := rootEnv(t)
+	k := e.createKey("default", "batch")
+	e.b.mu.Lock()
+	e.b.staleErr = fmt.Errorf("no contact with the leader for 1m: %w", ErrUnavailable)
+	e.b.mu.Unlock()
+	e.do(http.MethodGet, "/v1/files", k, nil).wantError(t, 503, typeServer, codeUnavailable)
+	// A key of stored form that is not stored: the node cannot tell either.
+	other := k[:len(k)-1] + "0"
+	if other == k {
+		other = k[:len(k)-1] + "1"
+	}
+	e.do(http.MethodGet, "/v1/files", other, nil).wantError(t, 503, typeServer, codeUnavailable)
+	if r := e.do(http.MethodGet, "/v1/files", testRoot, nil); r.status != 200 {
+		t.Fatalf("root key on a cut-off node: %d %s", r.status, r.body)
+	}
+	e.b.mu.Lock()
+	e.b.staleErr = nil
+	e.b.mu.Unlock()
+	if r := e.do(http.MethodGet, "/v1/files", k, nil); r.status != 200 {
+		t.Fatalf("key once the node is back: %d %s", r.status, r.body)
 	}
 }

@@ -50,6 +50,12 @@ type Backend interface {
 	// applies the commands of the given FSM level (fsm.Level), so that a
 	// command or field of that level may be proposed.
 	AtFSMLevel(level int) bool
+	// StateFresh returns nil while this node's state can be trusted to be
+	// recent (it leads, or heard from the leader lately), else an error
+	// wrapping ErrUnavailable. Stored API keys are checked against the
+	// local state: a node cut off from the cluster must not go on
+	// accepting keys revoked since.
+	StateFresh() error
 }
 
 // ClusterStatus is the body of GET /v1/admin/cluster/status.

@@ -38,6 +38,8 @@ type fakeBackend struct {
 	applyErr error
 	storeErr error
 	readErr  error
+	// staleErr is what StateFresh answers (nil: fresh).
+	staleErr error
 	// applied counts commands that went through.
 	applied         int
 	consistentCalls int
@@ -170,6 +172,12 @@ func (b *fakeBackend) DrainAgent(_ context.Context, id string) error {
 		return fsm.ErrNotFound
 	}
 	return nil
+}
+
+func (b *fakeBackend) StateFresh() error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.staleErr
 }
 
 func (b *fakeBackend) AtFSMLevel(level int) bool {

@@ -24,9 +24,11 @@ type ClusterOps interface {
 	// returns the id of the leader once it is known.
 	TransferLeadership(ctx context.Context, to string) (leader string, err error)
 	// RemovePeer removes a server from the raft configuration. It fails
-	// with ErrUnknownPeer for an id not in the configuration and with
-	// ErrPeerIsLeader for the leader itself.
-	RemovePeer(ctx context.Context, id string) error
+	// with ErrUnknownPeer for an id not in the configuration, with
+	// ErrPeerIsLeader for the leader itself and, unless force is set, with
+	// an *UnsafeRemovalError when the healthy voters left would not be a
+	// majority of the new configuration.
+	RemovePeer(ctx context.Context, id string, force bool) error
 	// JoinPool makes this coordinator's gossip pool join the addresses and
 	// returns how many answered; the leader then adds new coordinators.
 	JoinPool(ctx context.Context, addrs []string) (contacted int, err error)
@@ -49,6 +51,25 @@ var (
 	// ErrInvalidSnapshot means a snapshot to restore cannot be read (400).
 	ErrInvalidSnapshot = errors.New("invalid snapshot")
 )
+
+// UnsafeRemovalError refuses a removal that would leave the raft
+// configuration without a healthy majority of voters (409 unsafe_removal):
+// the leader would step down at once and the cluster stay leaderless until
+// the unhealthy voters return. RemovePeer with force skips the check.
+type UnsafeRemovalError struct {
+	// ID is the server the removal was asked for.
+	ID string
+	// Voters is how many voters the configuration would keep.
+	Voters int
+	// Healthy lists those of them that are healthy (the leader, and every
+	// voter alive in gossip and in recent contact with the leader).
+	Healthy []string
+}
+
+func (e *UnsafeRemovalError) Error() string {
+	return fmt.Sprintf("removing %s would leave %d voters of which %d are healthy (%s); a majority needs %d",
+		e.ID, e.Voters, len(e.Healthy), strings.Join(e.Healthy, ", "), e.Voters/2+1)
+}
 
 // MaxRestoreBytes caps the snapshot a restore accepts: it is held in
 // memory on the receiving coordinator and on the leader.
@@ -77,6 +98,18 @@ func clusterOpError(err error, id string) error {
 	case errors.Is(err, ErrInvalidSnapshot):
 		return &apiError{status: http.StatusBadRequest, typ: typeInvalidRequest, code: codeInvalidValue,
 			message: sentence(err), cause: err}
+	}
+	var unsafe *UnsafeRemovalError
+	if errors.As(err, &unsafe) {
+		healthy := "none"
+		if len(unsafe.Healthy) > 0 {
+			healthy = strings.Join(unsafe.Healthy, ", ")
+		}
+		return &apiError{status: http.StatusConflict, typ: typeInvalidRequest, code: codeUnsafeRemoval, param: "id",
+			message: fmt.Sprintf("Removing '%s' would leave %d voters of which %d are healthy (%s), not a majority (%d): "+
+				"the cluster would lose its leader until the others return. Bring the unhealthy voters back or remove a dead one first, "+
+				"or pass force (vbctl cluster remove-peer --force) to remove it anyway.",
+				id, unsafe.Voters, len(unsafe.Healthy), healthy, unsafe.Voters/2+1), cause: err}
 	}
 	return err
 }
@@ -112,6 +145,8 @@ func (a *API) removePeer(w http.ResponseWriter, r *http.Request, _ *principal) e
 	}
 	var req struct {
 		ID string `json:"id"`
+		// Force skips the check that a healthy majority of voters remains.
+		Force bool `json:"force"`
 	}
 	if err := readJSON(r, &req); err != nil {
 		return err
@@ -120,7 +155,7 @@ func (a *API) removePeer(w http.ResponseWriter, r *http.Request, _ *principal) e
 		return missingParam("id")
 	}
 	setAuditTarget(r, "", req.ID)
-	if err := ops.RemovePeer(r.Context(), req.ID); err != nil {
+	if err := ops.RemovePeer(r.Context(), req.ID, req.Force); err != nil {
 		return clusterOpError(err, req.ID)
 	}
 	writeJSON(w, http.StatusOK, map[string]any{"id": req.ID, "removed": true})

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"strings"
 	"testing"
 
 	"github.com/vbatch/vbatch/fsm"
@@ -30,13 +31,17 @@ func (o *opsBackend) TransferLeadership(_ context.Context, to string) (string, e
 	return to, nil
 }
 
-func (o *opsBackend) RemovePeer(_ context.Context, id string) error {
-	o.calls = append(o.calls, "remove "+id)
+func (o *opsBackend) RemovePeer(_ context.Context, id string, force bool) error {
+	o.calls = append(o.calls, fmt.Sprintf("remove %s force=%t", id, force))
 	switch id {
 	case "c1":
 		return fmt.Errorf("remove: %w", ErrPeerIsLeader)
 	case "c9":
 		return fmt.Errorf("remove: %w", ErrUnknownPeer)
+	case "c4":
+		if !force {
+			return fmt.Errorf("remove peer c4: %w", &UnsafeRemovalError{ID: "c4", Voters: 2, Healthy: []string{"c1"}})
+		}
 	}
 	return nil
 }
@@ -88,10 +93,25 @@ func TestClusterTransferLeadership(t *testing.T) {
 }
 
 func TestClusterRemovePeer(t *testing.T) {
-	e, _ := opsEnv(t)
-	r := e.postJSON("/v1/admin/cluster/remove-peer", testRoot, map[string]any{"id": "c3"})
-	if m := r.json(t); r.status != 200 || m["id"] != "c3" || m["removed"] != true {
+	e, b := opsEnv(t)
+	r := e.postJSON("/v1/admin/cluster/remove-peer", testRoot, map[string]any{"id": "c2"})
+	if m := r.json(t); r.status != 200 || m["id"] != "c2" || m["removed"] != true {
 		t.Fatalf("%d %s", r.status, r.body)
+	}
+	// A removal that would leave no healthy majority: 409 naming the
+	// counts, unless forced.
+	r = e.postJSON("/v1/admin/cluster/remove-peer", testRoot, map[string]any{"id": "c4"})
+	r.wantError(t, 409, typeInvalidRequest, codeUnsafeRemoval)
+	if msg := fmt.Sprint(r.json(t)["error"]); !strings.Contains(msg, "leave 2 voters of which 1 are healthy (c1), not a majority (2)") ||
+		!strings.Contains(msg, "--force") {
+		t.Fatalf("unsafe removal message: %s", r.body)
+	}
+	r = e.postJSON("/v1/admin/cluster/remove-peer", testRoot, map[string]any{"id": "c4", "force": true})
+	if m := r.json(t); r.status != 200 || m["removed"] != true {
+		t.Fatalf("forced: %d %s", r.status, r.body)
+	}
+	if got := fmt.Sprint(b.calls); got != "[remove c2 force=false remove c4 force=false remove c4 force=true]" {
+		t.Fatalf("calls %s", got)
 	}
 	e.postJSON("/v1/admin/cluster/remove-peer", testRoot, map[string]any{"id": "c1"}).wantError(t, 409, typeInvalidRequest, codeConflict)
 	e.postJSON("/v1/admin/cluster/remove-peer", testRoot, map[string]any{"id": "c9"}).wantError(t, 404, typeInvalidRequest, codeNotFound)

@@ -38,6 +38,7 @@ const (
 //	404     invalid_request_error  not_found                no such object in the key's project, no such route
 //	405     invalid_request_error  method_not_allowed       the route exists for other methods
 //	409     invalid_request_error  conflict                 the object's state forbids it (file in use, batch ended)
+//	409     invalid_request_error  unsafe_removal           remove-peer would leave no healthy majority of voters (force overrides)
 //	413     invalid_request_error  file_too_large           upload over Config.MaxUploadBytes
 //	413     invalid_request_error  request_too_large        any other body over its cap (1 MiB for JSON)
 //	429     requests               rate_limit_exceeded      over the key's requests per second; Retry-After says when to retry
@@ -54,6 +55,7 @@ const (
 	codeNotFound          = "not_found"
 	codeMethodNotAllowed  = "method_not_allowed"
 	codeConflict          = "conflict"
+	codeUnsafeRemoval     = "unsafe_removal"
 	codeFileTooLarge      = "file_too_large"
 	codeRequestTooLarge   = "request_too_large"
 	codeInternal          = "internal_error"

@@ -50,6 +50,7 @@ type Scrubber struct {
 	scrubbed atomic.Int64 // bytes read by passes
 	corrupt  atomic.Int64 // copies passes found corrupt
 	lastPass atomic.Int64 // unix seconds the last complete pass ended
+	running  atomic.Int64 // unix seconds the pass under way began; 0 between passes
 }
 
 // scrubState is the progress scrub.json records.
@@ -84,6 +85,15 @@ func (sc *Scrubber) ScrubbedBytes() int64 { return sc.scrubbed.Load() }
 // CorruptFound is how many corrupt copies passes have found since the
 // Scrubber was made.
 func (sc *Scrubber) CorruptFound() int64 { return sc.corrupt.Load() }
+
+// PassRunningSince is when the pass under way began (kept across
+// restarts), or the zero time between passes.
+func (sc *Scrubber) PassRunningSince() time.Time {
+	if u := sc.running.Load(); u > 0 {
+		return time.Unix(u, 0)
+	}
+	return time.Time{}
+}
 
 // LastPass is when the last complete pass ended (kept across restarts),
 // or the zero time if none has.
@@ -122,6 +132,7 @@ func (sc *Scrubber) Run(ctx context.Context) {
 			st = scrubState{Started: time.Now().Unix(), Running: true, LastPass: st.LastPass}
 			sc.save(st)
 		}
+		sc.running.Store(st.Started)
 		stats, err := sc.pass(ctx, &st)
 		if err != nil {
 			if ctx.Err() != nil {
@@ -139,6 +150,7 @@ func (sc *Scrubber) Run(ctx context.Context) {
 		}
 		st.Running, st.Cursor, st.LastPass = false, "", time.Now().Unix()
 		sc.lastPass.Store(st.LastPass)
+		sc.running.Store(0)
 		sc.save(st)
 		sc.log().Info("blob scrub pass done", "blobs", stats.Blobs, "bytes", stats.Bytes,
 			"corrupt", len(stats.Corrupt), "failed", stats.Failed,

@@ -130,6 +130,9 @@ func TestScrubResumesFromCursor(t *testing.T) {
 	if s.Has(shas[2]) || !s.Quarantined(shas[2]) {
 		t.Errorf("blob after the cursor was not scrubbed")
 	}
+	if !sc.PassRunningSince().IsZero() {
+		t.Errorf("PassRunningSince = %v after the pass ended", sc.PassRunningSince())
+	}
 	st := readScrubState(t, s)
 	if st.Running || st.Cursor != "" || st.Started != started || st.LastPass == 0 {
 		t.Fatalf("state after the pass = %+v, want ended, started %d", st, started)

@@ -14,6 +14,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"syscall"
 )
 
 // The sidecar <sha>.sum is a 24-byte header (magic, block size, blob size,
@@ -276,6 +277,12 @@ func (r *reader) load() error {
 	if _, err := r.f.ReadAt(block, start); err != nil {
 		if errors.Is(err, io.EOF) {
 			return r.corrupt(fmt.Sprintf("block %d truncated", idx))
+		}
+		if errors.Is(err, syscall.EIO) {
+			// The disk cannot read this copy back (a bad sector): it is
+			// as good as corrupt, and a copy fetched from a peer lands on
+			// other sectors.
+			return r.corrupt(fmt.Sprintf("block %d unreadable: %v", idx, err))
 		}
 		return fmt.Errorf("read blob %s block %d: %w", r.sha, idx, err)
 	}

@@ -2375,7 +2375,11 @@ type GrantLease struct {
 	AgentId   string                 `protobuf:"bytes,3,opt,name=agent_id,json=agentId,proto3" json:"agent_id,omitempty"`
 	ExpiresAt int64                  `protobuf:"varint,4,opt,name=expires_at,json=expiresAt,proto3" json:"expires_at,omitempty"`
 	// request_id, set from FSM level 6 on, is recorded in the lease.
-	RequestId     string `protobuf:"bytes,5,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
+	RequestId string `protobuf:"bytes,5,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
+	// within_window, set from FSM level 7 on, refuses the grant once the
+	// batch's completion window has ended at the command's (the leader's)
+	// time, whatever the clock of the coordinator that proposed it.
+	WithinWindow  bool `protobuf:"varint,6,opt,name=within_window,json=withinWindow,proto3" json:"within_window,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2443,6 +2447,13 @@ func (x *GrantLease) GetRequestId() string {
 		return x.RequestId
 	}
 	return ""
+}
+
+func (x *GrantLease) GetWithinWindow() bool {
+	if x != nil {
+		return x.WithinWindow
+	}
+	return false
 }
 
 type RenewLease struct {
@@ -3115,8 +3126,13 @@ type FinishBatch struct {
 	// expected_progress is each chunk's progress that extra_errors was built
 	// from; if any chunk moved since, the command is refused and retried.
 	ExpectedProgress []int64 `protobuf:"varint,7,rep,packed,name=expected_progress,json=expectedProgress,proto3" json:"expected_progress,omitempty"`
-	unknownFields    protoimpl.UnknownFields
-	sizeCache        protoimpl.SizeCache
+	// progress_given, set from FSM level 7 on, says expected_progress is
+	// given even when empty: it must then match the batch's chunks whatever
+	// their number, so an expiry computed from a batch still validating (no
+	// chunks) is refused once StartBatch has given it chunks.
+	ProgressGiven bool `protobuf:"varint,8,opt,name=progress_given,json=progressGiven,proto3" json:"progress_given,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *FinishBatch) Reset() {
@@ -3196,6 +3212,13 @@ func (x *FinishBatch) GetExpectedProgress() []int64 {
 		return x.ExpectedProgress
 	}
 	return nil
+}
+
+func (x *FinishBatch) GetProgressGiven() bool {
+	if x != nil {
+		return x.ProgressGiven
+	}
+	return false
 }
 
 type DrainAgent struct {
@@ -3689,7 +3712,7 @@ const file_vbatch_v1_state_proto_rawDesc = "" +
 	"\rRegisterAgent\x12&\n" +
 	"\x05agent\x18\x01 \x01(\v2\x10.vbatch.v1.AgentR\x05agent\"(\n" +
 	"\vRemoveAgent\x12\x19\n" +
-	"\bagent_id\x18\x01 \x01(\tR\aagentId\"\x96\x01\n" +
+	"\bagent_id\x18\x01 \x01(\tR\aagentId\"\xbb\x01\n" +
 	"\n" +
 	"GrantLease\x12\x19\n" +
 	"\bbatch_id\x18\x01 \x01(\tR\abatchId\x12\x14\n" +
@@ -3698,7 +3721,8 @@ const file_vbatch_v1_state_proto_rawDesc = "" +
 	"\n" +
 	"expires_at\x18\x04 \x01(\x03R\texpiresAt\x12\x1d\n" +
 	"\n" +
-	"request_id\x18\x05 \x01(\tR\trequestId\"r\n" +
+	"request_id\x18\x05 \x01(\tR\trequestId\x12#\n" +
+	"\rwithin_window\x18\x06 \x01(\bR\fwithinWindow\"r\n" +
 	"\n" +
 	"RenewLease\x12\x19\n" +
 	"\bbatch_id\x18\x01 \x01(\tR\abatchId\x12\x14\n" +
@@ -3745,7 +3769,7 @@ const file_vbatch_v1_state_proto_rawDesc = "" +
 	"\vgone_before\x18\x02 \x01(\x03R\n" +
 	"goneBefore\"*\n" +
 	"\rBeginFinalize\x12\x19\n" +
-	"\bbatch_id\x18\x01 \x01(\tR\abatchId\"\xa9\x02\n" +
+	"\bbatch_id\x18\x01 \x01(\tR\abatchId\"\xd0\x02\n" +
 	"\vFinishBatch\x12\x19\n" +
 	"\bbatch_id\x18\x01 \x01(\tR\abatchId\x12.\n" +
 	"\x06status\x18\x02 \x01(\x0e2\x16.vbatch.v1.BatchStatusR\x06status\x12$\n" +
@@ -3753,7 +3777,8 @@ const file_vbatch_v1_state_proto_rawDesc = "" +
 	"\rerror_file_id\x18\x04 \x01(\tR\verrorFileId\x125\n" +
 	"\fextra_errors\x18\x05 \x01(\v2\x12.vbatch.v1.BlobRefR\vextraErrors\x12!\n" +
 	"\fextra_failed\x18\x06 \x01(\x03R\vextraFailed\x12+\n" +
-	"\x11expected_progress\x18\a \x03(\x03R\x10expectedProgress\"'\n" +
+	"\x11expected_progress\x18\a \x03(\x03R\x10expectedProgress\x12%\n" +
+	"\x0eprogress_given\x18\b \x01(\bR\rprogressGiven\"'\n" +
 	"\n" +
 	"DrainAgent\x12\x19\n" +
 	"\bagent_id\x18\x01 \x01(\tR\aagentId\"L\n" +
