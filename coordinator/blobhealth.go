@@ -17,24 +17,39 @@ type blobHealth struct {
 	missing     int
 	storedBytes int64
 	stored      int
+	// usageAt is when the store's content was last measured: that walks
+	// every blob, so it is done once per usagePasses repair passes.
+	usageAt time.Time
 }
 
-// update counts the referenced blobs the store lacks and the store's
-// content; a store that cannot be listed keeps the last figures.
-func (h *blobHealth) update(s *blob.Store, referenced map[string]struct{}) {
+// usagePasses is how many repair passes go by between measurements of the
+// store's content (5 minutes with the default 30 s repair interval).
+const usagePasses = 10
+
+// update counts the referenced blobs the store lacks and, once per
+// usagePasses passes of interval, the store's content; a store that cannot
+// be listed keeps the last figures.
+func (h *blobHealth) update(s *blob.Store, referenced map[string]struct{}, interval time.Duration) {
 	missing := 0
 	for sha := range referenced {
 		if blob.ValidSHA(sha) && !s.Has(sha) {
 			missing++
 		}
 	}
-	bytes, count, err := s.Usage()
 	h.mu.Lock()
-	defer h.mu.Unlock()
+	due := h.usageAt.IsZero() || time.Since(h.usageAt) >= usagePasses*interval
 	h.measured, h.missing = true, missing
-	if err == nil {
-		h.storedBytes, h.stored = bytes, count
+	h.mu.Unlock()
+	if !due {
+		return
 	}
+	bytes, count, err := s.Usage()
+	if err != nil {
+		return
+	}
+	h.mu.Lock()
+	h.storedBytes, h.stored, h.usageAt = bytes, count, time.Now()
+	h.mu.Unlock()
 }
 
 // blobView is monitoring.BlobView over this coordinator's store, its

@@ -96,7 +96,7 @@ func (c *Coordinator) blobLoop(ctx context.Context) {
 	defer t.Stop()
 	// The store's content is known at once; what is missing only after a
 	// repair pass against a state that has caught up.
-	c.blobHealth.update(c.blobs, nil)
+	c.blobHealth.update(c.blobs, nil, c.cfg.Timing.RepairInterval)
 	for {
 		select {
 		case <-ctx.Done():
@@ -109,7 +109,7 @@ func (c *Coordinator) blobLoop(ctx context.Context) {
 		} else if n > 0 {
 			c.log.Info("blobs repaired", "count", n)
 		}
-		c.blobHealth.update(c.blobs, referenced)
+		c.blobHealth.update(c.blobs, referenced, c.cfg.Timing.RepairInterval)
 		c.blobGC(ctx)
 	}
 }

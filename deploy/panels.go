@@ -175,7 +175,7 @@ func cluster() dashboard {
 				targets: []target{q(`vbatch_agent_leases_held{`+agent+`}`, "{{instance}}")}},
 			{title: "Stale results refused", typ: "timeseries", w: 12, h: 8, unit: "short", description: "Parts refused for a stale fencing token: agents that lost a lease kept working.",
 				targets: []target{q(`sum(rate(vbatch_stale_results_refused_total{`+coord+`}[$__rate_interval]))`, "refused/s")}},
-			{title: "Blob store", typ: "timeseries", w: 12, h: 8, unit: "bytes", description: "Bytes of file and result blobs each coordinator holds (its own copies), as of its last repair pass.",
+			{title: "Blob store", typ: "timeseries", w: 12, h: 8, unit: "bytes", description: "Bytes of file and result blobs each coordinator holds (its own copies), measured every ten repair passes (5 minutes by default).",
 				targets: []target{q(`vbatch_blob_stored_bytes{`+coord+`}`, "{{instance}}")}},
 			{title: "Blob copies missing and corrupt", typ: "timeseries", w: 12, h: 8, unit: "short", description: "Referenced blobs a coordinator still lacks after its last repair pass, and stored copies found corrupt (on a read or the scrub) and quarantined.",
 				targets: []target{q(`vbatch_blobs_missing{`+coord+`}`, "{{instance}} missing"), q(`increase(vbatch_blob_corrupt_total{`+coord+`}[$__rate_interval])`, "{{instance}} corrupt")}},

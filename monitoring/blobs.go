@@ -43,8 +43,8 @@ func NewBlobCollector(view BlobView) *BlobCollector {
 		running:     prometheus.NewDesc("vbatch_blob_scrub_pass_started_timestamp_seconds", "Unix time the blob scrub pass under way on this coordinator began (absent between passes).", nil, nil),
 		lastPass:    prometheus.NewDesc("vbatch_blob_scrub_last_pass_timestamp_seconds", "Unix time the last complete blob scrub pass on this coordinator ended (absent before the first).", nil, nil),
 		missing:     prometheus.NewDesc("vbatch_blobs_missing", "Blobs the replicated state references that this coordinator still lacks after its last repair pass.", nil, nil),
-		storedBlobs: prometheus.NewDesc("vbatch_blobs_stored", "Blobs in this coordinator's store, as of its last repair pass.", nil, nil),
-		storedBytes: prometheus.NewDesc("vbatch_blob_stored_bytes", "Bytes of blob content in this coordinator's store, as of its last repair pass.", nil, nil),
+		storedBlobs: prometheus.NewDesc("vbatch_blobs_stored", "Blobs in this coordinator's store, measured every ten repair passes (5 minutes by default).", nil, nil),
+		storedBytes: prometheus.NewDesc("vbatch_blob_stored_bytes", "Bytes of blob content in this coordinator's store, measured every ten repair passes (5 minutes by default).", nil, nil),
 	}
 }
 

@@ -265,6 +265,10 @@ func (sc *Scrubber) save(st scrubState) {
 	}
 }
 
+// pacerSlack is the most a pass that fell behind its rate may read at full
+// speed to catch up.
+const pacerSlack = time.Second
+
 // pacer holds reads to a rate in bytes per second, averaged from start.
 type pacer struct {
 	rate  int64
@@ -280,6 +284,13 @@ func (p *pacer) wait(ctx context.Context, n int) error {
 		return ctx.Err()
 	}
 	due := p.start.Add(time.Duration(float64(p.done) / float64(p.rate) * float64(time.Second)))
+	if behind := time.Since(due); behind > pacerSlack {
+		// Reads were slower than the rate for a while (a busy disk):
+		// catch up at most pacerSlack's worth at full speed, not the whole
+		// shortfall.
+		p.start = p.start.Add(behind - pacerSlack)
+		due = due.Add(behind - pacerSlack)
+	}
 	if !sleepCtx(ctx, time.Until(due)) {
 		return ctx.Err()
 	}

@@ -205,3 +205,21 @@ func readScrubState(t *testing.T, s *Store) scrubState {
 	}
 	return st
 }
+
+// TestPacerCatchesUpOnlyBriefly: after reads fell behind the rate (a busy
+// disk), the pacer lets at most pacerSlack of reading through at full
+// speed, not the whole shortfall.
+func TestPacerCatchesUpOnlyBriefly(t *testing.T) {
+	p := pacer{rate: 1 << 20, start: time.Now().Add(-10 * time.Second)} // 10 s behind
+	ctx := context.Background()
+	if err := p.wait(ctx, 1); err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	if err := p.wait(ctx, 2<<20); err != nil { // 2 s at the rate, 1 s of slack
+		t.Fatal(err)
+	}
+	if took := time.Since(start); took < 500*time.Millisecond {
+		t.Fatalf("2 MiB at 1 MiB/s after falling behind took %v: the pacer let the whole shortfall through", took)
+	}
+}
