@@ -106,11 +106,13 @@ func (d *autopilotDelegate) FetchServerStats(ctx context.Context, servers map[ra
 			continue
 		}
 		wg.Go(func() {
+			sent := time.Now()
 			resp, err := d.c.clusterClient(addr).Status(ctx, connect.NewRequest(&vbatchv1.StatusRequest{}))
 			if err != nil {
 				return
 			}
 			d.c.notePeerDisk(string(id), resp.Msg.RaftAddr, resp.Msg.LogWriteMs)
+			d.c.skews.note(string(id), sent, time.Now(), resp.Msg.UnixMs, d.c.cfg.clockOffset)
 			mu.Lock()
 			out[id] = &autopilot.ServerStats{LastContact: lastContact(resp.Msg.LastContactMs), LastTerm: resp.Msg.Term, LastIndex: resp.Msg.LastIndex}
 			mu.Unlock()

@@ -57,6 +57,8 @@ type Coordinator struct {
 	blobs      *blob.Store
 	repl       *blob.Replicator
 	scrub      *blob.Scrubber
+	// skews holds, on the leader, each peer's clock offset from its own.
+	skews clockSkews
 	// blobHealth is what the last repair pass found (blobhealth.go).
 	blobHealth blobHealth
 

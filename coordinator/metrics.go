@@ -3,6 +3,7 @@ package coordinator
 import (
 	"sort"
 	"strconv"
+	"time"
 
 	"github.com/hashicorp/raft"
 	"github.com/prometheus/client_golang/prometheus/collectors"
@@ -20,6 +21,12 @@ func (c *Coordinator) registerCollectors() {
 		monitoring.NewClusterCollector(clusterView{c: c}),
 		monitoring.NewAutopilotCollector(c.autopilotView),
 		monitoring.NewBlobCollector(blobView{c: c}),
+		monitoring.NewClockSkewCollector(func() map[string]float64 {
+			if !c.IsLeader() {
+				return nil
+			}
+			return c.skews.current(time.Now())
+		}),
 		monitoring.NewGossipNameConflicts(c.gossipNameConflicts),
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),

@@ -46,7 +46,7 @@ func definedNames() (names, hists []string) {
 	cluster := NewClusterCollector(emptyView{})
 	reg.MustRegister(cluster)
 	reg.MustRegister(NewAutopilotCollector(func() *AutopilotView { return nil }), NewCertExpiryGauge(func() int64 { return 0 }),
-		NewBlobCollector(nil), NewGossipNameConflicts(func() int64 { return 0 }))
+		NewBlobCollector(nil), NewClockSkewCollector(nil), NewGossipNameConflicts(func() int64 { return 0 }))
 	seen := map[string]bool{}
 	for _, c := range reg.cs {
 		hist := false

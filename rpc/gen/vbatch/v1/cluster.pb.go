@@ -164,7 +164,11 @@ type StatusResponse struct {
 	// log_write_ms is the median time this node took to write raft log
 	// entries durably over the last few seconds (each write syncs its
 	// disk); -1 when it wrote none.
-	LogWriteMs    float64 `protobuf:"fixed64,12,opt,name=log_write_ms,json=logWriteMs,proto3" json:"log_write_ms,omitempty"`
+	LogWriteMs float64 `protobuf:"fixed64,12,opt,name=log_write_ms,json=logWriteMs,proto3" json:"log_write_ms,omitempty"`
+	// unix_ms is the answering node's wall clock when it answered (0 from
+	// older builds): the leader compares it with its own to report clock
+	// skew, which stops leasing once it passes the lease TTL.
+	UnixMs        int64 `protobuf:"varint,13,opt,name=unix_ms,json=unixMs,proto3" json:"unix_ms,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -279,6 +283,13 @@ func (x *StatusResponse) GetLastContactMs() int64 {
 func (x *StatusResponse) GetLogWriteMs() float64 {
 	if x != nil {
 		return x.LogWriteMs
+	}
+	return 0
+}
+
+func (x *StatusResponse) GetUnixMs() int64 {
+	if x != nil {
+		return x.UnixMs
 	}
 	return 0
 }
@@ -959,7 +970,7 @@ const file_vbatch_v1_cluster_proto_rawDesc = "" +
 	"\benvelope\x18\x01 \x01(\fR\benvelope\":\n" +
 	"\rApplyResponse\x12)\n" +
 	"\x06result\x18\x01 \x01(\v2\x11.vbatch.v1.ResultR\x06result\"\x0f\n" +
-	"\rStatusRequest\"\xf6\x02\n" +
+	"\rStatusRequest\"\x8f\x03\n" +
 	"\x0eStatusResponse\x12\x17\n" +
 	"\anode_id\x18\x01 \x01(\tR\x06nodeId\x12\x14\n" +
 	"\x05state\x18\x02 \x01(\tR\x05state\x12\x12\n" +
@@ -975,7 +986,8 @@ const file_vbatch_v1_cluster_proto_rawDesc = "" +
 	" \x01(\tR\arpcAddr\x12&\n" +
 	"\x0flast_contact_ms\x18\v \x01(\x03R\rlastContactMs\x12 \n" +
 	"\flog_write_ms\x18\f \x01(\x01R\n" +
-	"logWriteMs\"\x18\n" +
+	"logWriteMs\x12\x17\n" +
+	"\aunix_ms\x18\r \x01(\x03R\x06unixMs\"\x18\n" +
 	"\x16AutopilotHealthRequest\"\x98\x02\n" +
 	"\x17AutopilotHealthResponse\x12\x18\n" +
 	"\ahealthy\x18\x01 \x01(\bR\ahealthy\x12+\n" +
