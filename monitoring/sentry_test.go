@@ -10,7 +10,6 @@ import (
 	"strings"
 	"sync"
 	"testing"
-	"time"
 
 	"connectrpc.com/connect"
 	"github.com/getsentry/sentry-go"
@@ -106,7 +105,7 @@ func TestCaptureExceptionWithBatchContext(t *testing.T) {
 	CaptureException(ctx, fmt.Errorf("chunk 3: %w", errors.New("engine died")), map[string]any{"chunk": 3})
 	CaptureMessage(ctx, "batch slow", sentry.LevelWarning, nil)
 
-	events := f.Items("event")
+	events := f.WaitItems("event", 2)
 	if len(events) != 2 {
 		t.Fatalf("got %d events, want 2: %+v", len(events), events)
 	}
@@ -137,7 +136,7 @@ func TestCaptureExceptionWithBatchContext(t *testing.T) {
 
 	ClearContext(ctx)
 	CaptureMessage(ctx, "after clear", sentry.LevelInfo, nil)
-	events = f.Items("event")
+	events = f.WaitItems("event", 3)
 	if last := findItem(t, events, "after clear"); last.Tags["batch_id"] != "" || last.User["id"] != nil {
 		t.Errorf("ClearContext left %v / %v", last.Tags, last.User)
 	}
@@ -179,7 +178,7 @@ func TestClientErrorsDropped(t *testing.T) {
 	CaptureException(ctx, fmt.Errorf("lookup: %w", connect.NewError(connect.CodeInvalidArgument, errors.New("bad"))), nil)
 	CaptureMessage(ctx, "quota", sentry.LevelError, map[string]any{"status_code": 429})
 	CaptureException(ctx, statusErr(503), nil)
-	events := f.Items("event")
+	events := f.WaitItems("event", 1)
 	if len(events) != 1 || events[0].Tags[TagStatusCode] != "503" {
 		t.Fatalf("want only the 503 event, got %+v", events)
 	}
@@ -206,7 +205,7 @@ func TestSecretsScrubbed(t *testing.T) {
 	req.Header.Set("Cookie", "session="+cookie)
 	SentryHTTP(mux).ServeHTTP(httptest.NewRecorder(), req)
 
-	events := f.Items("event")
+	events := f.WaitItems("event", 2)
 	if len(events) != 2 {
 		t.Fatalf("got %d events, want 2", len(events))
 	}
@@ -256,7 +255,7 @@ func TestSentryHTTPPanicAndTransaction(t *testing.T) {
 		}
 	}
 
-	events := f.Items("event")
+	events := f.WaitItems("event", 1)
 	if len(events) != 1 {
 		t.Fatalf("got %d events, want the panic only: %+v", len(events), events)
 	}
@@ -303,11 +302,7 @@ func TestRequestScopesDoNotLeak(t *testing.T) {
 	wg.Wait()
 	// Flush can return with the last envelope still on its way under load:
 	// wait for all of them, bounded.
-	events := f.Items("event")
-	for deadline := time.Now().Add(5 * time.Second); len(events) < n && time.Now().Before(deadline); {
-		time.Sleep(10 * time.Millisecond)
-		events = f.Items("event")
-	}
+	events := f.WaitItems("event", n)
 	if len(events) != n {
 		t.Fatalf("got %d events, want %d", len(events), n)
 	}
@@ -351,7 +346,7 @@ func TestSentryInterceptor(t *testing.T) {
 		_, _ = unary(context.Background(), connect.NewRequest[string](nil))
 	}()
 
-	events := f.Items("event")
+	events := f.WaitItems("event", 2)
 	if len(events) != 2 {
 		t.Fatalf("got %d events, want internal error and panic: %+v", len(events), events)
 	}

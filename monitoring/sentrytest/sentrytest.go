@@ -155,6 +155,18 @@ func (s *Server) Items(typ string) []Item {
 	return out
 }
 
+// WaitItems is Items once at least n items of type typ arrived, or after
+// 5 s: Flush can return with the last envelope still on its way.
+func (s *Server) WaitItems(typ string, n int) []Item {
+	s.t.Helper()
+	items := s.Items(typ)
+	for deadline := time.Now().Add(5 * time.Second); len(items) < n && time.Now().Before(deadline); {
+		time.Sleep(10 * time.Millisecond)
+		items = s.Items(typ)
+	}
+	return items
+}
+
 // Raw returns every envelope received so far, as text, for asserting that
 // something never reached Sentry.
 func (s *Server) Raw() string {
