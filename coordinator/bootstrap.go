@@ -92,7 +92,7 @@ func (c *Coordinator) bootstrapLoop(ctx context.Context) {
 		if len(coords) < c.cfg.BootstrapExpect {
 			continue
 		}
-		if has, _ := c.peerHasCluster(ctx, coords); has {
+		if c.peerHasCluster(ctx, coords) {
 			c.log.Info("found an existing raft cluster; waiting to be added by its leader")
 			return
 		}
@@ -120,11 +120,8 @@ func (c *Coordinator) bootstrapLoop(ctx context.Context) {
 
 // peerHasCluster asks the other coordinators whether they already belong to
 // a raft cluster (a term or log entries), in which case this node must wait
-// to be added rather than bootstrap a second cluster. justBootstrapped
-// reports that every peer answered and none holds more than the bootstrap
-// configuration, nor knows a leader: nothing has been committed yet.
-func (c *Coordinator) peerHasCluster(ctx context.Context, coords []gossip.Member) (has, justBootstrapped bool) {
-	justBootstrapped = true
+// to be added rather than bootstrap a second cluster.
+func (c *Coordinator) peerHasCluster(ctx context.Context, coords []gossip.Member) bool {
 	for _, m := range coords {
 		if m.Name == c.cfg.NodeID {
 			continue
@@ -132,18 +129,11 @@ func (c *Coordinator) peerHasCluster(ctx context.Context, coords []gossip.Member
 		cctx, cancel := context.WithTimeout(ctx, time.Second)
 		resp, err := c.clusterClient(m.Meta.RPCAddr).Status(cctx, connect.NewRequest(&vbatchv1.StatusRequest{}))
 		cancel()
-		if err != nil {
-			justBootstrapped = false
-			continue
-		}
-		if resp.Msg.LastIndex > 0 || resp.Msg.LeaderId != "" {
-			has = true
-		}
-		if resp.Msg.LastIndex > 1 || resp.Msg.LeaderId != "" {
-			justBootstrapped = false
+		if err == nil && (resp.Msg.LastIndex > 0 || resp.Msg.LeaderId != "") {
+			return true
 		}
 	}
-	return has, has && justBootstrapped
+	return false
 }
 
 // reconcileMembers runs on the leader: every live coordinator that gossip

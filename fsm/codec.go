@@ -169,47 +169,14 @@ func Decode(data []byte) (*vbatchv1.Envelope, proto.Message, error) {
 // whose numbers the schema reserves (retired ones, which old log entries
 // may still carry and this build ignores by design) do not count.
 func unknownField(m protoreflect.Message, path string) string {
-	if !onlyReserved(m.Descriptor(), m.GetUnknown()) {
-		if path == "" {
-			path = string(m.Descriptor().Name())
-		}
-		return path
-	}
 	found := ""
-	m.Range(func(fd protoreflect.FieldDescriptor, v protoreflect.Value) bool {
-		sub := path + "." + string(fd.Name())
-		switch {
-		case fd.IsMap():
-			if fd.MapValue().Message() != nil {
-				v.Map().Range(func(_ protoreflect.MapKey, mv protoreflect.Value) bool {
-					found = unknownField(mv.Message(), sub)
-					return found == ""
-				})
-			}
-		case fd.IsList():
-			if fd.Message() != nil {
-				l := v.List()
-				for i := 0; i < l.Len() && found == ""; i++ {
-					found = unknownField(l.Get(i).Message(), sub)
-				}
-			}
-		case fd.Message() != nil:
-			found = unknownField(v.Message(), sub)
+	walkMessages(m, path, func(sub protoreflect.Message, at string) bool {
+		if !onlyReserved(sub.Descriptor(), sub.GetUnknown()) {
+			found = at
 		}
 		return found == ""
 	})
 	return found
-}
-
-// Stamp replaces the time of an encoded envelope; the leader stamps every
-// command it proposes, forwarded ones included.
-func Stamp(data []byte, now time.Time) ([]byte, error) {
-	env := &vbatchv1.Envelope{}
-	if err := proto.Unmarshal(data, env); err != nil {
-		return nil, fmt.Errorf("decode envelope: %w", err)
-	}
-	env.TimeUnixNano = now.UnixNano()
-	return proto.Marshal(env)
 }
 
 // onlyReserved reports whether every field in raw (unknown bytes of a
@@ -234,41 +201,64 @@ func onlyReserved(d protoreflect.MessageDescriptor, raw protoreflect.RawFields) 
 // bytes, reserved numbers included.
 func hasUnknownDeep(m protoreflect.Message) bool {
 	found := false
-	walkMessages(m, func(sub protoreflect.Message) {
-		if len(sub.GetUnknown()) > 0 {
-			found = true
-		}
+	walkMessages(m, "", func(sub protoreflect.Message, _ string) bool {
+		found = len(sub.GetUnknown()) > 0
+		return !found
 	})
 	return found
 }
 
 // dropUnknown clears the unknown bytes of m and of every message under it.
 func dropUnknown(m protoreflect.Message) {
-	walkMessages(m, func(sub protoreflect.Message) { sub.SetUnknown(nil) })
+	walkMessages(m, "", func(sub protoreflect.Message, _ string) bool {
+		sub.SetUnknown(nil)
+		return true
+	})
 }
 
-// walkMessages calls fn on m and on every message set under it.
-func walkMessages(m protoreflect.Message, fn func(protoreflect.Message)) {
-	fn(m)
+// walkMessages calls fn on m, then on every message set under it, each
+// with its field path from path, until fn returns false; it reports
+// whether the walk went to the end.
+func walkMessages(m protoreflect.Message, path string, fn func(sub protoreflect.Message, at string) bool) bool {
+	if path == "" {
+		path = string(m.Descriptor().Name())
+	}
+	if !fn(m, path) {
+		return false
+	}
+	more := true
 	m.Range(func(fd protoreflect.FieldDescriptor, v protoreflect.Value) bool {
+		sub := path + "." + string(fd.Name())
 		switch {
 		case fd.IsMap():
 			if fd.MapValue().Message() != nil {
 				v.Map().Range(func(_ protoreflect.MapKey, mv protoreflect.Value) bool {
-					walkMessages(mv.Message(), fn)
-					return true
+					more = walkMessages(mv.Message(), sub, fn)
+					return more
 				})
 			}
 		case fd.IsList():
 			if fd.Message() != nil {
 				l := v.List()
-				for i := 0; i < l.Len(); i++ {
-					walkMessages(l.Get(i).Message(), fn)
+				for i := 0; i < l.Len() && more; i++ {
+					more = walkMessages(l.Get(i).Message(), sub, fn)
 				}
 			}
 		case fd.Message() != nil:
-			walkMessages(v.Message(), fn)
+			more = walkMessages(v.Message(), sub, fn)
 		}
-		return true
+		return more
 	})
+	return more
+}
+
+// Stamp replaces the time of an encoded envelope; the leader stamps every
+// command it proposes, forwarded ones included.
+func Stamp(data []byte, now time.Time) ([]byte, error) {
+	env := &vbatchv1.Envelope{}
+	if err := proto.Unmarshal(data, env); err != nil {
+		return nil, fmt.Errorf("decode envelope: %w", err)
+	}
+	env.TimeUnixNano = now.UnixNano()
+	return proto.Marshal(env)
 }

@@ -30,18 +30,11 @@ Builds before CRC32C block sums read only sha256 sidecars: run this with
 			if err != nil {
 				return err
 			}
-			if dataDir == "" {
-				return errors.New("--data-dir is required")
-			}
-			unlock, err := lockStopped(dataDir)
+			s, unlock, err := openStoppedStore(dataDir)
 			if err != nil {
 				return err
 			}
 			defer unlock()
-			s, err := blob.Open(filepath.Join(dataDir, "blobs"))
-			if err != nil {
-				return fmt.Errorf("open blob store: %w", err)
-			}
 			done, skipped, err := s.RewriteSums(f)
 			fmt.Fprintf(cmd.OutOrStdout(), "%d blobs now have %s block sums; %d corrupt or gone, skipped\n", done, f, skipped)
 			return err
@@ -66,18 +59,11 @@ quarantine; once the coordinator runs again its repair pass fetches a good
 copy from a peer. Exits 1 if any blob was corrupt or unreadable.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			if dataDir == "" {
-				return errors.New("--data-dir is required")
-			}
-			unlock, err := lockStopped(dataDir)
+			s, unlock, err := openStoppedStore(dataDir)
 			if err != nil {
 				return err
 			}
 			defer unlock()
-			s, err := blob.Open(filepath.Join(dataDir, "blobs"))
-			if err != nil {
-				return fmt.Errorf("open blob store: %w", err)
-			}
 			stats, err := (&blob.Scrubber{Store: s}).Pass(cmd.Context())
 			out := cmd.OutOrStdout()
 			fmt.Fprintf(out, "%d blobs verified (%d bytes); %d corrupt, %d unreadable\n", stats.Blobs, stats.Bytes, len(stats.Corrupt), stats.Failed)
@@ -95,6 +81,23 @@ copy from a peer. Exits 1 if any blob was corrupt or unreadable.`,
 	}
 	cmd.Flags().StringVar(&dataDir, "data-dir", "", "the coordinator's --data-dir (the coordinator must be stopped)")
 	return cmd
+}
+
+// openStoppedStore opens the blob store of a stopped coordinator's data
+// dir, holding the lock that keeps one from starting meanwhile; unlock
+// releases it.
+func openStoppedStore(dataDir string) (s *blob.Store, unlock func(), err error) {
+	if dataDir == "" {
+		return nil, nil, errors.New("--data-dir is required")
+	}
+	if unlock, err = lockStopped(dataDir); err != nil {
+		return nil, nil, err
+	}
+	if s, err = blob.Open(filepath.Join(dataDir, "blobs")); err != nil {
+		unlock()
+		return nil, nil, fmt.Errorf("open blob store: %w", err)
+	}
+	return s, unlock, nil
 }
 
 // lockStopped takes the lock a running coordinator holds on its raft log,

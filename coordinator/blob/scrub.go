@@ -48,7 +48,6 @@ type Scrubber struct {
 	Log *slog.Logger
 
 	scrubbed atomic.Int64 // bytes read by passes
-	corrupt  atomic.Int64 // copies passes found corrupt
 	lastPass atomic.Int64 // unix seconds the last complete pass ended
 	running  atomic.Int64 // unix seconds the pass under way began; 0 between passes
 }
@@ -81,10 +80,6 @@ type PassStats struct {
 
 // ScrubbedBytes is the bytes passes have read since the Scrubber was made.
 func (sc *Scrubber) ScrubbedBytes() int64 { return sc.scrubbed.Load() }
-
-// CorruptFound is how many corrupt copies passes have found since the
-// Scrubber was made.
-func (sc *Scrubber) CorruptFound() int64 { return sc.corrupt.Load() }
 
 // PassRunningSince is when the pass under way began (kept across
 // restarts), or the zero time between passes.
@@ -189,7 +184,6 @@ func (sc *Scrubber) pass(ctx context.Context, st *scrubState) (PassStats, error)
 		case errors.Is(err, ErrCorrupt):
 			stats.Blobs++
 			stats.Corrupt = append(stats.Corrupt, sha)
-			sc.corrupt.Add(1)
 			sc.log().Warn("blob scrub: stored copy is corrupt; quarantined, the repair pass fetches a good copy from a peer", "sha", sha, "err", err)
 		case err != nil:
 			stats.Failed++
