@@ -100,11 +100,19 @@ func (a *Agent) handleEngineMetrics(w http.ResponseWriter, r *http.Request) {
 	_, _ = io.Copy(w, resp.Body)
 }
 
-// handleOnline passes an online request to the engine. An engine that is
-// down gets nothing: the answer is 503 before a byte is sent, so the
-// coordinator tries another agent. A stream the engine breaks off after
-// the answer started is aborted, so the client sees a cut connection
-// rather than a response that looks complete.
+// handleOnline passes an online request to the engine. Its answer to a
+// failure says whether the request may have reached the engine, because
+// the coordinator tries another agent only with one that surely did not
+// (a poison request must not crash every engine, nor a long generation
+// run three times):
+//   - 503 marked NotSentHeader: nothing was sent (the engine is down, or
+//     its connection could not be made);
+//   - 504 (code "timeout"): the agent's request timeout ran out;
+//   - 502: the request went and the engine failed under it.
+//
+// A stream the engine breaks off after the answer started is aborted, so
+// the client sees a cut connection rather than a response that looks
+// complete.
 func (a *Agent) handleOnline(w http.ResponseWriter, r *http.Request) {
 	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxProxyBody))
 	if err != nil {
@@ -116,7 +124,7 @@ func (a *Agent) handleOnline(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if !a.eng.Healthy() {
-		writeOpenAIError(w, http.StatusServiceUnavailable, "server_error", "the engine on this agent is not serving (starting or restarting)")
+		writeNotSent(w, "the engine on this agent is not serving (starting or restarting)")
 		return
 	}
 	ctx, cancel := context.WithTimeout(r.Context(), a.cfg.RequestTimeout)
@@ -135,17 +143,40 @@ func (a *Agent) handleOnline(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	a.log.Warn("online request", "path", r.URL.Path, "err", err)
-	if tw.wrote {
+	switch {
+	case tw.wrote:
 		panic(http.ErrAbortHandler)
+	case notSent(err):
+		writeNotSent(w, "the engine on this agent could not be reached")
+	case ctx.Err() != nil:
+		writeOpenAIErrorCode(w, http.StatusGatewayTimeout, "server_error", "timeout",
+			fmt.Sprintf("the engine did not answer within the request timeout (%s)", a.cfg.RequestTimeout))
+	default:
+		writeOpenAIError(w, http.StatusBadGateway, "server_error", "the engine failed under the request")
 	}
-	writeOpenAIError(w, http.StatusBadGateway, "api_error", "the engine did not answer")
 }
 
-// writeOpenAIError writes an OpenAI error object.
-func writeOpenAIError(w http.ResponseWriter, code int, typ, msg string) {
+// writeNotSent answers 503 for an online request the engine never got,
+// marked so that the coordinator may try another agent.
+func writeNotSent(w http.ResponseWriter, msg string) {
+	w.Header().Set(NotSentHeader, "1")
+	writeOpenAIError(w, http.StatusServiceUnavailable, "server_error", msg)
+}
+
+// writeOpenAIError writes an OpenAI error object without a code.
+func writeOpenAIError(w http.ResponseWriter, status int, typ, msg string) {
+	writeOpenAIErrorCode(w, status, typ, "", msg)
+}
+
+// writeOpenAIErrorCode writes an OpenAI error object; code "" is null.
+func writeOpenAIErrorCode(w http.ResponseWriter, status int, typ, code, msg string) {
+	var c any
+	if code != "" {
+		c = code
+	}
 	w.Header().Set("Content-Type", "application/json")
-	w.WriteHeader(code)
-	_ = json.NewEncoder(w).Encode(map[string]any{"error": map[string]any{"message": msg, "type": typ, "param": nil, "code": nil}})
+	w.WriteHeader(status)
+	_ = json.NewEncoder(w).Encode(map[string]any{"error": map[string]any{"message": msg, "type": typ, "param": nil, "code": c}})
 }
 
 // trackingWriter remembers whether a response was started, so a proxy
@@ -175,3 +206,9 @@ func (t *trackingWriter) Flush() {
 
 // Unwrap lets http.ResponseController reach the underlying writer.
 func (t *trackingWriter) Unwrap() http.ResponseWriter { return t.ResponseWriter }
+
+// NotSentHeader marks an agent's answer to an online request that never
+// reached the engine (value "1"): the coordinator may send such a request
+// to another agent, and only such a one. Every other failure may have run
+// on the engine, so the request is not sent again.
+const NotSentHeader = "X-Vbatch-Not-Sent"

@@ -3,10 +3,16 @@ package agent
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"strings"
+	"sync/atomic"
 	"testing"
+	"time"
+
+	"github.com/vbatch/vbatch/agent/engine"
 )
 
 // breakingEngine answers online requests with the start of a stream, then
@@ -54,5 +60,112 @@ func TestOnlineFailures(t *testing.T) {
 	resp.Body.Close()
 	if resp.StatusCode != http.StatusServiceUnavailable || !strings.Contains(string(b), `"error"`) {
 		t.Fatalf("engine down: %d %s, want 503 with an OpenAI error", resp.StatusCode, b)
+	}
+}
+
+// proxyEngine answers online requests with proxy.
+type proxyEngine struct {
+	*fakeEngine
+	proxy func(ctx context.Context, w http.ResponseWriter) error
+}
+
+func (e proxyEngine) Proxy(ctx context.Context, _ string, _ []byte, w http.ResponseWriter) error {
+	return e.proxy(ctx, w)
+}
+
+// onlineAgent starts an agent on eng with the given request timeout and
+// returns the base URL of its HTTP surface.
+func onlineAgent(t *testing.T, eng engine.Engine, requestTimeout time.Duration) string {
+	t.Helper()
+	coord := newFakeCoord(t, nil)
+	cfg := testConfig(t, coord, "agent-online")
+	if requestTimeout > 0 {
+		cfg.RequestTimeout = requestTimeout
+	}
+	a := New(cfg, eng, fakeGPUs{}, nil)
+	runAgent(t, a)
+	var base string
+	waitFor(t, "registered", func() bool {
+		coord.with(func() {
+			if ag := coord.registered["agent-online"]; ag != nil {
+				base = "http://" + ag.RpcAddr
+			}
+		})
+		return base != ""
+	})
+	return base
+}
+
+// postOnline sends one online request and returns its status, the
+// not-sent marker and the body.
+func postOnline(t *testing.T, base string) (int, string, string) {
+	t.Helper()
+	resp, err := http.Post(base+"/v1/chat/completions", "application/json", strings.NewReader(`{"model":"test-model"}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, resp.Header.Get(NotSentHeader), string(b)
+}
+
+// TestOnlineStatusSaysWhetherSent: only a request that never reached the
+// engine is answered 503 with the not-sent marker (the coordinator may try
+// another agent); one the engine died under is 502 and one that ran out
+// the agent's request timeout 504, neither marked, so the coordinator does
+// not run it again on another engine.
+func TestOnlineStatusSaysWhetherSent(t *testing.T) {
+	// An address nothing listens on: the proxy cannot connect.
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	closed := ln.Addr().String()
+	ln.Close()
+
+	fe := newFakeEngine()
+	var mode atomic.Value
+	eng := proxyEngine{fakeEngine: fe, proxy: func(ctx context.Context, w http.ResponseWriter) error {
+		switch mode.Load() {
+		case "dial":
+			req, _ := http.NewRequestWithContext(ctx, http.MethodPost, "http://"+closed+"/v1/chat/completions", nil)
+			resp, err := http.DefaultClient.Do(req)
+			if err == nil {
+				resp.Body.Close()
+				return errors.New("a closed port answered")
+			}
+			return fmt.Errorf("post /v1/chat/completions: %w", err)
+		case "crash":
+			fe.mu.Lock()
+			fe.healthy = false
+			fe.mu.Unlock()
+			return errors.New("post /v1/chat/completions: read: connection reset by peer")
+		default: // "hang": the engine never answers
+			<-ctx.Done()
+			return fmt.Errorf("post /v1/chat/completions: %w", ctx.Err())
+		}
+	}}
+	base := onlineAgent(t, eng, 200*time.Millisecond)
+	setHealthy := func(ok bool) { fe.mu.Lock(); fe.healthy = ok; fe.mu.Unlock() }
+
+	for _, tc := range []struct {
+		mode    string
+		healthy bool
+		status  int
+		notSent string
+		code    string
+	}{
+		{"dial", true, http.StatusServiceUnavailable, "1", ""},
+		{"hang", false, http.StatusServiceUnavailable, "1", ""}, // unhealthy: never proxied
+		{"hang", true, http.StatusGatewayTimeout, "", `"code":"timeout"`},
+		{"crash", true, http.StatusBadGateway, "", `"error"`},
+	} {
+		mode.Store(tc.mode)
+		setHealthy(tc.healthy)
+		status, notSent, body := postOnline(t, base)
+		if status != tc.status || notSent != tc.notSent || !strings.Contains(body, `"error"`) || !strings.Contains(body, tc.code) {
+			t.Errorf("%s (healthy %v): %d, not-sent %q, %s; want %d, not-sent %q, an OpenAI error with %s",
+				tc.mode, tc.healthy, status, notSent, body, tc.status, tc.notSent, tc.code)
+		}
 	}
 }

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/http/httptrace"
 	"net/http/httputil"
 	"net/url"
 	"slices"
@@ -111,7 +112,8 @@ func (r *router) counter(agent string) *atomic.Int64 {
 // Online routing bounds.
 const (
 	// onlineAttempts is how many agents one online request may be tried
-	// on: another is tried only while nothing was sent to the client.
+	// on: another is tried only when no engine got the request (and so
+	// nothing was sent to the client either).
 	onlineAttempts = 3
 	// onlineBodyBudget bounds the online request bodies this coordinator
 	// holds at once (each is kept for its request's life, to retry it).
@@ -161,9 +163,10 @@ func (r *router) pick(model string, skip map[string]bool) (gossip.Member, error)
 // arrives. It returns api.ErrNoAgent (wrapped) before writing anything when
 // no agent serves the model, api.ErrInvalidJSON or another error for a body
 // it cannot use, and api.ErrOverloaded when it holds too many bodies. An
-// agent that cannot be reached, or answers 502/503 (its engine is down),
-// is left for the next best one, up to onlineAttempts, while nothing has
-// been sent to the client.
+// agent that could not be sent the request, or answers that its engine
+// never got it (503 marked agentNotSentHeader: the engine is down), is
+// left for the next best one, up to onlineAttempts; a request that may
+// have reached an engine is never sent to another (see forward).
 func (r *router) ServeInference(w http.ResponseWriter, req *http.Request) error {
 	body, err := io.ReadAll(io.LimitReader(req.Body, maxOnlineBody+1))
 	if err != nil {
@@ -211,14 +214,19 @@ func (r *router) ServeInference(w http.ResponseWriter, req *http.Request) error 
 }
 
 // forward proxies the request to one agent. With retry set, a failure
-// before anything reached the client (the agent unreachable, or its 502
-// or 503) writes nothing and returns errRetryAgent; otherwise failures are
-// answered here.
+// after which the request surely never reached an engine writes nothing
+// and returns errRetryAgent: the agent could not be sent the request (no
+// byte of it was written to the agent), or it answered 503 marked
+// agentNotSentHeader. Any other failure is answered here: a 502, a 504 or
+// a connection the agent dropped may have run the request on its engine,
+// and running it on another would cost a second generation, or a second
+// engine for a request that crashes them.
 func (r *router) forward(w http.ResponseWriter, req *http.Request, body []byte, agent gossip.Member, retry bool) error {
 	n := r.counter(agent.Name)
 	n.Add(1)
 	defer n.Add(-1)
 	var failed error
+	var wrote atomic.Bool // request headers reached the agent's connection
 	target := &url.URL{Scheme: r.c.scheme(), Host: agent.Meta.RPCAddr}
 	proxy := &httputil.ReverseProxy{
 		Rewrite: func(pr *httputil.ProxyRequest) {
@@ -227,10 +235,15 @@ func (r *router) forward(w http.ResponseWriter, req *http.Request, body []byte, 
 			pr.Out.ContentLength = int64(len(body))
 			pr.Out.Body = io.NopCloser(bytes.NewReader(body))
 			pr.Out.GetBody = func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(body)), nil }
+			pr.Out = pr.Out.WithContext(httptrace.WithClientTrace(pr.Out.Context(), &httptrace.ClientTrace{
+				WroteHeaders: func() { wrote.Store(true) },
+			}))
 		},
 		ModifyResponse: func(resp *http.Response) error {
-			if retry && (resp.StatusCode == http.StatusBadGateway || resp.StatusCode == http.StatusServiceUnavailable) {
-				return fmt.Errorf("%w: agent answered %d", errRetryAgent, resp.StatusCode)
+			notSent := resp.Header.Get(agentNotSentHeader) == "1"
+			resp.Header.Del(agentNotSentHeader)
+			if retry && resp.StatusCode == http.StatusServiceUnavailable && notSent {
+				return fmt.Errorf("%w: agent answered %d before sending the request to its engine", errRetryAgent, resp.StatusCode)
 			}
 			return nil
 		},
@@ -241,7 +254,7 @@ func (r *router) forward(w http.ResponseWriter, req *http.Request, body []byte, 
 				r.c.log.Debug("online request ended by the client", "agent", agent.Name, "err", err)
 				return
 			}
-			if retry {
+			if retry && (errors.Is(err, errRetryAgent) || !wrote.Load()) {
 				failed = fmt.Errorf("%w: %v", errRetryAgent, err)
 				return
 			}
@@ -258,3 +271,8 @@ func (r *router) forward(w http.ResponseWriter, req *http.Request, body []byte, 
 	proxy.ServeHTTP(w, req)
 	return failed
 }
+
+// agentNotSentHeader is agent.NotSentHeader: it marks an agent's 503 for
+// an online request its engine never got, the one answer after which the
+// request may go to another agent.
+const agentNotSentHeader = "X-Vbatch-Not-Sent"

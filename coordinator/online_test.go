@@ -3,6 +3,7 @@ package coordinator
 import (
 	"context"
 	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -17,20 +18,41 @@ import (
 )
 
 // fakeOnlineAgent joins gossip as an agent serving model "m" whose online
-// endpoint answers with status, and counts the requests it gets.
+// endpoint answers with status, and counts the requests it gets. A 503 is
+// marked as a request the engine never got, as agents answer one.
 func fakeOnlineAgent(t *testing.T, leader *Coordinator, name string, status int) *atomic.Int64 {
+	t.Helper()
+	return fakeOnlineAgentFunc(t, leader, name, func(w http.ResponseWriter, r *http.Request) {
+		if status == http.StatusServiceUnavailable {
+			w.Header().Set(agentNotSentHeader, "1")
+		}
+		w.Header().Set("Content-Type", "application/json")
+		w.WriteHeader(status)
+		_, _ = io.WriteString(w, `{"agent":"`+name+`"}`)
+	})
+}
+
+// fakeOnlineAgentFunc joins gossip as an agent serving model "m" whose
+// online endpoint is h, and counts the requests it gets.
+func fakeOnlineAgentFunc(t *testing.T, leader *Coordinator, name string, h http.HandlerFunc) *atomic.Int64 {
 	t.Helper()
 	var hits atomic.Int64
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		hits.Add(1)
-		w.Header().Set("Content-Type", "application/json")
-		w.WriteHeader(status)
-		_, _ = io.WriteString(w, `{"agent":"`+name+`"}`)
+		h(w, r)
 	}))
 	t.Cleanup(srv.Close)
+	joinFakeAgent(t, leader, name, strings.TrimPrefix(srv.URL, "http://"))
+	return &hits
+}
+
+// joinFakeAgent registers name as an agent serving model "m" at addr and
+// joins it to gossip.
+func joinFakeAgent(t *testing.T, leader *Coordinator, name, addr string) {
+	t.Helper()
 	pool, err := gossip.Start(gossip.Config{
 		Name: name, BindAddr: "127.0.0.1:0", Label: leader.cfg.ClusterName,
-		Meta: gossip.Meta{Role: gossip.RoleAgent, RPCAddr: strings.TrimPrefix(srv.URL, "http://"), Models: []string{"m"}},
+		Meta: gossip.Meta{Role: gossip.RoleAgent, RPCAddr: addr, Models: []string{"m"}},
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -43,7 +65,6 @@ func fakeOnlineAgent(t *testing.T, leader *Coordinator, name string, status int)
 		t.Fatal(err)
 	}
 	waitFor(t, 10*time.Second, "gossip listing "+name, func() bool { _, ok := leader.pool.Member(name); return ok })
-	return &hits
 }
 
 // online sends one online request through the router.
@@ -87,5 +108,68 @@ func TestOnlineRoutingLeavesFailingAgents(t *testing.T) {
 	err := r.ServeInference(rec, httptest.NewRequest("POST", "/v1/chat/completions", strings.NewReader(`{"model":"m"}`)))
 	if err == nil || a.Load()+b.Load() != before {
 		t.Fatalf("draining b and unloaded a: err %v, %d new requests to agents; want no agent", err, a.Load()+b.Load()-before)
+	}
+}
+
+// TestOnlineRetriesOnlyWhatWasNotSent: another agent is tried only for a
+// request that surely never reached an engine (the agent could not be
+// connected to, or answered 503 marked not sent). A 502 or 504, an
+// unmarked 503 (an engine's own) or a connection the agent dropped after
+// taking the request may have run it: the client gets that failure, and
+// no other engine runs the request again.
+func TestOnlineRetriesOnlyWhatWasNotSent(t *testing.T) {
+	nodes := startCluster(t, 1)
+	leader := waitLeader(t, nodes)
+	r := newRouter(leader)
+
+	// "a0" sorts first: picked first with equal loads. Nothing listens at
+	// its address.
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	closed := ln.Addr().String()
+	ln.Close()
+	joinFakeAgent(t, leader, "a0", closed)
+	var failWith atomic.Value
+	failing := fakeOnlineAgentFunc(t, leader, "a1", func(w http.ResponseWriter, r *http.Request) {
+		switch f := failWith.Load().(string); f {
+		case "drop": // took the request, then died
+			_, _ = io.ReadAll(r.Body)
+			panic(http.ErrAbortHandler)
+		case "not-sent":
+			w.Header().Set(agentNotSentHeader, "1")
+			w.WriteHeader(http.StatusServiceUnavailable)
+		case "502":
+			w.WriteHeader(http.StatusBadGateway)
+		case "503":
+			w.WriteHeader(http.StatusServiceUnavailable)
+		case "504":
+			w.WriteHeader(http.StatusGatewayTimeout)
+		}
+	})
+	good := fakeOnlineAgent(t, leader, "b", http.StatusOK)
+
+	for _, tc := range []struct {
+		fail   string
+		status int // the client's
+		good   int64
+	}{
+		{"not-sent", http.StatusOK, 1},
+		{"502", http.StatusBadGateway, 0},
+		{"503", http.StatusServiceUnavailable, 0},
+		{"504", http.StatusGatewayTimeout, 0},
+		{"drop", http.StatusBadGateway, 0},
+	} {
+		failWith.Store(tc.fail)
+		before, goodBefore := failing.Load(), good.Load()
+		rec := online(t, r)
+		if rec.Code != tc.status || failing.Load() != before+1 || good.Load()-goodBefore != tc.good {
+			t.Errorf("a1 failing with %s: client got %d, a1 tried %d times, b %d; want %d, a1 once, b %d",
+				tc.fail, rec.Code, failing.Load()-before, good.Load()-goodBefore, tc.status, tc.good)
+		}
+		if rec.Header().Get(agentNotSentHeader) != "" {
+			t.Errorf("a1 failing with %s: the not-sent marker reached the client", tc.fail)
+		}
 	}
 }
