@@ -34,8 +34,8 @@ type agentList struct {
 }
 
 func agentsCmd(e *env) *cobra.Command {
-	cmd := groupCmd("agents", "List and drain agents (admin scope)")
-	cmd.AddCommand(agentsListCmd(e), agentsDrainCmd(e))
+	cmd := groupCmd("agents", "List, drain and undrain agents (admin scope)")
+	cmd.AddCommand(agentsListCmd(e), agentsDrainCmd(e), agentsUndrainCmd(e))
 	return cmd
 }
 
@@ -98,6 +98,28 @@ func agentsDrainCmd(e *env) *cobra.Command {
 	cmd.Flags().BoolVar(&wait, "wait", false, "wait until the agent holds no live lease")
 	cmd.Flags().DurationVar(&poll, "poll", time.Second, "how often --wait asks for the agent's leases")
 	return cmd
+}
+
+func agentsUndrainCmd(e *env) *cobra.Command {
+	return &cobra.Command{
+		Use:   "undrain ID",
+		Short: "Give a drained agent work again",
+		Long: "Give a drained agent work again: it takes leases at its next poll. (Restarting the\n" +
+			"agent undrains it too.)",
+		Args: exactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			id := args[0]
+			raw, err := e.call(cmd.Context(), http.MethodPost, "/v1/admin/agents/"+url.PathEscape(id)+"/undrain", nil, nil)
+			if err != nil {
+				return err
+			}
+			if e.jsonOut() {
+				return e.printRaw(raw)
+			}
+			fmt.Fprintf(e.stdout, "Undrained %s\n", id)
+			return nil
+		},
+	}
 }
 
 // waitDrained polls the agent list until agent id holds no live lease or

@@ -43,6 +43,16 @@ func TestAgentsDrain(t *testing.T) {
 	r = f.run("agents", "drain", "gpu-host-1", "-o", "json").ok(t)
 	checkSameJSON(t, r.stdout, `{"id":"gpu-host-1","draining":true}`)
 
+	f.reply("POST /v1/admin/agents/{id}/undrain", 200, `{"id":"gpu-host-1","draining":false}`)
+	r = f.run("agents", "undrain", "gpu-host-1").ok(t)
+	reqs := f.requests()
+	checkRequest(t, reqs[len(reqs)-1], "POST", "/v1/admin/agents/gpu-host-1/undrain", "")
+	if r.stdout != "Undrained gpu-host-1\n" {
+		t.Fatalf("stdout %q", r.stdout)
+	}
+	r = f.run("agents", "undrain", "gpu-host-1", "-o", "json").ok(t)
+	checkSameJSON(t, r.stdout, `{"id":"gpu-host-1","draining":false}`)
+
 	f.reply("POST /v1/admin/agents/nope/drain", 404, openAIError("No such agent: nope", "invalid_request_error", "not_found"))
 	r = f.run("agents", "drain", "nope")
 	if r.code != 1 || r.stderr != "Error: No such agent: nope (HTTP 404, not_found)\n" {

@@ -111,6 +111,11 @@ func (s *agentService) Lease(ctx context.Context, req *connect.Request[vbatchv1.
 		grant.RequestId = m.RequestId
 	}
 	grant.WithinWindow = s.c.clusterAtFSMLevel(fsm.LevelExpiryChecks)
+	if s.c.clusterAtFSMLevel(fsm.LevelLeaseTTL) {
+		// The lease's end is the leader's time plus the TTL: this node's
+		// clock, however far off, does not decide it.
+		grant.TtlMs = s.ttl().Milliseconds()
+	}
 	for {
 		watch := s.c.fsm.Watch()
 		cands, registered := s.candidates(m.AgentId, m.Models)
@@ -166,9 +171,12 @@ func (s *agentService) resumeGrant(ctx context.Context, agentID, requestID strin
 		token   uint64
 		running bool
 		found   bool
-		nowMs   = s.c.Now().UnixMilli()
 	)
 	s.c.fsm.View(func(st *fsm.State) {
+		// Judged on the FSM's clock (the leader's, as of its latest
+		// command), not this node's: it never runs ahead of the leader's,
+		// so a live lease is never taken for an ended one here.
+		nowMs := st.Now
 		b, ch, ok := fsm.GrantedTo(st, agentID, requestID)
 		if !ok || ch.Lease.ExpiresAt <= nowMs {
 			return
@@ -404,8 +412,11 @@ func (s *agentService) Renew(ctx context.Context, req *connect.Request[vbatchv1.
 		// have heard yet. Keep it going so its retry learns that.
 		return connect.NewResponse(&vbatchv1.RenewResponse{Verdict: vbatchv1.LeaseVerdict_LEASE_VERDICT_OK}), nil
 	}
-	expires := s.c.Now().Add(s.ttl()).UnixMilli()
-	_, err := s.c.Apply(ctx, &vbatchv1.RenewLease{BatchId: m.BatchId, Chunk: m.Chunk, Token: m.Token, ExpiresAt: expires})
+	renew := &vbatchv1.RenewLease{BatchId: m.BatchId, Chunk: m.Chunk, Token: m.Token, ExpiresAt: s.c.Now().Add(s.ttl()).UnixMilli()}
+	if s.c.clusterAtFSMLevel(fsm.LevelLeaseTTL) {
+		renew.TtlMs = s.ttl().Milliseconds()
+	}
+	_, err := s.c.Apply(ctx, renew)
 	switch {
 	case (errors.Is(err, fsm.ErrStaleToken) || errors.Is(err, fsm.ErrConflict)) && s.doneUnder(m.BatchId, m.Chunk, m.Token):
 		// The last part's CompletePart was ordered before this renewal
@@ -417,13 +428,15 @@ func (s *agentService) Renew(ctx context.Context, req *connect.Request[vbatchv1.
 		return nil, rpcError(err)
 	}
 	verdict := vbatchv1.LeaseVerdict_LEASE_VERDICT_OK
+	expires := renew.ExpiresAt
 	s.c.fsm.View(func(st *fsm.State) {
 		if b := st.Batches[m.BatchId]; b != nil && b.Status == vbatchv1.BatchStatus_BATCH_STATUS_CANCELLING {
 			verdict = vbatchv1.LeaseVerdict_LEASE_VERDICT_CANCELLED
 		}
 		// A draining agent commits what finished and hands the lease back.
 		if b := st.Batches[m.BatchId]; b != nil && int(m.Chunk) < len(b.Chunks) {
-			if l := b.Chunks[m.Chunk].Lease; l != nil {
+			if l := b.Chunks[m.Chunk].Lease; l != nil && l.Token == m.Token {
+				expires = l.ExpiresAt
 				if ag := st.Agents[l.AgentId]; ag != nil && ag.Draining {
 					verdict = vbatchv1.LeaseVerdict_LEASE_VERDICT_CANCELLED
 				}

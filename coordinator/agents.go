@@ -60,6 +60,12 @@ func (c *Coordinator) Agents(ctx context.Context) ([]api.AgentInfo, error) {
 	return out, nil
 }
 
+// UndrainAgent lets a draining agent take leases again.
+func (c *Coordinator) UndrainAgent(ctx context.Context, id string) error {
+	_, err := c.Apply(ctx, &vbatchv1.UndrainAgent{AgentId: id})
+	return err
+}
+
 // DrainAgent marks an agent draining: it gets no new leases, and its
 // renewals answer "cancelled" so it commits what finished and hands back.
 func (c *Coordinator) DrainAgent(ctx context.Context, id string) error {

@@ -124,8 +124,9 @@ type Config struct {
 	// gossipTransport, if set, wraps the gossip network transport: tests
 	// cut a coordinator off the gossip network with it.
 	gossipTransport gossip.TransportWrapper
-	// clockOffset shifts the wall clock this node reports in Status (and
-	// judges peers' against): tests give a node a skewed clock with it.
+	// clockOffset shifts this node's wall clock (Now, and the clock it
+	// reports in Status and judges peers' against): tests give a node a
+	// skewed clock with it.
 	clockOffset time.Duration
 }
 

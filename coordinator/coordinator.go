@@ -266,7 +266,7 @@ func (c *Coordinator) close() error {
 func (c *Coordinator) FSM() *fsm.FSM { return c.fsm }
 
 // Now is the coordinator's clock.
-func (c *Coordinator) Now() time.Time { return time.Now() }
+func (c *Coordinator) Now() time.Time { return time.Now().Add(c.cfg.clockOffset) }
 
 // HTTPAddr is the address the API listens on.
 func (c *Coordinator) HTTPAddr() string { return c.httpLn.Addr().String() }

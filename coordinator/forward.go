@@ -366,7 +366,7 @@ func (c *Coordinator) localStatus() *vbatchv1.StatusResponse {
 		RpcAddr:       c.rpcAdvertise,
 		LastContactMs: lastContactMs(r),
 		LogWriteMs:    c.logWriteMs(),
-		UnixMs:        time.Now().Add(c.cfg.clockOffset).UnixMilli(),
+		UnixMs:        c.Now().UnixMilli(),
 	}
 }
 

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -248,6 +249,56 @@ func TestBatchPipeline(t *testing.T) {
 		if int64(len(out)) != done.RequestCounts.Completed {
 			t.Fatalf("partial output has %d lines, counts say %d", len(out), done.RequestCounts.Completed)
 		}
+	})
+
+	t.Run("drain and undrain", func(t *testing.T) {
+		// vbctl drains both agents of sim-model: a batch for it gets no
+		// lease; undrained, they take it up without a restart.
+		vbctl := func(args ...string) string {
+			t.Helper()
+			full := append([]string{"--addr", p.Coords[p.Running(-1)[0]].URL()}, args...)
+			out, err := exec.Command(filepath.Join(Binaries(t), "vbctl"), full...).CombinedOutput()
+			if err != nil {
+				t.Fatalf("vbctl %s: %v\n%s", strings.Join(args, " "), err, out)
+			}
+			return string(out)
+		}
+		for _, id := range []string{"agent1", "agent2"} {
+			vbctl("agents", "drain", id, "--wait", "--poll", "50ms")
+		}
+		const n = 500
+		b := p.submit(t, n, "sim-model", "24h")
+		p.waitStatus(t, b.ID, openai.BatchStatusInProgress, time.Minute)
+		list := vbctl("agents", "list", "-o", "json")
+		cl := p.client(p.Running(-1)[0], "")
+		now, err := cl.Batches.Get(context.Background(), b.ID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := now.RequestCounts.Completed + now.RequestCounts.Failed; got != 0 {
+			t.Fatalf("drained agents ran %d requests", got)
+		}
+		var agents struct {
+			Data []struct {
+				ID    string `json:"id"`
+				State string `json:"state"`
+			} `json:"data"`
+		}
+		if err := json.Unmarshal([]byte(list), &agents); err != nil {
+			t.Fatalf("agents list: %v\n%s", err, list)
+		}
+		for _, a := range agents.Data {
+			if (a.ID == "agent1" || a.ID == "agent2") != (a.State == "draining") {
+				t.Fatalf("agent %s is %s while agent1 and agent2 are drained", a.ID, a.State)
+			}
+		}
+		for _, id := range []string{"agent1", "agent2"} {
+			if out := vbctl("agents", "undrain", id); !strings.Contains(out, "Undrained "+id) {
+				t.Fatalf("vbctl agents undrain %s: %q", id, out)
+			}
+		}
+		done := p.waitStatus(t, b.ID, openai.BatchStatusCompleted, 2*time.Minute)
+		p.exactlyOnce(t, done, n)
 	})
 
 	t.Run("online chat", func(t *testing.T) {

@@ -50,3 +50,13 @@ func (a *applyCtx) drainAgent(c *vbatchv1.DrainAgent) error {
 	ag.Draining = true
 	return nil
 }
+
+// undrainAgent lets a draining agent take leases again.
+func (a *applyCtx) undrainAgent(c *vbatchv1.UndrainAgent) error {
+	ag, ok := a.s.Agents[c.AgentId]
+	if !ok {
+		return Reject(ErrNotFound, "agent %s", c.AgentId)
+	}
+	ag.Draining = false
+	return nil
+}

@@ -102,6 +102,15 @@ func TestDrainAgent(t *testing.T) {
 	// The lease it holds runs on.
 	h.MustApply(t, commit(0, tok, 0, 10, 10))
 	refused(t, h, ErrNotFound, &vbatchv1.DrainAgent{AgentId: "ghost"})
+
+	// Undrained, it takes leases again.
+	h.MustApply(t, &vbatchv1.UndrainAgent{AgentId: "a1"})
+	unchanged(t, h, &vbatchv1.UndrainAgent{AgentId: "a1"})
+	if h.State().Agents["a1"].Draining {
+		t.Fatal("still draining")
+	}
+	grant(t, h, 1, "a1")
+	refused(t, h, ErrNotFound, &vbatchv1.UndrainAgent{AgentId: "ghost"})
 }
 
 func TestRemoveAgentEndsItsLeases(t *testing.T) {

@@ -2,6 +2,7 @@ package fsm
 
 import (
 	"slices"
+	"time"
 
 	"google.golang.org/protobuf/proto"
 
@@ -99,10 +100,14 @@ func (a *applyCtx) grantLease(c *vbatchv1.GrantLease) error {
 	if ag.Draining {
 		return Reject(ErrConflict, "agent %s is draining", c.AgentId)
 	}
-	if c.ExpiresAt <= a.nowMs {
-		return Reject(ErrInvalid, "lease on %s/%d would expire at %d, before now %d", b.Id, ch.Index, c.ExpiresAt, a.nowMs)
+	expires, err := a.leaseExpiry(c.TtlMs, c.ExpiresAt)
+	if err != nil {
+		return err
 	}
-	ch.Lease = &vbatchv1.Lease{AgentId: c.AgentId, Token: a.index, GrantedAt: a.nowMs, ExpiresAt: c.ExpiresAt, RequestId: c.RequestId}
+	if expires <= a.nowMs {
+		return Reject(ErrInvalid, "lease on %s/%d would expire at %d, before now %d", b.Id, ch.Index, expires, a.nowMs)
+	}
+	ch.Lease = &vbatchv1.Lease{AgentId: c.AgentId, Token: a.index, GrantedAt: a.nowMs, ExpiresAt: expires, RequestId: c.RequestId}
 	ch.State = chunkLeased
 	ch.Attempts++
 	return nil
@@ -119,8 +124,30 @@ func (a *applyCtx) renewLease(c *vbatchv1.RenewLease) error {
 	if !a.holds(ch, c.Token) {
 		return Reject(ErrStaleToken, "chunk %s/%d: token %d holds no live lease", b.Id, ch.Index, c.Token)
 	}
-	ch.Lease.ExpiresAt = max(ch.Lease.ExpiresAt, c.ExpiresAt)
+	expires, err := a.leaseExpiry(c.TtlMs, c.ExpiresAt)
+	if err != nil {
+		return err
+	}
+	ch.Lease.ExpiresAt = max(ch.Lease.ExpiresAt, expires)
 	return nil
+}
+
+// maxLeaseTTLMs bounds a lease's time to live: a longer one is a
+// proposer's bug, and would strand a chunk whose agent died unseen.
+const maxLeaseTTLMs = int64(24 * time.Hour / time.Millisecond)
+
+// leaseExpiry is when a granted or renewed lease ends: ttlMs after the
+// command's time when given (FSM level 8: the leader's clock alone decides,
+// however far the proposing coordinator's clock is off), else the
+// proposer's absolute expiresAt.
+func (a *applyCtx) leaseExpiry(ttlMs, expiresAt int64) (int64, error) {
+	switch {
+	case ttlMs == 0:
+		return expiresAt, nil
+	case ttlMs < 0 || ttlMs > maxLeaseTTLMs:
+		return 0, Reject(ErrInvalid, "lease time to live %d ms is out of range", ttlMs)
+	}
+	return a.nowMs + ttlMs, nil
 }
 
 func (a *applyCtx) commitPart(c *vbatchv1.CommitPart) error { return a.commitPartThen(c, false) }

@@ -85,6 +85,29 @@ func TestRenewLease(t *testing.T) {
 	refused(t, h, ErrStaleToken, &vbatchv1.RenewLease{BatchId: batch, Chunk: 0, Token: tok, ExpiresAt: h.expiry()}) // too late
 }
 
+// From level 8 a lease's end is the command's time plus ttl_ms: an
+// absolute expires_at from a proposer whose clock is far off is ignored.
+func TestLeaseTTLCountsFromTheCommandsTime(t *testing.T) {
+	h := running(t, 20, 10)
+	ttl := leaseTTL.Milliseconds()
+	skewed := h.Clock.Add(-time.Hour).UnixMilli() // the proposer's clock is an hour behind
+	tok := h.MustApply(t, &vbatchv1.GrantLease{BatchId: batch, Chunk: 0, AgentId: "a1", ExpiresAt: skewed, TtlMs: ttl})
+	if got, want := h.chunk(0).Lease.ExpiresAt, h.Clock.UnixMilli()+ttl; got != want {
+		t.Fatalf("granted lease expires at %d, want %d", got, want)
+	}
+	h.Advance(20 * time.Second)
+	h.MustApply(t, &vbatchv1.RenewLease{BatchId: batch, Chunk: 0, Token: tok, ExpiresAt: skewed, TtlMs: ttl})
+	if got, want := h.chunk(0).Lease.ExpiresAt, h.Clock.UnixMilli()+ttl; got != want {
+		t.Fatalf("renewed lease expires at %d, want %d", got, want)
+	}
+	// A renewal never shortens a lease, whatever its TTL.
+	unchanged(t, h, &vbatchv1.RenewLease{BatchId: batch, Chunk: 0, Token: tok, TtlMs: 1})
+	refused(t, h, ErrInvalid, &vbatchv1.RenewLease{BatchId: batch, Chunk: 0, Token: tok, TtlMs: -1})
+	refused(t, h, ErrInvalid, &vbatchv1.GrantLease{BatchId: batch, Chunk: 1, AgentId: "a1", TtlMs: maxLeaseTTLMs + 1})
+	// Without ttl_ms (a cluster below level 8) the proposer's time decides.
+	refused(t, h, ErrInvalid, &vbatchv1.GrantLease{BatchId: batch, Chunk: 1, AgentId: "a1", ExpiresAt: skewed})
+}
+
 func TestCommitPart(t *testing.T) {
 	h := running(t, 20, 10)
 	tok := grant(t, h, 0, "a1")

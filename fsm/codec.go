@@ -31,7 +31,9 @@ const EnvelopeVersion = 1
 //   - 7: FinishBatch may say its expected_progress is given even when empty
 //     (progress_given); GrantLease may refuse a grant past the batch's
 //     window (within_window).
-const Level = 7
+//   - 8: GrantLease and RenewLease may give the lease's time to live
+//     (ttl_ms), counted from the command's time; UndrainAgent.
+const Level = 8
 
 // LevelCompletePart is the level that applies CompletePart.
 const LevelCompletePart = 2
@@ -60,6 +62,11 @@ const LevelOutputExpiry = 6
 // and GrantLease.within_window; below it both must be left unset.
 const LevelExpiryChecks = 7
 
+// LevelLeaseTTL is the level whose GrantLease and RenewLease honour ttl_ms
+// and that applies UndrainAgent; below it ttl_ms must be left unset and
+// UndrainAgent never proposed.
+const LevelLeaseTTL = 8
+
 // commandTypes maps every command type to a constructor of its message.
 // The list only grows; see CommandType in state.proto.
 var commandTypes = map[vbatchv1.CommandType]func() proto.Message{
@@ -79,6 +86,7 @@ var commandTypes = map[vbatchv1.CommandType]func() proto.Message{
 	vbatchv1.CommandType_COMMAND_TYPE_COMPLETE_PART:    func() proto.Message { return &vbatchv1.CompletePart{} },
 	vbatchv1.CommandType_COMMAND_TYPE_COMPACT_BATCH:    func() proto.Message { return &vbatchv1.CompactBatch{} },
 	vbatchv1.CommandType_COMMAND_TYPE_MERGE_FILE_PARTS: func() proto.Message { return &vbatchv1.MergeFileParts{} },
+	vbatchv1.CommandType_COMMAND_TYPE_UNDRAIN_AGENT:    func() proto.Message { return &vbatchv1.UndrainAgent{} },
 	vbatchv1.CommandType_COMMAND_TYPE_RELEASE_LEASE:    func() proto.Message { return &vbatchv1.ReleaseLease{} },
 	vbatchv1.CommandType_COMMAND_TYPE_EXPIRE_LEASES:    func() proto.Message { return &vbatchv1.ExpireLeases{} },
 	vbatchv1.CommandType_COMMAND_TYPE_BEGIN_FINALIZE:   func() proto.Message { return &vbatchv1.BeginFinalize{} },

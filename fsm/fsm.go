@@ -135,6 +135,8 @@ func (a *applyCtx) apply(cmd proto.Message) error {
 		return a.removeAgent(c)
 	case *vbatchv1.DrainAgent:
 		return a.drainAgent(c)
+	case *vbatchv1.UndrainAgent:
+		return a.undrainAgent(c)
 	case *vbatchv1.GrantLease:
 		return a.grantLease(c)
 	case *vbatchv1.RenewLease:

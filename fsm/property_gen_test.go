@@ -225,6 +225,8 @@ func (g *gen) agentCommand(*State) proto.Message {
 		return &vbatchv1.DrainAgent{AgentId: id}
 	case 1:
 		return &vbatchv1.RemoveAgent{AgentId: id}
+	case 2:
+		return &vbatchv1.UndrainAgent{AgentId: id}
 	}
 	return &vbatchv1.RegisterAgent{Agent: &vbatchv1.Agent{Id: id, Models: []string{"m"}, MaxLeases: 2}}
 }
@@ -242,14 +244,29 @@ func (g *gen) grant(s *State) proto.Message {
 	id, chunk, _ := g.chunk(s, isPending)
 	ttl := g.ttl()
 	// Attempts repeat now and then: two live leases may share one.
-	return &vbatchv1.GrantLease{BatchId: id, Chunk: chunk, AgentId: g.pick(agentIDs, "ghost"), ExpiresAt: g.m.now.Add(ttl).UnixMilli(),
+	c := &vbatchv1.GrantLease{BatchId: id, Chunk: chunk, AgentId: g.pick(agentIDs, "ghost"), ExpiresAt: g.m.now.Add(ttl).UnixMilli(),
 		RequestId: g.pick([]string{"att-1", "att-2", "att-3"}, ""), WithinWindow: g.oneIn(2)}
+	c.ExpiresAt, c.TtlMs = g.leaseEnd(ttl)
+	return c
+}
+
+// leaseEnd gives a lease command's expires_at and ttl_ms: half the time an
+// absolute time, else a TTL with an expires_at from a clock far off (the
+// FSM must ignore it).
+func (g *gen) leaseEnd(ttl time.Duration) (int64, int64) {
+	if g.oneIn(2) {
+		return g.m.now.Add(ttl).UnixMilli(), 0
+	}
+	skew := time.Duration(g.between(-3600, 3600)) * time.Second
+	return g.m.now.Add(ttl + skew).UnixMilli(), ttl.Milliseconds()
 }
 
 func (g *gen) renew(s *State) proto.Message {
 	id, chunk, c := g.chunk(s, isLeased)
 	ttl := g.ttl()
-	return &vbatchv1.RenewLease{BatchId: id, Chunk: chunk, Token: g.token(c), ExpiresAt: g.m.now.Add(ttl).UnixMilli()}
+	r := &vbatchv1.RenewLease{BatchId: id, Chunk: chunk, Token: g.token(c)}
+	r.ExpiresAt, r.TtlMs = g.leaseEnd(ttl)
+	return r
 }
 
 func (g *gen) commit(s *State) proto.Message {

@@ -3,6 +3,8 @@ package api
 import (
 	"fmt"
 	"net/http"
+
+	"github.com/vbatch/vbatch/fsm"
 )
 
 // listAgents serves GET /v1/admin/agents.
@@ -28,5 +30,21 @@ func (a *API) drainAgent(w http.ResponseWriter, r *http.Request, _ *principal) e
 		return fmt.Errorf("drain agent %s: %w", id, err)
 	}
 	writeJSON(w, http.StatusOK, map[string]any{"id": id, "draining": true})
+	return nil
+}
+
+// undrainAgent serves POST /v1/admin/agents/{id}/undrain: the agent takes
+// leases again (it keeps polling while drained).
+func (a *API) undrainAgent(w http.ResponseWriter, r *http.Request, _ *principal) error {
+	id := r.PathValue("id")
+	if !a.b.AtFSMLevel(fsm.LevelLeaseTTL) {
+		// A server of an older build would stop on the command.
+		return &apiError{status: http.StatusServiceUnavailable, typ: typeServer, code: codeUnavailable,
+			message: "Undrain is not available until every coordinator runs a build that supports it; retry after the upgrade, or restart the agent (a restart undrains it)."}
+	}
+	if err := a.b.UndrainAgent(r.Context(), id); err != nil {
+		return fmt.Errorf("undrain agent %s: %w", id, err)
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"id": id, "draining": false})
 	return nil
 }

@@ -223,6 +223,9 @@ func (a *API) Handler() http.Handler {
 	route("/v1/admin/agents/{id}/drain", map[string]endpoint{
 		http.MethodPost: ep(accessAdmin, a.drainAgent).audited(auditAgentDrain),
 	})
+	route("/v1/admin/agents/{id}/undrain", map[string]endpoint{
+		http.MethodPost: ep(accessAdmin, a.undrainAgent).audited(auditAgentUndrain),
+	})
 	for _, path := range []string{"/v1/chat/completions", "/v1/completions", "/v1/embeddings"} {
 		route(path, map[string]endpoint{
 			http.MethodPost: ep(accessInference, a.inference).body(MaxInferenceBodyBytes),

@@ -23,6 +23,7 @@ const (
 	auditSnapshotSave    = "cluster.snapshot_save"
 	auditSnapshotRestore = "cluster.snapshot_restore"
 	auditAgentDrain      = "agent.drain"
+	auditAgentUndrain    = "agent.undrain"
 )
 
 // Outcomes of an audit record: the action was done, refused for lack of

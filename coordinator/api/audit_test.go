@@ -152,6 +152,8 @@ func TestAuditClusterAndAgents(t *testing.T) {
 		{http.MethodPost, "/v1/admin/cluster/snapshot/restore", "junk", []any{"action", "cluster.snapshot_restore", "outcome", "error"}},
 		{http.MethodPost, "/v1/admin/agents/a1/drain", nil, []any{"action", "agent.drain", "target", "a1", "outcome", "ok"}},
 		{http.MethodPost, "/v1/admin/agents/a9/drain", nil, []any{"action", "agent.drain", "target", "a9", "outcome", "error"}},
+		{http.MethodPost, "/v1/admin/agents/a1/undrain", nil, []any{"action", "agent.undrain", "target", "a1", "outcome", "ok"}},
+		{http.MethodPost, "/v1/admin/agents/a9/undrain", nil, []any{"action", "agent.undrain", "target", "a9", "outcome", "error"}},
 	}
 	for _, tc := range cases {
 		var r response

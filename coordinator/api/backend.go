@@ -44,6 +44,8 @@ type Backend interface {
 	// DrainAgent stops giving an agent leases and asks it to hand back the
 	// ones it holds.
 	DrainAgent(ctx context.Context, id string) error
+	// UndrainAgent lets a draining agent take leases again.
+	UndrainAgent(ctx context.Context, id string) error
 	// Now is the clock used to stamp ids and timestamps.
 	Now() time.Time
 	// AtFSMLevel reports whether every server of the raft configuration

@@ -174,6 +174,13 @@ func (b *fakeBackend) DrainAgent(_ context.Context, id string) error {
 	return nil
 }
 
+func (b *fakeBackend) UndrainAgent(_ context.Context, id string) error {
+	if id != "a1" {
+		return fsm.ErrNotFound
+	}
+	return nil
+}
+
 func (b *fakeBackend) StateFresh() error {
 	b.mu.Lock()
 	defer b.mu.Unlock()

@@ -54,6 +54,7 @@ const (
 	CommandType_COMMAND_TYPE_COMPLETE_PART    CommandType = 21
 	CommandType_COMMAND_TYPE_COMPACT_BATCH    CommandType = 22
 	CommandType_COMMAND_TYPE_MERGE_FILE_PARTS CommandType = 23
+	CommandType_COMMAND_TYPE_UNDRAIN_AGENT    CommandType = 24
 )
 
 // Enum value maps for CommandType.
@@ -83,6 +84,7 @@ var (
 		21: "COMMAND_TYPE_COMPLETE_PART",
 		22: "COMMAND_TYPE_COMPACT_BATCH",
 		23: "COMMAND_TYPE_MERGE_FILE_PARTS",
+		24: "COMMAND_TYPE_UNDRAIN_AGENT",
 	}
 	CommandType_value = map[string]int32{
 		"COMMAND_TYPE_UNSPECIFIED":      0,
@@ -109,6 +111,7 @@ var (
 		"COMMAND_TYPE_COMPLETE_PART":    21,
 		"COMMAND_TYPE_COMPACT_BATCH":    22,
 		"COMMAND_TYPE_MERGE_FILE_PARTS": 23,
+		"COMMAND_TYPE_UNDRAIN_AGENT":    24,
 	}
 )
 
@@ -2379,7 +2382,11 @@ type GrantLease struct {
 	// within_window, set from FSM level 7 on, refuses the grant once the
 	// batch's completion window has ended at the command's (the leader's)
 	// time, whatever the clock of the coordinator that proposed it.
-	WithinWindow  bool `protobuf:"varint,6,opt,name=within_window,json=withinWindow,proto3" json:"within_window,omitempty"`
+	WithinWindow bool `protobuf:"varint,6,opt,name=within_window,json=withinWindow,proto3" json:"within_window,omitempty"`
+	// ttl_ms, set from FSM level 8 on, makes the lease expire ttl_ms after
+	// the command's (the leader's) time, whatever the clock of the
+	// coordinator that proposed it; expires_at is then ignored.
+	TtlMs         int64 `protobuf:"varint,7,opt,name=ttl_ms,json=ttlMs,proto3" json:"ttl_ms,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2456,12 +2463,21 @@ func (x *GrantLease) GetWithinWindow() bool {
 	return false
 }
 
+func (x *GrantLease) GetTtlMs() int64 {
+	if x != nil {
+		return x.TtlMs
+	}
+	return 0
+}
+
 type RenewLease struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	BatchId       string                 `protobuf:"bytes,1,opt,name=batch_id,json=batchId,proto3" json:"batch_id,omitempty"`
-	Chunk         uint32                 `protobuf:"varint,2,opt,name=chunk,proto3" json:"chunk,omitempty"`
-	Token         uint64                 `protobuf:"varint,3,opt,name=token,proto3" json:"token,omitempty"`
-	ExpiresAt     int64                  `protobuf:"varint,4,opt,name=expires_at,json=expiresAt,proto3" json:"expires_at,omitempty"`
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	BatchId   string                 `protobuf:"bytes,1,opt,name=batch_id,json=batchId,proto3" json:"batch_id,omitempty"`
+	Chunk     uint32                 `protobuf:"varint,2,opt,name=chunk,proto3" json:"chunk,omitempty"`
+	Token     uint64                 `protobuf:"varint,3,opt,name=token,proto3" json:"token,omitempty"`
+	ExpiresAt int64                  `protobuf:"varint,4,opt,name=expires_at,json=expiresAt,proto3" json:"expires_at,omitempty"`
+	// ttl_ms, set from FSM level 8 on: as GrantLease.ttl_ms.
+	TtlMs         int64 `protobuf:"varint,5,opt,name=ttl_ms,json=ttlMs,proto3" json:"ttl_ms,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2520,6 +2536,13 @@ func (x *RenewLease) GetToken() uint64 {
 func (x *RenewLease) GetExpiresAt() int64 {
 	if x != nil {
 		return x.ExpiresAt
+	}
+	return 0
+}
+
+func (x *RenewLease) GetTtlMs() int64 {
+	if x != nil {
+		return x.TtlMs
 	}
 	return 0
 }
@@ -3265,6 +3288,51 @@ func (x *DrainAgent) GetAgentId() string {
 	return ""
 }
 
+// UndrainAgent (FSM level 8) lets a draining agent take leases again.
+type UndrainAgent struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	AgentId       string                 `protobuf:"bytes,1,opt,name=agent_id,json=agentId,proto3" json:"agent_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UndrainAgent) Reset() {
+	*x = UndrainAgent{}
+	mi := &file_vbatch_v1_state_proto_msgTypes[39]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UndrainAgent) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UndrainAgent) ProtoMessage() {}
+
+func (x *UndrainAgent) ProtoReflect() protoreflect.Message {
+	mi := &file_vbatch_v1_state_proto_msgTypes[39]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UndrainAgent.ProtoReflect.Descriptor instead.
+func (*UndrainAgent) Descriptor() ([]byte, []int) {
+	return file_vbatch_v1_state_proto_rawDescGZIP(), []int{39}
+}
+
+func (x *UndrainAgent) GetAgentId() string {
+	if x != nil {
+		return x.AgentId
+	}
+	return ""
+}
+
 // Result is what applying a command returns to its proposer.
 type Result struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -3278,7 +3346,7 @@ type Result struct {
 
 func (x *Result) Reset() {
 	*x = Result{}
-	mi := &file_vbatch_v1_state_proto_msgTypes[39]
+	mi := &file_vbatch_v1_state_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3290,7 +3358,7 @@ func (x *Result) String() string {
 func (*Result) ProtoMessage() {}
 
 func (x *Result) ProtoReflect() protoreflect.Message {
-	mi := &file_vbatch_v1_state_proto_msgTypes[39]
+	mi := &file_vbatch_v1_state_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3303,7 +3371,7 @@ func (x *Result) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Result.ProtoReflect.Descriptor instead.
 func (*Result) Descriptor() ([]byte, []int) {
-	return file_vbatch_v1_state_proto_rawDescGZIP(), []int{39}
+	return file_vbatch_v1_state_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *Result) GetCode() string {
@@ -3344,7 +3412,7 @@ type SnapshotRecord struct {
 
 func (x *SnapshotRecord) Reset() {
 	*x = SnapshotRecord{}
-	mi := &file_vbatch_v1_state_proto_msgTypes[40]
+	mi := &file_vbatch_v1_state_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3356,7 +3424,7 @@ func (x *SnapshotRecord) String() string {
 func (*SnapshotRecord) ProtoMessage() {}
 
 func (x *SnapshotRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_vbatch_v1_state_proto_msgTypes[40]
+	mi := &file_vbatch_v1_state_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3369,7 +3437,7 @@ func (x *SnapshotRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SnapshotRecord.ProtoReflect.Descriptor instead.
 func (*SnapshotRecord) Descriptor() ([]byte, []int) {
-	return file_vbatch_v1_state_proto_rawDescGZIP(), []int{40}
+	return file_vbatch_v1_state_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *SnapshotRecord) GetRecord() isSnapshotRecord_Record {
@@ -3472,7 +3540,7 @@ type SnapshotHeader struct {
 
 func (x *SnapshotHeader) Reset() {
 	*x = SnapshotHeader{}
-	mi := &file_vbatch_v1_state_proto_msgTypes[41]
+	mi := &file_vbatch_v1_state_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3484,7 +3552,7 @@ func (x *SnapshotHeader) String() string {
 func (*SnapshotHeader) ProtoMessage() {}
 
 func (x *SnapshotHeader) ProtoReflect() protoreflect.Message {
-	mi := &file_vbatch_v1_state_proto_msgTypes[41]
+	mi := &file_vbatch_v1_state_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3497,7 +3565,7 @@ func (x *SnapshotHeader) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SnapshotHeader.ProtoReflect.Descriptor instead.
 func (*SnapshotHeader) Descriptor() ([]byte, []int) {
-	return file_vbatch_v1_state_proto_rawDescGZIP(), []int{41}
+	return file_vbatch_v1_state_proto_rawDescGZIP(), []int{42}
 }
 
 func (x *SnapshotHeader) GetVersion() uint32 {
@@ -3712,7 +3780,7 @@ const file_vbatch_v1_state_proto_rawDesc = "" +
 	"\rRegisterAgent\x12&\n" +
 	"\x05agent\x18\x01 \x01(\v2\x10.vbatch.v1.AgentR\x05agent\"(\n" +
 	"\vRemoveAgent\x12\x19\n" +
-	"\bagent_id\x18\x01 \x01(\tR\aagentId\"\xbb\x01\n" +
+	"\bagent_id\x18\x01 \x01(\tR\aagentId\"\xd2\x01\n" +
 	"\n" +
 	"GrantLease\x12\x19\n" +
 	"\bbatch_id\x18\x01 \x01(\tR\abatchId\x12\x14\n" +
@@ -3722,14 +3790,16 @@ const file_vbatch_v1_state_proto_rawDesc = "" +
 	"expires_at\x18\x04 \x01(\x03R\texpiresAt\x12\x1d\n" +
 	"\n" +
 	"request_id\x18\x05 \x01(\tR\trequestId\x12#\n" +
-	"\rwithin_window\x18\x06 \x01(\bR\fwithinWindow\"r\n" +
+	"\rwithin_window\x18\x06 \x01(\bR\fwithinWindow\x12\x15\n" +
+	"\x06ttl_ms\x18\a \x01(\x03R\x05ttlMs\"\x89\x01\n" +
 	"\n" +
 	"RenewLease\x12\x19\n" +
 	"\bbatch_id\x18\x01 \x01(\tR\abatchId\x12\x14\n" +
 	"\x05chunk\x18\x02 \x01(\rR\x05chunk\x12\x14\n" +
 	"\x05token\x18\x03 \x01(\x04R\x05token\x12\x1d\n" +
 	"\n" +
-	"expires_at\x18\x04 \x01(\x03R\texpiresAt\"\x90\x01\n" +
+	"expires_at\x18\x04 \x01(\x03R\texpiresAt\x12\x15\n" +
+	"\x06ttl_ms\x18\x05 \x01(\x03R\x05ttlMs\"\x90\x01\n" +
 	"\n" +
 	"CommitPart\x12\x19\n" +
 	"\bbatch_id\x18\x01 \x01(\tR\abatchId\x12\x14\n" +
@@ -3781,6 +3851,8 @@ const file_vbatch_v1_state_proto_rawDesc = "" +
 	"\x0eprogress_given\x18\b \x01(\bR\rprogressGiven\"'\n" +
 	"\n" +
 	"DrainAgent\x12\x19\n" +
+	"\bagent_id\x18\x01 \x01(\tR\aagentId\")\n" +
+	"\fUndrainAgent\x12\x19\n" +
 	"\bagent_id\x18\x01 \x01(\tR\aagentId\"L\n" +
 	"\x06Result\x12\x12\n" +
 	"\x04code\x18\x01 \x01(\tR\x04code\x12\x18\n" +
@@ -3796,7 +3868,7 @@ const file_vbatch_v1_state_proto_rawDesc = "" +
 	"\x0eSnapshotHeader\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\rR\aversion\x12\x1e\n" +
 	"\vnow_unix_ms\x18\x02 \x01(\x03R\tnowUnixMs\x12#\n" +
-	"\rapplied_index\x18\x03 \x01(\x04R\fappliedIndex*\xfe\x05\n" +
+	"\rapplied_index\x18\x03 \x01(\x04R\fappliedIndex*\x9e\x06\n" +
 	"\vCommandType\x12\x1c\n" +
 	"\x18COMMAND_TYPE_UNSPECIFIED\x10\x00\x12\x1f\n" +
 	"\x1bCOMMAND_TYPE_CREATE_API_KEY\x10\x01\x12\x1f\n" +
@@ -3822,7 +3894,8 @@ const file_vbatch_v1_state_proto_rawDesc = "" +
 	"\x18COMMAND_TYPE_DRAIN_AGENT\x10\x14\x12\x1e\n" +
 	"\x1aCOMMAND_TYPE_COMPLETE_PART\x10\x15\x12\x1e\n" +
 	"\x1aCOMMAND_TYPE_COMPACT_BATCH\x10\x16\x12!\n" +
-	"\x1dCOMMAND_TYPE_MERGE_FILE_PARTS\x10\x17*e\n" +
+	"\x1dCOMMAND_TYPE_MERGE_FILE_PARTS\x10\x17\x12\x1e\n" +
+	"\x1aCOMMAND_TYPE_UNDRAIN_AGENT\x10\x18*e\n" +
 	"\x05Scope\x12\x15\n" +
 	"\x11SCOPE_UNSPECIFIED\x10\x00\x12\x0f\n" +
 	"\vSCOPE_ADMIN\x10\x01\x12\x0f\n" +
@@ -3860,7 +3933,7 @@ func file_vbatch_v1_state_proto_rawDescGZIP() []byte {
 }
 
 var file_vbatch_v1_state_proto_enumTypes = make([]protoimpl.EnumInfo, 4)
-var file_vbatch_v1_state_proto_msgTypes = make([]protoimpl.MessageInfo, 43)
+var file_vbatch_v1_state_proto_msgTypes = make([]protoimpl.MessageInfo, 44)
 var file_vbatch_v1_state_proto_goTypes = []any{
 	(CommandType)(0),       // 0: vbatch.v1.CommandType
 	(Scope)(0),             // 1: vbatch.v1.Scope
@@ -3905,10 +3978,11 @@ var file_vbatch_v1_state_proto_goTypes = []any{
 	(*BeginFinalize)(nil),  // 40: vbatch.v1.BeginFinalize
 	(*FinishBatch)(nil),    // 41: vbatch.v1.FinishBatch
 	(*DrainAgent)(nil),     // 42: vbatch.v1.DrainAgent
-	(*Result)(nil),         // 43: vbatch.v1.Result
-	(*SnapshotRecord)(nil), // 44: vbatch.v1.SnapshotRecord
-	(*SnapshotHeader)(nil), // 45: vbatch.v1.SnapshotHeader
-	nil,                    // 46: vbatch.v1.Batch.MetadataEntry
+	(*UndrainAgent)(nil),   // 43: vbatch.v1.UndrainAgent
+	(*Result)(nil),         // 44: vbatch.v1.Result
+	(*SnapshotRecord)(nil), // 45: vbatch.v1.SnapshotRecord
+	(*SnapshotHeader)(nil), // 46: vbatch.v1.SnapshotHeader
+	nil,                    // 47: vbatch.v1.Batch.MetadataEntry
 }
 var file_vbatch_v1_state_proto_depIdxs = []int32{
 	0,  // 0: vbatch.v1.Envelope.type:type_name -> vbatch.v1.CommandType
@@ -3921,7 +3995,7 @@ var file_vbatch_v1_state_proto_depIdxs = []int32{
 	3,  // 7: vbatch.v1.Chunk.state:type_name -> vbatch.v1.ChunkState
 	12, // 8: vbatch.v1.Chunk.lease:type_name -> vbatch.v1.Lease
 	13, // 9: vbatch.v1.Chunk.parts:type_name -> vbatch.v1.Part
-	46, // 10: vbatch.v1.Batch.metadata:type_name -> vbatch.v1.Batch.MetadataEntry
+	47, // 10: vbatch.v1.Batch.metadata:type_name -> vbatch.v1.Batch.MetadataEntry
 	2,  // 11: vbatch.v1.Batch.status:type_name -> vbatch.v1.BatchStatus
 	15, // 12: vbatch.v1.Batch.request_counts:type_name -> vbatch.v1.RequestCounts
 	10, // 13: vbatch.v1.Batch.errors:type_name -> vbatch.v1.BatchError
@@ -3946,7 +4020,7 @@ var file_vbatch_v1_state_proto_depIdxs = []int32{
 	8,  // 32: vbatch.v1.SnapshotRecord.file:type_name -> vbatch.v1.File
 	16, // 33: vbatch.v1.SnapshotRecord.batch:type_name -> vbatch.v1.Batch
 	18, // 34: vbatch.v1.SnapshotRecord.agent:type_name -> vbatch.v1.Agent
-	45, // 35: vbatch.v1.SnapshotRecord.header:type_name -> vbatch.v1.SnapshotHeader
+	46, // 35: vbatch.v1.SnapshotRecord.header:type_name -> vbatch.v1.SnapshotHeader
 	36, // [36:36] is the sub-list for method output_type
 	36, // [36:36] is the sub-list for method input_type
 	36, // [36:36] is the sub-list for extension type_name
@@ -3959,7 +4033,7 @@ func file_vbatch_v1_state_proto_init() {
 	if File_vbatch_v1_state_proto != nil {
 		return
 	}
-	file_vbatch_v1_state_proto_msgTypes[40].OneofWrappers = []any{
+	file_vbatch_v1_state_proto_msgTypes[41].OneofWrappers = []any{
 		(*SnapshotRecord_ApiKey)(nil),
 		(*SnapshotRecord_File)(nil),
 		(*SnapshotRecord_Batch)(nil),
@@ -3972,7 +4046,7 @@ func file_vbatch_v1_state_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_vbatch_v1_state_proto_rawDesc), len(file_vbatch_v1_state_proto_rawDesc)),
 			NumEnums:      4,
-			NumMessages:   43,
+			NumMessages:   44,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
