@@ -3,6 +3,8 @@ package agent
 import (
 	"context"
 	"errors"
+	"net/http"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -165,5 +167,48 @@ func TestHeadLineThatCrashesAloneAgainIsFailed(t *testing.T) {
 				t.Fatalf("crashing requests counted %v", got)
 			}
 		})
+	}
+}
+
+// TestRevokeEndsIsolatedLineWaitingForEngine: an isolated line waiting for
+// the engine lock (an online request holds the engine) is given up the
+// moment its lease is revoked; the lease ends at once instead of when the
+// online request, up to its 10-minute timeout, lets go.
+func TestRevokeEndsIsolatedLineWaitingForEngine(t *testing.T) {
+	coord := newFakeCoord(t, inputLines(10))
+	coord.state = "held" // no grant until the online request holds the engine
+	coord.leaseHook = func(_ *fakeCoord, resp *vbatchv1.LeaseResponse) { resp.IsolateUntil = 10 }
+	var revoke atomic.Bool
+	coord.renewHook = func(*fakeCoord) vbatchv1.LeaseVerdict {
+		if revoke.Load() {
+			return vbatchv1.LeaseVerdict_LEASE_VERDICT_REVOKED
+		}
+		return vbatchv1.LeaseVerdict_LEASE_VERDICT_OK
+	}
+	fe := newFakeEngine()
+	eng, entered, release := heldEngine(fe)
+	defer close(release)
+	a, base := onlineAgent(t, coord, eng, func(c *Config) { c.DrainTimeout = time.Hour })
+
+	go func() {
+		ctx, cancel := context.WithCancel(context.Background())
+		defer cancel()
+		req, _ := http.NewRequestWithContext(ctx, http.MethodPost, base+"/v1/chat/completions", strings.NewReader(`{"model":"test-model"}`))
+		if resp, err := http.DefaultClient.Do(req); err == nil {
+			resp.Body.Close()
+		}
+	}()
+	<-entered
+	coord.with(func() { coord.state = "pending" })
+	waitFor(t, "the isolated line to wait for the engine", func() bool { return exclusiveWaiting(a) })
+	revoke.Store(true)
+	waitFor(t, "the revoked lease to end", func() bool {
+		return counter(t, a.metrics.ChunksProcessed.WithLabelValues(chunkRevoked)) == 1
+	})
+	if n := fe.attemptsOf(0); n != 0 {
+		t.Fatalf("line 0 reached the engine %d times", n)
+	}
+	if exclusiveWaiting(a) {
+		t.Fatal("the abandoned line still waits for the engine lock")
 	}
 }

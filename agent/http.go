@@ -105,8 +105,8 @@ func (a *Agent) handleEngineMetrics(w http.ResponseWriter, r *http.Request) {
 // the coordinator tries another agent only with one that surely did not
 // (a poison request must not crash every engine, nor a long generation
 // run three times):
-//   - 503 marked NotSentHeader: nothing was sent (the engine is down, or
-//     its connection could not be made);
+//   - 503 marked NotSentHeader: nothing was sent (the engine is down, its
+//     connection could not be made, or an isolated batch line has it);
 //   - 504 (code "timeout"): the agent's request timeout ran out;
 //   - 502: the request went and the engine failed under it.
 //
@@ -127,14 +127,20 @@ func (a *Agent) handleOnline(w http.ResponseWriter, r *http.Request) {
 		writeNotSent(w, "the engine on this agent is not serving (starting or restarting)")
 		return
 	}
+	// Online requests share the engine like batch requests do, so a batch
+	// line isolated to find a request that crashes the engine runs alone.
+	// While one runs, or waits for the engine, the request is not held
+	// here (for as long as the isolated line and the requests before it
+	// take) but answered at once, for the coordinator to try another agent.
+	if !a.runner.exclusive.tryShared() {
+		writeNotSent(w, "a batch request isolated to find one that crashes the engine has the engine to itself")
+		return
+	}
 	ctx, cancel := context.WithTimeout(r.Context(), a.cfg.RequestTimeout)
 	defer cancel()
 	tw := &trackingWriter{ResponseWriter: w}
-	// Online requests share the engine like batch requests do, so a batch
-	// line isolated to find a request that crashes the engine runs alone.
-	a.runner.exclusive.RLock()
 	err = a.eng.Proxy(ctx, r.URL.Path, body, tw)
-	a.runner.exclusive.RUnlock()
+	a.runner.exclusive.unlockShared()
 	if err == nil {
 		return
 	}

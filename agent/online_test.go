@@ -73,14 +73,13 @@ func (e proxyEngine) Proxy(ctx context.Context, _ string, _ []byte, w http.Respo
 	return e.proxy(ctx, w)
 }
 
-// onlineAgent starts an agent on eng with the given request timeout and
-// returns the base URL of its HTTP surface.
-func onlineAgent(t *testing.T, eng engine.Engine, requestTimeout time.Duration) string {
+// onlineAgent starts an agent on eng, its config changed by mutate (when
+// set), and returns it with the base URL of its HTTP surface.
+func onlineAgent(t *testing.T, coord *fakeCoord, eng engine.Engine, mutate func(*Config)) (*Agent, string) {
 	t.Helper()
-	coord := newFakeCoord(t, nil)
 	cfg := testConfig(t, coord, "agent-online")
-	if requestTimeout > 0 {
-		cfg.RequestTimeout = requestTimeout
+	if mutate != nil {
+		mutate(&cfg)
 	}
 	a := New(cfg, eng, fakeGPUs{}, nil)
 	runAgent(t, a)
@@ -93,14 +92,17 @@ func onlineAgent(t *testing.T, eng engine.Engine, requestTimeout time.Duration) 
 		})
 		return base != ""
 	})
-	return base
+	return a, base
 }
 
 // postOnline sends one online request and returns its status, the
 // not-sent marker and the body.
 func postOnline(t *testing.T, base string) (int, string, string) {
 	t.Helper()
-	resp, err := http.Post(base+"/v1/chat/completions", "application/json", strings.NewReader(`{"model":"test-model"}`))
+	// A request held where it should be answered fails the test rather
+	// than hanging it.
+	c := &http.Client{Timeout: 5 * time.Second}
+	resp, err := c.Post(base+"/v1/chat/completions", "application/json", strings.NewReader(`{"model":"test-model"}`))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -145,7 +147,7 @@ func TestOnlineStatusSaysWhetherSent(t *testing.T) {
 			return fmt.Errorf("post /v1/chat/completions: %w", ctx.Err())
 		}
 	}}
-	base := onlineAgent(t, eng, 200*time.Millisecond)
+	_, base := onlineAgent(t, newFakeCoord(t, nil), eng, func(c *Config) { c.RequestTimeout = 200 * time.Millisecond })
 	setHealthy := func(ok bool) { fe.mu.Lock(); fe.healthy = ok; fe.mu.Unlock() }
 
 	for _, tc := range []struct {
@@ -167,5 +169,81 @@ func TestOnlineStatusSaysWhetherSent(t *testing.T) {
 			t.Errorf("%s (healthy %v): %d, not-sent %q, %s; want %d, not-sent %q, an OpenAI error with %s",
 				tc.mode, tc.healthy, status, notSent, body, tc.status, tc.notSent, tc.code)
 		}
+	}
+}
+
+// heldEngine holds every online request on the engine until release is
+// closed (or the request's context ends); entered gets one value per
+// request that reached it.
+func heldEngine(fe *fakeEngine) (eng proxyEngine, entered chan struct{}, release chan struct{}) {
+	entered, release = make(chan struct{}, 16), make(chan struct{})
+	eng = proxyEngine{fakeEngine: fe, proxy: func(ctx context.Context, w http.ResponseWriter) error {
+		entered <- struct{}{}
+		select {
+		case <-release:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+		w.Header().Set("Content-Type", "application/json")
+		_, err := io.WriteString(w, `{"ok":true}`)
+		return err
+	}}
+	return eng, entered, release
+}
+
+// exclusiveWaiting reports whether the engine lock is held alone or waited
+// for alone: a shared request would have to wait.
+func exclusiveWaiting(a *Agent) bool {
+	if a.runner.exclusive.tryShared() {
+		a.runner.exclusive.unlockShared()
+		return false
+	}
+	return true
+}
+
+// TestOnlineDuringIsolationIsTurnedAway: while a crash-isolated batch line
+// has the engine to itself, or waits for it, an online request is answered
+// 503 marked not sent at once (for the coordinator to try another agent),
+// not held behind it.
+func TestOnlineDuringIsolationIsTurnedAway(t *testing.T) {
+	eng, entered, release := heldEngine(newFakeEngine())
+	a, base := onlineAgent(t, newFakeCoord(t, nil), eng, nil)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+
+	// An isolated line holds the engine.
+	if err := a.runner.exclusive.lock(ctx); err != nil {
+		t.Fatal(err)
+	}
+	status, notSent, body := postOnline(t, base)
+	a.runner.exclusive.unlock()
+	if status != http.StatusServiceUnavailable || notSent != "1" {
+		t.Fatalf("online beside an isolated line: %d, not-sent %q, %s; want 503 marked not sent", status, notSent, body)
+	}
+
+	// An online request holds the engine, and an isolated line waits for
+	// it: the next online request is turned away, not queued behind both.
+	first := make(chan int, 1)
+	go func() { s, _, _ := postOnline(t, base); first <- s }()
+	<-entered
+	waited := make(chan error, 1)
+	go func() {
+		err := a.runner.exclusive.lock(ctx)
+		if err == nil {
+			a.runner.exclusive.unlock()
+		}
+		waited <- err
+	}()
+	waitFor(t, "the isolated line to wait", func() bool { return exclusiveWaiting(a) })
+	status, notSent, body = postOnline(t, base)
+	if status != http.StatusServiceUnavailable || notSent != "1" {
+		t.Fatalf("online while an isolated line waits: %d, not-sent %q, %s; want 503 marked not sent", status, notSent, body)
+	}
+	close(release)
+	if s := <-first; s != http.StatusOK {
+		t.Fatalf("the online request that held the engine: %d", s)
+	}
+	if err := <-waited; err != nil {
+		t.Fatalf("isolated line: %v", err)
 	}
 }

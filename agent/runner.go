@@ -9,7 +9,6 @@ import (
 	"net"
 	"net/http"
 	"strconv"
-	"sync"
 	"sync/atomic"
 	"time"
 
@@ -70,10 +69,10 @@ type lineResult struct {
 type runner struct {
 	eng   engine.Engine
 	slots chan struct{}
-	// exclusive is held shared by every batch request in flight and alone
-	// by an isolated one, so that nothing else of this agent's batches runs
-	// beside it.
-	exclusive  sync.RWMutex
+	// exclusive is held shared by every batch and online request in
+	// flight and alone by an isolated one, so that nothing else of this
+	// agent runs beside it.
+	exclusive  *engineLock
 	retryMax   int
 	backoff    time.Duration
 	backoffMax time.Duration
@@ -93,6 +92,7 @@ func newRunner(cfg Config, eng engine.Engine, m *metrics, log *slog.Logger) *run
 	return &runner{
 		eng:        eng,
 		slots:      make(chan struct{}, cfg.Concurrency),
+		exclusive:  newEngineLock(),
 		retryMax:   cfg.RetryMax,
 		backoff:    cfg.RetryBackoff,
 		backoffMax: cfg.RetryBackoffMax,
@@ -203,14 +203,19 @@ func (r *runner) run(ctx context.Context, lineNo int64, raw []byte, mode lineMod
 // do makes one engine call, alone on the engine or beside others, and
 // records its metrics. It sends nothing (errEngineDown) if the engine is
 // unhealthy once its turn comes: waiting for the lock may have outlasted
-// the engine.
+// the engine. Waiting for the lock ends with ctx (a revoked lease, a
+// drain that timed out), with ctx's error.
 func (r *runner) do(ctx context.Context, in inputLine, mode lineMode) (int, []byte, error) {
 	if mode.alone {
-		r.exclusive.Lock()
-		defer r.exclusive.Unlock()
+		if err := r.exclusive.lock(ctx); err != nil {
+			return 0, nil, err
+		}
+		defer r.exclusive.unlock()
 	} else {
-		r.exclusive.RLock()
-		defer r.exclusive.RUnlock()
+		if err := r.exclusive.lockShared(ctx); err != nil {
+			return 0, nil, err
+		}
+		defer r.exclusive.unlockShared()
 	}
 	if !r.eng.Healthy() {
 		return 0, nil, errEngineDown
