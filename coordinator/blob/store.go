@@ -74,6 +74,9 @@ type Store struct {
 	bufPool    sync.Pool                 // BlockSize buffers for ingest
 	sumPool    sync.Pool                 // SumBlockSize buffers for verified reads
 	wrapWriter func(io.Writer) io.Writer // tests inject write failures here
+	// readFault, when set, is asked after each block read of a verified
+	// reader (at the block's offset): tests inject read errors (EIO) here.
+	readFault func(sha string, off int64) error
 
 	// locks serialize, per fan-out directory (the sha's first byte), the
 	// steps that change which blobs exist (commit, delete, quarantine,

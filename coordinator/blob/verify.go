@@ -274,7 +274,11 @@ func (r *reader) load() error {
 	start := idx * r.bs
 	n := min(r.bs, r.size-start)
 	block := (*r.bufp)[:n]
-	if _, err := r.f.ReadAt(block, start); err != nil {
+	_, err := r.f.ReadAt(block, start)
+	if err == nil && r.s.readFault != nil {
+		err = r.s.readFault(r.sha, start)
+	}
+	if err != nil {
 		if errors.Is(err, io.EOF) {
 			return r.corrupt(fmt.Sprintf("block %d truncated", idx))
 		}

@@ -8,6 +8,7 @@ import (
 	"hash/crc32"
 	"io"
 	"os"
+	"syscall"
 	"testing"
 	"testing/iotest"
 )
@@ -311,5 +312,42 @@ func TestSidecarHoldsCRC32C(t *testing.T) {
 	}
 	if !errors.Is(err, ErrCorrupt) {
 		t.Fatalf("read of a changed block: %v, want ErrCorrupt", err)
+	}
+}
+
+// TestUnreadableBlockIsCorrupt: a block the disk cannot read back (EIO, a
+// bad sector) makes the copy corrupt: quarantined and counted, so the
+// repair fetches a good one from a peer. Any other read error is the
+// reader's failure only and leaves the copy in place.
+func TestUnreadableBlockIsCorrupt(t *testing.T) {
+	s := newStore(t)
+	b := randBytes(3*SumBlockSize+10, 7)
+	sha := ingest(t, s, b)
+	var fault error
+	s.readFault = func(got string, off int64) error {
+		if got == sha && off == SumBlockSize {
+			return fault
+		}
+		return nil
+	}
+
+	fault = &os.PathError{Op: "read", Path: s.path(sha), Err: syscall.ENOMEM}
+	if _, err := readAll(s, sha); err == nil || errors.Is(err, ErrCorrupt) || !errors.Is(err, syscall.ENOMEM) {
+		t.Fatalf("read with ENOMEM: %v, want that error and not ErrCorrupt", err)
+	}
+	if !s.Has(sha) || s.Corruptions() != 0 {
+		t.Fatalf("a transient read error quarantined the blob: has=%v corruptions=%d", s.Has(sha), s.Corruptions())
+	}
+
+	fault = &os.PathError{Op: "read", Path: s.path(sha), Err: syscall.EIO}
+	got, err := readAll(s, sha)
+	if !errors.Is(err, ErrCorrupt) {
+		t.Fatalf("read with EIO: %v, want ErrCorrupt", err)
+	}
+	if !bytes.Equal(got, b[:len(got)]) || len(got) > SumBlockSize {
+		t.Fatalf("read %d bytes before the bad block, want at most the first block, intact", len(got))
+	}
+	if s.Has(sha) || !s.Quarantined(sha) || s.Corruptions() != 1 {
+		t.Fatalf("unreadable blob: has=%v quarantined=%v corruptions=%d, want quarantined and counted", s.Has(sha), s.Quarantined(sha), s.Corruptions())
 	}
 }
