@@ -265,6 +265,10 @@ func (r *leaseRun) run() string {
 				} else {
 					startStop(reasonEngineFailure)
 				}
+				// Nothing in flight will finish on a dead engine: the
+				// lines waiting for it, or hung on it, are given up now
+				// rather than after a drain.
+				r.cancelReqs()
 			}
 		}
 	}

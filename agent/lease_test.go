@@ -205,7 +205,9 @@ func TestEngineFailureReleasesLease(t *testing.T) {
 		c.PartLines = 50
 		c.PartInterval = 10 * time.Millisecond
 		c.EngineFailureTimeout = 100 * time.Millisecond
-		c.DrainTimeout = 50 * time.Millisecond
+		// The lines waiting for the engine are given up at once, not
+		// after a drain.
+		c.DrainTimeout = time.Hour
 	})
 	waitFor(t, "release", func() bool { return len(releasesOf(coord)) == 1 })
 	noViolations(t, coord)
@@ -228,7 +230,9 @@ func TestEngineHungUnderRequestsIsACrash(t *testing.T) {
 		c.PartLines = 50
 		c.PartInterval = time.Minute
 		c.EngineFailureTimeout = 100 * time.Millisecond
-		c.DrainTimeout = 50 * time.Millisecond
+		// The requests hung on the engine are given up at once, as under
+		// a crash, not after a drain.
+		c.DrainTimeout = time.Hour
 	})
 	waitFor(t, "progress 100", func() bool { return progressOf(coord) == 100 })
 	eng.mu.Lock()
