@@ -438,6 +438,9 @@ func (r *leaseRun) settle(o commitOutcome, startStop func(string)) {
 		r.log.Error("commit part", "from", o.p.from, "to", o.p.to, "err", o.err)
 		r.commitBroken = true
 		startStop(reasonCommitFailure)
+		// Nothing the lines in flight produce can be committed now: give
+		// them up rather than run out a drain for nothing.
+		r.cancelReqs()
 	}
 }
 

@@ -367,3 +367,30 @@ func TestPartRetriedForAtMostATTL(t *testing.T) {
 		}
 	})
 }
+
+// TestFailedCommitAbandonsLinesInFlight: once a part failed to commit, the
+// lease can commit nothing more, so the lines in flight are given up at
+// once rather than run out a drain for nothing.
+func TestFailedCommitAbandonsLinesInFlight(t *testing.T) {
+	coord := newFakeCoord(t, inputLines(250))
+	coord.putHook = func(*fakeCoord, *vbatchv1.PutResultsRequest) error {
+		return connect.NewError(connect.CodeInternal, errors.New("disk on fire"))
+	}
+	eng := newFakeEngine()
+	eng.do = blockFrom(50, make(chan struct{})) // never opens
+	startAgent(t, coord, eng, func(c *Config) {
+		c.PartLines = 50
+		c.PartInterval = time.Minute
+		c.DrainTimeout = time.Hour
+	})
+	waitFor(t, "release", func() bool { return len(releasesOf(coord)) == 1 })
+	noViolations(t, coord)
+	if rel, p := releasesOf(coord)[0], progressOf(coord); rel.Reason != reasonCommitFailure || p != 0 {
+		t.Errorf("release %v at progress %d; want a commit failure at 0", rel, p)
+	}
+	eng.mu.Lock()
+	defer eng.mu.Unlock()
+	if eng.cancelled == 0 {
+		t.Error("no request in flight was cancelled")
+	}
+}
