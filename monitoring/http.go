@@ -46,7 +46,7 @@ func NewHTTPMetrics(reg prometheus.Registerer) *HTTPMetrics {
 		}, []string{LabelEndpoint, LabelMethod}),
 		RequestErrors: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "vllm_request_errors_total",
-			Help: "API responses with a 4xx or 5xx status, by route pattern and status code.",
+			Help: "API responses with a 4xx or 5xx status, cut short (code aborted) or left by their client (code 499), by route pattern and code.",
 		}, []string{LabelEndpoint, LabelCode}),
 		FilesUploaded: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "vllm_files_uploaded_total",
@@ -80,11 +80,27 @@ func SetRoute(ctx context.Context, pattern string) {
 	}
 }
 
+// Codes InstrumentHTTP records for requests that got no complete answer.
+const (
+	// CodeClientGone labels a request whose client went away before it was
+	// answered in full (nginx's 499): nothing was written, or the handler
+	// aborted the answer once the client was gone.
+	CodeClientGone = "499"
+	// CodeAborted labels a request whose handler aborted the answer
+	// (http.ErrAbortHandler or another panic) while the client still
+	// waited: a stream cut because the agent or engine behind it failed.
+	CodeAborted = "aborted"
+)
+
 // InstrumentHTTP records every request next serves. The endpoint label is
 // the route pattern that matched (http.Request.Pattern, set by the
 // ServeMux inside next on the same request), never the raw path, so ids in
 // URLs cannot blow up the series count; a request no pattern matched is
-// labelled "unmatched".
+// labelled "unmatched". A request is recorded even when next panics (as
+// httputil.ReverseProxy does with http.ErrAbortHandler to cut a stream
+// short); the panic goes on up. Its code is then CodeAborted, or
+// CodeClientGone when the client had gone, as it is for a request answered
+// with nothing once the client was gone.
 func InstrumentHTTP(next http.Handler, m *HTTPMetrics) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		start := time.Now()
@@ -93,33 +109,57 @@ func InstrumentHTTP(next http.Handler, m *HTTPMetrics) http.Handler {
 		rec := &recorder{ResponseWriter: w, capture: upload}
 		slot := &routeSlot{}
 		r = r.WithContext(context.WithValue(r.Context(), routeKey{}, slot))
-		next.ServeHTTP(rec, r)
-		status := rec.status
-		if status == 0 {
-			status = http.StatusOK
-		}
-		endpoint := slot.pattern
-		if endpoint == "" {
-			endpoint = r.Pattern
-		}
-		if endpoint == "" {
-			endpoint = "unmatched"
-		}
-		method := methodLabel(r.Method)
-		code := strconv.Itoa(status)
-		m.Requests.WithLabelValues(endpoint, method, code).Inc()
-		m.Duration.WithLabelValues(endpoint, method).Observe(time.Since(start).Seconds())
-		if status >= 400 {
-			m.RequestErrors.WithLabelValues(endpoint, code).Inc()
-			m.Errors.WithLabelValues(ErrorType(status)).Inc()
-		}
-		if upload && endpoint == UploadPattern && status < 300 {
-			m.FilesUploaded.Inc()
-			if n, ok := uploadedBytes(rec.body.Bytes()); ok {
-				m.FilesBytesUploaded.Add(float64(n))
+		defer func() {
+			p := recover()
+			m.record(r, slot, rec, upload, p != nil, time.Since(start))
+			if p != nil {
+				panic(p)
 			}
-		}
+		}()
+		next.ServeHTTP(rec, r)
 	})
+}
+
+// record counts one request; aborted when its handler panicked.
+func (m *HTTPMetrics) record(r *http.Request, slot *routeSlot, rec *recorder, upload, aborted bool, took time.Duration) {
+	status := rec.status
+	clientGone := r.Context().Err() != nil
+	code := strconv.Itoa(status)
+	switch {
+	case (aborted || status == 0) && clientGone:
+		code = CodeClientGone
+	case aborted:
+		code = CodeAborted
+	case status == 0:
+		status, code = http.StatusOK, "200"
+	}
+	endpoint := slot.pattern
+	if endpoint == "" {
+		endpoint = r.Pattern
+	}
+	if endpoint == "" {
+		endpoint = "unmatched"
+	}
+	method := methodLabel(r.Method)
+	m.Requests.WithLabelValues(endpoint, method, code).Inc()
+	m.Duration.WithLabelValues(endpoint, method).Observe(took.Seconds())
+	switch {
+	case code == CodeClientGone:
+		// The client's choice, not a failed answer: no error type.
+		m.RequestErrors.WithLabelValues(endpoint, code).Inc()
+	case code == CodeAborted:
+		m.RequestErrors.WithLabelValues(endpoint, code).Inc()
+		m.Errors.WithLabelValues(CodeAborted).Inc()
+	case status >= 400:
+		m.RequestErrors.WithLabelValues(endpoint, code).Inc()
+		m.Errors.WithLabelValues(ErrorType(status)).Inc()
+	}
+	if upload && endpoint == UploadPattern && code != CodeAborted && code != CodeClientGone && status < 300 {
+		m.FilesUploaded.Inc()
+		if n, ok := uploadedBytes(rec.body.Bytes()); ok {
+			m.FilesBytesUploaded.Add(float64(n))
+		}
+	}
 }
 
 // ErrorType maps an HTTP status to the OpenAI error type the API answers
