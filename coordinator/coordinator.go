@@ -352,6 +352,7 @@ func (c *Coordinator) onMemberEvent(e gossip.Event) {
 		c.removed.forget(e.Member.Name)
 	}
 	if e.Member.Meta.Role == gossip.RoleAgent && e.Kind == "leave" {
+		c.router.agentGone(e.Member.Name)
 		select {
 		case c.agentGone <- e.Member.Name:
 		default:

@@ -34,10 +34,65 @@ type router struct {
 	mu       sync.Mutex
 	inflight map[string]*atomic.Int64
 	bodies   atomic.Int64 // bytes of the online request bodies held now
+	// scopes holds, per agent, the context its online requests in flight
+	// run under, cancelled once gossip declares the agent gone (agentGone).
+	scopes map[string]*agentScope
+	// goneGrace is agentGoneGrace; tests shorten it.
+	goneGrace time.Duration
 }
 
+// agentScope is the context one agent's online requests run under.
+type agentScope struct {
+	ctx    context.Context
+	cancel context.CancelCauseFunc
+}
+
+// agentGoneGrace is how long after gossip declares an agent gone its
+// online requests in flight are cut. An agent that drains or shuts down
+// leaves gossip first and then gives its open requests 5 s to end; one
+// that froze (its process stopped, its host up) is declared dead and
+// would otherwise hold them until their clients give up, since the proxy
+// has no response timeout (a generation may take minutes).
+const agentGoneGrace = 10 * time.Second
+
+// errAgentGone is the cause of a request cut because its agent is gone.
+var errAgentGone = errors.New("gossip declared the agent gone")
+
 func newRouter(c *Coordinator) *router {
-	return &router{c: c, inflight: map[string]*atomic.Int64{}}
+	return &router{c: c, inflight: map[string]*atomic.Int64{}, scopes: map[string]*agentScope{}, goneGrace: agentGoneGrace}
+}
+
+// scope returns the context agent's online requests run under now.
+func (r *router) scope(agent string) context.Context {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	s, ok := r.scopes[agent]
+	if !ok {
+		ctx, cancel := context.WithCancelCause(context.Background())
+		s = &agentScope{ctx: ctx, cancel: cancel}
+		r.scopes[agent] = s
+	}
+	return s.ctx
+}
+
+// agentGone cuts, goneGrace from now, the online requests in flight to an
+// agent gossip declared gone, unless the agent is back by then (a stopped
+// process resumed: its requests may still be answered). Requests sent from
+// now on get a new scope.
+func (r *router) agentGone(agent string) {
+	r.mu.Lock()
+	s, ok := r.scopes[agent]
+	delete(r.scopes, agent)
+	r.mu.Unlock()
+	if !ok {
+		return
+	}
+	time.AfterFunc(r.goneGrace, func() {
+		if _, back := r.c.pool.Member(agent); back {
+			return
+		}
+		s.cancel(errAgentGone)
+	})
 }
 
 // Models lists the models live registered agents serve, sorted by id: the
@@ -225,6 +280,13 @@ func (r *router) forward(w http.ResponseWriter, req *http.Request, body []byte, 
 	n := r.counter(agent.Name)
 	n.Add(1)
 	defer n.Add(-1)
+	// The request ends with its client, or once its agent is gone.
+	client := req.Context()
+	ctx, cancel := context.WithCancelCause(client)
+	defer cancel(nil)
+	stop := context.AfterFunc(r.scope(agent.Name), func() { cancel(errAgentGone) })
+	defer stop()
+	req = req.WithContext(ctx)
 	var failed error
 	var wrote atomic.Bool // request headers reached the agent's connection
 	target := &url.URL{Scheme: r.c.scheme(), Host: agent.Meta.RPCAddr}
@@ -250,7 +312,7 @@ func (r *router) forward(w http.ResponseWriter, req *http.Request, body []byte, 
 		FlushInterval: -1,
 		Transport:     r.c.agentTransport,
 		ErrorHandler: func(w http.ResponseWriter, pr *http.Request, err error) {
-			if pr.Context().Err() != nil {
+			if client.Err() != nil {
 				r.c.log.Debug("online request ended by the client", "agent", agent.Name, "err", err)
 				return
 			}
@@ -260,7 +322,10 @@ func (r *router) forward(w http.ResponseWriter, req *http.Request, body []byte, 
 			}
 			r.c.log.Warn("online inference proxy failed", "agent", agent.Name, "err", err)
 			status, code := http.StatusBadGateway, "agent_unreachable"
-			if errors.Is(err, context.DeadlineExceeded) {
+			switch {
+			case errors.Is(context.Cause(ctx), errAgentGone):
+				code = "agent_gone"
+			case errors.Is(err, context.DeadlineExceeded):
 				status, code = http.StatusGatewayTimeout, "agent_timeout"
 			}
 			w.Header().Set("Content-Type", "application/json")

@@ -47,8 +47,8 @@ func fakeOnlineAgentFunc(t *testing.T, leader *Coordinator, name string, h http.
 }
 
 // joinFakeAgent registers name as an agent serving model "m" at addr and
-// joins it to gossip.
-func joinFakeAgent(t *testing.T, leader *Coordinator, name, addr string) {
+// joins it to gossip with the pool it returns.
+func joinFakeAgent(t *testing.T, leader *Coordinator, name, addr string) *gossip.Pool {
 	t.Helper()
 	pool, err := gossip.Start(gossip.Config{
 		Name: name, BindAddr: "127.0.0.1:0", Label: leader.cfg.ClusterName,
@@ -65,6 +65,7 @@ func joinFakeAgent(t *testing.T, leader *Coordinator, name, addr string) {
 		t.Fatal(err)
 	}
 	waitFor(t, 10*time.Second, "gossip listing "+name, func() bool { _, ok := leader.pool.Member(name); return ok })
+	return pool
 }
 
 // online sends one online request through the router.
@@ -171,5 +172,56 @@ func TestOnlineRetriesOnlyWhatWasNotSent(t *testing.T) {
 		if rec.Header().Get(agentNotSentHeader) != "" {
 			t.Errorf("a1 failing with %s: the not-sent marker reached the client", tc.fail)
 		}
+	}
+}
+
+// TestOnlineToGoneAgentIsCut: an online request in flight to an agent that
+// gossip then declares gone (here it leaves; a frozen agent is declared
+// dead the same way) is cut once the grace for a draining agent's open
+// requests has passed, and answered 502, rather than hanging until the
+// client gives up (the proxy's transport has no response timeout: a
+// generation may take minutes).
+func TestOnlineToGoneAgentIsCut(t *testing.T) {
+	nodes := startCluster(t, 1)
+	leader := waitLeader(t, nodes)
+	r := leader.router
+	r.goneGrace = 10 * time.Millisecond
+	frozen := make(chan struct{})
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var hits atomic.Int64
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		hits.Add(1)
+		select { // never answers, as a stopped process
+		case <-frozen:
+		case <-r.Context().Done():
+		}
+	})}
+	go func() { _ = srv.Serve(ln) }()
+	t.Cleanup(func() { close(frozen); _ = srv.Close() })
+	pool := joinFakeAgent(t, leader, "a", ln.Addr().String())
+
+	done := make(chan *httptest.ResponseRecorder, 1)
+	go func() {
+		rec := httptest.NewRecorder()
+		req := httptest.NewRequest("POST", "/v1/chat/completions", strings.NewReader(`{"model":"m","messages":[]}`))
+		if err := r.ServeInference(rec, req); err != nil {
+			t.Errorf("ServeInference: %v", err)
+		}
+		done <- rec
+	}()
+	waitFor(t, 10*time.Second, "the request to reach the agent", func() bool { return hits.Load() == 1 })
+	if err := pool.Leave(time.Second); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case rec := <-done:
+		if rec.Code != http.StatusBadGateway || !strings.Contains(rec.Body.String(), "agent_gone") {
+			t.Fatalf("request to a gone agent: %d %s; want 502 agent_gone", rec.Code, rec.Body)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the request to a gone agent still hangs")
 	}
 }
