@@ -25,8 +25,11 @@ func (c *Coordinator) expireFiles(ctx context.Context) {
 		}
 	})
 	sort.Strings(expired)
+	// From level 9 the delete keeps the file's list position, so a client
+	// paging with it as the cursor goes on after it.
+	keep := c.clusterAtFSMLevel(fsm.LevelFileTombstones)
 	for _, id := range expired[:min(len(expired), housekeepBatch)] {
-		_, err := c.applyAsLeader(ctx, &vbatchv1.DeleteFile{Id: id})
+		_, err := c.applyAsLeader(ctx, &vbatchv1.DeleteFile{Id: id, KeepPosition: keep})
 		switch {
 		case err == nil:
 			c.log.Info("expired file deleted", "file", id)

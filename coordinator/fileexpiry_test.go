@@ -47,8 +47,8 @@ func consistentView(t testing.TB, ctx context.Context, c *Coordinator, fn func(s
 }
 
 // TestLeaderDeletesExpiredFiles: a file past its expires_after is deleted
-// by the leader, except while a live batch still reads it; once that batch
-// ends, it goes too.
+// by the leader, keeping its list position, except while a live batch
+// still reads it; once that batch ends, it goes too.
 func TestLeaderDeletesExpiredFiles(t *testing.T) {
 	nodes := startCluster(t, 3)
 	c := follower(nodes)
@@ -67,6 +67,12 @@ func TestLeaderDeletesExpiredFiles(t *testing.T) {
 		return ok
 	}
 	waitFor(t, 20*time.Second, "the unused expired file to be deleted", func() bool { return !exists("file-unused") })
+	// Its list position stays, for a client paging with it as the cursor.
+	consistentView(t, ctx, c, func(s *fsm.State) {
+		if tomb := s.FileTombstones["file-unused"]; tomb.GetProject() != "p" || tomb.GetCreatedAt() != 1 {
+			t.Errorf("expired file deleted without its position: tombstone %v", tomb)
+		}
+	})
 	// A few sweeps past the expiry: the input stays while its batch runs.
 	waitFor(t, 20*time.Second, "three housekeeping sweeps past the expiry", func() bool {
 		return c.Now().Unix() >= expires+3

@@ -64,6 +64,8 @@ func (a *applyCtx) createFile(c *vbatchv1.CreateFile) error {
 	return nil
 }
 
+// deleteFile deletes a file no live batch uses; with keep_position (FSM
+// level 9) it keeps the file's list position as a tombstone.
 func (a *applyCtx) deleteFile(c *vbatchv1.DeleteFile) error {
 	f, ok := a.s.Files[c.Id]
 	if !ok || (c.Project != "" && f.Project != c.Project) {
@@ -73,5 +75,8 @@ func (a *applyCtx) deleteFile(c *vbatchv1.DeleteFile) error {
 		return Reject(ErrConflict, "file %s is used by a batch that is still running", c.Id)
 	}
 	delete(a.s.Files, c.Id)
+	if c.KeepPosition {
+		a.s.addTombstone(&vbatchv1.FileTombstone{Id: f.Id, Project: f.Project, CreatedAt: f.CreatedAt, DeletedAt: a.sec()})
+	}
 	return nil
 }

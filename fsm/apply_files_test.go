@@ -1,6 +1,7 @@
 package fsm
 
 import (
+	"fmt"
 	"testing"
 	"time"
 
@@ -70,6 +71,74 @@ func TestDeleteFile(t *testing.T) {
 		t.Fatalf("files left: %v", fs)
 	}
 	refused(t, h, ErrNotFound, &vbatchv1.DeleteFile{Id: "file-in"})
+}
+
+// TestDeleteFileKeepsPosition: with keep_position a delete leaves the
+// file's list position, pruned by the first command applied a day after
+// the delete (a refused one changes nothing, this included); without it,
+// nothing is left.
+func TestDeleteFileKeepsPosition(t *testing.T) {
+	h := NewHarness()
+	h.MustApply(t, inputFile("file-1", 1))
+	h.MustApply(t, inputFile("file-2", 1))
+	created := h.Clock.Unix()
+	h.Advance(time.Minute)
+	h.MustApply(t, &vbatchv1.DeleteFile{Id: "file-1", Project: proj})
+	h.MustApply(t, &vbatchv1.DeleteFile{Id: "file-2", Project: proj, KeepPosition: true})
+	deleted := h.Clock.Unix()
+	tombs := h.State().FileTombstones
+	want := &vbatchv1.FileTombstone{Id: "file-2", Project: proj, CreatedAt: created, DeletedAt: deleted}
+	if len(tombs) != 1 || !proto.Equal(tombs["file-2"], want) {
+		t.Fatalf("tombstones %v, want only %v", tombs, want)
+	}
+	refused(t, h, ErrNotFound, &vbatchv1.DeleteFile{Id: "file-2", KeepPosition: true})
+
+	// The same id created and deleted again: the newer tombstone replaces
+	// the first and is pruned on its own time.
+	h.Advance(time.Hour)
+	h.MustApply(t, inputFile("file-2", 1))
+	h.MustApply(t, &vbatchv1.DeleteFile{Id: "file-2", KeepPosition: true})
+	again := h.Clock.Unix()
+
+	h.Clock = time.Unix(deleted, 0).Add(FileTombstoneTTL - time.Second)
+	h.MustApply(t, inputFile("file-3", 1))
+	h.Advance(time.Second) // the first delete is a day old
+	refused(t, h, ErrNotFound, &vbatchv1.DeleteFile{Id: "nope"})
+	h.MustApply(t, inputFile("file-4", 1))
+	if got := h.State().FileTombstones["file-2"]; got.GetDeletedAt() != again {
+		t.Fatalf("after the first delete's day: tombstone %v, want the second delete's", got)
+	}
+	h.Clock = time.Unix(again, 0).Add(FileTombstoneTTL)
+	if len(h.State().FileTombstones) != 1 {
+		t.Fatal("moving the clock alone pruned")
+	}
+	refused(t, h, ErrNotFound, &vbatchv1.DeleteFile{Id: "nope"})
+	if len(h.State().FileTombstones) != 1 {
+		t.Fatal("a refused command pruned")
+	}
+	h.MustApply(t, inputFile("file-5", 1))
+	if tombs := h.State().FileTombstones; len(tombs) != 0 {
+		t.Fatalf("tombstones a day old kept: %v", tombs)
+	}
+}
+
+// TestPruneTombstonesWithoutIndex: a state built without the FSM's index
+// (a clone) prunes the same tombstones by scanning them.
+func TestPruneTombstonesWithoutIndex(t *testing.T) {
+	s := NewState()
+	day := int64(FileTombstoneTTL / time.Second)
+	for i, at := range []int64{100, 200, 300} {
+		id := fmt.Sprintf("file-%d", i)
+		s.FileTombstones[id] = &vbatchv1.FileTombstone{Id: id, Project: proj, DeletedAt: at}
+	}
+	indexed := s.Clone()
+	indexed.reindex()
+	for _, st := range []*State{s, indexed} {
+		st.pruneTombstones(200 + day)
+		if len(st.FileTombstones) != 1 || st.FileTombstones["file-2"] == nil {
+			t.Fatalf("indexed %v: left %v, want file-2 only", st.tombsIndexed, st.FileTombstones)
+		}
+	}
 }
 
 func TestRegisterAgent(t *testing.T) {

@@ -33,7 +33,9 @@ const EnvelopeVersion = 1
 //     window (within_window).
 //   - 8: GrantLease and RenewLease may give the lease's time to live
 //     (ttl_ms), counted from the command's time; UndrainAgent.
-const Level = 8
+//   - 9: DeleteFile may keep the deleted file's list position
+//     (keep_position) as a FileTombstone, pruned a day later.
+const Level = 9
 
 // LevelCompletePart is the level that applies CompletePart.
 const LevelCompletePart = 2
@@ -66,6 +68,10 @@ const LevelExpiryChecks = 7
 // and that applies UndrainAgent; below it ttl_ms must be left unset and
 // UndrainAgent never proposed.
 const LevelLeaseTTL = 8
+
+// LevelFileTombstones is the level whose DeleteFile honours keep_position;
+// below it the field must be left unset.
+const LevelFileTombstones = 9
 
 // commandTypes maps every command type to a constructor of its message.
 // The list only grows; see CommandType in state.proto.

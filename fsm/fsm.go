@@ -78,6 +78,11 @@ func (f *FSM) Apply(l *raft.Log) interface{} {
 	f.state.Now = max(f.state.Now, env.TimeUnixNano/1e6)
 	a := &applyCtx{index: l.Index, nowMs: f.state.Now, s: f.state}
 	err = a.apply(cmd)
+	if err == nil {
+		// Tombstones age out with the FSM's time, which only commands
+		// move; a refused command changes no record, this included.
+		f.state.pruneTombstones(a.sec())
+	}
 	if id := batchOf(cmd); id != "" {
 		f.state.touchBatch(id)
 	}

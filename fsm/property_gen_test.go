@@ -49,7 +49,7 @@ func (g *gen) command(s *State) proto.Message {
 		weight int
 		draw   func(*State) proto.Message
 	}{
-		{1, g.createFile}, {create, g.createFile}, {1, g.deleteFile}, {1, g.createBatch}, {create, g.createBatch}, {4, g.startBatch},
+		{1, g.createFile}, {create, g.createFile}, {2, g.deleteFile}, {1, g.createBatch}, {create, g.createBatch}, {4, g.startBatch},
 		{1, g.failBatch}, {1, g.cancelBatch}, {1, g.agentCommand}, {8, g.grant},
 		{3, g.renew}, {16, g.commit}, {6, g.complete}, {6, g.completePart}, {3, g.releaseOrExpire},
 		{1, g.extend}, {3, g.finalize}, {4, g.finish}, {1, g.compact}, {2, g.merge},
@@ -69,10 +69,10 @@ func (g *gen) command(s *State) proto.Message {
 }
 
 // duration mostly moves time by seconds (leases run out), rarely by
-// hours (batches expire).
+// hours (batches expire, deleted files' tombstones are pruned).
 func (g *gen) duration() time.Duration {
 	if g.oneIn(40) {
-		return time.Duration(g.between(1, 30)) * time.Hour
+		return time.Duration(g.between(1, 48)) * time.Hour
 	}
 	return time.Duration(g.between(0, 10_000)) * time.Millisecond
 }
@@ -161,7 +161,8 @@ func (g *gen) deleteFile(s *State) proto.Message {
 	} else if g.oneIn(2) {
 		project = sample(g, projects)
 	}
-	return &vbatchv1.DeleteFile{Id: id, Project: project}
+	// Half as at level 9, keeping the file's list position.
+	return &vbatchv1.DeleteFile{Id: id, Project: project, KeepPosition: g.oneIn(2)}
 }
 
 func (g *gen) createBatch(s *State) proto.Message {

@@ -63,7 +63,7 @@ func (c coverage) check(t *testing.T) {
 			want = append(want, "ok "+name, "refused "+name)
 		}
 	}
-	want = append(want, "reapplied", "stale token refused",
+	want = append(want, "reapplied", "stale token refused", "tombstone kept", "tombstone pruned",
 		"reached "+statusCompleted.String(), "reached "+statusCancelled.String(),
 		"reached "+statusExpired.String(), "reached "+statusFailed.String())
 	for _, k := range want {
@@ -162,6 +162,16 @@ func (m *model) count(cmd proto.Message, err error, before, after *State) {
 		return
 	}
 	m.cov["ok "+name]++
+	for id := range after.FileTombstones {
+		if _, ok := before.FileTombstones[id]; !ok {
+			m.cov["tombstone kept"]++
+		}
+	}
+	for id := range before.FileTombstones {
+		if _, ok := after.FileTombstones[id]; !ok {
+			m.cov["tombstone pruned"]++
+		}
+	}
 	for id, b := range after.Batches {
 		if old, ok := before.Batches[id]; ok && old.Status != b.Status {
 			m.cov["reached "+b.Status.String()]++
@@ -235,6 +245,17 @@ func (m *model) accepted(rt *rapid.T, before, after *State, cmd proto.Message) {
 	case *vbatchv1.DeleteFile:
 		if UsedByLiveBatch(before, c.Id) {
 			rt.Fatalf("deleted file %s used by a live batch", c.Id)
+		}
+		was, t := before.Files[c.Id], after.FileTombstones[c.Id]
+		if c.KeepPosition != (t != nil && t.DeletedAt == after.Now/1000) ||
+			(t != nil && (t.Project != was.Project || t.CreatedAt != was.CreatedAt)) {
+			rt.Fatalf("delete of %v (keep_position %v) left tombstone %v", was, c.KeepPosition, t)
+		}
+	}
+	// Every command that succeeds prunes the tombstones due at its time.
+	for _, t := range after.FileTombstones {
+		if t.DeletedAt <= after.Now/1000-int64(FileTombstoneTTL/time.Second) {
+			rt.Fatalf("tombstone %v kept a day past its delete at %d", t, after.Now)
 		}
 	}
 }

@@ -17,7 +17,9 @@ import (
 
 // A snapshot is a stream of SnapshotRecord messages, each preceded by its
 // length as a uvarint: a header, then API keys, files, batches and agents,
-// each kind in id order so the same state always writes the same bytes.
+// each kind in id order so the same state always writes the same bytes,
+// then file tombstones (FSM level 9; none is written while there are none,
+// so a state without them stays readable by older builds).
 
 // SnapshotVersion is the snapshot encoding this build writes and reads.
 const SnapshotVersion = 1
@@ -98,6 +100,12 @@ func WriteSnapshot(w io.Writer, s *State, applied uint64) error {
 			return err
 		}
 	}
+	for _, id := range slices.Sorted(maps.Keys(s.FileTombstones)) {
+		rec := &vbatchv1.SnapshotRecord{Record: &vbatchv1.SnapshotRecord_FileTombstone{FileTombstone: s.FileTombstones[id]}}
+		if err := write(rec); err != nil {
+			return err
+		}
+	}
 	return nil
 }
 
@@ -173,6 +181,14 @@ func (s *State) add(rec *vbatchv1.SnapshotRecord) error {
 			return err
 		}
 		s.Agents[r.Agent.GetId()] = r.Agent
+	case *vbatchv1.SnapshotRecord_FileTombstone:
+		if err := checkID("file tombstone", r.FileTombstone.GetId(), s.FileTombstones); err != nil {
+			return err
+		}
+		if r.FileTombstone.Project == "" {
+			return fmt.Errorf("file tombstone %s has no project", r.FileTombstone.Id)
+		}
+		s.FileTombstones[r.FileTombstone.Id] = r.FileTombstone
 	case *vbatchv1.SnapshotRecord_Header:
 		return errors.New("a second header")
 	default:

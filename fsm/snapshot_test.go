@@ -7,6 +7,7 @@ import (
 	"io"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/hashicorp/raft"
 	"google.golang.org/protobuf/proto"
@@ -32,7 +33,8 @@ func (s *memSink) Cancel() error { s.cancelled = true; return nil }
 func (s *memSink) ID() string    { return "mem" }
 
 // richState builds a state with every kind of record: keys, agents, a
-// finished batch with result files and a running one with leases and parts.
+// finished batch with result files, a running one with leases and parts,
+// and a deleted file's tombstone.
 func richState(t *testing.T) *Harness {
 	t.Helper()
 	h := finalizing(t)
@@ -47,6 +49,8 @@ func richState(t *testing.T) *Harness {
 	tok := h.MustApply(t, &vbatchv1.GrantLease{BatchId: "batch_2", Chunk: 2, AgentId: "a2", ExpiresAt: h.expiry()})
 	h.MustApply(t, &vbatchv1.CommitPart{BatchId: "batch_2", Chunk: 2, Part: &vbatchv1.Part{FromLine: 14, ToLine: 16, Token: tok, Succeeded: 2, Output: blob("o2", 9)}})
 	h.MustApply(t, &vbatchv1.DrainAgent{AgentId: "a1"})
+	h.MustApply(t, inputFile("file-gone", 1))
+	h.MustApply(t, &vbatchv1.DeleteFile{Id: "file-gone", KeepPosition: true})
 	return h
 }
 
@@ -129,15 +133,44 @@ func TestSnapshotStreamLayout(t *testing.T) {
 			kinds, ids = append(kinds, "batch"), append(ids, x.Batch.Id)
 		case *vbatchv1.SnapshotRecord_Agent:
 			kinds, ids = append(kinds, "agent"), append(ids, x.Agent.Id)
+		case *vbatchv1.SnapshotRecord_FileTombstone:
+			kinds, ids = append(kinds, "tombstone"), append(ids, x.FileTombstone.Id)
 		}
 	}
-	want := "header key key file file file file batch batch agent agent"
+	want := "header key key file file file file batch batch agent agent tombstone"
 	if got := strings.Join(kinds, " "); got != want {
 		t.Fatalf("record kinds %q, want %q", got, want)
 	}
-	wantIDs := " key_0 key_1 file-2 file-err file-in file-out batch_1 batch_2 a1 a2"
+	wantIDs := " key_0 key_1 file-2 file-err file-in file-out batch_1 batch_2 a1 a2 file-gone"
 	if got := strings.Join(ids, " "); got != wantIDs {
 		t.Fatalf("record ids %q, want %q", got, wantIDs)
+	}
+}
+
+// TestRestoredTombstonesArePruned: a restored FSM rebuilds the deletion
+// order of its tombstones and prunes them when the original does.
+func TestRestoredTombstonesArePruned(t *testing.T) {
+	h := richState(t)
+	h.Advance(time.Hour)
+	h.MustApply(t, inputFile("file-late", 1))
+	h.MustApply(t, &vbatchv1.DeleteFile{Id: "file-late", KeepPosition: true})
+	f := New()
+	if err := f.Restore(io.NopCloser(bytes.NewReader(snapshotBytes(t, h.FSM)))); err != nil {
+		t.Fatal(err)
+	}
+	f.View(func(s *State) {
+		if !s.tombsIndexed || len(s.tombs) != 2 || s.tombs[0].Id != "file-gone" {
+			t.Fatalf("restored deletion order %v (indexed %v)", s.tombs, s.tombsIndexed)
+		}
+	})
+	h.Advance(FileTombstoneTTL - time.Hour) // file-gone's day is over, not file-late's
+	next := &vbatchv1.DrainAgent{AgentId: "a2"}
+	MustApply(t, f, h.Index+1, h.Clock, next)
+	h.MustApply(t, next)
+	var got *State
+	f.View(func(s *State) { got = s.Clone() })
+	if tombs := got.FileTombstones; len(tombs) != 1 || tombs["file-late"] == nil || !got.Equal(h.State()) {
+		t.Fatalf("restored FSM kept tombstones %v; the original %v", tombs, h.State().FileTombstones)
 	}
 }
 
@@ -201,6 +234,8 @@ func TestRestoreRefusesBadSnapshots(t *testing.T) {
 		"newer version":  frame(t, header(2), agent),
 		"two headers":    frame(t, header(1), header(1)),
 		"unknown kind":   frame(t, header(1), &vbatchv1.SnapshotRecord{}),
+		"tombstone without a project": frame(t, header(1), &vbatchv1.SnapshotRecord{Record: &vbatchv1.SnapshotRecord_FileTombstone{
+			FileTombstone: &vbatchv1.FileTombstone{Id: "file-1"}}}),
 		"garbage record": append(binary.AppendUvarint(frame(t, header(1)), 2), 0xff, 0xff),
 		"huge length":    binary.AppendUvarint(frame(t, header(1)), 1<<40),
 	}

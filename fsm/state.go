@@ -1,6 +1,11 @@
 package fsm
 
 import (
+	"cmp"
+	"maps"
+	"slices"
+	"time"
+
 	"google.golang.org/protobuf/proto"
 
 	vbatchv1 "github.com/vbatch/vbatch/rpc/gen/vbatch/v1"
@@ -13,6 +18,10 @@ type State struct {
 	Files   map[string]*vbatchv1.File
 	Batches map[string]*vbatchv1.Batch
 	Agents  map[string]*vbatchv1.Agent
+	// FileTombstones keeps, by file id, the list position of the files
+	// deleted with keep_position (FSM level 9) in the last
+	// FileTombstoneTTL, so a list cursor naming one keeps its place.
+	FileTombstones map[string]*vbatchv1.FileTombstone
 	// Now is the FSM's clock in unix milliseconds: the latest envelope
 	// time applied. It never runs backwards, and it is what lease expiry
 	// and batch expiry are judged against.
@@ -25,7 +34,17 @@ type State struct {
 	// Apply keeps it; a state built otherwise (a clone, a test's) has none
 	// and is scanned in full.
 	live map[string]*vbatchv1.Batch
+	// tombs is FileTombstones oldest deletion first, so pruning looks at
+	// its head only. Derived and kept as live is (tombsIndexed says
+	// whether there is one); it may hold a tombstone a later delete of
+	// the same id replaced, which pruning skips.
+	tombs        []*vbatchv1.FileTombstone
+	tombsIndexed bool
 }
+
+// FileTombstoneTTL is how long a deleted file's list position is kept:
+// pruned on the first command applied at or after deleted_at plus this.
+const FileTombstoneTTL = 24 * time.Hour
 
 // LiveBatches calls fn for every batch that has not ended, in no order,
 // until fn returns false.
@@ -45,12 +64,49 @@ func (s *State) LiveBatches(fn func(b *vbatchv1.Batch) bool) {
 	}
 }
 
-// reindex builds the live-batch index from the batches.
+// reindex builds the live-batch index from the batches and the
+// tombstones' deletion order from the tombstones.
 func (s *State) reindex() {
 	s.live = make(map[string]*vbatchv1.Batch)
 	for id, b := range s.Batches {
 		if !IsTerminal(b.Status) {
 			s.live[id] = b
+		}
+	}
+	s.tombs = slices.SortedFunc(maps.Values(s.FileTombstones), func(x, y *vbatchv1.FileTombstone) int {
+		return cmp.Or(cmp.Compare(x.DeletedAt, y.DeletedAt), cmp.Compare(x.Id, y.Id))
+	})
+	s.tombsIndexed = true
+}
+
+// addTombstone records a deleted file's position. Tombstones come in
+// deletion order: every command's time is at or after the last one's.
+func (s *State) addTombstone(t *vbatchv1.FileTombstone) {
+	s.FileTombstones[t.Id] = t
+	if s.tombsIndexed {
+		s.tombs = append(s.tombs, t)
+	}
+}
+
+// pruneTombstones drops the tombstones deleted FileTombstoneTTL or more
+// before nowSec. With the index it looks at the oldest only and stops at
+// the first not due: O(1) when none is, O(1) per tombstone dropped. A
+// state without the index (a clone, a test's) is scanned in full.
+func (s *State) pruneTombstones(nowSec int64) {
+	if len(s.FileTombstones) == 0 {
+		return
+	}
+	cutoff := nowSec - int64(FileTombstoneTTL/time.Second)
+	if !s.tombsIndexed {
+		maps.DeleteFunc(s.FileTombstones, func(_ string, t *vbatchv1.FileTombstone) bool { return t.DeletedAt <= cutoff })
+		return
+	}
+	for len(s.tombs) > 0 && s.tombs[0].DeletedAt <= cutoff {
+		t := s.tombs[0]
+		s.tombs[0] = nil // let the dropped tombstone go before append copies
+		s.tombs = s.tombs[1:]
+		if s.FileTombstones[t.Id] == t {
+			delete(s.FileTombstones, t.Id)
 		}
 	}
 }
@@ -91,6 +147,8 @@ func NewState() *State {
 		Files:   map[string]*vbatchv1.File{},
 		Batches: map[string]*vbatchv1.Batch{},
 		Agents:  map[string]*vbatchv1.Agent{},
+
+		FileTombstones: map[string]*vbatchv1.FileTombstone{},
 	}
 }
 
@@ -110,6 +168,9 @@ func (s *State) Clone() *State {
 	for k, v := range s.Agents {
 		c.Agents[k] = proto.Clone(v).(*vbatchv1.Agent)
 	}
+	for k, v := range s.FileTombstones {
+		c.FileTombstones[k] = proto.Clone(v).(*vbatchv1.FileTombstone)
+	}
 	return c
 }
 
@@ -117,7 +178,8 @@ func (s *State) Clone() *State {
 // each); Now is not compared.
 func (s *State) Equal(o *State) bool {
 	if len(s.APIKeys) != len(o.APIKeys) || len(s.Files) != len(o.Files) ||
-		len(s.Batches) != len(o.Batches) || len(s.Agents) != len(o.Agents) {
+		len(s.Batches) != len(o.Batches) || len(s.Agents) != len(o.Agents) ||
+		len(s.FileTombstones) != len(o.FileTombstones) {
 		return false
 	}
 	for k, v := range s.APIKeys {
@@ -137,6 +199,11 @@ func (s *State) Equal(o *State) bool {
 	}
 	for k, v := range s.Agents {
 		if !proto.Equal(v, o.Agents[k]) {
+			return false
+		}
+	}
+	for k, v := range s.FileTombstones {
+		if !proto.Equal(v, o.FileTombstones[k]) {
 			return false
 		}
 	}

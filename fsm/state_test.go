@@ -115,4 +115,24 @@ func TestCloneIsDeep(t *testing.T) {
 	if c.Equal(orig) {
 		t.Fatal("Equal missed a changed record")
 	}
+
+	// Tombstones are copied and compared too.
+	h.MustApply(t, inputFile("file-2", 1))
+	h.MustApply(t, &vbatchv1.DeleteFile{Id: "file-2", KeepPosition: true})
+	h.FSM.View(func(s *State) { orig = s })
+	c = orig.Clone()
+	if !c.Equal(orig) || len(c.FileTombstones) != 1 {
+		t.Fatal("clone of tombstones differs")
+	}
+	c.FileTombstones["file-2"].CreatedAt = 9
+	if orig.FileTombstones["file-2"].CreatedAt == 9 {
+		t.Fatal("clone shares tombstones with the original")
+	}
+	if c.Equal(orig) {
+		t.Fatal("Equal missed a changed tombstone")
+	}
+	delete(c.FileTombstones, "file-2")
+	if c.Equal(orig) {
+		t.Fatal("Equal missed a missing tombstone")
+	}
 }

@@ -68,10 +68,16 @@ func (a *API) listFiles(w http.ResponseWriter, r *http.Request, p *principal) er
 		slices.SortFunc(files, byPosition)
 		// The cursor is looked up among all the project's files, so that a
 		// cursor the list leaves out (it expired since the last page, or
-		// has another purpose) still gives the place to go on from.
+		// has another purpose) still gives the place to go on from; then
+		// among the project's files deleted in the last day (FSM level 9),
+		// so deleting files while paging through them, or the leader
+		// deleting an expired one, does not break the paging. Another
+		// project's file, live or deleted, is as unknown as no file.
 		var cursor *vbatchv1.File
 		if f, ok := s.Files[after]; ok && f.Project == p.project {
 			cursor = f
+		} else if t, ok := s.FileTombstones[after]; ok && t.Project == p.project {
+			cursor = &vbatchv1.File{Id: t.Id, CreatedAt: t.CreatedAt}
 		}
 		page, hasMore, perr := pageAfter(files, after, cursor != nil, limit, func(f *vbatchv1.File) bool { return byPosition(f, cursor) > 0 })
 		if perr != nil {
@@ -202,7 +208,10 @@ func (a *API) deleteFile(w http.ResponseWriter, r *http.Request, p *principal) e
 	if inUse {
 		return conflict("File %s is the input of a batch that has not ended; cancel the batch or wait for it to end.", id)
 	}
-	if _, err := a.b.Apply(r.Context(), &vbatchv1.DeleteFile{Id: id, Project: p.project}); err != nil {
+	// From level 9 the delete keeps the file's list position (a cursor
+	// naming it goes on after it); an older server would stop on the field.
+	cmd := &vbatchv1.DeleteFile{Id: id, Project: p.project, KeepPosition: a.b.AtFSMLevel(fsm.LevelFileTombstones)}
+	if _, err := a.b.Apply(r.Context(), cmd); err != nil {
 		ae := toAPIError(err)
 		if ae.status == http.StatusNotFound {
 			return fileNotFound(id)

@@ -13,6 +13,8 @@ import (
 	"testing"
 	"time"
 
+	"google.golang.org/protobuf/proto"
+
 	"github.com/vbatch/vbatch/coordinator/validate"
 	"github.com/vbatch/vbatch/fsm"
 	vbatchv1 "github.com/vbatch/vbatch/rpc/gen/vbatch/v1"
@@ -345,6 +347,114 @@ func TestListFilesAfterExpiredCursor(t *testing.T) {
 	if len(data) != 1 || data[0].(map[string]any)["id"] != ids[2] {
 		t.Fatalf("after an expired cursor: %s, want only %s", r.body, ids[2])
 	}
+}
+
+// listIDs answers GET /v1/files?q with key: the ids listed, or the status
+// and body of an error.
+func listIDs(t *testing.T, e *env, key, q string) ([]string, response) {
+	t.Helper()
+	r := e.do(http.MethodGet, "/v1/files"+q, key, nil)
+	if r.status != http.StatusOK {
+		return nil, r
+	}
+	var ids []string
+	for _, d := range r.json(t)["data"].([]any) {
+		ids = append(ids, d.(map[string]any)["id"].(string))
+	}
+	return ids, r
+}
+
+// TestListFilesAfterDeletedCursor: a page's last file deleted before the
+// next page is asked for (a cleanup script deleting files as it pages
+// through them, the leader deleting an expired one) keeps its place; a
+// deleted file of another project is as unknown as one that never was.
+func TestListFilesAfterDeletedCursor(t *testing.T) {
+	e := rootEnv(t)
+	var ids []string
+	for range 5 {
+		ids = append(ids, e.uploadOK(testRoot, "batch", batchLines(1)))
+		e.b.advance(time.Second)
+	}
+	// Page two at a time, deleting each page before asking for the next.
+	var seen []string
+	cursor := ""
+	for {
+		q := "?order=asc&limit=2"
+		if cursor != "" {
+			q += "&after=" + cursor
+		}
+		got, r := listIDs(t, e, testRoot, q)
+		if r.status != http.StatusOK {
+			t.Fatalf("%s after deleting the previous page: %d %s", q, r.status, r.body)
+		}
+		seen = append(seen, got...)
+		if len(got) == 0 || !r.json(t)["has_more"].(bool) {
+			break
+		}
+		cursor = got[len(got)-1]
+		for _, id := range got {
+			if d := e.do(http.MethodDelete, "/v1/files/"+id, testRoot, nil); d.status != http.StatusOK {
+				t.Fatalf("delete %s: %d %s", id, d.status, d.body)
+			}
+		}
+	}
+	if fmt.Sprint(seen) != fmt.Sprint(ids) {
+		t.Fatalf("paged %v, want %v", seen, ids)
+	}
+
+	// An expired file the leader deleted (as its sweep does) keeps its place.
+	e2 := rootEnv(t)
+	var ids2 []string
+	for i := range 3 {
+		if i == 1 {
+			ids2 = append(ids2, uploadExpiring(t, e2, 3600).json(t)["id"].(string))
+		} else {
+			ids2 = append(ids2, e2.uploadOK(testRoot, "batch", batchLines(1)))
+		}
+		e2.b.advance(time.Second)
+	}
+	e2.b.advance(2 * time.Hour)
+	if _, err := e2.b.Apply(context.Background(), &vbatchv1.DeleteFile{Id: ids2[1], KeepPosition: true}); err != nil {
+		t.Fatal(err)
+	}
+	if got, r := listIDs(t, e2, testRoot, "?order=asc&after="+ids2[1]); fmt.Sprint(got) != fmt.Sprint(ids2[2:]) {
+		t.Fatalf("after a swept expired cursor: %v %d %s", got, r.status, r.body)
+	}
+	if got, r := listIDs(t, e2, testRoot, "?after="+ids2[1]); fmt.Sprint(got) != fmt.Sprint(ids2[:1]) {
+		t.Fatalf("desc after a swept expired cursor: %v %d %s", got, r.status, r.body)
+	}
+
+	// Another project's deleted file is no cursor: ids do not leak.
+	other := e2.createKey("other", "batch")
+	theirs := e2.uploadOK(other, "batch", batchLines(1))
+	if d := e2.do(http.MethodDelete, "/v1/files/"+theirs, other, nil); d.status != http.StatusOK {
+		t.Fatalf("delete: %d %s", d.status, d.body)
+	}
+	if _, r := listIDs(t, e2, other, "?after="+theirs); r.status != http.StatusOK {
+		t.Fatalf("own deleted cursor: %d %s", r.status, r.body)
+	}
+	e2.do(http.MethodGet, "/v1/files?after="+theirs, testRoot, nil).wantError(t, 400, typeInvalidRequest, codeInvalidValue)
+}
+
+// TestDeleteFileBelowLevel9 sends no keep_position while a server would
+// not apply it: the deleted cursor is then refused, as before.
+func TestDeleteFileBelowLevel9(t *testing.T) {
+	e := rootEnv(t)
+	e.b.level = fsm.LevelFileTombstones - 1
+	var sent []*vbatchv1.DeleteFile
+	e.b.onApply = func(cmd proto.Message) {
+		if d, ok := cmd.(*vbatchv1.DeleteFile); ok {
+			sent = append(sent, d)
+		}
+	}
+	id := e.uploadOK(testRoot, "batch", batchLines(1))
+	if d := e.do(http.MethodDelete, "/v1/files/"+id, testRoot, nil); d.status != http.StatusOK {
+		t.Fatalf("delete: %d %s", d.status, d.body)
+	}
+	if len(sent) != 1 || sent[0].KeepPosition {
+		t.Fatalf("below level 9 sent %v", sent)
+	}
+	e.do(http.MethodGet, "/v1/files?after="+id, testRoot, nil).wantError(t, 400, typeInvalidRequest, codeInvalidValue)
 }
 
 // TestUploadRecordsCheck: a valid batch file is validated while it streams

@@ -2015,10 +2015,13 @@ func (x *CreateFile) GetFile() *File {
 	return nil
 }
 
+// DeleteFile deletes a file. With keep_position (FSM level 9) it leaves a
+// FileTombstone, so a list cursor naming the file keeps its place.
 type DeleteFile struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Id            string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
 	Project       string                 `protobuf:"bytes,2,opt,name=project,proto3" json:"project,omitempty"`
+	KeepPosition  bool                   `protobuf:"varint,3,opt,name=keep_position,json=keepPosition,proto3" json:"keep_position,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2065,6 +2068,13 @@ func (x *DeleteFile) GetProject() string {
 		return x.Project
 	}
 	return ""
+}
+
+func (x *DeleteFile) GetKeepPosition() bool {
+	if x != nil {
+		return x.KeepPosition
+	}
+	return false
 }
 
 type CreateBatch struct {
@@ -3395,6 +3405,79 @@ func (x *Result) GetIndex() uint64 {
 	return 0
 }
 
+// FileTombstone keeps the list position of a deleted file (FSM level 9):
+// a client paging through GET /v1/files with the file as its cursor goes
+// on after it. It is pruned a day after deleted_at.
+type FileTombstone struct {
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	Id      string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	Project string                 `protobuf:"bytes,2,opt,name=project,proto3" json:"project,omitempty"`
+	// created_at is the deleted file's, in unix seconds.
+	CreatedAt int64 `protobuf:"varint,3,opt,name=created_at,json=createdAt,proto3" json:"created_at,omitempty"`
+	// deleted_at is the time of the delete command, in unix seconds.
+	DeletedAt     int64 `protobuf:"varint,4,opt,name=deleted_at,json=deletedAt,proto3" json:"deleted_at,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *FileTombstone) Reset() {
+	*x = FileTombstone{}
+	mi := &file_vbatch_v1_state_proto_msgTypes[41]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *FileTombstone) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*FileTombstone) ProtoMessage() {}
+
+func (x *FileTombstone) ProtoReflect() protoreflect.Message {
+	mi := &file_vbatch_v1_state_proto_msgTypes[41]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use FileTombstone.ProtoReflect.Descriptor instead.
+func (*FileTombstone) Descriptor() ([]byte, []int) {
+	return file_vbatch_v1_state_proto_rawDescGZIP(), []int{41}
+}
+
+func (x *FileTombstone) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *FileTombstone) GetProject() string {
+	if x != nil {
+		return x.Project
+	}
+	return ""
+}
+
+func (x *FileTombstone) GetCreatedAt() int64 {
+	if x != nil {
+		return x.CreatedAt
+	}
+	return 0
+}
+
+func (x *FileTombstone) GetDeletedAt() int64 {
+	if x != nil {
+		return x.DeletedAt
+	}
+	return 0
+}
+
 // SnapshotRecord is one record of a snapshot stream.
 type SnapshotRecord struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -3405,6 +3488,7 @@ type SnapshotRecord struct {
 	//	*SnapshotRecord_Batch
 	//	*SnapshotRecord_Agent
 	//	*SnapshotRecord_Header
+	//	*SnapshotRecord_FileTombstone
 	Record        isSnapshotRecord_Record `protobuf_oneof:"record"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -3412,7 +3496,7 @@ type SnapshotRecord struct {
 
 func (x *SnapshotRecord) Reset() {
 	*x = SnapshotRecord{}
-	mi := &file_vbatch_v1_state_proto_msgTypes[41]
+	mi := &file_vbatch_v1_state_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3424,7 +3508,7 @@ func (x *SnapshotRecord) String() string {
 func (*SnapshotRecord) ProtoMessage() {}
 
 func (x *SnapshotRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_vbatch_v1_state_proto_msgTypes[41]
+	mi := &file_vbatch_v1_state_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3437,7 +3521,7 @@ func (x *SnapshotRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SnapshotRecord.ProtoReflect.Descriptor instead.
 func (*SnapshotRecord) Descriptor() ([]byte, []int) {
-	return file_vbatch_v1_state_proto_rawDescGZIP(), []int{41}
+	return file_vbatch_v1_state_proto_rawDescGZIP(), []int{42}
 }
 
 func (x *SnapshotRecord) GetRecord() isSnapshotRecord_Record {
@@ -3492,6 +3576,15 @@ func (x *SnapshotRecord) GetHeader() *SnapshotHeader {
 	return nil
 }
 
+func (x *SnapshotRecord) GetFileTombstone() *FileTombstone {
+	if x != nil {
+		if x, ok := x.Record.(*SnapshotRecord_FileTombstone); ok {
+			return x.FileTombstone
+		}
+	}
+	return nil
+}
+
 type isSnapshotRecord_Record interface {
 	isSnapshotRecord_Record()
 }
@@ -3516,6 +3609,10 @@ type SnapshotRecord_Header struct {
 	Header *SnapshotHeader `protobuf:"bytes,5,opt,name=header,proto3,oneof"`
 }
 
+type SnapshotRecord_FileTombstone struct {
+	FileTombstone *FileTombstone `protobuf:"bytes,6,opt,name=file_tombstone,json=fileTombstone,proto3,oneof"`
+}
+
 func (*SnapshotRecord_ApiKey) isSnapshotRecord_Record() {}
 
 func (*SnapshotRecord_File) isSnapshotRecord_Record() {}
@@ -3525,6 +3622,8 @@ func (*SnapshotRecord_Batch) isSnapshotRecord_Record() {}
 func (*SnapshotRecord_Agent) isSnapshotRecord_Record() {}
 
 func (*SnapshotRecord_Header) isSnapshotRecord_Record() {}
+
+func (*SnapshotRecord_FileTombstone) isSnapshotRecord_Record() {}
 
 // SnapshotHeader opens a snapshot.
 type SnapshotHeader struct {
@@ -3540,7 +3639,7 @@ type SnapshotHeader struct {
 
 func (x *SnapshotHeader) Reset() {
 	*x = SnapshotHeader{}
-	mi := &file_vbatch_v1_state_proto_msgTypes[42]
+	mi := &file_vbatch_v1_state_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3552,7 +3651,7 @@ func (x *SnapshotHeader) String() string {
 func (*SnapshotHeader) ProtoMessage() {}
 
 func (x *SnapshotHeader) ProtoReflect() protoreflect.Message {
-	mi := &file_vbatch_v1_state_proto_msgTypes[42]
+	mi := &file_vbatch_v1_state_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3565,7 +3664,7 @@ func (x *SnapshotHeader) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SnapshotHeader.ProtoReflect.Descriptor instead.
 func (*SnapshotHeader) Descriptor() ([]byte, []int) {
-	return file_vbatch_v1_state_proto_rawDescGZIP(), []int{42}
+	return file_vbatch_v1_state_proto_rawDescGZIP(), []int{43}
 }
 
 func (x *SnapshotHeader) GetVersion() uint32 {
@@ -3758,11 +3857,12 @@ const file_vbatch_v1_state_proto_rawDesc = "" +
 	"\x02id\x18\x01 \x01(\tR\x02id\"1\n" +
 	"\n" +
 	"CreateFile\x12#\n" +
-	"\x04file\x18\x01 \x01(\v2\x0f.vbatch.v1.FileR\x04file\"6\n" +
+	"\x04file\x18\x01 \x01(\v2\x0f.vbatch.v1.FileR\x04file\"[\n" +
 	"\n" +
 	"DeleteFile\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x18\n" +
-	"\aproject\x18\x02 \x01(\tR\aproject\"5\n" +
+	"\aproject\x18\x02 \x01(\tR\aproject\x12#\n" +
+	"\rkeep_position\x18\x03 \x01(\bR\fkeepPosition\"5\n" +
 	"\vCreateBatch\x12&\n" +
 	"\x05batch\x18\x01 \x01(\v2\x10.vbatch.v1.BatchR\x05batch\"U\n" +
 	"\tFailBatch\x12\x19\n" +
@@ -3857,13 +3957,21 @@ const file_vbatch_v1_state_proto_rawDesc = "" +
 	"\x06Result\x12\x12\n" +
 	"\x04code\x18\x01 \x01(\tR\x04code\x12\x18\n" +
 	"\amessage\x18\x02 \x01(\tR\amessage\x12\x14\n" +
-	"\x05index\x18\x03 \x01(\x04R\x05index\"\xf8\x01\n" +
+	"\x05index\x18\x03 \x01(\x04R\x05index\"w\n" +
+	"\rFileTombstone\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12\x18\n" +
+	"\aproject\x18\x02 \x01(\tR\aproject\x12\x1d\n" +
+	"\n" +
+	"created_at\x18\x03 \x01(\x03R\tcreatedAt\x12\x1d\n" +
+	"\n" +
+	"deleted_at\x18\x04 \x01(\x03R\tdeletedAt\"\xbb\x02\n" +
 	"\x0eSnapshotRecord\x12,\n" +
 	"\aapi_key\x18\x01 \x01(\v2\x11.vbatch.v1.APIKeyH\x00R\x06apiKey\x12%\n" +
 	"\x04file\x18\x02 \x01(\v2\x0f.vbatch.v1.FileH\x00R\x04file\x12(\n" +
 	"\x05batch\x18\x03 \x01(\v2\x10.vbatch.v1.BatchH\x00R\x05batch\x12(\n" +
 	"\x05agent\x18\x04 \x01(\v2\x10.vbatch.v1.AgentH\x00R\x05agent\x123\n" +
-	"\x06header\x18\x05 \x01(\v2\x19.vbatch.v1.SnapshotHeaderH\x00R\x06headerB\b\n" +
+	"\x06header\x18\x05 \x01(\v2\x19.vbatch.v1.SnapshotHeaderH\x00R\x06header\x12A\n" +
+	"\x0efile_tombstone\x18\x06 \x01(\v2\x18.vbatch.v1.FileTombstoneH\x00R\rfileTombstoneB\b\n" +
 	"\x06record\"o\n" +
 	"\x0eSnapshotHeader\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\rR\aversion\x12\x1e\n" +
@@ -3933,7 +4041,7 @@ func file_vbatch_v1_state_proto_rawDescGZIP() []byte {
 }
 
 var file_vbatch_v1_state_proto_enumTypes = make([]protoimpl.EnumInfo, 4)
-var file_vbatch_v1_state_proto_msgTypes = make([]protoimpl.MessageInfo, 44)
+var file_vbatch_v1_state_proto_msgTypes = make([]protoimpl.MessageInfo, 45)
 var file_vbatch_v1_state_proto_goTypes = []any{
 	(CommandType)(0),       // 0: vbatch.v1.CommandType
 	(Scope)(0),             // 1: vbatch.v1.Scope
@@ -3980,9 +4088,10 @@ var file_vbatch_v1_state_proto_goTypes = []any{
 	(*DrainAgent)(nil),     // 42: vbatch.v1.DrainAgent
 	(*UndrainAgent)(nil),   // 43: vbatch.v1.UndrainAgent
 	(*Result)(nil),         // 44: vbatch.v1.Result
-	(*SnapshotRecord)(nil), // 45: vbatch.v1.SnapshotRecord
-	(*SnapshotHeader)(nil), // 46: vbatch.v1.SnapshotHeader
-	nil,                    // 47: vbatch.v1.Batch.MetadataEntry
+	(*FileTombstone)(nil),  // 45: vbatch.v1.FileTombstone
+	(*SnapshotRecord)(nil), // 46: vbatch.v1.SnapshotRecord
+	(*SnapshotHeader)(nil), // 47: vbatch.v1.SnapshotHeader
+	nil,                    // 48: vbatch.v1.Batch.MetadataEntry
 }
 var file_vbatch_v1_state_proto_depIdxs = []int32{
 	0,  // 0: vbatch.v1.Envelope.type:type_name -> vbatch.v1.CommandType
@@ -3995,7 +4104,7 @@ var file_vbatch_v1_state_proto_depIdxs = []int32{
 	3,  // 7: vbatch.v1.Chunk.state:type_name -> vbatch.v1.ChunkState
 	12, // 8: vbatch.v1.Chunk.lease:type_name -> vbatch.v1.Lease
 	13, // 9: vbatch.v1.Chunk.parts:type_name -> vbatch.v1.Part
-	47, // 10: vbatch.v1.Batch.metadata:type_name -> vbatch.v1.Batch.MetadataEntry
+	48, // 10: vbatch.v1.Batch.metadata:type_name -> vbatch.v1.Batch.MetadataEntry
 	2,  // 11: vbatch.v1.Batch.status:type_name -> vbatch.v1.BatchStatus
 	15, // 12: vbatch.v1.Batch.request_counts:type_name -> vbatch.v1.RequestCounts
 	10, // 13: vbatch.v1.Batch.errors:type_name -> vbatch.v1.BatchError
@@ -4020,12 +4129,13 @@ var file_vbatch_v1_state_proto_depIdxs = []int32{
 	8,  // 32: vbatch.v1.SnapshotRecord.file:type_name -> vbatch.v1.File
 	16, // 33: vbatch.v1.SnapshotRecord.batch:type_name -> vbatch.v1.Batch
 	18, // 34: vbatch.v1.SnapshotRecord.agent:type_name -> vbatch.v1.Agent
-	46, // 35: vbatch.v1.SnapshotRecord.header:type_name -> vbatch.v1.SnapshotHeader
-	36, // [36:36] is the sub-list for method output_type
-	36, // [36:36] is the sub-list for method input_type
-	36, // [36:36] is the sub-list for extension type_name
-	36, // [36:36] is the sub-list for extension extendee
-	0,  // [0:36] is the sub-list for field type_name
+	47, // 35: vbatch.v1.SnapshotRecord.header:type_name -> vbatch.v1.SnapshotHeader
+	45, // 36: vbatch.v1.SnapshotRecord.file_tombstone:type_name -> vbatch.v1.FileTombstone
+	37, // [37:37] is the sub-list for method output_type
+	37, // [37:37] is the sub-list for method input_type
+	37, // [37:37] is the sub-list for extension type_name
+	37, // [37:37] is the sub-list for extension extendee
+	0,  // [0:37] is the sub-list for field type_name
 }
 
 func init() { file_vbatch_v1_state_proto_init() }
@@ -4033,12 +4143,13 @@ func file_vbatch_v1_state_proto_init() {
 	if File_vbatch_v1_state_proto != nil {
 		return
 	}
-	file_vbatch_v1_state_proto_msgTypes[41].OneofWrappers = []any{
+	file_vbatch_v1_state_proto_msgTypes[42].OneofWrappers = []any{
 		(*SnapshotRecord_ApiKey)(nil),
 		(*SnapshotRecord_File)(nil),
 		(*SnapshotRecord_Batch)(nil),
 		(*SnapshotRecord_Agent)(nil),
 		(*SnapshotRecord_Header)(nil),
+		(*SnapshotRecord_FileTombstone)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -4046,7 +4157,7 @@ func file_vbatch_v1_state_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_vbatch_v1_state_proto_rawDesc), len(file_vbatch_v1_state_proto_rawDesc)),
 			NumEnums:      4,
-			NumMessages:   44,
+			NumMessages:   45,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
