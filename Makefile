@@ -9,11 +9,19 @@ BUF_VERSION := v1.75.0
 PROTOC_GEN_GO_VERSION := v1.36.12
 PROTOC_GEN_CONNECT_GO_VERSION := v1.21.1
 
-.PHONY: build test test-unit generate tools lint bench demo clean monitoring-check chaos failover fuzz deadagent stale quiet partitions fuzz-brief test-race
+.PHONY: device-build build test test-unit generate tools lint bench demo clean monitoring-check chaos failover fuzz deadagent stale quiet partitions fuzz-brief test-race
 
 build:
 	$(GO) build -ldflags "$(LDFLAGS)" -o bin/vbatch ./cmd/vbatch
 	$(GO) build -ldflags "$(LDFLAGS)" -o bin/vbctl ./cmd/vbctl
+
+# device-build writes stripped binaries and the e2e test binary to bin/
+# (under the 64 MiB a device run may carry) for scripts/device-bench.sh on
+# a lent machine that has no Go.
+device-build:
+	$(GO) build -ldflags "-s -w $(LDFLAGS)" -o bin/vbatch ./cmd/vbatch
+	$(GO) build -ldflags "-s -w $(LDFLAGS)" -o bin/vbctl ./cmd/vbctl
+	$(GO) test -c -ldflags "-s -w" -o bin/e2e.test ./e2e/
 
 # monitoring-check runs TestMonitoringLive itself, so the full run skips it.
 # Every fuzz target's seed corpus runs with the tests; fuzz-brief then
