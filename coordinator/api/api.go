@@ -390,6 +390,10 @@ func (a *API) recoverer(next http.Handler) http.Handler {
 		defer func() {
 			if rec := recover(); rec != nil {
 				if rec == http.ErrAbortHandler {
+					// A stream cut short (its agent or client gone): logged
+					// as such, then left to net/http to close the connection.
+					a.log.Debug("request", "request_id", r.Header.Get(requestIDHeader), "method", r.Method, "path", r.URL.Path,
+						"status", sw.status, "aborted", true, "duration", time.Since(start))
 					panic(rec)
 				}
 				a.log.Error("handler panicked", "request_id", r.Header.Get(requestIDHeader), "method", r.Method,
