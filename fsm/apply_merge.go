@@ -36,6 +36,10 @@ func (a *applyCtx) mergeFileParts(c *vbatchv1.MergeFileParts) error {
 	if m.Bytes != total || m.Bytes != f.Bytes {
 		return Reject(ErrInvalid, "file %s: merged blob of %d bytes for parts of %d (file %d)", c.FileId, m.Bytes, total, f.Bytes)
 	}
-	f.Parts = []*vbatchv1.BlobRef{proto.Clone(m).(*vbatchv1.BlobRef)}
+	// A new record, not a change to the stored one: readers may hold it
+	// past View (State.Files).
+	merged := proto.Clone(f).(*vbatchv1.File)
+	merged.Parts = []*vbatchv1.BlobRef{proto.Clone(m).(*vbatchv1.BlobRef)}
+	a.s.Files[f.Id] = merged
 	return nil
 }

@@ -22,7 +22,12 @@ func TestMergeFileParts(t *testing.T) {
 	refused(t, h, ErrConflict, &vbatchv1.MergeFileParts{FileId: "file-in", Parts: h.State().Files["file-in"].Parts, Merged: blob("m", 10)})
 
 	before := h.State().Files["file-out"]
+	var stored *vbatchv1.File // the FSM's own record, as a list keeps it
+	h.FSM.View(func(s *State) { stored = s.Files["file-out"] })
 	h.MustApply(t, merge)
+	if len(stored.Parts) != 3 {
+		t.Fatalf("the merge changed the stored record in place: %v", stored)
+	}
 	after := h.State().Files["file-out"]
 	if len(after.Parts) != 1 || after.Parts[0].Sha256 != "m" || after.Bytes != 35 || after.Lines != before.Lines || after.Filename != before.Filename {
 		t.Fatalf("merged file = %v, was %v", after, before)

@@ -33,7 +33,8 @@ func New() *FSM {
 }
 
 // View runs fn with the state under the read lock. fn must not mutate the
-// state or keep references into it (proto.Clone what it keeps).
+// state or keep references into it (proto.Clone what it keeps), but for
+// File records, which are never changed once stored (State.Files).
 func (f *FSM) View(fn func(s *State)) {
 	f.mu.RLock()
 	defer f.mu.RUnlock()

@@ -132,6 +132,7 @@ func (m *model) step(rt *rapid.T) {
 	}
 	before := m.state()
 	cmd := g.command(before)
+	held := m.heldFiles()
 	err := m.apply(rt, cmd)
 	rt.Logf("%d @%d: %T %v -> %v", m.index, m.now.UnixMilli(), cmd, cmd, err)
 	after := m.state()
@@ -143,12 +144,30 @@ func (m *model) step(rt *rapid.T) {
 	} else {
 		m.accepted(rt, before, after, cmd)
 	}
+	for f, was := range held {
+		if !proto.Equal(f, was) {
+			rt.Fatalf("%T changed stored file %s in place: %v, was %v", cmd, was.Id, f, was)
+		}
+	}
 	checkStep(rt, before, after)
 	m.checkState(rt, after)
 	m.checkIndex(rt)
 	if err == nil && g.oneIn(5) {
 		m.checkReapply(rt, cmd)
 	}
+}
+
+// heldFiles returns the FSM's own file records, each with a copy: a
+// reader may keep a *File past View (State.Files), so no command may
+// change one in place.
+func (m *model) heldFiles() map[*vbatchv1.File]*vbatchv1.File {
+	held := map[*vbatchv1.File]*vbatchv1.File{}
+	m.f.View(func(s *State) {
+		for _, f := range s.Files {
+			held[f] = proto.Clone(f).(*vbatchv1.File)
+		}
+	})
+	return held
 }
 
 // count records the outcome of a step in the coverage.

@@ -12,9 +12,13 @@ import (
 )
 
 // State is the replicated state. Records are keyed by id. Readers get it
-// through FSM.View and must neither mutate nor retain it.
+// through FSM.View and must neither mutate nor retain it, but for Files.
 type State struct {
 	APIKeys map[string]*vbatchv1.APIKey
+	// Files are never changed once stored: a command that changes a file
+	// stores a new record (MergeFileParts), so a reader may keep a *File
+	// past View and read it there (never write it), e.g. to sort a list
+	// outside the lock.
 	Files   map[string]*vbatchv1.File
 	Batches map[string]*vbatchv1.Batch
 	Agents  map[string]*vbatchv1.Agent

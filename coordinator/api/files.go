@@ -47,25 +47,18 @@ func (a *API) listFiles(w http.ResponseWriter, r *http.Request, p *principal) er
 	if err := a.consistent(r); err != nil {
 		return err
 	}
-	// The page is built under the read lock, copying only its own files
-	// (an output file lists a part per chunk commit), and written after.
-	var out listObject[fileObject]
+	// Under the read lock (every raft apply waits for it) the list only
+	// gathers the project's files; it sorts and pages outside. That is
+	// safe because no command changes a stored File (fsm.State.Files).
+	var files []*vbatchv1.File
+	var cursor *vbatchv1.File
 	now := a.b.Now().Unix()
 	a.b.FSM().View(func(s *fsm.State) {
-		var files []*vbatchv1.File
 		for _, f := range s.Files {
 			if f.Project == p.project && (purpose == "" || f.Purpose == purpose) && !fsm.FileExpired(f, now) {
 				files = append(files, f)
 			}
 		}
-		byPosition := func(x, y *vbatchv1.File) int {
-			c := cmp.Or(cmp.Compare(x.CreatedAt, y.CreatedAt), cmp.Compare(x.Id, y.Id))
-			if order == "desc" {
-				return -c
-			}
-			return c
-		}
-		slices.SortFunc(files, byPosition)
 		// The cursor is looked up among all the project's files, so that a
 		// cursor the list leaves out (it expired since the last page, or
 		// has another purpose) still gives the place to go on from; then
@@ -73,28 +66,31 @@ func (a *API) listFiles(w http.ResponseWriter, r *http.Request, p *principal) er
 		// so deleting files while paging through them, or the leader
 		// deleting an expired one, does not break the paging. Another
 		// project's file, live or deleted, is as unknown as no file.
-		var cursor *vbatchv1.File
 		if f, ok := s.Files[after]; ok && f.Project == p.project {
 			cursor = f
 		} else if t, ok := s.FileTombstones[after]; ok && t.Project == p.project {
 			cursor = &vbatchv1.File{Id: t.Id, CreatedAt: t.CreatedAt}
 		}
-		page, hasMore, perr := pageAfter(files, after, cursor != nil, limit, func(f *vbatchv1.File) bool { return byPosition(f, cursor) > 0 })
-		if perr != nil {
-			err = perr
-			return
-		}
-		out = listObject[fileObject]{Object: "list", Data: make([]fileObject, len(page)), HasMore: hasMore}
-		for i, f := range page {
-			out.Data[i] = toFileObject(f)
-		}
-		if len(page) > 0 {
-			first, last := page[0].Id, page[len(page)-1].Id
-			out.FirstID, out.LastID = &first, &last
-		}
 	})
+	byPosition := func(x, y *vbatchv1.File) int {
+		c := cmp.Or(cmp.Compare(x.CreatedAt, y.CreatedAt), cmp.Compare(x.Id, y.Id))
+		if order == "desc" {
+			return -c
+		}
+		return c
+	}
+	slices.SortFunc(files, byPosition)
+	page, hasMore, err := pageAfter(files, after, cursor != nil, limit, func(f *vbatchv1.File) bool { return byPosition(f, cursor) > 0 })
 	if err != nil {
 		return err
+	}
+	out := listObject[fileObject]{Object: "list", Data: make([]fileObject, len(page)), HasMore: hasMore}
+	for i, f := range page {
+		out.Data[i] = toFileObject(f)
+	}
+	if len(page) > 0 {
+		first, last := page[0].Id, page[len(page)-1].Id
+		out.FirstID, out.LastID = &first, &last
 	}
 	writeJSON(w, http.StatusOK, out)
 	return nil
