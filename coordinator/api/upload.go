@@ -40,6 +40,46 @@ const maxFieldBytes = 4 << 10
 // fields and the multipart framing.
 const formSlack = maxFieldBytes * 8
 
+// maxPartHeaderBytes caps what each form part's delimiter and header block
+// may take. mime/multipart allows 10 MiB and reads it all into memory, so
+// without this one request with a few huge part headers (within the body
+// cap) allocated tens of megabytes.
+const maxPartHeaderBytes = 16 << 10
+
+// multipartReadAhead is what a multipart.Reader may read past a header
+// (its buffer), counted in the header's cap.
+const multipartReadAhead = 4 << 10
+
+// errPartHeaderTooLarge is what the body returns to the multipart reader
+// once a part's header passes its cap.
+var errPartHeaderTooLarge = errors.New("form part header too large")
+
+// headerLimit passes the body through, and while armed fails once more
+// than its budget was read: armed around each NextPart, it bounds the
+// bytes a part's header may make the multipart reader hold.
+type headerLimit struct {
+	r    io.Reader
+	left int64 // < 0: not armed
+	hit  bool
+}
+
+// arm starts counting a budget of n bytes; disarm stops.
+func (h *headerLimit) arm(n int64) { h.left = n }
+func (h *headerLimit) disarm()     { h.left = -1 }
+
+func (h *headerLimit) Read(p []byte) (int, error) {
+	if h.left < 0 {
+		return h.r.Read(p)
+	}
+	if h.left == 0 {
+		h.hit = true
+		return 0, errPartHeaderTooLarge
+	}
+	n, err := h.r.Read(p[:min(int64(len(p)), h.left)])
+	h.left -= int64(n)
+	return n, err
+}
+
 // errUploadTooLarge is what the upload stream returns past the size cap, so
 // that StoreUpload aborts without keeping anything.
 var errUploadTooLarge = errors.New("file too large")
@@ -190,7 +230,8 @@ func (a *API) uploadFile(w http.ResponseWriter, r *http.Request, p *principal) e
 	// closing delimiter went by.
 	r.Body = http.MaxBytesReader(w, r.Body, a.cfg.MaxUploadBytes+formSlack)
 	closing := newCloseWatch(r.Body, boundary)
-	mr := multipart.NewReader(closing, boundary)
+	headers := &headerLimit{r: closing, left: -1}
+	mr := multipart.NewReader(headers, boundary)
 	var (
 		purpose, filename string
 		expiresAnchor     string
@@ -202,7 +243,15 @@ func (a *API) uploadFile(w http.ResponseWriter, r *http.Request, p *principal) e
 	)
 	defer func() { pre.finish(errUploadEnded) }()
 	for {
+		// Every part before is read to its end (or the upload refused), so
+		// what NextPart reads is this part's delimiter, header and
+		// read-ahead.
+		headers.arm(maxPartHeaderBytes + multipartReadAhead)
 		part, err := mr.NextPart()
+		headers.disarm()
+		if headers.hit {
+			return badRequest(codeInvalidValue, "", "A form part's header is larger than the maximum of %d bytes.", maxPartHeaderBytes)
+		}
 		if err == io.EOF && closing.seen {
 			break
 		}

@@ -8,6 +8,7 @@ import (
 	"math/rand/v2"
 	"net"
 	"net/http"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -233,5 +234,46 @@ func TestUploadFormFieldsRefused(t *testing.T) {
 	body := part(`name="purpose"`, "batch") + part(`name="file"; filename="`+strings.Repeat("a", 255)+`"`, content) + "--" + cutBoundary + "--\r\n"
 	if r := e.do(http.MethodPost, "/v1/files", testRoot, strings.NewReader(body), "Content-Type", "multipart/form-data; boundary="+cutBoundary); r.status != 200 {
 		t.Fatalf("255-byte filename: %d %s", r.status, r.body)
+	}
+}
+
+// TestUploadPartHeaderCapped: a form part whose header passes 16 KiB is a
+// 400, refused as it streams in, not read into memory (mime/multipart
+// alone takes up to 10 MiB per part header); a header just under the cap,
+// before or after the file, is fine.
+func TestUploadPartHeaderCapped(t *testing.T) {
+	e := rootEnv(t)
+	part := func(header, value string) string {
+		return "--" + cutBoundary + "\r\n" + header + "\r\n\r\n" + value + "\r\n"
+	}
+	form := func(extra string) string {
+		return part(`Content-Disposition: form-data; name="purpose"`, "batch") + extra +
+			part(`Content-Disposition: form-data; name="file"; filename="in.jsonl"`, batchLines(1)) + "--" + cutBoundary + "--\r\n"
+	}
+	post := func(body string) response {
+		return e.do(http.MethodPost, "/v1/files", testRoot, strings.NewReader(body), "Content-Type", "multipart/form-data; boundary="+cutBoundary)
+	}
+	pad := func(n int) string {
+		return "Content-Disposition: form-data; name=\"note\"\r\nX-Pad: " + strings.Repeat("a", n)
+	}
+	if r := post(form(part(pad(15<<10), "x"))); r.status != http.StatusOK {
+		t.Fatalf("a 15 KiB part header: %d %s", r.status, r.body)
+	}
+	huge := form(part(pad(9<<20), "x")) // within the body cap
+	var before, after runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&before)
+	r := post(huge)
+	runtime.ReadMemStats(&after)
+	er := r.wantError(t, http.StatusBadRequest, typeInvalidRequest, codeInvalidValue)
+	if er["param"] != nil || !strings.Contains(er["message"].(string), "header") {
+		t.Fatalf("error %v", er)
+	}
+	// Reading the header into memory took tens of MiB.
+	if n := after.TotalAlloc - before.TotalAlloc; n > 8<<20 {
+		t.Fatalf("a refused 9 MiB part header allocated %d bytes", n)
+	}
+	if snap := e.b.snapshot(); strings.Count(snap, "file-") != 1 {
+		t.Fatalf("state: %s", snap)
 	}
 }
