@@ -227,6 +227,10 @@ func (g *gen) agentCommand(*State) proto.Message {
 	case 1:
 		return &vbatchv1.RemoveAgent{AgentId: id}
 	case 2:
+		// Half of them for an unknown agent: refusals are rare otherwise.
+		if g.oneIn(2) {
+			id = "ghost"
+		}
 		return &vbatchv1.UndrainAgent{AgentId: id}
 	}
 	return &vbatchv1.RegisterAgent{Agent: &vbatchv1.Agent{Id: id, Models: []string{"m"}, MaxLeases: 2}}
