@@ -7,6 +7,7 @@ import (
 
 	"github.com/vbatch/vbatch/coordinator/api"
 	"github.com/vbatch/vbatch/coordinator/validate"
+	"github.com/vbatch/vbatch/fsm"
 	"github.com/vbatch/vbatch/gossip"
 	"github.com/vbatch/vbatch/internal/netutil"
 	"github.com/vbatch/vbatch/internal/tlsutil"
@@ -230,8 +231,8 @@ func (c *Config) Check() error {
 		return errors.New("--bootstrap-expect must be at least 1")
 	case c.ChunkSize < 1:
 		return errors.New("chunk size must be at least 1")
-	case c.LeaseTTL < time.Second:
-		return errors.New("lease TTL must be at least 1s")
+	case c.LeaseTTL < time.Second || c.LeaseTTL > fsm.MaxLeaseTTL:
+		return fmt.Errorf("lease TTL must be from 1s to %s", fsm.MaxLeaseTTL)
 	case c.DeadServerGrace < 0 || c.ServerStabilizationTime < 0 || c.MinQuorum < 0:
 		return errors.New("autopilot settings must not be negative")
 	case c.AgentForgetAfter < 0 || c.BatchCompactAfter < 0:

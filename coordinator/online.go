@@ -55,6 +55,11 @@ type agentScope struct {
 // has no response timeout (a generation may take minutes).
 const agentGoneGrace = 10 * time.Second
 
+// errAgentNotServing marks a retry after an agent answered that its engine
+// did not take the request (a marked 503: engine down, or busy with a line
+// run alone).
+var errAgentNotServing = errors.New("the agent's engine did not take the request")
+
 // errAgentGone is the cause of a request cut because its agent is gone.
 var errAgentGone = errors.New("gossip declared the agent gone")
 
@@ -89,6 +94,17 @@ func (r *router) agentGone(agent string) {
 	}
 	time.AfterFunc(r.goneGrace, func() {
 		if _, back := r.c.pool.Member(agent); back {
+			// A flap: its requests go on, and stay within reach of the
+			// agent's next leave, under the current scope or chained to it.
+			r.mu.Lock()
+			cur, ok := r.scopes[agent]
+			if !ok {
+				r.scopes[agent] = s
+			}
+			r.mu.Unlock()
+			if ok {
+				context.AfterFunc(cur.ctx, func() { s.cancel(context.Cause(cur.ctx)) })
+			}
 			return
 		}
 		s.cancel(errAgentGone)
@@ -246,6 +262,7 @@ func (r *router) ServeInference(w http.ResponseWriter, req *http.Request) error 
 	defer r.bodies.Add(-int64(len(body)))
 	tried := map[string]bool{}
 	var last error
+	busy := true // every agent tried answered that its engine did not take it
 	for attempt := 1; attempt <= onlineAttempts; attempt++ {
 		agent, err := r.pick(head.Model, tried)
 		if err != nil {
@@ -259,13 +276,28 @@ func (r *router) ServeInference(w http.ResponseWriter, req *http.Request) error 
 		if !errors.Is(last, errRetryAgent) {
 			return nil // answered, or the error was written
 		}
+		busy = busy && errors.Is(last, errAgentNotServing)
 		r.c.log.Info("online request: trying another agent", "agent", agent.Name, "err", last)
 	}
-	w.Header().Set("Content-Type", "application/json")
-	w.WriteHeader(http.StatusBadGateway)
-	_, _ = fmt.Fprintf(w, `{"error":{"message":%q,"type":"server_error","param":null,"code":"agent_unreachable"}}`,
+	if busy {
+		// Reachable agents whose engines are down or held by a line run
+		// alone: the model is unavailable for now, as with no agent.
+		w.Header().Set("Retry-After", "1")
+		writeOnlineError(w, http.StatusServiceUnavailable, "model_unavailable",
+			fmt.Sprintf("No agent serving %s can take the request now (%d tried: engine not serving, or busy with a request run alone); retry shortly.", head.Model, len(tried)))
+		return nil
+	}
+	writeOnlineError(w, http.StatusBadGateway, "agent_unreachable",
 		fmt.Sprintf("No agent serving %s could take the request (%d tried).", head.Model, len(tried)))
 	return nil
+}
+
+// writeOnlineError answers an online request with an OpenAI error object
+// of type server_error.
+func writeOnlineError(w http.ResponseWriter, status int, code, msg string) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	_, _ = fmt.Fprintf(w, `{"error":{"message":%q,"type":"server_error","param":null,"code":%q}}`, msg, code)
 }
 
 // forward proxies the request to one agent. With retry set, a failure
@@ -286,6 +318,15 @@ func (r *router) forward(w http.ResponseWriter, req *http.Request, body []byte, 
 	defer cancel(nil)
 	stop := context.AfterFunc(r.scope(agent.Name), func() { cancel(errAgentGone) })
 	defer stop()
+	if _, ok := r.c.pool.Member(agent.Name); !ok {
+		// It left between pick and scope: its leave may have passed this
+		// scope by, so nothing would cut the request were it to hang.
+		if retry {
+			return fmt.Errorf("%w: agent %s left the gossip pool", errRetryAgent, agent.Name)
+		}
+		writeOnlineError(w, http.StatusBadGateway, "agent_gone", "agent "+agent.Name+" left the cluster before the request was sent")
+		return nil
+	}
 	req = req.WithContext(ctx)
 	var failed error
 	var wrote atomic.Bool // request headers reached the agent's connection
@@ -294,6 +335,11 @@ func (r *router) forward(w http.ResponseWriter, req *http.Request, body []byte, 
 		Rewrite: func(pr *httputil.ProxyRequest) {
 			pr.SetURL(target)
 			pr.Out.Header.Del("Authorization")
+			// With either header net/http takes a POST for replayable and
+			// sends it again, to the same agent, when a reused connection
+			// drops after taking it: the engine would run it twice.
+			pr.Out.Header.Del("Idempotency-Key")
+			pr.Out.Header.Del("X-Idempotency-Key")
 			pr.Out.ContentLength = int64(len(body))
 			pr.Out.Body = io.NopCloser(bytes.NewReader(body))
 			pr.Out.GetBody = func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(body)), nil }
@@ -305,7 +351,7 @@ func (r *router) forward(w http.ResponseWriter, req *http.Request, body []byte, 
 			notSent := resp.Header.Get(agentNotSentHeader) == "1"
 			resp.Header.Del(agentNotSentHeader)
 			if retry && resp.StatusCode == http.StatusServiceUnavailable && notSent {
-				return fmt.Errorf("%w: agent answered %d before sending the request to its engine", errRetryAgent, resp.StatusCode)
+				return fmt.Errorf("%w: %w: agent answered %d", errRetryAgent, errAgentNotServing, resp.StatusCode)
 			}
 			return nil
 		},
@@ -316,7 +362,11 @@ func (r *router) forward(w http.ResponseWriter, req *http.Request, body []byte, 
 				r.c.log.Debug("online request ended by the client", "agent", agent.Name, "err", err)
 				return
 			}
-			if retry && (errors.Is(err, errRetryAgent) || !wrote.Load()) {
+			if retry && errors.Is(err, errRetryAgent) {
+				failed = err
+				return
+			}
+			if retry && !wrote.Load() {
 				failed = fmt.Errorf("%w: %v", errRetryAgent, err)
 				return
 			}
@@ -328,9 +378,7 @@ func (r *router) forward(w http.ResponseWriter, req *http.Request, body []byte, 
 			case errors.Is(err, context.DeadlineExceeded):
 				status, code = http.StatusGatewayTimeout, "agent_timeout"
 			}
-			w.Header().Set("Content-Type", "application/json")
-			w.WriteHeader(status)
-			_, _ = fmt.Fprintf(w, `{"error":{"message":%q,"type":"server_error","param":null,"code":%q}}`, "agent "+agent.Name+" did not answer", code)
+			writeOnlineError(w, status, code, "agent "+agent.Name+" did not answer")
 		},
 	}
 	proxy.ServeHTTP(w, req)

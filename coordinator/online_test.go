@@ -153,18 +153,30 @@ func TestOnlineRetriesOnlyWhatWasNotSent(t *testing.T) {
 
 	for _, tc := range []struct {
 		fail   string
-		status int // the client's
+		key    string // Idempotency-Key
+		status int    // the client's
 		good   int64
 	}{
-		{"not-sent", http.StatusOK, 1},
-		{"502", http.StatusBadGateway, 0},
-		{"503", http.StatusServiceUnavailable, 0},
-		{"504", http.StatusGatewayTimeout, 0},
-		{"drop", http.StatusBadGateway, 0},
+		{"not-sent", "", http.StatusOK, 1},
+		{"502", "", http.StatusBadGateway, 0},
+		{"503", "", http.StatusServiceUnavailable, 0},
+		{"504", "", http.StatusGatewayTimeout, 0},
+		// On the connection the 504 left open: with an Idempotency-Key,
+		// net/http would send the POST again once the reused connection
+		// drops, unless the proxy strips it.
+		{"drop", "k1", http.StatusBadGateway, 0},
+		{"drop", "", http.StatusBadGateway, 0},
 	} {
 		failWith.Store(tc.fail)
 		before, goodBefore := failing.Load(), good.Load()
-		rec := online(t, r)
+		rec := httptest.NewRecorder()
+		req := httptest.NewRequest("POST", "/v1/chat/completions", strings.NewReader(`{"model":"m","messages":[]}`))
+		if tc.key != "" {
+			req.Header.Set("Idempotency-Key", tc.key)
+		}
+		if err := r.ServeInference(rec, req); err != nil {
+			t.Fatalf("ServeInference: %v", err)
+		}
 		if rec.Code != tc.status || failing.Load() != before+1 || good.Load()-goodBefore != tc.good {
 			t.Errorf("a1 failing with %s: client got %d, a1 tried %d times, b %d; want %d, a1 once, b %d",
 				tc.fail, rec.Code, failing.Load()-before, good.Load()-goodBefore, tc.status, tc.good)
@@ -182,6 +194,13 @@ func TestOnlineRetriesOnlyWhatWasNotSent(t *testing.T) {
 // client gives up (the proxy's transport has no response timeout: a
 // generation may take minutes).
 func TestOnlineToGoneAgentIsCut(t *testing.T) {
+	t.Run("gone", func(t *testing.T) { testOnlineToGoneAgentIsCut(t, false) })
+	// Declared gone and back within the grace (a gossip flap): the request
+	// goes on, and is still cut when the agent is gone for good later.
+	t.Run("after a flap", func(t *testing.T) { testOnlineToGoneAgentIsCut(t, true) })
+}
+
+func testOnlineToGoneAgentIsCut(t *testing.T, flap bool) {
 	nodes := startCluster(t, 1)
 	leader := waitLeader(t, nodes)
 	r := leader.router
@@ -213,6 +232,19 @@ func TestOnlineToGoneAgentIsCut(t *testing.T) {
 		done <- rec
 	}()
 	waitFor(t, 10*time.Second, "the request to reach the agent", func() bool { return hits.Load() == 1 })
+	if flap {
+		r.agentGone("a") // the leave event; the agent is back when the grace ends
+		waitFor(t, 10*time.Second, "the flap's grace to end", func() bool {
+			r.mu.Lock()
+			defer r.mu.Unlock()
+			return r.scopes["a"] != nil
+		})
+		select {
+		case rec := <-done:
+			t.Fatalf("a request was cut by a flap: %d %s", rec.Code, rec.Body)
+		default:
+		}
+	}
 	if err := pool.Leave(time.Second); err != nil {
 		t.Fatal(err)
 	}
@@ -223,5 +255,26 @@ func TestOnlineToGoneAgentIsCut(t *testing.T) {
 		}
 	case <-time.After(10 * time.Second):
 		t.Fatal("the request to a gone agent still hangs")
+	}
+}
+
+// TestOnlineAllAgentsBusyIs503: when every agent tried answers that its
+// engine did not take the request (down, or busy with a line run alone),
+// the model is unavailable for now: 503 model_unavailable with
+// Retry-After, not 502 agent_unreachable (kept for agents that could not
+// be reached).
+func TestOnlineAllAgentsBusyIs503(t *testing.T) {
+	nodes := startCluster(t, 1)
+	leader := waitLeader(t, nodes)
+	r := newRouter(leader)
+	busy := func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set(agentNotSentHeader, "1")
+		w.WriteHeader(http.StatusServiceUnavailable)
+	}
+	fakeOnlineAgentFunc(t, leader, "a1", busy)
+	fakeOnlineAgentFunc(t, leader, "a2", busy)
+	rec := online(t, r)
+	if rec.Code != http.StatusServiceUnavailable || !strings.Contains(rec.Body.String(), "model_unavailable") || rec.Header().Get("Retry-After") == "" {
+		t.Fatalf("every agent busy: %d %s (Retry-After %q); want 503 model_unavailable with Retry-After", rec.Code, rec.Body, rec.Header().Get("Retry-After"))
 	}
 }

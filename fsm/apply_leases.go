@@ -132,9 +132,12 @@ func (a *applyCtx) renewLease(c *vbatchv1.RenewLease) error {
 	return nil
 }
 
-// maxLeaseTTLMs bounds a lease's time to live: a longer one is a
-// proposer's bug, and would strand a chunk whose agent died unseen.
-const maxLeaseTTLMs = int64(24 * time.Hour / time.Millisecond)
+// MaxLeaseTTL bounds a lease's time to live: a longer one is a proposer's
+// bug, and would strand a chunk whose agent died unseen. Coordinators
+// refuse a --lease-ttl above it.
+const MaxLeaseTTL = 24 * time.Hour
+
+const maxLeaseTTLMs = int64(MaxLeaseTTL / time.Millisecond)
 
 // leaseExpiry is when a granted or renewed lease ends: ttlMs after the
 // command's time when given (FSM level 8: the leader's clock alone decides,
