@@ -506,6 +506,23 @@ func checkIndex(rt *rapid.T, f *FSM) {
 				rt.Fatalf("live index misses batch %s (%s)", id, b.Status)
 			}
 		}
+		// The tombstones' deletion order: oldest first, holding every
+		// tombstone of the map (and perhaps ones a later delete replaced).
+		if !s.tombsIndexed {
+			rt.Fatal("the FSM's state has no tombstone index")
+		}
+		inOrder := map[*vbatchv1.FileTombstone]bool{}
+		for i, t := range s.tombs {
+			if i > 0 && t.DeletedAt < s.tombs[i-1].DeletedAt {
+				rt.Fatalf("tombstone index out of deletion order at %d: %d after %d", i, t.DeletedAt, s.tombs[i-1].DeletedAt)
+			}
+			inOrder[t] = true
+		}
+		for id, t := range s.FileTombstones {
+			if !inOrder[t] {
+				rt.Fatalf("tombstone index misses file %s", id)
+			}
+		}
 	})
 }
 
