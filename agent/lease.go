@@ -101,7 +101,7 @@ func (a *Agent) processLease(l *vbatchv1.LeaseResponse) {
 	r := &leaseRun{
 		a:            a,
 		l:            l,
-		log:          a.log.With("batch", l.BatchId, "chunk", l.Chunk, "token", l.Token),
+		log:          a.log.With("batch_id", l.BatchId, "chunk", l.Chunk, "token", l.Token),
 		revoked:      make(chan struct{}),
 		cancelled:    make(chan struct{}),
 		results:      make(chan lineDone, cap(a.runner.slots)),

@@ -188,7 +188,7 @@ func (s *agentService) resumeGrant(ctx context.Context, agentID, requestID strin
 		return nil, nil
 	}
 	if running {
-		s.c.log.Info("lease answer was lost; granting it again", "agent", agentID, "batch", batchID, "chunk", chunk, "token", token)
+		s.c.log.Info("lease answer was lost; granting it again", "agent", agentID, "batch_id", batchID, "chunk", chunk, "token", token)
 		s.c.metrics.LeasesResumed.Inc()
 		return s.leaseResponse(agentID, batchID, chunk, token), nil
 	}
@@ -683,7 +683,7 @@ func (s *agentService) Release(ctx context.Context, req *connect.Request[vbatchv
 	}
 	cmd := releaseCommand(m, s.c.clusterAtFSMLevel(fsm.LevelCrashCounts))
 	if m.Reason == fsm.ReleaseEngineCrash {
-		s.c.log.Warn("engine crashed under a lease", "batch", m.BatchId, "chunk", m.Chunk, "started_end", m.StartedEnd, "alone", m.Alone)
+		s.c.log.Warn("engine crashed under a lease", "batch_id", m.BatchId, "chunk", m.Chunk, "started_end", m.StartedEnd, "alone", m.Alone)
 	}
 	_, err := s.c.Apply(ctx, cmd)
 	if err != nil && !errors.Is(err, fsm.ErrStaleToken) {
