@@ -259,15 +259,16 @@ func (e *VLLM) launch(ctx context.Context, key string) (*vllmProc, error) {
 	// The key goes in the environment, which only the agent's user can
 	// read (/proc/PID/environ), not on the command line every local user
 	// sees in ps; vLLM reads VLLM_API_KEY when --api-key is not given.
-	cmd.Env = append(os.Environ(), "VLLM_API_KEY="+key)
+	set := []string{"VLLM_API_KEY=" + key}
 	if e.cfg.GPUs != "" {
-		cmd.Env = append(cmd.Env, "CUDA_VISIBLE_DEVICES="+e.cfg.GPUs)
+		set = append(set, "CUDA_VISIBLE_DEVICES="+e.cfg.GPUs)
 	}
 	if e.cfg.Owner != "" {
-		// exec.Cmd keeps the last of duplicate variables: this value wins
-		// over one the agent may have inherited.
-		cmd.Env = append(cmd.Env, ownerEnv+"="+e.cfg.Owner)
+		set = append(set, ownerEnv+"="+e.cfg.Owner)
 	}
+	// The agent's secrets (VBATCH_*, SENTRY_*, PYROSCOPE_*) stay out of
+	// reach of the model code vLLM runs.
+	cmd.Env = vllmEnv(os.Environ(), set...)
 	p := &vllmProc{
 		cmd:    cmd,
 		base:   "http://127.0.0.1:" + strconv.Itoa(port),
