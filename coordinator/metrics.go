@@ -81,6 +81,9 @@ func (v clusterView) Agents() []monitoring.AgentView {
 	return out
 }
 
+// Now is the clock telemetry arrival times are stamped with.
+func (v clusterView) Now() time.Time { return v.c.Now() }
+
 // Raft reads this node's raft figures.
 func (v clusterView) Raft() monitoring.RaftView {
 	r := v.c.raftNode.raft

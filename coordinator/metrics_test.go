@@ -69,13 +69,18 @@ func TestMetricsShowTheClusterOnEveryCoordinator(t *testing.T) {
 	if _, err := leader.Apply(ctx, &vbatchv1.RegisterAgent{Agent: agent}); err != nil {
 		t.Fatalf("register agent: %v", err)
 	}
-	// Telemetry reaches one coordinator; its figures show there.
-	tel := &vbatchv1.TelemetryRequest{AgentId: "agent-1",
-		Gpus:    []*vbatchv1.GPU{{Index: 0, TemperatureCelsius: 71, MemoryTotalBytes: 1 << 30}},
-		Engines: []*vbatchv1.EngineStats{{Model: "m", Loaded: true, TokensPerSecond: 99}}}
+	// agent-2 is in gossip (alive), agent-1 is not (dead).
+	joinFakeAgent(t, leader, "agent-2", "127.0.0.1:1")
+	// Telemetry reaches one coordinator; the live agent's figures show
+	// there, the dead one's do not.
 	f := follower(nodes)
-	if _, err := f.agents.Telemetry(ctx, connect.NewRequest(tel)); err != nil {
-		t.Fatalf("telemetry: %v", err)
+	for _, id := range []string{"agent-1", "agent-2"} {
+		tel := &vbatchv1.TelemetryRequest{AgentId: id,
+			Gpus:    []*vbatchv1.GPU{{Index: 0, TemperatureCelsius: 71, MemoryTotalBytes: 1 << 30}},
+			Engines: []*vbatchv1.EngineStats{{Model: "m", Loaded: true, TokensPerSecond: 99}}}
+		if _, err := f.agents.Telemetry(ctx, connect.NewRequest(tel)); err != nil {
+			t.Fatalf("telemetry: %v", err)
+		}
 	}
 	resp, err := http.Get("http://" + f.HTTPAddr() + "/v1/files")
 	if err != nil {
@@ -94,8 +99,9 @@ func TestMetricsShowTheClusterOnEveryCoordinator(t *testing.T) {
 			alive, _ := value(mfs, "vbatch_raft_peers_alive", nil)
 			// The agent is registered but not in gossip: dead, on every node.
 			dead, _ := value(mfs, "vllm_worker_status", map[string]string{"agent": "agent-1", "status": "dead"})
+			live, _ := value(mfs, "vllm_worker_status", map[string]string{"agent": "agent-2", "status": "alive"})
 			_, active := value(mfs, "vllm_batch_jobs_active", map[string]string{"status": "in_progress"})
-			ok = ok && peers == 3 && alive == 3 && dead == 1 && active
+			ok = ok && peers == 3 && alive == 3 && dead == 1 && live == 1 && active
 		}
 		if ok && leaders == 1 {
 			break
@@ -106,14 +112,23 @@ func TestMetricsShowTheClusterOnEveryCoordinator(t *testing.T) {
 		time.Sleep(50 * time.Millisecond)
 	}
 	mfs := scrape(t, f)
-	if v, _ := value(mfs, "vllm_gpu_temperature_celsius", map[string]string{"agent": "agent-1", "gpu": "0"}); v != 71 {
+	if v, _ := value(mfs, "vllm_gpu_temperature_celsius", map[string]string{"agent": "agent-2", "gpu": "0"}); v != 71 {
 		t.Errorf("gpu temperature = %v, want 71", v)
 	}
-	if v, _ := value(mfs, "vllm_throughput_tokens_per_second", map[string]string{"agent": "agent-1", "model": "m"}); v != 99 {
+	if v, _ := value(mfs, "vllm_throughput_tokens_per_second", map[string]string{"agent": "agent-2", "model": "m"}); v != 99 {
 		t.Errorf("throughput = %v, want 99", v)
 	}
-	if _, ok := value(mfs, "vllm_worker_heartbeat_timestamp", map[string]string{"agent": "agent-1"}); !ok {
-		t.Error("no heartbeat timestamp for an agent that sent telemetry")
+	// A dead agent's last figures are not its state.
+	if v, ok := value(mfs, "vllm_gpu_temperature_celsius", map[string]string{"agent": "agent-1", "gpu": "0"}); ok {
+		t.Errorf("dead agent's gpu temperature exported (%v)", v)
+	}
+	if v, ok := value(mfs, "vllm_model_loaded", map[string]string{"agent": "agent-1", "model": "m"}); ok {
+		t.Errorf("dead agent's model loaded exported (%v)", v)
+	}
+	for _, id := range []string{"agent-1", "agent-2"} {
+		if _, ok := value(mfs, "vllm_worker_heartbeat_timestamp", map[string]string{"agent": id}); !ok {
+			t.Errorf("no heartbeat timestamp for %s, which sent telemetry", id)
+		}
 	}
 	if v, _ := value(mfs, "vllm_request_total", map[string]string{"endpoint": "/v1/files", "method": "GET", "code": "200"}); v != 1 {
 		t.Errorf("GET /v1/files counted %v times, want 1", v)

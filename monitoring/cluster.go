@@ -24,7 +24,20 @@ type ClusterView interface {
 	Agents() []AgentView
 	// Raft reports this node's raft figures.
 	Raft() RaftView
+	// Now is the view's clock, the one AgentView.ReceivedAt is read on: a
+	// report's age is Now minus ReceivedAt.
+	Now() time.Time
 }
+
+// TelemetryMaxAge is how old an agent's latest telemetry may be and still
+// be exported as its GPU and engine figures: three times the agent's
+// default telemetry interval (5 s). An older report no longer describes
+// the agent (it stopped, or cannot reach this coordinator), and exporting
+// its last values would keep a temperature alert firing on a dead host and
+// count a gone engine's throughput as capacity until the agent is
+// forgotten. An agent configured to report less often than every 5 s has
+// gaps in those series.
+const TelemetryMaxAge = 15 * time.Second
 
 // AgentView is one registered agent as a coordinator sees it.
 type AgentView struct {
@@ -241,6 +254,7 @@ func (c *ClusterCollector) collectAgents(ch chan<- prometheus.Metric) {
 	gauge := func(d *prometheus.Desc, v float64, labels ...string) {
 		ch <- prometheus.MustNewConstMetric(d, prometheus.GaugeValue, v, labels...)
 	}
+	now := c.view.Now()
 	for _, a := range c.view.Agents() {
 		for _, s := range workerStates {
 			v := 0.0
@@ -253,7 +267,13 @@ func (c *ClusterCollector) collectAgents(ch chan<- prometheus.Metric) {
 		if t == nil {
 			continue
 		}
+		// The heartbeat stays: it is how a silent agent is told apart.
 		gauge(c.heartbeat, float64(a.ReceivedAt.UnixMilli())/1000, a.ID)
+		// A dead agent's or a stale report's figures are its last words,
+		// not its state: leave the series out rather than repeat them.
+		if a.Status == WorkerDead || now.Sub(a.ReceivedAt) > TelemetryMaxAge {
+			continue
+		}
 		seenGPU := map[uint32]bool{}
 		for _, g := range t.Gpus {
 			if seenGPU[g.Index] {

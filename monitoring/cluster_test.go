@@ -15,6 +15,7 @@ type fakeView struct {
 	batches []*vbatchv1.Batch
 	agents  []AgentView
 	raft    RaftView
+	now     time.Time
 }
 
 func (v *fakeView) Batches(fn func(*vbatchv1.Batch)) {
@@ -24,6 +25,7 @@ func (v *fakeView) Batches(fn func(*vbatchv1.Batch)) {
 }
 func (v *fakeView) Agents() []AgentView { return v.agents }
 func (v *fakeView) Raft() RaftView      { return v.raft }
+func (v *fakeView) Now() time.Time      { return v.now }
 
 func chunk(state vbatchv1.ChunkState, start, end, progress int64) *vbatchv1.Chunk {
 	return &vbatchv1.Chunk{State: state, StartLine: start, EndLine: end, Progress: progress}
@@ -60,6 +62,7 @@ func testView() *fakeView {
 			{ID: "ag2", Status: WorkerDead},
 		},
 		raft: RaftView{Leader: true, Term: 3, LastIndex: 120, CommitIndex: 119, AppliedIndex: 118, Peers: 3, PeersAlive: 2},
+		now:  time.Unix(1700000005, 0),
 	}
 }
 
@@ -217,5 +220,53 @@ func TestClusterCollectorEmpty(t *testing.T) {
 	}
 	if v := testutil.ToFloat64(onlyMetric(t, c, "vllm_queue_depth")); v != 0 {
 		t.Errorf("queue depth = %v", v)
+	}
+}
+
+// TestClusterCollectorStaleTelemetry: the GPU and engine figures of a dead
+// agent, or of one whose latest report is older than TelemetryMaxAge, are
+// left out (a host that died hot would keep the temperature alert firing
+// until the agent is forgotten); its status and heartbeat stay.
+func TestClusterCollectorStaleTelemetry(t *testing.T) {
+	figures := []string{"vllm_gpu_temperature_celsius", "vllm_gpu_memory_used_bytes", "vllm_gpu_memory_total_bytes",
+		"vllm_gpu_utilization_percent", "vllm_gpu_power_watts", "vllm_model_loaded", "vllm_model_load_duration_seconds",
+		"vllm_throughput_tokens_per_second", "vbatch_engine_requests_running", "vbatch_engine_requests_waiting"}
+	count := func(v *fakeView, names ...string) int {
+		t.Helper()
+		n, err := testutil.GatherAndCount(registryWith(t, NewClusterCollector(v)), names...)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return n
+	}
+	received := time.Unix(1700000000, 500e6)
+	for _, tc := range []struct {
+		name   string
+		status string
+		age    time.Duration
+		want   int
+	}{
+		{"fresh", WorkerAlive, TelemetryMaxAge, len(figures)},
+		{"fresh draining", WorkerDraining, time.Second, len(figures)},
+		{"stale", WorkerAlive, TelemetryMaxAge + time.Millisecond, 0},
+		{"stale draining", WorkerDraining, time.Hour, 0},
+		{"dead", WorkerDead, time.Second, 0},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			v := testView()
+			v.agents[0].Status = tc.status
+			v.agents[0].ReceivedAt = received
+			v.now = received.Add(tc.age)
+			if n := count(v, figures...); n != tc.want {
+				t.Errorf("GPU and engine series = %d, want %d", n, tc.want)
+			}
+			// Both agents keep their status series, and ag1 its heartbeat.
+			if n := count(v, "vllm_worker_status"); n != 2*len(workerStates) {
+				t.Errorf("status series = %d, want %d", n, 2*len(workerStates))
+			}
+			if n := count(v, "vllm_worker_heartbeat_timestamp"); n != 1 {
+				t.Errorf("heartbeat series = %d, want 1", n)
+			}
+		})
 	}
 }

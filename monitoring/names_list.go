@@ -3,6 +3,7 @@ package monitoring
 import (
 	"regexp"
 	"sort"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 
@@ -79,3 +80,4 @@ type emptyView struct{}
 func (emptyView) Batches(func(*vbatchv1.Batch)) {}
 func (emptyView) Agents() []AgentView           { return nil }
 func (emptyView) Raft() RaftView                { return RaftView{} }
+func (emptyView) Now() time.Time                { return time.Time{} }
