@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -10,16 +11,29 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/vbatch/vbatch/internal/devcluster"
+	"github.com/vbatch/vbatch/internal/netutil"
 )
 
 func devCmd() *cobra.Command {
 	var cfg devcluster.Config
 	var ef engineFlags
-	var logLevel string
+	var logLevel, logPath string
 	cmd := &cobra.Command{
 		Use:   "dev",
 		Short: "Run a local cluster in one process: three coordinators and sim agents on loopback",
+		Long: "Run a local cluster in one process: three coordinators and sim agents.\n\n" +
+			"Everything listens on 127.0.0.1 unless --bind-host is set. --bind-host 0.0.0.0 makes the\n" +
+			"coordinators' API (and /metrics) and the agents' metrics listeners reachable from other\n" +
+			"interfaces, e.g. from the Docker containers of deploy/docker-compose.monitoring.yml; RPC,\n" +
+			"raft and gossip stay on loopback. Off loopback the API needs --root-key (or VBATCH_ROOT_KEY);\n" +
+			"--insecure-no-auth serves it with no key at all.",
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if cfg.RootKey == "" {
+				cfg.RootKey = os.Getenv("VBATCH_ROOT_KEY")
+			}
+			if cfg.InsecureNoAuth && cfg.RootKey == "" && cfg.BindHost != "" && !netutil.IsLoopback(net.JoinHostPort(cfg.BindHost, "0")) {
+				fmt.Fprintf(cmd.ErrOrStderr(), "WARNING: --insecure-no-auth: the API on %s accepts every request without a key; anyone who reaches this host can submit, read and delete batches\n", cfg.BindHost)
+			}
 			if cfg.DataDir == "" {
 				dir, err := os.MkdirTemp("", "vbatch-dev-")
 				if err != nil {
@@ -28,7 +42,9 @@ func devCmd() *cobra.Command {
 				defer os.RemoveAll(dir)
 				cfg.DataDir = dir
 			}
-			logPath := filepath.Join(cfg.DataDir, "vbatch-dev.log")
+			if logPath == "" {
+				logPath = filepath.Join(cfg.DataDir, "vbatch-dev.log")
+			}
 			if err := os.MkdirAll(cfg.DataDir, 0o755); err != nil {
 				return err
 			}
@@ -45,10 +61,10 @@ func devCmd() *cobra.Command {
 			}
 			out := cmd.OutOrStdout()
 			for _, c := range cl.Coordinators {
-				fmt.Fprintf(out, "coordinator %s  api http://%s  rpc %s  raft %s  gossip %s\n", c.ID, c.HTTP, c.RPC, c.Raft, c.Gossip)
+				fmt.Fprintf(out, "coordinator %s  api http://%s%s  rpc %s  raft %s  gossip %s\n", c.ID, c.HTTP, bound(c), c.RPC, c.Raft, c.Gossip)
 			}
 			for _, a := range cl.Agents {
-				fmt.Fprintf(out, "agent       %s  http://%s  gossip %s  engine sim (model %s)\n", a.ID, a.HTTP, a.Gossip, devcluster.Model)
+				fmt.Fprintf(out, "agent       %s  http://%s%s  gossip %s  engine sim (model %s)\n", a.ID, a.HTTP, bound(a), a.Gossip, devcluster.Model)
 			}
 			fmt.Fprintf(out, "logs: %s\n", logPath)
 			fmt.Fprintf(out, "vbatch dev ready: export VBATCH_ADDR=http://%s (%s)\n", cl.Coordinators[0].HTTP, strings.Join(cl.URLs(), " "))
@@ -66,5 +82,18 @@ func devCmd() *cobra.Command {
 	f.IntVar(&cfg.Concurrency, "concurrency", 64, "each agent's requests in flight")
 	ef.addSim(f)
 	f.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
+	f.StringVar(&logPath, "log-file", "", "append the JSON logs to this file (default: vbatch-dev.log in the data directory); /var/log/vbatch/dev.log is shipped to Loki by deploy/alloy")
+	f.StringVar(&cfg.BindHost, "bind-host", "", "host the HTTP listeners (coordinator API and /metrics, agent metrics) bind, e.g. 0.0.0.0 for a Dockerised Prometheus (default 127.0.0.1; RPC, raft and gossip always stay on loopback)")
+	f.StringVar(&cfg.RootKey, "root-key", "", "admin API key, needed when --bind-host is not loopback (or VBATCH_ROOT_KEY)")
+	f.BoolVar(&cfg.InsecureNoAuth, "insecure-no-auth", false, "serve a non-loopback --bind-host without any API key (anyone who reaches the host controls the cluster)")
 	return cmd
+}
+
+// bound notes where n's HTTP listener binds when that is not the address
+// printed to dial it.
+func bound(n devcluster.Node) string {
+	if n.HTTPBind == n.HTTP {
+		return ""
+	}
+	return " (listening on " + n.HTTPBind + ")"
 }

@@ -1,6 +1,6 @@
-// Package devcluster runs a whole vbatch cluster in one process on
-// loopback: three coordinators and sim agents. It backs `vbatch dev`, the
-// demo and the benchmarks.
+// Package devcluster runs a whole vbatch cluster in one process: three
+// coordinators and sim agents, on loopback unless BindHost says otherwise.
+// It backs `vbatch dev`, the demo and the benchmarks.
 package devcluster
 
 import (
@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"path/filepath"
 	"sync"
@@ -41,12 +42,28 @@ type Config struct {
 	LogLevel    string
 	// ChunkSize overrides the coordinators' chunk size when set.
 	ChunkSize int
+	// BindHost is the host the HTTP listeners bind: the coordinators' API
+	// (which serves /metrics) and the agents' metrics listener. Empty
+	// means 127.0.0.1. Set it (e.g. "0.0.0.0") when something outside
+	// the host's loopback must reach them, such as Prometheus in a Docker
+	// container. RPC, raft and gossip stay on 127.0.0.1 whatever it is:
+	// they are unauthenticated plain text in a dev cluster.
+	BindHost string
+	// RootKey is the coordinators' admin API key. A non-loopback BindHost
+	// needs it, or InsecureNoAuth.
+	RootKey string
+	// InsecureNoAuth lets the coordinators serve a non-loopback BindHost
+	// without any API key.
+	InsecureNoAuth bool
 }
 
-// Node names one process of the cluster and its addresses.
+// Node names one process of the cluster and its addresses. HTTP is an
+// address this host can dial (127.0.0.1 when the listener binds every
+// interface); HTTPBind is the address the listener binds.
 type Node struct {
 	ID                      string
 	HTTP, RPC, Raft, Gossip string
+	HTTPBind                string
 }
 
 // Cluster is a running dev cluster.
@@ -75,18 +92,12 @@ func Start(ctx context.Context, cfg Config) (*Cluster, error) {
 	var join []string
 	for i := 0; i < 3; i++ {
 		p := cfg.BasePort + 100*i
-		n := Node{ID: fmt.Sprintf("c%d", i+1), HTTP: addr(p), RPC: addr(p + 1), Raft: addr(p + 2), Gossip: addr(p + 3)}
+		n := Node{ID: fmt.Sprintf("c%d", i+1), HTTP: cfg.dialHTTP(p), HTTPBind: cfg.bindHTTP(p), RPC: addr(p + 1), Raft: addr(p + 2), Gossip: addr(p + 3)}
 		cl.Coordinators = append(cl.Coordinators, n)
 		join = append(join, n.Gossip)
 	}
 	for i, n := range cl.Coordinators {
-		cc := coordinator.DefaultConfig()
-		cc.NodeID, cc.DataDir = n.ID, filepath.Join(cfg.DataDir, n.ID)
-		cc.HTTPAddr, cc.RPCAddr, cc.RaftAddr, cc.GossipAddr = n.HTTP, n.RPC, n.Raft, n.Gossip
-		cc.Join, cc.BootstrapExpect = join, 3
-		if cfg.ChunkSize > 0 {
-			cc.ChunkSize = cfg.ChunkSize
-		}
+		cc := cfg.coordinatorConfig(n, join)
 		logger := monitoring.NewLogger(cfg.LogOut, cfg.LogLevel, "coordinator")
 		c, err := coordinator.Start(cc, logger, cfg.LogOut)
 		if err != nil {
@@ -103,11 +114,11 @@ func Start(ctx context.Context, cfg Config) (*Cluster, error) {
 	cl.cancel = cancel
 	for j := 0; j < cfg.Agents; j++ {
 		p := cfg.BasePort + 300 + 10*j
-		n := Node{ID: fmt.Sprintf("agent-%d", j+1), HTTP: addr(p), Gossip: addr(p + 1)}
+		n := Node{ID: fmt.Sprintf("agent-%d", j+1), HTTP: cfg.dialHTTP(p), HTTPBind: cfg.bindHTTP(p), Gossip: addr(p + 1)}
 		cl.Agents = append(cl.Agents, n)
 		ac := agent.DefaultConfig()
 		ac.NodeID, ac.DataDir = n.ID, filepath.Join(cfg.DataDir, n.ID)
-		ac.Join, ac.GossipAddr, ac.MetricsAddr = join, n.Gossip, n.HTTP
+		ac.Join, ac.GossipAddr, ac.MetricsAddr = join, n.Gossip, n.HTTPBind
 		ac.Models = []string{Model}
 		if cfg.Concurrency > 0 {
 			ac.Concurrency = cfg.Concurrency
@@ -167,6 +178,36 @@ func waitListening(ctx context.Context, addr string, ended <-chan struct{}, time
 }
 
 func addr(port int) string { return fmt.Sprintf("127.0.0.1:%d", port) }
+
+// coordinatorConfig is the configuration of coordinator n.
+func (cfg Config) coordinatorConfig(n Node, join []string) coordinator.Config {
+	cc := coordinator.DefaultConfig()
+	cc.NodeID, cc.DataDir = n.ID, filepath.Join(cfg.DataDir, n.ID)
+	cc.HTTPAddr, cc.RPCAddr, cc.RaftAddr, cc.GossipAddr = n.HTTPBind, n.RPC, n.Raft, n.Gossip
+	cc.Join, cc.BootstrapExpect = join, 3
+	cc.RootKey, cc.InsecureNoAuth = cfg.RootKey, cfg.InsecureNoAuth
+	if cfg.ChunkSize > 0 {
+		cc.ChunkSize = cfg.ChunkSize
+	}
+	return cc
+}
+
+// bindHTTP is the address an HTTP listener on port binds.
+func (cfg Config) bindHTTP(port int) string {
+	if cfg.BindHost == "" {
+		return addr(port)
+	}
+	return net.JoinHostPort(cfg.BindHost, fmt.Sprint(port))
+}
+
+// dialHTTP is an address of the HTTP listener on port that this host can
+// dial: loopback when the listener binds every interface.
+func (cfg Config) dialHTTP(port int) string {
+	if ip := net.ParseIP(cfg.BindHost); cfg.BindHost == "" || (ip != nil && ip.IsUnspecified()) {
+		return addr(port)
+	}
+	return cfg.bindHTTP(port)
+}
 
 // URLs are the coordinators' API base URLs.
 func (cl *Cluster) URLs() []string {

@@ -1,0 +1,122 @@
+package devcluster
+
+import (
+	"context"
+	"net"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/vbatch/vbatch/internal/netutil"
+)
+
+// TestBindHostOnlyMovesHTTP checks that --bind-host moves the HTTP
+// listeners only: RPC, raft and gossip stay on loopback, and a
+// non-loopback API still needs a root key unless auth is waived.
+func TestBindHostOnlyMovesHTTP(t *testing.T) {
+	def := Config{}
+	if got := def.bindHTTP(8000); got != "127.0.0.1:8000" {
+		t.Errorf("default bind %s, want 127.0.0.1:8000", got)
+	}
+	cfg := Config{BindHost: "0.0.0.0", DataDir: t.TempDir()}
+	n := Node{ID: "c1", HTTP: cfg.dialHTTP(8000), HTTPBind: cfg.bindHTTP(8000), RPC: addr(8001), Raft: addr(8002), Gossip: addr(8003)}
+	if n.HTTPBind != "0.0.0.0:8000" || n.HTTP != "127.0.0.1:8000" {
+		t.Errorf("bind %s dial %s, want 0.0.0.0:8000 and 127.0.0.1:8000", n.HTTPBind, n.HTTP)
+	}
+	cc := cfg.coordinatorConfig(n, []string{n.Gossip})
+	if cc.HTTPAddr != "0.0.0.0:8000" {
+		t.Errorf("coordinator HTTP %s", cc.HTTPAddr)
+	}
+	for _, a := range []string{cc.RPCAddr, cc.RaftAddr, cc.GossipAddr} {
+		if !netutil.IsLoopback(a) {
+			t.Errorf("%s left loopback", a)
+		}
+	}
+	if err := cc.Check(); err == nil || !strings.Contains(err.Error(), "root key") {
+		t.Errorf("non-loopback API without a key: %v, want a refusal", err)
+	}
+	withKey := cfg
+	withKey.RootKey = "dev-key"
+	if cc := withKey.coordinatorConfig(n, nil); cc.Check() != nil || cc.RootKey != "dev-key" {
+		t.Errorf("root key not passed through: %v", cc.Check())
+	}
+	noAuth := cfg
+	noAuth.InsecureNoAuth = true
+	if cc := noAuth.coordinatorConfig(n, nil); cc.Check() != nil {
+		t.Errorf("--insecure-no-auth refused: %v", cc.Check())
+	}
+	ip := Config{BindHost: "10.1.2.3"}
+	if ip.dialHTTP(8300) != "10.1.2.3:8300" {
+		t.Errorf("dial %s for a specific host", ip.dialHTTP(8300))
+	}
+}
+
+// TestBindHostReachableOffLoopback starts a dev cluster with
+// BindHost 0.0.0.0 and scrapes a coordinator's and an agent's /metrics
+// through this host's non-loopback address, as a Dockerised Prometheus
+// does through the bridge gateway.
+func TestBindHostReachableOffLoopback(t *testing.T) {
+	ip, err := netutil.PrivateIP()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ip == "127.0.0.1" {
+		t.Skip("this host has no non-loopback IPv4 address")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	var cl *Cluster
+	for try := 0; cl == nil; try++ {
+		cl, err = Start(ctx, Config{BasePort: freeBase(t), DataDir: t.TempDir(), Agents: 1, BindHost: "0.0.0.0", RootKey: "dev-key"})
+		if err != nil && (try == 2 || !strings.Contains(err.Error(), "address already in use")) {
+			t.Fatal(err)
+		}
+	}
+	defer func() {
+		sctx, scancel := context.WithTimeout(context.Background(), StopTimeout)
+		defer scancel()
+		if err := cl.Stop(sctx); err != nil {
+			t.Error(err)
+		}
+	}()
+	for _, n := range []Node{cl.Coordinators[0], cl.Agents[0]} {
+		_, port, _ := net.SplitHostPort(n.HTTPBind)
+		url := "http://" + net.JoinHostPort(ip, port) + "/metrics"
+		resp, err := http.Get(url)
+		if err != nil {
+			t.Fatalf("%s: %v", n.ID, err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			t.Errorf("%s: GET %s: %s", n.ID, url, resp.Status)
+		}
+	}
+	if _, err := net.DialTimeout("tcp", net.JoinHostPort(ip, portOf(t, cl.Coordinators[0].RPC)), time.Second); err == nil {
+		t.Error("RPC is reachable off loopback")
+	}
+}
+
+// freeBase returns a base port the OS just handed out, low enough that
+// the cluster's ports (base … base+311) fit.
+func freeBase(t *testing.T) int {
+	for {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		p := ln.Addr().(*net.TCPAddr).Port
+		ln.Close()
+		if p+400 < 65535 {
+			return p
+		}
+	}
+}
+
+func portOf(t *testing.T, addr string) string {
+	_, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return port
+}
