@@ -5,16 +5,12 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"github.com/vbatch/vbatch/internal/httpsafe"
 	"io"
-	"log/slog"
 	"net"
 	"net/http"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/promhttp"
-
+	"github.com/vbatch/vbatch/internal/httpsafe"
 	"github.com/vbatch/vbatch/internal/tlsutil"
 	"github.com/vbatch/vbatch/monitoring"
 )
@@ -31,13 +27,8 @@ var onlinePaths = []string{"/v1/chat/completions", "/v1/completions", "/v1/embed
 // and the online-inference endpoints.
 func (a *Agent) Handler() http.Handler {
 	mux := http.NewServeMux()
-	engine := &engineGatherer{url: a.eng.MetricsURL, agentID: a.id, client: &http.Client{}}
-	// An engine whose metrics cannot be read or merged must not take the
-	// agent's own figures down with it: serve what gathers, log the rest.
-	mux.Handle("GET /metrics", promhttp.HandlerFor(prometheus.Gatherers{a.metrics.registry, engine}, promhttp.HandlerOpts{
-		ErrorHandling: promhttp.ContinueOnError,
-		ErrorLog:      slog.NewLogLogger(a.log.Handler(), slog.LevelWarn),
-	}))
+	engine := &engineGatherer{url: a.eng.MetricsURL, agentID: a.id, client: &http.Client{}, timeout: engineMetricsTimeout, log: a.log}
+	mux.Handle("GET /metrics", engine.handler(a.metrics.registry))
 	mux.HandleFunc("GET /metrics/engine", a.handleEngineMetrics)
 	mux.HandleFunc("GET /health", a.handleHealth)
 	for _, p := range onlinePaths {
