@@ -34,8 +34,8 @@ type agentList struct {
 }
 
 func agentsCmd(e *env) *cobra.Command {
-	cmd := groupCmd("agents", "List, drain and undrain agents (admin scope)")
-	cmd.AddCommand(agentsListCmd(e), agentsDrainCmd(e), agentsUndrainCmd(e))
+	cmd := groupCmd("agents", "List, drain, undrain and remove agents (admin scope)")
+	cmd.AddCommand(agentsListCmd(e), agentsDrainCmd(e), agentsUndrainCmd(e), agentsRemoveCmd(e))
 	return cmd
 }
 
@@ -117,6 +117,31 @@ func agentsUndrainCmd(e *env) *cobra.Command {
 				return e.printRaw(raw)
 			}
 			fmt.Fprintf(e.stdout, "Undrained %s\n", id)
+			return nil
+		},
+	}
+}
+
+func agentsRemoveCmd(e *env) *cobra.Command {
+	return &cobra.Command{
+		Use:   "remove ID",
+		Short: "Forget a stopped agent (the last step of retiring it)",
+		Long: "Forget a stopped agent: the cluster stops listing it, its metrics series end (and\n" +
+			"VbatchAgentDown with them), and any chunk it still held goes back to pending. The\n" +
+			"agent must be stopped first: one still alive in gossip is refused (HTTP 409). Retire an\n" +
+			"agent with 'vbctl agents drain ID --wait', then stop its service, then this. Without\n" +
+			"it the leader forgets a stopped agent after --agent-forget-after (24 h).",
+		Args: exactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			id := args[0]
+			raw, err := e.call(cmd.Context(), http.MethodDelete, "/v1/admin/agents/"+url.PathEscape(id), nil, nil)
+			if err != nil {
+				return err
+			}
+			if e.jsonOut() {
+				return e.printRaw(raw)
+			}
+			fmt.Fprintf(e.stdout, "Removed %s\n", id)
 			return nil
 		},
 	}

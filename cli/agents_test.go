@@ -91,3 +91,24 @@ func TestAgentsDrainWait(t *testing.T) {
 		t.Errorf("stderr shows another agent's leases:\n%s", r.stderr)
 	}
 }
+
+func TestAgentsRemove(t *testing.T) {
+	f := newFakeServer(t)
+	f.reply("DELETE /v1/admin/agents/{id}", 200, `{"id":"gpu-host-1","object":"agent","deleted":true}`)
+	r := f.run("agents", "remove", "gpu-host-1").ok(t)
+	checkRequest(t, f.only(), "DELETE", "/v1/admin/agents/gpu-host-1", "")
+	if r.stdout != "Removed gpu-host-1\n" {
+		t.Errorf("stdout = %q", r.stdout)
+	}
+	r = f.run("agents", "remove", "gpu-host-1", "-o", "json").ok(t)
+	checkSameJSON(t, r.stdout, `{"id":"gpu-host-1","object":"agent","deleted":true}`)
+
+	f.reply("DELETE /v1/admin/agents/live", 409, openAIError("Remove agent live: conflict: agent live is alive in gossip; stop it first.", "invalid_request_error", "conflict"))
+	r = f.run("agents", "remove", "live")
+	if r.code != 1 || r.stderr != "Error: Remove agent live: conflict: agent live is alive in gossip; stop it first. (HTTP 409, conflict)\n" {
+		t.Errorf("exit %d, stderr %q", r.code, r.stderr)
+	}
+	if r := f.run("agents", "remove"); r.code != 1 || !strings.Contains(r.stderr, "--help' for usage") {
+		t.Errorf("no id: exit %d, stderr %q, want a usage error", r.code, r.stderr)
+	}
+}

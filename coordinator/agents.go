@@ -2,6 +2,7 @@ package coordinator
 
 import (
 	"context"
+	"fmt"
 	"sort"
 
 	"github.com/vbatch/vbatch/coordinator/api"
@@ -58,6 +59,18 @@ func (c *Coordinator) Agents(ctx context.Context) ([]api.AgentInfo, error) {
 	})
 	sort.Slice(out, func(i, j int) bool { return out[i].ID < out[j].ID })
 	return out, nil
+}
+
+// RemoveAgent forgets an agent that has left gossip and hands its leased
+// chunks back, as the leader does on its own after AgentForgetAfter. An
+// agent still alive in this coordinator's gossip view is refused: it would
+// register again with its next call, and its leases would be cut under it.
+func (c *Coordinator) RemoveAgent(ctx context.Context, id string) error {
+	if _, ok := c.pool.MemberWithRole(id, gossip.RoleAgent); ok {
+		return fmt.Errorf("%w: agent %s is alive in gossip; stop it first (vbctl agents drain %s --wait, then stop its vbatch-agent service), then remove it", fsm.ErrConflict, id, id)
+	}
+	_, err := c.Apply(ctx, &vbatchv1.RemoveAgent{AgentId: id})
+	return err
 }
 
 // UndrainAgent lets a draining agent take leases again.

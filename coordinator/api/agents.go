@@ -48,3 +48,17 @@ func (a *API) undrainAgent(w http.ResponseWriter, r *http.Request, _ *principal)
 	writeJSON(w, http.StatusOK, map[string]any{"id": id, "draining": false})
 	return nil
 }
+
+// removeAgent serves DELETE /v1/admin/agents/{id}: the last step of
+// retiring an agent, once it is stopped. The state forgets it (its status
+// series end, and with them VbatchAgentDown) and any chunk it still held
+// goes back to pending. An agent still alive in gossip is refused with 409:
+// it would only register again.
+func (a *API) removeAgent(w http.ResponseWriter, r *http.Request, _ *principal) error {
+	id := r.PathValue("id")
+	if err := a.b.RemoveAgent(r.Context(), id); err != nil {
+		return fmt.Errorf("remove agent %s: %w", id, err)
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"id": id, "object": "agent", "deleted": true})
+	return nil
+}

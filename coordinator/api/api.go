@@ -220,6 +220,9 @@ func (a *API) Handler() http.Handler {
 	route("/v1/admin/agents", map[string]endpoint{
 		http.MethodGet: ep(accessAdmin, a.listAgents),
 	})
+	route("/v1/admin/agents/{id}", map[string]endpoint{
+		http.MethodDelete: ep(accessAdmin, a.removeAgent).audited(auditAgentRemove),
+	})
 	route("/v1/admin/agents/{id}/drain", map[string]endpoint{
 		http.MethodPost: ep(accessAdmin, a.drainAgent).audited(auditAgentDrain),
 	})

@@ -24,6 +24,7 @@ const (
 	auditSnapshotRestore = "cluster.snapshot_restore"
 	auditAgentDrain      = "agent.drain"
 	auditAgentUndrain    = "agent.undrain"
+	auditAgentRemove     = "agent.remove"
 )
 
 // Outcomes of an audit record: the action was done, refused for lack of

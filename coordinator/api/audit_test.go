@@ -154,6 +154,8 @@ func TestAuditClusterAndAgents(t *testing.T) {
 		{http.MethodPost, "/v1/admin/agents/a9/drain", nil, []any{"action", "agent.drain", "target", "a9", "outcome", "error"}},
 		{http.MethodPost, "/v1/admin/agents/a1/undrain", nil, []any{"action", "agent.undrain", "target", "a1", "outcome", "ok"}},
 		{http.MethodPost, "/v1/admin/agents/a9/undrain", nil, []any{"action", "agent.undrain", "target", "a9", "outcome", "error"}},
+		{http.MethodDelete, "/v1/admin/agents/a1", nil, []any{"action", "agent.remove", "target", "a1", "outcome", "ok"}},
+		{http.MethodDelete, "/v1/admin/agents/live", nil, []any{"action", "agent.remove", "target", "live", "outcome", "error", "status", float64(409)}},
 	}
 	for _, tc := range cases {
 		var r response

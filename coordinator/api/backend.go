@@ -46,6 +46,11 @@ type Backend interface {
 	DrainAgent(ctx context.Context, id string) error
 	// UndrainAgent lets a draining agent take leases again.
 	UndrainAgent(ctx context.Context, id string) error
+	// RemoveAgent forgets a registered agent that has left gossip (a
+	// retired one) and hands its leased chunks back. It fails with an
+	// error wrapping fsm.ErrConflict while the agent is alive in gossip,
+	// and fsm.ErrNotFound for an agent the state does not list.
+	RemoveAgent(ctx context.Context, id string) error
 	// Now is the clock used to stamp ids and timestamps.
 	Now() time.Time
 	// AtFSMLevel reports whether every server of the raft configuration

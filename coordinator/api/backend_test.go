@@ -181,6 +181,17 @@ func (b *fakeBackend) UndrainAgent(_ context.Context, id string) error {
 	return nil
 }
 
+// RemoveAgent knows "a1" (stopped), "live" (alive in gossip) and no other.
+func (b *fakeBackend) RemoveAgent(_ context.Context, id string) error {
+	switch id {
+	case "a1":
+		return nil
+	case "live":
+		return fmt.Errorf("%w: agent live is alive in gossip; stop it first", fsm.ErrConflict)
+	}
+	return fsm.Reject(fsm.ErrNotFound, "agent %s", id)
+}
+
 func (b *fakeBackend) StateFresh() error {
 	b.mu.Lock()
 	defer b.mu.Unlock()
