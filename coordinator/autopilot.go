@@ -10,7 +10,6 @@ import (
 	"time"
 
 	"connectrpc.com/connect"
-	"github.com/hashicorp/go-hclog"
 	"github.com/hashicorp/raft"
 	autopilot "github.com/hashicorp/raft-autopilot"
 
@@ -41,7 +40,9 @@ type autopilotDelegate struct {
 
 // startAutopilot runs autopilot for one term of leadership.
 func (c *Coordinator) startAutopilot(ctx context.Context) {
-	logger := hclog.New(&hclog.LoggerOptions{Name: "autopilot", JSONFormat: true, Output: c.logOut, Level: hclog.Info})
+	// autopilot names its logger itself (Named("autopilot")), which makes
+	// the lines logger=autopilot.
+	logger := monitoring.HCLog(c.log, "")
 	ap := autopilot.New(&barrierRaft{Raft: c.raftNode.raft, c: c}, c.autopilot,
 		autopilot.WithLogger(logger),
 		autopilot.WithUpdateInterval(c.cfg.Timing.AutopilotInterval),

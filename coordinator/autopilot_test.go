@@ -5,7 +5,6 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"log/slog"
 	"strings"
 	"sync"
 	"testing"
@@ -13,6 +12,8 @@ import (
 
 	"github.com/hashicorp/raft"
 	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/vbatch/vbatch/monitoring"
 )
 
 // TestAutopilotRemovesDeadAndPromotesReplacement: a coordinator gone from
@@ -88,10 +89,11 @@ func TestAutopilotRemovesDeadAndPromotesReplacement(t *testing.T) {
 	})
 }
 
-// startNodeLogging is startNode with raft's log written to logOut.
+// startNodeLogging is startNode with the node's log (raft's lines
+// included, as logger=raft) written to logOut.
 func startNodeLogging(t testing.TB, cfg Config, logOut io.Writer) *Coordinator {
 	t.Helper()
-	c, err := Start(cfg, slog.New(slog.DiscardHandler), logOut)
+	c, err := Start(cfg, monitoring.NewLogger(logOut, "info", "coordinator"), logOut)
 	if err != nil {
 		t.Fatalf("start %s: %v", cfg.NodeID, err)
 	}

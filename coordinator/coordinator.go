@@ -83,8 +83,6 @@ type Coordinator struct {
 	autopilot *autopilotDelegate
 	// apCache is a follower's copy of the leader's autopilot state.
 	apCache autopilotCache
-	// logOut receives the JSON logs of raft and autopilot.
-	logOut io.Writer
 	// audit receives the audit records; auditFile is its file, if any.
 	audit     *slog.Logger
 	auditFile *monitoring.RotatingWriter
@@ -140,7 +138,6 @@ func Start(cfg Config, logger *slog.Logger, logOut io.Writer) (c *Coordinator, e
 	c.agents = &agentService{c: c, telemetry: map[string]*AgentTelemetry{}}
 	c.router = newRouter(c)
 	c.autopilot = &autopilotDelegate{c: c}
-	c.logOut = logOut
 	if err := c.openAudit(logOut); err != nil {
 		return nil, err
 	}
@@ -170,7 +167,7 @@ func Start(cfg Config, logger *slog.Logger, logOut io.Writer) (c *Coordinator, e
 		return nil, err
 	}
 	c.logWrites = &latencies{}
-	if c.raftNode, err = openRaft(&c.cfg, c.fsm, c.tls, logOut, c.logWrites); err != nil {
+	if c.raftNode, err = openRaft(&c.cfg, c.fsm, c.tls, c.log, c.logWrites); err != nil {
 		return nil, err
 	}
 	closers = append(closers, c.raftNode.close)

@@ -3,7 +3,7 @@ package coordinator
 import (
 	"errors"
 	"fmt"
-	"io"
+	"log/slog"
 	"net"
 	"os"
 	"path/filepath"
@@ -17,6 +17,7 @@ import (
 	"github.com/vbatch/vbatch/fsm"
 	"github.com/vbatch/vbatch/internal/netutil"
 	"github.com/vbatch/vbatch/internal/tlsutil"
+	"github.com/vbatch/vbatch/monitoring"
 )
 
 // raftNode bundles raft with the stores and transport it owns.
@@ -39,7 +40,7 @@ const logCacheSize = 512
 // not bootstrap: see bootstrap.go.
 //
 // Every log write is timed into writes (see slowleader.go).
-func openRaft(cfg *Config, f *fsm.FSM, tlsStore *tlsutil.Store, logOut io.Writer, writes *latencies) (*raftNode, error) {
+func openRaft(cfg *Config, f *fsm.FSM, tlsStore *tlsutil.Store, log *slog.Logger, writes *latencies) (*raftNode, error) {
 	dir := filepath.Join(cfg.DataDir, "raft")
 	if err := os.MkdirAll(dir, 0o750); err != nil {
 		return nil, fmt.Errorf("raft dir: %w", err)
@@ -48,12 +49,10 @@ func openRaft(cfg *Config, f *fsm.FSM, tlsStore *tlsutil.Store, logOut io.Writer
 	if err != nil {
 		return nil, fmt.Errorf("open raft log %s: %w", dir, err)
 	}
-	logger := hclog.New(&hclog.LoggerOptions{
-		Name:       "raft",
-		JSONFormat: true,
-		Output:     logOut,
-		Level:      hclog.Info,
-	})
+	// raft logs through the coordinator's slog logger (logger=raft), so
+	// its election and replication lines have the fields every other line
+	// has and the log pipeline's level and logger labels.
+	logger := monitoring.HCLog(log, "raft")
 	snaps, err := raft.NewFileSnapshotStoreWithLogger(dir, 3, logger)
 	if err != nil {
 		store.Close()
