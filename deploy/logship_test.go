@@ -5,6 +5,8 @@ import (
 	"regexp"
 	"strings"
 	"testing"
+
+	"go.yaml.in/yaml/v3"
 )
 
 // TestAlloyShipsFromEveryHost checks what running the one Alloy file on
@@ -35,5 +37,37 @@ func TestAlloyShipsFromEveryHost(t *testing.T) {
 		if !strings.Contains(string(compose), env) {
 			t.Errorf("the alloy service does not set %s", env)
 		}
+	}
+}
+
+// TestUnauthenticatedPortsStayLocal checks that the services without a
+// login publish on loopback: Prometheus (its lifecycle API lets anyone
+// POST /-/quit), Loki (unless LOKI_BIND says where) and Alloy's UI.
+// Grafana has its own login and stays reachable.
+func TestUnauthenticatedPortsStayLocal(t *testing.T) {
+	var doc struct {
+		Services map[string]struct {
+			Ports []string `yaml:"ports"`
+		} `yaml:"services"`
+	}
+	raw, err := os.ReadFile(composeFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := yaml.Unmarshal(raw, &doc); err != nil {
+		t.Fatal(err)
+	}
+	want := map[string]string{
+		"prometheus": "127.0.0.1:9090:9090",
+		"loki":       "${LOKI_BIND:-127.0.0.1}:3100:3100",
+		"alloy":      "127.0.0.1:12345:12345",
+	}
+	for svc, p := range want {
+		if ports := doc.Services[svc].Ports; len(ports) != 1 || ports[0] != p {
+			t.Errorf("%s publishes %v, want only %s", svc, ports, p)
+		}
+	}
+	if ports := doc.Services["grafana"].Ports; len(ports) != 1 || ports[0] != "3000:3000" {
+		t.Errorf("grafana publishes %v, want 3000:3000", ports)
 	}
 }
