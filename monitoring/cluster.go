@@ -30,14 +30,16 @@ type ClusterView interface {
 }
 
 // TelemetryMaxAge is how old an agent's latest telemetry may be and still
-// be exported as its GPU and engine figures: three times the agent's
-// default telemetry interval (5 s). An older report no longer describes
-// the agent (it stopped, or cannot reach this coordinator), and exporting
-// its last values would keep a temperature alert firing on a dead host and
-// count a gone engine's throughput as capacity until the agent is
-// forgotten. An agent configured to report less often than every 5 s has
+// be exported as its GPU and engine figures: six times the agent's default
+// telemetry interval (5 s), which leaves room for a report shared between
+// coordinators (stamped with the receiving coordinator's clock) and for
+// clock skew under the VbatchClockSkew threshold. An older report no longer
+// describes the agent (it stopped, or cannot reach this coordinator), and
+// exporting its last values would keep a temperature alert firing on a dead
+// host and count a gone engine's throughput as capacity until the agent is
+// forgotten. An agent configured to report less often than every 30 s has
 // gaps in those series.
-const TelemetryMaxAge = 15 * time.Second
+const TelemetryMaxAge = 30 * time.Second
 
 // AgentView is one registered agent as a coordinator sees it.
 type AgentView struct {
