@@ -16,6 +16,7 @@ import (
 	"github.com/vbatch/vbatch/agent/engine"
 	"github.com/vbatch/vbatch/agent/gpu"
 	"github.com/vbatch/vbatch/internal/cliconfig"
+	"github.com/vbatch/vbatch/internal/procsec"
 	"github.com/vbatch/vbatch/sim"
 )
 
@@ -113,6 +114,11 @@ func agentCmd() *cobra.Command {
 				return err
 			}
 			defer closeLog()
+			// Model code the engine runs (same user) must not read this
+			// process's environment or memory through /proc.
+			if err := procsec.NoDump(); err != nil {
+				logger.Warn("cannot make the process non-dumpable; same-user processes can read its /proc files", "err", err)
+			}
 			defer setupTelemetry("agent", logger)()
 			hup := catchSIGHUP()
 			defer signal.Stop(hup)

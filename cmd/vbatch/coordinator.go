@@ -8,6 +8,7 @@ import (
 
 	"github.com/vbatch/vbatch/coordinator"
 	"github.com/vbatch/vbatch/internal/cliconfig"
+	"github.com/vbatch/vbatch/internal/procsec"
 )
 
 func coordinatorCmd() *cobra.Command {
@@ -34,6 +35,11 @@ func coordinatorCmd() *cobra.Command {
 				return err
 			}
 			defer closeLog()
+			// Model code the engine runs (same user) must not read this
+			// process's environment or memory through /proc.
+			if err := procsec.NoDump(); err != nil {
+				logger.Warn("cannot make the process non-dumpable; same-user processes can read its /proc files", "err", err)
+			}
 			defer setupTelemetry("coordinator", logger)()
 			hup := catchSIGHUP()
 			c, err := coordinator.Start(cfg, logger, logOut)
