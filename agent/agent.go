@@ -149,9 +149,12 @@ func (a *Agent) Run(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("agent listen %s: %w", a.cfg.MetricsAddr, err)
 	}
-	if a.rpcAddr, err = advertised(a.cfg.MetricsAddr, ln.Addr()); err != nil {
-		ln.Close()
-		return err
+	a.rpcAddr = a.cfg.AdvertiseAddr
+	if a.rpcAddr == "" {
+		if a.rpcAddr, err = advertised(a.cfg.MetricsAddr, ln.Addr()); err != nil {
+			ln.Close()
+			return err
+		}
 	}
 	life, cancelLife := context.WithCancel(context.WithoutCancel(ctx))
 	defer cancelLife()

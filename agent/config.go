@@ -3,12 +3,14 @@ package agent
 import (
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"path/filepath"
 	"strings"
 	"time"
 
 	"github.com/vbatch/vbatch/internal/ids"
+	"github.com/vbatch/vbatch/internal/netutil"
 	"github.com/vbatch/vbatch/internal/tlsutil"
 )
 
@@ -34,6 +36,26 @@ type Config struct {
 	// (POST /v1/chat/completions, /v1/completions, /v1/embeddings). Its
 	// advertised form is the agent's rpc_addr.
 	MetricsAddr string `json:"metrics_addr"`
+	// AdvertiseAddr, when set, is the address (host:port, used as is)
+	// coordinators reach the HTTP listener at: the agent's rpc_addr in
+	// gossip and registration. Empty derives it from MetricsAddr (this
+	// host's private IP when that binds every interface). The dev cluster
+	// sets it to loopback when its listeners bind every interface, so
+	// its coordinators' online requests come from loopback (see
+	// OnlineFromLoopbackOnly). No flag: programs set it.
+	AdvertiseAddr string `json:"-"`
+	// OnlineFromLoopbackOnly refuses online-inference requests whose
+	// remote address is not loopback (403, an OpenAI error with code
+	// "forbidden"); /metrics, /metrics/engine and /health stay open to
+	// everyone. Without TLS nothing else stops a caller that reaches
+	// MetricsAddr from using the engine with no key, so a listener moved
+	// off loopback only to be scraped (`vbatch dev --bind-host`) sets it.
+	// The coordinators must then run on this host and reach the agent
+	// over loopback: the advertised address (AdvertiseAddr, else
+	// MetricsAddr) must be a loopback one, which Validate checks. No flag:
+	// a fleet across hosts uses TLS, under which only coordinators'
+	// certificates are let through.
+	OnlineFromLoopbackOnly bool `json:"-"`
 	// Models lists the models the agent leases work for. Empty means the
 	// engine's own list (Engine.Models).
 	Models []string `json:"models"`
@@ -157,6 +179,20 @@ func (c *Config) Validate() error {
 	var errs []error
 	if c.MetricsAddr == "" {
 		errs = append(errs, errors.New("metrics address required"))
+	}
+	if c.AdvertiseAddr != "" {
+		if _, _, err := net.SplitHostPort(c.AdvertiseAddr); err != nil {
+			errs = append(errs, fmt.Errorf("advertise address: %w", err))
+		}
+	}
+	if c.OnlineFromLoopbackOnly {
+		adv := c.AdvertiseAddr
+		if adv == "" {
+			adv = c.MetricsAddr
+		}
+		if !netutil.IsLoopback(adv) {
+			errs = append(errs, fmt.Errorf("online inference from loopback only, but coordinators are told to reach the agent at %q, not a loopback address: their online requests would be refused", adv))
+		}
 	}
 	if c.Coordinators == nil {
 		if len(c.Join) == 0 {

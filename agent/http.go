@@ -32,7 +32,7 @@ func (a *Agent) Handler() http.Handler {
 	mux.HandleFunc("GET /metrics/engine", a.handleEngineMetrics)
 	mux.HandleFunc("GET /health", a.handleHealth)
 	for _, p := range onlinePaths {
-		mux.HandleFunc("POST "+p, a.onlyCoordinators(a.handleOnline))
+		mux.HandleFunc("POST "+p, a.onlyLoopback(a.onlyCoordinators(a.handleOnline)))
 	}
 	return mux
 }
@@ -89,6 +89,34 @@ func (a *Agent) handleEngineMetrics(w http.ResponseWriter, r *http.Request) {
 	}
 	w.WriteHeader(resp.StatusCode)
 	_, _ = io.Copy(w, resp.Body)
+}
+
+// onlyLoopback refuses, when OnlineFromLoopbackOnly is set, online
+// requests from a remote address that is not loopback: the listener is
+// off loopback to be scraped, not to serve the engine to the network.
+func (a *Agent) onlyLoopback(next http.HandlerFunc) http.HandlerFunc {
+	if !a.cfg.OnlineFromLoopbackOnly {
+		return next
+	}
+	return func(w http.ResponseWriter, r *http.Request) {
+		if !fromLoopback(r.RemoteAddr) {
+			writeOpenAIErrorCode(w, http.StatusForbidden, "invalid_request_error", "forbidden",
+				"this agent serves online inference to its coordinators on this host only; send the request to a coordinator")
+			return
+		}
+		next(w, r)
+	}
+}
+
+// fromLoopback reports whether remote (a request's RemoteAddr) is a
+// loopback address.
+func fromLoopback(remote string) bool {
+	host, _, err := net.SplitHostPort(remote)
+	if err != nil {
+		return false
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
 }
 
 // handleOnline passes an online request to the engine. Its answer to a

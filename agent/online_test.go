@@ -2,11 +2,13 @@ package agent
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -245,5 +247,58 @@ func TestOnlineDuringIsolationIsTurnedAway(t *testing.T) {
 	}
 	if err := <-waited; err != nil {
 		t.Fatalf("isolated line: %v", err)
+	}
+}
+
+// TestOnlineFromLoopbackOnly: with OnlineFromLoopbackOnly an online
+// request from a non-loopback address is refused (403, an OpenAI error
+// with code "forbidden") before it reaches the engine, while /health and
+// /metrics still answer it; one from loopback is served. Validate refuses
+// the field when coordinators would be told a non-loopback address.
+func TestOnlineFromLoopbackOnly(t *testing.T) {
+	fe := newFakeEngine()
+	a, base := onlineAgent(t, newFakeCoord(t, nil), fe, func(c *Config) { c.OnlineFromLoopbackOnly = true })
+
+	for _, remote := range []string{"10.1.2.3:40000", "[2001:db8::1]:40000", "192.168.0.7:1"} {
+		rec := httptest.NewRecorder()
+		req := httptest.NewRequest(http.MethodPost, "/v1/chat/completions", strings.NewReader(`{"model":"test-model"}`))
+		req.RemoteAddr = remote
+		a.Handler().ServeHTTP(rec, req)
+		var e struct {
+			Error struct{ Type, Code string }
+		}
+		if err := json.Unmarshal(rec.Body.Bytes(), &e); rec.Code != http.StatusForbidden || err != nil ||
+			e.Error.Type != "invalid_request_error" || e.Error.Code != "forbidden" {
+			t.Errorf("online request from %s: %d %s, want 403 invalid_request_error/forbidden", remote, rec.Code, rec.Body)
+		}
+		for _, path := range []string{"/health", "/metrics"} {
+			rec := httptest.NewRecorder()
+			req := httptest.NewRequest(http.MethodGet, path, nil)
+			req.RemoteAddr = remote
+			a.Handler().ServeHTTP(rec, req)
+			if rec.Code != http.StatusOK {
+				t.Errorf("GET %s from %s: %d, want 200", path, remote, rec.Code)
+			}
+		}
+	}
+	fe.mu.Lock()
+	proxied := len(fe.proxied)
+	fe.mu.Unlock()
+	if proxied != 0 {
+		t.Errorf("refused requests reached the engine %d times", proxied)
+	}
+
+	if code, _, body := postOnline(t, base); code != http.StatusOK || !strings.Contains(body, "proxied") {
+		t.Errorf("online request from loopback: %d %s, want 200 from the engine", code, body)
+	}
+
+	cfg := DefaultConfig()
+	cfg.Join, cfg.OnlineFromLoopbackOnly = []string{"127.0.0.1:8003"}, true
+	if err := cfg.Validate(); err == nil || !strings.Contains(err.Error(), "loopback") {
+		t.Errorf("loopback-only online on %s advertised as itself: %v, want a refusal", cfg.MetricsAddr, err)
+	}
+	cfg.AdvertiseAddr = "127.0.0.1:8010"
+	if err := cfg.Validate(); err != nil {
+		t.Errorf("loopback-only online advertised on loopback: %v", err)
 	}
 }

@@ -15,7 +15,7 @@ import (
 // that differs is an error, and an unset one is taken from the certificate.
 func (a *Agent) setupTLS() error {
 	if !a.cfg.TLS.Enabled() {
-		if !netutil.IsLoopback(a.cfg.MetricsAddr) {
+		if !netutil.IsLoopback(a.cfg.MetricsAddr) && !a.cfg.OnlineFromLoopbackOnly {
 			a.log.Warn("TLS is off: the online-inference endpoint on --metrics-addr serves the engine to anyone who can reach it, with no key (docs/security.md)", "metrics_addr", a.cfg.MetricsAddr)
 		}
 		return nil

@@ -18,6 +18,7 @@ import (
 	"github.com/vbatch/vbatch/agent/engine"
 	"github.com/vbatch/vbatch/agent/gpu"
 	"github.com/vbatch/vbatch/coordinator"
+	"github.com/vbatch/vbatch/internal/netutil"
 	"github.com/vbatch/vbatch/monitoring"
 	"github.com/vbatch/vbatch/sim"
 )
@@ -47,13 +48,18 @@ type Config struct {
 	// means 127.0.0.1. Set it (e.g. "0.0.0.0") when something outside
 	// the host's loopback must reach them, such as Prometheus in a Docker
 	// container. RPC, raft and gossip stay on 127.0.0.1 whatever it is:
-	// they are unauthenticated plain text in a dev cluster.
+	// they are unauthenticated plain text in a dev cluster. Off loopback
+	// the agents serve online inference to loopback callers only (their
+	// coordinators), as the listener carries no key, unless
+	// InsecureNoAuth without a RootKey; so a non-loopback BindHost must be an unspecified
+	// address (0.0.0.0 or ::), which loopback reaches too.
 	BindHost string
 	// RootKey is the coordinators' admin API key. A non-loopback BindHost
 	// needs it, or InsecureNoAuth.
 	RootKey string
 	// InsecureNoAuth lets the coordinators serve a non-loopback BindHost
-	// without any API key.
+	// without any API key. With no RootKey it also opens the agents'
+	// online inference to every caller (see BindHost).
 	InsecureNoAuth bool
 }
 
@@ -88,6 +94,9 @@ func Start(ctx context.Context, cfg Config) (*Cluster, error) {
 	if cfg.Agents < 0 {
 		return nil, errors.New("agents must not be negative")
 	}
+	if err := cfg.checkBindHost(); err != nil {
+		return nil, err
+	}
 	cl := &Cluster{}
 	var join []string
 	for i := 0; i < 3; i++ {
@@ -116,13 +125,7 @@ func Start(ctx context.Context, cfg Config) (*Cluster, error) {
 		p := cfg.BasePort + 300 + 10*j
 		n := Node{ID: fmt.Sprintf("agent-%d", j+1), HTTP: cfg.dialHTTP(p), HTTPBind: cfg.bindHTTP(p), Gossip: addr(p + 1)}
 		cl.Agents = append(cl.Agents, n)
-		ac := agent.DefaultConfig()
-		ac.NodeID, ac.DataDir = n.ID, filepath.Join(cfg.DataDir, n.ID)
-		ac.Join, ac.GossipAddr, ac.MetricsAddr = join, n.Gossip, n.HTTPBind
-		ac.Models = []string{Model}
-		if cfg.Concurrency > 0 {
-			ac.Concurrency = cfg.Concurrency
-		}
+		ac := cfg.agentConfig(n, join)
 		sc := cfg.Sim
 		sc.Models = []string{Model}
 		logger := monitoring.NewLogger(cfg.LogOut, cfg.LogLevel, "agent").With("node_id", n.ID)
@@ -190,6 +193,40 @@ func (cfg Config) coordinatorConfig(n Node, join []string) coordinator.Config {
 		cc.ChunkSize = cfg.ChunkSize
 	}
 	return cc
+}
+
+// agentConfig is the configuration of agent n. Its coordinators, in
+// this process, reach it at n.HTTP, which this host can dial; off
+// loopback it serves online inference to loopback callers only, unless
+// auth is waived.
+func (cfg Config) agentConfig(n Node, join []string) agent.Config {
+	ac := agent.DefaultConfig()
+	ac.NodeID, ac.DataDir = n.ID, filepath.Join(cfg.DataDir, n.ID)
+	ac.Join, ac.GossipAddr, ac.MetricsAddr = join, n.Gossip, n.HTTPBind
+	ac.AdvertiseAddr = n.HTTP
+	ac.OnlineFromLoopbackOnly = !netutil.IsLoopback(n.HTTPBind) && !cfg.noAuth()
+	ac.Models = []string{Model}
+	if cfg.Concurrency > 0 {
+		ac.Concurrency = cfg.Concurrency
+	}
+	return ac
+}
+
+// noAuth reports whether the coordinators serve without any key: auth
+// waived and no root key given (a key, if given, is still required).
+func (cfg Config) noAuth() bool { return cfg.InsecureNoAuth && cfg.RootKey == "" }
+
+// checkBindHost refuses a BindHost the agents cannot serve with online
+// inference kept to loopback: one non-loopback address, which loopback
+// connections cannot reach.
+func (cfg Config) checkBindHost() error {
+	if cfg.BindHost == "" || cfg.noAuth() || netutil.IsLoopback(cfg.bindHTTP(0)) {
+		return nil
+	}
+	if ip := net.ParseIP(cfg.BindHost); ip != nil && ip.IsUnspecified() {
+		return nil
+	}
+	return fmt.Errorf("bind host %s: off loopback the agents serve online inference to their coordinators over loopback only, which a listener bound to %s alone cannot take; bind 0.0.0.0 (or ::) instead", cfg.BindHost, cfg.BindHost)
 }
 
 // bindHTTP is the address an HTTP listener on port binds.

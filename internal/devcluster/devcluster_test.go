@@ -2,6 +2,7 @@ package devcluster
 
 import (
 	"context"
+	"io"
 	"net"
 	"net/http"
 	"strings"
@@ -50,6 +51,45 @@ func TestBindHostOnlyMovesHTTP(t *testing.T) {
 	if ip.dialHTTP(8300) != "10.1.2.3:8300" {
 		t.Errorf("dial %s for a specific host", ip.dialHTTP(8300))
 	}
+
+	// Off loopback an agent serves online inference to loopback only, and
+	// tells its coordinators a loopback address; waiving auth opens it.
+	an := Node{ID: "agent-1", HTTP: cfg.dialHTTP(8300), HTTPBind: cfg.bindHTTP(8300), Gossip: addr(8301)}
+	ac := withKey.agentConfig(an, []string{n.Gossip})
+	if !ac.OnlineFromLoopbackOnly || ac.AdvertiseAddr != "127.0.0.1:8300" || ac.MetricsAddr != "0.0.0.0:8300" {
+		t.Errorf("agent off loopback: loopback-only %v, advertise %s, listen %s", ac.OnlineFromLoopbackOnly, ac.AdvertiseAddr, ac.MetricsAddr)
+	}
+	if err := ac.Validate(); err != nil {
+		t.Error(err)
+	}
+	if ac := noAuth.agentConfig(an, nil); ac.OnlineFromLoopbackOnly {
+		t.Error("--insecure-no-auth still keeps online inference to loopback")
+	}
+	keyAndNoAuth := withKey
+	keyAndNoAuth.InsecureNoAuth = true
+	if ac := keyAndNoAuth.agentConfig(an, nil); !ac.OnlineFromLoopbackOnly {
+		t.Error("--insecure-no-auth with a root key (the API still needs the key) opened online inference on the agents")
+	}
+	ln := Node{ID: "agent-1", HTTP: def.dialHTTP(8300), HTTPBind: def.bindHTTP(8300)}
+	if ac := def.agentConfig(ln, nil); ac.OnlineFromLoopbackOnly || ac.AdvertiseAddr != "127.0.0.1:8300" {
+		t.Errorf("agent on loopback: loopback-only %v, advertise %s", ac.OnlineFromLoopbackOnly, ac.AdvertiseAddr)
+	}
+	// One non-loopback address cannot take the coordinators' loopback
+	// connections: refused unless auth is waived.
+	ip.RootKey = "dev-key"
+	if err := ip.checkBindHost(); err == nil || !strings.Contains(err.Error(), "0.0.0.0") {
+		t.Errorf("bind host 10.1.2.3 with a key: %v, want a refusal naming 0.0.0.0", err)
+	}
+	ip.InsecureNoAuth = true
+	if err := ip.checkBindHost(); err == nil {
+		t.Error("bind host 10.1.2.3 with a key and --insecure-no-auth: accepted, but the key keeps auth on")
+	}
+	ip.RootKey = ""
+	for _, c := range []Config{ip, withKey, def, {BindHost: "::"}, {BindHost: "localhost"}} {
+		if err := c.checkBindHost(); err != nil {
+			t.Errorf("bind host %q: %v", c.BindHost, err)
+		}
+	}
 }
 
 // TestBindHostReachableOffLoopback starts a dev cluster with
@@ -95,6 +135,54 @@ func TestBindHostReachableOffLoopback(t *testing.T) {
 	if _, err := net.DialTimeout("tcp", net.JoinHostPort(ip, portOf(t, cl.Coordinators[0].RPC)), time.Second); err == nil {
 		t.Error("RPC is reachable off loopback")
 	}
+
+	// The agent's listener is off loopback for /metrics only: online
+	// inference there is refused, and goes through a coordinator, which
+	// needs the key and reaches the agent over loopback.
+	chat := `{"model":"` + Model + `","messages":[{"role":"user","content":"hi"}]}`
+	agentURL := "http://" + net.JoinHostPort(ip, portOf(t, cl.Agents[0].HTTPBind)) + "/v1/chat/completions"
+	if code, body := post(t, agentURL, "", chat); code != http.StatusForbidden || !strings.Contains(body, `"forbidden"`) {
+		t.Errorf("online request to the agent off loopback: %d %s, want 403 forbidden", code, body)
+	}
+	coordURL := "http://" + net.JoinHostPort(ip, portOf(t, cl.Coordinators[0].HTTPBind)) + "/v1/chat/completions"
+	if code, body := post(t, coordURL, "", chat); code != http.StatusUnauthorized {
+		t.Errorf("online request to a coordinator without the key: %d %s, want 401", code, body)
+	}
+	// The coordinators learn of the agent through its registration and
+	// gossip: wait for the request to be served.
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		code, body := post(t, coordURL, "dev-key", chat)
+		if code == http.StatusOK && strings.Contains(body, "choices") {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("online request through a coordinator with the key: %d %s, want 200", code, body)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// post sends body to url, with key as a bearer token when set, and
+// returns the status and the body of the answer.
+func post(t *testing.T, url, key, body string) (int, string) {
+	t.Helper()
+	req, err := http.NewRequest(http.MethodPost, url, strings.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("Content-Type", "application/json")
+	if key != "" {
+		req.Header.Set("Authorization", "Bearer "+key)
+	}
+	c := &http.Client{Timeout: 10 * time.Second}
+	resp, err := c.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b)
 }
 
 // freeBase returns a base port the OS just handed out, low enough that
