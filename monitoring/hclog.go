@@ -94,15 +94,26 @@ func hcValue(v any) any {
 	case json.Marshaler, error, slog.LogValuer:
 		return v
 	case fmt.Stringer:
-		return x.String()
+		return stringOf(x)
 	}
 	return v
 }
 
+// stringOf is x.String(), or "<nil>" when that panics on a nil receiver
+// (a typed nil pointer), as fmt prints it.
+func stringOf(x fmt.Stringer) (s string) {
+	defer func() {
+		if recover() != nil {
+			s = "<nil>"
+		}
+	}()
+	return x.String()
+}
+
 func (h *hcLogger) Log(level hclog.Level, msg string, kv ...any) {
 	lv, ok := slogLevel(level)
-	if !ok {
-		return
+	if !ok || !h.slog.Enabled(context.Background(), lv) {
+		return // dropped before its values are rendered (raft is chatty at debug)
 	}
 	h.slog.Log(context.Background(), lv, msg, args(kv)...)
 }

@@ -106,3 +106,29 @@ func TestHCLogNamedAndLevel(t *testing.T) {
 type stringer struct{ unexported int }
 
 func (stringer) String() string { return "Node at 10.0.0.1:8002 [Follower]" }
+
+// countingStringer counts its String calls; a nil one panics in String.
+type countingStringer struct{ n *int }
+
+func (c *countingStringer) String() string { *c.n++; return "counted" }
+
+// TestHCLogDroppedLinesCostNothing: a line under the logger's level is
+// dropped before its values are rendered (raft logs much at debug), and a
+// typed-nil Stringer value neither panics nor loses the line.
+func TestHCLogDroppedLinesCostNothing(t *testing.T) {
+	var buf bytes.Buffer
+	l := HCLog(NewLogger(&buf, "info", "coordinator"), "raft")
+	n := 0
+	l.Debug("dropped", "v", &countingStringer{n: &n})
+	l.Trace("dropped", "v", &countingStringer{n: &n})
+	if n != 0 || buf.Len() != 0 {
+		t.Fatalf("a dropped line rendered its values %d times and wrote %q", n, buf.String())
+	}
+	var nilStringer *countingStringer
+	l.Debug("dropped", "v", nilStringer)
+	l.Info("kept", "v", nilStringer)
+	got := lines(t, &buf)
+	if len(got) != 1 || got[0]["v"] != "<nil>" {
+		t.Fatalf("typed-nil Stringer: %v", got)
+	}
+}
