@@ -25,8 +25,10 @@ func devCmd() *cobra.Command {
 			"Everything listens on 127.0.0.1 unless --bind-host is set. --bind-host 0.0.0.0 makes the\n" +
 			"coordinators' API (and /metrics) and the agents' metrics listeners reachable from other\n" +
 			"interfaces, e.g. from the Docker containers of deploy/docker-compose.monitoring.yml; RPC,\n" +
-			"raft and gossip stay on loopback. Off loopback the API needs --root-key (or VBATCH_ROOT_KEY);\n" +
-			"--insecure-no-auth serves it with no key at all.",
+			"raft and gossip stay on loopback. Off loopback the API needs --root-key (or VBATCH_ROOT_KEY),\n" +
+			"a key-protected cluster takes only 0.0.0.0 or :: as --bind-host, and the agents then answer\n" +
+			"online inference from loopback only (the coordinators reach them there); --insecure-no-auth\n" +
+			"without a key serves the API, and the agents' online inference, to anyone.",
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if cfg.RootKey == "" {
 				cfg.RootKey = os.Getenv("VBATCH_ROOT_KEY")
@@ -85,7 +87,7 @@ func devCmd() *cobra.Command {
 	f.StringVar(&logPath, "log-file", "", "append the JSON logs to this file (default: vbatch-dev.log in the data directory); /var/log/vbatch/dev.log is shipped to Loki by deploy/alloy")
 	f.StringVar(&cfg.BindHost, "bind-host", "", "host the HTTP listeners (coordinator API and /metrics, agent metrics) bind, e.g. 0.0.0.0 for a Dockerised Prometheus (default 127.0.0.1; RPC, raft and gossip always stay on loopback)")
 	f.StringVar(&cfg.RootKey, "root-key", "", "admin API key, needed when --bind-host is not loopback (or VBATCH_ROOT_KEY)")
-	f.BoolVar(&cfg.InsecureNoAuth, "insecure-no-auth", false, "serve a non-loopback --bind-host without any API key (anyone who reaches the host controls the cluster)")
+	f.BoolVar(&cfg.InsecureNoAuth, "insecure-no-auth", false, "serve a non-loopback --bind-host without any API key (anyone who reaches the host controls the cluster and its agents' online inference)")
 	return cmd
 }
 
