@@ -60,7 +60,17 @@ func (c *Coordinator) leaderLoop(ctx context.Context) {
 	now := c.Now()
 	extend := &vbatchv1.ExtendLeases{ExpiresAt: now.Add(c.cfg.LeaseTTL).UnixMilli()}
 	if c.clusterAtFSMLevel(fsm.LevelLeaseRequestID) {
-		extend.GoneBefore = now.Add(-c.cfg.LeaseTTL/3 - extendGrace).UnixMilli()
+		// Which leases are given up is judged against the earlier of this
+		// node's clock and the FSM's (the previous leader's, as of its
+		// last command): a clock ahead of the previous leader's must not
+		// take its leases, renewed on that clock, for long expired.
+		var fsmNow int64
+		c.fsm.View(func(s *fsm.State) { fsmNow = s.Now })
+		ref := now
+		if fsmNow > 0 {
+			ref = minTime(now, time.UnixMilli(fsmNow))
+		}
+		extend.GoneBefore = ref.Add(-c.cfg.LeaseTTL/3 - extendGrace).UnixMilli()
 	}
 	if _, err := c.applyAsLeader(ctx, extend); err != nil {
 		c.log.Warn("extend leases on leadership failed", "err", err)
@@ -529,4 +539,12 @@ func (c *Coordinator) file(id string) *vbatchv1.File {
 		}
 	})
 	return out
+}
+
+// minTime is the earlier of a and b.
+func minTime(a, b time.Time) time.Time {
+	if b.Before(a) {
+		return b
+	}
+	return a
 }

@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"connectrpc.com/connect"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/vbatch/vbatch/fsm"
 	vbatchv1 "github.com/vbatch/vbatch/rpc/gen/vbatch/v1"
@@ -57,4 +58,61 @@ func TestLeasesIgnoreAProposersSkewedClock(t *testing.T) {
 		}
 		checkEnd("renewal")
 	}
+}
+
+// TestNewLeaderAheadKeepsLeases: a coordinator whose clock runs ten
+// minutes ahead of the others takes over the leadership; the lease the
+// previous leader granted (and would have renewed on its clock) is
+// extended on the new leader's clock, not taken for one given up long ago
+// and expired under its live agent.
+func TestNewLeaderAheadKeepsLeases(t *testing.T) {
+	nodes := startCluster(t, 3, func(c *Config) {
+		if c.NodeID == "c3" {
+			c.clockOffset = 10 * time.Minute
+		}
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	byID := map[string]*Coordinator{}
+	for _, c := range nodes {
+		byID[c.cfg.NodeID] = c
+	}
+	leader := waitLeader(t, nodes)
+	if leader.cfg.NodeID == "c3" {
+		if _, err := leader.TransferLeadership(ctx, "c1"); err != nil {
+			t.Fatal(err)
+		}
+		waitFor(t, 20*time.Second, "c1 to lead", func() bool { return byID["c1"].IsLeader() })
+		leader = byID["c1"]
+	}
+	fakeOnlineAgent(t, leader, "a1", 200)
+	createInputFile(t, ctx, leader, "file-1", 0)
+	createBatch(t, ctx, leader, "batch_1", "file-1")
+	r, err := leader.agents.Lease(ctx, connect.NewRequest(&vbatchv1.LeaseRequest{
+		AgentId: "a1", Models: []string{"m"}, WaitMs: 10_000, RequestId: "att-1",
+	}))
+	if err != nil || !r.Msg.Granted {
+		t.Fatalf("lease: %v %v", r, err)
+	}
+	lease := r.Msg
+
+	if _, err := leader.TransferLeadership(ctx, "c3"); err != nil {
+		t.Fatal(err)
+	}
+	c3 := byID["c3"]
+	waitFor(t, 20*time.Second, "c3 to lead and extend the lease on its clock", func() bool {
+		if !c3.IsLeader() {
+			return false
+		}
+		var l *vbatchv1.Lease
+		c3.fsm.View(func(s *fsm.State) {
+			if ch := s.Batches[lease.BatchId].Chunks[lease.Chunk]; ch.Lease != nil {
+				l = proto.Clone(ch.Lease).(*vbatchv1.Lease)
+			}
+		})
+		if l == nil || l.Token != lease.Token {
+			t.Fatalf("the new leader ended the live lease %d: now %v", lease.Token, l)
+		}
+		return time.UnixMilli(l.ExpiresAt).After(time.Now().Add(5 * time.Minute))
+	})
 }
