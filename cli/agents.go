@@ -108,16 +108,7 @@ func agentsUndrainCmd(e *env) *cobra.Command {
 			"agent undrains it too.)",
 		Args: exactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			id := args[0]
-			raw, err := e.call(cmd.Context(), http.MethodPost, "/v1/admin/agents/"+url.PathEscape(id)+"/undrain", nil, nil)
-			if err != nil {
-				return err
-			}
-			if e.jsonOut() {
-				return e.printRaw(raw)
-			}
-			fmt.Fprintf(e.stdout, "Undrained %s\n", id)
-			return nil
+			return e.agentAction(cmd.Context(), http.MethodPost, args[0], "/undrain", "Undrained")
 		},
 	}
 }
@@ -133,18 +124,23 @@ func agentsRemoveCmd(e *env) *cobra.Command {
 			"it the leader forgets a stopped agent after --agent-forget-after (24 h).",
 		Args: exactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			id := args[0]
-			raw, err := e.call(cmd.Context(), http.MethodDelete, "/v1/admin/agents/"+url.PathEscape(id), nil, nil)
-			if err != nil {
-				return err
-			}
-			if e.jsonOut() {
-				return e.printRaw(raw)
-			}
-			fmt.Fprintf(e.stdout, "Removed %s\n", id)
-			return nil
+			return e.agentAction(cmd.Context(), http.MethodDelete, args[0], "", "Removed")
 		},
 	}
+}
+
+// agentAction sends method to /v1/admin/agents/{id}{suffix} and prints the
+// answer (-o json) or "<done> <id>".
+func (e *env) agentAction(ctx context.Context, method, id, suffix, done string) error {
+	raw, err := e.call(ctx, method, "/v1/admin/agents/"+url.PathEscape(id)+suffix, nil, nil)
+	if err != nil {
+		return err
+	}
+	if e.jsonOut() {
+		return e.printRaw(raw)
+	}
+	fmt.Fprintf(e.stdout, "%s %s\n", done, id)
+	return nil
 }
 
 // waitDrained polls the agent list until agent id holds no live lease or

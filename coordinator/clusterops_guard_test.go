@@ -20,15 +20,9 @@ import (
 // healthy one would leave {leader, dead}, whose majority cannot be
 // reached; it is refused, while removing the dead one is not.
 func TestRemovePeerQuorumGuard(t *testing.T) {
-	nodes := startCluster(t, 3)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	leader := waitLeader(t, nodes)
-	rest := others(nodes, leader)
-	dead, healthy := rest[0], rest[1]
-	if err := dead.Close(); err != nil {
-		t.Logf("close %s: %v", dead.cfg.NodeID, err)
-	}
+	leader, dead, healthy := clusterWithDeadVoter(t)
 
 	// Through the follower, so the refusal crosses ClusterService.
 	err := healthy.RemovePeer(ctx, healthy.cfg.NodeID, false)
@@ -72,15 +66,9 @@ func TestRemovePeerQuorumGuard(t *testing.T) {
 // TestRemovePeerForced: force skips the guard, and the removal takes
 // effect even though it costs the cluster its leader.
 func TestRemovePeerForced(t *testing.T) {
-	nodes := startCluster(t, 3)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	leader := waitLeader(t, nodes)
-	rest := others(nodes, leader)
-	dead, healthy := rest[0], rest[1]
-	if err := dead.Close(); err != nil {
-		t.Logf("close %s: %v", dead.cfg.NodeID, err)
-	}
+	leader, _, healthy := clusterWithDeadVoter(t)
 	// The change cannot commit without the dead voter: the leader steps
 	// down and the call ends with no leader, but it is not refused.
 	rctx, rcancel := context.WithTimeout(ctx, 3*time.Second)
@@ -134,4 +122,18 @@ func TestRestoreAboveSnapshotIndex(t *testing.T) {
 	if at <= savedAt {
 		t.Fatalf("write after the restore at index %d, not above %d", at, savedAt)
 	}
+}
+
+// clusterWithDeadVoter starts three coordinators and closes one follower:
+// it returns the leader, the closed follower and the healthy one.
+func clusterWithDeadVoter(t *testing.T) (leader, dead, healthy *Coordinator) {
+	t.Helper()
+	nodes := startCluster(t, 3)
+	leader = waitLeader(t, nodes)
+	rest := others(nodes, leader)
+	dead, healthy = rest[0], rest[1]
+	if err := dead.Close(); err != nil {
+		t.Logf("close %s: %v", dead.cfg.NodeID, err)
+	}
+	return leader, dead, healthy
 }

@@ -39,8 +39,7 @@ func (a *API) undrainAgent(w http.ResponseWriter, r *http.Request, _ *principal)
 	id := r.PathValue("id")
 	if !a.b.AtFSMLevel(fsm.LevelLeaseTTL) {
 		// A server of an older build would stop on the command.
-		return &apiError{status: http.StatusServiceUnavailable, typ: typeServer, code: codeUnavailable,
-			message: "Undrain is not available until every coordinator runs a build that supports it; retry after the upgrade, or restart the agent (a restart undrains it)."}
+		return unavailable("Undrain is not available until every coordinator runs a build that supports it; retry after the upgrade, or restart the agent (a restart undrains it).")
 	}
 	if err := a.b.UndrainAgent(r.Context(), id); err != nil {
 		return fmt.Errorf("undrain agent %s: %w", id, err)

@@ -118,8 +118,7 @@ func (a *API) authenticate(r *http.Request) (*principal, *apiError) {
 		// Keys live in the replicated state: on a node cut off from the
 		// leader, a key revoked (or created) since would be judged wrong.
 		if err := a.b.StateFresh(); err != nil {
-			return nil, &apiError{status: http.StatusServiceUnavailable, typ: typeServer, code: codeUnavailable,
-				message: "This coordinator has lost contact with the cluster and cannot check API keys. Retry through another coordinator."}
+			return nil, unavailable("This coordinator has lost contact with the cluster and cannot check API keys. Retry through another coordinator.")
 		}
 	}
 	if p := a.lookupKey(key); p != nil {

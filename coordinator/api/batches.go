@@ -167,8 +167,7 @@ func (a *API) createBatch(w http.ResponseWriter, r *http.Request, p *principal) 
 		if !a.b.AtFSMLevel(fsm.LevelOutputExpiry) {
 			// A server of an older build would not date the result files
 			// and its state would differ from its peers'.
-			return &apiError{status: http.StatusServiceUnavailable, typ: typeServer, code: codeUnavailable,
-				message: "'output_expires_after' is not available until every coordinator runs a build that supports it; retry after the upgrade, or create the batch without it."}
+			return unavailable("'output_expires_after' is not available until every coordinator runs a build that supports it; retry after the upgrade, or create the batch without it.")
 		}
 		b.OutputExpiresAfterSeconds = e.Seconds
 	}

@@ -120,6 +120,11 @@ func batchNotFound(id string) *apiError {
 	return notFound("", "No batch found with id '%s'.", id)
 }
 
+// unavailable is a 503 service_unavailable: retry later.
+func unavailable(message string) *apiError {
+	return &apiError{status: http.StatusServiceUnavailable, typ: typeServer, code: codeUnavailable, message: message}
+}
+
 func conflict(format string, args ...any) *apiError {
 	return &apiError{status: http.StatusConflict, typ: typeInvalidRequest, code: codeConflict, message: fmt.Sprintf(format, args...)}
 }

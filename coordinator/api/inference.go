@@ -28,7 +28,7 @@ var ErrOverloaded = errors.New("too many online requests in flight")
 // max_tokens over a model's limit; the router then reads the same bytes.
 func (a *API) inference(w http.ResponseWriter, r *http.Request, _ *principal) error {
 	if a.cfg.Inference == nil {
-		return &apiError{status: http.StatusServiceUnavailable, typ: typeServer, code: codeUnavailable, message: "Online inference is not enabled on this server."}
+		return unavailable("Online inference is not enabled on this server.")
 	}
 	if a.cfg.Limits.MaxTokens > 0 || a.cfg.Limits.MaxN > 0 {
 		body, err := io.ReadAll(r.Body)
