@@ -36,6 +36,7 @@ const agentGrace = 3 * time.Second
 // coordinators to raft; beside it, housekeeping deletes expired files,
 // compacts finished batches and forgets long-gone agents.
 func (c *Coordinator) leaderLoop(ctx context.Context) {
+	term := c.raftNode.raft.CurrentTerm()
 	// A barrier makes sure the FSM holds every committed entry before the
 	// loop acts on it.
 	for {
@@ -61,11 +62,12 @@ func (c *Coordinator) leaderLoop(ctx context.Context) {
 	extend := &vbatchv1.ExtendLeases{ExpiresAt: now.Add(c.cfg.LeaseTTL).UnixMilli()}
 	if c.clusterAtFSMLevel(fsm.LevelLeaseRequestID) {
 		// Which leases are given up is judged against the earlier of this
-		// node's clock and the FSM's (the previous leader's, as of its
-		// last command): a clock ahead of the previous leader's must not
-		// take its leases, renewed on that clock, for long expired.
-		var fsmNow int64
-		c.fsm.View(func(s *fsm.State) { fsmNow = s.Now })
+		// node's clock and the FSM's as its predecessors left it (their
+		// clock, as of their last command; not whatever this node has
+		// already stamped in its own term): a clock ahead of the
+		// previous leader's must not take its leases, renewed on that
+		// clock, for long expired.
+		fsmNow := c.fsm.NowBefore(term)
 		ref := now
 		if fsmNow > 0 {
 			ref = minTime(now, time.UnixMilli(fsmNow))

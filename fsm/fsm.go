@@ -21,6 +21,12 @@ type FSM struct {
 	state   *State
 	applied uint64
 	watch   chan struct{}
+	// term is the raft term of the last command applied, and termStart
+	// the FSM's time just before the first command of that term: for a
+	// new leader, its predecessors' time free of its own stamps
+	// (NowBefore). Neither is replicated state.
+	term      uint64
+	termStart int64
 }
 
 var _ raft.FSM = (*FSM)(nil)
@@ -76,6 +82,9 @@ func (f *FSM) Apply(l *raft.Log) interface{} {
 	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	if l.Term > f.term {
+		f.term, f.termStart = l.Term, f.state.Now
+	}
 	f.state.Now = max(f.state.Now, env.TimeUnixNano/1e6)
 	a := &applyCtx{index: l.Index, nowMs: f.state.Now, s: f.state}
 	err = a.apply(cmd)
@@ -185,8 +194,22 @@ func (f *FSM) Restore(rc io.ReadCloser) error {
 	defer f.mu.Unlock()
 	f.state = s
 	f.applied = hdr.AppliedIndex
+	f.term, f.termStart = 0, 0
 	f.notify()
 	return nil
+}
+
+// NowBefore is the FSM's time (unix ms) as of the last command applied
+// from a term before term: for the leader of term, the time its
+// predecessors had stamped, whatever it has already stamped itself. It is
+// 0 when no command was applied.
+func (f *FSM) NowBefore(term uint64) int64 {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	if f.term >= term {
+		return f.termStart
+	}
+	return f.state.Now
 }
 
 // batchOf is the batch a command may create or move to another status

@@ -130,3 +130,39 @@ func TestConcurrentReadersAndApply(t *testing.T) {
 		t.Fatalf("completed = %d", got)
 	}
 }
+
+// TestNowBeforeExcludesTheTermsOwnStamps: a new leader whose clock runs
+// ahead stamps its first commands far ahead of its predecessor; NowBefore
+// its term still answers the predecessor's time, and FSM time before any
+// command of the term is the FSM's current time.
+func TestNowBeforeExcludesTheTermsOwnStamps(t *testing.T) {
+	f := New()
+	apply := func(index, term uint64, now time.Time) {
+		t.Helper()
+		data, err := Encode(&vbatchv1.ExpireLeases{Reason: "test"}, now)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if res := f.Apply(&raft.Log{Index: index, Term: term, Type: raft.LogCommand, Data: data}).(*vbatchv1.Result); res.Code != "" {
+			t.Fatalf("apply: %v", res)
+		}
+	}
+	if got := f.NowBefore(1); got != 0 {
+		t.Fatalf("NowBefore on an empty FSM = %d, want 0", got)
+	}
+	prev := time.UnixMilli(1_700_000_000_000)
+	apply(1, 1, prev.Add(-time.Second))
+	apply(2, 1, prev)
+	if got := f.NowBefore(2); got != prev.UnixMilli() {
+		t.Fatalf("NowBefore(2) before any term-2 command = %d, want %d", got, prev.UnixMilli())
+	}
+	ahead := prev.Add(10 * time.Minute)
+	apply(3, 2, ahead)
+	apply(4, 2, ahead.Add(time.Second))
+	if got := f.NowBefore(2); got != prev.UnixMilli() {
+		t.Fatalf("NowBefore(2) after the leader's own commands = %d, want its predecessor's %d", got, prev.UnixMilli())
+	}
+	if got := f.NowBefore(3); got != ahead.Add(time.Second).UnixMilli() {
+		t.Fatalf("NowBefore(3) = %d, want the FSM's time %d", got, ahead.Add(time.Second).UnixMilli())
+	}
+}
