@@ -27,13 +27,13 @@ device-build:
 # Every fuzz target's seed corpus runs with the tests; fuzz-brief then
 # fuzzes each target for a couple of seconds beyond its seeds.
 test: lint build monitoring-check
-	$(GO) test -count=1 -timeout 15m -skip '^TestMonitoringLive$$' ./...
+	GO=$(GO) ./scripts/gotest.sh -count=1 -timeout 15m -skip '^TestMonitoringLive$$' ./...
 	$(MAKE) test-race fuzz-brief
 
 # test-race runs the in-process packages (not e2e, whose binaries are built
 # without it) under the race detector.
 test-race:
-	$(GO) test -count=1 -race -timeout 10m ./coordinator/... ./agent/... ./gossip/ ./internal/... ./cli/
+	GO=$(GO) ./scripts/gotest.sh -count=1 -race -timeout 10m ./coordinator/... ./agent/... ./gossip/ ./internal/... ./cli/
 
 test-unit:
 	$(GO) test -count=1 -short ./...
