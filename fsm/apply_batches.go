@@ -48,11 +48,14 @@ func (a *applyCtx) createBatch(c *vbatchv1.CreateBatch) error {
 	if len(b.Chunks) > 0 || len(b.Errors) > 0 || b.OutputFileId != "" || b.ErrorFileId != "" {
 		return Reject(ErrInvalid, "batch %s: a new batch has no chunks, errors or results", b.Id)
 	}
+	if c.WindowSeconds < 0 {
+		return Reject(ErrInvalid, "batch %s: negative window_seconds %d", b.Id, c.WindowSeconds)
+	}
 	if old, ok := a.s.Batches[b.Id]; ok {
 		// A re-applied create is a proposer's retry of a create that had
 		// committed, possibly after the batch moved on (even after its
 		// input file was deleted).
-		if sameCreate(old, b) {
+		if sameCreate(old, b, c.WindowSeconds) {
 			return nil
 		}
 		return Reject(ErrExists, "batch %s exists", b.Id)
@@ -71,19 +74,33 @@ func (a *applyCtx) createBatch(c *vbatchv1.CreateBatch) error {
 	if b.CreatedAt == 0 {
 		b.CreatedAt = a.sec()
 	}
+	if c.WindowSeconds > 0 {
+		// Level 10: the window ends on the FSM's clock, as created_at
+		// is, not on the proposer's.
+		b.ExpiresAt = b.CreatedAt + c.WindowSeconds
+	}
 	a.s.Batches[b.Id] = b
 	return nil
 }
 
-// sameCreate reports whether create would have made old: the fields a
-// create sets are equal (an unset created_at is the applier's time, so any
-// matches). Everything else (status, counts, chunks, results) belongs to
-// what happened to the batch since.
-func sameCreate(old, create *vbatchv1.Batch) bool {
+// sameCreate reports whether create (with its command's window_seconds)
+// would have made old: the fields a create sets are equal (an unset
+// created_at is the applier's time, so any matches, and a window counts
+// from the created_at old got). Everything else (status, counts, chunks,
+// results) belongs to what happened to the batch since.
+func sameCreate(old, create *vbatchv1.Batch, windowSeconds int64) bool {
+	createdAt := create.CreatedAt
+	if createdAt == 0 {
+		createdAt = old.CreatedAt
+	}
+	expiresAt := create.ExpiresAt
+	if windowSeconds > 0 {
+		expiresAt = createdAt + windowSeconds
+	}
 	return old.Project == create.Project && old.InputFileId == create.InputFileId &&
 		old.Endpoint == create.Endpoint && old.CompletionWindow == create.CompletionWindow &&
-		maps.Equal(old.Metadata, create.Metadata) && old.ExpiresAt == create.ExpiresAt &&
-		(create.CreatedAt == 0 || old.CreatedAt == create.CreatedAt)
+		maps.Equal(old.Metadata, create.Metadata) && old.ExpiresAt == expiresAt &&
+		old.CreatedAt == createdAt
 }
 
 func (a *applyCtx) failBatch(c *vbatchv1.FailBatch) error {

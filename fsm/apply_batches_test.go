@@ -217,3 +217,33 @@ func TestCreateBatchRetriedAfterItMovedOn(t *testing.T) {
 	other.Batch.Metadata = map[string]string{"k": "other"}
 	refused(t, h, ErrExists, other)
 }
+
+// TestCreateBatchWindowOnFSMTime: from level 10 a create leaves
+// created_at unset and gives the window as window_seconds; the batch is
+// created at the command's (the leader's) time and its window ends that
+// long after, whatever expires_at the proposer's clock put in. A retry at
+// a later time is the same create; another window is not.
+func TestCreateBatchWindowOnFSMTime(t *testing.T) {
+	h := NewHarness()
+	h.MustApply(t, inputFile("file-in", 1))
+	cmd := newBatch(h)
+	cmd.Batch.CreatedAt = 0
+	cmd.Batch.ExpiresAt = h.Clock.Add(-10 * time.Minute).Unix() // a proposer ten minutes behind, ignored
+	cmd.WindowSeconds = 3600
+	h.MustApply(t, cmd)
+	b := h.batch(batch)
+	if b.CreatedAt != h.Clock.Unix() || b.ExpiresAt != h.Clock.Unix()+3600 {
+		t.Fatalf("created_at %d, expires_at %d; want %d and %d", b.CreatedAt, b.ExpiresAt, h.Clock.Unix(), h.Clock.Unix()+3600)
+	}
+	h.Advance(time.Minute)
+	unchanged(t, h, cmd)
+	retry := proto.Clone(cmd).(*vbatchv1.CreateBatch)
+	retry.Batch.CreatedAt = b.CreatedAt
+	unchanged(t, h, retry)
+	other := proto.Clone(cmd).(*vbatchv1.CreateBatch)
+	other.WindowSeconds = 7200
+	refused(t, h, ErrExists, other)
+	negative := proto.Clone(cmd).(*vbatchv1.CreateBatch)
+	negative.Batch.Id, negative.WindowSeconds = "batch_2", -1
+	refused(t, h, ErrInvalid, negative)
+}

@@ -47,18 +47,29 @@ func (a *applyCtx) createFile(c *vbatchv1.CreateFile) error {
 	if f.Bytes < 0 || f.Lines < 0 {
 		return Reject(ErrInvalid, "file %s: negative size", f.Id)
 	}
+	if c.ExpiresAfterSeconds < 0 {
+		return Reject(ErrInvalid, "file %s: negative expires_after_seconds %d", f.Id, c.ExpiresAfterSeconds)
+	}
 	f = proto.Clone(f).(*vbatchv1.File)
-	if old, ok := a.s.Files[f.Id]; ok {
-		if f.CreatedAt == 0 {
+	old, exists := a.s.Files[f.Id]
+	if f.CreatedAt == 0 {
+		// An unset created_at is the applier's time; a re-applied create
+		// finds the one the first apply gave.
+		f.CreatedAt = a.sec()
+		if exists {
 			f.CreatedAt = old.CreatedAt
 		}
+	}
+	if c.ExpiresAfterSeconds > 0 {
+		// Level 10: the file's lifetime counts on the FSM's clock, as
+		// created_at does, not on the proposer's.
+		f.ExpiresAt = f.CreatedAt + c.ExpiresAfterSeconds
+	}
+	if exists {
 		if proto.Equal(old, f) {
 			return nil // a re-applied create
 		}
 		return Reject(ErrExists, "file %s exists", f.Id)
-	}
-	if f.CreatedAt == 0 {
-		f.CreatedAt = a.sec()
 	}
 	a.s.Files[f.Id] = f
 	return nil

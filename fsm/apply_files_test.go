@@ -202,3 +202,28 @@ func TestRemoveAgentEndsItsLeases(t *testing.T) {
 	refused(t, h, ErrStaleToken, commit(0, tok, 10, 20, 10))
 	refused(t, h, ErrNotFound, &vbatchv1.RemoveAgent{AgentId: "a1"})
 }
+
+// TestCreateFileExpiresOnFSMTime: from level 10 a create leaves created_at
+// unset and gives the file's lifetime as expires_after_seconds; the file
+// is created at the command's (the leader's) time and expires that long
+// after, whatever expires_at the proposer's clock put in. A retry at a
+// later time is the same create; another lifetime is not.
+func TestCreateFileExpiresOnFSMTime(t *testing.T) {
+	h := NewHarness()
+	cmd := inputFile("file-1", 3)
+	cmd.File.ExpiresAt = h.Clock.Add(-10 * time.Minute).Unix() // a proposer ten minutes behind, ignored
+	cmd.ExpiresAfterSeconds = 3600
+	h.MustApply(t, cmd)
+	f := h.State().Files["file-1"]
+	if f.CreatedAt != h.Clock.Unix() || f.ExpiresAt != h.Clock.Unix()+3600 {
+		t.Fatalf("created_at %d, expires_at %d; want %d and %d", f.CreatedAt, f.ExpiresAt, h.Clock.Unix(), h.Clock.Unix()+3600)
+	}
+	h.Advance(time.Minute)
+	unchanged(t, h, cmd)
+	other := proto.Clone(cmd).(*vbatchv1.CreateFile)
+	other.ExpiresAfterSeconds = 7200
+	refused(t, h, ErrExists, other)
+	negative := inputFile("file-2", 1)
+	negative.ExpiresAfterSeconds = -1
+	refused(t, h, ErrInvalid, negative)
+}

@@ -35,7 +35,11 @@ const EnvelopeVersion = 1
 //     (ttl_ms), counted from the command's time; UndrainAgent.
 //   - 9: DeleteFile may keep the deleted file's list position
 //     (keep_position) as a FileTombstone, pruned a day later.
-const Level = 9
+//   - 10: CreateBatch may give the batch's completion window
+//     (window_seconds) and CreateFile the file's lifetime
+//     (expires_after_seconds), counted from the created_at the FSM gives
+//     (the command's time).
+const Level = 10
 
 // LevelCompletePart is the level that applies CompletePart.
 const LevelCompletePart = 2
@@ -72,6 +76,12 @@ const LevelLeaseTTL = 8
 // LevelFileTombstones is the level whose DeleteFile honours keep_position;
 // below it the field must be left unset.
 const LevelFileTombstones = 9
+
+// LevelCreateTimes is the level whose CreateBatch honours window_seconds
+// and whose CreateFile honours expires_after_seconds, so that a new
+// batch's or file's created_at and expires_at are both on the FSM's (the
+// leader's) time; below it both fields must be left unset.
+const LevelCreateTimes = 10
 
 // commandTypes maps every command type to a constructor of its message.
 // The list only grows; see CommandType in state.proto.

@@ -147,10 +147,17 @@ func (g *gen) createFile(s *State) proto.Message {
 	if g.oneIn(20) {
 		lines = 0
 	}
-	return &vbatchv1.CreateFile{File: &vbatchv1.File{
+	c := &vbatchv1.CreateFile{File: &vbatchv1.File{
 		Id: id, Project: sample(g, projects), Purpose: "batch",
 		Lines: lines, Bytes: lines * 10, Parts: []*vbatchv1.BlobRef{{Sha256: "in-" + id, Bytes: lines * 10}},
 	}}
+	if g.oneIn(3) {
+		// As at level 10: a lifetime from the FSM's created_at, with an
+		// expires_at from a clock far off (the FSM must ignore it).
+		c.ExpiresAfterSeconds = int64(g.between(-1, 7200))
+		c.File.ExpiresAt = g.m.now.Add(time.Duration(g.between(-3600, 3600)) * time.Second).Unix()
+	}
+	return c
 }
 
 func (g *gen) deleteFile(s *State) proto.Message {
@@ -182,10 +189,20 @@ func (g *gen) createBatch(s *State) proto.Message {
 		id = sample(g, sorted(s.Batches))
 	}
 	window := time.Duration(g.between(1, 48)) * time.Hour
-	return &vbatchv1.CreateBatch{Batch: &vbatchv1.Batch{
+	c := &vbatchv1.CreateBatch{Batch: &vbatchv1.Batch{
 		Id: id, Project: project, InputFileId: in, Endpoint: "/v1/chat/completions",
 		ExpiresAt: g.m.now.Add(window).Unix(),
 	}}
+	if g.oneIn(2) {
+		// As at level 10: the window from the FSM's created_at, with an
+		// expires_at from a clock far off (the FSM must ignore it).
+		c.WindowSeconds = int64(window / time.Second)
+		if g.oneIn(20) {
+			c.WindowSeconds = -1
+		}
+		c.Batch.ExpiresAt += int64(g.between(-3600, 3600))
+	}
+	return c
 }
 
 func (g *gen) startBatch(s *State) proto.Message {

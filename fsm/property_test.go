@@ -76,7 +76,7 @@ func (c coverage) check(t *testing.T) {
 			want = append(want, "ok "+name, "refused "+name)
 		}
 	}
-	want = append(want, "reapplied", "stale token refused", "tombstone kept", "tombstone pruned",
+	want = append(want, "reapplied", "stale token refused", "tombstone kept", "tombstone pruned", "window_seconds", "expires_after_seconds",
 		"reached "+statusCompleted.String(), "reached "+statusCancelled.String(),
 		"reached "+statusExpired.String(), "reached "+statusFailed.String())
 	for _, k := range want {
@@ -215,6 +215,28 @@ func (m *model) count(cmd proto.Message, err error, before, after *State) {
 // checks the rules that only that command's success implies.
 func (m *model) accepted(rt *rapid.T, before, after *State, cmd proto.Message) {
 	switch c := cmd.(type) {
+	case *vbatchv1.CreateBatch:
+		b := after.Batches[c.Batch.Id]
+		if c.WindowSeconds > 0 {
+			m.cov["window_seconds"]++
+		}
+		if c.WindowSeconds > 0 && b.ExpiresAt != b.CreatedAt+c.WindowSeconds {
+			rt.Fatalf("batch %s created at %d with a window of %d s expires at %d", b.Id, b.CreatedAt, c.WindowSeconds, b.ExpiresAt)
+		}
+		if c.Batch.CreatedAt == 0 && before.Batches[c.Batch.Id] == nil && b.CreatedAt != after.Now/1000 {
+			rt.Fatalf("batch %s created at %d, not at the command's time %d", b.Id, b.CreatedAt, after.Now/1000)
+		}
+	case *vbatchv1.CreateFile:
+		f := after.Files[c.File.Id]
+		if c.ExpiresAfterSeconds > 0 {
+			m.cov["expires_after_seconds"]++
+		}
+		if c.ExpiresAfterSeconds > 0 && f.ExpiresAt != f.CreatedAt+c.ExpiresAfterSeconds {
+			rt.Fatalf("file %s created at %d to live %d s expires at %d", f.Id, f.CreatedAt, c.ExpiresAfterSeconds, f.ExpiresAt)
+		}
+		if c.File.CreatedAt == 0 && before.Files[c.File.Id] == nil && f.CreatedAt != after.Now/1000 {
+			rt.Fatalf("file %s created at %d, not at the command's time %d", f.Id, f.CreatedAt, after.Now/1000)
+		}
 	case *vbatchv1.MergeFileParts:
 		if was := before.Files[c.FileId]; len(was.Parts) > 1 {
 			m.merged[c.FileId] = was.Parts

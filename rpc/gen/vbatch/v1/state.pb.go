@@ -1971,11 +1971,17 @@ func (x *RevokeAPIKey) GetId() string {
 	return ""
 }
 
+// CreateFile creates a file. An unset file.created_at is the command's
+// (the leader's) time. expires_after_seconds (FSM level 10), when
+// positive, makes the file expire that long after its created_at, whatever
+// the clock of the coordinator that proposed it; file.expires_at is then
+// ignored.
 type CreateFile struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	File          *File                  `protobuf:"bytes,1,opt,name=file,proto3" json:"file,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	state               protoimpl.MessageState `protogen:"open.v1"`
+	File                *File                  `protobuf:"bytes,1,opt,name=file,proto3" json:"file,omitempty"`
+	ExpiresAfterSeconds int64                  `protobuf:"varint,2,opt,name=expires_after_seconds,json=expiresAfterSeconds,proto3" json:"expires_after_seconds,omitempty"`
+	unknownFields       protoimpl.UnknownFields
+	sizeCache           protoimpl.SizeCache
 }
 
 func (x *CreateFile) Reset() {
@@ -2013,6 +2019,13 @@ func (x *CreateFile) GetFile() *File {
 		return x.File
 	}
 	return nil
+}
+
+func (x *CreateFile) GetExpiresAfterSeconds() int64 {
+	if x != nil {
+		return x.ExpiresAfterSeconds
+	}
+	return 0
 }
 
 // DeleteFile deletes a file. With keep_position (FSM level 9) it leaves a
@@ -2077,9 +2090,15 @@ func (x *DeleteFile) GetKeepPosition() bool {
 	return false
 }
 
+// CreateBatch creates a batch. An unset batch.created_at is the command's
+// (the leader's) time. window_seconds (FSM level 10), when positive, ends
+// the batch's completion window that long after its created_at, whatever
+// the clock of the coordinator that proposed it; batch.expires_at is then
+// ignored.
 type CreateBatch struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Batch         *Batch                 `protobuf:"bytes,1,opt,name=batch,proto3" json:"batch,omitempty"`
+	WindowSeconds int64                  `protobuf:"varint,2,opt,name=window_seconds,json=windowSeconds,proto3" json:"window_seconds,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2119,6 +2138,13 @@ func (x *CreateBatch) GetBatch() *Batch {
 		return x.Batch
 	}
 	return nil
+}
+
+func (x *CreateBatch) GetWindowSeconds() int64 {
+	if x != nil {
+		return x.WindowSeconds
+	}
+	return 0
 }
 
 type FailBatch struct {
@@ -3854,17 +3880,19 @@ const file_vbatch_v1_state_proto_rawDesc = "" +
 	"\fCreateAPIKey\x12#\n" +
 	"\x03key\x18\x01 \x01(\v2\x11.vbatch.v1.APIKeyR\x03key\"\x1e\n" +
 	"\fRevokeAPIKey\x12\x0e\n" +
-	"\x02id\x18\x01 \x01(\tR\x02id\"1\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\"e\n" +
 	"\n" +
 	"CreateFile\x12#\n" +
-	"\x04file\x18\x01 \x01(\v2\x0f.vbatch.v1.FileR\x04file\"[\n" +
+	"\x04file\x18\x01 \x01(\v2\x0f.vbatch.v1.FileR\x04file\x122\n" +
+	"\x15expires_after_seconds\x18\x02 \x01(\x03R\x13expiresAfterSeconds\"[\n" +
 	"\n" +
 	"DeleteFile\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x18\n" +
 	"\aproject\x18\x02 \x01(\tR\aproject\x12#\n" +
-	"\rkeep_position\x18\x03 \x01(\bR\fkeepPosition\"5\n" +
+	"\rkeep_position\x18\x03 \x01(\bR\fkeepPosition\"\\\n" +
 	"\vCreateBatch\x12&\n" +
-	"\x05batch\x18\x01 \x01(\v2\x10.vbatch.v1.BatchR\x05batch\"U\n" +
+	"\x05batch\x18\x01 \x01(\v2\x10.vbatch.v1.BatchR\x05batch\x12%\n" +
+	"\x0ewindow_seconds\x18\x02 \x01(\x03R\rwindowSeconds\"U\n" +
 	"\tFailBatch\x12\x19\n" +
 	"\bbatch_id\x18\x01 \x01(\tR\abatchId\x12-\n" +
 	"\x06errors\x18\x02 \x03(\v2\x15.vbatch.v1.BatchErrorR\x06errors\"}\n" +
