@@ -56,6 +56,9 @@ type fakeBackend struct {
 	panicOnStatus bool
 	// level is the FSM level every server applies; 0 is fsm.Level.
 	level int
+	// leaderAhead is how far the leader's clock, which stamps every
+	// command, runs ahead of this coordinator's (now).
+	leaderAhead time.Duration
 }
 
 func newFakeBackend() *fakeBackend {
@@ -83,7 +86,7 @@ func (b *fakeBackend) Apply(_ context.Context, cmd proto.Message) (uint64, error
 	if b.applyErr != nil {
 		return 0, b.applyErr
 	}
-	data, err := fsm.Encode(cmd, b.now)
+	data, err := fsm.Encode(cmd, b.now.Add(b.leaderAhead))
 	if err != nil {
 		return 0, fmt.Errorf("encode: %w", err)
 	}

@@ -159,9 +159,16 @@ func (a *API) createBatch(w http.ResponseWriter, r *http.Request, p *principal) 
 		CompletionWindow: req.CompletionWindow,
 		Metadata:         req.metadata(),
 		Status:           vbatchv1.BatchStatus_BATCH_STATUS_VALIDATING,
-		CreatedAt:        now,
-		ExpiresAt:        now + window,
 		RequestCounts:    &vbatchv1.RequestCounts{},
+	}
+	cmd := &vbatchv1.CreateBatch{Batch: b}
+	if a.b.AtFSMLevel(fsm.LevelCreateTimes) {
+		// created_at is the FSM's (the leader's) time and the window
+		// counts from it: this coordinator's clock, however far off,
+		// decides neither.
+		cmd.WindowSeconds = window
+	} else {
+		b.CreatedAt, b.ExpiresAt = now, now+window
 	}
 	if e := req.OutputExpiresAfter; e != nil {
 		if !a.b.AtFSMLevel(fsm.LevelOutputExpiry) {
@@ -182,7 +189,7 @@ func (a *API) createBatch(w http.ResponseWriter, r *http.Request, p *principal) 
 			return nil
 		}
 	}
-	if err := a.applyWithin(r.Context(), p.project, check, &vbatchv1.CreateBatch{Batch: b}); err != nil {
+	if err := a.applyWithin(r.Context(), p.project, check, cmd); err != nil {
 		return fmt.Errorf("create batch %s: %w", b.Id, err)
 	}
 	if stored := a.findBatch(p, b.Id); stored != nil {

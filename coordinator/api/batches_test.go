@@ -353,3 +353,44 @@ func TestOutputExpiresAfterIsKept(t *testing.T) {
 		t.Fatalf("without the field, below the level: %d %s", r.status, r.body)
 	}
 }
+
+// TestCreateTimesFromLeader: through a coordinator whose clock runs ten
+// minutes behind the leader's, a new file's and batch's created_at are the
+// leader's time, and the file's expires_after and the batch's window count
+// from it (FSM level 10). Below that level both still come from the
+// receiving coordinator's clock.
+func TestCreateTimesFromLeader(t *testing.T) {
+	e := rootEnv(t)
+	const ahead = 10 * time.Minute
+	e.b.mu.Lock()
+	e.b.leaderAhead = ahead
+	e.b.mu.Unlock()
+	check := func(want int64) {
+		t.Helper()
+		file := uploadExpiring(t, e, 3600).json(t)
+		if file["created_at"] != float64(want) || file["expires_at"] != float64(want+3600) {
+			t.Errorf("file created_at %v, expires_at %v; want %d and %d", file["created_at"], file["expires_at"], want, want+3600)
+		}
+		r := e.postJSON("/v1/batches", testRoot, map[string]any{"input_file_id": file["id"], "endpoint": "/v1/chat/completions", "completion_window": "24h"})
+		if r.status != http.StatusOK {
+			t.Fatalf("%d %s", r.status, r.body)
+		}
+		b := r.json(t)
+		if b["created_at"] != float64(want) || b["expires_at"] != float64(want+24*3600) {
+			t.Errorf("batch created_at %v, expires_at %v; want %d and %d", b["created_at"], b["expires_at"], want, want+24*3600)
+		}
+		e.b.f.View(func(s *fsm.State) {
+			if f := s.Files[file["id"].(string)]; f.CreatedAt != want || f.ExpiresAt != want+3600 {
+				t.Errorf("stored file created_at %d, expires_at %d", f.CreatedAt, f.ExpiresAt)
+			}
+			if sb := s.Batches[b["id"].(string)]; sb.CreatedAt != want || sb.ExpiresAt != want+24*3600 {
+				t.Errorf("stored batch created_at %d, expires_at %d", sb.CreatedAt, sb.ExpiresAt)
+			}
+		})
+	}
+	check(e.b.Now().Add(ahead).Unix())
+	e.b.mu.Lock()
+	e.b.level = fsm.LevelCreateTimes - 1
+	e.b.mu.Unlock()
+	check(e.b.Now().Unix())
+}

@@ -358,17 +358,15 @@ func (a *API) uploadFile(w http.ResponseWriter, r *http.Request, p *principal) e
 	// Headers may carry any bytes; the file's record (protobuf) holds only
 	// valid UTF-8.
 	filename = strings.ToValidUTF8(filename, "\uFFFD")
-	now := a.b.Now().Unix()
 	f := &vbatchv1.File{
-		Id:        ids.New("file-"),
-		Project:   p.project,
-		Purpose:   purpose,
-		Filename:  filename,
-		Bytes:     ur.n,
-		Sha256:    ref.Sha256,
-		CreatedAt: now,
-		Lines:     ur.lines(),
-		Parts:     []*vbatchv1.BlobRef{ref},
+		Id:       ids.New("file-"),
+		Project:  p.project,
+		Purpose:  purpose,
+		Filename: filename,
+		Bytes:    ur.n,
+		Sha256:   ref.Sha256,
+		Lines:    ur.lines(),
+		Parts:    []*vbatchv1.BlobRef{ref},
 	}
 	if purpose == "batch" {
 		f.Check = fileCheck
@@ -380,7 +378,19 @@ func (a *API) uploadFile(w http.ResponseWriter, r *http.Request, p *principal) e
 		if expiresSeconds < minFileExpiry || expiresSeconds > maxFileExpiry {
 			return invalidValue("expires_after[seconds]", "Invalid value for 'expires_after[seconds]': must be between %d and %d.", minFileExpiry, maxFileExpiry)
 		}
-		f.ExpiresAt = now + expiresSeconds
+	}
+	cmd := &vbatchv1.CreateFile{File: f}
+	if a.b.AtFSMLevel(fsm.LevelCreateTimes) {
+		// created_at is the FSM's (the leader's) time and the lifetime
+		// counts from it: this coordinator's clock, however far off,
+		// decides neither.
+		cmd.ExpiresAfterSeconds = expiresSeconds
+	} else {
+		now := a.b.Now().Unix()
+		f.CreatedAt = now
+		if expiresSeconds != 0 {
+			f.ExpiresAt = now + expiresSeconds
+		}
 	}
 	var check func(s *fsm.State) error
 	if quota > 0 {
@@ -397,9 +407,16 @@ func (a *API) uploadFile(w http.ResponseWriter, r *http.Request, p *principal) e
 	if f.Replicas, err = a.b.HoldBlob(r.Context(), ref.Sha256); err != nil {
 		return fmt.Errorf("create file %s: %w", f.Id, err)
 	}
-	if err := a.applyWithin(r.Context(), p.project, check, &vbatchv1.CreateFile{File: f}); err != nil {
+	if err := a.applyWithin(r.Context(), p.project, check, cmd); err != nil {
 		return fmt.Errorf("create file %s: %w", f.Id, err)
 	}
+	a.b.FSM().View(func(s *fsm.State) {
+		// The record as committed, with the FSM's created_at. (No
+		// command changes a stored File, so reading it later is safe.)
+		if stored, ok := s.Files[f.Id]; ok {
+			f = stored
+		}
+	})
 	writeJSON(w, http.StatusOK, toFileObject(f))
 	return nil
 }
