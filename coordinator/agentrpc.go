@@ -261,8 +261,12 @@ func (s *agentService) collectCandidates(agentID string, models []string, alive 
 			models = ag.Models
 		}
 		// A batch past its window takes no more leases: the leader is
-		// expiring it, from progress that must hold still.
-		nowSec := s.c.Now().Unix()
+		// expiring it, from progress that must hold still. Past it on
+		// this node's clock or on the FSM's (the leader's, as of its
+		// latest command), whichever is later: the FSM refuses a grant
+		// past the window on its own time (within_window), and each
+		// refused grant would still be a committed raft entry.
+		nowSec := max(s.c.Now().Unix(), st.Now/1000)
 		var batches []*vbatchv1.Batch
 		st.LiveBatches(func(b *vbatchv1.Batch) bool {
 			if b.Status == vbatchv1.BatchStatus_BATCH_STATUS_IN_PROGRESS && slices.Contains(models, b.Model) && !pastWindow(b, nowSec) {

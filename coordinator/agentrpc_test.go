@@ -141,3 +141,39 @@ func TestSendInputLinesSendsWholeLinesOnly(t *testing.T) {
 		t.Fatalf("input ending two lines early: sent %q, err %v", got, err)
 	}
 }
+
+// TestCandidatesSkipBatchesPastWindowOnFSMTime: a batch whose window has
+// ended on the FSM's time (the leader's, as of its latest command) is no
+// lease candidate on a coordinator whose clock is still inside it. The
+// FSM would refuse every grant on it (within_window), yet each refused
+// grant is a committed raft entry, and a poll would propose them again on
+// every wake.
+func TestCandidatesSkipBatchesPastWindowOnFSMTime(t *testing.T) {
+	h := fsm.NewHarness()
+	h.MustApply(t, &vbatchv1.RegisterAgent{Agent: &vbatchv1.Agent{Id: "a1", Models: []string{"m"}}})
+	start := func(id string) {
+		h.MustApply(t, &vbatchv1.CreateFile{File: &vbatchv1.File{Id: "file-" + id, Project: "p", Purpose: "batch", Lines: 1}})
+		h.MustApply(t, &vbatchv1.CreateBatch{Batch: &vbatchv1.Batch{Id: "batch_" + id, Project: "p", InputFileId: "file-" + id}, WindowSeconds: 60})
+		h.MustApply(t, &vbatchv1.StartBatch{BatchId: "batch_" + id, Model: "m", Total: 1,
+			Chunks: []*vbatchv1.Chunk{{Index: 0, StartLine: 0, EndLine: 1, EndOffset: 10}}})
+	}
+	start("ended")
+	h.Advance(time.Minute)
+	start("open") // at the FSM's time, batch_ended's window has just ended
+	// This coordinator's clock is two minutes behind the FSM's: inside
+	// both windows.
+	c := &Coordinator{fsm: h.FSM}
+	c.cfg.clockOffset = h.Clock.Add(-2 * time.Minute).Sub(time.Now())
+	s := &agentService{c: c}
+	cands, registered := s.candidates("a1", []string{"m"})
+	if !registered {
+		t.Fatal("a1 is registered")
+	}
+	var ids []string
+	for _, cand := range cands {
+		ids = append(ids, cand.batch.Id)
+	}
+	if !slices.Equal(ids, []string{"batch_open"}) {
+		t.Fatalf("candidates %v, want only batch_open: batch_ended's window ended on the FSM's time", ids)
+	}
+}
