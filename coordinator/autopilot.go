@@ -200,7 +200,7 @@ func (d *autopilotDelegate) server(id raft.ServerID, addr raft.ServerAddress, st
 func (d *autopilotDelegate) RemoveFailedServer(s *autopilot.Server) {
 	c := d.c
 	c.log.Warn("autopilot removing dead coordinator", "node", s.ID, "grace", c.cfg.DeadServerGrace.String())
-	if err := c.raftNode.raft.RemoveServer(s.ID, 0, 5*time.Second).Error(); err != nil {
+	if err := c.raftNode.await(c.raftNode.raft.RemoveServer(s.ID, 0, 5*time.Second)); err != nil {
 		c.log.Error("autopilot: remove dead coordinator", "node", s.ID, "err", err)
 		return
 	}
@@ -366,6 +366,8 @@ type barrierRaft struct {
 }
 
 func (b *barrierRaft) after(f raft.IndexFuture, what string) raft.IndexFuture {
+	// Autopilot waits on f itself afterwards, and a raft future must not
+	// be waited on from two goroutines at once: no await here.
 	if f.Error() == nil {
 		if _, err := b.c.commitBarrier("autopilot " + what); err != nil {
 			b.c.log.Warn("commit after configuration change", "err", err)

@@ -183,7 +183,7 @@ func (c *Coordinator) reconcileMembers() {
 			add, kind = r.AddVoter, "voter"
 		}
 		c.log.Info("adding coordinator to raft", "node", m.Name, "raft_addr", m.Meta.RaftAddr, "as", kind)
-		if err := add(raft.ServerID(m.Name), raft.ServerAddress(m.Meta.RaftAddr), 0, 5*time.Second).Error(); err != nil {
+		if err := c.raftNode.await(add(raft.ServerID(m.Name), raft.ServerAddress(m.Meta.RaftAddr), 0, 5*time.Second)); err != nil {
 			c.log.Warn("add server failed", "node", m.Name, "err", err)
 			continue
 		}

@@ -86,12 +86,14 @@ func waitVoters(t testing.TB, nodes []*Coordinator, n int) {
 	}
 }
 
+// waitLeader waits for a leader that has extended the leases of its term,
+// so that its own decisions (applyAsLeader) are taken.
 func waitLeader(t testing.TB, nodes []*Coordinator) *Coordinator {
 	t.Helper()
 	deadline := time.Now().Add(20 * time.Second)
 	for time.Now().Before(deadline) {
 		for _, c := range nodes {
-			if c.IsLeader() {
+			if c.IsLeader() && c.clock.isOpen(c.raftNode.raft.CurrentTerm()) {
 				return c
 			}
 		}

@@ -201,7 +201,7 @@ func (c *Coordinator) transferLocal(ctx context.Context, to string) (string, err
 		}
 		f = r.LeadershipTransferToServer(srv.ID, srv.Address)
 	}
-	if err := f.Error(); err != nil {
+	if err := c.raftNode.await(f); err != nil {
 		return "", fmt.Errorf("raft leadership transfer: %w", err)
 	}
 	c.log.Info("leadership transferred", "to", to)
@@ -280,7 +280,7 @@ func (c *Coordinator) removeLocal(ctx context.Context, id string, force bool) er
 		}
 	}
 	c.removed.add(id, c.Now())
-	if err := r.RemoveServer(raft.ServerID(id), 0, 5*time.Second).Error(); err != nil {
+	if err := c.raftNode.await(r.RemoveServer(raft.ServerID(id), 0, 5*time.Second)); err != nil {
 		c.removed.forget(id)
 		return fmt.Errorf("raft remove server: %w", err)
 	}

@@ -129,6 +129,8 @@ type Config struct {
 	// reports in Status and judges peers' against): tests give a node a
 	// skewed clock with it.
 	clockOffset time.Duration
+	// fsmApplyDelay slows every FSM apply: tests stall the FSM with it.
+	fsmApplyDelay time.Duration
 }
 
 // Timing holds the cluster's timers. The defaults suit a LAN: a dead

@@ -42,6 +42,12 @@ type Coordinator struct {
 	// a barrier: from then on its commit index covers every acknowledged
 	// write, and consistent reads may use it (Raft §8).
 	readyTerm atomic.Uint64
+	// clock holds back this leader's commands until the leases of its
+	// term, or of its stepped clock, are extended (leaderclock.go).
+	clock *leaderClock
+	// clockStep moves Now by that many nanoseconds: tests step the wall
+	// clock of a running coordinator with it.
+	clockStep atomic.Int64
 
 	fsm      *fsm.FSM
 	raftNode *raftNode
@@ -95,8 +101,12 @@ type Coordinator struct {
 	agentGone chan string
 	// life ends when the coordinator starts shutting down; stop ends it
 	// and with it the background loops.
-	life      context.Context
-	stop      context.CancelFunc
+	life context.Context
+	stop context.CancelFunc
+	// loops are the background loops (goLoop), wg the API and RPC
+	// servers: Close waits for the loops while raft still runs, so every
+	// raft future they wait on is answered.
+	loops     sync.WaitGroup
 	wg        sync.WaitGroup
 	closeOnce sync.Once
 	closeErr  error
@@ -128,6 +138,7 @@ func Start(cfg Config, logger *slog.Logger, logOut io.Writer) (c *Coordinator, e
 		registry:       prometheus.NewRegistry(),
 		clusterClients: map[string]vbatchv1connect.ClusterServiceClient{},
 		agentGone:      make(chan string, 64),
+		clock:          newLeaderClock(),
 	}
 	if err := c.setupTLS(); err != nil {
 		return nil, err
@@ -245,6 +256,7 @@ func (c *Coordinator) Close() error {
 func (c *Coordinator) close() error {
 	c.handOffLeadership()
 	c.stopLoops()
+	loopsDone := c.waitLoops()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	_ = c.httpSrv.Shutdown(ctx)
@@ -252,6 +264,9 @@ func (c *Coordinator) close() error {
 	_ = c.pool.Leave(time.Second)
 	err := c.raftNode.close()
 	c.wg.Wait()
+	if !loopsDone && !c.waitLoops() {
+		c.log.Error("background loops did not stop; closing without them")
+	}
 	if c.auditFile != nil {
 		_ = c.auditFile.Close()
 	}
@@ -259,11 +274,36 @@ func (c *Coordinator) close() error {
 	return err
 }
 
+// loopsStopTimeout bounds how long Close waits for the background loops
+// before it stops raft regardless (which answers whatever they wait on).
+const loopsStopTimeout = 15 * time.Second
+
+// waitLoops waits up to loopsStopTimeout for the background loops to
+// return and reports whether they did. Close calls it while raft still
+// runs, so a loop waiting on a raft future is answered (applied, or
+// leadership lost) rather than left waiting on a raft that shut down.
+func (c *Coordinator) waitLoops() bool {
+	done := make(chan struct{})
+	go func() {
+		c.loops.Wait()
+		close(done)
+	}()
+	select {
+	case <-done:
+		return true
+	case <-time.After(loopsStopTimeout):
+		c.log.Warn("background loops still running", "waited", loopsStopTimeout.String())
+		return false
+	}
+}
+
 // FSM is the local replicated state.
 func (c *Coordinator) FSM() *fsm.FSM { return c.fsm }
 
 // Now is the coordinator's clock.
-func (c *Coordinator) Now() time.Time { return time.Now().Add(c.cfg.clockOffset) }
+func (c *Coordinator) Now() time.Time {
+	return time.Now().Add(c.cfg.clockOffset + time.Duration(c.clockStep.Load()))
+}
 
 // HTTPAddr is the address the API listens on.
 func (c *Coordinator) HTTPAddr() string { return c.httpLn.Addr().String() }

@@ -57,6 +57,11 @@ func (c *Coordinator) applyWith(ctx context.Context, cmd proto.Message, once fun
 	// doubling to 500 ms cost about 0.6 s of every failover).
 	backoff := 10 * time.Millisecond
 	for {
+		if err := ctx.Err(); err != nil {
+			// A caller that gave up (a cancelled leader tick, a client
+			// gone) proposes nothing more.
+			return 0, fmt.Errorf("%w: %v", ErrNoLeader, err)
+		}
 		res, err := once(ctx, data)
 		if err == nil {
 			if werr := c.waitApplied(ctx, res.Index); werr != nil {
@@ -89,15 +94,17 @@ var errNotLeading = errors.New("this node no longer leads")
 // leadership changed, and the new leader's barrier covers it before that
 // leader decides anything, or it is lost and the new leader decides anew.
 func (c *Coordinator) applyAsLeader(ctx context.Context, cmd proto.Message) (uint64, error) {
-	return c.applyWith(ctx, cmd, c.applyHere)
+	return c.applyWith(ctx, cmd, func(ctx context.Context, data []byte) (*vbatchv1.Result, error) {
+		return c.applyHere(ctx, data, gateFailFast)
+	})
 }
 
 // applyHere applies on this node while it leads; it never forwards.
-func (c *Coordinator) applyHere(_ context.Context, data []byte) (*vbatchv1.Result, error) {
+func (c *Coordinator) applyHere(_ context.Context, data []byte, mode gateMode) (*vbatchv1.Result, error) {
 	if c.raftNode.raft.State() != raft.Leader {
 		return nil, errNotLeading
 	}
-	res, err := c.applyLocal(data)
+	res, err := c.applyLocalGated(data, mode)
 	if errors.Is(err, raft.ErrNotLeader) || errors.Is(err, raft.ErrLeadershipLost) || errors.Is(err, raft.ErrLeadershipTransferInProgress) {
 		return nil, fmt.Errorf("%w: %w", errNotLeading, err)
 	}
@@ -125,15 +132,45 @@ func (c *Coordinator) applyOnce(ctx context.Context, data []byte) (*vbatchv1.Res
 	return resp.Msg.Result, nil
 }
 
-// applyLocal stamps the leader's time and applies through raft.
+// gateMode says how a command meets the leader clock's gate.
+type gateMode int
+
+const (
+	// gateWait waits (up to gateWaitMax) for the leases to be extended.
+	gateWait gateMode = iota
+	// gateFailFast answers at once: the leader loop's own decisions,
+	// which must not wait on the loop that opens the gate.
+	gateFailFast
+	// gateNone passes: the ExtendLeases that opens the gate.
+	gateNone
+)
+
+// applyLocal stamps the leader's time and applies through raft, once the
+// leases of this term are extended (leaderclock.go).
 func (c *Coordinator) applyLocal(data []byte) (*vbatchv1.Result, error) {
-	stamped, err := fsm.Stamp(data, c.Now())
+	return c.applyLocalGated(data, gateWait)
+}
+
+// applyLocalGated is applyLocal with the gate's mode given.
+func (c *Coordinator) applyLocalGated(data []byte, mode gateMode) (*vbatchv1.Result, error) {
+	now := c.Now()
+	if mode != gateNone && c.raftNode.raft.State() == raft.Leader {
+		var err error
+		now, err = c.clock.admit(c.raftNode.raft.CurrentTerm, c.Now, mode == gateWait)
+		if err != nil {
+			if mode == gateFailFast {
+				return nil, fmt.Errorf("%w: %w", errNotLeading, err)
+			}
+			return nil, fmt.Errorf("%w: %w", errRaftApply, err)
+		}
+	}
+	stamped, err := fsm.Stamp(data, now)
 	if err != nil {
 		return nil, err
 	}
 	start := time.Now()
 	f := c.raftNode.raft.Apply(stamped, applyTimeout)
-	if err := f.Error(); err != nil {
+	if err := c.raftNode.await(f); err != nil {
 		// Whatever raft says (leadership lost, a log store that cannot
 		// write, a full disk), the command may commit on another leader:
 		// retrying is safe because every command is idempotent.

@@ -35,12 +35,11 @@ const agentGrace = 3 * time.Second
 // batches, expire leases, finalize, cancel and expire batches, add new
 // coordinators to raft; beside it, housekeeping deletes expired files,
 // compacts finished batches and forgets long-gone agents.
-func (c *Coordinator) leaderLoop(ctx context.Context) {
-	term := c.raftNode.raft.CurrentTerm()
+func (c *Coordinator) leaderLoop(ctx context.Context, term uint64) {
 	// A barrier makes sure the FSM holds every committed entry before the
 	// loop acts on it.
 	for {
-		if err := c.raftNode.raft.Barrier(applyTimeout).Error(); err == nil {
+		if err := c.raftNode.await(c.raftNode.raft.Barrier(applyTimeout)); err == nil {
 			break
 		} else if ctx.Err() != nil {
 			return
@@ -53,29 +52,17 @@ func (c *Coordinator) leaderLoop(ctx context.Context) {
 		case <-time.After(100 * time.Millisecond):
 		}
 	}
-	// Agents could not renew during the election: give every lease a
-	// fresh TTL rather than punish them for it, except leases their agents
-	// have surely given up (an agent drops a lease once its renewals,
-	// every TTL/3, failed for a TTL: at most about one renew interval
-	// after it expired).
-	now := c.Now()
-	extend := &vbatchv1.ExtendLeases{ExpiresAt: now.Add(c.cfg.LeaseTTL).UnixMilli()}
-	if c.clusterAtFSMLevel(fsm.LevelLeaseRequestID) {
-		// Which leases are given up is judged against the earlier of this
-		// node's clock and the FSM's as its predecessors left it (their
-		// clock, as of their last command; not whatever this node has
-		// already stamped in its own term): a clock ahead of the
-		// previous leader's must not take its leases, renewed on that
-		// clock, for long expired.
-		fsmNow := c.fsm.NowBefore(term)
-		ref := now
-		if fsmNow > 0 {
-			ref = minTime(now, time.UnixMilli(fsmNow))
-		}
-		extend.GoneBefore = ref.Add(-c.cfg.LeaseTTL/3 - extendGrace).UnixMilli()
+	// Which leases are given up is judged against the earlier of this
+	// node's clock and the FSM's as its predecessors left it (their clock,
+	// as of their last command; not whatever this node may have stamped
+	// in its own term): a clock ahead of the previous leader's must not
+	// take its leases, renewed on that clock, for long expired.
+	var ref time.Time
+	if fsmNow := c.fsm.NowBefore(term); fsmNow > 0 {
+		ref = time.UnixMilli(fsmNow)
 	}
-	if _, err := c.applyAsLeader(ctx, extend); err != nil {
-		c.log.Warn("extend leases on leadership failed", "err", err)
+	if !c.extendLeases(ctx, term, ref, "leadership") {
+		return
 	}
 	l := &leader{c: c, started: c.Now(), busy: map[string]bool{}, failures: map[string]int{}, chunks: monitoring.NewChunkTracker(c.metrics.Chunks)}
 	l.wg.Add(1)
@@ -85,6 +72,19 @@ func (c *Coordinator) leaderLoop(ctx context.Context) {
 	}()
 	var members time.Time
 	for {
+		// A wall clock that stepped forward would expire every lease
+		// renewed on the old one: extend them on the new one first.
+		if ok, _ := c.clock.check(term, c.Now()); !ok {
+			attrs := []any{}
+			if ref := c.clock.stepReference(); !ref.IsZero() {
+				attrs = append(attrs, "step", c.Now().Round(0).Sub(ref).Round(time.Millisecond).String())
+			}
+			c.log.Warn("the wall clock stepped forward; extending leases on the new clock", attrs...)
+			if !c.extendLeases(ctx, term, c.clock.stepReference(), "clock step") {
+				l.wg.Wait()
+				return
+			}
+		}
 		watch := c.fsm.Watch()
 		if c.Now().Sub(members) > time.Second {
 			c.reconcileMembers()
@@ -104,8 +104,48 @@ func (c *Coordinator) leaderLoop(ctx context.Context) {
 			l.wg.Wait()
 			return
 		case <-watch:
+		case <-c.clock.stepped: // a command saw the clock step: look now
 		case <-c.agentGone: // re-queue a dead agent's chunks at once
 		case <-time.After(leaderTick - leaderMinGap):
+		}
+	}
+}
+
+// extendLeases gives every live lease a fresh TTL on this leader's clock
+// and then opens the clock's gate for term: at the start of a term
+// (agents could not renew during the election: they are not punished for
+// it) and after the wall clock stepped forward. Leases their agents have
+// surely given up are left to expire (an agent drops a lease once its
+// renewals, every TTL/3, failed for a TTL: at most about one renew
+// interval after it expired), judged against the earlier of this clock
+// and ref (zero: this clock alone). It retries until the extension
+// commits, and reports false if ctx ended first.
+func (c *Coordinator) extendLeases(ctx context.Context, term uint64, ref time.Time, why string) bool {
+	for {
+		now := c.Now()
+		extend := &vbatchv1.ExtendLeases{ExpiresAt: now.Add(c.cfg.LeaseTTL).UnixMilli()}
+		if c.clusterAtFSMLevel(fsm.LevelLeaseRequestID) {
+			given := now
+			if !ref.IsZero() {
+				given = minTime(now, ref)
+			}
+			extend.GoneBefore = given.Add(-c.cfg.LeaseTTL/3 - extendGrace).UnixMilli()
+		}
+		_, err := c.applyWith(ctx, extend, func(ctx context.Context, data []byte) (*vbatchv1.Result, error) {
+			return c.applyHere(ctx, data, gateNone)
+		})
+		if err == nil {
+			c.clock.openFor(term, now)
+			return true
+		}
+		if ctx.Err() != nil {
+			return false
+		}
+		c.log.Warn("extending leases failed; retrying", "after", why, "err", err)
+		select {
+		case <-ctx.Done():
+			return false
+		case <-time.After(100 * time.Millisecond):
 		}
 	}
 }

@@ -101,7 +101,9 @@ func TestNewLeaderAheadKeepsLeases(t *testing.T) {
 	}
 	c3 := byID["c3"]
 	waitFor(t, 20*time.Second, "c3 to lead and extend the lease on its clock", func() bool {
-		if !c3.IsLeader() {
+		// A new leader's FSM may not yet hold the grant its predecessor
+		// committed: judge once it does.
+		if !c3.IsLeader() || c3.fsm.AppliedIndex() < lease.Token {
 			return false
 		}
 		var l *vbatchv1.Lease

@@ -30,9 +30,9 @@ func (c *Coordinator) stopLoops() {
 }
 
 func (c *Coordinator) goLoop(fn func()) {
-	c.wg.Add(1)
+	c.loops.Add(1)
 	go func() {
-		defer c.wg.Done()
+		defer c.loops.Done()
 		fn()
 	}()
 }
@@ -52,13 +52,21 @@ func (c *Coordinator) leadershipLoop(ctx context.Context) {
 		case <-check.C:
 		}
 		isLeader := c.raftNode.raft.State() == raft.Leader
+		term := c.raftNode.raft.CurrentTerm()
 		switch {
+		case isLeader && run != nil && run.term != term:
+			// Leadership was lost and won again between two looks: the
+			// new term needs its own barrier and lease extension.
+			run.stop()
+			c.log.Info("leadership won again in a new term; restarting leader loop", "term", term)
+			run = c.startLeaderRun(ctx, term)
 		case isLeader && run == nil:
-			c.log.Info("leadership acquired; starting leader loop")
-			run = c.startLeaderRun(ctx)
+			c.log.Info("leadership acquired; starting leader loop", "term", term)
+			run = c.startLeaderRun(ctx, term)
 		case !isLeader && run != nil:
 			run.stop()
 			run = nil
+			c.clock.shut()
 			c.log.Info("leadership lost; leader loop stopped")
 		}
 	}
@@ -66,17 +74,18 @@ func (c *Coordinator) leadershipLoop(ctx context.Context) {
 
 // leaderRun is one term of leadership's leader loop.
 type leaderRun struct {
+	term   uint64
 	cancel context.CancelFunc
 	done   chan struct{}
 }
 
-func (c *Coordinator) startLeaderRun(ctx context.Context) *leaderRun {
+func (c *Coordinator) startLeaderRun(ctx context.Context, term uint64) *leaderRun {
 	lctx, cancel := context.WithCancel(ctx)
-	r := &leaderRun{cancel: cancel, done: make(chan struct{})}
+	r := &leaderRun{term: term, cancel: cancel, done: make(chan struct{})}
 	c.startAutopilot(lctx)
 	go func() {
 		defer close(r.done)
-		c.leaderLoop(lctx)
+		c.leaderLoop(lctx, term)
 	}()
 	return r
 }

@@ -31,6 +31,8 @@ type raftNode struct {
 	logs raft.LogStore
 	// advertise is the raft address peers dial.
 	advertise string
+	// closing is closed when close starts (await).
+	closing chan struct{}
 }
 
 // logCacheSize is how many recent raft log entries stay in memory.
@@ -93,13 +95,17 @@ func openRaft(cfg *Config, f *fsm.FSM, tlsStore *tlsutil.Store, log *slog.Logger
 		return nil, fmt.Errorf("raft log cache: %w", err)
 	}
 	stable := &closingStable{StableStore: store, closed: make(chan struct{})}
-	r, err := raft.NewRaft(rc, f, logs, stable, snaps, transport)
+	var rf raft.FSM = f
+	if cfg.fsmApplyDelay > 0 {
+		rf = slowFSM{FSM: f, delay: cfg.fsmApplyDelay}
+	}
+	r, err := raft.NewRaft(rc, rf, logs, stable, snaps, transport)
 	if err != nil {
 		transport.Close()
 		store.Close()
 		return nil, fmt.Errorf("start raft: %w", err)
 	}
-	return &raftNode{raft: r, transport: transport, store: store, stable: stable, logs: logs, advertise: string(transport.LocalAddr())}, nil
+	return &raftNode{raft: r, transport: transport, store: store, stable: stable, logs: logs, advertise: string(transport.LocalAddr()), closing: make(chan struct{})}, nil
 }
 
 // PeersFile is the name, in DataDir/raft, of the lost-quorum recovery file:
@@ -144,7 +150,23 @@ func hasState(n *raftNode) bool {
 	return cfg.Error() == nil && len(cfg.Configuration().Servers) > 0
 }
 
+// await waits for f like f.Error(), but answers raft.ErrRaftShutdown
+// once the node starts closing: hashicorp/raft leaves a future unanswered
+// for ever when it shuts down with the future's entry still queued for
+// the FSM, and whoever waited on it would hang Close.
+func (n *raftNode) await(f raft.Future) error {
+	done := make(chan error, 1)
+	go func() { done <- f.Error() }()
+	select {
+	case err := <-done:
+		return err
+	case <-n.closing:
+		return raft.ErrRaftShutdown
+	}
+}
+
 func (n *raftNode) close() error {
+	close(n.closing)
 	err := n.raft.Shutdown().Error()
 	if cerr := n.transport.Close(); err == nil {
 		err = cerr
@@ -244,4 +266,16 @@ func (s *closingStable) close() {
 	default:
 		close(s.closed)
 	}
+}
+
+// slowFSM delays every apply (Config.fsmApplyDelay, for tests).
+type slowFSM struct {
+	*fsm.FSM
+	delay time.Duration
+}
+
+// Apply waits, then applies.
+func (s slowFSM) Apply(l *raft.Log) interface{} {
+	time.Sleep(s.delay)
+	return s.FSM.Apply(l)
 }

@@ -110,7 +110,7 @@ func (c *Coordinator) slowLeaderLoop(ctx context.Context) {
 		}
 		c.log.Warn("this leader's disk is slow: handing leadership to a follower whose disk is faster",
 			"log_write_median", mine, "to", target)
-		if err := r.LeadershipTransferToServer(raft.ServerID(target), raft.ServerAddress(addr)).Error(); err != nil {
+		if err := c.raftNode.await(r.LeadershipTransferToServer(raft.ServerID(target), raft.ServerAddress(addr))); err != nil {
 			c.log.Warn("hand leadership away from a slow disk", "to", target, "err", err)
 			continue
 		}
