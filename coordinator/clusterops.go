@@ -301,7 +301,7 @@ func (c *Coordinator) commitBarrier(reason string) (uint64, error) {
 	if err != nil {
 		return 0, fmt.Errorf("encode barrier command: %w", err)
 	}
-	res, err := c.applyLocal(data)
+	res, err := c.applyLocal(context.Background(), data)
 	if err != nil {
 		return 0, fmt.Errorf("barrier command after %s: %w", reason, err)
 	}

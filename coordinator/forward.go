@@ -100,11 +100,11 @@ func (c *Coordinator) applyAsLeader(ctx context.Context, cmd proto.Message) (uin
 }
 
 // applyHere applies on this node while it leads; it never forwards.
-func (c *Coordinator) applyHere(_ context.Context, data []byte, mode gateMode) (*vbatchv1.Result, error) {
+func (c *Coordinator) applyHere(ctx context.Context, data []byte, mode gateMode) (*vbatchv1.Result, error) {
 	if c.raftNode.raft.State() != raft.Leader {
 		return nil, errNotLeading
 	}
-	res, err := c.applyLocalGated(data, mode)
+	res, err := c.applyLocalGated(ctx, data, mode)
 	if errors.Is(err, raft.ErrNotLeader) || errors.Is(err, raft.ErrLeadershipLost) || errors.Is(err, raft.ErrLeadershipTransferInProgress) {
 		return nil, fmt.Errorf("%w: %w", errNotLeading, err)
 	}
@@ -115,7 +115,7 @@ func (c *Coordinator) applyHere(_ context.Context, data []byte, mode gateMode) (
 func (c *Coordinator) applyOnce(ctx context.Context, data []byte) (*vbatchv1.Result, error) {
 	r := c.raftNode.raft
 	if r.State() == raft.Leader {
-		return c.applyLocal(data)
+		return c.applyLocal(ctx, data)
 	}
 	_, leaderID := r.LeaderWithID()
 	if leaderID == "" {
@@ -147,16 +147,16 @@ const (
 
 // applyLocal stamps the leader's time and applies through raft, once the
 // leases of this term are extended (leaderclock.go).
-func (c *Coordinator) applyLocal(data []byte) (*vbatchv1.Result, error) {
-	return c.applyLocalGated(data, gateWait)
+func (c *Coordinator) applyLocal(ctx context.Context, data []byte) (*vbatchv1.Result, error) {
+	return c.applyLocalGated(ctx, data, gateWait)
 }
 
 // applyLocalGated is applyLocal with the gate's mode given.
-func (c *Coordinator) applyLocalGated(data []byte, mode gateMode) (*vbatchv1.Result, error) {
+func (c *Coordinator) applyLocalGated(ctx context.Context, data []byte, mode gateMode) (*vbatchv1.Result, error) {
 	now := c.Now()
 	if mode != gateNone && c.raftNode.raft.State() == raft.Leader {
 		var err error
-		now, err = c.clock.admit(c.raftNode.raft.CurrentTerm, c.Now, mode == gateWait)
+		now, err = c.clock.admit(ctx.Done(), c.raftNode.raft.CurrentTerm, c.Now, mode == gateWait)
 		if err != nil {
 			if mode == gateFailFast {
 				return nil, fmt.Errorf("%w: %w", errNotLeading, err)
@@ -340,7 +340,7 @@ func (s *clusterService) Apply(ctx context.Context, req *connect.Request[vbatchv
 	if _, _, err := fsm.Decode(req.Msg.Envelope); err != nil {
 		return nil, connect.NewError(connect.CodeInvalidArgument, err)
 	}
-	res, err := s.c.applyLocal(req.Msg.Envelope)
+	res, err := s.c.applyLocal(ctx, req.Msg.Envelope)
 	if err != nil {
 		if retryable(err) {
 			return nil, connect.NewError(connect.CodeUnavailable, err)

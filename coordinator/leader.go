@@ -122,7 +122,7 @@ func (c *Coordinator) leaderLoop(ctx context.Context, term uint64) {
 // commits, and reports false if ctx ended first.
 func (c *Coordinator) extendLeases(ctx context.Context, term uint64, ref time.Time, why string) bool {
 	for {
-		now := c.Now()
+		mono, now := c.clock.mono(), c.Now()
 		extend := &vbatchv1.ExtendLeases{ExpiresAt: now.Add(c.cfg.LeaseTTL).UnixMilli()}
 		if c.clusterAtFSMLevel(fsm.LevelLeaseRequestID) {
 			given := now
@@ -135,7 +135,7 @@ func (c *Coordinator) extendLeases(ctx context.Context, term uint64, ref time.Ti
 			return c.applyHere(ctx, data, gateNone)
 		})
 		if err == nil {
-			c.clock.openFor(term, now)
+			c.clock.openFor(term, now, mono)
 			return true
 		}
 		if ctx.Err() != nil {

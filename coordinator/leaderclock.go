@@ -58,12 +58,15 @@ func newLeaderClock() *leaderClock {
 	return &leaderClock{ready: make(chan struct{}), stepped: make(chan struct{}, 1), mono: time.Now}
 }
 
-// openFor opens the gate for term, anchored at now (the time the leases
-// were extended on).
-func (lc *leaderClock) openFor(term uint64, now time.Time) {
+// openFor opens the gate for term, anchored at the instant the leases
+// were extended on: now on the coordinator's clock, mono on lc.mono, read
+// together before the extension was proposed (read after its commit,
+// the monotonic anchor would run ahead by the commit's latency, and a
+// commit slower than the step threshold would look like a step).
+func (lc *leaderClock) openFor(term uint64, now, mono time.Time) {
 	lc.mu.Lock()
 	defer lc.mu.Unlock()
-	lc.term, lc.anchorWall, lc.anchorMono, lc.stepFrom = term, now.Round(0), lc.mono(), time.Time{}
+	lc.term, lc.anchorWall, lc.anchorMono, lc.stepFrom = term, now.Round(0), mono, time.Time{}
 	if !lc.open {
 		close(lc.ready)
 		lc.open = true
@@ -135,8 +138,9 @@ func (lc *leaderClock) stepReference() time.Time {
 
 // admit lets a command of term through once the gate is open for it on
 // an unstepped clock and returns the time to stamp it with. With wait it
-// waits up to gateWaitMax, else it answers at once.
-func (lc *leaderClock) admit(term func() uint64, now func() time.Time, wait bool) (time.Time, error) {
+// waits up to gateWaitMax or until done is closed, else it answers at
+// once.
+func (lc *leaderClock) admit(done <-chan struct{}, term func() uint64, now func() time.Time, wait bool) (time.Time, error) {
 	var timeout <-chan time.Time
 	for {
 		t, cur := now(), term()
@@ -163,6 +167,8 @@ func (lc *leaderClock) admit(term func() uint64, now func() time.Time, wait bool
 		}
 		select {
 		case <-ready:
+		case <-done:
+			return time.Time{}, errLeasesNotExtended
 		case <-timeout:
 			return time.Time{}, errLeasesNotExtended
 		}

@@ -3,6 +3,7 @@ package coordinator
 import (
 	"context"
 	"errors"
+	"fmt"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -53,12 +54,12 @@ func TestLeaderClockGate(t *testing.T) {
 	term.Store(7)
 
 	// Shut: a leader's own decisions fail at once; others wait.
-	if _, err := lc.admit(term.Load, clocks.wallNow, false); !errors.Is(err, errLeasesNotExtended) {
+	if _, err := lc.admit(nil, term.Load, clocks.wallNow, false); !errors.Is(err, errLeasesNotExtended) {
 		t.Fatalf("fail-fast admit before the extension: %v", err)
 	}
 	admitted := make(chan time.Time, 1)
 	go func() {
-		at, err := lc.admit(term.Load, clocks.wallNow, true)
+		at, err := lc.admit(nil, term.Load, clocks.wallNow, true)
 		if err != nil {
 			t.Errorf("waiting admit: %v", err)
 		}
@@ -69,7 +70,7 @@ func TestLeaderClockGate(t *testing.T) {
 		t.Fatal("a command passed before the leases were extended")
 	case <-time.After(20 * time.Millisecond):
 	}
-	lc.openFor(7, clocks.wallNow())
+	lc.openFor(7, clocks.wallNow(), clocks.monoNow())
 	if at := <-admitted; !at.Equal(clocks.wallNow()) {
 		t.Fatalf("admitted with stamp %v, want the wall clock %v", at, clocks.wallNow())
 	}
@@ -92,7 +93,7 @@ func TestLeaderClockGate(t *testing.T) {
 	// A forward step seen by a command shuts the gate and wakes the loop.
 	before := clocks.wallNow()
 	clocks.step(time.Minute)
-	if _, err := lc.admit(term.Load, clocks.wallNow, false); !errors.Is(err, errLeasesNotExtended) {
+	if _, err := lc.admit(nil, term.Load, clocks.wallNow, false); !errors.Is(err, errLeasesNotExtended) {
 		t.Fatalf("admit after a forward step: %v", err)
 	}
 	select {
@@ -103,14 +104,23 @@ func TestLeaderClockGate(t *testing.T) {
 	if ref := lc.stepReference(); !ref.Equal(before) {
 		t.Fatalf("step reference %v, want the unstepped time %v", ref, before)
 	}
-	lc.openFor(7, clocks.wallNow())
-	if _, err := lc.admit(term.Load, clocks.wallNow, false); err != nil {
+	lc.openFor(7, clocks.wallNow(), clocks.monoNow())
+	if _, err := lc.admit(nil, term.Load, clocks.wallNow, false); err != nil {
 		t.Fatalf("admit once extended on the new clock: %v", err)
+	}
+
+	// The anchor is the instant the extension was proposed: a commit that
+	// took longer than the step threshold is no step.
+	proposed, proposedMono := clocks.wallNow(), clocks.monoNow()
+	clocks.advance(3 * time.Second)
+	lc.openFor(7, proposed, proposedMono)
+	if _, err := lc.admit(nil, term.Load, clocks.wallNow, false); err != nil {
+		t.Fatalf("admit after an extension that took 3 s to commit: %v", err)
 	}
 
 	// A new term is shut until its own extension.
 	term.Store(8)
-	if _, err := lc.admit(term.Load, clocks.wallNow, false); !errors.Is(err, errLeasesNotExtended) {
+	if _, err := lc.admit(nil, term.Load, clocks.wallNow, false); !errors.Is(err, errLeasesNotExtended) {
 		t.Fatalf("admit in a new term before its extension: %v", err)
 	}
 }
@@ -239,5 +249,22 @@ func TestLeaderClockStepKeepsLeases(t *testing.T) {
 	rr, err := leader.agents.Renew(ctx, connect.NewRequest(&vbatchv1.RenewRequest{BatchId: l.BatchId, Chunk: l.Chunk, Token: l.Token}))
 	if err != nil || rr.Msg.Verdict != vbatchv1.LeaseVerdict_LEASE_VERDICT_OK {
 		t.Fatalf("renewal after the step: %v %v", rr, err)
+	}
+}
+
+// TestSlowCommitsAreNoClockStep: a leader whose commits take longer than
+// the clock-step threshold (a slow disk) still opens its gate and serves
+// writes; its extension's latency is not taken for a step of its clock.
+func TestSlowCommitsAreNoClockStep(t *testing.T) {
+	cfg := nodeConfig(t, "slow", 1, nil)
+	cfg.fsmApplyDelay = 1200 * time.Millisecond
+	c := startNode(t, cfg)
+	waitLeader(t, []*Coordinator{c})
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	for i := range 2 {
+		if _, err := c.Apply(ctx, &vbatchv1.RegisterAgent{Agent: &vbatchv1.Agent{Id: fmt.Sprintf("a%d", i)}}); err != nil {
+			t.Fatalf("write %d on a leader with 1.2 s commits: %v", i, err)
+		}
 	}
 }

@@ -2,6 +2,7 @@ package devcluster
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -109,7 +110,7 @@ func TestBindHostReachableOffLoopback(t *testing.T) {
 	var cl *Cluster
 	for try := 0; cl == nil; try++ {
 		cl, err = Start(ctx, Config{BasePort: freeBase(t), DataDir: t.TempDir(), Agents: 1, BindHost: "0.0.0.0", RootKey: "dev-key"})
-		if err != nil && (try == 2 || !strings.Contains(err.Error(), "address already in use")) {
+		if err != nil && (try == 9 || !strings.Contains(err.Error(), "address already in use")) {
 			t.Fatal(err)
 		}
 	}
@@ -185,8 +186,12 @@ func post(t *testing.T, url, key, body string) (int, string) {
 	return resp.StatusCode, string(b)
 }
 
-// freeBase returns a base port the OS just handed out, low enough that
-// the cluster's ports (base … base+311) fit.
+// freeBase picks a base port from the OS whose every port a dev cluster
+// with agents takes (coordinators' four, the first agents' two, gossip
+// over TCP and UDP) is free right now. Other packages' tests run beside
+// this one and hold ports of their own, so the OS's free base alone often
+// had one of the others taken. The base is low enough that the cluster's
+// ports (base … base+311) fit.
 func freeBase(t *testing.T) int {
 	for {
 		ln, err := net.Listen("tcp", "127.0.0.1:0")
@@ -195,10 +200,37 @@ func freeBase(t *testing.T) int {
 		}
 		p := ln.Addr().(*net.TCPAddr).Port
 		ln.Close()
-		if p+400 < 65535 {
+		if p+400 < 65535 && portsFree(p) {
 			return p
 		}
 	}
+}
+
+// portsFree reports whether the ports of a dev cluster on base can all be
+// bound now, on every address and for gossip on UDP too.
+func portsFree(base int) bool {
+	var ports []int
+	for i := 0; i < 3; i++ {
+		for k := 0; k < 4; k++ {
+			ports = append(ports, base+100*i+k)
+		}
+	}
+	for j := 0; j < 2; j++ {
+		ports = append(ports, base+300+10*j, base+300+10*j+1)
+	}
+	for _, p := range ports {
+		ln, err := net.Listen("tcp", fmt.Sprintf(":%d", p))
+		if err != nil {
+			return false
+		}
+		ln.Close()
+		pc, err := net.ListenPacket("udp", fmt.Sprintf(":%d", p))
+		if err != nil {
+			return false
+		}
+		pc.Close()
+	}
+	return true
 }
 
 func portOf(t *testing.T, addr string) string {
