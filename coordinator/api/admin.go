@@ -80,7 +80,9 @@ func (a *API) createKey(w http.ResponseWriter, r *http.Request, p *principal) er
 	if err != nil {
 		return err
 	}
-	secret, k, err := newKey(req.Project, req.Name, scopes, limits, a.b.Now().Unix())
+	// created_at is left to the FSM (the leader's time), not dated on
+	// this coordinator's clock.
+	secret, k, err := newKey(req.Project, req.Name, scopes, limits, 0)
 	if err != nil {
 		return err
 	}
@@ -88,6 +90,11 @@ func (a *API) createKey(w http.ResponseWriter, r *http.Request, p *principal) er
 	if _, err := a.b.Apply(r.Context(), &vbatchv1.CreateAPIKey{Key: k}); err != nil {
 		return fmt.Errorf("create api key %s: %w", k.Id, err)
 	}
+	a.b.FSM().View(func(s *fsm.State) {
+		if stored, ok := s.APIKeys[k.Id]; ok {
+			k.CreatedAt = stored.CreatedAt
+		}
+	})
 	o := toKeyObject(k)
 	o.Key = secret
 	writeJSON(w, http.StatusCreated, o)

@@ -5,6 +5,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/vbatch/vbatch/fsm"
 )
 
 func TestAdminKeys(t *testing.T) {
@@ -86,4 +88,28 @@ func TestModels(t *testing.T) {
 		t.Fatalf("%d %s", r.status, r.body)
 	}
 	e2.do(http.MethodGet, "/v1/models/nope", testRoot, nil).wantError(t, 404, typeInvalidRequest, "model_not_found")
+}
+
+// TestKeyCreatedAtFromLeader: a key's created_at is the FSM's (the
+// leader's) time, not the clock of the coordinator that took the request.
+func TestKeyCreatedAtFromLeader(t *testing.T) {
+	e := rootEnv(t)
+	const ahead = 10 * time.Minute
+	e.b.mu.Lock()
+	e.b.leaderAhead = ahead
+	e.b.mu.Unlock()
+	r := e.postJSON("/v1/admin/keys", testRoot, map[string]any{"project": "alpha", "scopes": []string{"read"}})
+	if r.status != http.StatusCreated {
+		t.Fatalf("%d %s", r.status, r.body)
+	}
+	m := r.json(t)
+	want := e.b.Now().Add(ahead).Unix()
+	if m["created_at"] != float64(want) {
+		t.Fatalf("created_at %v, want the leader's %d", m["created_at"], want)
+	}
+	e.b.f.View(func(s *fsm.State) {
+		if k := s.APIKeys[m["id"].(string)]; k.GetCreatedAt() != want {
+			t.Errorf("stored created_at %d, want %d", k.GetCreatedAt(), want)
+		}
+	})
 }
