@@ -60,3 +60,17 @@ func (a *applyCtx) undrainAgent(c *vbatchv1.UndrainAgent) error {
 	ag.Draining = false
 	return nil
 }
+
+// setServerIncarnation records the incarnation of a coordinator's raft
+// state, or forgets it when the incarnation is empty.
+func (a *applyCtx) setServerIncarnation(c *vbatchv1.SetServerIncarnation) error {
+	if c.NodeId == "" {
+		return Reject(ErrInvalid, "server incarnation needs a node id")
+	}
+	if c.Incarnation == "" {
+		delete(a.s.Incarnations, c.NodeId)
+		return nil
+	}
+	a.s.Incarnations[c.NodeId] = c.Incarnation
+	return nil
+}

@@ -227,3 +227,21 @@ func TestCreateFileExpiresOnFSMTime(t *testing.T) {
 	negative.ExpiresAfterSeconds = -1
 	refused(t, h, ErrInvalid, negative)
 }
+
+func TestSetServerIncarnation(t *testing.T) {
+	h := running(t, 100, 50)
+	h.MustApply(t, &vbatchv1.SetServerIncarnation{NodeId: "c1", Incarnation: "i1"})
+	unchanged(t, h, &vbatchv1.SetServerIncarnation{NodeId: "c1", Incarnation: "i1"})
+	h.MustApply(t, &vbatchv1.SetServerIncarnation{NodeId: "c2", Incarnation: "i2"})
+	h.MustApply(t, &vbatchv1.SetServerIncarnation{NodeId: "c1", Incarnation: "i3"})
+	if got := h.State().Incarnations; len(got) != 2 || got["c1"] != "i3" || got["c2"] != "i2" {
+		t.Fatalf("incarnations = %v", got)
+	}
+	// An empty incarnation forgets the server; forgetting twice is fine.
+	h.MustApply(t, &vbatchv1.SetServerIncarnation{NodeId: "c1"})
+	unchanged(t, h, &vbatchv1.SetServerIncarnation{NodeId: "c1"})
+	if got := h.State().Incarnations; len(got) != 1 || got["c2"] != "i2" {
+		t.Fatalf("incarnations after forgetting c1 = %v", got)
+	}
+	refused(t, h, ErrInvalid, &vbatchv1.SetServerIncarnation{Incarnation: "i4"})
+}

@@ -39,7 +39,8 @@ const EnvelopeVersion = 1
 //     (window_seconds) and CreateFile the file's lifetime
 //     (expires_after_seconds), counted from the created_at the FSM gives
 //     (the command's time).
-const Level = 10
+//   - 11: SetServerIncarnation.
+const Level = 11
 
 // LevelCompletePart is the level that applies CompletePart.
 const LevelCompletePart = 2
@@ -83,6 +84,9 @@ const LevelFileTombstones = 9
 // leader's) time; below it both fields must be left unset.
 const LevelCreateTimes = 10
 
+// LevelServerIncarnations is the level that applies SetServerIncarnation.
+const LevelServerIncarnations = 11
+
 // commandTypes maps every command type to a constructor of its message.
 // The list only grows; see CommandType in state.proto.
 var commandTypes = map[vbatchv1.CommandType]func() proto.Message{
@@ -110,6 +114,8 @@ var commandTypes = map[vbatchv1.CommandType]func() proto.Message{
 	vbatchv1.CommandType_COMMAND_TYPE_EXTEND_LEASES:    func() proto.Message { return &vbatchv1.ExtendLeases{} },
 	vbatchv1.CommandType_COMMAND_TYPE_REMOVE_AGENT:     func() proto.Message { return &vbatchv1.RemoveAgent{} },
 	vbatchv1.CommandType_COMMAND_TYPE_DRAIN_AGENT:      func() proto.Message { return &vbatchv1.DrainAgent{} },
+
+	vbatchv1.CommandType_COMMAND_TYPE_SET_SERVER_INCARNATION: func() proto.Message { return &vbatchv1.SetServerIncarnation{} },
 }
 
 // typeByName maps a command message's full name to its type.

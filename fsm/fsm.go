@@ -168,6 +168,8 @@ func (a *applyCtx) apply(cmd proto.Message) error {
 		return a.expireLeases(c)
 	case *vbatchv1.ExtendLeases:
 		return a.extendLeases(c)
+	case *vbatchv1.SetServerIncarnation:
+		return a.setServerIncarnation(c)
 	}
 	// Decode only returns registered types, so this is a programming error.
 	panic(fmt.Sprintf("fsm: no handler for %T", cmd))

@@ -52,7 +52,7 @@ func (g *gen) command(s *State) proto.Message {
 		{1, g.createFile}, {create, g.createFile}, {2, g.deleteFile}, {1, g.createBatch}, {create, g.createBatch}, {4, g.startBatch},
 		{1, g.failBatch}, {1, g.cancelBatch}, {1, g.agentCommand}, {8, g.grant},
 		{3, g.renew}, {16, g.commit}, {6, g.complete}, {6, g.completePart}, {3, g.releaseOrExpire},
-		{1, g.extend}, {3, g.finalize}, {4, g.finish}, {1, g.compact}, {2, g.merge},
+		{1, g.extend}, {3, g.finalize}, {4, g.finish}, {1, g.compact}, {2, g.merge}, {1, g.incarnation},
 	}
 	total := 0
 	for _, k := range kinds {
@@ -251,6 +251,17 @@ func (g *gen) agentCommand(*State) proto.Message {
 		return &vbatchv1.UndrainAgent{AgentId: id}
 	}
 	return &vbatchv1.RegisterAgent{Agent: &vbatchv1.Agent{Id: id, Models: []string{"m"}, MaxLeases: 2}}
+}
+
+// incarnation records, replaces or forgets a coordinator's incarnation, and
+// now and then sends one without a node id (refused).
+func (g *gen) incarnation(*State) proto.Message {
+	id := sample(g, []string{"c1", "c2", "c3"})
+	if g.oneIn(8) {
+		id = ""
+	}
+	inc := sample(g, []string{"", "i1", "i2"})
+	return &vbatchv1.SetServerIncarnation{NodeId: id, Incarnation: inc}
 }
 
 // ttl is mostly a lease time that outlives a few steps, now and then one

@@ -106,6 +106,12 @@ func WriteSnapshot(w io.Writer, s *State, applied uint64) error {
 			return err
 		}
 	}
+	for _, id := range slices.Sorted(maps.Keys(s.Incarnations)) {
+		inc := &vbatchv1.ServerIncarnation{NodeId: id, Incarnation: s.Incarnations[id]}
+		if err := write(&vbatchv1.SnapshotRecord{Record: &vbatchv1.SnapshotRecord_ServerIncarnation{ServerIncarnation: inc}}); err != nil {
+			return err
+		}
+	}
 	return nil
 }
 
@@ -189,6 +195,15 @@ func (s *State) add(rec *vbatchv1.SnapshotRecord) error {
 			return fmt.Errorf("file tombstone %s has no project", r.FileTombstone.Id)
 		}
 		s.FileTombstones[r.FileTombstone.Id] = r.FileTombstone
+	case *vbatchv1.SnapshotRecord_ServerIncarnation:
+		inc := r.ServerIncarnation
+		if err := checkID("server incarnation", inc.GetNodeId(), s.Incarnations); err != nil {
+			return err
+		}
+		if inc.Incarnation == "" {
+			return fmt.Errorf("server incarnation of %s is empty", inc.NodeId)
+		}
+		s.Incarnations[inc.NodeId] = inc.Incarnation
 	case *vbatchv1.SnapshotRecord_Header:
 		return errors.New("a second header")
 	default:

@@ -51,6 +51,8 @@ func richState(t *testing.T) *Harness {
 	h.MustApply(t, &vbatchv1.DrainAgent{AgentId: "a1"})
 	h.MustApply(t, inputFile("file-gone", 1))
 	h.MustApply(t, &vbatchv1.DeleteFile{Id: "file-gone", KeepPosition: true})
+	h.MustApply(t, &vbatchv1.SetServerIncarnation{NodeId: "c2", Incarnation: "inc-2"})
+	h.MustApply(t, &vbatchv1.SetServerIncarnation{NodeId: "c1", Incarnation: "inc-1"})
 	return h
 }
 
@@ -135,13 +137,15 @@ func TestSnapshotStreamLayout(t *testing.T) {
 			kinds, ids = append(kinds, "agent"), append(ids, x.Agent.Id)
 		case *vbatchv1.SnapshotRecord_FileTombstone:
 			kinds, ids = append(kinds, "tombstone"), append(ids, x.FileTombstone.Id)
+		case *vbatchv1.SnapshotRecord_ServerIncarnation:
+			kinds, ids = append(kinds, "incarnation"), append(ids, x.ServerIncarnation.NodeId)
 		}
 	}
-	want := "header key key file file file file batch batch agent agent tombstone"
+	want := "header key key file file file file batch batch agent agent tombstone incarnation incarnation"
 	if got := strings.Join(kinds, " "); got != want {
 		t.Fatalf("record kinds %q, want %q", got, want)
 	}
-	wantIDs := " key_0 key_1 file-2 file-err file-in file-out batch_1 batch_2 a1 a2 file-gone"
+	wantIDs := " key_0 key_1 file-2 file-err file-in file-out batch_1 batch_2 a1 a2 file-gone c1 c2"
 	if got := strings.Join(ids, " "); got != wantIDs {
 		t.Fatalf("record ids %q, want %q", got, wantIDs)
 	}
@@ -226,6 +230,8 @@ func TestRestoreRefusesBadSnapshots(t *testing.T) {
 		return &vbatchv1.SnapshotRecord{Record: &vbatchv1.SnapshotRecord_Header{Header: &vbatchv1.SnapshotHeader{Version: v}}}
 	}
 	agent := &vbatchv1.SnapshotRecord{Record: &vbatchv1.SnapshotRecord_Agent{Agent: &vbatchv1.Agent{Id: "a"}}}
+	incarnation := &vbatchv1.SnapshotRecord{Record: &vbatchv1.SnapshotRecord_ServerIncarnation{
+		ServerIncarnation: &vbatchv1.ServerIncarnation{NodeId: "c1", Incarnation: "i"}}}
 	cases := map[string][]byte{
 		"empty":          nil,
 		"truncated":      good[:len(good)-3],
@@ -236,8 +242,11 @@ func TestRestoreRefusesBadSnapshots(t *testing.T) {
 		"unknown kind":   frame(t, header(1), &vbatchv1.SnapshotRecord{}),
 		"tombstone without a project": frame(t, header(1), &vbatchv1.SnapshotRecord{Record: &vbatchv1.SnapshotRecord_FileTombstone{
 			FileTombstone: &vbatchv1.FileTombstone{Id: "file-1"}}}),
-		"garbage record": append(binary.AppendUvarint(frame(t, header(1)), 2), 0xff, 0xff),
-		"huge length":    binary.AppendUvarint(frame(t, header(1)), 1<<40),
+		"empty incarnation": frame(t, header(1), &vbatchv1.SnapshotRecord{Record: &vbatchv1.SnapshotRecord_ServerIncarnation{
+			ServerIncarnation: &vbatchv1.ServerIncarnation{NodeId: "c1"}}}),
+		"incarnation twice": frame(t, header(1), incarnation, incarnation),
+		"garbage record":    append(binary.AppendUvarint(frame(t, header(1)), 2), 0xff, 0xff),
+		"huge length":       binary.AppendUvarint(frame(t, header(1)), 1<<40),
 	}
 	for name, data := range cases {
 		t.Run(name, func(t *testing.T) {

@@ -26,6 +26,9 @@ type State struct {
 	// deleted with keep_position (FSM level 9) in the last
 	// FileTombstoneTTL, so a list cursor naming one keeps its place.
 	FileTombstones map[string]*vbatchv1.FileTombstone
+	// Incarnations maps a coordinator's node id to the incarnation of
+	// the raft state it was last seen holding (FSM level 11).
+	Incarnations map[string]string
 	// Now is the FSM's clock in unix milliseconds: the latest envelope
 	// time applied. It never runs backwards, and it is what lease expiry
 	// and batch expiry are judged against.
@@ -153,6 +156,7 @@ func NewState() *State {
 		Agents:  map[string]*vbatchv1.Agent{},
 
 		FileTombstones: map[string]*vbatchv1.FileTombstone{},
+		Incarnations:   map[string]string{},
 	}
 }
 
@@ -175,6 +179,7 @@ func (s *State) Clone() *State {
 	for k, v := range s.FileTombstones {
 		c.FileTombstones[k] = proto.Clone(v).(*vbatchv1.FileTombstone)
 	}
+	maps.Copy(c.Incarnations, s.Incarnations)
 	return c
 }
 
@@ -183,7 +188,7 @@ func (s *State) Clone() *State {
 func (s *State) Equal(o *State) bool {
 	if len(s.APIKeys) != len(o.APIKeys) || len(s.Files) != len(o.Files) ||
 		len(s.Batches) != len(o.Batches) || len(s.Agents) != len(o.Agents) ||
-		len(s.FileTombstones) != len(o.FileTombstones) {
+		len(s.FileTombstones) != len(o.FileTombstones) || !maps.Equal(s.Incarnations, o.Incarnations) {
 		return false
 	}
 	for k, v := range s.APIKeys {

@@ -116,6 +116,18 @@ func TestCloneIsDeep(t *testing.T) {
 		t.Fatal("Equal missed a changed record")
 	}
 
+	// Incarnations are copied and compared too.
+	h.MustApply(t, &vbatchv1.SetServerIncarnation{NodeId: "c1", Incarnation: "i1"})
+	h.FSM.View(func(s *State) { orig = s })
+	c = orig.Clone()
+	if !c.Equal(orig) {
+		t.Fatal("clone of incarnations differs")
+	}
+	c.Incarnations["c1"] = "i2"
+	if orig.Incarnations["c1"] != "i1" || c.Equal(orig) {
+		t.Fatal("clone shares incarnations, or Equal missed a changed one")
+	}
+
 	// Tombstones are copied and compared too.
 	h.MustApply(t, inputFile("file-2", 1))
 	h.MustApply(t, &vbatchv1.DeleteFile{Id: "file-2", KeepPosition: true})

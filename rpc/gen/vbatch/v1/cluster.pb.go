@@ -168,7 +168,18 @@ type StatusResponse struct {
 	// unix_ms is the answering node's wall clock when it answered (0 from
 	// older builds): the leader compares it with its own to report clock
 	// skew, which stops leasing once it passes the lease TTL.
-	UnixMs        int64 `protobuf:"varint,13,opt,name=unix_ms,json=unixMs,proto3" json:"unix_ms,omitempty"`
+	UnixMs int64 `protobuf:"varint,13,opt,name=unix_ms,json=unixMs,proto3" json:"unix_ms,omitempty"`
+	// incarnation names this node's raft state (ServerIncarnation); empty
+	// from older builds.
+	Incarnation string `protobuf:"bytes,14,opt,name=incarnation,proto3" json:"incarnation,omitempty"`
+	// lost_state: this node started without raft state while the cluster
+	// lists it as a voter of another incarnation (its data dir was wiped or
+	// replaced). Its raft takes no part in the cluster until the node is
+	// removed from the configuration; the leader does that itself.
+	LostState bool `protobuf:"varint,15,opt,name=lost_state,json=lostState,proto3" json:"lost_state,omitempty"`
+	// servers is this node's latest raft configuration, each server with the
+	// incarnation its FSM records for it; empty before the node has one.
+	Servers       []*StatusServer `protobuf:"bytes,16,rep,name=servers,proto3" json:"servers,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -294,6 +305,97 @@ func (x *StatusResponse) GetUnixMs() int64 {
 	return 0
 }
 
+func (x *StatusResponse) GetIncarnation() string {
+	if x != nil {
+		return x.Incarnation
+	}
+	return ""
+}
+
+func (x *StatusResponse) GetLostState() bool {
+	if x != nil {
+		return x.LostState
+	}
+	return false
+}
+
+func (x *StatusResponse) GetServers() []*StatusServer {
+	if x != nil {
+		return x.Servers
+	}
+	return nil
+}
+
+// StatusServer is one server of a raft configuration.
+type StatusServer struct {
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	Id      string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	Address string                 `protobuf:"bytes,2,opt,name=address,proto3" json:"address,omitempty"`
+	Voter   bool                   `protobuf:"varint,3,opt,name=voter,proto3" json:"voter,omitempty"`
+	// incarnation the FSM records for the server, empty if none.
+	Incarnation   string `protobuf:"bytes,4,opt,name=incarnation,proto3" json:"incarnation,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *StatusServer) Reset() {
+	*x = StatusServer{}
+	mi := &file_vbatch_v1_cluster_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *StatusServer) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*StatusServer) ProtoMessage() {}
+
+func (x *StatusServer) ProtoReflect() protoreflect.Message {
+	mi := &file_vbatch_v1_cluster_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use StatusServer.ProtoReflect.Descriptor instead.
+func (*StatusServer) Descriptor() ([]byte, []int) {
+	return file_vbatch_v1_cluster_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *StatusServer) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *StatusServer) GetAddress() string {
+	if x != nil {
+		return x.Address
+	}
+	return ""
+}
+
+func (x *StatusServer) GetVoter() bool {
+	if x != nil {
+		return x.Voter
+	}
+	return false
+}
+
+func (x *StatusServer) GetIncarnation() string {
+	if x != nil {
+		return x.Incarnation
+	}
+	return ""
+}
+
 type AutopilotHealthRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	unknownFields protoimpl.UnknownFields
@@ -302,7 +404,7 @@ type AutopilotHealthRequest struct {
 
 func (x *AutopilotHealthRequest) Reset() {
 	*x = AutopilotHealthRequest{}
-	mi := &file_vbatch_v1_cluster_proto_msgTypes[4]
+	mi := &file_vbatch_v1_cluster_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -314,7 +416,7 @@ func (x *AutopilotHealthRequest) String() string {
 func (*AutopilotHealthRequest) ProtoMessage() {}
 
 func (x *AutopilotHealthRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_vbatch_v1_cluster_proto_msgTypes[4]
+	mi := &file_vbatch_v1_cluster_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -327,7 +429,7 @@ func (x *AutopilotHealthRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AutopilotHealthRequest.ProtoReflect.Descriptor instead.
 func (*AutopilotHealthRequest) Descriptor() ([]byte, []int) {
-	return file_vbatch_v1_cluster_proto_rawDescGZIP(), []int{4}
+	return file_vbatch_v1_cluster_proto_rawDescGZIP(), []int{5}
 }
 
 type AutopilotHealthResponse struct {
@@ -350,7 +452,7 @@ type AutopilotHealthResponse struct {
 
 func (x *AutopilotHealthResponse) Reset() {
 	*x = AutopilotHealthResponse{}
-	mi := &file_vbatch_v1_cluster_proto_msgTypes[5]
+	mi := &file_vbatch_v1_cluster_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -362,7 +464,7 @@ func (x *AutopilotHealthResponse) String() string {
 func (*AutopilotHealthResponse) ProtoMessage() {}
 
 func (x *AutopilotHealthResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_vbatch_v1_cluster_proto_msgTypes[5]
+	mi := &file_vbatch_v1_cluster_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -375,7 +477,7 @@ func (x *AutopilotHealthResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AutopilotHealthResponse.ProtoReflect.Descriptor instead.
 func (*AutopilotHealthResponse) Descriptor() ([]byte, []int) {
-	return file_vbatch_v1_cluster_proto_rawDescGZIP(), []int{5}
+	return file_vbatch_v1_cluster_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *AutopilotHealthResponse) GetHealthy() bool {
@@ -439,7 +541,7 @@ type AutopilotServer struct {
 
 func (x *AutopilotServer) Reset() {
 	*x = AutopilotServer{}
-	mi := &file_vbatch_v1_cluster_proto_msgTypes[6]
+	mi := &file_vbatch_v1_cluster_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -451,7 +553,7 @@ func (x *AutopilotServer) String() string {
 func (*AutopilotServer) ProtoMessage() {}
 
 func (x *AutopilotServer) ProtoReflect() protoreflect.Message {
-	mi := &file_vbatch_v1_cluster_proto_msgTypes[6]
+	mi := &file_vbatch_v1_cluster_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -464,7 +566,7 @@ func (x *AutopilotServer) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AutopilotServer.ProtoReflect.Descriptor instead.
 func (*AutopilotServer) Descriptor() ([]byte, []int) {
-	return file_vbatch_v1_cluster_proto_rawDescGZIP(), []int{6}
+	return file_vbatch_v1_cluster_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *AutopilotServer) GetId() string {
@@ -538,7 +640,7 @@ type VerifyLeaderRequest struct {
 
 func (x *VerifyLeaderRequest) Reset() {
 	*x = VerifyLeaderRequest{}
-	mi := &file_vbatch_v1_cluster_proto_msgTypes[7]
+	mi := &file_vbatch_v1_cluster_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -550,7 +652,7 @@ func (x *VerifyLeaderRequest) String() string {
 func (*VerifyLeaderRequest) ProtoMessage() {}
 
 func (x *VerifyLeaderRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_vbatch_v1_cluster_proto_msgTypes[7]
+	mi := &file_vbatch_v1_cluster_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -563,7 +665,7 @@ func (x *VerifyLeaderRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VerifyLeaderRequest.ProtoReflect.Descriptor instead.
 func (*VerifyLeaderRequest) Descriptor() ([]byte, []int) {
-	return file_vbatch_v1_cluster_proto_rawDescGZIP(), []int{7}
+	return file_vbatch_v1_cluster_proto_rawDescGZIP(), []int{8}
 }
 
 type VerifyLeaderResponse struct {
@@ -575,7 +677,7 @@ type VerifyLeaderResponse struct {
 
 func (x *VerifyLeaderResponse) Reset() {
 	*x = VerifyLeaderResponse{}
-	mi := &file_vbatch_v1_cluster_proto_msgTypes[8]
+	mi := &file_vbatch_v1_cluster_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -587,7 +689,7 @@ func (x *VerifyLeaderResponse) String() string {
 func (*VerifyLeaderResponse) ProtoMessage() {}
 
 func (x *VerifyLeaderResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_vbatch_v1_cluster_proto_msgTypes[8]
+	mi := &file_vbatch_v1_cluster_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -600,7 +702,7 @@ func (x *VerifyLeaderResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VerifyLeaderResponse.ProtoReflect.Descriptor instead.
 func (*VerifyLeaderResponse) Descriptor() ([]byte, []int) {
-	return file_vbatch_v1_cluster_proto_rawDescGZIP(), []int{8}
+	return file_vbatch_v1_cluster_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *VerifyLeaderResponse) GetIndex() uint64 {
@@ -621,7 +723,7 @@ type TransferLeadershipRequest struct {
 
 func (x *TransferLeadershipRequest) Reset() {
 	*x = TransferLeadershipRequest{}
-	mi := &file_vbatch_v1_cluster_proto_msgTypes[9]
+	mi := &file_vbatch_v1_cluster_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -633,7 +735,7 @@ func (x *TransferLeadershipRequest) String() string {
 func (*TransferLeadershipRequest) ProtoMessage() {}
 
 func (x *TransferLeadershipRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_vbatch_v1_cluster_proto_msgTypes[9]
+	mi := &file_vbatch_v1_cluster_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -646,7 +748,7 @@ func (x *TransferLeadershipRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TransferLeadershipRequest.ProtoReflect.Descriptor instead.
 func (*TransferLeadershipRequest) Descriptor() ([]byte, []int) {
-	return file_vbatch_v1_cluster_proto_rawDescGZIP(), []int{9}
+	return file_vbatch_v1_cluster_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *TransferLeadershipRequest) GetTo() string {
@@ -666,7 +768,7 @@ type TransferLeadershipResponse struct {
 
 func (x *TransferLeadershipResponse) Reset() {
 	*x = TransferLeadershipResponse{}
-	mi := &file_vbatch_v1_cluster_proto_msgTypes[10]
+	mi := &file_vbatch_v1_cluster_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -678,7 +780,7 @@ func (x *TransferLeadershipResponse) String() string {
 func (*TransferLeadershipResponse) ProtoMessage() {}
 
 func (x *TransferLeadershipResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_vbatch_v1_cluster_proto_msgTypes[10]
+	mi := &file_vbatch_v1_cluster_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -691,7 +793,7 @@ func (x *TransferLeadershipResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TransferLeadershipResponse.ProtoReflect.Descriptor instead.
 func (*TransferLeadershipResponse) Descriptor() ([]byte, []int) {
-	return file_vbatch_v1_cluster_proto_rawDescGZIP(), []int{10}
+	return file_vbatch_v1_cluster_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *TransferLeadershipResponse) GetLeader() string {
@@ -710,7 +812,7 @@ type RemovePeerRequest struct {
 
 func (x *RemovePeerRequest) Reset() {
 	*x = RemovePeerRequest{}
-	mi := &file_vbatch_v1_cluster_proto_msgTypes[11]
+	mi := &file_vbatch_v1_cluster_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -722,7 +824,7 @@ func (x *RemovePeerRequest) String() string {
 func (*RemovePeerRequest) ProtoMessage() {}
 
 func (x *RemovePeerRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_vbatch_v1_cluster_proto_msgTypes[11]
+	mi := &file_vbatch_v1_cluster_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -735,7 +837,7 @@ func (x *RemovePeerRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemovePeerRequest.ProtoReflect.Descriptor instead.
 func (*RemovePeerRequest) Descriptor() ([]byte, []int) {
-	return file_vbatch_v1_cluster_proto_rawDescGZIP(), []int{11}
+	return file_vbatch_v1_cluster_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *RemovePeerRequest) GetId() string {
@@ -753,7 +855,7 @@ type RemovePeerResponse struct {
 
 func (x *RemovePeerResponse) Reset() {
 	*x = RemovePeerResponse{}
-	mi := &file_vbatch_v1_cluster_proto_msgTypes[12]
+	mi := &file_vbatch_v1_cluster_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -765,7 +867,7 @@ func (x *RemovePeerResponse) String() string {
 func (*RemovePeerResponse) ProtoMessage() {}
 
 func (x *RemovePeerResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_vbatch_v1_cluster_proto_msgTypes[12]
+	mi := &file_vbatch_v1_cluster_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -778,7 +880,7 @@ func (x *RemovePeerResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemovePeerResponse.ProtoReflect.Descriptor instead.
 func (*RemovePeerResponse) Descriptor() ([]byte, []int) {
-	return file_vbatch_v1_cluster_proto_rawDescGZIP(), []int{12}
+	return file_vbatch_v1_cluster_proto_rawDescGZIP(), []int{13}
 }
 
 type RestoreRequest struct {
@@ -791,7 +893,7 @@ type RestoreRequest struct {
 
 func (x *RestoreRequest) Reset() {
 	*x = RestoreRequest{}
-	mi := &file_vbatch_v1_cluster_proto_msgTypes[13]
+	mi := &file_vbatch_v1_cluster_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -803,7 +905,7 @@ func (x *RestoreRequest) String() string {
 func (*RestoreRequest) ProtoMessage() {}
 
 func (x *RestoreRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_vbatch_v1_cluster_proto_msgTypes[13]
+	mi := &file_vbatch_v1_cluster_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -816,7 +918,7 @@ func (x *RestoreRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RestoreRequest.ProtoReflect.Descriptor instead.
 func (*RestoreRequest) Descriptor() ([]byte, []int) {
-	return file_vbatch_v1_cluster_proto_rawDescGZIP(), []int{13}
+	return file_vbatch_v1_cluster_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *RestoreRequest) GetSnapshot() []byte {
@@ -836,7 +938,7 @@ type RestoreResponse struct {
 
 func (x *RestoreResponse) Reset() {
 	*x = RestoreResponse{}
-	mi := &file_vbatch_v1_cluster_proto_msgTypes[14]
+	mi := &file_vbatch_v1_cluster_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -848,7 +950,7 @@ func (x *RestoreResponse) String() string {
 func (*RestoreResponse) ProtoMessage() {}
 
 func (x *RestoreResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_vbatch_v1_cluster_proto_msgTypes[14]
+	mi := &file_vbatch_v1_cluster_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -861,7 +963,7 @@ func (x *RestoreResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RestoreResponse.ProtoReflect.Descriptor instead.
 func (*RestoreResponse) Descriptor() ([]byte, []int) {
-	return file_vbatch_v1_cluster_proto_rawDescGZIP(), []int{14}
+	return file_vbatch_v1_cluster_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *RestoreResponse) GetIndex() uint64 {
@@ -883,7 +985,7 @@ type ShareTelemetryRequest struct {
 
 func (x *ShareTelemetryRequest) Reset() {
 	*x = ShareTelemetryRequest{}
-	mi := &file_vbatch_v1_cluster_proto_msgTypes[15]
+	mi := &file_vbatch_v1_cluster_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -895,7 +997,7 @@ func (x *ShareTelemetryRequest) String() string {
 func (*ShareTelemetryRequest) ProtoMessage() {}
 
 func (x *ShareTelemetryRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_vbatch_v1_cluster_proto_msgTypes[15]
+	mi := &file_vbatch_v1_cluster_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -908,7 +1010,7 @@ func (x *ShareTelemetryRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ShareTelemetryRequest.ProtoReflect.Descriptor instead.
 func (*ShareTelemetryRequest) Descriptor() ([]byte, []int) {
-	return file_vbatch_v1_cluster_proto_rawDescGZIP(), []int{15}
+	return file_vbatch_v1_cluster_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *ShareTelemetryRequest) GetReport() *TelemetryRequest {
@@ -933,7 +1035,7 @@ type ShareTelemetryResponse struct {
 
 func (x *ShareTelemetryResponse) Reset() {
 	*x = ShareTelemetryResponse{}
-	mi := &file_vbatch_v1_cluster_proto_msgTypes[16]
+	mi := &file_vbatch_v1_cluster_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -945,7 +1047,7 @@ func (x *ShareTelemetryResponse) String() string {
 func (*ShareTelemetryResponse) ProtoMessage() {}
 
 func (x *ShareTelemetryResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_vbatch_v1_cluster_proto_msgTypes[16]
+	mi := &file_vbatch_v1_cluster_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -958,7 +1060,7 @@ func (x *ShareTelemetryResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ShareTelemetryResponse.ProtoReflect.Descriptor instead.
 func (*ShareTelemetryResponse) Descriptor() ([]byte, []int) {
-	return file_vbatch_v1_cluster_proto_rawDescGZIP(), []int{16}
+	return file_vbatch_v1_cluster_proto_rawDescGZIP(), []int{17}
 }
 
 var File_vbatch_v1_cluster_proto protoreflect.FileDescriptor
@@ -970,7 +1072,7 @@ const file_vbatch_v1_cluster_proto_rawDesc = "" +
 	"\benvelope\x18\x01 \x01(\fR\benvelope\":\n" +
 	"\rApplyResponse\x12)\n" +
 	"\x06result\x18\x01 \x01(\v2\x11.vbatch.v1.ResultR\x06result\"\x0f\n" +
-	"\rStatusRequest\"\x8f\x03\n" +
+	"\rStatusRequest\"\x83\x04\n" +
 	"\x0eStatusResponse\x12\x17\n" +
 	"\anode_id\x18\x01 \x01(\tR\x06nodeId\x12\x14\n" +
 	"\x05state\x18\x02 \x01(\tR\x05state\x12\x12\n" +
@@ -987,7 +1089,16 @@ const file_vbatch_v1_cluster_proto_rawDesc = "" +
 	"\x0flast_contact_ms\x18\v \x01(\x03R\rlastContactMs\x12 \n" +
 	"\flog_write_ms\x18\f \x01(\x01R\n" +
 	"logWriteMs\x12\x17\n" +
-	"\aunix_ms\x18\r \x01(\x03R\x06unixMs\"\x18\n" +
+	"\aunix_ms\x18\r \x01(\x03R\x06unixMs\x12 \n" +
+	"\vincarnation\x18\x0e \x01(\tR\vincarnation\x12\x1d\n" +
+	"\n" +
+	"lost_state\x18\x0f \x01(\bR\tlostState\x121\n" +
+	"\aservers\x18\x10 \x03(\v2\x17.vbatch.v1.StatusServerR\aservers\"p\n" +
+	"\fStatusServer\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12\x18\n" +
+	"\aaddress\x18\x02 \x01(\tR\aaddress\x12\x14\n" +
+	"\x05voter\x18\x03 \x01(\bR\x05voter\x12 \n" +
+	"\vincarnation\x18\x04 \x01(\tR\vincarnation\"\x18\n" +
 	"\x16AutopilotHealthRequest\"\x98\x02\n" +
 	"\x17AutopilotHealthResponse\x12\x18\n" +
 	"\ahealthy\x18\x01 \x01(\bR\ahealthy\x12+\n" +
@@ -1050,53 +1161,55 @@ func file_vbatch_v1_cluster_proto_rawDescGZIP() []byte {
 	return file_vbatch_v1_cluster_proto_rawDescData
 }
 
-var file_vbatch_v1_cluster_proto_msgTypes = make([]protoimpl.MessageInfo, 17)
+var file_vbatch_v1_cluster_proto_msgTypes = make([]protoimpl.MessageInfo, 18)
 var file_vbatch_v1_cluster_proto_goTypes = []any{
 	(*ApplyRequest)(nil),               // 0: vbatch.v1.ApplyRequest
 	(*ApplyResponse)(nil),              // 1: vbatch.v1.ApplyResponse
 	(*StatusRequest)(nil),              // 2: vbatch.v1.StatusRequest
 	(*StatusResponse)(nil),             // 3: vbatch.v1.StatusResponse
-	(*AutopilotHealthRequest)(nil),     // 4: vbatch.v1.AutopilotHealthRequest
-	(*AutopilotHealthResponse)(nil),    // 5: vbatch.v1.AutopilotHealthResponse
-	(*AutopilotServer)(nil),            // 6: vbatch.v1.AutopilotServer
-	(*VerifyLeaderRequest)(nil),        // 7: vbatch.v1.VerifyLeaderRequest
-	(*VerifyLeaderResponse)(nil),       // 8: vbatch.v1.VerifyLeaderResponse
-	(*TransferLeadershipRequest)(nil),  // 9: vbatch.v1.TransferLeadershipRequest
-	(*TransferLeadershipResponse)(nil), // 10: vbatch.v1.TransferLeadershipResponse
-	(*RemovePeerRequest)(nil),          // 11: vbatch.v1.RemovePeerRequest
-	(*RemovePeerResponse)(nil),         // 12: vbatch.v1.RemovePeerResponse
-	(*RestoreRequest)(nil),             // 13: vbatch.v1.RestoreRequest
-	(*RestoreResponse)(nil),            // 14: vbatch.v1.RestoreResponse
-	(*ShareTelemetryRequest)(nil),      // 15: vbatch.v1.ShareTelemetryRequest
-	(*ShareTelemetryResponse)(nil),     // 16: vbatch.v1.ShareTelemetryResponse
-	(*Result)(nil),                     // 17: vbatch.v1.Result
-	(*TelemetryRequest)(nil),           // 18: vbatch.v1.TelemetryRequest
+	(*StatusServer)(nil),               // 4: vbatch.v1.StatusServer
+	(*AutopilotHealthRequest)(nil),     // 5: vbatch.v1.AutopilotHealthRequest
+	(*AutopilotHealthResponse)(nil),    // 6: vbatch.v1.AutopilotHealthResponse
+	(*AutopilotServer)(nil),            // 7: vbatch.v1.AutopilotServer
+	(*VerifyLeaderRequest)(nil),        // 8: vbatch.v1.VerifyLeaderRequest
+	(*VerifyLeaderResponse)(nil),       // 9: vbatch.v1.VerifyLeaderResponse
+	(*TransferLeadershipRequest)(nil),  // 10: vbatch.v1.TransferLeadershipRequest
+	(*TransferLeadershipResponse)(nil), // 11: vbatch.v1.TransferLeadershipResponse
+	(*RemovePeerRequest)(nil),          // 12: vbatch.v1.RemovePeerRequest
+	(*RemovePeerResponse)(nil),         // 13: vbatch.v1.RemovePeerResponse
+	(*RestoreRequest)(nil),             // 14: vbatch.v1.RestoreRequest
+	(*RestoreResponse)(nil),            // 15: vbatch.v1.RestoreResponse
+	(*ShareTelemetryRequest)(nil),      // 16: vbatch.v1.ShareTelemetryRequest
+	(*ShareTelemetryResponse)(nil),     // 17: vbatch.v1.ShareTelemetryResponse
+	(*Result)(nil),                     // 18: vbatch.v1.Result
+	(*TelemetryRequest)(nil),           // 19: vbatch.v1.TelemetryRequest
 }
 var file_vbatch_v1_cluster_proto_depIdxs = []int32{
-	17, // 0: vbatch.v1.ApplyResponse.result:type_name -> vbatch.v1.Result
-	6,  // 1: vbatch.v1.AutopilotHealthResponse.servers:type_name -> vbatch.v1.AutopilotServer
-	18, // 2: vbatch.v1.ShareTelemetryRequest.report:type_name -> vbatch.v1.TelemetryRequest
-	0,  // 3: vbatch.v1.ClusterService.Apply:input_type -> vbatch.v1.ApplyRequest
-	2,  // 4: vbatch.v1.ClusterService.Status:input_type -> vbatch.v1.StatusRequest
-	7,  // 5: vbatch.v1.ClusterService.VerifyLeader:input_type -> vbatch.v1.VerifyLeaderRequest
-	9,  // 6: vbatch.v1.ClusterService.TransferLeadership:input_type -> vbatch.v1.TransferLeadershipRequest
-	11, // 7: vbatch.v1.ClusterService.RemovePeer:input_type -> vbatch.v1.RemovePeerRequest
-	13, // 8: vbatch.v1.ClusterService.Restore:input_type -> vbatch.v1.RestoreRequest
-	15, // 9: vbatch.v1.ClusterService.ShareTelemetry:input_type -> vbatch.v1.ShareTelemetryRequest
-	4,  // 10: vbatch.v1.ClusterService.AutopilotHealth:input_type -> vbatch.v1.AutopilotHealthRequest
-	1,  // 11: vbatch.v1.ClusterService.Apply:output_type -> vbatch.v1.ApplyResponse
-	3,  // 12: vbatch.v1.ClusterService.Status:output_type -> vbatch.v1.StatusResponse
-	8,  // 13: vbatch.v1.ClusterService.VerifyLeader:output_type -> vbatch.v1.VerifyLeaderResponse
-	10, // 14: vbatch.v1.ClusterService.TransferLeadership:output_type -> vbatch.v1.TransferLeadershipResponse
-	12, // 15: vbatch.v1.ClusterService.RemovePeer:output_type -> vbatch.v1.RemovePeerResponse
-	14, // 16: vbatch.v1.ClusterService.Restore:output_type -> vbatch.v1.RestoreResponse
-	16, // 17: vbatch.v1.ClusterService.ShareTelemetry:output_type -> vbatch.v1.ShareTelemetryResponse
-	5,  // 18: vbatch.v1.ClusterService.AutopilotHealth:output_type -> vbatch.v1.AutopilotHealthResponse
-	11, // [11:19] is the sub-list for method output_type
-	3,  // [3:11] is the sub-list for method input_type
-	3,  // [3:3] is the sub-list for extension type_name
-	3,  // [3:3] is the sub-list for extension extendee
-	0,  // [0:3] is the sub-list for field type_name
+	18, // 0: vbatch.v1.ApplyResponse.result:type_name -> vbatch.v1.Result
+	4,  // 1: vbatch.v1.StatusResponse.servers:type_name -> vbatch.v1.StatusServer
+	7,  // 2: vbatch.v1.AutopilotHealthResponse.servers:type_name -> vbatch.v1.AutopilotServer
+	19, // 3: vbatch.v1.ShareTelemetryRequest.report:type_name -> vbatch.v1.TelemetryRequest
+	0,  // 4: vbatch.v1.ClusterService.Apply:input_type -> vbatch.v1.ApplyRequest
+	2,  // 5: vbatch.v1.ClusterService.Status:input_type -> vbatch.v1.StatusRequest
+	8,  // 6: vbatch.v1.ClusterService.VerifyLeader:input_type -> vbatch.v1.VerifyLeaderRequest
+	10, // 7: vbatch.v1.ClusterService.TransferLeadership:input_type -> vbatch.v1.TransferLeadershipRequest
+	12, // 8: vbatch.v1.ClusterService.RemovePeer:input_type -> vbatch.v1.RemovePeerRequest
+	14, // 9: vbatch.v1.ClusterService.Restore:input_type -> vbatch.v1.RestoreRequest
+	16, // 10: vbatch.v1.ClusterService.ShareTelemetry:input_type -> vbatch.v1.ShareTelemetryRequest
+	5,  // 11: vbatch.v1.ClusterService.AutopilotHealth:input_type -> vbatch.v1.AutopilotHealthRequest
+	1,  // 12: vbatch.v1.ClusterService.Apply:output_type -> vbatch.v1.ApplyResponse
+	3,  // 13: vbatch.v1.ClusterService.Status:output_type -> vbatch.v1.StatusResponse
+	9,  // 14: vbatch.v1.ClusterService.VerifyLeader:output_type -> vbatch.v1.VerifyLeaderResponse
+	11, // 15: vbatch.v1.ClusterService.TransferLeadership:output_type -> vbatch.v1.TransferLeadershipResponse
+	13, // 16: vbatch.v1.ClusterService.RemovePeer:output_type -> vbatch.v1.RemovePeerResponse
+	15, // 17: vbatch.v1.ClusterService.Restore:output_type -> vbatch.v1.RestoreResponse
+	17, // 18: vbatch.v1.ClusterService.ShareTelemetry:output_type -> vbatch.v1.ShareTelemetryResponse
+	6,  // 19: vbatch.v1.ClusterService.AutopilotHealth:output_type -> vbatch.v1.AutopilotHealthResponse
+	12, // [12:20] is the sub-list for method output_type
+	4,  // [4:12] is the sub-list for method input_type
+	4,  // [4:4] is the sub-list for extension type_name
+	4,  // [4:4] is the sub-list for extension extendee
+	0,  // [0:4] is the sub-list for field type_name
 }
 
 func init() { file_vbatch_v1_cluster_proto_init() }
@@ -1112,7 +1225,7 @@ func file_vbatch_v1_cluster_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_vbatch_v1_cluster_proto_rawDesc), len(file_vbatch_v1_cluster_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   17,
+			NumMessages:   18,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -30,31 +30,32 @@ const (
 type CommandType int32
 
 const (
-	CommandType_COMMAND_TYPE_UNSPECIFIED      CommandType = 0
-	CommandType_COMMAND_TYPE_CREATE_API_KEY   CommandType = 1
-	CommandType_COMMAND_TYPE_REVOKE_API_KEY   CommandType = 2
-	CommandType_COMMAND_TYPE_CREATE_FILE      CommandType = 3
-	CommandType_COMMAND_TYPE_DELETE_FILE      CommandType = 4
-	CommandType_COMMAND_TYPE_CREATE_BATCH     CommandType = 5
-	CommandType_COMMAND_TYPE_FAIL_BATCH       CommandType = 6
-	CommandType_COMMAND_TYPE_START_BATCH      CommandType = 7
-	CommandType_COMMAND_TYPE_CANCEL_BATCH     CommandType = 8
-	CommandType_COMMAND_TYPE_REGISTER_AGENT   CommandType = 9
-	CommandType_COMMAND_TYPE_GRANT_LEASE      CommandType = 10
-	CommandType_COMMAND_TYPE_RENEW_LEASE      CommandType = 11
-	CommandType_COMMAND_TYPE_COMMIT_PART      CommandType = 12
-	CommandType_COMMAND_TYPE_COMPLETE_CHUNK   CommandType = 13
-	CommandType_COMMAND_TYPE_RELEASE_LEASE    CommandType = 14
-	CommandType_COMMAND_TYPE_EXPIRE_LEASES    CommandType = 15
-	CommandType_COMMAND_TYPE_BEGIN_FINALIZE   CommandType = 16
-	CommandType_COMMAND_TYPE_FINISH_BATCH     CommandType = 17
-	CommandType_COMMAND_TYPE_EXTEND_LEASES    CommandType = 18
-	CommandType_COMMAND_TYPE_REMOVE_AGENT     CommandType = 19
-	CommandType_COMMAND_TYPE_DRAIN_AGENT      CommandType = 20
-	CommandType_COMMAND_TYPE_COMPLETE_PART    CommandType = 21
-	CommandType_COMMAND_TYPE_COMPACT_BATCH    CommandType = 22
-	CommandType_COMMAND_TYPE_MERGE_FILE_PARTS CommandType = 23
-	CommandType_COMMAND_TYPE_UNDRAIN_AGENT    CommandType = 24
+	CommandType_COMMAND_TYPE_UNSPECIFIED            CommandType = 0
+	CommandType_COMMAND_TYPE_CREATE_API_KEY         CommandType = 1
+	CommandType_COMMAND_TYPE_REVOKE_API_KEY         CommandType = 2
+	CommandType_COMMAND_TYPE_CREATE_FILE            CommandType = 3
+	CommandType_COMMAND_TYPE_DELETE_FILE            CommandType = 4
+	CommandType_COMMAND_TYPE_CREATE_BATCH           CommandType = 5
+	CommandType_COMMAND_TYPE_FAIL_BATCH             CommandType = 6
+	CommandType_COMMAND_TYPE_START_BATCH            CommandType = 7
+	CommandType_COMMAND_TYPE_CANCEL_BATCH           CommandType = 8
+	CommandType_COMMAND_TYPE_REGISTER_AGENT         CommandType = 9
+	CommandType_COMMAND_TYPE_GRANT_LEASE            CommandType = 10
+	CommandType_COMMAND_TYPE_RENEW_LEASE            CommandType = 11
+	CommandType_COMMAND_TYPE_COMMIT_PART            CommandType = 12
+	CommandType_COMMAND_TYPE_COMPLETE_CHUNK         CommandType = 13
+	CommandType_COMMAND_TYPE_RELEASE_LEASE          CommandType = 14
+	CommandType_COMMAND_TYPE_EXPIRE_LEASES          CommandType = 15
+	CommandType_COMMAND_TYPE_BEGIN_FINALIZE         CommandType = 16
+	CommandType_COMMAND_TYPE_FINISH_BATCH           CommandType = 17
+	CommandType_COMMAND_TYPE_EXTEND_LEASES          CommandType = 18
+	CommandType_COMMAND_TYPE_REMOVE_AGENT           CommandType = 19
+	CommandType_COMMAND_TYPE_DRAIN_AGENT            CommandType = 20
+	CommandType_COMMAND_TYPE_COMPLETE_PART          CommandType = 21
+	CommandType_COMMAND_TYPE_COMPACT_BATCH          CommandType = 22
+	CommandType_COMMAND_TYPE_MERGE_FILE_PARTS       CommandType = 23
+	CommandType_COMMAND_TYPE_UNDRAIN_AGENT          CommandType = 24
+	CommandType_COMMAND_TYPE_SET_SERVER_INCARNATION CommandType = 25
 )
 
 // Enum value maps for CommandType.
@@ -85,33 +86,35 @@ var (
 		22: "COMMAND_TYPE_COMPACT_BATCH",
 		23: "COMMAND_TYPE_MERGE_FILE_PARTS",
 		24: "COMMAND_TYPE_UNDRAIN_AGENT",
+		25: "COMMAND_TYPE_SET_SERVER_INCARNATION",
 	}
 	CommandType_value = map[string]int32{
-		"COMMAND_TYPE_UNSPECIFIED":      0,
-		"COMMAND_TYPE_CREATE_API_KEY":   1,
-		"COMMAND_TYPE_REVOKE_API_KEY":   2,
-		"COMMAND_TYPE_CREATE_FILE":      3,
-		"COMMAND_TYPE_DELETE_FILE":      4,
-		"COMMAND_TYPE_CREATE_BATCH":     5,
-		"COMMAND_TYPE_FAIL_BATCH":       6,
-		"COMMAND_TYPE_START_BATCH":      7,
-		"COMMAND_TYPE_CANCEL_BATCH":     8,
-		"COMMAND_TYPE_REGISTER_AGENT":   9,
-		"COMMAND_TYPE_GRANT_LEASE":      10,
-		"COMMAND_TYPE_RENEW_LEASE":      11,
-		"COMMAND_TYPE_COMMIT_PART":      12,
-		"COMMAND_TYPE_COMPLETE_CHUNK":   13,
-		"COMMAND_TYPE_RELEASE_LEASE":    14,
-		"COMMAND_TYPE_EXPIRE_LEASES":    15,
-		"COMMAND_TYPE_BEGIN_FINALIZE":   16,
-		"COMMAND_TYPE_FINISH_BATCH":     17,
-		"COMMAND_TYPE_EXTEND_LEASES":    18,
-		"COMMAND_TYPE_REMOVE_AGENT":     19,
-		"COMMAND_TYPE_DRAIN_AGENT":      20,
-		"COMMAND_TYPE_COMPLETE_PART":    21,
-		"COMMAND_TYPE_COMPACT_BATCH":    22,
-		"COMMAND_TYPE_MERGE_FILE_PARTS": 23,
-		"COMMAND_TYPE_UNDRAIN_AGENT":    24,
+		"COMMAND_TYPE_UNSPECIFIED":            0,
+		"COMMAND_TYPE_CREATE_API_KEY":         1,
+		"COMMAND_TYPE_REVOKE_API_KEY":         2,
+		"COMMAND_TYPE_CREATE_FILE":            3,
+		"COMMAND_TYPE_DELETE_FILE":            4,
+		"COMMAND_TYPE_CREATE_BATCH":           5,
+		"COMMAND_TYPE_FAIL_BATCH":             6,
+		"COMMAND_TYPE_START_BATCH":            7,
+		"COMMAND_TYPE_CANCEL_BATCH":           8,
+		"COMMAND_TYPE_REGISTER_AGENT":         9,
+		"COMMAND_TYPE_GRANT_LEASE":            10,
+		"COMMAND_TYPE_RENEW_LEASE":            11,
+		"COMMAND_TYPE_COMMIT_PART":            12,
+		"COMMAND_TYPE_COMPLETE_CHUNK":         13,
+		"COMMAND_TYPE_RELEASE_LEASE":          14,
+		"COMMAND_TYPE_EXPIRE_LEASES":          15,
+		"COMMAND_TYPE_BEGIN_FINALIZE":         16,
+		"COMMAND_TYPE_FINISH_BATCH":           17,
+		"COMMAND_TYPE_EXTEND_LEASES":          18,
+		"COMMAND_TYPE_REMOVE_AGENT":           19,
+		"COMMAND_TYPE_DRAIN_AGENT":            20,
+		"COMMAND_TYPE_COMPLETE_PART":          21,
+		"COMMAND_TYPE_COMPACT_BATCH":          22,
+		"COMMAND_TYPE_MERGE_FILE_PARTS":       23,
+		"COMMAND_TYPE_UNDRAIN_AGENT":          24,
+		"COMMAND_TYPE_SET_SERVER_INCARNATION": 25,
 	}
 )
 
@@ -3504,6 +3507,119 @@ func (x *FileTombstone) GetDeletedAt() int64 {
 	return 0
 }
 
+// ServerIncarnation (FSM level 11) names the raft state a coordinator had
+// when the leader last saw it holding some: a random id the coordinator
+// writes into its data dir with its first raft state and loses with it. A
+// coordinator that starts without raft state yet finds itself a voter
+// recorded under another incarnation lost the log it acknowledged (a wiped
+// or replaced disk) and takes no part in raft until it is removed.
+type ServerIncarnation struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	NodeId        string                 `protobuf:"bytes,1,opt,name=node_id,json=nodeId,proto3" json:"node_id,omitempty"`
+	Incarnation   string                 `protobuf:"bytes,2,opt,name=incarnation,proto3" json:"incarnation,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ServerIncarnation) Reset() {
+	*x = ServerIncarnation{}
+	mi := &file_vbatch_v1_state_proto_msgTypes[42]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ServerIncarnation) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ServerIncarnation) ProtoMessage() {}
+
+func (x *ServerIncarnation) ProtoReflect() protoreflect.Message {
+	mi := &file_vbatch_v1_state_proto_msgTypes[42]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ServerIncarnation.ProtoReflect.Descriptor instead.
+func (*ServerIncarnation) Descriptor() ([]byte, []int) {
+	return file_vbatch_v1_state_proto_rawDescGZIP(), []int{42}
+}
+
+func (x *ServerIncarnation) GetNodeId() string {
+	if x != nil {
+		return x.NodeId
+	}
+	return ""
+}
+
+func (x *ServerIncarnation) GetIncarnation() string {
+	if x != nil {
+		return x.Incarnation
+	}
+	return ""
+}
+
+// SetServerIncarnation (FSM level 11) records a coordinator's incarnation,
+// or forgets it when incarnation is empty (the server left the raft
+// configuration).
+type SetServerIncarnation struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	NodeId        string                 `protobuf:"bytes,1,opt,name=node_id,json=nodeId,proto3" json:"node_id,omitempty"`
+	Incarnation   string                 `protobuf:"bytes,2,opt,name=incarnation,proto3" json:"incarnation,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SetServerIncarnation) Reset() {
+	*x = SetServerIncarnation{}
+	mi := &file_vbatch_v1_state_proto_msgTypes[43]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SetServerIncarnation) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SetServerIncarnation) ProtoMessage() {}
+
+func (x *SetServerIncarnation) ProtoReflect() protoreflect.Message {
+	mi := &file_vbatch_v1_state_proto_msgTypes[43]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SetServerIncarnation.ProtoReflect.Descriptor instead.
+func (*SetServerIncarnation) Descriptor() ([]byte, []int) {
+	return file_vbatch_v1_state_proto_rawDescGZIP(), []int{43}
+}
+
+func (x *SetServerIncarnation) GetNodeId() string {
+	if x != nil {
+		return x.NodeId
+	}
+	return ""
+}
+
+func (x *SetServerIncarnation) GetIncarnation() string {
+	if x != nil {
+		return x.Incarnation
+	}
+	return ""
+}
+
 // SnapshotRecord is one record of a snapshot stream.
 type SnapshotRecord struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -3515,6 +3631,7 @@ type SnapshotRecord struct {
 	//	*SnapshotRecord_Agent
 	//	*SnapshotRecord_Header
 	//	*SnapshotRecord_FileTombstone
+	//	*SnapshotRecord_ServerIncarnation
 	Record        isSnapshotRecord_Record `protobuf_oneof:"record"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -3522,7 +3639,7 @@ type SnapshotRecord struct {
 
 func (x *SnapshotRecord) Reset() {
 	*x = SnapshotRecord{}
-	mi := &file_vbatch_v1_state_proto_msgTypes[42]
+	mi := &file_vbatch_v1_state_proto_msgTypes[44]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3534,7 +3651,7 @@ func (x *SnapshotRecord) String() string {
 func (*SnapshotRecord) ProtoMessage() {}
 
 func (x *SnapshotRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_vbatch_v1_state_proto_msgTypes[42]
+	mi := &file_vbatch_v1_state_proto_msgTypes[44]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3547,7 +3664,7 @@ func (x *SnapshotRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SnapshotRecord.ProtoReflect.Descriptor instead.
 func (*SnapshotRecord) Descriptor() ([]byte, []int) {
-	return file_vbatch_v1_state_proto_rawDescGZIP(), []int{42}
+	return file_vbatch_v1_state_proto_rawDescGZIP(), []int{44}
 }
 
 func (x *SnapshotRecord) GetRecord() isSnapshotRecord_Record {
@@ -3611,6 +3728,15 @@ func (x *SnapshotRecord) GetFileTombstone() *FileTombstone {
 	return nil
 }
 
+func (x *SnapshotRecord) GetServerIncarnation() *ServerIncarnation {
+	if x != nil {
+		if x, ok := x.Record.(*SnapshotRecord_ServerIncarnation); ok {
+			return x.ServerIncarnation
+		}
+	}
+	return nil
+}
+
 type isSnapshotRecord_Record interface {
 	isSnapshotRecord_Record()
 }
@@ -3639,6 +3765,10 @@ type SnapshotRecord_FileTombstone struct {
 	FileTombstone *FileTombstone `protobuf:"bytes,6,opt,name=file_tombstone,json=fileTombstone,proto3,oneof"`
 }
 
+type SnapshotRecord_ServerIncarnation struct {
+	ServerIncarnation *ServerIncarnation `protobuf:"bytes,7,opt,name=server_incarnation,json=serverIncarnation,proto3,oneof"`
+}
+
 func (*SnapshotRecord_ApiKey) isSnapshotRecord_Record() {}
 
 func (*SnapshotRecord_File) isSnapshotRecord_Record() {}
@@ -3650,6 +3780,8 @@ func (*SnapshotRecord_Agent) isSnapshotRecord_Record() {}
 func (*SnapshotRecord_Header) isSnapshotRecord_Record() {}
 
 func (*SnapshotRecord_FileTombstone) isSnapshotRecord_Record() {}
+
+func (*SnapshotRecord_ServerIncarnation) isSnapshotRecord_Record() {}
 
 // SnapshotHeader opens a snapshot.
 type SnapshotHeader struct {
@@ -3665,7 +3797,7 @@ type SnapshotHeader struct {
 
 func (x *SnapshotHeader) Reset() {
 	*x = SnapshotHeader{}
-	mi := &file_vbatch_v1_state_proto_msgTypes[43]
+	mi := &file_vbatch_v1_state_proto_msgTypes[45]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3677,7 +3809,7 @@ func (x *SnapshotHeader) String() string {
 func (*SnapshotHeader) ProtoMessage() {}
 
 func (x *SnapshotHeader) ProtoReflect() protoreflect.Message {
-	mi := &file_vbatch_v1_state_proto_msgTypes[43]
+	mi := &file_vbatch_v1_state_proto_msgTypes[45]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3690,7 +3822,7 @@ func (x *SnapshotHeader) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SnapshotHeader.ProtoReflect.Descriptor instead.
 func (*SnapshotHeader) Descriptor() ([]byte, []int) {
-	return file_vbatch_v1_state_proto_rawDescGZIP(), []int{43}
+	return file_vbatch_v1_state_proto_rawDescGZIP(), []int{45}
 }
 
 func (x *SnapshotHeader) GetVersion() uint32 {
@@ -3992,19 +4124,26 @@ const file_vbatch_v1_state_proto_rawDesc = "" +
 	"\n" +
 	"created_at\x18\x03 \x01(\x03R\tcreatedAt\x12\x1d\n" +
 	"\n" +
-	"deleted_at\x18\x04 \x01(\x03R\tdeletedAt\"\xbb\x02\n" +
+	"deleted_at\x18\x04 \x01(\x03R\tdeletedAt\"N\n" +
+	"\x11ServerIncarnation\x12\x17\n" +
+	"\anode_id\x18\x01 \x01(\tR\x06nodeId\x12 \n" +
+	"\vincarnation\x18\x02 \x01(\tR\vincarnation\"Q\n" +
+	"\x14SetServerIncarnation\x12\x17\n" +
+	"\anode_id\x18\x01 \x01(\tR\x06nodeId\x12 \n" +
+	"\vincarnation\x18\x02 \x01(\tR\vincarnation\"\x8a\x03\n" +
 	"\x0eSnapshotRecord\x12,\n" +
 	"\aapi_key\x18\x01 \x01(\v2\x11.vbatch.v1.APIKeyH\x00R\x06apiKey\x12%\n" +
 	"\x04file\x18\x02 \x01(\v2\x0f.vbatch.v1.FileH\x00R\x04file\x12(\n" +
 	"\x05batch\x18\x03 \x01(\v2\x10.vbatch.v1.BatchH\x00R\x05batch\x12(\n" +
 	"\x05agent\x18\x04 \x01(\v2\x10.vbatch.v1.AgentH\x00R\x05agent\x123\n" +
 	"\x06header\x18\x05 \x01(\v2\x19.vbatch.v1.SnapshotHeaderH\x00R\x06header\x12A\n" +
-	"\x0efile_tombstone\x18\x06 \x01(\v2\x18.vbatch.v1.FileTombstoneH\x00R\rfileTombstoneB\b\n" +
+	"\x0efile_tombstone\x18\x06 \x01(\v2\x18.vbatch.v1.FileTombstoneH\x00R\rfileTombstone\x12M\n" +
+	"\x12server_incarnation\x18\a \x01(\v2\x1c.vbatch.v1.ServerIncarnationH\x00R\x11serverIncarnationB\b\n" +
 	"\x06record\"o\n" +
 	"\x0eSnapshotHeader\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\rR\aversion\x12\x1e\n" +
 	"\vnow_unix_ms\x18\x02 \x01(\x03R\tnowUnixMs\x12#\n" +
-	"\rapplied_index\x18\x03 \x01(\x04R\fappliedIndex*\x9e\x06\n" +
+	"\rapplied_index\x18\x03 \x01(\x04R\fappliedIndex*\xc7\x06\n" +
 	"\vCommandType\x12\x1c\n" +
 	"\x18COMMAND_TYPE_UNSPECIFIED\x10\x00\x12\x1f\n" +
 	"\x1bCOMMAND_TYPE_CREATE_API_KEY\x10\x01\x12\x1f\n" +
@@ -4031,7 +4170,8 @@ const file_vbatch_v1_state_proto_rawDesc = "" +
 	"\x1aCOMMAND_TYPE_COMPLETE_PART\x10\x15\x12\x1e\n" +
 	"\x1aCOMMAND_TYPE_COMPACT_BATCH\x10\x16\x12!\n" +
 	"\x1dCOMMAND_TYPE_MERGE_FILE_PARTS\x10\x17\x12\x1e\n" +
-	"\x1aCOMMAND_TYPE_UNDRAIN_AGENT\x10\x18*e\n" +
+	"\x1aCOMMAND_TYPE_UNDRAIN_AGENT\x10\x18\x12'\n" +
+	"#COMMAND_TYPE_SET_SERVER_INCARNATION\x10\x19*e\n" +
 	"\x05Scope\x12\x15\n" +
 	"\x11SCOPE_UNSPECIFIED\x10\x00\x12\x0f\n" +
 	"\vSCOPE_ADMIN\x10\x01\x12\x0f\n" +
@@ -4069,57 +4209,59 @@ func file_vbatch_v1_state_proto_rawDescGZIP() []byte {
 }
 
 var file_vbatch_v1_state_proto_enumTypes = make([]protoimpl.EnumInfo, 4)
-var file_vbatch_v1_state_proto_msgTypes = make([]protoimpl.MessageInfo, 45)
+var file_vbatch_v1_state_proto_msgTypes = make([]protoimpl.MessageInfo, 47)
 var file_vbatch_v1_state_proto_goTypes = []any{
-	(CommandType)(0),       // 0: vbatch.v1.CommandType
-	(Scope)(0),             // 1: vbatch.v1.Scope
-	(BatchStatus)(0),       // 2: vbatch.v1.BatchStatus
-	(ChunkState)(0),        // 3: vbatch.v1.ChunkState
-	(*Envelope)(nil),       // 4: vbatch.v1.Envelope
-	(*APIKey)(nil),         // 5: vbatch.v1.APIKey
-	(*KeyLimits)(nil),      // 6: vbatch.v1.KeyLimits
-	(*BlobRef)(nil),        // 7: vbatch.v1.BlobRef
-	(*File)(nil),           // 8: vbatch.v1.File
-	(*FileCheck)(nil),      // 9: vbatch.v1.FileCheck
-	(*BatchError)(nil),     // 10: vbatch.v1.BatchError
-	(*Usage)(nil),          // 11: vbatch.v1.Usage
-	(*Lease)(nil),          // 12: vbatch.v1.Lease
-	(*Part)(nil),           // 13: vbatch.v1.Part
-	(*Chunk)(nil),          // 14: vbatch.v1.Chunk
-	(*RequestCounts)(nil),  // 15: vbatch.v1.RequestCounts
-	(*Batch)(nil),          // 16: vbatch.v1.Batch
-	(*GPU)(nil),            // 17: vbatch.v1.GPU
-	(*Agent)(nil),          // 18: vbatch.v1.Agent
-	(*CreateAPIKey)(nil),   // 19: vbatch.v1.CreateAPIKey
-	(*RevokeAPIKey)(nil),   // 20: vbatch.v1.RevokeAPIKey
-	(*CreateFile)(nil),     // 21: vbatch.v1.CreateFile
-	(*DeleteFile)(nil),     // 22: vbatch.v1.DeleteFile
-	(*CreateBatch)(nil),    // 23: vbatch.v1.CreateBatch
-	(*FailBatch)(nil),      // 24: vbatch.v1.FailBatch
-	(*StartBatch)(nil),     // 25: vbatch.v1.StartBatch
-	(*CancelBatch)(nil),    // 26: vbatch.v1.CancelBatch
-	(*RegisterAgent)(nil),  // 27: vbatch.v1.RegisterAgent
-	(*RemoveAgent)(nil),    // 28: vbatch.v1.RemoveAgent
-	(*GrantLease)(nil),     // 29: vbatch.v1.GrantLease
-	(*RenewLease)(nil),     // 30: vbatch.v1.RenewLease
-	(*CommitPart)(nil),     // 31: vbatch.v1.CommitPart
-	(*CompletePart)(nil),   // 32: vbatch.v1.CompletePart
-	(*CompactBatch)(nil),   // 33: vbatch.v1.CompactBatch
-	(*MergeFileParts)(nil), // 34: vbatch.v1.MergeFileParts
-	(*CompleteChunk)(nil),  // 35: vbatch.v1.CompleteChunk
-	(*ReleaseLease)(nil),   // 36: vbatch.v1.ReleaseLease
-	(*LeaseRef)(nil),       // 37: vbatch.v1.LeaseRef
-	(*ExpireLeases)(nil),   // 38: vbatch.v1.ExpireLeases
-	(*ExtendLeases)(nil),   // 39: vbatch.v1.ExtendLeases
-	(*BeginFinalize)(nil),  // 40: vbatch.v1.BeginFinalize
-	(*FinishBatch)(nil),    // 41: vbatch.v1.FinishBatch
-	(*DrainAgent)(nil),     // 42: vbatch.v1.DrainAgent
-	(*UndrainAgent)(nil),   // 43: vbatch.v1.UndrainAgent
-	(*Result)(nil),         // 44: vbatch.v1.Result
-	(*FileTombstone)(nil),  // 45: vbatch.v1.FileTombstone
-	(*SnapshotRecord)(nil), // 46: vbatch.v1.SnapshotRecord
-	(*SnapshotHeader)(nil), // 47: vbatch.v1.SnapshotHeader
-	nil,                    // 48: vbatch.v1.Batch.MetadataEntry
+	(CommandType)(0),             // 0: vbatch.v1.CommandType
+	(Scope)(0),                   // 1: vbatch.v1.Scope
+	(BatchStatus)(0),             // 2: vbatch.v1.BatchStatus
+	(ChunkState)(0),              // 3: vbatch.v1.ChunkState
+	(*Envelope)(nil),             // 4: vbatch.v1.Envelope
+	(*APIKey)(nil),               // 5: vbatch.v1.APIKey
+	(*KeyLimits)(nil),            // 6: vbatch.v1.KeyLimits
+	(*BlobRef)(nil),              // 7: vbatch.v1.BlobRef
+	(*File)(nil),                 // 8: vbatch.v1.File
+	(*FileCheck)(nil),            // 9: vbatch.v1.FileCheck
+	(*BatchError)(nil),           // 10: vbatch.v1.BatchError
+	(*Usage)(nil),                // 11: vbatch.v1.Usage
+	(*Lease)(nil),                // 12: vbatch.v1.Lease
+	(*Part)(nil),                 // 13: vbatch.v1.Part
+	(*Chunk)(nil),                // 14: vbatch.v1.Chunk
+	(*RequestCounts)(nil),        // 15: vbatch.v1.RequestCounts
+	(*Batch)(nil),                // 16: vbatch.v1.Batch
+	(*GPU)(nil),                  // 17: vbatch.v1.GPU
+	(*Agent)(nil),                // 18: vbatch.v1.Agent
+	(*CreateAPIKey)(nil),         // 19: vbatch.v1.CreateAPIKey
+	(*RevokeAPIKey)(nil),         // 20: vbatch.v1.RevokeAPIKey
+	(*CreateFile)(nil),           // 21: vbatch.v1.CreateFile
+	(*DeleteFile)(nil),           // 22: vbatch.v1.DeleteFile
+	(*CreateBatch)(nil),          // 23: vbatch.v1.CreateBatch
+	(*FailBatch)(nil),            // 24: vbatch.v1.FailBatch
+	(*StartBatch)(nil),           // 25: vbatch.v1.StartBatch
+	(*CancelBatch)(nil),          // 26: vbatch.v1.CancelBatch
+	(*RegisterAgent)(nil),        // 27: vbatch.v1.RegisterAgent
+	(*RemoveAgent)(nil),          // 28: vbatch.v1.RemoveAgent
+	(*GrantLease)(nil),           // 29: vbatch.v1.GrantLease
+	(*RenewLease)(nil),           // 30: vbatch.v1.RenewLease
+	(*CommitPart)(nil),           // 31: vbatch.v1.CommitPart
+	(*CompletePart)(nil),         // 32: vbatch.v1.CompletePart
+	(*CompactBatch)(nil),         // 33: vbatch.v1.CompactBatch
+	(*MergeFileParts)(nil),       // 34: vbatch.v1.MergeFileParts
+	(*CompleteChunk)(nil),        // 35: vbatch.v1.CompleteChunk
+	(*ReleaseLease)(nil),         // 36: vbatch.v1.ReleaseLease
+	(*LeaseRef)(nil),             // 37: vbatch.v1.LeaseRef
+	(*ExpireLeases)(nil),         // 38: vbatch.v1.ExpireLeases
+	(*ExtendLeases)(nil),         // 39: vbatch.v1.ExtendLeases
+	(*BeginFinalize)(nil),        // 40: vbatch.v1.BeginFinalize
+	(*FinishBatch)(nil),          // 41: vbatch.v1.FinishBatch
+	(*DrainAgent)(nil),           // 42: vbatch.v1.DrainAgent
+	(*UndrainAgent)(nil),         // 43: vbatch.v1.UndrainAgent
+	(*Result)(nil),               // 44: vbatch.v1.Result
+	(*FileTombstone)(nil),        // 45: vbatch.v1.FileTombstone
+	(*ServerIncarnation)(nil),    // 46: vbatch.v1.ServerIncarnation
+	(*SetServerIncarnation)(nil), // 47: vbatch.v1.SetServerIncarnation
+	(*SnapshotRecord)(nil),       // 48: vbatch.v1.SnapshotRecord
+	(*SnapshotHeader)(nil),       // 49: vbatch.v1.SnapshotHeader
+	nil,                          // 50: vbatch.v1.Batch.MetadataEntry
 }
 var file_vbatch_v1_state_proto_depIdxs = []int32{
 	0,  // 0: vbatch.v1.Envelope.type:type_name -> vbatch.v1.CommandType
@@ -4132,7 +4274,7 @@ var file_vbatch_v1_state_proto_depIdxs = []int32{
 	3,  // 7: vbatch.v1.Chunk.state:type_name -> vbatch.v1.ChunkState
 	12, // 8: vbatch.v1.Chunk.lease:type_name -> vbatch.v1.Lease
 	13, // 9: vbatch.v1.Chunk.parts:type_name -> vbatch.v1.Part
-	48, // 10: vbatch.v1.Batch.metadata:type_name -> vbatch.v1.Batch.MetadataEntry
+	50, // 10: vbatch.v1.Batch.metadata:type_name -> vbatch.v1.Batch.MetadataEntry
 	2,  // 11: vbatch.v1.Batch.status:type_name -> vbatch.v1.BatchStatus
 	15, // 12: vbatch.v1.Batch.request_counts:type_name -> vbatch.v1.RequestCounts
 	10, // 13: vbatch.v1.Batch.errors:type_name -> vbatch.v1.BatchError
@@ -4157,13 +4299,14 @@ var file_vbatch_v1_state_proto_depIdxs = []int32{
 	8,  // 32: vbatch.v1.SnapshotRecord.file:type_name -> vbatch.v1.File
 	16, // 33: vbatch.v1.SnapshotRecord.batch:type_name -> vbatch.v1.Batch
 	18, // 34: vbatch.v1.SnapshotRecord.agent:type_name -> vbatch.v1.Agent
-	47, // 35: vbatch.v1.SnapshotRecord.header:type_name -> vbatch.v1.SnapshotHeader
+	49, // 35: vbatch.v1.SnapshotRecord.header:type_name -> vbatch.v1.SnapshotHeader
 	45, // 36: vbatch.v1.SnapshotRecord.file_tombstone:type_name -> vbatch.v1.FileTombstone
-	37, // [37:37] is the sub-list for method output_type
-	37, // [37:37] is the sub-list for method input_type
-	37, // [37:37] is the sub-list for extension type_name
-	37, // [37:37] is the sub-list for extension extendee
-	0,  // [0:37] is the sub-list for field type_name
+	46, // 37: vbatch.v1.SnapshotRecord.server_incarnation:type_name -> vbatch.v1.ServerIncarnation
+	38, // [38:38] is the sub-list for method output_type
+	38, // [38:38] is the sub-list for method input_type
+	38, // [38:38] is the sub-list for extension type_name
+	38, // [38:38] is the sub-list for extension extendee
+	0,  // [0:38] is the sub-list for field type_name
 }
 
 func init() { file_vbatch_v1_state_proto_init() }
@@ -4171,13 +4314,14 @@ func file_vbatch_v1_state_proto_init() {
 	if File_vbatch_v1_state_proto != nil {
 		return
 	}
-	file_vbatch_v1_state_proto_msgTypes[42].OneofWrappers = []any{
+	file_vbatch_v1_state_proto_msgTypes[44].OneofWrappers = []any{
 		(*SnapshotRecord_ApiKey)(nil),
 		(*SnapshotRecord_File)(nil),
 		(*SnapshotRecord_Batch)(nil),
 		(*SnapshotRecord_Agent)(nil),
 		(*SnapshotRecord_Header)(nil),
 		(*SnapshotRecord_FileTombstone)(nil),
+		(*SnapshotRecord_ServerIncarnation)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -4185,7 +4329,7 @@ func file_vbatch_v1_state_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_vbatch_v1_state_proto_rawDesc), len(file_vbatch_v1_state_proto_rawDesc)),
 			NumEnums:      4,
-			NumMessages:   45,
+			NumMessages:   47,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
