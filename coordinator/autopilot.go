@@ -113,6 +113,7 @@ func (d *autopilotDelegate) FetchServerStats(ctx context.Context, servers map[ra
 				return
 			}
 			d.c.notePeerDisk(string(id), resp.Msg.RaftAddr, resp.Msg.LogWriteMs)
+			d.c.identities.note(string(id), resp.Msg)
 			d.c.skews.note(string(id), sent, time.Now(), resp.Msg.UnixMs, d.c.cfg.clockOffset)
 			mu.Lock()
 			out[id] = &autopilot.ServerStats{LastContact: lastContact(resp.Msg.LastContactMs), LastTerm: resp.Msg.Term, LastIndex: resp.Msg.LastIndex}

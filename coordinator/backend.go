@@ -108,6 +108,11 @@ func (c *Coordinator) ClusterStatus(ctx context.Context) (*api.ClusterStatus, er
 			if err == nil {
 				cs.State, cs.LastIndex, cs.Term = resp.Msg.State, resp.Msg.LastIndex, resp.Msg.Term
 				cs.HTTPAddr, cs.Reachable = resp.Msg.HttpAddr, true
+				if resp.Msg.LostState {
+					// Restarted without its raft state: out of raft
+					// until the leader removes it (incarnation.go).
+					cs.State = "LostState"
+				}
 				if ms := resp.Msg.LogWriteMs; ms >= 0 {
 					cs.LogWriteMs = &ms
 				}

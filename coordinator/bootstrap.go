@@ -72,8 +72,11 @@ func (c *Coordinator) initialJoin(ctx context.Context) {
 // bootstrapLoop bootstraps raft once BootstrapExpect coordinators see each
 // other, as Consul and Nomad do. A node with raft state, or one that finds a
 // peer already in a cluster, never bootstraps: the leader adds it instead.
+// A node without raft state opens its raft listener only once it knows
+// the cluster does not count it as a voter that lost its log
+// (incarnation.go).
 func (c *Coordinator) bootstrapLoop(ctx context.Context) {
-	if hasState(c.raftNode) {
+	if c.raftNode.inbound.open.Load() {
 		c.log.Info("raft state found; rejoining existing cluster")
 		return
 	}
@@ -85,16 +88,17 @@ func (c *Coordinator) bootstrapLoop(ctx context.Context) {
 			return
 		case <-tick.C:
 		}
-		if hasState(c.raftNode) {
-			return
-		}
 		coords := c.pool.MembersWithRole(gossip.RoleCoordinator)
-		if len(coords) < c.cfg.BootstrapExpect {
+		peers := c.peerStatuses(ctx, coords)
+		if clusterAmong(peers) {
+			if c.admitFresh(peers) {
+				c.log.Info("found an existing raft cluster; waiting to be added by its leader")
+				return
+			}
 			continue
 		}
-		if c.peerHasCluster(ctx, coords) {
-			c.log.Info("found an existing raft cluster; waiting to be added by its leader")
-			return
+		if len(coords) < c.cfg.BootstrapExpect {
+			continue
 		}
 		if !c.verifyPeers(ctx, coords) {
 			continue
@@ -108,6 +112,7 @@ func (c *Coordinator) bootstrapLoop(ctx context.Context) {
 			}
 			servers = append(servers, raft.Server{Suffrage: raft.Voter, ID: raft.ServerID(m.Name), Address: raft.ServerAddress(m.Meta.RaftAddr)})
 		}
+		c.openRaft()
 		err := c.raftNode.raft.BootstrapCluster(raft.Configuration{Servers: servers}).Error()
 		if err != nil && !errors.Is(err, raft.ErrCantBootstrap) {
 			c.log.Error("raft bootstrap failed", "err", err)
@@ -118,18 +123,12 @@ func (c *Coordinator) bootstrapLoop(ctx context.Context) {
 	}
 }
 
-// peerHasCluster asks the other coordinators whether they already belong to
-// a raft cluster (a term or log entries), in which case this node must wait
-// to be added rather than bootstrap a second cluster.
-func (c *Coordinator) peerHasCluster(ctx context.Context, coords []gossip.Member) bool {
-	for _, m := range coords {
-		if m.Name == c.cfg.NodeID {
-			continue
-		}
-		cctx, cancel := context.WithTimeout(ctx, time.Second)
-		resp, err := c.clusterClient(m.Meta.RPCAddr).Status(cctx, connect.NewRequest(&vbatchv1.StatusRequest{}))
-		cancel()
-		if err == nil && (resp.Msg.LastIndex > 0 || resp.Msg.LeaderId != "") {
+// clusterAmong reports whether any of the peers' answers shows a raft
+// cluster (a term's leader, log entries or a configuration), which this
+// node must then wait to be added to rather than bootstrap a second one.
+func clusterAmong(peers map[string]*vbatchv1.StatusResponse) bool {
+	for _, st := range peers {
+		if st.LastIndex > 0 || st.LeaderId != "" || len(st.Servers) > 0 {
 			return true
 		}
 	}

@@ -95,6 +95,14 @@ type Coordinator struct {
 
 	// removed holds the servers remove-peer took out of raft.
 	removed removedPeers
+	// lostState is set while this node, started without raft state, is
+	// a voter of the cluster under another incarnation (incarnation.go);
+	// lostLogged is when the bootstrap loop last said so.
+	lostState  atomic.Bool
+	lostLogged time.Time
+	// identities holds, on the leader, each server's last word on its
+	// raft state.
+	identities identities
 
 	// agentGone receives the ids of agents gossip declared dead; it wakes
 	// the leader loop so their leases are expired at once.

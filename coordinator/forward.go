@@ -404,6 +404,9 @@ func (c *Coordinator) localStatus() *vbatchv1.StatusResponse {
 		LastContactMs: lastContactMs(r),
 		LogWriteMs:    c.logWriteMs(),
 		UnixMs:        c.Now().UnixMilli(),
+		Incarnation:   c.raftNode.incarnation,
+		LostState:     c.lostState.Load(),
+		Servers:       c.statusServers(),
 	}
 }
 

@@ -88,6 +88,7 @@ func (c *Coordinator) leaderLoop(ctx context.Context, term uint64) {
 		watch := c.fsm.Watch()
 		if c.Now().Sub(members) > time.Second {
 			c.reconcileMembers()
+			c.reconcileIncarnations(ctx)
 			members = c.Now()
 		}
 		l.tick(ctx)

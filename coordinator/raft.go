@@ -33,6 +33,12 @@ type raftNode struct {
 	advertise string
 	// closing is closed when close starts (await).
 	closing chan struct{}
+	// inbound is raft's listener. A node that starts without raft state
+	// keeps it shut until it knows the cluster does not count it as a
+	// voter that lost its log (incarnation.go).
+	inbound *gatedListener
+	// incarnation names this node's raft state (incarnation.go).
+	incarnation string
 }
 
 // logCacheSize is how many recent raft log entries stay in memory.
@@ -60,7 +66,17 @@ func openRaft(cfg *Config, f *fsm.FSM, tlsStore *tlsutil.Store, log *slog.Logger
 		store.Close()
 		return nil, fmt.Errorf("open snapshot store: %w", err)
 	}
-	transport, err := newTransport(cfg.RaftAddr, tlsStore, logger)
+	fresh, err := noRaftState(dir, store, snaps)
+	if err != nil {
+		store.Close()
+		return nil, err
+	}
+	incarnation, err := loadIncarnation(dir, fresh)
+	if err != nil {
+		store.Close()
+		return nil, err
+	}
+	transport, inbound, err := newTransport(cfg.RaftAddr, tlsStore, logger, !fresh)
 	if err != nil {
 		store.Close()
 		return nil, err
@@ -105,7 +121,8 @@ func openRaft(cfg *Config, f *fsm.FSM, tlsStore *tlsutil.Store, log *slog.Logger
 		store.Close()
 		return nil, fmt.Errorf("start raft: %w", err)
 	}
-	return &raftNode{raft: r, transport: transport, store: store, stable: stable, logs: logs, advertise: string(transport.LocalAddr()), closing: make(chan struct{})}, nil
+	return &raftNode{raft: r, transport: transport, store: store, stable: stable, logs: logs, advertise: string(transport.LocalAddr()),
+		closing: make(chan struct{}), inbound: inbound, incarnation: incarnation}, nil
 }
 
 // PeersFile is the name, in DataDir/raft, of the lost-quorum recovery file:
@@ -140,16 +157,6 @@ func recoverPeers(dir string, rc *raft.Config, f raft.FSM, store *raftboltdb.Bol
 	return nil
 }
 
-// hasState reports whether this node has raft state from an earlier run.
-func hasState(n *raftNode) bool {
-	last, err := n.store.LastIndex()
-	if err == nil && last > 0 {
-		return true
-	}
-	cfg := n.raft.GetConfiguration()
-	return cfg.Error() == nil && len(cfg.Configuration().Servers) > 0
-}
-
 // await waits for f like f.Error(), but answers raft.ErrRaftShutdown
 // once the node starts closing: hashicorp/raft leaves a future unanswered
 // for ever when it shuts down with the future's entry still queued for
@@ -180,27 +187,30 @@ func (n *raftNode) close() error {
 
 // newTransport binds raft's TCP transport, over mutual TLS when tlsStore is
 // set. An unspecified host advertises this host's private address; port 0
-// takes a port from the OS.
-func newTransport(bind string, tlsStore *tlsutil.Store, logger hclog.Logger) (*raft.NetworkTransport, error) {
-	ln, err := net.Listen("tcp", bind)
+// takes a port from the OS. Unless open, the listener turns every peer
+// away until it is opened.
+func newTransport(bind string, tlsStore *tlsutil.Store, logger hclog.Logger, open bool) (*raft.NetworkTransport, *gatedListener, error) {
+	tcp, err := net.Listen("tcp", bind)
 	if err != nil {
-		return nil, fmt.Errorf("raft transport on %s: %w", bind, err)
+		return nil, nil, fmt.Errorf("raft transport on %s: %w", bind, err)
 	}
+	ln := &gatedListener{Listener: tcp}
+	ln.open.Store(open)
 	adv, err := netutil.Advertise(ln.Addr().String())
 	if err != nil {
 		ln.Close()
-		return nil, err
+		return nil, nil, err
 	}
 	advAddr, err := net.ResolveTCPAddr("tcp", adv)
 	if err != nil {
 		ln.Close()
-		return nil, fmt.Errorf("raft advertise address %s: %w", adv, err)
+		return nil, nil, fmt.Errorf("raft advertise address %s: %w", adv, err)
 	}
 	var stream raft.StreamLayer = &tcpStreamLayer{Listener: ln, advertise: advAddr}
 	if tlsStore != nil {
 		stream = newTLSStreamLayer(ln, advAddr, tlsStore)
 	}
-	return raft.NewNetworkTransportWithLogger(stream, 5, 10*time.Second, logger), nil
+	return raft.NewNetworkTransportWithLogger(stream, 5, 10*time.Second, logger), ln, nil
 }
 
 // tcpStreamLayer is raft's StreamLayer over a plain TCP listener.

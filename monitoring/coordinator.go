@@ -38,6 +38,12 @@ type CoordinatorMetrics struct {
 	// AutopilotRemoved counts coordinators autopilot removed from raft
 	// after they stayed out of gossip past the grace period.
 	AutopilotRemoved prometheus.Counter
+	// LostState is 1 while this node, started without raft state, stays
+	// out of raft because the cluster counts it as a voter that held some.
+	LostState prometheus.Gauge
+	// LostStateRemoved counts voters this node, as leader, removed from
+	// raft because they restarted without their raft state.
+	LostStateRemoved prometheus.Counter
 	// SlowDiskTransfers counts the times this node, as leader, handed
 	// leadership away because its raft log writes stayed slow.
 	SlowDiskTransfers prometheus.Counter
@@ -80,6 +86,14 @@ func NewCoordinatorMetrics(reg prometheus.Registerer) *CoordinatorMetrics {
 			Name: "vbatch_autopilot_dead_servers_removed_total",
 			Help: "Coordinators this node, as leader, removed from raft after they were gone from gossip past the grace period.",
 		}),
+		LostState: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "vbatch_raft_lost_state",
+			Help: "1 while this coordinator, started without raft state, stays out of raft because the cluster counts it as a voter that had some (a wiped data dir).",
+		}),
+		LostStateRemoved: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "vbatch_raft_lost_state_servers_removed_total",
+			Help: "Voters this node, as leader, removed from raft because they restarted without their raft state; each joins again as a new server.",
+		}),
 		SlowDiskTransfers: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "vbatch_raft_slow_disk_transfers_total",
 			Help: "Times this node, as leader, handed leadership to a follower because its own raft log writes stayed slow.",
@@ -99,7 +113,7 @@ func NewCoordinatorMetrics(reg prometheus.Registerer) *CoordinatorMetrics {
 		HTTP:   NewHTTPMetrics(reg),
 		Chunks: NewChunkMetrics(reg),
 	}
-	reg.MustRegister(m.ApplyDuration, m.StaleResultsRefused, m.ChunksCompletedByPart, m.CommitNotices, m.XIDErrors, m.AutopilotRemoved, m.SlowDiskTransfers, m.BlobGCSkipped, m.FilesMerged, m.LeasesResumed)
+	reg.MustRegister(m.ApplyDuration, m.StaleResultsRefused, m.ChunksCompletedByPart, m.CommitNotices, m.XIDErrors, m.AutopilotRemoved, m.LostState, m.LostStateRemoved, m.SlowDiskTransfers, m.BlobGCSkipped, m.FilesMerged, m.LeasesResumed)
 	return m
 }
 

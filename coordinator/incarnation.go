@@ -1,0 +1,342 @@
+package coordinator
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"maps"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"connectrpc.com/connect"
+	"github.com/hashicorp/raft"
+	raftboltdb "github.com/hashicorp/raft-boltdb/v2"
+
+	"github.com/vbatch/vbatch/fsm"
+	"github.com/vbatch/vbatch/gossip"
+	vbatchv1 "github.com/vbatch/vbatch/rpc/gen/vbatch/v1"
+)
+
+// A voter whose data dir was wiped (a replaced disk, a reinstalled host)
+// and that comes back under its old node id and raft address would still
+// be a voter in everyone's configuration, with none of the log it
+// acknowledged: an empty log votes for any candidate, so a stale one
+// could win with its vote and undo committed writes.
+//
+// So each coordinator's raft state carries an incarnation, a random id
+// written into DataDir/raft with the state's first run and lost with it.
+// The leader records in the FSM (SetServerIncarnation) the incarnation of
+// every server it sees holding raft state. A node that starts without raft
+// state keeps its raft listener shut (gatedListener: it neither answers
+// votes nor takes entries) until the configurations its peers report show
+// it is not a voter recorded under another incarnation, and no voter at
+// its raft address under another id. Until then it reports lost_state in Status,
+// and the leader, seeing that, removes it from the configuration: it took
+// no part in raft, so quorum is what it already was. The node then opens
+// its listener and joins like any new coordinator (a non-voter, promoted
+// once caught up). A node that has raft state never waits.
+
+// incarnationFile is the name, in DataDir/raft, of the incarnation file.
+const incarnationFile = "incarnation"
+
+// gatedListener is raft's listener; while shut it closes every connection
+// it accepts, so peers see this node as down.
+type gatedListener struct {
+	net.Listener
+	open atomic.Bool
+}
+
+// Accept returns the next connection once the gate is open.
+func (l *gatedListener) Accept() (net.Conn, error) {
+	for {
+		conn, err := l.Listener.Accept()
+		if err != nil || l.open.Load() {
+			return conn, err
+		}
+		conn.Close()
+	}
+}
+
+// noRaftState reports whether dir holds no raft state: no log entry, no
+// snapshot and no peers.json about to force a configuration.
+func noRaftState(dir string, store *raftboltdb.BoltStore, snaps raft.SnapshotStore) (bool, error) {
+	last, err := store.LastIndex()
+	if err != nil {
+		return false, fmt.Errorf("read raft log: %w", err)
+	}
+	list, err := snaps.List()
+	if err != nil {
+		return false, fmt.Errorf("list raft snapshots: %w", err)
+	}
+	if _, err := os.Stat(filepath.Join(dir, PeersFile)); err == nil {
+		return false, nil
+	}
+	return last == 0 && len(list) == 0, nil
+}
+
+// loadIncarnation returns the incarnation of the raft state in dir. A
+// node without raft state always gets a new one (whatever file a partial
+// wipe left); one with state keeps its own, or gets one the first time a
+// build that knows incarnations opens it.
+func loadIncarnation(dir string, fresh bool) (string, error) {
+	path := filepath.Join(dir, incarnationFile)
+	if !fresh {
+		b, err := os.ReadFile(path)
+		if err == nil && len(strings.TrimSpace(string(b))) > 0 {
+			return strings.TrimSpace(string(b)), nil
+		}
+		if err != nil && !errors.Is(err, os.ErrNotExist) {
+			return "", fmt.Errorf("read raft incarnation: %w", err)
+		}
+	}
+	var raw [16]byte
+	if _, err := rand.Read(raw[:]); err != nil {
+		return "", fmt.Errorf("new raft incarnation: %w", err)
+	}
+	inc := hex.EncodeToString(raw[:])
+	if err := writeFileSync(path, []byte(inc+"\n")); err != nil {
+		return "", fmt.Errorf("write raft incarnation: %w", err)
+	}
+	return inc, nil
+}
+
+// writeFileSync writes a small file through a temp file, fsync and rename,
+// and syncs its directory.
+func writeFileSync(path string, data []byte) error {
+	tmp := path + ".tmp"
+	f, err := os.OpenFile(tmp, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o640)
+	if err != nil {
+		return err
+	}
+	if _, err := f.Write(data); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Sync(); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Close(); err != nil {
+		return err
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		return err
+	}
+	d, err := os.Open(filepath.Dir(path))
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	return d.Sync()
+}
+
+// statusServers is this node's latest raft configuration with the
+// incarnation its FSM records for each server.
+func (c *Coordinator) statusServers() []*vbatchv1.StatusServer {
+	f := c.raftNode.raft.GetConfiguration()
+	if f.Error() != nil {
+		return nil
+	}
+	servers := f.Configuration().Servers
+	if len(servers) == 0 {
+		return nil
+	}
+	out := make([]*vbatchv1.StatusServer, 0, len(servers))
+	c.fsm.View(func(s *fsm.State) {
+		for _, srv := range servers {
+			out = append(out, &vbatchv1.StatusServer{
+				Id: string(srv.ID), Address: string(srv.Address), Voter: srv.Suffrage == raft.Voter,
+				Incarnation: s.Incarnations[string(srv.ID)],
+			})
+		}
+	})
+	return out
+}
+
+// lostStateIn reports why the configuration a leader reported makes this
+// node, which has no raft state, a voter that lost its log; "" when it
+// does not.
+func (c *Coordinator) lostStateIn(servers []*vbatchv1.StatusServer) string {
+	for _, s := range servers {
+		if !s.Voter {
+			continue
+		}
+		if s.Id == c.cfg.NodeID && s.Incarnation != "" && s.Incarnation != c.raftNode.incarnation {
+			return "the cluster lists this node as a voter with raft state that this data dir does not hold (was it wiped or replaced?)"
+		}
+		if s.Id != c.cfg.NodeID && s.Address == c.raftNode.advertise {
+			return fmt.Sprintf("voter %s of the cluster has this node's raft address %s", s.Id, s.Address)
+		}
+	}
+	return ""
+}
+
+// peerStatuses asks every other coordinator gossip lists for its status
+// and returns the answers by node id.
+func (c *Coordinator) peerStatuses(ctx context.Context, coords []gossip.Member) map[string]*vbatchv1.StatusResponse {
+	out := map[string]*vbatchv1.StatusResponse{}
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	for _, m := range coords {
+		if m.Name == c.cfg.NodeID {
+			continue
+		}
+		wg.Go(func() {
+			cctx, cancel := context.WithTimeout(ctx, time.Second)
+			defer cancel()
+			resp, err := c.clusterClient(m.Meta.RPCAddr).Status(cctx, connect.NewRequest(&vbatchv1.StatusRequest{}))
+			if err != nil {
+				return
+			}
+			mu.Lock()
+			out[m.Name] = resp.Msg
+			mu.Unlock()
+		})
+	}
+	wg.Wait()
+	return out
+}
+
+// admitFresh decides, for a node without raft state, whether to open its
+// raft listener to an existing cluster: not while the configuration any
+// peer reports makes this node a voter that lost its log. (A follower a
+// little behind may still show that after the leader removed the node;
+// the next look then admits it. While the cluster has no leader, the
+// peers' configurations are all there is to go by: it is how a node
+// bootstrapped by its peers, which no incarnation was recorded for yet,
+// joins the election that needs its vote.) It reports whether the
+// listener is open.
+func (c *Coordinator) admitFresh(peers map[string]*vbatchv1.StatusResponse) bool {
+	for _, st := range peers {
+		why := c.lostStateIn(st.Servers)
+		if why == "" {
+			continue
+		}
+		if !c.lostState.Swap(true) || time.Since(c.lostLogged) > time.Minute {
+			c.lostLogged = time.Now()
+			c.log.Error("this coordinator has no raft state but the cluster counts it as a voter; it stays out of raft until the leader removes it from the configuration",
+				"why", why, "peer", st.NodeId, "incarnation", c.raftNode.incarnation)
+		}
+		c.metrics.LostState.Set(1)
+		return false
+	}
+	c.openRaft()
+	return true
+}
+
+// openRaft opens the raft listener and clears lost_state.
+func (c *Coordinator) openRaft() {
+	c.raftNode.inbound.open.Store(true)
+	if c.lostState.Swap(false) {
+		c.log.Info("this coordinator is no longer a voter of the cluster; joining it afresh")
+	}
+	c.metrics.LostState.Set(0)
+}
+
+// identities holds, on the leader, what each server last said of its raft
+// state in Status (autopilot asks every interval).
+type identities struct {
+	mu sync.Mutex
+	by map[string]identity
+}
+
+// identity is what a server said of its raft state.
+type identity struct {
+	incarnation string
+	lastIndex   uint64
+	lostState   bool
+}
+
+func (ids *identities) note(id string, st *vbatchv1.StatusResponse) {
+	ids.mu.Lock()
+	defer ids.mu.Unlock()
+	if ids.by == nil {
+		ids.by = map[string]identity{}
+	}
+	ids.by[id] = identity{incarnation: st.Incarnation, lastIndex: st.LastIndex, lostState: st.LostState}
+}
+
+func (ids *identities) get(id string) (identity, bool) {
+	ids.mu.Lock()
+	defer ids.mu.Unlock()
+	v, ok := ids.by[id]
+	return v, ok
+}
+
+// reconcileIncarnations runs on the leader: it records the incarnation of
+// every server that holds raft state, forgets those of servers no longer
+// in the configuration, and removes a voter that reports lost_state.
+func (c *Coordinator) reconcileIncarnations(ctx context.Context) {
+	r := c.raftNode.raft
+	if r.State() != raft.Leader || !c.clusterAtFSMLevel(fsm.LevelServerIncarnations) {
+		return
+	}
+	f := r.GetConfiguration()
+	if err := f.Error(); err != nil {
+		return
+	}
+	var recorded map[string]string
+	c.fsm.View(func(s *fsm.State) { recorded = maps.Clone(s.Incarnations) })
+	inConfig := map[string]bool{}
+	for _, s := range f.Configuration().Servers {
+		id := string(s.ID)
+		inConfig[id] = true
+		var who identity
+		if id == c.cfg.NodeID {
+			who = identity{incarnation: c.raftNode.incarnation, lastIndex: r.LastIndex()}
+		} else if got, ok := c.identities.get(id); ok {
+			who = got
+		} else {
+			continue
+		}
+		if who.lostState && s.Suffrage == raft.Voter {
+			c.removeLostVoter(ctx, id)
+			continue
+		}
+		if who.incarnation != "" && who.lastIndex > 0 && !who.lostState && recorded[id] != who.incarnation {
+			if _, err := c.applyAsLeader(ctx, &vbatchv1.SetServerIncarnation{NodeId: id, Incarnation: who.incarnation}); err != nil {
+				c.log.Warn("record coordinator incarnation", "node", id, "err", err)
+			}
+		}
+	}
+	for id := range recorded {
+		if !inConfig[id] {
+			if _, err := c.applyAsLeader(ctx, &vbatchv1.SetServerIncarnation{NodeId: id}); err != nil {
+				c.log.Warn("forget coordinator incarnation", "node", id, "err", err)
+			}
+		}
+	}
+}
+
+// removeLostVoter takes out of raft a voter that says it lost its raft
+// state, once it has said so again just now.
+func (c *Coordinator) removeLostVoter(ctx context.Context, id string) {
+	addr, ok := c.rpcAddrOf(id)
+	if !ok {
+		return
+	}
+	cctx, cancel := context.WithTimeout(ctx, time.Second)
+	resp, err := c.clusterClient(addr).Status(cctx, connect.NewRequest(&vbatchv1.StatusRequest{}))
+	cancel()
+	if err != nil || !resp.Msg.LostState || resp.Msg.NodeId != id {
+		return
+	}
+	c.identities.note(id, resp.Msg)
+	c.log.Warn("removing coordinator from raft: it restarted without the raft state it had as a voter; it will join again as a new server",
+		"node", id, "incarnation", resp.Msg.Incarnation)
+	if err := c.raftNode.await(c.raftNode.raft.RemoveServer(raft.ServerID(id), 0, 5*time.Second)); err != nil {
+		c.log.Error("remove coordinator that lost its raft state", "node", id, "err", err)
+		return
+	}
+	c.metrics.LostStateRemoved.Inc()
+	if _, err := c.commitBarrier("remove lost voter"); err != nil {
+		c.log.Warn("commit after configuration change", "err", err)
+	}
+}

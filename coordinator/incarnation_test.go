@@ -1,0 +1,137 @@
+package coordinator
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/raft"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/vbatch/vbatch/fsm"
+	vbatchv1 "github.com/vbatch/vbatch/rpc/gen/vbatch/v1"
+)
+
+// TestWipedVoterRejoinsAsNewServer: a voter restarted with an empty data
+// dir under its old node id and raft address takes no part in raft (no
+// vote, no entries) while the cluster still counts it as a voter; the
+// leader removes it, and it joins again as a new server and catches up.
+func TestWipedVoterRejoinsAsNewServer(t *testing.T) {
+	nodes := startCluster(t, 3)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	leader := waitLeader(t, nodes)
+	putKey(t, ctx, leader, "before-wipe")
+	recorded := func(c *Coordinator) map[string]string {
+		var out map[string]string
+		c.fsm.View(func(s *fsm.State) { out = s.Incarnations })
+		return out
+	}
+	waitFor(t, 10*time.Second, "every voter's incarnation recorded", func() bool { return len(recorded(leader)) == 3 })
+
+	victim := others(nodes, leader)[0]
+	old := victim.raftNode.incarnation
+	if recorded(leader)[victim.cfg.NodeID] != old {
+		t.Fatalf("recorded incarnation of %s = %q, want %q", victim.cfg.NodeID, recorded(leader)[victim.cfg.NodeID], old)
+	}
+	if err := victim.Close(); err != nil {
+		t.Logf("close %s: %v", victim.cfg.NodeID, err)
+	}
+	cfg := victim.cfg
+	cfg.RaftAddr = victim.raftNode.advertise
+	cfg.Join = []string{leader.pool.Addr()}
+	if err := os.RemoveAll(cfg.DataDir); err != nil {
+		t.Fatal(err)
+	}
+	putKey(t, ctx, leader, "while-gone")
+	wiped := startNode(t, cfg)
+	if wiped.raftNode.incarnation == old {
+		t.Fatal("a wiped data dir kept its incarnation")
+	}
+
+	// It says it lost its state, and while it does its raft took nothing.
+	waitFor(t, 20*time.Second, "the wiped node to report lost state", func() bool { return wiped.lostState.Load() })
+	if n := wiped.raftNode.raft.LastIndex(); n != 0 {
+		t.Fatalf("the wiped node's raft took entries (last index %d) while the cluster counted it as a voter", n)
+	}
+	if got := testutil.ToFloat64(wiped.metrics.LostState); got != 1 {
+		t.Fatalf("vbatch_raft_lost_state = %v, want 1", got)
+	}
+
+	// The leader removes it; it joins again, is promoted and catches up.
+	waitFor(t, 20*time.Second, "the leader to remove the wiped voter", func() bool {
+		return testutil.ToFloat64(leader.metrics.LostStateRemoved) == 1
+	})
+	waitFor(t, 30*time.Second, "the wiped node back as a voter", func() bool {
+		return serverIDs(t, leader)[cfg.NodeID] == raft.Voter && !wiped.lostState.Load()
+	})
+	waitFor(t, 10*time.Second, "the wiped node to catch up", func() bool { return hasKey(wiped, "before-wipe") && hasKey(wiped, "while-gone") })
+	waitFor(t, 10*time.Second, "its new incarnation recorded", func() bool {
+		return recorded(leader)[cfg.NodeID] == wiped.raftNode.incarnation
+	})
+	if got := testutil.ToFloat64(wiped.metrics.LostState); got != 0 {
+		t.Fatalf("vbatch_raft_lost_state = %v after rejoining, want 0", got)
+	}
+
+	// A restart with its data dir keeps its incarnation and never waits.
+	again := restartNode(t, wiped)
+	if again.raftNode.incarnation != wiped.raftNode.incarnation || !again.raftNode.inbound.open.Load() {
+		t.Fatalf("restart with state: incarnation %q (was %q), listener open %v",
+			again.raftNode.incarnation, wiped.raftNode.incarnation, again.raftNode.inbound.open.Load())
+	}
+	putKey(t, ctx, leader, "after-restart")
+	waitFor(t, 10*time.Second, "the restarted node to catch up", func() bool { return hasKey(again, "after-restart") })
+}
+
+func TestLostStateIn(t *testing.T) {
+	c := &Coordinator{cfg: Config{NodeID: "c2"}, raftNode: &raftNode{incarnation: "new", advertise: "10.0.0.2:8002"}}
+	cases := []struct {
+		name    string
+		servers []*vbatchv1.StatusServer
+		lost    bool
+	}{
+		{"no configuration", nil, false},
+		{"not listed", []*vbatchv1.StatusServer{{Id: "c1", Address: "10.0.0.1:8002", Voter: true, Incarnation: "a"}}, false},
+		{"voter, nothing recorded (bootstrapped by its peers)", []*vbatchv1.StatusServer{{Id: "c2", Address: "10.0.0.2:8002", Voter: true}}, false},
+		{"voter, this incarnation", []*vbatchv1.StatusServer{{Id: "c2", Address: "10.0.0.2:8002", Voter: true, Incarnation: "new"}}, false},
+		{"voter, another incarnation", []*vbatchv1.StatusServer{{Id: "c2", Address: "10.0.0.2:8002", Voter: true, Incarnation: "old"}}, true},
+		{"non-voter, another incarnation", []*vbatchv1.StatusServer{{Id: "c2", Address: "10.0.0.2:8002", Incarnation: "old"}}, false},
+		{"another voter at this raft address", []*vbatchv1.StatusServer{{Id: "c9", Address: "10.0.0.2:8002", Voter: true, Incarnation: "x"}}, true},
+		{"another non-voter at this raft address", []*vbatchv1.StatusServer{{Id: "c9", Address: "10.0.0.2:8002"}}, false},
+	}
+	for _, tc := range cases {
+		if why := c.lostStateIn(tc.servers); (why != "") != tc.lost {
+			t.Errorf("%s: lostStateIn = %q, want lost %v", tc.name, why, tc.lost)
+		}
+	}
+}
+
+func TestLoadIncarnation(t *testing.T) {
+	dir := t.TempDir()
+	first, err := loadIncarnation(dir, true)
+	if err != nil || len(first) != 32 {
+		t.Fatalf("fresh incarnation %q, %v", first, err)
+	}
+	kept, err := loadIncarnation(dir, false)
+	if err != nil || kept != first {
+		t.Fatalf("incarnation with state = %q, %v; want %q", kept, err, first)
+	}
+	// No raft state: a new one, whatever file a partial wipe left.
+	again, err := loadIncarnation(dir, true)
+	if err != nil || again == first {
+		t.Fatalf("incarnation without state = %q, %v; want a new one", again, err)
+	}
+	// State from a build before incarnations: it gets one, kept from then on.
+	if err := os.Remove(filepath.Join(dir, incarnationFile)); err != nil {
+		t.Fatal(err)
+	}
+	upgraded, err := loadIncarnation(dir, false)
+	if err != nil || upgraded == "" || upgraded == again {
+		t.Fatalf("incarnation for old state = %q, %v", upgraded, err)
+	}
+	if kept, _ := loadIncarnation(dir, false); kept != upgraded {
+		t.Fatalf("incarnation after upgrade = %q, want %q", kept, upgraded)
+	}
+}
