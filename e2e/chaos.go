@@ -15,6 +15,7 @@ import (
 	"math/rand/v2"
 	"mime/multipart"
 	"net/http"
+	"os"
 	"sync"
 	"syscall"
 	"testing"
@@ -290,7 +291,7 @@ type fault struct {
 // faultKinds are the faults a schedule draws from.
 var faultKinds = []string{
 	"kill-leader", "kill-follower", "kill-agent", "stop-agent", "stop-leader", "kill-all-coordinators",
-	"kill-engine",
+	"kill-engine", "wipe-follower",
 }
 
 // injector runs one schedule's faults on the test goroutine.
@@ -315,13 +316,13 @@ func (in *injector) inject() {
 	f := fault{Kind: kind, At: time.Since(in.start)}
 	cc := in.cc
 	switch kind {
-	case "kill-leader", "kill-follower", "stop-leader":
+	case "kill-leader", "kill-follower", "stop-leader", "wipe-follower":
 		l := cc.waitLeader(15 * time.Second)
 		if l < 0 {
 			in.t.Fatalf("no leader before %s\n%s", kind, cc.Logs())
 		}
 		target := l
-		if kind == "kill-follower" {
+		if kind == "kill-follower" || kind == "wipe-follower" {
 			others := cc.Running(l)
 			target = others[in.rng.IntN(len(others))]
 		}
@@ -335,6 +336,13 @@ func (in *injector) inject() {
 		f.Held = in.between(200*time.Millisecond, 4*time.Second)
 		cc.bankStale(target)
 		co.Kill()
+		if kind == "wipe-follower" {
+			// A replaced disk: the node comes back under its id and
+			// addresses with nothing (docs/operations.md).
+			if err := os.RemoveAll(co.DataDir); err != nil {
+				in.t.Fatalf("wipe %s: %v", co.ID, err)
+			}
+		}
 		time.Sleep(f.Held)
 		co.Restart(in.t)
 	case "kill-agent":

@@ -101,16 +101,18 @@ func runSchedule(t *testing.T, seed uint64) scheduleResult {
 	r := scheduleResult{Seed: seed, Faults: in.log, Window: window, Drain: time.Since(healed)}
 	r.Inv = check(cc, h)
 	r.Stale = cc.staleTotal()
-	var merged, resumed float64
+	var merged, resumed, lostRemoved float64
 	for i := range cc.Coords {
-		want := map[string]bool{"vbatch_files_merged_total": true, "vbatch_leases_resumed_total": true}
+		want := map[string]bool{"vbatch_files_merged_total": true, "vbatch_leases_resumed_total": true, "vbatch_raft_lost_state_servers_removed_total": true}
 		if m, err := scrapeUnlabeled(chaosHTTP, cc.Coords[i].URL(), want); err == nil {
 			merged += m["vbatch_files_merged_total"]
 			resumed += m["vbatch_leases_resumed_total"]
+			lostRemoved += m["vbatch_raft_lost_state_servers_removed_total"]
 		}
 	}
 	// Lower bounds: a coordinator's counters start again when it restarts.
-	t.Logf("result files merged under the faults (counters of the coordinators now running): %.0f; lost lease answers given again: %.0f", merged, resumed)
+	t.Logf("result files merged under the faults (counters of the coordinators now running): %.0f; lost lease answers given again: %.0f; wiped voters removed to rejoin: %.0f",
+		merged, resumed, lostRemoved)
 	h.mu.Lock()
 	r.Batches, r.Uploads, r.ClientErrors, r.Lines = len(h.batches), len(h.uploads), h.errs, r.Inv.Lines
 	h.mu.Unlock()
