@@ -52,6 +52,7 @@ func (c *Coordinator) startAutopilot(ctx context.Context) {
 	c.autopilot.mu.Lock()
 	c.autopilot.missingSince = map[raft.ServerID]time.Time{}
 	c.autopilot.mu.Unlock()
+	c.identities.reset()
 	ap.Start(ctx)
 	go func() {
 		<-ctx.Done()
@@ -113,7 +114,9 @@ func (d *autopilotDelegate) FetchServerStats(ctx context.Context, servers map[ra
 				return
 			}
 			d.c.notePeerDisk(string(id), resp.Msg.RaftAddr, resp.Msg.LogWriteMs)
-			d.c.identities.note(string(id), resp.Msg)
+			if resp.Msg.NodeId == string(id) {
+				d.c.identities.note(string(id), resp.Msg)
+			}
 			d.c.skews.note(string(id), sent, time.Now(), resp.Msg.UnixMs, d.c.cfg.clockOffset)
 			mu.Lock()
 			out[id] = &autopilot.ServerStats{LastContact: lastContact(resp.Msg.LastContactMs), LastTerm: resp.Msg.Term, LastIndex: resp.Msg.LastIndex}

@@ -7,7 +7,6 @@ import (
 	"sort"
 	"time"
 
-	"connectrpc.com/connect"
 	"github.com/hashicorp/raft"
 
 	"github.com/vbatch/vbatch/fsm"
@@ -97,10 +96,10 @@ func (c *Coordinator) bootstrapLoop(ctx context.Context) {
 			}
 			continue
 		}
-		if len(coords) < c.cfg.BootstrapExpect {
-			continue
-		}
-		if !c.verifyPeers(ctx, coords) {
+		// Bootstrap only once every coordinator gossip lists has said it
+		// is in no cluster: one that did not answer (its RPC server not up
+		// yet after a restart) may hold a configuration naming this node.
+		if len(coords) < c.cfg.BootstrapExpect || !answeredAll(c.cfg.NodeID, coords, peers) || !c.verifyAnswers(coords, peers) {
 			continue
 		}
 		sort.Slice(coords, func(i, j int) bool { return coords[i].Name < coords[j].Name })
@@ -108,6 +107,9 @@ func (c *Coordinator) bootstrapLoop(ctx context.Context) {
 		for _, m := range coords {
 			if m.Meta.Expect != 0 && m.Meta.Expect != c.cfg.BootstrapExpect {
 				c.log.Error("coordinators disagree on bootstrap-expect; not bootstrapping", "peer", m.Name, "peer_expect", m.Meta.Expect, "expect", c.cfg.BootstrapExpect)
+				// Every peer answered and none is in a cluster: this node
+				// may take part in the one a corrected peer bootstraps.
+				c.openRaft()
 				return
 			}
 			servers = append(servers, raft.Server{Suffrage: raft.Voter, ID: raft.ServerID(m.Name), Address: raft.ServerAddress(m.Meta.RaftAddr)})
@@ -121,6 +123,17 @@ func (c *Coordinator) bootstrapLoop(ctx context.Context) {
 		c.log.Info("raft bootstrapped", "servers", len(servers))
 		return
 	}
+}
+
+// answeredAll reports whether every coordinator of coords but self is
+// among the answers.
+func answeredAll(self string, coords []gossip.Member, peers map[string]*vbatchv1.StatusResponse) bool {
+	for _, m := range coords {
+		if _, ok := peers[m.Name]; !ok && m.Name != self {
+			return false
+		}
+	}
+	return true
 }
 
 // clusterAmong reports whether any of the peers' answers shows a raft
@@ -202,20 +215,28 @@ func (c *Coordinator) verifyPeers(ctx context.Context, coords []gossip.Member) b
 	if c.tls == nil {
 		return true
 	}
+	peers := c.peerStatuses(ctx, coords)
+	return answeredAll(c.cfg.NodeID, coords, peers) && c.verifyAnswers(coords, peers)
+}
+
+// verifyAnswers is verifyPeers on answers already in hand (peerStatuses
+// calls over the same mutual-TLS client).
+func (c *Coordinator) verifyAnswers(coords []gossip.Member, peers map[string]*vbatchv1.StatusResponse) bool {
+	if c.tls == nil {
+		return true
+	}
 	for _, m := range coords {
 		if m.Name == c.cfg.NodeID {
 			continue
 		}
-		cctx, cancel := context.WithTimeout(ctx, 2*time.Second)
-		resp, err := c.clusterClient(m.Meta.RPCAddr).Status(cctx, connect.NewRequest(&vbatchv1.StatusRequest{}))
-		cancel()
+		st, ok := peers[m.Name]
 		switch {
-		case err != nil:
-			c.log.Warn("coordinator announced by gossip failed verification", "node", m.Name, "rpc_addr", m.Meta.RPCAddr, "err", err)
+		case !ok:
+			c.log.Warn("coordinator announced by gossip failed verification: no status answer", "node", m.Name, "rpc_addr", m.Meta.RPCAddr)
 			return false
-		case resp.Msg.NodeId != m.Name || resp.Msg.RaftAddr != m.Meta.RaftAddr:
-			c.log.Warn("coordinator announced by gossip reports another identity", "node", m.Name, "reported_node", resp.Msg.NodeId,
-				"raft_addr", m.Meta.RaftAddr, "reported_raft_addr", resp.Msg.RaftAddr)
+		case st.NodeId != m.Name || st.RaftAddr != m.Meta.RaftAddr:
+			c.log.Warn("coordinator announced by gossip reports another identity", "node", m.Name, "reported_node", st.NodeId,
+				"raft_addr", m.Meta.RaftAddr, "reported_raft_addr", st.RaftAddr)
 			return false
 		}
 	}

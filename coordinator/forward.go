@@ -390,6 +390,7 @@ func (c *Coordinator) localStatus() *vbatchv1.StatusResponse {
 	r := c.raftNode.raft
 	_, leader := r.LeaderWithID()
 	term, _ := strconv.ParseUint(r.Stats()["term"], 10, 64)
+	servers, complete := c.statusServers()
 	return &vbatchv1.StatusResponse{
 		NodeId:        c.cfg.NodeID,
 		State:         r.State().String(),
@@ -406,7 +407,9 @@ func (c *Coordinator) localStatus() *vbatchv1.StatusResponse {
 		UnixMs:        c.Now().UnixMilli(),
 		Incarnation:   c.raftNode.incarnation,
 		LostState:     c.lostState.Load(),
-		Servers:       c.statusServers(),
+		Servers:       servers,
+
+		IncarnationsComplete: complete,
 	}
 }
 

@@ -18,6 +18,7 @@ import (
 	"connectrpc.com/connect"
 	"github.com/hashicorp/raft"
 	raftboltdb "github.com/hashicorp/raft-boltdb/v2"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/vbatch/vbatch/fsm"
 	"github.com/vbatch/vbatch/gossip"
@@ -62,6 +63,24 @@ func (l *gatedListener) Accept() (net.Conn, error) {
 		}
 		conn.Close()
 	}
+}
+
+// checkPartialWipe refuses raft snapshots without the log store (noLogStore:
+// raft.db is not there): the node would come back without the term and
+// vote it persisted, free to vote twice in one term.
+func checkPartialWipe(dir string, snaps raft.SnapshotStore, noLogStore bool) error {
+	if !noLogStore {
+		return nil
+	}
+	list, err := snaps.List()
+	if err != nil {
+		return fmt.Errorf("list raft snapshots: %w", err)
+	}
+	if len(list) > 0 {
+		return fmt.Errorf("%s holds raft snapshots but no raft.db (its log, term and vote): the raft state is damaged; "+
+			"move %s aside to rejoin as a new server, or restore raft.db", dir, dir)
+	}
+	return nil
 }
 
 // noRaftState reports whether dir holds no raft state: no log entry, no
@@ -137,32 +156,80 @@ func writeFileSync(path string, data []byte) error {
 	return d.Sync()
 }
 
+// maxIncarnationScan bounds how many unapplied log entries a Status answer
+// reads through for incarnation records.
+const maxIncarnationScan = 4096
+
 // statusServers is this node's latest raft configuration with the
-// incarnation its FSM records for each server.
-func (c *Coordinator) statusServers() []*vbatchv1.StatusServer {
-	f := c.raftNode.raft.GetConfiguration()
+// incarnation its log records for each server: its FSM's, updated by the
+// SetServerIncarnation entries it holds but has not applied yet (a node
+// restarted applies nothing until a leader tells it the commit index, so
+// its FSM alone could miss a record its log holds). complete is false when
+// the unapplied tail was too long to read or could not be read.
+func (c *Coordinator) statusServers() (servers []*vbatchv1.StatusServer, complete bool) {
+	r := c.raftNode.raft
+	f := r.GetConfiguration()
 	if f.Error() != nil {
-		return nil
+		return nil, false
 	}
-	servers := f.Configuration().Servers
-	if len(servers) == 0 {
-		return nil
+	conf := f.Configuration().Servers
+	if len(conf) == 0 {
+		return nil, true
 	}
-	out := make([]*vbatchv1.StatusServer, 0, len(servers))
-	c.fsm.View(func(s *fsm.State) {
-		for _, srv := range servers {
-			out = append(out, &vbatchv1.StatusServer{
-				Id: string(srv.ID), Address: string(srv.Address), Voter: srv.Suffrage == raft.Voter,
-				Incarnation: s.Incarnations[string(srv.ID)],
-			})
-		}
-	})
-	return out
+	applied := r.AppliedIndex()
+	var recorded map[string]string
+	c.fsm.View(func(s *fsm.State) { recorded = maps.Clone(s.Incarnations) })
+	complete = c.pendingIncarnations(applied, r.LastIndex(), recorded)
+	servers = make([]*vbatchv1.StatusServer, 0, len(conf))
+	for _, srv := range conf {
+		servers = append(servers, &vbatchv1.StatusServer{
+			Id: string(srv.ID), Address: string(srv.Address), Voter: srv.Suffrage == raft.Voter,
+			Incarnation: recorded[string(srv.ID)],
+		})
+	}
+	return servers, complete
 }
 
-// lostStateIn reports why the configuration a leader reported makes this
+// pendingIncarnations applies to recorded, in log order, the
+// SetServerIncarnation entries from after applied to last. It reports
+// false if there were too many to read or one could not be read.
+func (c *Coordinator) pendingIncarnations(applied, last uint64, recorded map[string]string) bool {
+	if last <= applied {
+		return true
+	}
+	if last-applied > maxIncarnationScan {
+		return false
+	}
+	var entry raft.Log
+	for i := applied + 1; i <= last; i++ {
+		if err := c.raftNode.logs.GetLog(i, &entry); err != nil {
+			return false
+		}
+		if entry.Type != raft.LogCommand {
+			continue
+		}
+		env := &vbatchv1.Envelope{}
+		if err := proto.Unmarshal(entry.Data, env); err != nil || env.Type != vbatchv1.CommandType_COMMAND_TYPE_SET_SERVER_INCARNATION {
+			continue
+		}
+		set := &vbatchv1.SetServerIncarnation{}
+		if err := proto.Unmarshal(env.Payload, set); err != nil {
+			return false
+		}
+		if set.Incarnation == "" {
+			delete(recorded, set.NodeId)
+		} else {
+			recorded[set.NodeId] = set.Incarnation
+		}
+	}
+	return true
+}
+
+// lostStateIn reports why the configuration a peer reported makes this
 // node, which has no raft state, a voter that lost its log; "" when it
-// does not.
+// does not. Any recorded incarnation will do: a node without raft state
+// has a new incarnation, never recorded (the leader records only servers
+// that report raft state), so a record for its id is a predecessor's.
 func (c *Coordinator) lostStateIn(servers []*vbatchv1.StatusServer) string {
 	for _, s := range servers {
 		if !s.Voter {
@@ -189,7 +256,8 @@ func (c *Coordinator) peerStatuses(ctx context.Context, coords []gossip.Member) 
 			continue
 		}
 		wg.Go(func() {
-			cctx, cancel := context.WithTimeout(ctx, time.Second)
+			// Two seconds: a mutual-TLS handshake on a loaded host.
+			cctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 			defer cancel()
 			resp, err := c.clusterClient(m.Meta.RPCAddr).Status(cctx, connect.NewRequest(&vbatchv1.StatusRequest{}))
 			if err != nil {
@@ -205,16 +273,24 @@ func (c *Coordinator) peerStatuses(ctx context.Context, coords []gossip.Member) 
 }
 
 // admitFresh decides, for a node without raft state, whether to open its
-// raft listener to an existing cluster: not while the configuration any
-// peer reports makes this node a voter that lost its log. (A follower a
-// little behind may still show that after the leader removed the node;
-// the next look then admits it. While the cluster has no leader, the
-// peers' configurations are all there is to go by: it is how a node
-// bootstrapped by its peers, which no incarnation was recorded for yet,
-// joins the election that needs its vote.) It reports whether the
-// listener is open.
+// raft listener to an existing cluster. The leader's answer decides when a
+// leader answered: a follower may be behind it (a removed passive
+// follower's configuration never moves again). With no leader, every
+// peer's answer counts, and each must cover its whole log: a peer whose
+// log holds this node's record must keep it out even before applying it.
+// (That is how a node that its peers bootstrapped before it started, a
+// voter with nothing recorded, joins the election that needs its vote.)
+// It reports whether the listener is open.
 func (c *Coordinator) admitFresh(peers map[string]*vbatchv1.StatusResponse) bool {
+	var judges []*vbatchv1.StatusResponse
 	for _, st := range peers {
+		if st.State == raft.Leader.String() {
+			judges = []*vbatchv1.StatusResponse{st}
+			break
+		}
+		judges = append(judges, st)
+	}
+	for _, st := range judges {
 		why := c.lostStateIn(st.Servers)
 		if why == "" {
 			continue
@@ -226,6 +302,13 @@ func (c *Coordinator) admitFresh(peers map[string]*vbatchv1.StatusResponse) bool
 		}
 		c.metrics.LostState.Set(1)
 		return false
+	}
+	for _, st := range judges {
+		// A build before incarnations reports no configuration: there
+		// is nothing to judge by, and it joins as it always did.
+		if len(st.Servers) > 0 && !st.IncarnationsComplete {
+			return false
+		}
 	}
 	c.openRaft()
 	return true
@@ -263,6 +346,13 @@ func (ids *identities) note(id string, st *vbatchv1.StatusResponse) {
 	ids.by[id] = identity{incarnation: st.Incarnation, lastIndex: st.LastIndex, lostState: st.LostState}
 }
 
+// reset forgets every server's word: a new term asks them again.
+func (ids *identities) reset() {
+	ids.mu.Lock()
+	defer ids.mu.Unlock()
+	ids.by = nil
+}
+
 func (ids *identities) get(id string) (identity, bool) {
 	ids.mu.Lock()
 	defer ids.mu.Unlock()
@@ -270,40 +360,44 @@ func (ids *identities) get(id string) (identity, bool) {
 	return v, ok
 }
 
-// reconcileIncarnations runs on the leader: it records the incarnation of
-// every server that holds raft state, forgets those of servers no longer
-// in the configuration, and removes a voter that reports lost_state.
+// reconcileIncarnations runs on the leader: it removes a voter that
+// reports lost_state (whatever the cluster's FSM level: records from a
+// time the cluster was at level 11 may gate a node still), records the
+// incarnation of every server that holds raft state, and forgets those of
+// servers no longer in the configuration.
 func (c *Coordinator) reconcileIncarnations(ctx context.Context) {
 	r := c.raftNode.raft
-	if r.State() != raft.Leader || !c.clusterAtFSMLevel(fsm.LevelServerIncarnations) {
+	if r.State() != raft.Leader {
 		return
 	}
 	f := r.GetConfiguration()
 	if err := f.Error(); err != nil {
 		return
 	}
+	servers := f.Configuration().Servers
+	for _, s := range servers {
+		if who, ok := c.identities.get(string(s.ID)); ok && who.lostState && s.Suffrage == raft.Voter {
+			c.removeLostVoter(ctx, string(s.ID))
+		}
+	}
+	if !c.clusterAtFSMLevel(fsm.LevelServerIncarnations) {
+		return
+	}
 	var recorded map[string]string
 	c.fsm.View(func(s *fsm.State) { recorded = maps.Clone(s.Incarnations) })
 	inConfig := map[string]bool{}
-	for _, s := range f.Configuration().Servers {
+	for _, s := range servers {
 		id := string(s.ID)
 		inConfig[id] = true
-		var who identity
+		who, ok := c.identities.get(id)
 		if id == c.cfg.NodeID {
-			who = identity{incarnation: c.raftNode.incarnation, lastIndex: r.LastIndex()}
-		} else if got, ok := c.identities.get(id); ok {
-			who = got
-		} else {
+			who, ok = identity{incarnation: c.raftNode.incarnation, lastIndex: r.LastIndex()}, true
+		}
+		if !ok || who.lostState || who.incarnation == "" || who.lastIndex == 0 || recorded[id] == who.incarnation {
 			continue
 		}
-		if who.lostState && s.Suffrage == raft.Voter {
-			c.removeLostVoter(ctx, id)
-			continue
-		}
-		if who.incarnation != "" && who.lastIndex > 0 && !who.lostState && recorded[id] != who.incarnation {
-			if _, err := c.applyAsLeader(ctx, &vbatchv1.SetServerIncarnation{NodeId: id, Incarnation: who.incarnation}); err != nil {
-				c.log.Warn("record coordinator incarnation", "node", id, "err", err)
-			}
+		if _, err := c.applyAsLeader(ctx, &vbatchv1.SetServerIncarnation{NodeId: id, Incarnation: who.incarnation}); err != nil {
+			c.log.Warn("record coordinator incarnation", "node", id, "err", err)
 		}
 	}
 	for id := range recorded {

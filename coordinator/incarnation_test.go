@@ -2,8 +2,12 @@ package coordinator
 
 import (
 	"context"
+	"io"
+	"log/slog"
+	"maps"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -24,11 +28,6 @@ func TestWipedVoterRejoinsAsNewServer(t *testing.T) {
 	defer cancel()
 	leader := waitLeader(t, nodes)
 	putKey(t, ctx, leader, "before-wipe")
-	recorded := func(c *Coordinator) map[string]string {
-		var out map[string]string
-		c.fsm.View(func(s *fsm.State) { out = s.Incarnations })
-		return out
-	}
 	waitFor(t, 10*time.Second, "every voter's incarnation recorded", func() bool { return len(recorded(leader)) == 3 })
 
 	victim := others(nodes, leader)[0]
@@ -36,17 +35,9 @@ func TestWipedVoterRejoinsAsNewServer(t *testing.T) {
 	if recorded(leader)[victim.cfg.NodeID] != old {
 		t.Fatalf("recorded incarnation of %s = %q, want %q", victim.cfg.NodeID, recorded(leader)[victim.cfg.NodeID], old)
 	}
-	if err := victim.Close(); err != nil {
-		t.Logf("close %s: %v", victim.cfg.NodeID, err)
-	}
 	cfg := victim.cfg
-	cfg.RaftAddr = victim.raftNode.advertise
-	cfg.Join = []string{leader.pool.Addr()}
-	if err := os.RemoveAll(cfg.DataDir); err != nil {
-		t.Fatal(err)
-	}
+	wiped := wipeAndStart(t, victim, leader.pool.Addr())
 	putKey(t, ctx, leader, "while-gone")
-	wiped := startNode(t, cfg)
 	if wiped.raftNode.incarnation == old {
 		t.Fatal("a wiped data dir kept its incarnation")
 	}
@@ -83,6 +74,122 @@ func TestWipedVoterRejoinsAsNewServer(t *testing.T) {
 	}
 	putKey(t, ctx, leader, "after-restart")
 	waitFor(t, 10*time.Second, "the restarted node to catch up", func() bool { return hasKey(again, "after-restart") })
+}
+
+// recorded is the incarnations c's FSM records.
+func recorded(c *Coordinator) map[string]string {
+	var out map[string]string
+	c.fsm.View(func(s *fsm.State) { out = maps.Clone(s.Incarnations) })
+	return out
+}
+
+// wipeAndStart closes c, deletes its data dir and starts it again under
+// its id and raft address, joining through join.
+func wipeAndStart(t *testing.T, c *Coordinator, join string) *Coordinator {
+	t.Helper()
+	if err := c.Close(); err != nil {
+		t.Logf("close %s: %v", c.cfg.NodeID, err)
+	}
+	cfg := c.cfg
+	cfg.RaftAddr = c.raftNode.advertise
+	cfg.Join = []string{join}
+	if err := os.RemoveAll(cfg.DataDir); err != nil {
+		t.Fatal(err)
+	}
+	return startNode(t, cfg)
+}
+
+// stayShut fails if w opens its raft listener or takes a raft entry
+// within d.
+func stayShut(t *testing.T, w *Coordinator, d time.Duration) {
+	t.Helper()
+	for end := time.Now().Add(d); time.Now().Before(end); time.Sleep(20 * time.Millisecond) {
+		if w.raftNode.inbound.open.Load() || w.raftNode.raft.LastIndex() != 0 {
+			t.Fatalf("the wiped node opened its raft listener (last index %d)", w.raftNode.raft.LastIndex())
+		}
+	}
+}
+
+// TestWipedVoterWaitsForPeerBehind: the only peer up is a follower that
+// restarted and has applied nothing yet; its log, not its FSM, holds the
+// wiped voter's record. The wiped node must stay out (its vote would let
+// that follower lead without a write the old leader and the wiped node
+// committed) until the old leader is back; then it rejoins and catches up.
+func TestWipedVoterWaitsForPeerBehind(t *testing.T) {
+	nodes := startCluster(t, 3)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	leader := waitLeader(t, nodes)
+	rest := others(nodes, leader)
+	behind, victim := rest[0], rest[1]
+	waitFor(t, 10*time.Second, "every incarnation recorded on both followers", func() bool {
+		return len(recorded(behind)) == 3 && len(recorded(victim)) == 3
+	})
+	behindCfg := behind.cfg
+	behindCfg.RaftAddr, behindCfg.Join = behind.raftNode.advertise, nil
+	if err := behind.Close(); err != nil {
+		t.Logf("close %s: %v", behind.cfg.NodeID, err)
+	}
+	putKey(t, ctx, leader, "k") // on the leader and the victim only
+	if err := leader.Close(); err != nil {
+		t.Logf("close %s: %v", leader.cfg.NodeID, err)
+	}
+	again := startNode(t, behindCfg)
+	wiped := wipeAndStart(t, victim, again.pool.Addr())
+	waitFor(t, 20*time.Second, "the wiped node to report lost state", func() bool { return wiped.lostState.Load() })
+	stayShut(t, wiped, 3*time.Second)
+	if again.IsLeader() {
+		t.Fatal("the follower that is behind leads")
+	}
+
+	// Restarted with --join, as its unit would.
+	backCfg := leader.cfg
+	backCfg.RaftAddr, backCfg.Join = leader.raftNode.advertise, []string{again.pool.Addr()}
+	back := startNode(t, backCfg)
+	waitFor(t, 30*time.Second, "the wiped node back as a voter", func() bool {
+		l := waitLeader(t, []*Coordinator{again, back})
+		return serverIDs(t, l)[victim.cfg.NodeID] == raft.Voter && !wiped.lostState.Load()
+	})
+	waitFor(t, 10*time.Second, "every node to hold k", func() bool { return hasKey(again, "k") && hasKey(wiped, "k") })
+}
+
+// TestWipedVoterDoesNotBootstrapUnheard: a wiped node whose peers are in
+// gossip but do not answer (their RPC servers not up yet) must not
+// bootstrap a cluster or open its raft listener.
+func TestWipedVoterDoesNotBootstrapUnheard(t *testing.T) {
+	nodes := startCluster(t, 3)
+	leader := waitLeader(t, nodes)
+	rest := others(nodes, leader)
+	waitFor(t, 10*time.Second, "every incarnation recorded", func() bool { return len(recorded(leader)) == 3 })
+	leader.rpcLn.Close()
+	rest[1].rpcLn.Close()
+	wiped := wipeAndStart(t, rest[0], leader.pool.Addr())
+	waitFor(t, 10*time.Second, "the wiped node to see its peers in gossip", func() bool {
+		return len(wiped.pool.MembersWithRole("coordinator")) == 3
+	})
+	stayShut(t, wiped, 3*time.Second)
+}
+
+func TestPartialWipeIsRefused(t *testing.T) {
+	nodes := startCluster(t, 1, func(c *Config) { c.RaftSnapshotThreshold = 1; c.RaftTrailingLogs = 1 })
+	c := nodes[0]
+	if err := c.raftNode.await(c.raftNode.raft.Snapshot()); err != nil {
+		t.Fatalf("snapshot: %v", err)
+	}
+	if err := c.Close(); err != nil {
+		t.Logf("close: %v", err)
+	}
+	db := filepath.Join(c.cfg.DataDir, "raft", "raft.db")
+	if err := os.Remove(db); err != nil {
+		t.Fatal(err)
+	}
+	cfg := c.cfg
+	cfg.RaftAddr = c.raftNode.advertise
+	for range 2 { // and it does not create raft.db on the way
+		if _, err := Start(cfg, slog.New(slog.DiscardHandler), io.Discard); err == nil || !strings.Contains(err.Error(), "no raft.db") {
+			t.Fatalf("start with snapshots but no raft.db = %v, want refused", err)
+		}
+	}
 }
 
 func TestLostStateIn(t *testing.T) {

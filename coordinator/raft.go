@@ -53,18 +53,22 @@ func openRaft(cfg *Config, f *fsm.FSM, tlsStore *tlsutil.Store, log *slog.Logger
 	if err := os.MkdirAll(dir, 0o750); err != nil {
 		return nil, fmt.Errorf("raft dir: %w", err)
 	}
-	store, err := raftboltdb.NewBoltStore(filepath.Join(dir, "raft.db"))
-	if err != nil {
-		return nil, fmt.Errorf("open raft log %s: %w", dir, err)
-	}
 	// raft logs through the coordinator's slog logger (logger=raft), so
 	// its election and replication lines have the fields every other line
 	// has and the log pipeline's level and logger labels.
 	logger := monitoring.HCLog(log, "raft")
 	snaps, err := raft.NewFileSnapshotStoreWithLogger(dir, 3, logger)
 	if err != nil {
-		store.Close()
 		return nil, fmt.Errorf("open snapshot store: %w", err)
+	}
+	// Looked at before the bolt store creates raft.db.
+	_, statErr := os.Stat(filepath.Join(dir, "raft.db"))
+	if err := checkPartialWipe(dir, snaps, errors.Is(statErr, os.ErrNotExist)); err != nil {
+		return nil, err
+	}
+	store, err := raftboltdb.NewBoltStore(filepath.Join(dir, "raft.db"))
+	if err != nil {
+		return nil, fmt.Errorf("open raft log %s: %w", dir, err)
 	}
 	fresh, err := noRaftState(dir, store, snaps)
 	if err != nil {

@@ -178,10 +178,15 @@ type StatusResponse struct {
 	// removed from the configuration; the leader does that itself.
 	LostState bool `protobuf:"varint,15,opt,name=lost_state,json=lostState,proto3" json:"lost_state,omitempty"`
 	// servers is this node's latest raft configuration, each server with the
-	// incarnation its FSM records for it; empty before the node has one.
-	Servers       []*StatusServer `protobuf:"bytes,16,rep,name=servers,proto3" json:"servers,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	// incarnation its log records for it (applied or not); empty before the
+	// node has one.
+	Servers []*StatusServer `protobuf:"bytes,16,rep,name=servers,proto3" json:"servers,omitempty"`
+	// incarnations_complete: the incarnations in servers cover this node's
+	// whole log. False when the node has more unapplied entries than it
+	// reads through for an answer (a follower restarted far behind).
+	IncarnationsComplete bool `protobuf:"varint,17,opt,name=incarnations_complete,json=incarnationsComplete,proto3" json:"incarnations_complete,omitempty"`
+	unknownFields        protoimpl.UnknownFields
+	sizeCache            protoimpl.SizeCache
 }
 
 func (x *StatusResponse) Reset() {
@@ -326,13 +331,20 @@ func (x *StatusResponse) GetServers() []*StatusServer {
 	return nil
 }
 
+func (x *StatusResponse) GetIncarnationsComplete() bool {
+	if x != nil {
+		return x.IncarnationsComplete
+	}
+	return false
+}
+
 // StatusServer is one server of a raft configuration.
 type StatusServer struct {
 	state   protoimpl.MessageState `protogen:"open.v1"`
 	Id      string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
 	Address string                 `protobuf:"bytes,2,opt,name=address,proto3" json:"address,omitempty"`
 	Voter   bool                   `protobuf:"varint,3,opt,name=voter,proto3" json:"voter,omitempty"`
-	// incarnation the FSM records for the server, empty if none.
+	// incarnation recorded for the server, empty if none.
 	Incarnation   string `protobuf:"bytes,4,opt,name=incarnation,proto3" json:"incarnation,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -1072,7 +1084,7 @@ const file_vbatch_v1_cluster_proto_rawDesc = "" +
 	"\benvelope\x18\x01 \x01(\fR\benvelope\":\n" +
 	"\rApplyResponse\x12)\n" +
 	"\x06result\x18\x01 \x01(\v2\x11.vbatch.v1.ResultR\x06result\"\x0f\n" +
-	"\rStatusRequest\"\x83\x04\n" +
+	"\rStatusRequest\"\xb8\x04\n" +
 	"\x0eStatusResponse\x12\x17\n" +
 	"\anode_id\x18\x01 \x01(\tR\x06nodeId\x12\x14\n" +
 	"\x05state\x18\x02 \x01(\tR\x05state\x12\x12\n" +
@@ -1093,7 +1105,8 @@ const file_vbatch_v1_cluster_proto_rawDesc = "" +
 	"\vincarnation\x18\x0e \x01(\tR\vincarnation\x12\x1d\n" +
 	"\n" +
 	"lost_state\x18\x0f \x01(\bR\tlostState\x121\n" +
-	"\aservers\x18\x10 \x03(\v2\x17.vbatch.v1.StatusServerR\aservers\"p\n" +
+	"\aservers\x18\x10 \x03(\v2\x17.vbatch.v1.StatusServerR\aservers\x123\n" +
+	"\x15incarnations_complete\x18\x11 \x01(\bR\x14incarnationsComplete\"p\n" +
 	"\fStatusServer\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x18\n" +
 	"\aaddress\x18\x02 \x01(\tR\aaddress\x12\x14\n" +
