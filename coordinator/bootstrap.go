@@ -7,6 +7,7 @@ import (
 	"sort"
 	"time"
 
+	"connectrpc.com/connect"
 	"github.com/hashicorp/raft"
 
 	"github.com/vbatch/vbatch/fsm"
@@ -81,6 +82,7 @@ func (c *Coordinator) bootstrapLoop(ctx context.Context) {
 	}
 	tick := time.NewTicker(200 * time.Millisecond)
 	defer tick.Stop()
+	var waitLogged time.Time
 	for {
 		select {
 		case <-ctx.Done():
@@ -99,7 +101,17 @@ func (c *Coordinator) bootstrapLoop(ctx context.Context) {
 		// Bootstrap only once every coordinator gossip lists has said it
 		// is in no cluster: one that did not answer (its RPC server not up
 		// yet after a restart) may hold a configuration naming this node.
-		if len(coords) < c.cfg.BootstrapExpect || !answeredAll(c.cfg.NodeID, coords, peers) || !c.verifyAnswers(coords, peers) {
+		if len(coords) < c.cfg.BootstrapExpect {
+			continue
+		}
+		if missing := unanswered(c.cfg.NodeID, coords, peers); len(missing) > 0 {
+			if time.Since(waitLogged) > 30*time.Second {
+				waitLogged = time.Now()
+				c.log.Info("waiting for every coordinator in gossip to answer before bootstrapping raft", "unanswered", missing)
+			}
+			continue
+		}
+		if !c.verifyAnswers(coords, peers) {
 			continue
 		}
 		sort.Slice(coords, func(i, j int) bool { return coords[i].Name < coords[j].Name })
@@ -125,15 +137,16 @@ func (c *Coordinator) bootstrapLoop(ctx context.Context) {
 	}
 }
 
-// answeredAll reports whether every coordinator of coords but self is
+// unanswered lists the coordinators of coords, but self, that are not
 // among the answers.
-func answeredAll(self string, coords []gossip.Member, peers map[string]*vbatchv1.StatusResponse) bool {
+func unanswered(self string, coords []gossip.Member, peers map[string]*vbatchv1.StatusResponse) []string {
+	var out []string
 	for _, m := range coords {
 		if _, ok := peers[m.Name]; !ok && m.Name != self {
-			return false
+			out = append(out, m.Name)
 		}
 	}
-	return true
+	return out
 }
 
 // clusterAmong reports whether any of the peers' answers shows a raft
@@ -215,30 +228,46 @@ func (c *Coordinator) verifyPeers(ctx context.Context, coords []gossip.Member) b
 	if c.tls == nil {
 		return true
 	}
-	peers := c.peerStatuses(ctx, coords)
-	return answeredAll(c.cfg.NodeID, coords, peers) && c.verifyAnswers(coords, peers)
+	for _, m := range coords {
+		if m.Name == c.cfg.NodeID {
+			continue
+		}
+		cctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+		resp, err := c.clusterClient(m.Meta.RPCAddr).Status(cctx, connect.NewRequest(&vbatchv1.StatusRequest{}))
+		cancel()
+		if err != nil {
+			c.log.Warn("coordinator announced by gossip failed verification", "node", m.Name, "rpc_addr", m.Meta.RPCAddr, "err", err)
+			return false
+		}
+		if !c.sameIdentity(m, resp.Msg) {
+			return false
+		}
+	}
+	return true
 }
 
-// verifyAnswers is verifyPeers on answers already in hand (peerStatuses
-// calls over the same mutual-TLS client).
+// verifyAnswers is verifyPeers on answers already in hand, one from every
+// coordinator of coords but this one (peerStatuses calls over the same
+// mutual-TLS client).
 func (c *Coordinator) verifyAnswers(coords []gossip.Member, peers map[string]*vbatchv1.StatusResponse) bool {
 	if c.tls == nil {
 		return true
 	}
 	for _, m := range coords {
-		if m.Name == c.cfg.NodeID {
-			continue
-		}
-		st, ok := peers[m.Name]
-		switch {
-		case !ok:
-			c.log.Warn("coordinator announced by gossip failed verification: no status answer", "node", m.Name, "rpc_addr", m.Meta.RPCAddr)
-			return false
-		case st.NodeId != m.Name || st.RaftAddr != m.Meta.RaftAddr:
-			c.log.Warn("coordinator announced by gossip reports another identity", "node", m.Name, "reported_node", st.NodeId,
-				"raft_addr", m.Meta.RaftAddr, "reported_raft_addr", st.RaftAddr)
+		if st, ok := peers[m.Name]; ok && !c.sameIdentity(m, st) {
 			return false
 		}
 	}
 	return true
+}
+
+// sameIdentity reports whether a coordinator's Status answer names the
+// node id and raft address gossip announced for it.
+func (c *Coordinator) sameIdentity(m gossip.Member, st *vbatchv1.StatusResponse) bool {
+	if st.NodeId == m.Name && st.RaftAddr == m.Meta.RaftAddr {
+		return true
+	}
+	c.log.Warn("coordinator announced by gossip reports another identity", "node", m.Name, "reported_node", st.NodeId,
+		"raft_addr", m.Meta.RaftAddr, "reported_raft_addr", st.RaftAddr)
+	return false
 }
