@@ -92,7 +92,7 @@ func (c *Coordinator) bootstrapLoop(ctx context.Context) {
 		coords := c.pool.MembersWithRole(gossip.RoleCoordinator)
 		peers := c.peerStatuses(ctx, coords)
 		if clusterAmong(peers) {
-			if c.admitFresh(peers) {
+			if c.admitFresh(coords, peers) {
 				c.log.Info("found an existing raft cluster; waiting to be added by its leader")
 				return
 			}

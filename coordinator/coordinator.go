@@ -34,6 +34,9 @@ type Coordinator struct {
 	cfg Config
 	log *slog.Logger
 
+	// seenLevels holds the FSM level each raft server last advertised in
+	// gossip that this node saw (atFSMLevel).
+	seenLevels sync.Map
 	// olderBuilds holds the names of coordinators not added to raft
 	// because they advertise an older FSM level (each logged once).
 	olderBuilds sync.Map
@@ -354,7 +357,12 @@ func (c *Coordinator) AtFSMLevel(level int) bool { return c.clusterAtFSMLevel(le
 // level of at least level, so a command of that level may be proposed. A
 // server that gossip does not list counts as older: it may come back with
 // an older build.
-func (c *Coordinator) clusterAtFSMLevel(level int) bool {
+func (c *Coordinator) clusterAtFSMLevel(level int) bool { return c.atFSMLevel(level, false) }
+
+// atFSMLevel is clusterAtFSMLevel; with remembered, a server gossip does
+// not list counts at the level this node last saw it advertise (none:
+// older), for a command worth proposing while a server is down.
+func (c *Coordinator) atFSMLevel(level int, remembered bool) bool {
 	f := c.raftNode.raft.GetConfiguration()
 	if f.Error() != nil {
 		return false
@@ -366,8 +374,14 @@ func (c *Coordinator) clusterAtFSMLevel(level int) bool {
 			}
 			continue
 		}
-		m, ok := c.coordinatorMember(string(s.ID))
-		if !ok || max(m.Meta.FSM, 1) < level {
+		have := 0
+		if m, ok := c.coordinatorMember(string(s.ID)); ok {
+			have = max(m.Meta.FSM, 1)
+			c.seenLevels.Store(string(s.ID), have)
+		} else if v, ok := c.seenLevels.Load(string(s.ID)); ok && remembered {
+			have = v.(int)
+		}
+		if have < level {
 			return false
 		}
 	}

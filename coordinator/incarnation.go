@@ -18,7 +18,7 @@ import (
 	"connectrpc.com/connect"
 	"github.com/hashicorp/raft"
 	raftboltdb "github.com/hashicorp/raft-boltdb/v2"
-	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/encoding/protowire"
 
 	"github.com/vbatch/vbatch/fsm"
 	"github.com/vbatch/vbatch/gossip"
@@ -162,12 +162,16 @@ const maxIncarnationScan = 4096
 
 // statusServers is this node's latest raft configuration with the
 // incarnation its log records for each server: its FSM's, updated by the
-// SetServerIncarnation entries it holds but has not applied yet (a node
-// restarted applies nothing until a leader tells it the commit index, so
-// its FSM alone could miss a record its log holds). complete is false when
-// the unapplied tail was too long to read or could not be read.
+// SetServerIncarnation entries it holds that the FSM has not applied yet
+// (a node restarted applies nothing until a leader tells it the commit
+// index, and raft hands entries to the FSM before the FSM applies them,
+// so the FSM alone could miss a record the log holds). complete is false
+// when that tail was too long to read or could not be read.
 func (c *Coordinator) statusServers() (servers []*vbatchv1.StatusServer, complete bool) {
 	r := c.raftNode.raft
+	// The last index first: a configuration read after it is as new as
+	// the records or newer, never older than a record it is judged with.
+	last := r.LastIndex()
 	f := r.GetConfiguration()
 	if f.Error() != nil {
 		return nil, false
@@ -176,10 +180,13 @@ func (c *Coordinator) statusServers() (servers []*vbatchv1.StatusServer, complet
 	if len(conf) == 0 {
 		return nil, true
 	}
-	applied := r.AppliedIndex()
+	// The FSM's applied index before its records: the records are then as
+	// of that index or later, and reading the entries after it again over
+	// them ends where the log ends.
+	applied := c.fsm.AppliedIndex()
 	var recorded map[string]string
 	c.fsm.View(func(s *fsm.State) { recorded = maps.Clone(s.Incarnations) })
-	complete = c.pendingIncarnations(applied, r.LastIndex(), recorded)
+	complete = c.pendingIncarnations(applied, last, recorded)
 	servers = make([]*vbatchv1.StatusServer, 0, len(conf))
 	for _, srv := range conf {
 		servers = append(servers, &vbatchv1.StatusServer{
@@ -200,20 +207,20 @@ func (c *Coordinator) pendingIncarnations(applied, last uint64, recorded map[str
 	if last-applied > maxIncarnationScan {
 		return false
 	}
-	var entry raft.Log
 	for i := applied + 1; i <= last; i++ {
+		// A fresh entry each time: one from the log cache shares its
+		// bytes with raft's, and decoding the next one from disk into it
+		// would overwrite them.
+		var entry raft.Log
 		if err := c.raftNode.logs.GetLog(i, &entry); err != nil {
 			return false
 		}
-		if entry.Type != raft.LogCommand {
+		if entry.Type != raft.LogCommand || envelopeType(entry.Data) != vbatchv1.CommandType_COMMAND_TYPE_SET_SERVER_INCARNATION {
 			continue
 		}
-		env := &vbatchv1.Envelope{}
-		if err := proto.Unmarshal(entry.Data, env); err != nil || env.Type != vbatchv1.CommandType_COMMAND_TYPE_SET_SERVER_INCARNATION {
-			continue
-		}
-		set := &vbatchv1.SetServerIncarnation{}
-		if err := proto.Unmarshal(env.Payload, set); err != nil {
+		_, cmd, err := fsm.Decode(entry.Data)
+		set, ok := cmd.(*vbatchv1.SetServerIncarnation)
+		if err != nil || !ok {
 			return false
 		}
 		if set.Incarnation == "" {
@@ -223,6 +230,32 @@ func (c *Coordinator) pendingIncarnations(applied, last uint64, recorded map[str
 		}
 	}
 	return true
+}
+
+// envelopeType reads an encoded Envelope's command type without decoding
+// (or copying) its payload; 0 if it has none or cannot be read.
+func envelopeType(data []byte) vbatchv1.CommandType {
+	const typeField = 2 // Envelope.type in state.proto
+	for len(data) > 0 {
+		num, wtype, n := protowire.ConsumeTag(data)
+		if n < 0 {
+			return 0
+		}
+		data = data[n:]
+		if num == typeField && wtype == protowire.VarintType {
+			v, m := protowire.ConsumeVarint(data)
+			if m < 0 {
+				return 0
+			}
+			return vbatchv1.CommandType(v)
+		}
+		m := protowire.ConsumeFieldValue(num, wtype, data)
+		if m < 0 {
+			return 0
+		}
+		data = data[m:]
+	}
+	return 0
 }
 
 // lostStateIn reports why the configuration a peer reported makes this
@@ -276,12 +309,14 @@ func (c *Coordinator) peerStatuses(ctx context.Context, coords []gossip.Member) 
 // raft listener to an existing cluster. The leader's answer decides when a
 // leader answered: a follower may be behind it (a removed passive
 // follower's configuration never moves again). With no leader, every
-// peer's answer counts, and each must cover its whole log: a peer whose
-// log holds this node's record must keep it out even before applying it.
-// (That is how a node that its peers bootstrapped before it started, a
-// voter with nothing recorded, joins the election that needs its vote.)
-// It reports whether the listener is open.
-func (c *Coordinator) admitFresh(peers map[string]*vbatchv1.StatusResponse) bool {
+// coordinator gossip lists must have answered, and every answer counts:
+// a peer whose log holds this node's record keeps it out even before its
+// FSM applied it. (That is how a node that its peers bootstrapped before
+// it started, a voter with nothing recorded, joins the election that needs
+// its vote.) An answer whose records do not cover its whole log can only
+// admit a node it does not list as a voter. It reports whether the
+// listener is open.
+func (c *Coordinator) admitFresh(coords []gossip.Member, peers map[string]*vbatchv1.StatusResponse) bool {
 	var judges []*vbatchv1.StatusResponse
 	for _, st := range peers {
 		if st.State == raft.Leader.String() {
@@ -289,6 +324,19 @@ func (c *Coordinator) admitFresh(peers map[string]*vbatchv1.StatusResponse) bool
 			break
 		}
 		judges = append(judges, st)
+	}
+	wait := func(why string, attrs ...any) bool {
+		if time.Since(c.lostLogged) > time.Minute {
+			c.lostLogged = time.Now()
+			c.log.Info("this coordinator has no raft state; waiting to learn whether the cluster counts it as a voter before it takes part in raft",
+				append([]any{"why", why}, attrs...)...)
+		}
+		return false
+	}
+	if len(judges) != 1 || judges[0].State != raft.Leader.String() {
+		if missing := unanswered(c.cfg.NodeID, coords, peers); len(missing) > 0 {
+			return wait("no leader answered, and not every coordinator did", "unanswered", missing)
+		}
 	}
 	for _, st := range judges {
 		why := c.lostStateIn(st.Servers)
@@ -304,14 +352,22 @@ func (c *Coordinator) admitFresh(peers map[string]*vbatchv1.StatusResponse) bool
 		return false
 	}
 	for _, st := range judges {
-		// A build before incarnations reports no configuration: there
-		// is nothing to judge by, and it joins as it always did.
-		if len(st.Servers) > 0 && !st.IncarnationsComplete {
-			return false
+		if !st.IncarnationsComplete && c.listedAsVoter(st.Servers) {
+			return wait("a peer's answer does not cover its whole log", "peer", st.NodeId)
 		}
 	}
 	c.openRaft()
 	return true
+}
+
+// listedAsVoter reports whether servers name this node as a voter.
+func (c *Coordinator) listedAsVoter(servers []*vbatchv1.StatusServer) bool {
+	for _, s := range servers {
+		if s.Id == c.cfg.NodeID && s.Voter {
+			return true
+		}
+	}
+	return false
 }
 
 // openRaft opens the raft listener and clears lost_state.
@@ -380,7 +436,9 @@ func (c *Coordinator) reconcileIncarnations(ctx context.Context) {
 			c.removeLostVoter(ctx, string(s.ID))
 		}
 	}
-	if !c.clusterAtFSMLevel(fsm.LevelServerIncarnations) {
+	// A voter down must not stop the records (a server promoted
+	// meanwhile would have none): one that was seen at the level counts.
+	if !c.atFSMLevel(fsm.LevelServerIncarnations, true) {
 		return
 	}
 	var recorded map[string]string
