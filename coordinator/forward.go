@@ -390,7 +390,7 @@ func (c *Coordinator) localStatus() *vbatchv1.StatusResponse {
 	r := c.raftNode.raft
 	_, leader := r.LeaderWithID()
 	term, _ := strconv.ParseUint(r.Stats()["term"], 10, 64)
-	servers, complete := c.statusServers()
+	servers, complete, committed := c.statusServers()
 	return &vbatchv1.StatusResponse{
 		NodeId:        c.cfg.NodeID,
 		State:         r.State().String(),
@@ -409,7 +409,8 @@ func (c *Coordinator) localStatus() *vbatchv1.StatusResponse {
 		LostState:     c.lostState.Load(),
 		Servers:       servers,
 
-		IncarnationsComplete: complete,
+		IncarnationsComplete:   complete,
+		ConfigurationCommitted: committed,
 	}
 }
 

@@ -160,33 +160,40 @@ func writeFileSync(path string, data []byte) error {
 // reads through for incarnation records.
 const maxIncarnationScan = 4096
 
-// statusServers is this node's latest raft configuration with the
+// statusServers is this node's latest raft configuration, whether it is
+// committed, and, for each server, the
 // incarnation its log records for each server: its FSM's, updated by the
 // SetServerIncarnation entries it holds that the FSM has not applied yet
 // (a node restarted applies nothing until a leader tells it the commit
 // index, and raft hands entries to the FSM before the FSM applies them,
 // so the FSM alone could miss a record the log holds). complete is false
-// when that tail was too long to read or could not be read.
-func (c *Coordinator) statusServers() (servers []*vbatchv1.StatusServer, complete bool) {
+// when that tail was too long to read or could not be read; committed is
+// false when the tail holds a configuration entry past this node's commit
+// index, or could not be read (every entry up to the FSM's applied index
+// is committed).
+func (c *Coordinator) statusServers() (servers []*vbatchv1.StatusServer, complete, committed bool) {
 	r := c.raftNode.raft
 	// The last index first: a configuration read after it is as new as
 	// the records or newer, never older than a record it is judged with.
 	last := r.LastIndex()
 	f := r.GetConfiguration()
 	if f.Error() != nil {
-		return nil, false
+		return nil, false, false
 	}
 	conf := f.Configuration().Servers
 	if len(conf) == 0 {
-		return nil, true
+		return nil, true, false
 	}
+	commit := r.CommitIndex()
 	// The FSM's applied index before its records: the records are then as
 	// of that index or later, and reading the entries after it again over
 	// them ends where the log ends.
 	applied := c.fsm.AppliedIndex()
 	var recorded map[string]string
 	c.fsm.View(func(s *fsm.State) { recorded = maps.Clone(s.Incarnations) })
-	complete = c.pendingIncarnations(applied, last, recorded)
+	var confIndex uint64
+	complete = c.pendingIncarnations(applied, last, recorded, &confIndex)
+	committed = complete && confIndex <= commit
 	servers = make([]*vbatchv1.StatusServer, 0, len(conf))
 	for _, srv := range conf {
 		servers = append(servers, &vbatchv1.StatusServer{
@@ -194,13 +201,14 @@ func (c *Coordinator) statusServers() (servers []*vbatchv1.StatusServer, complet
 			Incarnation: recorded[string(srv.ID)],
 		})
 	}
-	return servers, complete
+	return servers, complete, committed
 }
 
 // pendingIncarnations applies to recorded, in log order, the
-// SetServerIncarnation entries from after applied to last. It reports
-// false if there were too many to read or one could not be read.
-func (c *Coordinator) pendingIncarnations(applied, last uint64, recorded map[string]string) bool {
+// SetServerIncarnation entries from after applied to last, and sets
+// confIndex to the index of the last configuration entry among them. It
+// reports false if there were too many to read or one could not be read.
+func (c *Coordinator) pendingIncarnations(applied, last uint64, recorded map[string]string, confIndex *uint64) bool {
 	if last <= applied {
 		return true
 	}
@@ -214,6 +222,9 @@ func (c *Coordinator) pendingIncarnations(applied, last uint64, recorded map[str
 		var entry raft.Log
 		if err := c.raftNode.logs.GetLog(i, &entry); err != nil {
 			return false
+		}
+		if entry.Type == raft.LogConfiguration {
+			*confIndex = i
 		}
 		if entry.Type != raft.LogCommand || envelopeType(entry.Data) != vbatchv1.CommandType_COMMAND_TYPE_SET_SERVER_INCARNATION {
 			continue
@@ -354,6 +365,14 @@ func (c *Coordinator) admitFresh(coords []gossip.Member, peers map[string]*vbatc
 	for _, st := range judges {
 		if !st.IncarnationsComplete && c.listedAsVoter(st.Servers) {
 			return wait("a peer's answer does not cover its whole log", "peer", st.NodeId)
+		}
+		// A configuration without this node may be a removal the leader
+		// appended and a majority has not taken: until it commits, the
+		// node is still a voter to the others. (One that lists it as a
+		// voter does not wait: a bootstrap configuration commits only
+		// with the votes of nodes such as this one.)
+		if len(st.Servers) > 0 && !st.ConfigurationCommitted && !c.listedAsVoter(st.Servers) {
+			return wait("a peer's configuration without this node is not committed yet", "peer", st.NodeId)
 		}
 	}
 	c.openRaft()

@@ -185,8 +185,12 @@ type StatusResponse struct {
 	// whole log. False when the node has more unapplied entries than it
 	// reads through for an answer (a follower restarted far behind).
 	IncarnationsComplete bool `protobuf:"varint,17,opt,name=incarnations_complete,json=incarnationsComplete,proto3" json:"incarnations_complete,omitempty"`
-	unknownFields        protoimpl.UnknownFields
-	sizeCache            protoimpl.SizeCache
+	// configuration_committed: the configuration in servers is committed as
+	// far as this node knows (false when it cannot tell): a leader's
+	// appended change, a removal say, is not the cluster's until then.
+	ConfigurationCommitted bool `protobuf:"varint,18,opt,name=configuration_committed,json=configurationCommitted,proto3" json:"configuration_committed,omitempty"`
+	unknownFields          protoimpl.UnknownFields
+	sizeCache              protoimpl.SizeCache
 }
 
 func (x *StatusResponse) Reset() {
@@ -334,6 +338,13 @@ func (x *StatusResponse) GetServers() []*StatusServer {
 func (x *StatusResponse) GetIncarnationsComplete() bool {
 	if x != nil {
 		return x.IncarnationsComplete
+	}
+	return false
+}
+
+func (x *StatusResponse) GetConfigurationCommitted() bool {
+	if x != nil {
+		return x.ConfigurationCommitted
 	}
 	return false
 }
@@ -1084,7 +1095,7 @@ const file_vbatch_v1_cluster_proto_rawDesc = "" +
 	"\benvelope\x18\x01 \x01(\fR\benvelope\":\n" +
 	"\rApplyResponse\x12)\n" +
 	"\x06result\x18\x01 \x01(\v2\x11.vbatch.v1.ResultR\x06result\"\x0f\n" +
-	"\rStatusRequest\"\xb8\x04\n" +
+	"\rStatusRequest\"\xf1\x04\n" +
 	"\x0eStatusResponse\x12\x17\n" +
 	"\anode_id\x18\x01 \x01(\tR\x06nodeId\x12\x14\n" +
 	"\x05state\x18\x02 \x01(\tR\x05state\x12\x12\n" +
@@ -1106,7 +1117,8 @@ const file_vbatch_v1_cluster_proto_rawDesc = "" +
 	"\n" +
 	"lost_state\x18\x0f \x01(\bR\tlostState\x121\n" +
 	"\aservers\x18\x10 \x03(\v2\x17.vbatch.v1.StatusServerR\aservers\x123\n" +
-	"\x15incarnations_complete\x18\x11 \x01(\bR\x14incarnationsComplete\"p\n" +
+	"\x15incarnations_complete\x18\x11 \x01(\bR\x14incarnationsComplete\x127\n" +
+	"\x17configuration_committed\x18\x12 \x01(\bR\x16configurationCommitted\"p\n" +
 	"\fStatusServer\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x18\n" +
 	"\aaddress\x18\x02 \x01(\tR\aaddress\x12\x14\n" +
