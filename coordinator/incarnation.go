@@ -2,8 +2,6 @@ package coordinator
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"maps"
@@ -22,6 +20,7 @@ import (
 
 	"github.com/vbatch/vbatch/fsm"
 	"github.com/vbatch/vbatch/gossip"
+	"github.com/vbatch/vbatch/internal/ids"
 	vbatchv1 "github.com/vbatch/vbatch/rpc/gen/vbatch/v1"
 )
 
@@ -115,11 +114,7 @@ func loadIncarnation(dir string, fresh bool) (string, error) {
 			return "", fmt.Errorf("read raft incarnation: %w", err)
 		}
 	}
-	var raw [16]byte
-	if _, err := rand.Read(raw[:]); err != nil {
-		return "", fmt.Errorf("new raft incarnation: %w", err)
-	}
-	inc := hex.EncodeToString(raw[:])
+	inc := ids.Random(32)
 	if err := writeFileSync(path, []byte(inc+"\n")); err != nil {
 		return "", fmt.Errorf("write raft incarnation: %w", err)
 	}

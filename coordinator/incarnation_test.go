@@ -25,14 +25,11 @@ import (
 // vote, no entries) while the cluster still counts it as a voter; the
 // leader removes it, and it joins again as a new server and catches up.
 func TestWipedVoterRejoinsAsNewServer(t *testing.T) {
-	nodes := startCluster(t, 3)
+	leader, victim, _ := recordedCluster(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	leader := waitLeader(t, nodes)
 	putKey(t, ctx, leader, "before-wipe")
-	waitFor(t, 10*time.Second, "every voter's incarnation recorded", func() bool { return len(recorded(leader)) == 3 })
 
-	victim := others(nodes, leader)[0]
 	old := victim.raftNode.incarnation
 	if recorded(leader)[victim.cfg.NodeID] != old {
 		t.Fatalf("recorded incarnation of %s = %q, want %q", victim.cfg.NodeID, recorded(leader)[victim.cfg.NodeID], old)
@@ -85,6 +82,24 @@ func recorded(c *Coordinator) map[string]string {
 	return out
 }
 
+// recordedCluster starts three coordinators and waits until every one
+// records all three incarnations; it returns the leader and the followers.
+func recordedCluster(t *testing.T) (leader, f1, f2 *Coordinator) {
+	t.Helper()
+	nodes := startCluster(t, 3)
+	leader = waitLeader(t, nodes)
+	waitFor(t, 10*time.Second, "every incarnation recorded on every node", func() bool {
+		for _, c := range nodes {
+			if len(recorded(c)) != 3 {
+				return false
+			}
+		}
+		return true
+	})
+	rest := others(nodes, leader)
+	return leader, rest[0], rest[1]
+}
+
 // wipeAndStart closes c, deletes its data dir and starts it again under
 // its id and raft address, joining through join.
 func wipeAndStart(t *testing.T, c *Coordinator, join string) *Coordinator {
@@ -118,15 +133,9 @@ func stayShut(t *testing.T, w *Coordinator, d time.Duration) {
 // that follower lead without a write the old leader and the wiped node
 // committed) until the old leader is back; then it rejoins and catches up.
 func TestWipedVoterWaitsForPeerBehind(t *testing.T) {
-	nodes := startCluster(t, 3)
+	leader, behind, victim := recordedCluster(t)
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	leader := waitLeader(t, nodes)
-	rest := others(nodes, leader)
-	behind, victim := rest[0], rest[1]
-	waitFor(t, 10*time.Second, "every incarnation recorded on both followers", func() bool {
-		return len(recorded(behind)) == 3 && len(recorded(victim)) == 3
-	})
 	behindCfg := behind.cfg
 	behindCfg.RaftAddr, behindCfg.Join = behind.raftNode.advertise, nil
 	if err := behind.Close(); err != nil {
@@ -159,13 +168,10 @@ func TestWipedVoterWaitsForPeerBehind(t *testing.T) {
 // gossip but do not answer (their RPC servers not up yet) must not
 // bootstrap a cluster or open its raft listener.
 func TestWipedVoterDoesNotBootstrapUnheard(t *testing.T) {
-	nodes := startCluster(t, 3)
-	leader := waitLeader(t, nodes)
-	rest := others(nodes, leader)
-	waitFor(t, 10*time.Second, "every incarnation recorded", func() bool { return len(recorded(leader)) == 3 })
+	leader, victim, other := recordedCluster(t)
 	leader.rpcLn.Close()
-	rest[1].rpcLn.Close()
-	wiped := wipeAndStart(t, rest[0], leader.pool.Addr())
+	other.rpcLn.Close()
+	wiped := wipeAndStart(t, victim, leader.pool.Addr())
 	waitFor(t, 10*time.Second, "the wiped node to see its peers in gossip", func() bool {
 		return len(wiped.pool.MembersWithRole("coordinator")) == 3
 	})
@@ -252,15 +258,9 @@ func TestLoadIncarnation(t *testing.T) {
 // leader goes. Found by review: admission trusted the latest, uncommitted
 // configuration.
 func TestWipedVoterWaitsForRemovalToCommit(t *testing.T) {
-	nodes := startCluster(t, 3)
+	l, b, v := recordedCluster(t)
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	l := waitLeader(t, nodes)
-	rest := others(nodes, l)
-	b, v := rest[0], rest[1]
-	waitFor(t, 10*time.Second, "records on every node", func() bool {
-		return len(recorded(l)) == 3 && len(recorded(b)) == 3 && len(recorded(v)) == 3
-	})
 	if err := b.Close(); err != nil {
 		t.Logf("close %s: %v", b.cfg.NodeID, err)
 	}
@@ -364,10 +364,8 @@ func TestStatusRecordsWhileFSMLags(t *testing.T) {
 // wiped it is kept out. Found by review: nothing was recorded while any
 // server was missing from gossip.
 func TestRecordsWhileAVoterIsDown(t *testing.T) {
-	nodes := startCluster(t, 3)
-	leader := waitLeader(t, nodes)
-	waitFor(t, 10*time.Second, "every incarnation recorded", func() bool { return len(recorded(leader)) == 3 })
-	if err := others(nodes, leader)[0].Close(); err != nil {
+	leader, down, _ := recordedCluster(t)
+	if err := down.Close(); err != nil {
 		t.Logf("close: %v", err)
 	}
 	n := startNode(t, nodeConfig(t, "c9", 3, []string{leader.pool.Addr()}))
